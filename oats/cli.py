@@ -1,0 +1,199 @@
+"""Command line: ``oats models``, ``oats compress``, ``oats runs``.
+
+Every expected failure prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import OatsError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2 (argparse prints usage + message otherwise)
+        self.exit(2, f"oats: error: {message} (see 'oats {self.prog.split()[-1]} --help')\n"
+                  if " " in self.prog else f"oats: error: {message} (see 'oats --help')\n")
+
+
+def runs_root() -> Path:
+    """Where run folders live by default: $OATS_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get("OATS_RUNS_DIR", "runs"))
+
+
+def _fail(msg: str) -> int:
+    print(f"oats: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _print_table(rows: list[dict], file=sys.stdout) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    cells = [[("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)), file=file)
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)), file=file)
+
+
+def cmd_models(args) -> int:
+    from .zoo import available_models
+    rows = [{"name": m["name"], "task": m["task"], "available": "yes" if m["available"] else "no",
+             "description": m["description"] if m["available"] else m.get("install", "")}
+            for m in available_models()]
+    _print_table(rows)
+    print("\nAlso: a Hugging Face hub id or a local model folder (when reachable), or timm:NAME.")
+    return 0
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-")
+
+
+def cmd_compress(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from . import data, zoo
+    from .config import OatsConfig
+    from .io import RunWriter, load_run, read_manifest
+    from .pipeline import compress_model, method_config
+
+    out = Path(args.out) if args.out else None
+    calib = {"samples": args.calib_samples, "seq_len": args.seq_len, "seed": args.seed, "source": args.calib_source}
+    resume_manifest = None
+    if args.resume:
+        if out is None:
+            return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
+        resume_manifest = read_manifest(out)
+        if resume_manifest.get("complete"):
+            return _fail(f"run '{out}' is already complete: nothing to resume")
+        if resume_manifest["model_name"] != args.model:
+            return _fail(f"run '{out}' was made for '{resume_manifest['model_name']}', not '{args.model}'")
+        config = OatsConfig(**resume_manifest["config"])
+        method = resume_manifest["method"]
+        calib = resume_manifest.get("calibration_request", calib)
+    else:
+        rank_ratio = args.rank_ratio
+        if rank_ratio is None:
+            preset = zoo.PRESETS.get(args.model)
+            rank_ratio = preset.default_rank_ratio if preset else 0.25
+        config = OatsConfig(compression=args.compression, rank_ratio=rank_ratio, iterations=args.iterations,
+                            sparsity=args.sparsity, solver=args.solver)
+        method = args.method
+        method_config(method, config)
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = runs_root() / _slug(f"{args.model}-{method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
+        if (out / "manifest.json").exists() and not args.overwrite:
+            return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
+                         f"--overwrite to replace it, or another --out")
+
+    t0 = time.perf_counter()
+    print(f"loading {args.model} ...", file=sys.stderr)
+    loaded = zoo.load_model(args.model, trust_remote_code=args.trust_remote_code)
+    batches = data.calibration_batches(loaded, n_samples=calib["samples"], seq_len=calib["seq_len"],
+                                       source=calib["source"], seed=calib["seed"])
+    t_load = time.perf_counter() - t0
+    resume = None
+    if resume_manifest is not None:
+        resume = load_run(out, model=loaded.model, allow_partial=True)
+        print(f"resuming '{out}' after {len(resume.blocks)} finished blocks", file=sys.stderr)
+    writer = RunWriter(out, extra={"calibration_request": calib, "model_source": loaded.source,
+                                   "task": loaded.task})
+    bar = tqdm(total=None, unit="block", desc="compressing", file=sys.stderr)
+
+    def progress(done, total, msg):
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(msg)
+        bar.refresh()
+
+    try:
+        run = compress_model(loaded.model, batches, config, method=method, progress=progress,
+                             model_name=args.model, device=args.device, allow_generic=args.generic,
+                             on_block_done=writer.block_done, resume=resume)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: finished blocks are saved in '{out}'; continue with "
+              f"'oats compress {args.model} --out {out} --resume'", file=sys.stderr)
+        return 130
+    bar.close()
+    run.timings["load_s"] = t_load
+    writer.finish(run)
+    rows = run.table()
+    if not args.quiet:
+        _print_table(rows)
+    kept = run.params_kept / max(run.params_dense, 1)
+    errs = sorted(r.scaled_error for r in run.layers)
+    print(f"\n{len(rows)} matrices in {len(run.blocks)} blocks; kept {kept:.1%} of block-linear parameters "
+          f"(compression {1 - kept:.1%}); median scaled error {errs[len(errs) // 2]:.4f}; "
+          f"calibration {run.timings['capture_s'] + run.timings['stats_s']:.1f}s, decomposition "
+          f"{run.timings['decompose_s']:.1f}s, total {run.timings['total_s']:.1f}s (+{t_load:.1f}s loading)")
+    print(f"saved to {out}")
+    del torch
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .io import list_runs
+    root = Path(args.root) if args.root else runs_root()
+    runs = list_runs(root)
+    if not runs:
+        print(f"no runs in '{root}': make one with 'oats compress MODEL'")
+        return 0
+    _print_table([{"name": r["name"], "status": r["status"], "model": r.get("model", ""),
+                   "method": r.get("method", ""), "compression": r.get("compression", ""),
+                   "rank_ratio": r.get("rank_ratio", ""), "problem": r.get("problem", "")} for r in runs])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="oats", description="OATS: sparse + low-rank compression of transformer weights.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("models", help="list presets and whether each is available now").set_defaults(fn=cmd_models)
+
+    c = sub.add_parser("compress", help="compress a model and save a run folder")
+    c.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
+    c.add_argument("--method", default="oats", help="oats (default), wanda or magnitude")
+    c.add_argument("--compression", default=0.5, help="fraction of each matrix's parameters removed, in (0, 1)")
+    c.add_argument("--rank-ratio", default=None, help="share of kept parameters in the low-rank term, [0, 1); "
+                   "default: the preset's (0.25 LMs, 0.20 ViTs)")
+    c.add_argument("--iterations", default=80, help="alternating-thresholding iterations (maximum for the fast solver)")
+    c.add_argument("--sparsity", default="row", help="row, layer, or N:M (keep N of every M; compression then derived)")
+    c.add_argument("--solver", default="fast", help="fast (default) or exact (a full SVD every iteration)")
+    c.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
+    c.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
+    c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None, help="cpu or cuda (where the decompositions run)")
+    c.add_argument("--out", default=None, help="run folder (default: runs/<model>-<method>-...)")
+    c.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    c.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    c.add_argument("--generic", action="store_true", help="allow the generic adapter for unknown architectures")
+    c.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
+    c.add_argument("--quiet", action="store_true", help="no per-layer table")
+    c.set_defaults(fn=cmd_compress)
+
+    r = sub.add_parser("runs", help="list run folders and their status")
+    r.add_argument("--root", default=None, help="runs folder (default: $OATS_RUNS_DIR or ./runs)")
+    r.set_defaults(fn=cmd_runs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except OatsError as e:
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The one configuration object shared by the library, the CLI and the app.
+
+Validation lives here only, so a bad value gets the same message everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from .errors import ConfigError
+
+SOLVERS = ("fast", "exact")
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_nm(pattern: str) -> tuple[int, int] | None:
+    """Return (N, M) for an "N:M" pattern, None for "row"/"layer"; raise ConfigError otherwise."""
+    if pattern in ("row", "layer"):
+        return None
+    m = _NM.match(str(pattern))
+    if not m:
+        raise ConfigError(
+            f"sparsity pattern {pattern!r} is not understood: use 'row', 'layer' or 'N:M' such as '2:4'"
+        )
+    n, mm = int(m.group(1)), int(m.group(2))
+    if mm < 1 or n < 1 or n >= mm:
+        raise ConfigError(
+            f"sparsity pattern {pattern!r} is invalid: N:M needs 1 <= N < M (keep N of every M), e.g. '2:4'"
+        )
+    return n, mm
+
+
+def _number(name: str, value, allowed: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number {allowed}, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number {allowed}, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{name} must be a number {allowed}, got {value!r}")
+    return x
+
+
+@dataclass(frozen=True)
+class OatsConfig:
+    """How one weight matrix is split into a sparse term plus a low-rank term.
+
+    N:M convention (the reference code's): the sparse term keeps N of every M consecutive
+    input entries of each row, and the low-rank rank is derived from the density
+    (N/M) / (1 - rank_ratio). The compression rate is then *derived*, not chosen:
+    ``effective_compression = 1 - (N/M) / (1 - rank_ratio)`` (2:4 at rank ratio 0.25 removes
+    about 33% of the parameters, not 50%). ``compression`` is ignored in N:M mode.
+    """
+
+    compression: float = 0.5
+    """rho: fraction of each matrix's parameters removed, 0 < rho < 1 (index storage not counted)."""
+    rank_ratio: float = 0.25
+    """kappa: share of the kept parameters spent on the low-rank term, 0 <= kappa < 1.
+    kappa = 0 gives rank 0, and OATS reduces to Wanda."""
+    iterations: int = 80
+    """N: alternating-thresholding iterations (the paper's default is 80). With the fast
+    solver this is the maximum; it stops earlier once the objective stops improving."""
+    sparsity: str = "row"
+    """'row' (each row keeps the same count, the reference default), 'layer' (one threshold
+    per matrix) or 'N:M' (keep N of every M consecutive inputs of a row)."""
+    eps: float = 1e-4
+    """Relative floor on the input scale: D_j = max(sqrt(E[x_j^2]), eps * mean_k D_k), so a
+    channel that never fires is scaled by a small positive number, not zero."""
+    solver: str = "fast"
+    """'exact': a full SVD every iteration, exactly Algorithm 1. 'fast': warm-started
+    subspace iteration plus early stopping, same answer within the benchmark's tolerance."""
+    tol: float = 1e-5
+    """Fast solver: stop once the relative decrease of the scaled error over one iteration
+    falls below tol (after a few iterations). Ignored by the exact solver."""
+
+    def __post_init__(self):
+        rho = _number("compression", self.compression, "in (0, 1)")
+        if not 0.0 < rho < 1.0:
+            raise ConfigError(f"compression must be in (0, 1) (fraction of parameters removed), got {self.compression!r}")
+        kappa = _number("rank_ratio", self.rank_ratio, "in [0, 1)")
+        if not 0.0 <= kappa < 1.0:
+            raise ConfigError(f"rank_ratio must be in [0, 1) (share of kept parameters in the low-rank term), got {self.rank_ratio!r}")
+        it = self.iterations
+        if isinstance(it, bool) or not isinstance(it, (int, float, str)):
+            raise ConfigError(f"iterations must be a whole number >= 1, got {it!r}")
+        try:
+            it_f = float(it)
+        except ValueError:
+            raise ConfigError(f"iterations must be a whole number >= 1, got {it!r}") from None
+        if not math.isfinite(it_f) or it_f != int(it_f) or it_f < 1:
+            raise ConfigError(f"iterations must be a whole number >= 1, got {it!r}")
+        eps = _number("eps", self.eps, "in (0, 1)")
+        if not 0.0 < eps < 1.0:
+            raise ConfigError(f"eps must be in (0, 1), got {self.eps!r}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        tol = _number("tol", self.tol, ">= 0")
+        if tol < 0:
+            raise ConfigError(f"tol must be >= 0, got {self.tol!r}")
+        nm = parse_nm(str(self.sparsity).strip())
+        object.__setattr__(self, "compression", rho)
+        object.__setattr__(self, "rank_ratio", kappa)
+        object.__setattr__(self, "iterations", int(it_f))
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "tol", tol)
+        object.__setattr__(self, "sparsity", str(self.sparsity).strip() if nm is None else f"{nm[0]}:{nm[1]}")
+        if nm is not None and (nm[0] / nm[1]) / (1.0 - kappa) >= 1.0:
+            raise ConfigError(
+                f"sparsity {self.sparsity} with rank_ratio {kappa} keeps everything "
+                f"((N/M)/(1-rank_ratio) >= 1): lower the rank ratio or N"
+            )
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) in N:M mode, else None."""
+        return parse_nm(self.sparsity)
+
+    @property
+    def density(self) -> float:
+        """Fraction of each matrix's parameters kept, sparse and low-rank terms together."""
+        nm = self.nm
+        if nm is None:
+            return 1.0 - self.compression
+        return (nm[0] / nm[1]) / (1.0 - self.rank_ratio)
+
+    @property
+    def effective_compression(self) -> float:
+        """The compression rate actually applied (differs from ``compression`` in N:M mode)."""
+        return 1.0 - self.density
+
+    def replace(self, **changes) -> "OatsConfig":
+        d = asdict(self)
+        d.update(changes)
+        return OatsConfig(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

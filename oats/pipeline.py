@@ -1,0 +1,371 @@
+"""Sequential compression, block by block (OATS, Section 3.3).
+
+For each block in order: hook its linears, run the calibration inputs (which already went
+through the compressed earlier blocks) through the still-dense block to collect per-channel
+second moments, compress every linear, then re-run the compressed block to produce the next
+block's inputs. Embeddings, norms and heads stay dense.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
+from .calibration import BlockInputs, SecondMoments, capture_block_inputs, run_block
+from .config import OatsConfig
+from .decompose import Decomposition, decompose_many, sparse_budget, rank_budget
+from .errors import ConfigError
+from .modules import OatsLinear, oats_layers, set_mode, use_mode
+
+METHODS = {
+    "oats": "sparse + low-rank (alternating thresholding on W D)",
+    "wanda": "sparse only: keep the largest |W_ij| * ||X_j|| per row (OATS with rank ratio 0)",
+    "magnitude": "sparse only: keep the largest |W_ij| per row",
+}
+
+
+def method_config(method: str, config: OatsConfig) -> tuple[OatsConfig, bool]:
+    """The decomposition config a method runs with, and whether it scales by the inputs."""
+    if method == "oats":
+        return config, True
+    if method == "wanda":
+        return config.replace(rank_ratio=0.0), True
+    if method == "magnitude":
+        return config.replace(rank_ratio=0.0), False
+    raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+@dataclass
+class LayerRecord:
+    """What happened to one compressed matrix (a part of a fused matrix counts as one)."""
+
+    block: int
+    name: str            # canonical name: q, k, v, o, gate, up, down, fc1, fc2, ...
+    path: str            # module path in the model
+    kind: str            # attn | mlp
+    rows: tuple[int, int] | None
+    shape: tuple[int, int]
+    rank: int
+    nnz: int
+    params: int          # nnz + rank * (d_out + d_in)
+    budget: int          # (1 - effective compression) * d_out * d_in, floored
+    scaled_error: float  # ||(W - S' - L') D||_F / ||W D||_F
+    output_error: float | None  # ||X (W - W')^T||_F / ||X W^T||_F on the calibration inputs
+    iterations: int
+    time_s: float
+    history: dict = field(default_factory=dict)
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.block}.{self.name}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["qualname"] = self.qualname
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerRecord":
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["shape"] = tuple(d["shape"])
+        d["rows"] = tuple(d["rows"]) if d.get("rows") else None
+        return cls(**d)
+
+
+@dataclass
+class BlockRecord:
+    index: int
+    path: str
+    output_error: float  # ||block_c(x) - block_d(x)|| / ||block_d(x)|| on the same inputs
+    stats_time_s: float
+    decompose_time_s: float
+
+
+@dataclass
+class CompressionRun:
+    """A compressed model plus everything measured while compressing it.
+
+    ``input_sq_norms[qualname]`` holds each matrix's (d_in,) statistics; the model's replaced
+    linears (``OatsLinear``) hold the sparse and low-rank terms.
+    """
+
+    model: nn.Module
+    model_name: str
+    family: str
+    method: str
+    config: OatsConfig
+    layers: list[LayerRecord]
+    blocks: list[BlockRecord]
+    input_sq_norms: dict[str, torch.Tensor]
+    calibration: dict
+    timings: dict
+
+    def set_mode(self, mode: str, layers: list[str] | None = None) -> None:
+        """Switch the model to dense / both / sparse / lowrank, model-wide or for some module paths."""
+        set_mode(self.model, mode, layers)
+
+    def use_mode(self, mode: str, layers: list[str] | None = None) -> use_mode:
+        return use_mode(self.model, mode, layers)
+
+    def modules(self) -> dict[str, OatsLinear]:
+        return oats_layers(self.model)
+
+    def layer(self, qualname: str) -> LayerRecord:
+        for r in self.layers:
+            if r.qualname == qualname:
+                return r
+        raise KeyError(qualname)
+
+    def factors(self, qualname: str) -> dict[str, torch.Tensor]:
+        """Unscaled weight, sparse term, u and v of one matrix (a fused part's own rows/rank)."""
+        rec = self.layer(qualname)
+        mod = self.modules()[rec.path]
+        if rec.rows is None:
+            return {"weight": mod.weight, "sparse": mod.sparse, "u": mod.u, "v": mod.v}
+        # parts of a fused matrix own consecutive rank columns, in the order of the records
+        start = 0
+        for r in self.layers:
+            if r is rec:
+                break
+            if r.path == rec.path:
+                start += r.rank
+        rows, cols = slice(*rec.rows), slice(start, start + rec.rank)
+        return {"weight": mod.weight[rows], "sparse": mod.sparse[rows], "u": mod.u[rows, cols], "v": mod.v[cols]}
+
+    @property
+    def params_dense(self) -> int:
+        return sum(r.shape[0] * r.shape[1] for r in self.layers)
+
+    @property
+    def params_kept(self) -> int:
+        return sum(r.params for r in self.layers)
+
+    def table(self) -> list[dict]:
+        """One row per matrix, for printing and CSV."""
+        return [{"block": r.block, "name": r.name, "shape": f"{r.shape[0]}x{r.shape[1]}", "rank": r.rank,
+                 "nnz": r.nnz, "kept": round(r.params / (r.shape[0] * r.shape[1]), 4),
+                 "scaled_error": round(r.scaled_error, 5),
+                 "output_error": None if r.output_error is None else round(r.output_error, 5),
+                 "iterations": r.iterations, "time_s": round(r.time_s, 3)} for r in self.layers]
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def _fuse(parts: list[tuple[LinearRef, Decomposition]], d_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assemble (sparse, u, v) of a whole (possibly fused) matrix from its parts' decompositions."""
+    if len(parts) == 1 and parts[0][0].rows is None:
+        dec = parts[0][1]
+        return dec.sparse, dec.u, dec.v
+    d_in = parts[0][1].sparse.shape[1]
+    r_total = sum(dec.rank for _, dec in parts)
+    sparse = torch.zeros(d_out, d_in, dtype=parts[0][1].sparse.dtype)
+    u = torch.zeros(d_out, r_total, dtype=sparse.dtype)
+    v = torch.zeros(r_total, d_in, dtype=sparse.dtype)
+    c = 0
+    for ref, dec in parts:
+        a, b = ref.rows
+        sparse[a:b] = dec.sparse.cpu()
+        u[a:b, c:c + dec.rank] = dec.u.cpu()  # block-diagonal: each part's low rank stays its own
+        v[c:c + dec.rank] = dec.v.cpu()
+        c += dec.rank
+    return sparse, u, v
+
+
+class _OutputError:
+    """Hooks on replaced linears: accumulate ||x (W - W')^T||^2 and ||x W^T||^2 per part."""
+
+    def __init__(self):
+        self.num: dict[str, torch.Tensor] = {}
+        self.den: dict[str, torch.Tensor] = {}
+        self.current_mask = None
+        self._handles = []
+        self._rows: dict[str, list[tuple[str, tuple[int, int] | None]]] = {}
+
+    def hook(self, path: str, module: OatsLinear, parts: list[tuple[str, tuple[int, int] | None]]):
+        delta = (module.weight - module.effective_weight("both")).detach()
+        self._rows[path] = parts
+
+        def fn(m, inp, _out):
+            x = inp[0].detach()
+            mask = self.current_mask
+            if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                x = x[mask]
+            x = x.reshape(-1, x.shape[-1])
+            e = torch.nn.functional.linear(x, delta).square_().sum(0)
+            y = torch.nn.functional.linear(x, m.weight).square_().sum(0)
+            for q, rows in parts:
+                sl = slice(*rows) if rows else slice(None)
+                self.num[q] = self.num.get(q, 0) + e[sl].sum()
+                self.den[q] = self.den.get(q, 0) + y[sl].sum()
+        self._handles.append(module.register_forward_hook(fn))
+
+    def result(self, qualname: str) -> float | None:
+        if qualname not in self.num:
+            return None
+        return float((self.num[qualname] / self.den[qualname].clamp_min(1e-30)).sqrt())
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@torch.no_grad()
+def compress_block(model: nn.Module, adapter, index: int, block_path: str, block: nn.Module,
+                   inputs: BlockInputs, config: OatsConfig, method: str = "oats",
+                   device=None) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Compress one block in place. Returns (layer records, block record, statistics, next inputs)."""
+    dconfig, scaled = method_config(method, config)
+    refs = adapter.linears(model, block)
+    by_path: dict[str, list[LinearRef]] = {}
+    for ref in refs:
+        by_path.setdefault(ref.path, []).append(ref)
+
+    # 1. statistics of the dense block on the (already compressed) inputs
+    t0 = time.perf_counter()
+    stats = SecondMoments()
+    for path in by_path:
+        stats.hook(path, block.get_submodule(path))
+    dense_out = []
+    try:
+        for i, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
+            stats.current_mask = inputs.token_masks[i]
+            dense_out.append(adapter.block_output(block(h, *a, **kw)).detach())
+    finally:
+        stats.remove()
+    t_stats = time.perf_counter() - t0
+
+    # 2. decompose every matrix of the block (same shapes batched)
+    t0 = time.perf_counter()
+    weights, norms, meta = [], [], []
+    for path, prefs in by_path.items():
+        w_full = weight_of(block.get_submodule(path)).float()
+        m2 = stats.mean(path)
+        for ref in prefs:
+            w = w_full[ref.rows[0]:ref.rows[1]] if ref.rows else w_full
+            weights.append(w)
+            norms.append(m2 if scaled else None)
+            meta.append(ref)
+    decs = decompose_many(weights, norms, dconfig, device=device)
+    t_dec = time.perf_counter() - t0
+    per_matrix_time = t_dec / max(len(decs), 1)
+
+    records: list[LayerRecord] = []
+    m2_out: dict[str, torch.Tensor] = {}
+    dec_by_ref = dict(zip(meta, decs))
+    new_modules: dict[str, OatsLinear] = {}
+    for path, prefs in by_path.items():
+        old = block.get_submodule(path)
+        w_full = weight_of(old)
+        sparse, u, v = _fuse([(r, dec_by_ref[r]) for r in prefs], w_full.shape[0])
+        new = OatsLinear(w_full, bias_of(old), sparse.to(w_full.dtype), u.to(w_full.dtype), v.to(w_full.dtype))
+        new.to(w_full.device)
+        set_submodule(block, path, new)
+        new_modules[path] = new
+        for ref in prefs:
+            dec = dec_by_ref[ref]
+            d_out, d_in = dec.shape
+            qual = f"{index}.{ref.name}"
+            m2_out[qual] = stats.mean(path).cpu()
+            records.append(LayerRecord(
+                block=index, name=ref.name, path=f"{block_path}.{path}", kind=ref.kind, rows=ref.rows,
+                shape=(d_out, d_in), rank=dec.rank, nnz=dec.nnz, params=dec.params,
+                budget=int(dconfig.density * d_out * d_in), scaled_error=dec.error, output_error=None,
+                iterations=dec.iterations, time_s=per_matrix_time, history=dec.history.to_dict()))
+
+    # 3. re-run the compressed block: next inputs, output errors
+    oerr = _OutputError()
+    for path, prefs in by_path.items():
+        oerr.hook(path, new_modules[path], [(f"{index}.{r.name}", r.rows) for r in prefs])
+    num = den = 0.0
+    next_hidden = []
+    try:
+        for i, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
+            oerr.current_mask = inputs.token_masks[i]
+            out = adapter.block_output(block(h, *a, **kw)).detach()
+            next_hidden.append(out)
+            diff, ref_out = out - dense_out[i], dense_out[i]
+            mask = inputs.token_masks[i]
+            if mask is not None and tuple(out.shape[:2]) == tuple(mask.shape):
+                diff, ref_out = diff[mask], ref_out[mask]
+            num += float(diff.float().square().sum())
+            den += float(ref_out.float().square().sum())
+    finally:
+        oerr.remove()
+    for rec in records:
+        rec.output_error = oerr.result(rec.qualname)
+    brec = BlockRecord(index=index, path=block_path, output_error=(num / max(den, 1e-30)) ** 0.5,
+                       stats_time_s=t_stats, decompose_time_s=t_dec)
+    return records, brec, m2_out, next_hidden
+
+
+@torch.no_grad()
+def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig | None = None,
+                   method: str = "oats", progress: ProgressFn | None = None, *, model_name: str = "",
+                   device=None, allow_generic: bool = False, on_block_done=None,
+                   resume: CompressionRun | None = None) -> CompressionRun:
+    """Compress every linear inside the transformer blocks of ``model``, in place.
+
+    Args:
+        model: a model an adapter supports (see ``oats.adapters``), in eval mode.
+        calibration: model-input dicts (``oats.data.calibration_batches``).
+        config: budgets and solver; ``OatsConfig()`` by default.
+        method: "oats", "wanda" or "magnitude" (see ``METHODS``).
+        progress: callable(done_blocks, total_blocks, message), called as blocks finish.
+        device: where the decompositions run (default: where the weights are).
+        on_block_done: callable(run_so_far, block_index) after each block (used to save).
+        resume: a partial run of this model (``oats.io.load_run(..., allow_partial=True)``):
+            its blocks are already compressed in ``model`` and are only run forward.
+
+    Returns:
+        A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
+    """
+    config = config or OatsConfig()
+    method_config(method, config)  # validates the method name before any work
+    if not calibration:
+        raise ConfigError("no calibration data: give at least one calibration batch")
+    model.eval()
+    adapter = get_adapter(model, allow_generic=allow_generic)
+    blocks = adapter.blocks(model)
+    run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
+                         config=config, layers=[], blocks=[], input_sq_norms={},
+                         calibration={"batches": len(calibration)}, timings={})
+    done: set[int] = set()
+    if resume is not None:
+        if resume.config != config or resume.method != method:
+            raise ConfigError("the run to resume was made with other settings: resume with the same "
+                              "method, compression, rank ratio, iterations and sparsity")
+        run.layers, run.blocks = list(resume.layers), list(resume.blocks)
+        run.input_sq_norms = dict(resume.input_sq_norms)
+        done = {b.index for b in resume.blocks}
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    inputs = capture_block_inputs(model, adapter, blocks[0][1], calibration)
+    run.calibration["tokens"] = inputs.tokens
+    run.timings["capture_s"] = time.perf_counter() - t0
+    total = len(blocks)
+    if progress:
+        progress(0, total, f"captured {inputs.tokens} calibration tokens")
+    for i, (path, block) in enumerate(blocks):
+        if i in done:  # already compressed: only carry the inputs forward
+            inputs.hidden = run_block(block, adapter, inputs)
+            continue
+        recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, config, method, device)
+        run.layers.extend(recs)
+        run.blocks.append(brec)
+        run.input_sq_norms.update(m2)
+        inputs.hidden = next_hidden
+        if on_block_done:
+            on_block_done(run, i)
+        if progress:
+            progress(i + 1, total, f"block {i}: output error {brec.output_error:.4f}")
+    run.timings["stats_s"] = sum(b.stats_time_s for b in run.blocks)
+    run.timings["decompose_s"] = sum(b.decompose_time_s for b in run.blocks)
+    run.timings["total_s"] = time.perf_counter() - t_all
+    return run

@@ -1,0 +1,204 @@
+"""Unit tests of the decomposition core on plain matrices (no models)."""
+
+from fractions import Fraction
+import math
+
+import pytest
+import torch
+
+from oats import OatsConfig, decompose, decompose_many
+from oats.decompose import hard_threshold, input_scale, prune_fraction, rank_budget, row_keep, sparse_budget
+from oats.errors import ConfigError
+
+SHAPES = [(64, 64), (96, 32), (32, 96), (48, 80)]
+RATES = [(0.3, 0.2), (0.5, 0.25), (0.6, 0.3), (0.5, 0.0), (0.7, 0.5)]
+
+
+def _problem(m, n, seed=0, outliers=True):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, n, generator=g) / math.sqrt(n)
+    scale = torch.exp(torch.randn(n, generator=g))
+    if outliers:
+        scale[: max(1, n // 16)] *= 20.0  # a few outlier channels, as in real activations
+    x = torch.randn(512, n, generator=g) * scale
+    return w, x.pow(2).mean(0)
+
+
+def _floor_frac(x: Fraction) -> int:
+    return x.numerator // x.denominator
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+@pytest.mark.parametrize("rho,kappa", RATES)
+def test_budget_formulas_are_exact(m, n, rho, kappa):
+    cfg = OatsConfig(compression=rho, rank_ratio=kappa)
+    R, K = Fraction(str(rho)), Fraction(str(kappa))
+    assert rank_budget(m, n, cfg) == _floor_frac(K * (1 - R) * m * n / (m + n))
+    assert row_keep(n, cfg) == n - _floor_frac(n * (1 - (1 - K) * (1 - R)))
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+@pytest.mark.parametrize("rho,kappa", RATES)
+@pytest.mark.parametrize("solver", ["exact", "fast"])
+def test_decomposition_meets_budget(m, n, rho, kappa, solver):
+    w, m2 = _problem(m, n)
+    cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=6, solver=solver)
+    dec = decompose(w, m2, cfg)
+    r = rank_budget(m, n, cfg)
+    k = row_keep(n, cfg)
+    assert dec.rank == r and dec.u.shape == (m, r) and dec.v.shape == (r, n)
+    assert torch.equal((dec.sparse != 0).sum(1), torch.full((m,), k))
+    # the whole budget: r (m + n) + nnz = (1 - rho) m n up to the integer rounding
+    assert abs(dec.params - (1 - rho) * m * n) <= (m + n) + m
+    assert dec.params <= (1 - rho) * m * n + 1e-9
+    assert torch.allclose(dec.dense(), dec.sparse + dec.u @ dec.v)
+
+
+def _wanda_mask(w, m2, rho):
+    metric = w.abs() * m2.sqrt()
+    idx = torch.sort(metric, dim=-1, stable=True)[1][:, : int(w.shape[1] * rho)]
+    return torch.ones_like(w, dtype=torch.bool).scatter_(1, idx, False)
+
+
+@pytest.mark.parametrize("m,n", SHAPES)
+@pytest.mark.parametrize("rho", [0.3, 0.5, 0.7])
+def test_rank_ratio_zero_is_wanda(m, n, rho):
+    w, m2 = _problem(m, n, seed=3)
+    dec = decompose(w, m2, OatsConfig(compression=rho, rank_ratio=0.0))
+    assert dec.rank == 0
+    mask = _wanda_mask(w, m2, rho)
+    assert torch.equal(dec.sparse != 0, mask)
+    assert torch.allclose(dec.sparse[mask], w[mask], rtol=1e-6, atol=0)
+    assert torch.equal(dec.dense(), dec.sparse)
+
+
+@pytest.mark.parametrize("sparsity", ["row", "layer", "2:4", "4:8"])
+@pytest.mark.parametrize("solver", ["exact", "fast"])
+@pytest.mark.parametrize("m,n", [(64, 64), (96, 32), (32, 96)])
+def test_history_non_increasing(sparsity, solver, m, n):
+    w, m2 = _problem(m, n, seed=5)
+    dec = decompose(w, m2, OatsConfig(compression=0.5, rank_ratio=0.3, iterations=25, sparsity=sparsity,
+                                      solver=solver, tol=0.0))
+    h = dec.history.error
+    assert len(h) == 25
+    assert all(b <= a * (1 + 1e-5) + 1e-7 for a, b in zip(h, h[1:])), h
+    assert h[-1] < h[0]  # the alternation actually improves on the first iterate
+    # error and energies are consistent with the factors
+    d = dec.scale
+    err = ((w - dec.dense()) * d).norm() / (w * d).norm()
+    assert abs(float(err) - h[-1]) < 1e-4
+    se = float(((dec.sparse * d).norm() / (w * d).norm()) ** 2)
+    le = float(((dec.lowrank() * d).norm() / (w * d).norm()) ** 2)
+    assert abs(se - dec.history.sparse_energy[-1]) < 1e-4
+    assert abs(le - dec.history.lowrank_energy[-1]) < 1e-4
+
+
+@pytest.mark.parametrize("n_keep,m_group", [(2, 4), (4, 8), (1, 4), (2, 8)])
+@pytest.mark.parametrize("kappa", [0.0, 0.25])
+def test_nm_masks_valid(n_keep, m_group, kappa):
+    w, m2 = _problem(48, 64, seed=7)
+    cfg = OatsConfig(rank_ratio=kappa, sparsity=f"{n_keep}:{m_group}", iterations=5)
+    dec = decompose(w, m2, cfg)
+    groups = (dec.sparse != 0).reshape(48, 64 // m_group, m_group).sum(-1)
+    assert torch.equal(groups, torch.full_like(groups, n_keep))
+    density = Fraction(n_keep, m_group) / (1 - Fraction(str(kappa)))
+    assert dec.rank == _floor_frac(Fraction(str(kappa)) * density * 48 * 64 / (48 + 64))
+    assert cfg.effective_compression == pytest.approx(1 - float(density))
+
+
+def test_nm_pattern_must_divide_input():
+    w, m2 = _problem(16, 30)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        decompose(w, m2, OatsConfig(sparsity="2:4"))
+
+
+@pytest.mark.parametrize("rho,kappa", RATES)
+@pytest.mark.parametrize("m,n", SHAPES)
+def test_layerwise_meets_total_exactly(rho, kappa, m, n):
+    w, m2 = _problem(m, n, seed=11)
+    cfg = OatsConfig(compression=rho, rank_ratio=kappa, sparsity="layer", iterations=5)
+    dec = decompose(w, m2, cfg)
+    total = m * n - _floor_frac(m * n * (1 - (1 - Fraction(str(kappa))) * (1 - Fraction(str(rho)))))
+    assert dec.nnz == total == sparse_budget(m, n, cfg)
+    # one threshold for the matrix: rows may differ in count
+    assert (dec.sparse != 0).sum(1).unique().numel() > 1
+
+
+def test_all_zero_input_channels_stay_finite():
+    w, m2 = _problem(64, 64, seed=2)
+    m2[:5] = 0.0
+    for solver in ("exact", "fast"):
+        dec = decompose(w, m2, OatsConfig(rank_ratio=0.25, iterations=10, solver=solver))
+        for t in (dec.sparse, dec.u, dec.v, dec.scale):
+            assert torch.isfinite(t).all()
+        assert (dec.scale > 0).all()
+        # a channel that never fires carries nothing worth keeping in the sparse term
+        assert (dec.sparse[:, :5] != 0).sum() == 0
+        # its reconstruction stays on the weight's own scale, not blown up by 1/D
+        assert dec.dense()[:, :5].abs().max() < 10 * w.abs().max()
+    d = input_scale(torch.zeros(8), 8, 1e-4)
+    assert torch.equal(d, torch.ones(8))  # nothing fired at all: unscaled
+
+
+def test_unscaled_is_magnitude():
+    w, _ = _problem(32, 64, seed=4)
+    dec = decompose(w, None, OatsConfig(compression=0.5, rank_ratio=0.0))
+    idx = torch.sort(w.abs(), dim=-1, stable=True)[1][:, :32]
+    mask = torch.ones_like(w, dtype=torch.bool).scatter_(1, idx, False)
+    assert torch.equal(dec.sparse != 0, mask)
+
+
+def test_threshold_counts_exact_with_ties():
+    r = torch.zeros(4, 10)  # all ties
+    out = hard_threshold(r + 1.0, OatsConfig(compression=0.5, rank_ratio=0.0))
+    assert torch.equal((out != 0).sum(1), torch.full((4,), 5))
+
+
+def test_batched_equals_single():
+    w1, a = _problem(64, 32, seed=1)
+    w2, b = _problem(64, 32, seed=2)
+    cfg = OatsConfig(iterations=8, solver="exact")
+    both = decompose_many([w1, w2], [a, b], cfg)
+    one = decompose(w2, b, cfg)
+    assert torch.allclose(both[1].dense(), one.dense(), atol=1e-5)
+
+
+def test_fast_solver_matches_exact_on_structured_matrix():
+    w, m2 = _problem(128, 96, seed=9)
+    e = decompose(w, m2, OatsConfig(iterations=80, solver="exact"))
+    f = decompose(w, m2, OatsConfig(iterations=80, solver="fast"))
+    assert f.error <= e.error * 1.005
+
+
+def test_trace_sees_every_iteration():
+    w, m2 = _problem(32, 32)
+    seen = []
+    decompose(w, m2, OatsConfig(iterations=4, solver="exact"), trace=lambda t, l, s: seen.append((t, l.shape, s.shape)))
+    assert [t for t, _, _ in seen] == [1, 2, 3, 4] and seen[0][1] == (32, 32)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(compression=0), "compression must be in (0, 1)"),
+    (dict(compression=1), "compression must be in (0, 1)"),
+    (dict(compression=-0.1), "compression must be in (0, 1)"),
+    (dict(compression="abc"), "compression must be a number in (0, 1), got 'abc'"),
+    (dict(rank_ratio=1), "rank_ratio must be in [0, 1)"),
+    (dict(iterations=0), "iterations must be a whole number >= 1, got 0"),
+    (dict(iterations=2.5), "iterations must be a whole number >= 1, got 2.5"),
+    (dict(sparsity="3:2"), "N:M needs 1 <= N < M"),
+    (dict(sparsity="2:0"), "N:M needs 1 <= N < M"),
+    (dict(sparsity="diagonal"), "sparsity pattern 'diagonal' is not understood"),
+    (dict(solver="magic"), "solver must be one of fast, exact"),
+    (dict(sparsity="3:4", rank_ratio=0.3), "keeps everything"),
+])
+def test_config_validation_messages(kwargs, message):
+    with pytest.raises(ConfigError) as e:
+        OatsConfig(**kwargs)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_config_normalises_strings():
+    cfg = OatsConfig(compression="0.4", rank_ratio="0.2", iterations="10", sparsity=" 2:4 ")
+    assert (cfg.compression, cfg.rank_ratio, cfg.iterations, cfg.sparsity) == (0.4, 0.2, 10, "2:4")
+    assert prune_fraction(OatsConfig(0.5, 0.25)) == pytest.approx(0.625)
