@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .config import OatsConfig
@@ -19,6 +20,8 @@ from .errors import ConfigError
 _OVERSAMPLE = 8
 # Fast solver: never stop before this many iterations (the first ones move the most).
 _MIN_ITERS = 8
+# Fast solver: momentum on the sparse term fed to the SVD step (restarted when it overshoots).
+_MOMENTUM = 0.8
 
 
 # ----------------------------------------------------------------------------- budgets
@@ -106,6 +109,8 @@ def hard_threshold(r: torch.Tensor, config: OatsConfig) -> torch.Tensor:
         return r.clone()
     if k <= 0:
         return torch.zeros_like(r)
+    if r.device.type == "cpu" and r.dtype == torch.float32:
+        return _row_threshold_cpu(r, k)
     if 2 * k > d_in:  # cheaper to select what is dropped
         idx = r.abs().topk(d_in - k, dim=-1, largest=False, sorted=False).indices
         return r.scatter(-1, idx, 0.0)
@@ -113,9 +118,26 @@ def hard_threshold(r: torch.Tensor, config: OatsConfig) -> torch.Tensor:
     return torch.zeros_like(r).scatter_(-1, idx, r.gather(-1, idx))
 
 
-def _truncated_svd(a: torch.Tensor, r: int):
-    u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    return u[..., :r], s[..., :r], vh[..., :r, :]
+def _row_threshold_cpu(r: torch.Tensor, k: int) -> torch.Tensor:
+    """Row-wise top-k by magnitude on the CPU, through numpy's introselect.
+
+    np.partition finds each row's k-th largest |r| several times faster than torch.topk
+    here; a comparison then builds the mask. Rows with ties at the threshold (more than k
+    entries >= it) are redone with argpartition so every row keeps exactly k.
+    """
+    d_in = r.shape[-1]
+    x = r.detach().contiguous().numpy().reshape(-1, d_in)
+    mag = np.abs(x)
+    thr = np.partition(mag, d_in - k, axis=1)[:, d_in - k: d_in - k + 1]
+    mask = mag >= thr
+    counts = mask.sum(axis=1)
+    tied = np.nonzero(counts != k)[0]
+    if tied.size:
+        keep = np.argpartition(mag[tied], d_in - k, axis=1)[:, d_in - k:]
+        fixed = np.zeros((tied.size, d_in), dtype=bool)
+        np.put_along_axis(fixed, keep, True, axis=1)
+        mask[tied] = fixed
+    return torch.from_numpy(np.where(mask, x, np.float32(0.0))).reshape(r.shape)
 
 
 # ----------------------------------------------------------------------------- result
@@ -196,69 +218,125 @@ class Decomposition:
 # ----------------------------------------------------------------------------- solvers
 
 
-def _record(hist: History, a_norm2: torch.Tensor, resid: torch.Tensor, s: torch.Tensor, l_norm2: torch.Tensor):
-    """Append one iteration to each batch member's history (batched: lists of History)."""
-    err = resid.pow(2).sum(dim=(-2, -1))
-    se = s.pow(2).sum(dim=(-2, -1))
-    for i, h in enumerate(hist):
-        an = float(a_norm2[i]) or 1.0
-        h.error.append(math.sqrt(float(err[i]) / an))
-        h.sparse_energy.append(float(se[i]) / an)
-        h.lowrank_energy.append(float(l_norm2[i]) / an)
+def _record(hists: list[History], a_norm2: torch.Tensor, err2: torch.Tensor, s_norm2: torch.Tensor,
+            l_norm2: torch.Tensor) -> None:
+    """Append one iteration to each batch member's history (squared norms in, ratios out)."""
+    rows = torch.stack([err2, s_norm2, l_norm2], dim=1) / a_norm2.clamp_min(1e-30).unsqueeze(1)
+    for h, (e, se, le) in zip(hists, rows.tolist()):
+        h.error.append(math.sqrt(max(e, 0.0)))
+        h.sparse_energy.append(se)
+        h.lowrank_energy.append(le)
+
+
+def _exact_l(target: torch.Tensor, r: int, p: int):
+    """Best rank-r approximation by a full SVD. Returns (U*s, Vh, s, basis of the top p)."""
+    u, sv, vh = torch.linalg.svd(target, full_matrices=False)
+    return u[..., :r] * sv[..., :r].unsqueeze(-2), vh[..., :r, :], sv[..., :r], u[..., :p]
+
+
+def _subspace_l(target: torch.Tensor, r: int, q: torch.Tensor, steps: int = 1):
+    """Rank-r approximation from ``steps`` of subspace iteration started at basis q (m, p).
+
+    The SVD's input changes little between iterations, so one power step from the previous
+    subspace, then Rayleigh-Ritz, tracks its top-r space at a fraction of a full SVD's cost.
+    The small (p, n) problem is solved through the eigenvectors of B B^T (p x p).
+    """
+    tt = target.transpose(-2, -1)
+    for _ in range(steps):
+        q, _ = torch.linalg.qr(target @ (tt @ q))
+    b = q.transpose(-2, -1) @ target                       # (p, n)
+    evals, evecs = torch.linalg.eigh(b @ b.transpose(-2, -1))
+    evals, evecs = evals.flip(-1), evecs.flip(-1)          # descending
+    sb = evals.clamp_min(0).sqrt()
+    q = q @ evecs
+    sr = sb[..., :r]
+    vh = (evecs[..., :r].transpose(-2, -1) @ b) / sr.clamp_min(1e-30).unsqueeze(-1)
+    return q[..., :r] * sr.unsqueeze(-2), vh, sr, q
+
+
+def _initial_basis(target: torch.Tensor, p: int, steps: int = 4) -> torch.Tensor:
+    """A (m, p) orthonormal basis near the top-p left singular space (randomized range finder)."""
+    g = torch.Generator(device=target.device).manual_seed(0)
+    omega = torch.randn(*target.shape[:-2], target.shape[-1], p, generator=g, device=target.device,
+                        dtype=target.dtype)
+    q, _ = torch.linalg.qr(target @ omega)
+    for _ in range(steps - 1):
+        q, _ = torch.linalg.qr(target @ (target.transpose(-2, -1) @ q))
+    return q
+
+
+def _sq(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, dim=(-2, -1)).square()
 
 
 def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
     """Alternating thresholding on a batch of scaled weights a (B, m, n).
 
-    Returns (S, U*s, Vh, s, histories). ``trace`` (optional callable) receives
-    (iteration, L, S) after every iteration: the walkthrough uses it.
+    Exact solver: Algorithm 1 as published (full SVD, then hard threshold, N times).
+    Fast solver: the same two projections and the same objective, with (1) the SVD replaced
+    by warm-started subspace iteration, (2) momentum on the sparse term fed to the SVD step
+    (S + beta (S - S_prev)); an iteration that would not lower the objective is redone with
+    an exact SVD and no momentum, so the error history never increases, and (3) a stop once
+    the error's relative decrease per iteration, averaged over the last three, is below tol.
+
+    Returns (S, U*s, Vh, s, histories). ``trace`` (optional) receives (iteration, L, S).
     """
     bsz, m, n = a.shape
     hists = [History() for _ in range(bsz)]
-    a_norm2 = a.pow(2).sum(dim=(-2, -1))
-    s = torch.zeros_like(a)
+    a_norm2 = _sq(a)
     if r == 0:
         s = hard_threshold(a, config)
-        _record(hists, a_norm2, a - s, s, torch.zeros(bsz))
-        empty_u = a.new_zeros(bsz, m, 0)
+        s2 = _sq(s)
+        _record(hists, a_norm2, a_norm2 - s2, s2, torch.zeros_like(s2))
         if trace is not None:
             trace(1, torch.zeros_like(a), s)
-        return s, empty_u, a.new_zeros(bsz, 0, n), a.new_zeros(bsz, 0), hists
+        return s, a.new_zeros(bsz, m, 0), a.new_zeros(bsz, 0, n), a.new_zeros(bsz, 0), hists
+
+    def finish(us, vh):
+        """S step for a given L = us @ vh: (R = A - L, S, ||R - S||^2, ||S||^2)."""
+        resid = torch.baddbmm(a, us, vh, alpha=-1.0)
+        s_new = hard_threshold(resid, config)
+        s_n2 = _sq(s_new)
+        # S keeps entries of R unchanged, so ||R - S||^2 = ||R||^2 - ||S||^2
+        return resid, s_new, (_sq(resid) - s_n2).clamp_min(0), s_n2
 
     fast = config.solver == "fast"
-    p = min(r + _OVERSAMPLE, min(m, n))
-    q = None
-    prev_err = None
+    p = min(r + _OVERSAMPLE, m, n)
+    s = s_prev = torch.zeros_like(a)
+    errs: list[torch.Tensor] = []
+    restarts = 0
     for t in range(config.iterations):
-        resid_target = a - s  # what the SVD sees
-        if not fast or t == 0:
-            u, sv, vh = torch.linalg.svd(resid_target, full_matrices=False)
-            if fast:
-                q = u[..., :p]
-            u, sv, vh = u[..., :r], sv[..., :r], vh[..., :r, :]
+        if not fast:
+            us, vh, sv, q = _exact_l(a - s, r, p)
+        elif t == 0:
+            us, vh, sv, q = _subspace_l(a, r, _initial_basis(a, p))
         else:
-            # One step of subspace iteration from the previous subspace, then Rayleigh-Ritz:
-            # the target changes little between iterations, so this tracks the top-r space.
-            y = resid_target @ (resid_target.transpose(-2, -1) @ q)
-            q, _ = torch.linalg.qr(y)
-            b = q.transpose(-2, -1) @ resid_target
-            ub, sb, vhb = torch.linalg.svd(b, full_matrices=False)
-            q = q @ ub
-            u, sv, vh = q[..., :r], sb[..., :r], vhb[..., :r, :]
-        us = u * sv.unsqueeze(-2)
-        low = us @ vh
-        r_after_l = a - low
-        s = hard_threshold(r_after_l, config)
-        resid = r_after_l - s
-        _record(hists, a_norm2, resid, s, sv.pow(2).sum(-1))
+            target = torch.add(a - s, s_prev - s, alpha=_MOMENTUM)  # A - (S + beta (S - S_prev))
+            us, vh, sv, q = _subspace_l(target, r, q)
+        resid, s_new, err2, s_n2 = finish(us, vh)
+        if fast and t > 0:
+            bad = err2 > errs[-1] * (1 + 1e-6)
+            if bool(bad.any()):
+                restarts += 1
+                ex = _exact_l(a - s, r, p)
+                ex_finish = finish(ex[0], ex[1])
+                sel = bad.view(-1, 1, 1)
+                us, vh, q, resid, s_new = (torch.where(sel, y, x) for x, y in
+                                           ((us, ex[0]), (vh, ex[1]), (q, ex[3]), (resid, ex_finish[0]),
+                                            (s_new, ex_finish[1])))
+                sv = torch.where(bad.view(-1, 1), ex[2], sv)
+                err2 = torch.where(bad, ex_finish[2], err2)
+                s_n2 = torch.where(bad, ex_finish[3], s_n2)
+        s_prev, s = s, s_new
+        errs.append(err2)
+        _record(hists, a_norm2, err2, s_n2, sv.square().sum(-1))
         if trace is not None:
-            trace(t + 1, low, s)
-        if fast:
-            err = torch.tensor([h.error[-1] for h in hists])
-            if prev_err is not None and t + 1 >= _MIN_ITERS:
-                if bool(((prev_err - err) <= config.tol * prev_err.clamp_min(1e-30)).all()):
-                    break
-            prev_err = err
+            trace(t + 1, us @ vh, s)
+        if fast and t + 1 >= _MIN_ITERS:
+            e_now, e_then = errs[-1].sqrt(), errs[-4].sqrt()
+            if bool(((e_then - e_now) <= 3 * config.tol * e_now.clamp_min(1e-30)).all()):
+                break
+    _solve.last_restarts = restarts
     return s, us, vh, sv, hists
 
 

@@ -1,0 +1,541 @@
+"""Calibration and evaluation data that exist on every machine, plus the user's own files.
+
+Text comes from the standard library's ``pydoc_data.topics.topics`` (about 65k words of
+English prose from the Python reference manual). Many topics repeat paragraphs of others
+(about a fifth of the words), so the text is split in two steps:
+
+1. walk the topic keys in sorted order and keep each paragraph only where it first appears
+   (about 52k words remain);
+2. a topic goes to evaluation when adding it keeps the evaluation share of the words seen so
+   far at or below 25%, else to calibration.
+
+Calibration (~75% of the words) and evaluation (~25%) then share no topic and no paragraph;
+the sentence lists are made disjoint too. The rule is deterministic for a given Python
+version and balances the shares by words, not by topic count (topic lengths vary 100-fold).
+Images are the photos bundled with scikit-image, scikit-learn and matplotlib.
+
+Every loader returns a list of model-input dicts (batches), ready for ``model(**batch)``:
+``input_ids``/``attention_mask`` for text, ``pixel_values`` for images.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .zoo import LoadedModel
+
+# Defaults, sized for two CPU cores: one dense forward pass over the default set takes about
+# 30 s for SmolLM2-135M (16 x 256 tokens) and about 12 s for DINOv2-S (32 crops at 224 px).
+# OATS only needs per-channel second moments, which 4k tokens estimate well. (The paper uses
+# 128 x 2048 tokens of C4 and 2048 ImageNet images.)
+LM_N_SAMPLES = 16
+"""Causal LMs: number of calibration windows."""
+LM_SEQ_LEN = 256
+"""Causal LMs: tokens per window."""
+ENCODER_N_SAMPLES = 128
+"""Encoders: number of calibration sentences."""
+ENCODER_MAX_LENGTH = 128
+"""Encoders: sentences are truncated to this many tokens."""
+VISION_N_SAMPLES = 32
+"""Vision models: number of calibration crops."""
+BATCH_SIZE = 8
+"""Samples per batch (the first dimension of every tensor)."""
+
+EVAL_SHARE = 0.25
+"""Share of the stdlib prose's words that goes to evaluation."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------------------
+# Text
+
+
+@functools.lru_cache(maxsize=1)
+def _topic_split() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(calibration topics, evaluation topics) as texts: no paragraph is in both."""
+    from pydoc_data.topics import topics
+
+    first_seen: set[str] = set()
+    calib: list[str] = []
+    evaluation: list[str] = []
+    seen = held_out = 0
+    for key in sorted(topics):
+        paragraphs = []
+        for para in re.split(r"\n\s*\n", topics[key].strip("\n")):
+            norm = " ".join(para.split())
+            if norm and norm not in first_seen:
+                first_seen.add(norm)
+                paragraphs.append(para.rstrip())
+        if not paragraphs:
+            continue
+        text = "\n\n".join(paragraphs)
+        words = len(text.split())
+        seen += words
+        if held_out + words <= EVAL_SHARE * seen:
+            evaluation.append(text)
+            held_out += words
+        else:
+            calib.append(text)
+    return tuple(calib), tuple(evaluation)
+
+
+def calibration_text() -> str:
+    """About 75% of the stdlib's pydoc prose (~40k words); no paragraph of ``evaluation_text``."""
+    return "\n\n".join(_topic_split()[0])
+
+
+def evaluation_text() -> str:
+    """About 25% of the stdlib's pydoc prose (~12k words); no paragraph of ``calibration_text``."""
+    return "\n\n".join(_topic_split()[1])
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _tokenize(tokenizer, text: str) -> list[int]:
+    # verbose=False: a whole book is longer than model_max_length, and that is fine here.
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return list(ids)
+
+
+def text_batches(
+    tokenizer,
+    text: str,
+    n_samples: int,
+    seq_len: int,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+) -> list[dict[str, torch.Tensor]]:
+    """Random fixed-length token windows from ``text``, the way LM calibration sets are cut.
+
+    The text is tokenized once (no special tokens); ``n_samples`` window starts are drawn
+    uniformly with ``numpy.random.default_rng(seed)`` among positions that leave one more token
+    after the window (so a window can also serve next-token prediction).
+
+    Returns ``ceil(n_samples / batch_size)`` dicts with ``input_ids`` (int64) and
+    ``attention_mask`` (all ones), each of shape (b, seq_len), b = batch_size except maybe
+    in the last batch. Raises DataError when the text has fewer than seq_len + 1 tokens.
+    """
+    n_samples = _positive_int("number of samples", n_samples)
+    seq_len = _positive_int("sequence length", seq_len)
+    batch_size = _positive_int("batch size", batch_size)
+    if not text or not text.strip():
+        raise DataError("the calibration text is empty: give a text file with some prose in it")
+    ids = _tokenize(tokenizer, text)
+    if len(ids) < seq_len + 1:
+        raise DataError(
+            f"the text has {len(ids)} tokens, fewer than the {seq_len + 1} one window of {seq_len} needs: "
+            "give a longer text or a shorter sequence length"
+        )
+    tokens = torch.tensor(ids, dtype=torch.long)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(ids) - seq_len, size=n_samples)
+    windows = torch.stack([tokens[s : s + seq_len] for s in starts])
+    return [
+        {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
+        for chunk in torch.split(windows, batch_size)
+    ]
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The contents of a UTF-8 text file; DataError if missing, unreadable, binary or empty."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"text file {str(p)!r} does not exist: check the path")
+    if p.is_dir():
+        raise DataError(f"{str(p)!r} is a folder, not a text file: give the path of a UTF-8 text file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {str(p)!r} ({exc.strerror or exc}): check its permissions") from exc
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{str(p)!r} looks binary, not text: give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{str(p)!r} is not UTF-8 text: convert it to UTF-8 or give another file") from None
+    if not text.strip():
+        raise DataError(f"{str(p)!r} is empty: give a text file with some prose in it")
+    return text
+
+
+# Sentences: prose paragraphs only (indented blocks are code or grammar), split after . ! ?
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+MIN_SENTENCE_WORDS = 6
+MAX_SENTENCE_WORDS = 60
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``MIN_SENTENCE_WORDS``..``MAX_SENTENCE_WORDS`` words from prose paragraphs.
+
+    Indented blocks (code, grammar rules) and underlines of headings are skipped; line breaks
+    inside a paragraph are joined. Duplicates are dropped, order is kept.
+    """
+    sentences: list[str] = []
+    seen: set[str] = set()
+    for para in re.split(r"\n\s*\n", text):
+        lines = [ln for ln in para.splitlines() if ln.strip()]
+        if not lines or any(ln.startswith((" ", "\t")) for ln in lines):
+            continue
+        if len(lines) == 2 and set(lines[1].strip()) <= set("*=-~^#"):
+            continue  # a heading and its underline
+        flat = " ".join(ln.strip() for ln in lines)
+        for sentence in _SENTENCE_END.split(flat):
+            sentence = sentence.strip()
+            n_words = len(sentence.split())
+            letters = sum(c.isalpha() for c in sentence)
+            if not (MIN_SENTENCE_WORDS <= n_words <= MAX_SENTENCE_WORDS):
+                continue
+            if letters < 0.6 * len(sentence) or sentence in seen:
+                continue
+            seen.add(sentence)
+            sentences.append(sentence)
+    return sentences
+
+
+def calibration_sentences() -> list[str]:
+    """Sentences from ``calibration_text()`` (disjoint from ``evaluation_sentences()``)."""
+    return split_sentences(calibration_text())
+
+
+def evaluation_sentences() -> list[str]:
+    """Sentences from ``evaluation_text()``, minus any that also occur in calibration."""
+    calib = set(calibration_sentences())
+    return [s for s in split_sentences(evaluation_text()) if s not in calib]
+
+
+def sentence_batches(
+    tokenizer,
+    sentences: Sequence[str],
+    batch_size: int = BATCH_SIZE,
+    max_length: int = ENCODER_MAX_LENGTH,
+) -> list[dict[str, torch.Tensor]]:
+    """Padded batches of sentences for encoders, in the given order.
+
+    Each dict holds what the tokenizer returns (``input_ids``, ``attention_mask`` and, for
+    BERT, ``token_type_ids``), each of shape (b, longest sentence of the batch in tokens,
+    at most ``max_length``); padded positions have attention_mask 0.
+    """
+    batch_size = _positive_int("batch size", batch_size)
+    max_length = _positive_int("maximum length", max_length)
+    sentences = [s for s in sentences if isinstance(s, str) and s.strip()]
+    if not sentences:
+        raise DataError("no sentences to encode: give a text file with some prose in it")
+    if getattr(tokenizer, "pad_token", None) is None:
+        raise DataError("the tokenizer has no padding token, so sentences cannot be batched: set tokenizer.pad_token")
+    batches = []
+    for i in range(0, len(sentences), batch_size):
+        enc = tokenizer(
+            list(sentences[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        batches.append({k: v for k, v in enc.items() if isinstance(v, torch.Tensor)})
+    return batches
+
+
+# --------------------------------------------------------------------------------------
+# Images
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    """Any 2-D/3-D image array as contiguous H x W x 3 uint8."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        hi = 1.0 if a.max() <= 1.0 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    elif a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    elif a.ndim == 3 and a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise DataError(f"an image array of shape {tuple(np.shape(array))} is not H x W x 3: give an RGB image")
+    return np.ascontiguousarray(a)
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled() -> dict[str, np.ndarray]:
+    import matplotlib.cbook
+    import skimage.data as sk
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    images: dict[str, np.ndarray] = {}
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "camera",
+        "hubble_deep_field",
+        "retina",
+        "immunohistochemistry",
+        "coins",
+        "moon",
+    ):
+        try:
+            images[name] = _rgb(getattr(sk, name)())
+        except Exception:  # noqa: BLE001 - some skimage builds fetch files on demand
+            pass
+    try:
+        images["motorcycle"] = _rgb(sk.stereo_motorcycle()[0])
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        sample = load_sample_images()
+        for fname, img in zip(sample.filenames, sample.images):
+            images[Path(fname).stem] = _rgb(img)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+            images["grace_hopper"] = _rgb(np.asarray(Image.open(fh).convert("RGB")))
+    except Exception:  # noqa: BLE001
+        pass
+    for a in images.values():
+        a.setflags(write=False)  # cached and shared: nobody may change them
+    return images
+
+
+def bundled_images() -> dict[str, np.ndarray]:
+    """The photos shipped with scikit-image, scikit-learn and matplotlib, as RGB uint8.
+
+    Returns name -> read-only array of shape (H, W, 3): astronaut, chelsea (a cat), coffee,
+    rocket, camera, hubble_deep_field, retina, immunohistochemistry, coins, moon, motorcycle,
+    china, flower, grace_hopper (grey ones are repeated over three channels). Loaded once.
+    """
+    images = _bundled()
+    if not images:
+        raise DataError("no bundled images could be read: reinstall scikit-image, or give an image folder")
+    return dict(images)
+
+
+def _describe(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return repr(str(src))
+    return "the given data"
+
+
+def load_image(src: str | os.PathLike | bytes | io.IOBase) -> np.ndarray:
+    """Read one image (path, bytes or binary file object) as RGB uint8 of shape (H, W, 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    what = _describe(src)
+    if isinstance(src, (str, os.PathLike)):
+        p = Path(src).expanduser()
+        if not p.exists():
+            raise DataError(f"image {what} does not exist: check the path")
+        if p.is_dir():
+            raise DataError(f"{what} is a folder, not an image: give a PNG or JPEG file")
+        fh: Any = p
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        fh = io.BytesIO(bytes(src))
+    else:
+        fh = src
+    try:
+        with Image.open(fh) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{what} is not an image that can be read (corrupt or unknown format): give a PNG or JPEG file") from exc
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def load_image_folder(
+    path: str | os.PathLike, max_images: int | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Every image under ``path`` (sub-folders too, ImageNet style) as RGB uint8 arrays.
+
+    Files are taken by suffix (``IMAGE_SUFFIXES``) in sorted order; with ``max_images``, a
+    random subset of that many (``default_rng(seed)``), so a large folder is not read whole.
+    Keys are paths relative to ``path``. Raises DataError if the folder does not exist,
+    holds no image, or one of the chosen files is not a readable image.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {str(root)!r} does not exist: check the path")
+    if not root.is_dir():
+        raise DataError(f"{str(root)!r} is not a folder: give a folder of images (or use the bundled images)")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}): "
+            "put some there, or use the bundled images"
+        )
+    if max_images is not None and len(files) > _positive_int("maximum number of images", max_images):
+        pick = np.random.default_rng(seed).choice(len(files), size=max_images, replace=False)
+        files = [files[i] for i in sorted(pick)]
+    return {str(p.relative_to(root)): load_image(p) for p in files}
+
+
+def _image_spec(loaded: Any) -> tuple[int, tuple, tuple]:
+    if isinstance(loaded, tuple) and len(loaded) == 3:
+        size, mean, std = loaded
+    else:
+        size = getattr(loaded, "image_size", None)
+        mean = getattr(loaded, "image_mean", None)
+        std = getattr(loaded, "image_std", None)
+    if not size or mean is None or std is None:
+        raise DataError("this model takes no images (no image size or normalisation): use text data instead")
+    return int(size), tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _crop_box(h: int, w: int, rng: np.random.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
+    """A random crop covering ``scale`` of the area with aspect ``ratio`` (RandomResizedCrop)."""
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+        cw = int(round(np.sqrt(target * aspect)))
+        ch = int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            return top, left, ch, cw
+    side = min(h, w)  # fall back to a centred square
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def image_batches(
+    loaded: LoadedModel | tuple[int, Sequence[float], Sequence[float]],
+    images: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    n_samples: int,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+    augment: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Model-ready crops of ``images``: list of ``{"pixel_values": (b, 3, S, S) float32}``.
+
+    ``loaded`` gives S (image size) and the normalisation (mean, std on the 0..1 scale),
+    either as a LoadedModel or as a tuple (S, mean, std). Images are visited in a shuffled
+    round robin (each image once before any repeats). With ``augment`` (calibration), each
+    sample is a random resized crop (35-100% of the area, aspect 3/4..4/3) flipped
+    left-right half of the time; without it (evaluation), the centred square, resized.
+    Deterministic for a given seed.
+    """
+    from PIL import Image
+
+    size, mean, std = _image_spec(loaded)
+    n_samples = _positive_int("number of samples", n_samples)
+    batch_size = _positive_int("batch size", batch_size)
+    arrays = list(images.values()) if isinstance(images, Mapping) else list(images)
+    if not arrays:
+        raise DataError("no images given: use the bundled images or an image folder")
+    arrays = [_rgb(a) for a in arrays]
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while len(order) < n_samples:
+        order.extend(rng.permutation(len(arrays)).tolist())
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    samples = []
+    for idx in order[:n_samples]:
+        a = arrays[idx]
+        h, w = a.shape[:2]
+        if augment:
+            top, left, ch, cw = _crop_box(h, w, rng)
+            flip = bool(rng.random() < 0.5)
+        else:
+            side = min(h, w)
+            top, left, ch, cw = (h - side) // 2, (w - side) // 2, side, side
+            flip = False
+        crop = Image.fromarray(a[top : top + ch, left : left + cw]).resize((size, size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        if flip:
+            x = x.flip(-1)
+        samples.append((x - mean_t) / std_t)
+    stacked = torch.stack(samples).contiguous()
+    return [{"pixel_values": chunk} for chunk in torch.split(stacked, batch_size)]
+
+
+# --------------------------------------------------------------------------------------
+# One call for the pipeline
+
+
+def calibration_batches(
+    loaded: LoadedModel,
+    n_samples: int | None = None,
+    seq_len: int | None = None,
+    source: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = BATCH_SIZE,
+) -> list[dict[str, torch.Tensor]]:
+    """Calibration batches suited to the model's task.
+
+    - causal-lm: ``n_samples`` (default ``LM_N_SAMPLES``) random windows of ``seq_len``
+      (default ``LM_SEQ_LEN``) tokens from ``calibration_text()`` or the text file ``source``.
+    - encoder: ``n_samples`` (default ``ENCODER_N_SAMPLES``) sentences drawn at random from
+      ``calibration_sentences()`` or from the text file ``source``, padded per batch,
+      truncated to ``seq_len`` (default ``ENCODER_MAX_LENGTH``) tokens.
+    - vision: ``n_samples`` (default ``VISION_N_SAMPLES``) random crops of the bundled images,
+      or of the images in the folder (or the single image file) ``source``.
+    """
+    task = getattr(loaded, "task", None)
+    if task == "causal-lm":
+        if loaded.tokenizer is None:
+            raise DataError("this language model has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
+        text = read_text_file(source) if source is not None else calibration_text()
+        return text_batches(
+            loaded.tokenizer,
+            text,
+            n_samples or LM_N_SAMPLES,
+            seq_len or LM_SEQ_LEN,
+            seed=seed,
+            batch_size=batch_size,
+        )
+    if task == "encoder":
+        if loaded.tokenizer is None:
+            raise DataError("this encoder has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
+        if source is not None:
+            sentences = split_sentences(read_text_file(source))
+            if not sentences:
+                raise DataError(
+                    f"no sentences of {MIN_SENTENCE_WORDS}-{MAX_SENTENCE_WORDS} words found in {str(source)!r}: "
+                    "give a file with prose paragraphs"
+                )
+        else:
+            sentences = calibration_sentences()
+        n = _positive_int("number of samples", n_samples or ENCODER_N_SAMPLES)
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(sentences), size=min(n, len(sentences)), replace=False)
+        if n > len(sentences):  # more samples than sentences: repeat, never fail
+            pick = np.concatenate([pick, rng.choice(len(sentences), size=n - len(sentences))])
+        return sentence_batches(
+            loaded.tokenizer,
+            [sentences[i] for i in pick],
+            batch_size=batch_size,
+            max_length=seq_len or ENCODER_MAX_LENGTH,
+        )
+    if task == "vision":
+        n = n_samples or VISION_N_SAMPLES
+        if source is None:
+            images = bundled_images()
+        elif Path(source).expanduser().is_file():
+            images = {Path(source).name: load_image(source)}
+        else:
+            images = load_image_folder(source, max_images=max(n, 1), seed=seed)
+        return image_batches(loaded, images, n, seed=seed, batch_size=batch_size)
+    raise DataError(f"no calibration data for task {task!r}: expected 'causal-lm', 'encoder' or 'vision'")
