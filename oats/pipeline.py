@@ -178,27 +178,26 @@ def _fuse(parts: list[tuple[LinearRef, Decomposition]], d_out: int) -> tuple[tor
 
 
 class _OutputError:
-    """Hooks on replaced linears: accumulate ||x (W - W')^T||^2 and ||x W^T||^2 per part."""
+    """Hooks on replaced linears: accumulate ||y' - y||^2 and ||y - b||^2 per part, where y' is
+    the layer's actual (compressed) output and y = x W^T + b the dense one on the same input."""
 
     def __init__(self):
         self.num: dict[str, torch.Tensor] = {}
         self.den: dict[str, torch.Tensor] = {}
         self.current_mask = None
         self._handles = []
-        self._rows: dict[str, list[tuple[str, tuple[int, int] | None]]] = {}
 
-    def hook(self, path: str, module: OatsLinear, parts: list[tuple[str, tuple[int, int] | None]]):
-        delta = (module.weight - module.effective_weight("both")).detach()
-        self._rows[path] = parts
-
-        def fn(m, inp, _out):
-            x = inp[0].detach()
+    def hook(self, module: OatsLinear, parts: list[tuple[str, tuple[int, int] | None]]):
+        def fn(m, inp, out):
+            x, y_c = inp[0].detach(), out.detach()
             mask = self.current_mask
             if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-                x = x[mask]
-            x = x.reshape(-1, x.shape[-1])
-            e = torch.nn.functional.linear(x, delta).square_().sum(0)
-            y = torch.nn.functional.linear(x, m.weight).square_().sum(0)
+                x, y_c = x[mask], y_c[mask]
+            y_d = torch.nn.functional.linear(x, m.weight)  # without bias: it cancels in y' - y
+            if m.bias is not None:
+                y_c = y_c - m.bias
+            e = (y_c - y_d).reshape(-1, y_d.shape[-1]).square().sum(0)
+            y = y_d.reshape(-1, y_d.shape[-1]).square().sum(0)
             for q, rows in parts:
                 sl = slice(*rows) if rows else slice(None)
                 self.num[q] = self.num.get(q, 0) + e[sl].sum()
@@ -282,7 +281,7 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
     # 3. re-run the compressed block: next inputs, output errors
     oerr = _OutputError()
     for path, prefs in by_path.items():
-        oerr.hook(path, new_modules[path], [(f"{index}.{r.name}", r.rows) for r in prefs])
+        oerr.hook(new_modules[path], [(f"{index}.{r.name}", r.rows) for r in prefs])
     num = den = 0.0
     next_hidden = []
     try:
@@ -369,3 +368,42 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     run.timings["decompose_s"] = sum(b.decompose_time_s for b in run.blocks)
     run.timings["total_s"] = time.perf_counter() - t_all
     return run
+
+
+@torch.no_grad()
+def dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[int] | None = None,
+                      allow_generic: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Real layers of the *dense* model with their input statistics, without compressing.
+
+    Returns {"<block>.<name>": (weight (d_out, d_in), mean squared input (d_in,))} for the
+    requested blocks (default: all). Used by the benchmark, the faithfulness tests and the
+    what-if views, which need a layer exactly as the pipeline would see it.
+    """
+    adapter = get_adapter(model, allow_generic=allow_generic)
+    all_blocks = adapter.blocks(model)
+    wanted = set(range(len(all_blocks))) if blocks is None else {b % len(all_blocks) for b in blocks}
+    inputs = capture_block_inputs(model, adapter, all_blocks[0][1], calibration)
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i, (_path, block) in enumerate(all_blocks):
+        if i > max(wanted):
+            break
+        if i not in wanted:
+            inputs.hidden = run_block(block, adapter, inputs)
+            continue
+        refs = adapter.linears(model, block)
+        stats = SecondMoments()
+        for path in dict.fromkeys(r.path for r in refs):
+            stats.hook(path, block.get_submodule(path))
+        hidden = []
+        try:
+            for j, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
+                stats.current_mask = inputs.token_masks[j]
+                hidden.append(adapter.block_output(block(h, *a, **kw)).detach())
+        finally:
+            stats.remove()
+        inputs.hidden = hidden
+        for ref in refs:
+            w = weight_of(block.get_submodule(ref.path))
+            w = w[ref.rows[0]:ref.rows[1]] if ref.rows else w
+            out[f"{i}.{ref.name}"] = (w.detach().float().clone(), stats.mean(ref.path).clone())
+    return out
