@@ -30,7 +30,8 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _print_table(rows: list[dict], file=sys.stdout) -> None:
+def _print_table(rows: list[dict], file=None) -> None:
+    file = file or sys.stdout
     if not rows:
         return
     cols = list(rows[0])

@@ -467,19 +467,6 @@ FACTS = {
 
 
 @pytest.fixture(scope="session")
-def preset_cache(tmp_path_factory):
-    """One OATS_CACHE_DIR for the whole session, so each conversion runs once."""
-    folder = tmp_path_factory.mktemp("oats-cache")
-    old = os.environ.get(zoo.CACHE_ENV)
-    os.environ[zoo.CACHE_ENV] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop(zoo.CACHE_ENV, None)
-    else:
-        os.environ[zoo.CACHE_ENV] = old
-
-
-@pytest.fixture(scope="session")
 def presets(preset_cache):
     """name -> (first LoadedModel, seconds for the first load, seconds for the second)."""
     out = {}

@@ -1,0 +1,20 @@
+"""Shared fixtures. Markers are registered in pyproject.toml."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preset_cache(tmp_path_factory):
+    """One OATS_CACHE_DIR for the whole session: each preset conversion runs once, in a fresh
+    folder, so the tests exercise the conversion and never depend on the user's cache."""
+    from oats import zoo
+    folder = tmp_path_factory.mktemp("oats-cache")
+    old = os.environ.get(zoo.CACHE_ENV)
+    os.environ[zoo.CACHE_ENV] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop(zoo.CACHE_ENV, None)
+    else:
+        os.environ[zoo.CACHE_ENV] = old
