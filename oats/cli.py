@@ -12,17 +12,13 @@ import time
 from pathlib import Path
 
 from .errors import OatsError
+from .io import runs_root
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2 (argparse prints usage + message otherwise)
         self.exit(2, f"oats: error: {message} (see 'oats {self.prog.split()[-1]} --help')\n"
                   if " " in self.prog else f"oats: error: {message} (see 'oats --help')\n")
-
-
-def runs_root() -> Path:
-    """Where run folders live by default: $OATS_RUNS_DIR, else ./runs."""
-    return Path(os.environ.get("OATS_RUNS_DIR", "runs"))
 
 
 def _fail(msg: str) -> int:

@@ -33,6 +33,12 @@ from .pipeline import BlockRecord, CompressionRun, LayerRecord
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+RUNS_ENV = "OATS_RUNS_DIR"
+
+
+def runs_root() -> Path:
+    """Where run folders live by default: $OATS_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get(RUNS_ENV, "runs"))
 
 
 def _versions() -> dict:
