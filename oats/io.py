@@ -232,9 +232,11 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
     if not m.get("complete") and not allow_partial:
         raise RunError(f"run '{folder.name}' is unfinished ({len(m.get('blocks_done', []))} blocks done): "
                        f"resume it with 'oats compress --resume' or delete it")
+    loaded = None
     if model is None:
         from .zoo import load_model
-        model = load_model(m["model_name"]).model
+        loaded = load_model(m["model_name"])
+        model = loaded.model
     apply_factors(model, folder, m)
     m2: dict[str, torch.Tensor] = {}
     for b in m["blocks_done"]:
@@ -244,7 +246,7 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
         model=model, model_name=m["model_name"], family=m.get("family", ""), method=m["method"],
         config=OatsConfig(**m["config"]), layers=[LayerRecord.from_dict(d) for d in m["layers"]],
         blocks=[BlockRecord(**d) for d in m["blocks"]], input_sq_norms=m2,
-        calibration=m.get("calibration", {}), timings=m.get("timings", {}))
+        calibration=m.get("calibration", {}), timings=m.get("timings", {}), loaded=loaded)
 
 
 def list_runs(root: str | Path) -> list[dict]:

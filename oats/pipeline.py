@@ -104,6 +104,8 @@ class CompressionRun:
     input_sq_norms: dict[str, torch.Tensor]
     calibration: dict
     timings: dict
+    loaded: object = None
+    """The ``oats.zoo.LoadedModel`` (tokenizer, image settings) when known, else None."""
 
     def set_mode(self, mode: str, layers: list[str] | None = None) -> None:
         """Switch the model to dense / both / sparse / lowrank, model-wide or for some module paths."""
