@@ -1,0 +1,172 @@
+"""ViT attention & attribution (paper, Section 5): where the dense, sparse-only and low-rank-only
+models look. Thin: widgets, cached calls to ``oats.vit``, figures from ``oats.vit_figures``."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import streamlit as st
+
+from app_state import _MODEL_LOCK, CHART_CONFIG, RUN_KEY, current_run, run_mtime
+from oats import vit
+from oats.data import bundled_images, load_image
+from oats.errors import OatsError
+from oats.vit_figures import layers_figure, overlap_frame, overlay_figure
+
+MAX_UPLOAD_MB = 20
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
+IG_STEP_CHOICES = [8, 16, 32, 64]
+SECOND_METHODS = [m for m in vit.ATTRIBUTION_METHODS if m != "ig"]
+
+
+@st.cache_data(max_entries=24, show_spinner="Rolling out attention for the three models ...")
+def attention_cached(path: str, mtime: float, image_key: str, head_fusion: str, discard_ratio: float,
+                     _run, _image) -> vit.AttentionMaps:
+    with _MODEL_LOCK:  # explain switches the shared model's modes (and restores them)
+        return vit.explain(_run, _image, head_fusion=head_fusion, discard_ratio=discard_ratio)
+
+
+@st.cache_data(max_entries=48, show_spinner=False)
+def attribution_cached(path: str, mtime: float, image_key: str, method: str, mode: str, steps: int,
+                       _run, _image) -> vit.AttributionMaps:
+    with _MODEL_LOCK:
+        return vit.explain_attributions(_run, _image, methods=[method], modes=[mode], steps=steps)
+
+
+st.title("ViT attention & attribution")
+st.caption(
+    "Section 5 of the paper: the same vision transformer with its dense weights, with the sparse term "
+    "only (every low-rank term zeroed) and with the low-rank term only (every sparse term zeroed). "
+    "Biases, norms, embeddings and heads are the same in all three.")
+
+run = current_run()
+if run is None:
+    st.stop()
+if not vit.is_vision_run(run):
+    task = getattr(run.loaded, "task", None) or run.family
+    st.info(
+        f"The selected run compresses **{run.model_name or 'a model'}**, a {task} model, not a vision "
+        "transformer: this page explains vision transformers. Pick a dinov2-small run in the sidebar, or "
+        "compress dinov2-small on the Compress page (or `oats compress dinov2-small`), then come back.")
+    st.stop()
+path = st.session_state[RUN_KEY]
+mtime = run_mtime(path)
+
+# ------------------------------------------------------------------ image
+left, right = st.columns([2, 3])
+with left:
+    source = st.radio("Image", ["bundled photo", "upload"], horizontal=True, key="vit_source")
+    if source == "bundled photo":
+        photos = bundled_images()
+        names = sorted(photos)
+        name = st.selectbox("Photo", names, index=names.index("chelsea") if "chelsea" in names else 0,
+                            key="vit_photo")
+        image, image_key, image_name = photos[name], f"bundled:{name}", name
+    else:
+        upload = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)", type=UPLOAD_TYPES,
+                                  key="vit_upload")
+        if upload is None:
+            st.info("Upload an image to explain, or pick a bundled photo.")
+            st.stop()
+        data = upload.getvalue()
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            st.error(f"'{upload.name}' is {len(data) / 2**20:.1f} MB, over the {MAX_UPLOAD_MB} MB limit: "
+                     "give a smaller image")
+            st.stop()
+        try:
+            image = load_image(data)
+        except OatsError as exc:
+            st.error(f"'{upload.name}': {exc}")
+            st.stop()
+        except Exception as exc:  # noqa: BLE001 - e.g. PIL's decompression-bomb guard
+            st.error(f"'{upload.name}' could not be read as an image ({type(exc).__name__}): give a PNG or JPEG file")
+            st.stop()
+        image_key, image_name = "upload:" + hashlib.sha1(data).hexdigest(), upload.name
+with right:
+    c1, c2, c3 = st.columns(3)
+    head_fusion = c1.selectbox("Head fusion", list(vit.HEAD_FUSIONS), key="vit_fusion",
+                               help="How the heads' attention maps of a layer become one map.")
+    discard_ratio = c2.slider("Discard ratio", 0.0, 0.9, vit.DISCARD_RATIO, 0.05, key="vit_discard",
+                              help="Share of the lowest fused attentions zeroed in every layer (never CLS→CLS).")
+    topk_share = c3.slider("Top-k patches (%)", 1, 50, int(vit.TOPK_SHARE * 100), 1, key="vit_topk",
+                           help="k for the top-k IoU in the overlap table, as a share of the patches.")
+
+try:
+    maps = attention_cached(path, mtime, image_key, head_fusion, float(discard_ratio), run, image)
+except OatsError as exc:
+    st.error(str(exc))
+    st.stop()
+gh, gw = maps.grid
+k = vit.default_k(gh * gw, topk_share / 100)
+
+# ------------------------------------------------------------------ rollout
+st.subheader("Attention rollout")
+st.markdown(
+    f"Per layer: fuse the heads ({head_fusion}), zero the lowest {discard_ratio:.0%} of the fused map's "
+    "entries (never CLS→CLS), add the identity for the residual path, renormalise the rows, multiply over "
+    f"the layers; the CLS row over the {gh}×{gw} patches is the map. Colours are rescaled within each panel.")
+st.plotly_chart(overlay_figure(maps.image, maps.rollout, value_name="rollout"), config=CHART_CONFIG, theme=None,
+                key="vit_rollout_chart")
+st.caption("Rollout, seconds per model (forward pass + rollout): "
+           + ", ".join(f"{vit.MODE_LABELS[m]} {s:.2f}" for m, s in maps.seconds.items()))
+
+view = st.radio("Per-layer view", ["each layer's CLS attention", "rollout up to each layer"], horizontal=True,
+                key="vit_layer_view")
+stack = maps.layer_attention if view.startswith("each") else maps.layer_rollout
+st.plotly_chart(layers_figure(stack), config=CHART_CONFIG, theme=None, key="vit_layers_chart")
+
+# ------------------------------------------------------------------ attributions
+st.subheader("Attributions (captum)")
+st.markdown(
+    "DINOv2 has no classification head, so there is no class score to explain. The target is the "
+    "**projection of the model's CLS feature onto the dense model's CLS feature direction for this "
+    "image**: the dense, sparse-only and low-rank-only models are all explained with respect to the same "
+    "direction of feature space (\"which pixels make this model produce the dense model's representation "
+    "of this image\"). Integrated Gradients start from the all-zero normalised image (the mean colour); "
+    "pixel attributions are summed as |value| over the colour channels and averaged over each patch.")
+a1, a2, a3 = st.columns([2, 2, 1])
+second = a1.selectbox("Second method", SECOND_METHODS, format_func=vit.ATTRIBUTION_METHODS.get, key="vit_second")
+steps = a2.select_slider("Integrated Gradients steps", IG_STEP_CHOICES, value=vit.IG_STEPS, key="vit_steps")
+attr_key = (path, mtime, image_key, second, int(steps))
+pressed = a3.button("Compute attributions", type="primary", key="vit_attr_button")
+
+attr_maps: dict[str, dict] = {}
+if pressed or st.session_state.get("vit_attr_key") == attr_key:
+    jobs = [(m, mode) for m in ("ig", second) for mode in vit.MODES]
+    bar = st.progress(0.0, text="Attributions ...") if pressed else None
+    seconds: dict[str, dict[str, float]] = {}
+    try:
+        for i, (method, mode) in enumerate(jobs):
+            if bar is not None:
+                bar.progress(i / len(jobs), text=f"{vit.ATTRIBUTION_METHODS[method]}, {vit.MODE_LABELS[mode]} ...")
+            res = attribution_cached(path, mtime, image_key, method, mode, int(steps), run, image)
+            attr_maps.setdefault(method, {})[mode] = res.maps[method][mode]
+            seconds.setdefault(method, {})[mode] = res.seconds[method][mode]
+    except OatsError as exc:
+        st.error(str(exc))
+        st.stop()
+    if bar is not None:
+        bar.empty()
+    st.session_state["vit_attr_key"] = attr_key
+    for method, by_mode in attr_maps.items():
+        st.plotly_chart(overlay_figure(maps.image, by_mode, title=vit.ATTRIBUTION_METHODS[method],
+                                       value_name="attribution"),
+                        config=CHART_CONFIG, theme=None, key=f"vit_attr_chart_{method}")
+        st.caption(f"{vit.ATTRIBUTION_METHODS[method]}, seconds per model: "
+                   + ", ".join(f"{vit.MODE_LABELS[m]} {s:.1f}" for m, s in seconds[method].items()))
+else:
+    st.info(f"Integrated Gradients ({steps} steps) and {vit.ATTRIBUTION_METHODS[second]} for the three models "
+            "take a while on a CPU: press **Compute attributions**. Results are kept for this run and image.")
+
+# ------------------------------------------------------------------ overlap
+st.subheader("Overlap between the maps")
+st.markdown(
+    f"Spearman rank correlation of the {gh * gw} patch values (−1..1) and the intersection over union of "
+    f"the top {k} patches of each map (0..1), for every pair of models.")
+table = overlap_frame(vit.overlap_rows({"rollout": maps.rollout, **attr_maps}, k=k))
+st.dataframe(table, hide_index=True, width="stretch", column_config={
+    "spearman": st.column_config.NumberColumn(format="%.3f"),
+    "top-k IoU": st.column_config.NumberColumn(format="%.3f")})
+st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(),
+                   file_name=f"vit_overlap_{re.sub(r'[^A-Za-z0-9_-]+', '_', image_name)}.csv", mime="text/csv", key="vit_overlap_csv")

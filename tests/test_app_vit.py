@@ -1,0 +1,201 @@
+"""The ViT page through app.py with Streamlit's AppTest: the charts' data, the table, errors.
+
+Fast tests use runs of tiny random models saved as local model folders (so ``load_run`` finds
+them offline); the integration test fills the page from a real ``dinov2-small`` run.
+"""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from oats import OatsConfig, compress_model
+from oats.io import save_run
+from oats.zoo import load_model
+
+streamlit_testing = pytest.importorskip("streamlit.testing.v1")
+AppTest = streamlit_testing.AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGE = "pages/vit.py"
+IMAGE, PATCH, LAYERS = 32, 8, 2
+TITLES = ["dense", "sparse-only", "low-rank-only"]
+
+
+def _charts(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _heatmaps(spec: dict) -> list[dict]:
+    return [d for d in spec["data"] if d["type"] == "heatmap"]
+
+
+def _open(runs: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("OATS_RUNS_DIR", str(runs))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _check_overlap_table(df, n_rows: int) -> None:
+    assert list(df.columns) == ["map", "pair", "spearman", "top-k IoU", "k"]
+    assert len(df) == n_rows
+    assert set(df["pair"]) == {"dense vs sparse-only", "dense vs low-rank-only", "sparse-only vs low-rank-only"}
+    assert df["spearman"].between(-1, 1).all()
+    assert df["top-k IoU"].between(0, 1).all()
+
+
+def _check_rollout_chart(spec: dict, grid: tuple[int, int]) -> None:
+    heat = _heatmaps(spec)
+    assert len(heat) == 3 and sum(d["type"] == "image" for d in spec["data"]) == 3
+    assert [a["text"] for a in spec["layout"]["annotations"]] == TITLES
+    for d in heat:
+        z = np.asarray(d["z"])
+        assert z.shape == grid
+        assert z.min() == 0.0 and z.max() == 1.0  # rescaled within the panel
+        raw = np.asarray(d["customdata"])
+        assert raw.shape == grid and np.all(raw >= 0) and raw.sum() <= 1 + 1e-6  # shares of CLS attention
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_runs(tmp_path_factory):
+    """A runs folder with one OATS run of a tiny random ViT saved as a local model folder."""
+    base = tmp_path_factory.mktemp("vit-app")
+    folder = base / "tiny-vit-model"
+    torch.manual_seed(0)
+    transformers.ViTModel(transformers.ViTConfig(
+        image_size=IMAGE, patch_size=PATCH, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
+        intermediate_size=64)).save_pretrained(folder)
+    loaded = load_model(str(folder))
+    batches = [{"pixel_values": torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(i))}
+               for i in range(2)]
+    run = compress_model(loaded.model, batches, OatsConfig(compression=0.5, rank_ratio=0.3, iterations=3),
+                         model_name=str(folder))
+    save_run(run, base / "runs" / "tiny-vit")
+    return base / "runs"
+
+
+def test_page_draws_three_models_per_layer_view_and_overlap_table(tiny_vit_runs, monkeypatch):
+    at = _open(tiny_vit_runs, monkeypatch)
+    assert not at.error and not at.warning
+    grid = (IMAGE // PATCH, IMAGE // PATCH)
+    rollout, layers = _charts(at)
+    _check_rollout_chart(rollout, grid)
+    heat = _heatmaps(layers)
+    assert len(heat) == 3 * LAYERS
+    assert all(np.asarray(d["z"]).shape == grid for d in heat)
+    assert [h["name"] for h in heat[:LAYERS]] == [f"dense, layer {i + 1}" for i in range(LAYERS)]
+    _check_overlap_table(at.dataframe[0].value, 3)
+    assert set(at.dataframe[0].value["map"]) == {"attention rollout"}
+    assert at.get("download_button")
+
+    # the controls reach the maps: no discarding gives other rollout values
+    before = [np.asarray(d["customdata"]) for d in _heatmaps(rollout)]
+    at.slider(key="vit_discard").set_value(0.0).run()
+    after = [np.asarray(d["customdata"]) for d in _heatmaps(_charts(at)[0])]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, after)) > 1e-5
+    # the per-layer view switches to rollout up to each layer: its last layer is the rollout
+    at.radio(key="vit_layer_view").set_value("rollout up to each layer").run()
+    rollout, layers = _charts(at)
+    last = [np.asarray(h["customdata"]) for h in _heatmaps(layers)[LAYERS - 1::LAYERS]]
+    for a, b in zip(last, _heatmaps(rollout)):
+        np.testing.assert_allclose(a, np.asarray(b["customdata"]), atol=1e-6)
+
+
+def test_attributions_on_a_button_add_charts_and_table_rows(tiny_vit_runs, monkeypatch):
+    at = _open(tiny_vit_runs, monkeypatch)
+    assert len(_charts(at)) == 2 and any("Compute attributions" in i.value for i in at.info)
+    at.select_slider(key="vit_steps").set_value(8)
+    at.selectbox(key="vit_second").set_value("input_x_gradient")
+    at.button(key="vit_attr_button").click().run()
+    assert not at.exception and not at.error
+    charts = _charts(at)
+    assert len(charts) == 4
+    for spec, title in zip(charts[2:], ["Integrated Gradients", "Input × Gradient"]):
+        assert spec["layout"]["title"]["text"] == title
+        heat = _heatmaps(spec)
+        assert [a["text"] for a in spec["layout"]["annotations"]] == TITLES
+        assert all(np.asarray(d["z"]).shape == (IMAGE // PATCH,) * 2 for d in heat)
+        assert all(np.isfinite(np.asarray(d["customdata"])).all() for d in heat)
+    df = at.dataframe[0].value
+    _check_overlap_table(df, 9)
+    assert list(dict.fromkeys(df["map"])) == ["attention rollout", "Integrated Gradients", "Input × Gradient"]
+    # results stay on later reruns with the same settings (no second button press)
+    at.slider(key="vit_topk").set_value(25).run()
+    assert len(_charts(at)) == 4 and len(at.dataframe[0].value) == 9
+    assert (at.dataframe[0].value["k"] == 4).all()  # 25% of 16 patches
+
+
+def test_upload_that_is_not_an_image_is_one_error_line(tiny_vit_runs, monkeypatch):
+    at = _open(tiny_vit_runs, monkeypatch)
+    at.radio(key="vit_source").set_value("upload").run()
+    assert not at.get("plotly_chart") and any("Upload an image" in i.value for i in at.info)
+    at.file_uploader(key="vit_upload").set_value(("holiday.png", b"this is not a picture", "image/png")).run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "holiday.png" in at.error[0].value and "not an image" in at.error[0].value
+    assert "\n" not in at.error[0].value.strip()
+    assert not at.get("plotly_chart")
+    # a real image works
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    at.file_uploader(key="vit_upload").set_value(("noise.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    _check_rollout_chart(_charts(at)[0], (IMAGE // PATCH, IMAGE // PATCH))
+
+
+def test_a_text_model_run_gets_an_empty_state_saying_what_to_do(tmp_path, monkeypatch):
+    folder = tmp_path / "tiny-bert"
+    folder.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32)).save_pretrained(folder)
+    loaded = load_model(str(folder))
+    ids = torch.randint(5, len(words), (4, 12), generator=torch.Generator().manual_seed(0))
+    run = compress_model(loaded.model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}],
+                         OatsConfig(iterations=3), model_name=str(folder))
+    save_run(run, tmp_path / "runs" / "tiny-bert")
+    at = _open(tmp_path / "runs", monkeypatch)
+    assert not at.error and not at.get("plotly_chart")
+    text = " ".join(i.value for i in at.info)
+    assert "not a vision transformer" in text and "dinov2-small" in text and "encoder" in text
+
+
+@pytest.mark.integration
+def test_dinov2_small_fills_the_page(tmp_path, monkeypatch):
+    from oats.data import calibration_batches
+
+    loaded = load_model("dinov2-small")
+    run = compress_model(loaded.model, calibration_batches(loaded, n_samples=4),
+                         OatsConfig(compression=0.5, rank_ratio=0.2, iterations=5), model_name="dinov2-small")
+    save_run(run, tmp_path / "runs" / "dinov2")
+    at = _open(tmp_path / "runs", monkeypatch)
+    assert not at.error
+    rollout, layers = _charts(at)
+    _check_rollout_chart(rollout, (16, 16))  # 224 px, 14 px patches
+    assert len(_heatmaps(layers)) == 3 * 12
+    _check_overlap_table(at.dataframe[0].value, 3)
+    # the three models do not look at the same patches
+    maps = [np.asarray(d["customdata"]) for d in _heatmaps(rollout)]
+    assert not np.allclose(maps[0], maps[1]) and not np.allclose(maps[0], maps[2])
+    at.select_slider(key="vit_steps").set_value(8)
+    at.button(key="vit_attr_button").click().run()
+    assert not at.exception and not at.error
+    charts = _charts(at)
+    assert len(charts) == 4
+    for spec in charts[2:]:
+        assert all(np.asarray(d["z"]).shape == (16, 16) for d in _heatmaps(spec))
+    _check_overlap_table(at.dataframe[0].value, 9)
