@@ -1,20 +1,81 @@
-"""Shared state of the app: the sidebar choices and the cached loaders every page uses.
+"""Shared state of the app: the sidebar choices, the cached loaders and analyses, small widgets.
 
 Pages import from here; ``oats`` never imports Streamlit. A loaded run is a shared,
 cached object: pages must not leave its modes changed (use ``run.use_mode(...)``) and
-cache what they derive with ``st.cache_data`` keyed by the run's path and mtime.
+cache what they derive with ``st.cache_data`` keyed by the run's path and mtime (the
+cached analyses below do exactly that, so pages stay thin).
 """
 
 from __future__ import annotations
 
+import io
+import os
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import streamlit as st
 
+from oats import analysis
 from oats.errors import OatsError
-from oats.io import list_runs, load_run, runs_root
+from oats.io import MANIFEST, list_runs, load_run, read_manifest, runs_root
+from oats.pipeline import method_rank_ratio
 
-RUN_KEY = "run_path"  # non-widget key: survives page switches
+RUN_KEY = "run_path"      # non-widget keys: they survive page switches
+MODEL_KEY = "model_filter"
+LAYER_KEY = "layer"
+JOB_KEY = "job_folder"
+ALL_MODELS = "all models"
+MODEL_LOCK = threading.Lock()  # one evaluation at a time on the shared cached model
+CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+# ----------------------------------------------------------------------------- runs on disk
+
+
+def run_mtime(path: str | Path) -> float:
+    p = Path(path) / MANIFEST
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+def _runs_signature(root: str) -> tuple:
+    """(folder, manifest mtime) of every run folder: cheap, and changes when a run does."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return ()
+    out = []
+    for e in entries:
+        m = os.path.join(e.path, MANIFEST)
+        if e.is_dir() and os.path.exists(m):
+            out.append((e.path, os.stat(m).st_mtime))
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _list_runs(root: str, signature: tuple) -> list[dict]:
+    return list_runs(root)
+
+
+def all_runs() -> list[dict]:
+    """Every run folder under runs_root() (complete, unfinished, damaged), cached on mtimes."""
+    root = str(runs_root())
+    return _list_runs(root, _runs_signature(root))
+
+
+def complete_runs() -> list[dict]:
+    return [r for r in all_runs() if r["status"] == "complete"]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _manifest(path: str, mtime: float) -> dict:
+    return read_manifest(path)
+
+
+def manifest(path: str) -> dict:
+    """A run's manifest (cached on its mtime)."""
+    return _manifest(path, run_mtime(path))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the run's model ...")
@@ -23,41 +84,182 @@ def load_run_cached(path: str, mtime: float):
     return load_run(path)
 
 
-def run_mtime(path: str | Path) -> float:
-    p = Path(path) / "manifest.json"
-    return p.stat().st_mtime if p.exists() else 0.0
-
-
-def complete_runs() -> list[dict]:
-    return [r for r in list_runs(runs_root()) if r["status"] == "complete"]
+# ----------------------------------------------------------------------------- sidebar
 
 
 def sidebar() -> None:
-    """The run picker, drawn by app.py on every page."""
+    """Model and run pickers plus the running job's progress, drawn by app.py on every page."""
+    from oats.jobs import RUNNER
     runs = complete_runs()
     with st.sidebar:
-        st.markdown("**Run**")
+        active = RUNNER.active()
+        for job in active:
+            s = job.state()
+            st.caption(f":material/hourglass_top: compressing **{s.model}**: {s.done}/{s.total or '?'} blocks — {s.message}")
         if not runs:
-            st.caption("No finished run yet — compress a model on the home page.")
+            st.caption("No finished run yet — compress a model on the Compress page.")
             st.session_state.pop(RUN_KEY, None)
             return
-        paths = [r["path"] for r in runs]
-        labels = {r["path"]: f"{r['name']}  ({r['model']}, {r['method']}, ρ={r['compression']:g}, κ={r['rank_ratio']:g})"
-                  for r in runs}
+        models = list(dict.fromkeys(r["model"] for r in runs))
         current = st.session_state.get(RUN_KEY)
-        index = paths.index(current) if current in paths else len(paths) - 1
-        choice = st.selectbox("Run", paths, index=index, format_func=labels.get, label_visibility="collapsed")
+        current_model = next((r["model"] for r in runs if r["path"] == current), None)
+        options = [ALL_MODELS] + models
+        wanted = st.session_state.get(MODEL_KEY, ALL_MODELS)
+        if current_model is not None and wanted not in (ALL_MODELS, current_model):
+            wanted = current_model  # a run opened elsewhere wins over the filter
+        model = st.selectbox("Model", options, index=options.index(wanted) if wanted in options else 0,
+                             help="Show the runs of one model only.")
+        st.session_state[MODEL_KEY] = model
+        shown = [r for r in runs if model == ALL_MODELS or r["model"] == model]
+        paths = [r["path"] for r in shown]
+        labels = {r["path"]: f"{r['name']} ({r['method']}, ρ={r['compression']:g}, "
+                             f"κ={method_rank_ratio(r['method'], SimpleNamespace(**r)):g})" for r in shown}
+        newest = max(range(len(shown)), key=lambda i: shown[i].get("created", ""))
+        index = paths.index(current) if current in paths else newest
+        choice = st.selectbox("Run", paths, index=index, format_func=labels.get,
+                              help="Every page shows this run. Runs live in " + str(runs_root()))
         st.session_state[RUN_KEY] = choice
+
+
+def current_path() -> str | None:
+    return st.session_state.get(RUN_KEY)
 
 
 def current_run():
     """The selected run, loaded (cached), or None with an empty-state message drawn."""
-    path = st.session_state.get(RUN_KEY)
+    path = current_path()
     if not path:
-        st.info("No run yet — compress a model on the home page, then come back.")
+        st.info("No run yet — compress a model on the Compress page, then come back.")
         return None
     try:
         return load_run_cached(path, run_mtime(path))
     except OatsError as e:
         st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - a page shows one line, never a traceback
+        st.error(f"run '{Path(path).name}' could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                 f"delete the folder and compress again")
+    return None
+
+
+def layer_picker(run, label: str = "Layer", key: str = "layer_pick", help: str | None = None) -> str:
+    """A layer selectbox whose choice is shared by every page (kept under LAYER_KEY)."""
+    names = [r.qualname for r in run.layers]
+    wanted = st.session_state.get(LAYER_KEY)
+    index = names.index(wanted) if wanted in names else 0
+    shapes = {r.qualname: f"{r.qualname}  ({r.kind}, {r.shape[0]}×{r.shape[1]}, rank {r.rank})" for r in run.layers}
+    choice = st.selectbox(label, names, index=index, format_func=shapes.get, key=key,
+                          help=help or "Layers are named block.name (q, k, v, o, fc1, fc2, gate, up, down, ...).")
+    st.session_state[LAYER_KEY] = choice
+    return choice
+
+
+# ----------------------------------------------------------------------------- display helpers
+
+
+def chart(fig, key: str | None = None) -> None:
+    """A Plotly chart, full width, with the toolbar's PNG download."""
+    st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key=key)
+
+
+def table(rows, name: str, key: str | None = None, height: int | str = "auto", **kw) -> pd.DataFrame:
+    """A table plus a CSV download button for it."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    st.dataframe(df, width="stretch", hide_index=True, height=height, **kw)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    st.download_button(f"Download {name}.csv", buf.getvalue(), file_name=f"{name}.csv", mime="text/csv",
+                       key=key or f"csv-{name}", icon=":material/download:")
+    return df
+
+
+def run_slug(path: str) -> str:
+    return Path(path).name
+
+
+# ----------------------------------------------------------------------------- cached analyses
+# Each takes (path, mtime, ...) so a rewritten run recomputes; the run comes from the cached
+# loader, so no tensor is ever hashed.
+
+
+def _run(path: str, mtime: float):
+    return load_run_cached(path, mtime)
+
+
+@st.cache_data(show_spinner="Computing the spectra of every layer ...", max_entries=4)
+def spectra_overview(path: str, mtime: float) -> analysis.SpectraOverview:
+    return analysis.spectra_overview(_run(path, mtime))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def layer_spectra(path: str, mtime: float, qualname: str) -> analysis.LayerSpectra:
+    return analysis.layer_spectra(_run(path, mtime), qualname)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def input_moments(path: str, mtime: float) -> analysis.InputMoments:
+    return analysis.input_moments(_run(path, mtime))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def column_shares(path: str, mtime: float, qualname: str) -> analysis.ColumnShares:
+    return analysis.column_shares(_run(path, mtime), qualname)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def mask_density(path: str, mtime: float, qualname: str) -> analysis.Heat:
+    return analysis.mask_density(_run(path, mtime), qualname)
+
+
+@st.cache_data(show_spinner="Measuring every layer's error budget ...", max_entries=4)
+def layer_budget(path: str, mtime: float) -> list[dict]:
+    return analysis.layer_budget(_run(path, mtime))
+
+
+@st.cache_data(show_spinner="Decomposing this layer ...", max_entries=32)
+def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> analysis.Walkthrough:
+    from oats.pipeline import method_config
+    run = _run(path, mtime)
+    f = run.factors(qualname)
+    _, scaled = method_config(run.method if run.method in ("oats", "wanda", "magnitude") else "oats", run.config)
+    config = run.config.replace(compression=compression, rank_ratio=rank_ratio)
+    return analysis.walkthrough(f["weight"], run.input_sq_norms[qualname] if scaled else None, config)
+
+
+def run_task(m: dict) -> str | None:
+    """causal-lm, encoder or vision for a run's manifest (recorded by the CLI and the app;
+    for other runs, the preset's task)."""
+    from oats.zoo import PRESETS
+    if m.get("task"):
+        return m["task"]
+    preset = PRESETS.get(m.get("model_name", ""))
+    return preset.task if preset else None
+
+
+def primary_metric(task: str) -> tuple[str, bool] | None:
+    """(metric name, higher is better) for a task, or None when oats.evaluate is missing."""
+    try:
+        from oats.evaluate import PRIMARY_METRIC
+    except ImportError:
         return None
+    return PRIMARY_METRIC.get(task)
+
+
+def evaluation_missing_note() -> None:
+    st.info("Evaluation is not available in this installation (oats/evaluate.py is missing): "
+            "update the package to compare the variants.")
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def ablation_reference(path: str, mtime: float) -> list[dict]:
+    from oats.evaluate import evaluate_model
+    run = _run(path, mtime)
+    with MODEL_LOCK:
+        return analysis.ablation_reference(run, lambda: evaluate_model(run.model, run.loaded, quick=True))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def block_ablation(path: str, mtime: float, block: int) -> list[dict]:
+    from oats.evaluate import evaluate_model
+    run = _run(path, mtime)
+    with MODEL_LOCK:
+        return analysis.block_ablation(run, block, lambda: evaluate_model(run.model, run.loaded, quick=True))

@@ -14,16 +14,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import hex_to_rgb, sequential
 from plotly.subplots import make_subplots
 
+from .figures import INFERNO
 from .vit import ATTRIBUTION_METHODS, MODE_LABELS
 
-_INFERNO = sequential.Inferno
-
-# Inferno as rgb() strings: Streamlit's front end rewrites the hex colours #000001..#0000xx
-# (its theme placeholders) in any chart, and Inferno starts at #000004, which came out lavender.
-COLORSCALE = [[i / (len(_INFERNO) - 1), "rgb({}, {}, {})".format(*hex_to_rgb(c))] for i, c in enumerate(_INFERNO)]
+# Inferno as rgb() strings (see figures.safe_colorscale: Streamlit rewrites some hex colours)
+COLORSCALE = INFERNO
 MAP_LABELS = {"rollout": "attention rollout", **ATTRIBUTION_METHODS}
 OVERLAP_COLUMNS = ["map", "pair", "spearman", "top-k IoU", "k"]
 

@@ -1,25 +1,313 @@
-"""Home: which models are available here and which runs are on disk."""
+"""Compress: choose a model and settings, watch the blocks go by, open and summarise saved runs."""
 
-import pandas as pd
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
 import streamlit as st
 
-from oats.cli import runs_root
-from oats.io import list_runs
-from oats.zoo import available_models
+from app_state import (JOB_KEY, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
+                       primary_metric, run_mtime, run_task, table)
+from oats import analysis, figures
+from oats.config import OatsConfig
+from oats.errors import ConfigError, OatsError
+from oats.io import runs_root
+from oats.jobs import RUNNER, CompressRequest, evaluate_and_save, read_evaluation, request_from_manifest
+from oats.pipeline import METHODS, method_rank_ratio
+from oats.zoo import available_models, preset_available
 
-st.title("OATS Explorer")
-st.caption("Outlier-aware sparse + low-rank compression of transformer weights (Zhang & Papyan, ICLR 2025).")
+OTHER = "other: a hub id or a local folder"
+VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
 
-st.subheader("Models")
-models = available_models()
-st.dataframe(pd.DataFrame([{"model": m["name"], "task": m["task"], "available": m["available"],
-                            "about": m["description"] if m["available"] else m.get("install", "")}
-                           for m in models]), hide_index=True, width="stretch")
+st.title("Compress a model")
+st.caption("OATS splits every weight matrix of the transformer blocks, scaled by the RMS of its inputs, into a "
+           "**sparse term** plus a **low-rank term** (Zhang & Papyan, ICLR 2025). Pick a model and a budget; "
+           "the run is saved block by block, so it keeps going while you look at other pages.")
 
-st.subheader("Runs on disk")
-root = runs_root()
-runs = list_runs(root)
-if not runs:
-    st.info(f"No run yet in '{root}'. Make one with: oats compress minilm-l6")
-else:
-    st.dataframe(pd.DataFrame(runs).drop(columns=["path"]), hide_index=True, width="stretch")
+
+# ----------------------------------------------------------------------------- the form
+
+
+def _save_upload(upload) -> str:
+    data = upload.getvalue()
+    folder = runs_root() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha1(data).hexdigest()[:10]}-{Path(upload.name).name}"
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path)
+
+
+def new_compression() -> None:
+    models = available_models()
+    presets = {m["name"]: m for m in models}
+    st.subheader("New compression")
+    c1, c2 = st.columns([2, 3])
+    with c1:
+        names = list(presets) + [OTHER]
+        first = "minilm-l6" if presets.get("minilm-l6", {}).get("available") else names[0]  # the quickest
+        choice = st.selectbox("Model", names, index=names.index(first),
+                              format_func=lambda n: n if n == OTHER else
+                              f"{n} — {presets[n]['task']}" + ("" if presets[n]["available"] else " (not installed)"))
+        typed = ""
+        if choice == OTHER:
+            typed = st.text_input("Hub id or local folder", placeholder="gpt2, facebook/dinov2-small, ./my-model",
+                                  help="Hub ids need the network; a local folder needs config.json and weights.")
+        else:
+            m = presets[choice]
+            st.caption(m["description"] if m["available"] else f"Not installed here: `{m['install']}`")
+    model = typed.strip() if choice == OTHER else choice
+    default_kappa = presets[choice]["default_rank_ratio"] if choice in presets else 0.25
+    with c2:
+        a, b = st.columns(2)
+        method = a.selectbox("Method", list(METHODS), help="\n".join(f"- **{k}**: {v}" for k, v in METHODS.items()))
+        sparsity = b.selectbox("Sparsity pattern", ["row", "layer", "N:M"],
+                               help="row: each row of the sparse term keeps the same count (the paper's default); "
+                                    "layer: one threshold per matrix; N:M: keep N of every M inputs.")
+        nm = "2:8"
+        if sparsity == "N:M":
+            nm = b.text_input("N:M", "2:8", help="Keeps N of every M consecutive inputs of a row; the rank then "
+                                                 "follows from (N/M)/(1 − κ), so the compression rate is derived.")
+        rho = a.slider("Compression rate ρ", 0.05, 0.95, 0.5, 0.05, disabled=sparsity == "N:M",
+                       help="Fraction of each matrix's parameters removed (index storage not counted).")
+        kappa = b.slider("Rank ratio κ", 0.0, 0.9, float(default_kappa), 0.05, key=f"kappa-{choice}",
+                         help="Share of the kept parameters spent on the low-rank term; κ = 0 is Wanda.")
+        iterations = a.number_input("Iterations", 1, 500, 80,
+                                    help="Alternating-thresholding iterations (the fast solver stops earlier "
+                                         "once the error stops improving).")
+        solver = b.selectbox("Solver", ["fast", "exact"], help="exact: a full SVD every iteration (Algorithm 1).")
+    c3, c4 = st.columns([2, 3])
+    with c3:
+        source_kind = st.radio("Calibration data", ["built-in", "text file", "image folder"], horizontal=True,
+                               help="Built-in: prose from Python's documentation (text models) or bundled "
+                                    "photos (vision models).")
+    source = None
+    with c4:
+        if source_kind == "text file":
+            upload = st.file_uploader("Upload a text file", type=["txt", "md"])
+            typed_path = st.text_input("… or a path to a text file on this machine")
+            source = _save_upload(upload) if upload is not None else (typed_path.strip() or None)
+        elif source_kind == "image folder":
+            source = st.text_input("Path to a folder of images", placeholder="/data/images").strip() or None
+        samples = st.number_input("Calibration samples (0: the default for the task)", 0, 4096, 0)
+        evaluate = st.checkbox("Evaluate when done (dense, compressed, sparse-only, low-rank-only)", value=True,
+                               help="Takes about as long as the compression itself on the embedded models.")
+
+    if not st.button("Compress", type="primary", icon=":material/play_arrow:"):
+        return
+    if not model:
+        st.error("No model given: pick a preset or type a hub id / local folder.")
+        return
+    if model in presets:
+        ok, how = preset_available(model)
+        if not ok:
+            st.error(f"{model} is not installed here: run `{how}`, then reload this page.")
+            return
+    if source_kind != "built-in":
+        if source is None:
+            st.error(f"No {source_kind} given: upload or type one, or choose built-in calibration data.")
+            return
+        p = Path(source).expanduser()
+        if source_kind == "text file" and not p.is_file():
+            st.error(f"'{source}' is not a file: give the path of a text file on this machine.")
+            return
+        if source_kind == "image folder" and not p.is_dir():
+            st.error(f"'{source}' is not a folder: give a folder that holds images.")
+            return
+    try:
+        config = OatsConfig(compression=rho, rank_ratio=kappa, iterations=int(iterations),
+                            sparsity=nm if sparsity == "N:M" else sparsity, solver=solver)
+    except ConfigError as e:
+        st.error(str(e))
+        return
+    req = CompressRequest(model=model, config=config, method=method, calib_source=source,
+                          calib_samples=int(samples) or None, evaluate=evaluate)
+    job = RUNNER.start(req)
+    st.session_state[JOB_KEY] = str(job.folder)
+    st.session_state.pop("_job_opened", None)
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _draw_job(job) -> None:
+    s = job.state()
+    if s.active:
+        label = (f"Compressing {s.model}: {s.done}/{s.total} blocks" if s.total
+                 else f"{s.model}: {s.stage} ...")
+        box = st.status(label, state="running", expanded=True)  # not `with`: leaving it marks it complete
+        box.progress(s.fraction, text=f"{s.message}  ({s.elapsed:.0f} s)")
+        for line in s.log[-8:]:
+            box.caption(line)
+        if box.button("Stop after this block", key=f"stop-{s.folder}"):
+            job.cancel()
+    elif s.status == "done":
+        st.success(f"{s.model}: {s.message}. Run folder: `{s.folder}`", icon=":material/check_circle:")
+    elif s.status == "cancelled":
+        st.warning(s.message)
+    else:
+        st.error(f"Compression of {s.model} failed: {s.error}")
+
+
+@st.fragment(run_every=1.0)
+def _live(folder: str) -> None:
+    job = RUNNER.get(folder)
+    if job is None:
+        return
+    _draw_job(job)
+    s = job.state()
+    if not s.active:
+        if s.status == "done":
+            st.session_state[RUN_KEY] = s.folder
+        st.rerun()  # the whole app: the sidebar and the run list pick up the new run
+
+
+def progress() -> None:
+    folder = st.session_state.get(JOB_KEY)
+    job = RUNNER.get(folder) if folder else None
+    others = [j for j in RUNNER.active() if j is not job]
+    for j in others:  # started by another session: still worth seeing
+        _draw_job(j)
+    if job is None:
+        return
+    s = job.state()
+    if s.active:
+        _live(folder)
+        return
+    _draw_job(job)
+    if s.status == "done" and st.session_state.get("_job_opened") != folder:
+        st.session_state["_job_opened"] = folder  # open the new run once, then let the user choose
+        if st.session_state.get(RUN_KEY) != s.folder:
+            st.session_state[RUN_KEY] = s.folder
+            st.rerun()
+
+
+# ----------------------------------------------------------------------------- saved runs
+
+
+def saved_runs() -> None:
+    st.subheader("Saved runs")
+    runs = all_runs()
+    if not runs:
+        st.info(f"No run yet in `{runs_root()}` — compress a model above (or with `oats compress minilm-l6`).")
+        return
+    cols = ["name", "status", "model", "method", "compression", "rank_ratio", "sparsity", "blocks_done", "created",
+            "problem"]
+    rows = [{c: r.get(c, "") for c in cols} for r in runs]
+    for row in rows:  # the rank ratio the method actually used (0 for sparse-only methods)
+        if row["method"]:
+            row["rank_ratio"] = method_rank_ratio(row["method"], SimpleNamespace(rank_ratio=row["rank_ratio"]))
+    table(rows, "runs", key="csv-runs", height=min(400, 38 + 35 * len(runs)))
+    names = {r["path"]: r for r in runs}
+    a, b = st.columns([3, 1])
+    current = current_path()
+    paths = list(names)
+    pick = a.selectbox("Open a run", paths, index=paths.index(current) if current in paths else 0,
+                       format_func=lambda p: f"{names[p]['name']} [{names[p]['status']}]")
+    r = names[pick]
+    b.write("")
+    if r["status"] == "complete":
+        if b.button("Open", icon=":material/folder_open:", disabled=pick == current):
+            st.session_state[RUN_KEY] = pick
+            st.rerun()
+    elif r["status"] == "unfinished":
+        if b.button("Resume", icon=":material/play_arrow:"):
+            try:
+                req = request_from_manifest(manifest(pick))
+            except (OatsError, KeyError) as e:
+                st.error(f"Cannot resume '{r['name']}': {e}. Delete the folder and compress again.")
+                return
+            job = RUNNER.start(req, root=Path(pick).parent) if Path(pick).name == req.folder_name() else None
+            if job is None:
+                st.error(f"'{r['name']}' was not started from the app (its folder name differs): resume it with "
+                         f"`oats compress {req.model} --out {pick} --resume`.")
+                return
+            st.session_state[JOB_KEY] = str(job.folder)
+            st.rerun()
+    else:
+        b.caption("damaged: delete the folder")
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summary() -> None:
+    path = current_path()
+    if not path:
+        return
+    try:
+        m = manifest(path)
+    except OatsError as e:
+        st.error(str(e))
+        return
+    s = analysis.run_summary(m)
+    cfg = m["config"]
+    st.subheader(f"Summary: {Path(path).name}")
+    st.caption(f"{m['model_name']} · {m['method']} · ρ = {cfg['compression']:g} (effective "
+               f"{m.get('effective_compression', cfg['compression']):.3f}) · κ = {cfg['rank_ratio']:g} · "
+               f"{cfg['sparsity']} · {cfg['solver']} solver, ≤ {cfg['iterations']} iterations · "
+               f"{s['calibration_tokens'] or '?'} calibration tokens")
+    c = st.columns(5)
+    c[0].metric("Block-linear parameters, dense", f"{s['params_dense'] / 1e6:.2f} M")
+    c[1].metric("… after compression", f"{s['params_kept'] / 1e6:.2f} M", f"-{s['compression']:.1%}",
+                delta_color="off")
+    c[2].metric("Matrices / blocks", f"{s['matrices']} / {s['blocks']}")
+    c[3].metric("Median scaled error", f"{s['median_scaled_error']:.4f}")
+    c[4].metric("Compression time", f"{s['total_s']:.1f} s" if s["total_s"] else "?")
+
+    st.markdown("**Evaluation: dense vs compressed vs sparse-only vs low-rank-only**")
+    ev = read_evaluation(path)
+    if ev is None and m.get("sweep"):  # evaluated by the sweep that made it
+        try:
+            from oats.sweep import load_meta, load_results
+            res = analysis.sweep_evaluation(load_results(m["sweep"]), Path(path).name)
+            quick = bool(load_meta(m["sweep"]).get("quick"))
+        except (ImportError, OatsError, AttributeError):
+            res, quick = None, None
+        if res:
+            ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(m['sweep']).name}'"}
+    task = run_task(m)
+    if ev is None:
+        st.caption("Not evaluated yet (runs made by the app are evaluated when they finish).")
+        if st.button("Evaluate the four variants", icon=":material/speed:"):
+            try:
+                run = load_run_cached(path, run_mtime(path))
+                with st.spinner("Evaluating dense, both, sparse-only and low-rank-only ..."):
+                    note = evaluate_and_save(run, path)
+            except OatsError as e:
+                st.error(str(e))
+                return
+            if note:
+                st.error(note.strip(" ()"))
+            else:
+                st.rerun()
+    else:
+        results = ev["results"]
+        rows = [{"variant": VARIANTS.get(mode, mode), "mode": mode, **vals} for mode, vals in results.items()]
+        table(rows, f"{Path(path).name}-evaluation", key="csv-eval")
+        pm = primary_metric(task) if task else None
+        if pm and any(pm[0] in v for v in results.values()):
+            chart(figures.evaluation_figure(results, *pm), key="eval-chart")
+        st.caption(("Quick evaluation set" if ev.get("quick") else "Evaluation set") + f" ({ev.get('created', '')}). "
+                   "Fidelity metrics compare each variant with the dense model on held-out data.")
+
+    left, right = st.columns(2)
+    with left:
+        chart(figures.block_time_figure(analysis.block_times(m)), key="time-chart")
+    with right:
+        st.markdown("**Per layer**")
+        rows = [{k: l.get(k) for k in ("qualname", "kind", "shape", "rank", "nnz", "params", "scaled_error",
+                                       "output_error", "iterations", "time_s")} for l in m["layers"]]
+        for r in rows:
+            r["shape"] = "×".join(map(str, r["shape"]))
+        table(rows, f"{Path(path).name}-layers", key="csv-layers", height=360)
+
+
+new_compression()
+progress()
+st.divider()
+saved_runs()
+st.divider()
+summary()

@@ -8,7 +8,7 @@ import re
 
 import streamlit as st
 
-from app_state import _MODEL_LOCK, CHART_CONFIG, RUN_KEY, current_run, run_mtime
+from app_state import MODEL_LOCK, CHART_CONFIG, RUN_KEY, current_run, run_mtime
 from oats import vit
 from oats.data import bundled_images, load_image
 from oats.errors import OatsError
@@ -23,14 +23,14 @@ SECOND_METHODS = [m for m in vit.ATTRIBUTION_METHODS if m != "ig"]
 @st.cache_data(max_entries=24, show_spinner="Rolling out attention for the three models ...")
 def attention_cached(path: str, mtime: float, image_key: str, head_fusion: str, discard_ratio: float,
                      _run, _image) -> vit.AttentionMaps:
-    with _MODEL_LOCK:  # explain switches the shared model's modes (and restores them)
+    with MODEL_LOCK:  # explain switches the shared model's modes (and restores them)
         return vit.explain(_run, _image, head_fusion=head_fusion, discard_ratio=discard_ratio)
 
 
 @st.cache_data(max_entries=48, show_spinner=False)
 def attribution_cached(path: str, mtime: float, image_key: str, method: str, mode: str, steps: int,
                        _run, _image) -> vit.AttributionMaps:
-    with _MODEL_LOCK:
+    with MODEL_LOCK:
         return vit.explain_attributions(_run, _image, methods=[method], modes=[mode], steps=steps)
 
 

@@ -1,0 +1,351 @@
+"""Plotly figures for the app, built from ``oats.analysis`` results (arrays, dataclasses, rows).
+
+Each builder returns a ``plotly.graph_objects.Figure`` with titled axes (units where there
+are any) and never computes anything heavier than a sort. Heatmaps arrive already pooled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from plotly.colors import hex_to_rgb, sequential
+
+from .analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
+
+
+def safe_colorscale(name: str) -> list[list]:
+    """A Plotly sequential scale written as rgb() strings.
+
+    Streamlit's front end rewrites the hex colours #000001..#0000ff (its theme placeholders)
+    in any chart; Inferno and Magma start at #000004, whose lowest values then came out
+    lavender. rgb() strings are left alone.
+    """
+    colors = getattr(sequential, name)
+    return [[i / (len(colors) - 1), "rgb({}, {}, {})".format(*hex_to_rgb(c))] for i, c in enumerate(colors)]
+
+
+MAGMA = safe_colorscale("Magma")
+INFERNO = safe_colorscale("Inferno")
+
+TEMPLATE = "plotly_white"
+COLORS = {"W": "#7f7f7f", "W D": "#1f77b4", "L": "#d62728", "W D - S": "#2ca02c",
+          "sparse": "#1f77b4", "lowrank": "#d62728", "both": "#2ca02c", "residual": "#9467bd",
+          "interaction": "#bcbd22", "dense": "#7f7f7f"}
+SPECTRUM_NAMES = {"W": "W (weight)", "W D": "W D (scaled weight)", "L": "L (low-rank term)",
+                  "W D - S": "W D − S (what the SVD sees)"}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420, **kw) -> go.Figure:
+    # the legend sits at the bottom of the whole figure, below the axis title however tall
+    # the (possibly rotated) tick labels are
+    fig.update_layout(template=TEMPLATE, title=dict(text=title, x=0.0, xanchor="left"), height=height,
+                      margin=dict(l=70, r=30, t=60, b=90),
+                      legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=0.0), **kw)
+    return fig
+
+
+# ----------------------------------------------------------------------------- spectra
+
+
+def spectrum_figure(sp: LayerSpectra) -> go.Figure:
+    """Singular values of W, W D, L and W D - S on a log axis, the chosen rank marked."""
+    fig = go.Figure()
+    for key in ("W", "W D", "W D - S", "L"):  # L last: it lies on top of W D - S's head
+        vals = sp.values[key]
+        if len(vals) == 0:
+            continue
+        share = sp.lowrank_share if key == "L" else sp.captured[key]
+        label = (f"{SPECTRUM_NAMES[key]}: holds {share:.0%} of ‖W D‖²" if key == "L"
+                 else f"{SPECTRUM_NAMES[key]}: top r hold {share:.0%}")
+        fig.add_trace(go.Scatter(x=np.arange(1, len(vals) + 1), y=np.maximum(vals, 1e-12), mode="lines",
+                                 name=label, line=dict(color=COLORS[key], width=4 if key == "L" else 2,
+                                                       dash="dot" if key == "L" else None)))
+    if sp.rank > 0:
+        fig.add_vline(x=sp.rank, line=dict(color="black", dash="dash", width=1),
+                      annotation_text=f"rank r = {sp.rank}", annotation_position="top right")
+    fig.update_xaxes(title_text="singular value index k")
+    fig.update_yaxes(title_text="singular value σ_k (log scale)", type="log")
+    return _layout(fig, f"Spectra of layer {sp.qualname} ({sp.shape[0]}×{sp.shape[1]})", height=460)
+
+
+def spectra_overview_figure(ov: SpectraOverview) -> go.Figure:
+    """Heatmap of normalised spectra of W D over all matrices, with each chosen rank marked."""
+    fig = go.Figure(go.Heatmap(z=ov.heat, x=ov.grid, y=ov.labels, colorscale="Viridis", zmin=-3, zmax=0,
+                               colorbar=dict(title=dict(text="log₁₀ σ/σ₁")),
+                               hovertemplate="layer %{y}<br>relative index %{x:.2f}<br>log₁₀ σ/σ₁ %{z:.2f}"
+                                             "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[r["rank_frac"] for r in ov.rows], y=ov.labels, mode="markers",
+                             marker=dict(symbol="line-ns-open", size=10, color="white", line=dict(width=2)),
+                             name="chosen rank r / min(d_out, d_in)"))
+    fig.update_xaxes(title_text="relative singular value index k / min(d_out, d_in)")
+    fig.update_yaxes(title_text="layer (block.name)", autorange="reversed", type="category",
+                     tickmode="array", tickvals=ov.labels, tickfont=dict(size=10))
+    return _layout(fig, "Normalised spectra of W D, every layer", height=max(460, 15 * len(ov.labels) + 180))
+
+
+def ranks_figure(ov: SpectraOverview) -> go.Figure:
+    """Effective (entropy) and stable rank of W and W D per layer, with the chosen rank."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("effective rank exp(H(σ/Σσ))", "stable rank ‖A‖²_F / ‖A‖²₂"))
+    x = [r["layer"] for r in ov.rows]
+    for key, color in (("W", COLORS["W"]), ("WD", COLORS["W D"])):
+        name = "W" if key == "W" else "W D"
+        fig.add_trace(go.Scatter(x=x, y=[r[f"effective_rank_{key}"] for r in ov.rows], mode="lines+markers",
+                                 name=f"effective rank of {name}", line=dict(color=color)), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=[r[f"stable_rank_{key}"] for r in ov.rows], mode="lines+markers",
+                                 name=f"stable rank of {name}", line=dict(color=color, dash="dot")), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[r["rank"] for r in ov.rows], mode="lines", name="chosen rank r",
+                             line=dict(color=COLORS["L"], dash="dash")), row=1, col=1)
+    fig.update_yaxes(title_text="rank (directions)", row=1, col=1)
+    fig.update_yaxes(title_text="rank (directions)", type="log", row=2, col=1)
+    fig.update_xaxes(title_text="layer (block.name)", type="category", row=2, col=1)
+    return _layout(fig, "Effective and stable rank per layer", height=620)
+
+
+# ----------------------------------------------------------------------------- outliers
+
+
+def moments_heatmap(labels: list[str], m2: np.ndarray, max_cols: int = 1024) -> go.Figure:
+    """Inputs x channels of log10 E[x_j^2]; wide inputs are max-pooled to ``max_cols`` columns."""
+    heat = downsample(np.log10(np.maximum(m2, 1e-12)), max_rows=len(labels), max_cols=max_cols, how="max")
+    width = m2.shape[1]
+    pooled = f" (max over {heat.factor[1]} channels per column)" if heat.factor[1] > 1 else ""
+    fig = go.Figure(go.Heatmap(z=heat.z, x=heat.cols, y=labels, colorscale=MAGMA,
+                               colorbar=dict(title=dict(text="log₁₀ E[x²]")),
+                               hovertemplate="input %{y}<br>channel %{x}<br>log₁₀ E[x²] %{z:.2f}<extra></extra>"))
+    fig.update_xaxes(title_text=f"input channel j (of {width}){pooled}")
+    fig.update_yaxes(title_text="layer input (block.layers)", autorange="reversed", type="category",
+                     tickmode="array", tickvals=labels, tickfont=dict(size=10))
+    return _layout(fig, f"Input second moments, {width}-channel inputs", height=max(340, 15 * len(labels) + 180))
+
+
+def outlier_counts_figure(rows: list[dict], threshold: float) -> go.Figure:
+    """Bars: outlier channels per layer input (RMS above threshold x median)."""
+    fig = go.Figure()
+    for width in dict.fromkeys(r["width"] for r in rows):
+        sub = [r for r in rows if r["width"] == width]
+        fig.add_trace(go.Bar(x=[r["input"] for r in sub], y=[r["outliers"] for r in sub],
+                             name=f"{width}-channel inputs",
+                             customdata=[[r["max_ratio"]] for r in sub],
+                             hovertemplate="%{x}: %{y} outliers, largest %{customdata[0]:.1f}× median<extra></extra>"))
+    fig.update_xaxes(title_text="layer input (block.layers)", type="category")
+    fig.update_yaxes(title_text=f"channels with RMS > {threshold:g}× median (count)")
+    return _layout(fig, "Outlier channels per layer input", height=380)
+
+
+def column_figure(cs: ColumnShares, threshold: float) -> go.Figure:
+    """Per input channel of one matrix: D, column norm of W, and the sparse vs low-rank share."""
+    x = np.arange(len(cs.scale))
+    out = cs.ratio > threshold
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=("input scale D_j = RMS of x_j", "column norm ‖W[:, j]‖",
+                                        "share of the column's kept scaled energy: sparse vs low-rank"))
+    fig.add_trace(go.Scatter(x=x, y=cs.scale, mode="lines", name="D_j", line=dict(color=COLORS["dense"])), 1, 1)
+    fig.add_trace(go.Scatter(x=x[out], y=cs.scale[out], mode="markers", name=f"outlier (> {threshold:g}× median)",
+                             marker=dict(color="#ff7f0e", size=8)), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=cs.weight_norm, mode="lines", name="‖W[:, j]‖",
+                             line=dict(color=COLORS["W D"])), 2, 1)
+    fig.add_trace(go.Bar(x=x, y=cs.sparse_share, name="sparse term", marker_color=COLORS["sparse"],
+                         marker_line_width=0), 3, 1)
+    fig.add_trace(go.Bar(x=x, y=1 - cs.sparse_share, name="low-rank term", marker_color=COLORS["lowrank"],
+                         marker_line_width=0), 3, 1)
+    fig.update_layout(barmode="stack", bargap=0)
+    fig.update_yaxes(title_text="D_j (log)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="‖W[:, j]‖₂", row=2, col=1)
+    fig.update_yaxes(title_text="share (0–1)", range=[0, 1], row=3, col=1)
+    fig.update_xaxes(title_text="input channel j", row=3, col=1)
+    return _layout(fig, f"Layer {cs.qualname}: per input channel", height=720)
+
+
+def mask_figure(heat: Heat, shape: tuple[int, int], qualname: str) -> go.Figure:
+    """The sparse term's mask, pooled: share of entries kept per cell."""
+    fr, fc = heat.factor
+    note = f" ({fr}×{fc} entries per cell)" if fr * fc > 1 else ""
+    fig = go.Figure(go.Heatmap(z=heat.z, x=heat.cols, y=heat.rows, colorscale="Greys", zmin=0, zmax=1,
+                               colorbar=dict(title=dict(text="kept share")),
+                               hovertemplate="row %{y}, column %{x}<br>kept %{z:.0%}<extra></extra>"))
+    fig.update_xaxes(title_text=f"input channel j (of {shape[1]})")
+    fig.update_yaxes(title_text=f"output row i (of {shape[0]})", autorange="reversed")
+    return _layout(fig, f"Sparse mask of {qualname}{note}", height=460)
+
+
+# ----------------------------------------------------------------------------- error budget
+
+
+def error_budget_figure(rows: list[dict]) -> go.Figure:
+    """Per layer: scaled error with the sparse term only, the low-rank term only, and both."""
+    x = [r["layer"] for r in rows]
+    fig = go.Figure()
+    for key, name in (("sparse_only", "sparse term only"), ("lowrank_only", "low-rank term only"),
+                      ("both", "sparse + low-rank")):
+        color = COLORS[{"sparse_only": "sparse", "lowrank_only": "lowrank", "both": "both"}[key]]
+        fig.add_trace(go.Bar(x=x, y=[r[key] for r in rows], name=name, marker_color=color))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="layer (block.name)", type="category")
+    fig.update_yaxes(title_text="scaled error ‖W D − X‖ / ‖W D‖")
+    return _layout(fig, "Scaled error per layer", height=420)
+
+
+def energy_split_figure(rows: list[dict]) -> go.Figure:
+    """How ||W D||^2 splits into the sparse term, the low-rank term, the residual and their overlap."""
+    x = [r["layer"] for r in rows]
+    fig = go.Figure()
+    for key, name in (("sparse_energy", "‖S‖²"), ("lowrank_energy", "‖L‖²"), ("residual_energy", "‖W D − S − L‖²"),
+                      ("interaction", "cross terms 2⟨S, L⟩ + 2⟨S + L, R⟩")):
+        color = COLORS[{"sparse_energy": "sparse", "lowrank_energy": "lowrank", "residual_energy": "residual",
+                        "interaction": "interaction"}[key]]
+        fig.add_trace(go.Bar(x=x, y=[r[key] for r in rows], name=name, marker_color=color))
+    fig.update_layout(barmode="relative")
+    fig.update_xaxes(title_text="layer (block.name)", type="category")
+    fig.update_yaxes(title_text="share of ‖W D‖² (sums to 1)")
+    return _layout(fig, "Where the scaled weight's energy goes", height=420)
+
+
+def block_error_figure(rows: list[dict]) -> go.Figure:
+    """Output error of each block and the mean output error of its layers, along depth."""
+    x = [r["block"] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=[r["block_output_error"] for r in rows], mode="lines+markers",
+                             name="block output ‖block_c(x) − block(x)‖ / ‖block(x)‖"))
+    fig.add_trace(go.Scatter(x=x, y=[r["mean_layer_output_error"] for r in rows], mode="lines+markers",
+                             name="mean layer output ‖X(W − W')ᵀ‖ / ‖X Wᵀ‖", line=dict(dash="dot")))
+    fig.update_xaxes(title_text="block (depth)", dtick=1)
+    fig.update_yaxes(title_text="relative output error", rangemode="tozero")
+    return _layout(fig, "Output error along depth (calibration inputs)", height=380)
+
+
+def convergence_figure(histories: dict[str, dict], highlight: str | None = None) -> go.Figure:
+    """Scaled error per iteration of every layer (from the run's histories)."""
+    fig = go.Figure()
+    for q, h in histories.items():
+        err = h.get("error", [])
+        hi = q == highlight
+        fig.add_trace(go.Scatter(x=np.arange(1, len(err) + 1), y=err, mode="lines", name=q,
+                                 line=dict(width=3 if hi else 1, color="black" if hi else None),
+                                 opacity=1.0 if hi or highlight is None else 0.45))
+    fig.update_xaxes(title_text="iteration t")
+    fig.update_yaxes(title_text="scaled error ‖(W − S' − L') D‖ / ‖W D‖")
+    fig = _layout(fig, "Convergence of alternating thresholding, every layer", height=420)
+    fig.update_layout(showlegend=len(histories) <= 40, legend=dict(orientation="v", yref="paper", y=1, yanchor="top", x=1.02))
+    return fig
+
+
+def ablation_figure(rows: list[dict], metric: str, higher_is_better: bool) -> go.Figure:
+    """The metric with one block's sparse or low-rank terms off, against dense and compressed."""
+    ref = {r["change"]: r[metric] for r in rows if r["block"] is None and metric in r}
+    blocks = [r for r in rows if r["block"] is not None and metric in r]
+    fig = go.Figure()
+    for change, color in (("low-rank term off", COLORS["sparse"]), ("sparse term off", COLORS["lowrank"])):
+        sub = sorted([r for r in blocks if r["change"] == change], key=lambda r: r["block"])
+        fig.add_trace(go.Bar(x=[f"block {r['block']}" for r in sub], y=[r[metric] for r in sub],
+                             name=f"one block with its {change}", marker_color=color))
+    for label, dash in (("dense model", "dot"), ("compressed model", "dash")):
+        if label in ref:
+            fig.add_hline(y=ref[label], line=dict(dash=dash, color="black", width=1),
+                          annotation_text=f"{label}: {ref[label]:.4g}", annotation_position="top left")
+    better = "higher is better" if higher_is_better else "lower is better"
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="block whose term is turned off", type="category")
+    fig.update_yaxes(title_text=f"{metric} ({better})")
+    return _layout(fig, f"Per-block ablation: {metric}", height=420)
+
+
+# ----------------------------------------------------------------------------- walkthrough
+
+
+def walkthrough_figure(wt: Walkthrough, snap: Snapshot) -> go.Figure:
+    """|L|, |S| and |W D - S - L| at one iteration, on one colour scale (pooled max |.|)."""
+    titles = (f"|L| low-rank term (rank {wt.rank})", f"|S| sparse term ({wt.sparse_budget} non-zeros)",
+              "|W D − S − L| residual")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.04,
+                        shared_yaxes=True)
+    for i, h in enumerate((snap.lowrank, snap.sparse, snap.residual), start=1):
+        fig.add_trace(go.Heatmap(z=h.z, x=h.cols, y=h.rows, zmin=0, zmax=wt.zmax, colorscale=INFERNO,
+                                 showscale=i == 3, colorbar=dict(title=dict(text="|value|")),
+                                 hovertemplate="row %{y}, column %{x}<br>|value| %{z:.3g}<extra></extra>"),
+                      row=1, col=i)
+        fig.update_xaxes(title_text="input channel j", row=1, col=i)
+    fig.update_yaxes(title_text="output row i", autorange="reversed", row=1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    fr, fc = snap.lowrank.factor
+    note = f", max over {fr}×{fc} entries per cell" if fr * fc > 1 else ""
+    return _layout(fig, f"Iteration {snap.iteration} (scaled space{note})", height=420)
+
+
+def objective_figure(history: dict, iteration: int | None = None) -> go.Figure:
+    """Scaled error and the two terms' energies per iteration; the shown iteration marked."""
+    err = history.get("error", [])
+    t = np.arange(1, len(err) + 1)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=t, y=err, mode="lines+markers", name="scaled error ‖W D − S − L‖ / ‖W D‖",
+                             line=dict(color="black")), secondary_y=False)
+    fig.add_trace(go.Scatter(x=t, y=history.get("sparse_energy", []), mode="lines", name="‖S‖² / ‖W D‖²",
+                             line=dict(color=COLORS["sparse"], dash="dot")), secondary_y=True)
+    fig.add_trace(go.Scatter(x=t, y=history.get("lowrank_energy", []), mode="lines", name="‖L‖² / ‖W D‖²",
+                             line=dict(color=COLORS["lowrank"], dash="dot")), secondary_y=True)
+    if iteration is not None:
+        fig.add_vline(x=iteration, line=dict(color="#ff7f0e", width=2),
+                      annotation_text=f"t = {iteration}", annotation_position="top right")
+    fig.update_xaxes(title_text="iteration t")
+    fig.update_yaxes(title_text="scaled error", secondary_y=False)
+    fig.update_yaxes(title_text="energy share of ‖W D‖²", tickformat=".2f", secondary_y=True)
+    return _layout(fig, "Objective per iteration", height=380)
+
+
+# ----------------------------------------------------------------------------- runs and sweeps
+
+
+def block_time_figure(rows: list[dict]) -> go.Figure:
+    """Seconds per block: statistics collection and decomposition, stacked."""
+    x = [r["block"] for r in rows]
+    fig = go.Figure([go.Bar(x=x, y=[r["statistics_s"] for r in rows], name="input statistics (forward passes)",
+                            marker_color=COLORS["dense"]),
+                     go.Bar(x=x, y=[r["decompose_s"] for r in rows], name="decomposition",
+                            marker_color=COLORS["W D"])])
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title_text="block", dtick=1)
+    fig.update_yaxes(title_text="time (s)")
+    return _layout(fig, "Time per block", height=360)
+
+
+def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: bool) -> go.Figure:
+    """One bar per model variant (dense, both, sparse-only, low-rank-only) for one metric."""
+    names = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
+    modes = [m for m in ("dense", "both", "sparse", "lowrank") if m in results and metric in results[m]]
+    fig = go.Figure(go.Bar(x=[names[m] for m in modes], y=[results[m][metric] for m in modes],
+                           marker_color=[COLORS[m] for m in modes],
+                           text=[f"{results[m][metric]:.4g}" for m in modes], textposition="outside"))
+    fig.update_xaxes(title_text="model variant")
+    fig.update_yaxes(title_text=f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    return _layout(fig, f"Evaluation: {metric}", height=360)
+
+
+def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str,
+                 higher_is_better: bool | None = None) -> go.Figure:
+    """Metric against compression rate, one line per method and model variant."""
+    fig = go.Figure()
+    for name, (x, y) in series.items():
+        dense = name == "dense"
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines" if dense else "lines+markers",
+                                 line=dict(dash="dot", color=COLORS["dense"]) if dense else None))
+    fig.update_xaxes(title_text="compression rate ρ (fraction of parameters removed)", tickformat=".0%")
+    note = "" if higher_is_better is None else f" ({'higher' if higher_is_better else 'lower'} is better)"
+    fig.update_yaxes(title_text=f"{metric}{note}")
+    return _layout(fig, f"{metric} against compression rate", height=440)
+
+
+def layer_compare_figure(rows: list[dict], value: str = "scaled_error") -> go.Figure:
+    """Per-layer error of several runs, one line per run."""
+    fig = go.Figure()
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        by = {r["layer"]: r[value] for r in rows if r["run"] == run}
+        fig.add_trace(go.Scatter(x=layers, y=[by.get(l) for l in layers], mode="lines+markers", name=run))
+    label = {"scaled_error": "scaled error ‖(W − W') D‖ / ‖W D‖",
+             "output_error": "output error ‖X(W − W')ᵀ‖ / ‖X Wᵀ‖"}.get(value, value)
+    fig.update_xaxes(title_text="layer (block.name)", type="category")
+    fig.update_yaxes(title_text=label, rangemode="tozero")
+    return _layout(fig, "Per-layer error, run by run", height=440)
+

@@ -1,0 +1,90 @@
+"""Compare: sweeps of methods x compression rates, and runs side by side layer by layer."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from app_state import chart, complete_runs, current_path, primary_metric, run_task, manifest, table
+from oats import analysis, figures
+from oats.errors import OatsError
+from oats.jobs import read_evaluation
+
+st.title("Compare")
+st.caption("How the methods trade quality for size, and where in the model they differ.")
+
+# ----------------------------------------------------------------------------- sweeps
+st.subheader("Sweeps: methods × compression rates")
+try:
+    from oats.sweep import list_sweeps, load_results
+except ImportError:
+    list_sweeps = load_results = None
+if list_sweeps is None:
+    st.info("Sweeps are not available in this installation (oats/sweep.py is missing).")
+else:
+    sweeps = list_sweeps()
+    if not sweeps:
+        st.info("No sweep yet — run one from the command line, e.g. `.venv/bin/oats sweep minilm-l6`, then reload "
+                "this page.")
+    else:
+        folder = st.selectbox("Sweep", sweeps, index=len(sweeps) - 1, format_func=lambda p: Path(p).name)
+        try:
+            rows = load_results(folder)
+        except OatsError as e:
+            st.error(str(e))
+            rows = []
+        metrics = analysis.metric_columns(rows)
+        if rows and not metrics:
+            st.warning(f"Sweep '{Path(folder).name}' has no metric columns: run it again with evaluation.")
+        elif rows:
+            models = sorted({str(r.get("model", "")) for r in rows})
+            model = st.selectbox("Model", models) if len(models) > 1 else models[0]
+            rows_m = [r for r in rows if str(r.get("model", "")) == model]
+            pm = primary_metric({"perplexity": "causal-lm", "cosine": "encoder",
+                                 "cls_cosine": "vision"}.get(next((m for m in metrics if m in (
+                                     "perplexity", "cosine", "cls_cosine")), ""), ""))
+            default = metrics.index(pm[0]) if pm and pm[0] in metrics else 0
+            metric = st.selectbox("Metric", metrics, index=default)
+            higher = pm[1] if pm and pm[0] == metric else None
+            chart(figures.sweep_figure(analysis.sweep_series(rows_m, metric), metric, higher), key="sweep")
+            table(rows_m, f"sweep-{Path(folder).name}", key="csv-sweep", height=300)
+
+# ----------------------------------------------------------------------------- runs side by side
+st.subheader("Runs side by side, layer by layer")
+runs = complete_runs()
+if not runs:
+    st.info("No run yet — compress a model on the Compress page.")
+else:
+    by_path = {r["path"]: r for r in runs}
+    cur = current_path()
+    model = by_path[cur]["model"] if cur in by_path else runs[-1]["model"]
+    same = [r["path"] for r in runs if r["model"] == model]
+    chosen = st.multiselect("Runs (same model compare best)", list(by_path), default=same[-6:],
+                            format_func=lambda p: f"{by_path[p]['name']} ({by_path[p]['method']})")
+    if not chosen:
+        st.info("Pick at least one run.")
+    else:
+        try:
+            rows = analysis.layer_errors_from_manifests(chosen)
+        except OatsError as e:
+            st.error(str(e))
+            rows = []
+        if rows:
+            value = st.radio("Error", ["scaled_error", "output_error"], horizontal=True,
+                             format_func=lambda v: {"scaled_error": "scaled error (weights)",
+                                                    "output_error": "output error (calibration inputs)"}[v])
+            chart(figures.layer_compare_figure(rows, value), key="layers")
+            summary = []
+            for p in chosen:
+                m = manifest(p)
+                s = analysis.run_summary(m)
+                row = {"run": Path(p).name, "model": m["model_name"], "method": m["method"],
+                       "compression": round(s["compression"], 4), "rank_ratio": m["config"]["rank_ratio"],
+                       "median_scaled_error": round(s["median_scaled_error"], 5), "time_s": s["total_s"]}
+                ev = read_evaluation(p)
+                pm = primary_metric(run_task(m) or "")
+                if ev and pm and pm[0] in ev["results"].get("both", {}):
+                    row[f"{pm[0]} (compressed)"] = ev["results"]["both"][pm[0]]
+                summary.append(row)
+            table(summary, "runs-compared", key="csv-runs-compared")
+            with st.expander("Per-layer rows"):
+                table(rows, "layer-errors-compared", key="csv-layers-compared", height=300)

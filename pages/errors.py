@@ -1,0 +1,73 @@
+"""Error budget: how much each term contributes, where the error goes along depth, what a block's terms are worth."""
+
+import streamlit as st
+
+from app_state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
+                       evaluation_missing_note, layer_budget, manifest, primary_metric, run_mtime, run_task, table)
+from oats import analysis, figures
+from oats.errors import OatsError
+
+st.title("Error budget")
+st.caption("How far is each term alone, and both together, from the scaled weight W D — and what does each "
+           "term do for the model's output?")
+
+run = current_run()
+if run is not None:
+    path = current_path()
+    mtime = run_mtime(path)
+    rows = layer_budget(path, mtime)
+    med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in ("both", "sparse_only", "lowrank_only")}
+    st.markdown(f"Median scaled error over the {len(rows)} layers: **{med['both']:.3f}** with both terms, "
+                f"{med['sparse_only']:.3f} with the sparse term alone, {med['lowrank_only']:.3f} with the low-rank "
+                f"term alone.")
+    chart(figures.error_budget_figure(rows), key="budget")
+    chart(figures.energy_split_figure(rows), key="energy")
+    st.caption("S and L are not orthogonal: when both reach into the same entries the cross terms are negative, "
+               "and ‖S‖² + ‖L‖² can exceed ‖W D‖².")
+    table([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+          "error-budget", key="csv-budget", height=300)
+
+    left, right = st.columns(2)
+    with left:
+        chart(figures.block_error_figure(analysis.block_errors(run)), key="depth")
+    with right:
+        chart(figures.convergence_figure(analysis.convergence(run), highlight=st.session_state.get(LAYER_KEY)),
+              key="convergence")
+
+    st.subheader("Per-block ablation")
+    pm = primary_metric(run_task(manifest(path)) or "")
+    if pm is None:
+        evaluation_missing_note()
+    elif run.method != "oats":
+        st.info(f"This run has only one kind of term (method {run.method}): the per-block ablation needs a sparse "
+                f"and a low-rank term — open an OATS run.")
+    else:
+        metric, higher = pm
+        blocks = sorted({r.block for r in run.layers})
+        st.caption(f"Turn off the low-rank terms (sparse only) or the sparse terms (low-rank only) of one block, keep "
+                   f"every other block compressed, and measure {metric} on the quick evaluation set. "
+                   f"Each block takes a few seconds.")
+        done_key = f"ablated::{path}::{mtime}"
+        done = st.session_state.setdefault(done_key, [])
+        c1, c2 = st.columns([3, 1])
+        chosen = c1.multiselect("Blocks", blocks, default=[b for b in blocks if b not in done][:1] or blocks[:1])
+        c2.write("")
+        go = c2.button("Measure", type="primary", icon=":material/science:")
+        if go and chosen:
+            bar = st.progress(0.0, text="dense and compressed model ...")
+            try:
+                ablation_reference(path, mtime)
+                for i, b in enumerate(chosen):
+                    bar.progress((i + 0.5) / (len(chosen) + 0.5), text=f"block {b} ...")
+                    block_ablation(path, mtime, b)
+                    if b not in done:
+                        done.append(b)
+            except OatsError as e:
+                st.error(str(e))
+            bar.empty()
+        if done:
+            res = ablation_reference(path, mtime) + [r for b in sorted(done) for r in block_ablation(path, mtime, b)]
+            chart(figures.ablation_figure(res, metric, higher), key="ablation")
+            table(res, "ablation", key="csv-ablation")
+        else:
+            st.info("No block measured yet: pick blocks and press Measure.")

@@ -1,0 +1,371 @@
+"""The Streamlit app through AppTest, on small real runs of the embedded minilm-l6.
+
+The runs are made once per session by ``prepare_runs`` (also used by test_browser.py): a
+small sweep (OATS and Wanda at two compression rates, few iterations, 16 calibration
+sentences, quick evaluation), one of whose runs every page shows. The tests read the
+charts' Plotly JSON and check the numbers against the run itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+MAIN = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"
+
+
+# ----------------------------------------------------------------------------- prepared runs
+
+
+def prepare_runs(root: Path) -> Path:
+    """A runs folder with a small minilm-l6 sweep (runs + table) and one evaluated run."""
+    root = Path(root)
+    if (root / ".ready").exists():
+        return root
+    from oats.io import load_run
+    from oats.jobs import evaluate_and_save
+    from oats.sweep import sweep
+    sweep("minilm-l6", methods="oats,wanda", compression="0.5,0.7", iterations=6, calib_samples=16,
+          quick=True, root=root)
+    assert (root / MAIN / "manifest.json").exists(), sorted(p.name for p in root.iterdir())
+    run = load_run(root / MAIN)
+    assert evaluate_and_save(run, root / MAIN, quick=True) == ""
+    (root / ".ready").write_text("ok")
+    return root
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory):
+    return prepare_runs(tmp_path_factory.getbasetemp() / "app-runs")
+
+
+@pytest.fixture(scope="session")
+def main_run(runs_dir):
+    from oats.io import load_run
+    return load_run(runs_dir / MAIN)
+
+
+@pytest.fixture
+def app(runs_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from app_state import RUN_KEY
+    monkeypatch.setenv("OATS_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.session_state[RUN_KEY] = str(runs_dir / MAIN)
+    return at
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _decode(v):
+    """Plotly JSON arrays may come base64-encoded ({"dtype", "bdata", "shape"})."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            a = a.reshape([int(x) for x in str(v["shape"]).split(",")])
+        return a
+    if isinstance(v, list):
+        return np.array([np.nan if x is None else x for x in v], dtype=object)
+    return v
+
+
+def charts(at) -> dict[str, dict]:
+    """{figure title: Plotly JSON} of every chart on the page."""
+    out = {}
+    for c in at.get("plotly_chart"):
+        spec = json.loads(c.proto.spec)
+        out[spec["layout"]["title"]["text"]] = spec
+    return out
+
+
+def chart(at, prefix: str) -> dict:
+    found = [v for k, v in charts(at).items() if k.startswith(prefix)]
+    assert found, f"no chart titled {prefix!r}; have {list(charts(at))}"
+    return found[0]
+
+
+def trace(spec: dict, name: str) -> dict:
+    for t in spec["data"]:
+        if t.get("name", "").startswith(name):
+            return t
+    raise AssertionError(f"no trace {name!r} in {[t.get('name') for t in spec['data']]}")
+
+
+def floats(v) -> np.ndarray:
+    return np.asarray(_decode(v), dtype=float)
+
+
+def clean(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def go(at, page: str):
+    at.switch_page(page)
+    at.run()
+    clean(at)
+    return at
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+def test_every_page_has_an_empty_state(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    clean(at)
+    assert any("No run yet" in i.value for i in at.info)
+    for page in ("spectra", "outliers", "errors", "walkthrough", "compare"):
+        go(at, f"pages/{page}.py")
+        assert any("No run yet" in i.value for i in at.info), page
+        assert not at.get("plotly_chart"), page
+    if (ROOT / "pages" / "vit.py").exists():
+        go(at, "pages/vit.py")
+
+
+def test_compress_page_summary(app, main_run, runs_dir):
+    from oats.io import read_manifest
+    from oats.jobs import read_evaluation
+    app.run()
+    clean(app)
+    m = read_manifest(runs_dir / MAIN)
+    # time per block: the manifest's numbers
+    t = chart(app, "Time per block")
+    assert [d["name"] for d in t["data"]] == ["input statistics (forward passes)", "decomposition"]
+    np.testing.assert_allclose(floats(t["data"][1]["y"]), [b["decompose_time_s"] for b in m["blocks"]])
+    assert t["layout"]["yaxis"]["title"]["text"] == "time (s)"
+    # evaluation: dense / both / sparse / lowrank, the saved values
+    ev = read_evaluation(runs_dir / MAIN)["results"]
+    e = chart(app, "Evaluation: cosine")
+    assert list(_decode(e["data"][0]["x"])) == ["dense", "sparse + low-rank", "sparse only", "low-rank only"]
+    np.testing.assert_allclose(floats(e["data"][0]["y"]), [ev[k]["cosine"] for k in ("dense", "both", "sparse", "lowrank")])
+    assert ev["dense"]["cosine"] == pytest.approx(1.0) and ev["both"]["cosine"] > ev["sparse"]["cosine"]
+    metrics = {mt.label: mt.value for mt in app.metric}
+    assert metrics["… after compression"] == f"{main_run.params_kept / 1e6:.2f} M"
+    assert metrics["Block-linear parameters, dense"] == f"{main_run.params_dense / 1e6:.2f} M"
+    # the saved runs table lists the sweep's four runs; every table has its CSV button
+    names = [n for n in app.dataframe[0].value["name"] if n.startswith("minilm-l6")]
+    assert MAIN in names and len(names) == 4
+    assert len(app.get("download_button")) == len(app.dataframe)
+
+
+def test_compress_form_rejects_bad_settings(app):
+    app.run()
+    app.selectbox[0].set_value("minilm-l6")
+    sb = [s for s in app.selectbox if s.label == "Sparsity pattern"][0]
+    sb.set_value("N:M").run()
+    [t for t in app.text_input if t.label == "N:M"][0].set_value("3:2").run()
+    [b for b in app.button if b.label == "Compress"][0].click().run()
+    assert not app.exception
+    assert [e.value for e in app.error] == ["sparsity pattern '3:2' is invalid: N:M needs 1 <= N < M (keep N of every M), e.g. '2:4'"]
+    app.radio[0].set_value("text file").run()
+    [t for t in app.text_input if t.label.startswith("… or a path")][0].set_value("/no/such/file.txt").run()
+    [t for t in app.text_input if t.label == "N:M"][0].set_value("2:8").run()
+    [b for b in app.button if b.label == "Compress"][0].click().run()
+    assert not app.exception
+    assert [e.value for e in app.error] == ["'/no/such/file.txt' is not a file: give the path of a text file on this machine."]
+
+
+def test_compress_runs_in_the_background_and_opens_the_run(tmp_path, monkeypatch):
+    """The acceptance path, small: compress minilm-l6 from the page, watch it, get the run."""
+    from streamlit.testing.v1 import AppTest
+    from app_state import RUN_KEY
+    from oats.io import read_manifest
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.selectbox[0].set_value("minilm-l6")
+    at.number_input[0].set_value(2)      # iterations
+    at.number_input[1].set_value(8)      # calibration samples
+    at.checkbox[0].uncheck()             # no evaluation: keep the test short
+    [b for b in at.button if b.label == "Compress"][0].click().run()
+    clean(at)
+    seen_progress = False
+    for _ in range(600):
+        if at.session_state[RUN_KEY] if RUN_KEY in at.session_state else None:
+            break
+        seen_progress |= bool(at.get("progress")) or any("minilm-l6" in e.label for e in at.expander)
+        time.sleep(0.5)
+        at.run()
+        clean(at)
+    folder = Path(at.session_state[RUN_KEY])
+    assert seen_progress
+    m = read_manifest(folder)
+    assert m["complete"] and m["config"]["iterations"] == 2 and m["calibration_request"]["samples"] == 8
+    assert folder.name == "minilm-l6-oats-c0.5-k0.25-row-it2-cal8xds0"
+    assert any("minilm-l6" in s.value and "compressed 6 blocks" in s.value for s in at.success)
+    assert chart(at, "Time per block")
+
+
+def test_spectra_page(app, main_run):
+    app.run()
+    go(app, "pages/spectra.py")
+    q = main_run.layers[0].qualname
+    sp = chart(app, f"Spectra of layer {q}")
+    assert [t["name"].split(":")[0] for t in sp["data"]] == ["W (weight)", "W D (scaled weight)",
+                                                             "W D − S (what the SVD sees)", "L (low-rank term)"]
+    w = main_run.factors(q)["weight"]
+    np.testing.assert_allclose(floats(trace(sp, "W (weight)")["y"]), torch.linalg.svdvals(w.double()).numpy(),
+                               rtol=1e-5)
+    assert len(floats(trace(sp, "L (low-rank term)")["y"])) == main_run.layer(q).rank
+    assert sp["layout"]["yaxis"]["type"] == "log" and "singular value" in sp["layout"]["yaxis"]["title"]["text"]
+    assert [s["x0"] for s in sp["layout"]["shapes"]] == [main_run.layer(q).rank]
+    ov = chart(app, "Normalised spectra of W D")
+    assert list(_decode(ov["data"][0]["y"])) == [r.qualname for r in main_run.layers]
+    z = floats(ov["data"][0]["z"])
+    assert z.shape == (len(main_run.layers), 128) and np.allclose(z[:, 0], 0)
+    ranks = chart(app, "Effective and stable rank")
+    np.testing.assert_allclose(floats(trace(ranks, "chosen rank r")["y"]), [r.rank for r in main_run.layers])
+    # another layer: the chart follows, and the choice carries over to the other pages
+    app.selectbox(key="layer_pick").set_value("3.fc2").run()
+    clean(app)
+    sp2 = chart(app, "Spectra of layer 3.fc2")
+    assert [s["x0"] for s in sp2["layout"]["shapes"]] == [main_run.layer("3.fc2").rank]
+    go(app, "pages/outliers.py")
+    assert chart(app, "Layer 3.fc2: per input channel")
+    go(app, "pages/walkthrough.py")
+    assert app.selectbox(key="layer_pick").value == "3.fc2"
+
+
+def _flagged(run, threshold):
+    """Outlier counts per distinct input, computed here from the raw statistics."""
+    counts, seen = [], {}
+    for r in run.layers:
+        v = run.input_sq_norms[r.qualname].double()
+        key = (r.block, len(v))
+        if key in seen and torch.equal(seen[key], v):
+            continue
+        seen[key] = v
+        rms = v.clamp_min(0).sqrt()
+        counts.append(int((rms > threshold * rms.median()).sum()))
+    return counts
+
+
+def test_outliers_page(app, main_run):
+    app.run()
+    go(app, "pages/outliers.py")
+    heat = chart(app, "Input second moments, 384-channel inputs")
+    assert list(_decode(heat["data"][0]["y"]))[:3] == ["0.q,k,v", "0.o", "0.fc1"]
+    z = floats(heat["data"][0]["z"])
+    np.testing.assert_allclose(z[0], np.log10(main_run.input_sq_norms["0.q"].double().numpy()), rtol=1e-6)
+    assert "log" in heat["data"][0]["colorbar"]["title"]["text"]
+    counts = chart(app, "Outlier channels per layer input")
+    got = sum(floats(t["y"]).sum() for t in counts["data"])
+    assert got == sum(_flagged(main_run, 5.0)) > 0
+    app.slider(key="outlier-threshold").set_value(10.0).run()
+    clean(app)
+    counts = chart(app, "Outlier channels per layer input")
+    got10 = sum(floats(t["y"]).sum() for t in counts["data"])
+    assert got10 == sum(_flagged(main_run, 10.0)) < got
+    assert "10× median" in counts["layout"]["yaxis"]["title"]["text"]
+    col = chart(app, f"Layer {main_run.layers[0].qualname}: per input channel")
+    share = floats(trace(col, "sparse term")["y"])
+    assert ((share >= 0) & (share <= 1)).all() and len(share) == main_run.layers[0].shape[1]
+    mask = chart(app, f"Sparse mask of {main_run.layers[0].qualname}")
+    r0 = main_run.layers[0]
+    assert floats(mask["data"][0]["z"]).mean() == pytest.approx(r0.nnz / (r0.shape[0] * r0.shape[1]), rel=1e-6)
+
+
+def test_error_budget_page(app, main_run):
+    app.run()
+    go(app, "pages/errors.py")
+    b = chart(app, "Scaled error per layer")
+    np.testing.assert_allclose(floats(trace(b, "sparse + low-rank")["y"]), [r.scaled_error for r in main_run.layers],
+                               rtol=1e-3)
+    assert (floats(trace(b, "sparse term only")["y"]) > floats(trace(b, "sparse + low-rank")["y"])).all()
+    e = chart(app, "Where the scaled weight's energy goes")
+    total = sum(floats(t["y"]) for t in e["data"])
+    np.testing.assert_allclose(total, 1.0, atol=1e-9)
+    d = chart(app, "Output error along depth")
+    np.testing.assert_allclose(floats(d["data"][0]["y"]), [blk.output_error for blk in main_run.blocks])
+    c = chart(app, "Convergence of alternating thresholding")
+    assert len(c["data"]) == len(main_run.layers)
+    np.testing.assert_allclose(floats(c["data"][0]["y"]), main_run.layers[0].history["error"])
+    # ablation of block 0: both bars below the compressed model's cosine
+    assert any("No block measured yet" in i.value for i in app.info)
+    [bt for bt in app.button if bt.label == "Measure"][0].click().run()
+    clean(app)
+    a = chart(app, "Per-block ablation: cosine")
+    dense, compressed = (s["y0"] for s in a["layout"]["shapes"])  # the two reference lines
+    assert dense == pytest.approx(1.0) and compressed < dense
+    assert [t["name"] for t in a["data"]] == ["one block with its low-rank term off", "one block with its sparse term off"]
+    for t in a["data"]:
+        (v,) = floats(t["y"])
+        assert v < compressed  # either term of one block matters
+    assert "higher is better" in a["layout"]["yaxis"]["title"]["text"]
+
+
+def test_walkthrough_page(app, main_run):
+    from oats.decompose import rank_budget
+    app.run()
+    go(app, "pages/walkthrough.py")
+    q = main_run.layers[0].qualname
+    h = chart(app, "Iteration")
+    assert len(h["data"]) == 3 and all(t["type"] == "heatmap" for t in h["data"])
+    obj = chart(app, "Objective per iteration")
+    err = floats(obj["data"][0]["y"])
+    metrics = {m.label: m.value for m in app.metric}
+    assert int(metrics["Iterations run"]) == len(err) and metrics["Final scaled error"] == f"{err[-1]:.4f}"
+    assert int(metrics["Rank r"]) == rank_budget(384, 384, main_run.config) == main_run.layer(q).rank
+    assert (np.diff(err) <= 1e-9).all()  # the objective never rises
+    app.slider(key=f"wt-kappa-{app.session_state['run_path']}").set_value(0.5).run()
+    clean(app)
+    metrics = {m.label: m.value for m in app.metric}
+    assert int(metrics["Rank r"]) == rank_budget(384, 384, main_run.config.replace(rank_ratio=0.5)) > main_run.layer(q).rank
+    app.select_slider[0].set_value(1).run()
+    clean(app)
+    assert chart(app, "Iteration 1 ")
+
+
+def test_compare_page(app, runs_dir):
+    from oats.sweep import load_results
+    app.run()
+    go(app, "pages/compare.py")
+    s = chart(app, "cosine against compression rate")
+    names = {t["name"] for t in s["data"]}
+    assert {"oats · both", "oats · sparse", "oats · lowrank", "wanda · both", "dense"} <= names
+    rows = load_results(runs_dir / "sweeps" / "minilm-l6")
+    want = sorted((r["compression"], r["cosine"]) for r in rows if r["method"] == "wanda" and r["mode"] == "both")
+    t = trace(s, "wanda · both")
+    assert list(zip(floats(t["x"]), floats(t["y"]))) == want
+    assert "higher is better" in s["layout"]["yaxis"]["title"]["text"]
+    lay = chart(app, "Per-layer error, run by run")
+    assert len(lay["data"]) == 4  # the four runs of the selected run's model
+    main = trace(lay, MAIN)
+    from oats.io import read_manifest
+    np.testing.assert_allclose(floats(main["y"]), [l["scaled_error"] for l in read_manifest(runs_dir / MAIN)["layers"]])
+
+
+def test_vit_page_is_registered_when_present(app):
+    if not (ROOT / "pages" / "vit.py").exists():
+        pytest.skip("pages/vit.py is not in this checkout")
+    app.run()
+    go(app, "pages/vit.py")
+
+
+def test_page_switches_are_fast_once_cached(app, capsys):
+    """Not a speed test (benchmarks measure speed): records the switch times for the report."""
+    app.run()
+    pages = ["spectra", "outliers", "errors", "walkthrough", "compare", "home"]
+    for p in pages:  # warm every cache
+        go(app, f"pages/{p}.py")
+    times = {}
+    for p in pages:
+        t0 = time.perf_counter()
+        go(app, f"pages/{p}.py")
+        times[p] = time.perf_counter() - t0
+    with capsys.disabled():
+        print("\npage switch (AppTest, warm):", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
