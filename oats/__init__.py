@@ -10,6 +10,10 @@ Where things live:
   io.py          run folders (safetensors + JSON manifest)
   zoo.py         presets that load offline, hub ids, local folders, timm names
   data.py        calibration and evaluation data
+  baselines.py   magnitude, Wanda, SparseGPT and low-rank-only in the same budget accounting
+  allocation.py  uniform or OWL-style per-block compression rates
+  evaluate.py    perplexity / embedding / CLS fidelity; ``oats.evaluate(run)`` is callable
+  sweep.py       methods x rates on one model, one tidy table, runs reused from disk
 """
 
 from .config import OatsConfig
@@ -17,7 +21,9 @@ from .decompose import Decomposition, History, decompose, decompose_many, rank_b
 from .errors import ConfigError, DataError, ModelLoadError, OatsError, RunError, UnsupportedModelError
 from .io import list_runs, load_run, save_run
 from .modules import OatsLinear, set_mode, use_mode
-from .pipeline import METHODS, CompressionRun, compress_model
+from .pipeline import BUDGET_NOTES, METHODS, CompressionRun, compress_model
+from . import evaluate  # the module is callable: oats.evaluate(run) -> Evaluation
+from .evaluate import PRIMARY_METRIC, Evaluation, evaluate_model, evaluate_run
 
 __version__ = "0.1.0"
 
@@ -25,5 +31,6 @@ __all__ = [
     "OatsConfig", "Decomposition", "History", "decompose", "decompose_many", "rank_budget", "row_keep",
     "ConfigError", "DataError", "ModelLoadError", "OatsError", "RunError", "UnsupportedModelError",
     "list_runs", "load_run", "save_run", "OatsLinear", "set_mode", "use_mode", "METHODS",
-    "CompressionRun", "compress_model",
+    "CompressionRun", "compress_model", "BUDGET_NOTES",
+    "evaluate", "evaluate_model", "evaluate_run", "Evaluation", "PRIMARY_METRIC",
 ]

@@ -88,15 +88,20 @@ class SecondMoments:
     Uses a fused reduction (vector norm over the token axis) so no squared copy of the
     activations is made. ``current_mask`` is set by the caller for each batch, so padding
     tokens do not count.
+
+    ``hook(name, module, gram=True)`` also accumulates the full Gram matrix X^T X
+    (d_in x d_in, fp32) of that input, for the methods that need it (SparseGPT). It is off
+    by default: it costs d_in^2 floats per hooked input and a matrix product per batch.
     """
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
+        self.grams: dict[str, torch.Tensor] = {}
         self.current_mask: torch.Tensor | None = None
         self._handles = []
 
-    def hook(self, name: str, module: nn.Module) -> None:
+    def hook(self, name: str, module: nn.Module, gram: bool = False) -> None:
         def fn(_m, inp, _out):
             x = inp[0].detach()
             mask = self.current_mask
@@ -109,11 +114,26 @@ class SecondMoments:
             else:
                 self.sums[name] = sq
             self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+            if gram:
+                xf = x.float()
+                if name in self.grams:
+                    self.grams[name].addmm_(xf.T, xf)
+                else:
+                    self.grams[name] = xf.T @ xf
         self._handles.append(module.register_forward_hook(fn))
 
     def mean(self, name: str) -> torch.Tensor:
         """(d_in,) mean over calibration tokens of x_j^2."""
         return self.sums[name] / max(self.counts[name], 1)
+
+    def gram(self, name: str) -> torch.Tensor:
+        """(d_in, d_in) mean over calibration tokens of x x^T (its diagonal is ``mean(name)``).
+
+        Only for inputs hooked with ``gram=True``.
+        """
+        if name not in self.grams:
+            raise KeyError(f"no Gram matrix was collected for {name!r}: hook it with gram=True")
+        return self.grams[name] / max(self.counts[name], 1)
 
     def remove(self) -> None:
         for h in self._handles:

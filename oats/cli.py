@@ -1,4 +1,4 @@
-"""Command line: ``oats models``, ``oats compress``, ``oats runs``.
+"""Command line: ``oats models``, ``oats compress``, ``oats runs``, ``oats evaluate``, ``oats sweep``.
 
 Every expected failure prints one line on stderr and exits with status 2.
 """
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import OatsError
+from .errors import ConfigError, OatsError
 from .io import runs_root
 
 
@@ -58,6 +58,7 @@ def cmd_compress(args) -> int:
 
     from . import data, zoo
     from .config import OatsConfig
+    from .allocation import Owl, parse_allocation
     from .io import RunWriter, load_run, read_manifest
     from .pipeline import compress_model, method_config
 
@@ -75,6 +76,8 @@ def cmd_compress(args) -> int:
         config = OatsConfig(**resume_manifest["config"])
         method = resume_manifest["method"]
         calib = resume_manifest.get("calibration_request", calib)
+        alloc = resume_manifest.get("allocation") or {}
+        owl = Owl(lam=alloc["lam"], threshold=alloc["threshold"]) if alloc.get("name") == "owl" else None
     else:
         rank_ratio = args.rank_ratio
         if rank_ratio is None:
@@ -84,6 +87,9 @@ def cmd_compress(args) -> int:
                             sparsity=args.sparsity, solver=args.solver)
         method = args.method
         method_config(method, config)
+        owl = parse_allocation(args.allocation, args.owl_lambda, args.owl_m)
+        if owl is not None:
+            owl.check(config)
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = runs_root() / _slug(f"{args.model}-{method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
@@ -114,7 +120,7 @@ def cmd_compress(args) -> int:
     try:
         run = compress_model(loaded.model, batches, config, method=method, progress=progress,
                              model_name=args.model, device=args.device, allow_generic=args.generic,
-                             on_block_done=writer.block_done, resume=resume)
+                             on_block_done=writer.block_done, resume=resume, allocation=owl)
     except KeyboardInterrupt:
         bar.close()
         print(f"\ninterrupted: finished blocks are saved in '{out}'; continue with "
@@ -132,8 +138,112 @@ def cmd_compress(args) -> int:
           f"(compression {1 - kept:.1%}); median scaled error {errs[len(errs) // 2]:.4f}; "
           f"calibration {run.timings['capture_s'] + run.timings['stats_s']:.1f}s, decomposition "
           f"{run.timings['decompose_s']:.1f}s, total {run.timings['total_s']:.1f}s (+{t_load:.1f}s loading)")
+    if run.block_rates is not None:
+        print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
     print(f"saved to {out}")
     del torch
+    return 0
+
+
+def _dump_json(obj) -> str:
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), indent=1)
+
+
+def _eval_source(args):
+    """(text, image_folder) from the evaluation flags."""
+    from .data import read_text_file
+    from .evaluate import wikitext2_text
+    if args.text and args.wikitext2:
+        raise ConfigError("give either --text FILE or --wikitext2, not both")
+    text = None
+    if args.text:
+        read_text_file(args.text)  # one-line error now, before loading a model
+        text = Path(args.text)
+    elif args.wikitext2:
+        text = wikitext2_text()
+    return text, args.image_folder
+
+
+def cmd_evaluate(args) -> int:
+    from . import zoo
+    from .evaluate import evaluate, run_modes
+    from .io import load_run, read_manifest
+
+    folder = Path(args.run_dir)
+    m = read_manifest(folder)
+    if not m.get("complete"):
+        return _fail(f"run '{folder}' is unfinished: finish it with 'oats compress {m['model_name']} --out {folder} "
+                     f"--resume' first")
+    name = args.model or m["model_name"]
+    if args.model and args.model != m["model_name"]:
+        return _fail(f"run folder '{folder}' was made for '{m['model_name']}', not '{args.model}': "
+                     f"evaluate it with its own model (leave out --model)")
+    modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(m["method"])
+    from .evaluate import _check_modes
+    _check_modes(modes)
+    text, image_folder = _eval_source(args)
+    print(f"loading {name} and the run ...", file=sys.stderr)
+    loaded = zoo.load_model(name, trust_remote_code=args.trust_remote_code)
+    run = load_run(folder, model=loaded.model)
+    run.loaded = loaded
+    ev = evaluate(run, loaded, modes=modes, quick=args.quick, text=text, image_folder=image_folder)
+    cfg = m["config"]
+    print(_dump_json({"run": str(folder), "model": m["model_name"], "method": m["method"],
+                      "compression": cfg["compression"], "rank_ratio": cfg["rank_ratio"], "sparsity": cfg["sparsity"],
+                      "task": ev.task, "primary_metric": ev.primary, "higher_is_better": ev.higher_is_better,
+                      "metrics": ev.metrics, "settings": ev.settings, "time_s": round(ev.time_s, 2)}))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from .sweep import FIRST_COLUMNS, LAST_COLUMNS, parse_list, pivot_table, sweep
+
+    # parse every list first: a bad value is one line before anything loads
+    methods = parse_list(args.methods, "--methods", methods=True)
+    rates = parse_list(args.compression, "--compression", unit_open=True)
+    kappas = parse_list(args.rank_ratio, "--rank-ratio") if args.rank_ratio else None
+    text, image_folder = _eval_source(args)
+    bars: dict[str, tqdm] = {}
+
+    def progress(name, done, total, msg):
+        bar = bars.get(name)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[name] = tqdm(total=total, unit="block", desc=name, file=sys.stderr, leave=True)
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(msg[:60])
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
+                solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
+                image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
+                allocation=args.allocation, owl_lambda=args.owl_lambda, owl_threshold=args.owl_m,
+                progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr))
+    for bar in bars.values():
+        bar.close()
+    metrics = [k for k in res.rows[0] if k not in FIRST_COLUMNS + LAST_COLUMNS]
+    for metric in metrics:
+        print(f"\n{metric}\n" + pivot_table(res.rows, metric))
+    wall = time.perf_counter() - t0
+    print(f"\n{len(res.computed)} runs compressed, {len(res.reused)} reused; compression {res.timings['compress_s']:.1f}s, "
+          f"evaluation {res.timings['evaluate_s']:.1f}s, wall {wall:.1f}s")
+    print(f"saved to {res.folder}")
     return 0
 
 
@@ -158,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="compress a model and save a run folder")
     c.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
-    c.add_argument("--method", default="oats", help="oats (default), wanda or magnitude")
+    c.add_argument("--method", default="oats", help="oats (default), wanda, sparsegpt, magnitude or lowrank "
+                   "(each keeps (1 - compression) of every matrix's parameters)")
     c.add_argument("--compression", default=0.5, help="fraction of each matrix's parameters removed, in (0, 1)")
     c.add_argument("--rank-ratio", default=None, help="share of kept parameters in the low-rank term, [0, 1); "
                    "default: the preset's (0.25 LMs, 0.20 ViTs)")
@@ -176,12 +287,55 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--generic", action="store_true", help="allow the generic adapter for unknown architectures")
     c.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
     c.add_argument("--quiet", action="store_true", help="no per-layer table")
+    _allocation_args(c)
     c.set_defaults(fn=cmd_compress)
 
     r = sub.add_parser("runs", help="list run folders and their status")
     r.add_argument("--root", default=None, help="runs folder (default: $OATS_RUNS_DIR or ./runs)")
     r.set_defaults(fn=cmd_runs)
+
+    e = sub.add_parser("evaluate", help="evaluate a run folder (dense and each mode), print JSON")
+    e.add_argument("run_dir", help="a complete run folder")
+    e.add_argument("--modes", default=None, help="comma-separated among dense,both,sparse,lowrank "
+                   "(default: all four for OATS, dense,both otherwise)")
+    e.add_argument("--model", default=None, help="the base model (default: the run's own; must be the same)")
+    e.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
+    _eval_args(e)
+    e.set_defaults(fn=cmd_evaluate)
+
+    w = sub.add_parser("sweep", help="methods x compression rates on one model: one table (CSV, JSON)")
+    w.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
+    w.add_argument("--methods", default="oats,wanda,sparsegpt,magnitude,lowrank",
+                   help="comma-separated methods (default: all five)")
+    w.add_argument("--compression", default="0.3,0.4,0.5,0.6", help="comma-separated rates in (0, 1)")
+    w.add_argument("--rank-ratio", default=None, help="comma-separated rank ratios for OATS (default: the model's)")
+    w.add_argument("--sparsity", default="row", help="row, layer or N:M")
+    w.add_argument("--iterations", default=80, help="alternating-thresholding iterations (OATS)")
+    w.add_argument("--solver", default="fast", help="fast (default) or exact")
+    w.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
+    w.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--root", default=None, help="runs root where runs are made and reused (default: $OATS_RUNS_DIR or ./runs)")
+    w.add_argument("--out", default=None, help="table folder (default: <root>/sweeps/<model>)")
+    _allocation_args(w)
+    _eval_args(w)
+    w.set_defaults(fn=cmd_sweep)
     return p
+
+
+def _allocation_args(p) -> None:
+    p.add_argument("--allocation", default="uniform", help="uniform (default) or owl: per-block rates from each "
+                   "block's outlier ratio, mean rate kept")
+    p.add_argument("--owl-lambda", type=float, default=None, help="OWL: largest change of a block's rate (default 0.08)")
+    p.add_argument("--owl-m", type=float, default=None, help="OWL: outlier = score above M x mean (default 5)")
+
+
+def _eval_args(p) -> None:
+    p.add_argument("--quick", action="store_true", help="small evaluation set (seconds)")
+    p.add_argument("--text", default=None, help="evaluation text file (LMs, encoders) instead of the built-in split")
+    p.add_argument("--wikitext2", action="store_true", help="evaluate LMs on WikiText-2 (needs the network and datasets)")
+    p.add_argument("--image-folder", default=None, help="ViTs: evaluation images; class sub-folders give top-1 "
+                   "for a model with a classification head")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from .config import OatsConfig
 from .errors import ConfigError, OatsError, RunError
 from .modules import OatsLinear
-from .pipeline import BlockRecord, CompressionRun, LayerRecord
+from .pipeline import BUDGET_NOTES, BlockRecord, CompressionRun, LayerRecord
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -124,6 +124,9 @@ def manifest_dict(run: CompressionRun, complete: bool, extra: dict | None = None
         "method": run.method,
         "config": run.config.to_dict(),
         "effective_compression": run.config.effective_compression,
+        "budget_note": BUDGET_NOTES.get(run.method, ""),
+        "block_rates": run.block_rates,
+        "allocation": run.allocation,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": _versions(),
         "calibration": run.calibration,
@@ -246,7 +249,8 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
         model=model, model_name=m["model_name"], family=m.get("family", ""), method=m["method"],
         config=OatsConfig(**m["config"]), layers=[LayerRecord.from_dict(d) for d in m["layers"]],
         blocks=[BlockRecord(**d) for d in m["blocks"]], input_sq_norms=m2,
-        calibration=m.get("calibration", {}), timings=m.get("timings", {}), loaded=loaded)
+        calibration=m.get("calibration", {}), timings=m.get("timings", {}), loaded=loaded,
+        block_rates=m.get("block_rates"), allocation=m.get("allocation"))
 
 
 def list_runs(root: str | Path) -> list[dict]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
+from .baselines import lowrank_only, sparsegpt
 from .calibration import BlockInputs, SecondMoments, capture_block_inputs, run_block
 from .config import OatsConfig
 from .decompose import Decomposition, decompose_many, sparse_budget, rank_budget
@@ -25,19 +26,63 @@ from .modules import OatsLinear, oats_layers, set_mode, use_mode
 METHODS = {
     "oats": "sparse + low-rank (alternating thresholding on W D)",
     "wanda": "sparse only: keep the largest |W_ij| * ||X_j|| per row (OATS with rank ratio 0)",
+    "sparsegpt": "sparse only: OBS weight updates on the full input Gram matrix (SparseGPT)",
     "magnitude": "sparse only: keep the largest |W_ij| per row",
+    "lowrank": "low-rank only: truncated SVD of W D with the whole budget as rank",
 }
+
+BUDGET_NOTES = {
+    "oats": "rank r = floor(kappa (1-rho) d_out d_in / (d_out + d_in)) plus a sparse term that keeps "
+            "d_in - floor(d_in (1 - (1-kappa)(1-rho))) entries per row (per matrix for sparsity 'layer'; "
+            "N of every M with the rank from (N/M)/(1-kappa) for N:M)",
+    "wanda": "rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| ||X_j|| "
+             "(per matrix for 'layer'; N of every M for N:M)",
+    "sparsegpt": "rank 0; each row keeps d_in - floor(d_in rho) entries, its prunes spread over the column "
+                 "blocks by cumulative rounding and chosen by w^2 / [H^-1]_jj, kept weights updated by OBS "
+                 "(per matrix for 'layer'; N of every M for N:M)",
+    "magnitude": "rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| "
+                 "(per matrix for 'layer'; N of every M for N:M)",
+    "lowrank": "no sparse term; rank r = floor((1-rho) d_out d_in / (d_out + d_in)) of W D (truncated SVD)",
+}
+"""How each method spends the budget of (1 - rho) d_out d_in parameters per matrix (manifest)."""
+
+NEEDS_GRAM = frozenset({"sparsegpt"})
+"""Methods whose statistics pass collects the full Gram matrix X^T X (else only its diagonal)."""
 
 
 def method_config(method: str, config: OatsConfig) -> tuple[OatsConfig, bool]:
     """The decomposition config a method runs with, and whether it scales by the inputs."""
     if method == "oats":
         return config, True
-    if method == "wanda":
+    if method in ("wanda", "sparsegpt"):
         return config.replace(rank_ratio=0.0), True
     if method == "magnitude":
         return config.replace(rank_ratio=0.0), False
+    if method == "lowrank":
+        if config.nm is not None:
+            raise ConfigError(f"the low-rank method has no sparse term, so sparsity {config.sparsity} does not "
+                              "apply: use sparsity 'row' with it")
+        return config, True
     raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def method_rank_ratio(method: str, config: OatsConfig) -> float:
+    """The share of the kept parameters a method spends on the low-rank term (kappa)."""
+    return {"oats": config.rank_ratio, "lowrank": 1.0}.get(method, 0.0)
+
+
+def decompose_block(method: str, weights: list[torch.Tensor], input_sq_norms: list[torch.Tensor],
+                    grams: list[torch.Tensor | None], config: OatsConfig, device=None) -> list[Decomposition]:
+    """Run ``method`` on the matrices of one block (the dispatch of ``compress_block``).
+
+    ``grams[i]`` is the (d_in, d_in) input Gram of matrix i, needed only by SparseGPT.
+    """
+    dconfig, scaled = method_config(method, config)
+    if method in ("oats", "wanda", "magnitude"):
+        return decompose_many(weights, [m if scaled else None for m in input_sq_norms], dconfig, device=device)
+    if method == "sparsegpt":
+        return [sparsegpt(w, g, dconfig, device=device) for w, g in zip(weights, grams)]
+    return [lowrank_only(w, m, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
 
 
 @dataclass
@@ -106,6 +151,10 @@ class CompressionRun:
     timings: dict
     loaded: object = None
     """The ``oats.zoo.LoadedModel`` (tokenizer, image settings) when known, else None."""
+    block_rates: list[float] | None = None
+    """Per-block compression rates (non-uniform allocation, e.g. OWL), or None for uniform."""
+    allocation: dict | None = None
+    """How ``block_rates`` were chosen (name, parameters, per-block outlier ratios), or None."""
 
     def set_mode(self, mode: str, layers: list[str] | None = None) -> None:
         """Switch the model to dense / both / sparse / lowrank, model-wide or for some module paths."""
@@ -222,7 +271,8 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
                    inputs: BlockInputs, config: OatsConfig, method: str = "oats",
                    device=None) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
     """Compress one block in place. Returns (layer records, block record, statistics, next inputs)."""
-    dconfig, scaled = method_config(method, config)
+    dconfig, _scaled = method_config(method, config)
+    gram = method in NEEDS_GRAM
     refs = adapter.linears(model, block)
     by_path: dict[str, list[LinearRef]] = {}
     for ref in refs:
@@ -232,7 +282,7 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
     t0 = time.perf_counter()
     stats = SecondMoments()
     for path in by_path:
-        stats.hook(path, block.get_submodule(path))
+        stats.hook(path, block.get_submodule(path), gram=gram)
     dense_out = []
     try:
         for i, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
@@ -242,18 +292,22 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
         stats.remove()
     t_stats = time.perf_counter() - t0
 
-    # 2. decompose every matrix of the block (same shapes batched)
+    # 2. decompose every matrix of the block
     t0 = time.perf_counter()
-    weights, norms, meta = [], [], []
+    weights, norms, grams, meta = [], [], [], []
     for path, prefs in by_path.items():
         w_full = weight_of(block.get_submodule(path)).float()
         m2 = stats.mean(path)
+        g = stats.gram(path) if gram else None
         for ref in prefs:
             w = w_full[ref.rows[0]:ref.rows[1]] if ref.rows else w_full
             weights.append(w)
-            norms.append(m2 if scaled else None)
+            norms.append(m2)
+            grams.append(g)
             meta.append(ref)
-    decs = decompose_many(weights, norms, dconfig, device=device)
+    decs = decompose_block(method, weights, norms, grams, config, device=device)
+    del grams
+    stats.grams.clear()
     t_dec = time.perf_counter() - t0
     per_matrix_time = t_dec / max(len(decs), 1)
 
@@ -310,38 +364,66 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
 def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig | None = None,
                    method: str = "oats", progress: ProgressFn | None = None, *, model_name: str = "",
                    device=None, allow_generic: bool = False, on_block_done=None,
-                   resume: CompressionRun | None = None) -> CompressionRun:
+                   resume: CompressionRun | None = None, block_rates: list[float] | None = None,
+                   allocation=None) -> CompressionRun:
     """Compress every linear inside the transformer blocks of ``model``, in place.
 
     Args:
         model: a model an adapter supports (see ``oats.adapters``), in eval mode.
         calibration: model-input dicts (``oats.data.calibration_batches``).
         config: budgets and solver; ``OatsConfig()`` by default.
-        method: "oats", "wanda" or "magnitude" (see ``METHODS``).
+        method: one of ``METHODS``: "oats", "wanda", "sparsegpt", "magnitude", "lowrank". Every
+            method keeps (1 - rho) of each matrix's parameters (``BUDGET_NOTES`` says how).
         progress: callable(done_blocks, total_blocks, message), called as blocks finish.
         device: where the decompositions run (default: where the weights are).
         on_block_done: callable(run_so_far, block_index) after each block (used to save).
         resume: a partial run of this model (``oats.io.load_run(..., allow_partial=True)``):
             its blocks are already compressed in ``model`` and are only run forward.
+        block_rates: per-block compression rates (one per block, each in (0, 1)) instead of
+            ``config.compression`` everywhere; ``config.compression`` should be their mean.
+        allocation: "uniform" (default), "owl" or an ``oats.allocation.Owl``: compute the
+            per-block rates OWL-style from a dense statistics pass first (mean rate kept).
 
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
+    from .allocation import block_rates_for, parse_allocation
     config = config or OatsConfig()
     method_config(method, config)  # validates the method name before any work
+    owl = parse_allocation(allocation)
+    if owl is not None and block_rates is not None:
+        raise ConfigError("give either block_rates or an allocation, not both")
     if not calibration:
         raise ConfigError("no calibration data: give at least one calibration batch")
     model.eval()
     adapter = get_adapter(model, allow_generic=allow_generic)
     blocks = adapter.blocks(model)
+    alloc_info = None
+    if block_rates is not None:
+        block_rates = _check_block_rates(block_rates, len(blocks), config)
+        alloc_info = {"name": "given", "block_rates": block_rates}
+    elif owl is not None:
+        if resume is not None and resume.block_rates is not None:
+            block_rates, alloc_info = list(resume.block_rates), resume.allocation
+        else:
+            t0 = time.perf_counter()
+            block_rates, alloc_info = block_rates_for(model, calibration, config, owl, allow_generic=allow_generic)
+            alloc_info["time_s"] = time.perf_counter() - t0
+            if progress:
+                progress(0, len(blocks), "OWL block rates " + ", ".join(f"{r:.3f}" for r in block_rates))
     run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
                          config=config, layers=[], blocks=[], input_sq_norms={},
-                         calibration={"batches": len(calibration)}, timings={})
+                         calibration={"batches": len(calibration)}, timings={},
+                         block_rates=block_rates, allocation=alloc_info)
     done: set[int] = set()
     if resume is not None:
         if resume.config != config or resume.method != method:
             raise ConfigError("the run to resume was made with other settings: resume with the same "
                               "method, compression, rank ratio, iterations and sparsity")
+        if (resume.block_rates is None) != (block_rates is None) or (
+                block_rates is not None and any(abs(a - b) > 1e-9 for a, b in zip(resume.block_rates, block_rates))):
+            raise ConfigError("the run to resume was made with another budget allocation: resume with the same "
+                              "allocation (uniform or OWL with the same parameters)")
         run.layers, run.blocks = list(resume.layers), list(resume.blocks)
         run.input_sq_norms = dict(resume.input_sq_norms)
         done = {b.index for b in resume.blocks}
@@ -357,7 +439,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         if i in done:  # already compressed: only carry the inputs forward
             inputs.hidden = run_block(block, adapter, inputs)
             continue
-        recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, config, method, device)
+        bconfig = config if block_rates is None else config.replace(compression=block_rates[i])
+        recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, method, device)
         run.layers.extend(recs)
         run.blocks.append(brec)
         run.input_sq_norms.update(m2)
@@ -372,20 +455,32 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     return run
 
 
-@torch.no_grad()
-def dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[int] | None = None,
-                      allow_generic: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Real layers of the *dense* model with their input statistics, without compressing.
+def _check_block_rates(rates, n_blocks: int, config: OatsConfig) -> list[float]:
+    rates = [float(r) for r in rates]
+    if len(rates) != n_blocks:
+        raise ConfigError(f"block_rates has {len(rates)} values but the model has {n_blocks} blocks: give one per block")
+    if config.nm is not None:
+        raise ConfigError(f"per-block compression rates do not apply to sparsity {config.sparsity} (N:M fixes the "
+                          "rate): use sparsity 'row' or 'layer'")
+    for r in rates:
+        OatsConfig(compression=r)  # same message as a bad compression anywhere
+    return rates
 
-    Returns {"<block>.<name>": (weight (d_out, d_in), mean squared input (d_in,))} for the
-    requested blocks (default: all). Used by the benchmark, the faithfulness tests and the
-    what-if views, which need a layer exactly as the pipeline would see it.
+
+@torch.no_grad()
+def iter_dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[int] | None = None,
+                           allow_generic: bool = False, gram: bool = False):
+    """Walk the *dense* model block by block on the calibration data, without compressing.
+
+    Yields (block index, {"<block>.<name>": (weight view (d_out, d_in), mean squared input
+    (d_in,))}) for the requested blocks (default: all); with ``gram=True`` each value has a
+    third item, the (d_in, d_in) mean of x x^T. The weights are views into the model: copy
+    them to keep them past the next step.
     """
     adapter = get_adapter(model, allow_generic=allow_generic)
     all_blocks = adapter.blocks(model)
     wanted = set(range(len(all_blocks))) if blocks is None else {b % len(all_blocks) for b in blocks}
     inputs = capture_block_inputs(model, adapter, all_blocks[0][1], calibration)
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, (_path, block) in enumerate(all_blocks):
         if i > max(wanted):
             break
@@ -395,7 +490,7 @@ def dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[in
         refs = adapter.linears(model, block)
         stats = SecondMoments()
         for path in dict.fromkeys(r.path for r in refs):
-            stats.hook(path, block.get_submodule(path))
+            stats.hook(path, block.get_submodule(path), gram=gram)
         hidden = []
         try:
             for j, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
@@ -404,8 +499,27 @@ def dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[in
         finally:
             stats.remove()
         inputs.hidden = hidden
+        out = {}
         for ref in refs:
             w = weight_of(block.get_submodule(ref.path))
             w = w[ref.rows[0]:ref.rows[1]] if ref.rows else w
-            out[f"{i}.{ref.name}"] = (w.detach().float().clone(), stats.mean(ref.path).clone())
+            item = (w.detach(), stats.mean(ref.path))
+            out[f"{i}.{ref.name}"] = item + (stats.gram(ref.path),) if gram else item
+        yield i, out
+
+
+@torch.no_grad()
+def dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[int] | None = None,
+                      allow_generic: bool = False, gram: bool = False) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Real layers of the *dense* model with their input statistics, without compressing.
+
+    Returns {"<block>.<name>": (weight (d_out, d_in), mean squared input (d_in,))} for the
+    requested blocks (default: all); with ``gram=True`` a third item, the (d_in, d_in) mean
+    of x x^T (what SparseGPT needs). Used by the benchmark, the faithfulness tests and the
+    what-if views, which need a layer exactly as the pipeline would see it.
+    """
+    out: dict[str, tuple[torch.Tensor, ...]] = {}
+    for _i, layers in iter_dense_layer_stats(model, calibration, blocks, allow_generic, gram):
+        for q, item in layers.items():
+            out[q] = (item[0].float().clone(),) + tuple(t.clone() for t in item[1:])
     return out

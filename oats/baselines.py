@@ -1,0 +1,266 @@
+"""The baselines, in the same budget accounting as OATS: pure functions on tensors.
+
+Every function takes one weight matrix W (d_out, d_in) and its input statistics and returns
+a ``Decomposition`` (sparse term + low-rank term, unscaled), so the pipeline, the run
+folders and every view treat them exactly like OATS. Each matrix keeps (1 - rho) of its
+d_out * d_in parameters (index storage not counted):
+
+- ``magnitude``: sparse only, each row keeps its d_in - floor(d_in rho) largest |W_ij|.
+- ``wanda``: sparse only, the same count per row chosen by |W_ij| * ||X_j||. This *is*
+  ``decompose`` with rank ratio 0 (OATS at kappa = 0 is Wanda), and stays so.
+- ``sparsegpt``: sparse only, the same count per row, chosen and compensated with the
+  Optimal Brain Surgeon updates of SparseGPT (Frantar & Alistarh, 2023) on the full Gram
+  matrix X^T X of the layer's calibration inputs.
+- ``lowrank_only``: no sparse term; the whole budget as rank,
+  r = floor((1 - rho) d_out d_in / (d_out + d_in)), by a truncated SVD of W D.
+
+``sparsity="layer"`` spends the same total per matrix instead of per row; ``"N:M"`` keeps N
+of every M consecutive inputs of a row (the rank ratio is 0 for the sparse-only baselines,
+so their density is N/M).
+
+History entries hold the *scaled* error ||(W - W') D||_F / ||W D||_F (D from the diagonal
+of the statistics) so every method is read on the same axis as OATS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .config import OatsConfig
+from .decompose import (Decomposition, History, check_shape, decompose, input_scale, row_keep,
+                        sparse_budget)
+from .errors import ConfigError
+
+
+def magnitude(weight: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
+    """Keep the largest |W_ij| of each row (OATS unscaled, rank ratio 0)."""
+    return decompose(weight, None, config.replace(rank_ratio=0.0), device=device)
+
+
+def wanda(weight: torch.Tensor, input_sq_norms: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
+    """Keep the largest |W_ij| * ||X_j|| of each row (OATS with rank ratio 0)."""
+    return decompose(weight, input_sq_norms, config.replace(rank_ratio=0.0), device=device)
+
+
+# ----------------------------------------------------------------------------- SparseGPT
+
+
+def _inverse_cholesky(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + damp I)^-1, H = gram, damp = percdamp * mean diag(H).
+
+    fp64 for the factorisations (they are d_in^3 and run once per matrix). When H is
+    numerically not positive definite even after damping, the damping grows tenfold until
+    it is (a layer whose inputs span few directions).
+    """
+    h = gram.detach().to(torch.float64).clone()
+    n = h.shape[0]
+    mean_diag = float(torch.diagonal(h).mean())
+    if not mean_diag > 0:  # the layer never saw a non-zero input: nothing to learn from H
+        h = torch.eye(n, dtype=torch.float64)
+        mean_diag = 1.0
+    damp = percdamp * mean_diag
+    for _ in range(8):
+        chol, info = torch.linalg.cholesky_ex(h + damp * torch.eye(n, dtype=torch.float64))
+        if int(info) == 0:
+            break
+        damp *= 10.0
+    else:
+        raise ConfigError("the Gram matrix of a layer's inputs is not positive definite even with strong "
+                          "damping: check the calibration data for NaN or inf")
+    hinv = torch.cholesky_inverse(chol)
+    return torch.linalg.cholesky(hinv, upper=True)
+
+
+def _cumulative_share(total: int, start: int, stop: int, width: int) -> int:
+    """How many of ``total`` prunes fall in columns [start, stop) of ``width`` when they are
+    spread evenly with cumulative rounding (the shares of all blocks add up to ``total``)."""
+    return total * stop // width - total * start // width
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one CPU thread inside the block.
+
+    The column sweep is thousands of tiny operations; with several intra-op threads each
+    one pays a synchronisation, which on a busy machine made it 10-30x slower (measured on
+    2 shared cores: 0.18 s vs 4-29 s for the sweep of a 576x1536 layer); the fp64
+    factorisations were 2-3x faster on one thread there too.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _smallest(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+    """Bool mask of the k smallest entries along ``dim`` (exact count, ties broken by topk)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return mask
+    idx = scores.topk(k, dim=dim, largest=False, sorted=False).indices
+    return mask.scatter_(dim, idx, True)
+
+
+def _sweep(w: torch.Tensor, q_all: torch.Tensor, u_chol: torch.Tensor, cfg: OatsConfig, blocksize: int,
+           prune: int) -> None:
+    """The OBS column sweep of ``sparsegpt``: fills ``q_all`` with the pruned, updated weights.
+
+    ``w`` (updated in place by the lazy block updates), ``u_chol`` the upper Cholesky factor
+    of H^-1; ``prune`` is the prune count per row ("row") or per matrix ("layer").
+    """
+    d_out, d_in = w.shape
+    nm = cfg.nm
+    for i1 in range(0, d_in, blocksize):
+        i2 = min(i1 + blocksize, d_in)
+        cnt = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        u1 = u_chol[i1:i2, i1:i2]
+        d1 = torch.diagonal(u1)
+        err1 = torch.zeros_like(w1)
+        scores = w1.square() / d1.square().unsqueeze(0)
+        if nm is not None:
+            pruned = torch.zeros_like(w1, dtype=torch.bool)
+        elif cfg.sparsity == "layer":
+            k = _cumulative_share(prune, i1, i2, d_in)
+            pruned = _smallest(scores.reshape(-1), k).reshape(w1.shape)
+        else:
+            pruned = _smallest(scores, _cumulative_share(prune, i1, i2, d_in), dim=1)
+        for i in range(cnt):
+            if nm is not None and i % nm[1] == 0:
+                group = w1[:, i:i + nm[1]].square() / d1[i:i + nm[1]].square().unsqueeze(0)
+                pruned[:, i:i + nm[1]] = _smallest(group, nm[1] - nm[0], dim=1)
+            col = w1[:, i]
+            q = col.masked_fill(pruned[:, i], 0.0)
+            e = (col - q) / u1[i, i]
+            # the rest of the block absorbs the pruned weights' error (OBS update)
+            w1[:, i:].sub_(e.unsqueeze(1) * u1[i, i:].unsqueeze(0))
+            w1[:, i] = q
+            err1[:, i] = e
+        q_all[:, i1:i2] = w1
+        if i2 < d_in:  # lazy update of every later column at once
+            w[:, i2:].sub_(err1 @ u_chol[i1:i2, i2:])
+
+
+@torch.no_grad()
+def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, blocksize: int = 128,
+              percdamp: float = 0.01, device=None) -> Decomposition:
+    """SparseGPT: prune with Optimal Brain Surgeon updates on the full input Gram matrix.
+
+    Args:
+        weight: (d_out, d_in).
+        gram: (d_in, d_in) mean over calibration tokens of x x^T (any positive multiple
+            works: the damping is relative). Its diagonal gives the scale D of the history.
+        config: compression and pattern; the rank ratio is ignored (rank 0).
+        blocksize: columns per lazy-update block (rounded down to a multiple of M for N:M).
+        percdamp: damping, as a fraction of the mean diagonal of the Gram matrix.
+
+    Column by column, the pruned weights' error is spread onto the columns not yet visited,
+    through the Cholesky factor U of H^-1 (H = gram + damp I): err = (w - q) / U_ii,
+    W[:, i:] -= err U[i, i:]. Masks are chosen per block of columns from w^2 / U_ii^2 with
+    the weights already updated by the earlier blocks.
+
+    Budget, exactly as the other methods:
+      - "row": each row prunes floor(d_in rho) entries; every column block gets its share of
+        that count (cumulative rounding over the blocks), chosen per row within the block,
+        so each row keeps exactly ``row_keep(d_in)`` entries.
+      - "layer": the matrix's prune count is spread over the column blocks the same way and
+        chosen over the whole (d_out, block) slice, so the matrix keeps exactly
+        ``sparse_budget`` entries (rows may differ).
+      - "N:M": each row keeps the N of every M consecutive inputs with the largest score,
+        chosen when the sweep reaches the group.
+
+    Returns a rank-0 ``Decomposition`` whose single history entry is the scaled error.
+    """
+    on_cpu = (torch.device(device) if device is not None else weight.device).type == "cpu"
+    with _one_thread() if on_cpu else contextlib.nullcontext():
+        return _sparsegpt(weight, gram, config, blocksize, percdamp, device)
+
+
+def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decomposition:
+    cfg = config.replace(rank_ratio=0.0)
+    if weight.dim() != 2:
+        raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
+    d_out, d_in = weight.shape
+    check_shape(d_out, d_in, cfg)
+    if tuple(gram.shape) != (d_in, d_in):
+        raise ConfigError(f"the Gram matrix is {tuple(gram.shape)} but the weight has d_in = {d_in}: "
+                          "give the (d_in, d_in) Gram of this layer's inputs")
+    if not torch.isfinite(gram).all():
+        raise ConfigError("input statistics contain NaN or inf: check the model's activations on the calibration data")
+    if not 0.0 < percdamp < 1.0:
+        raise ConfigError(f"percdamp must be in (0, 1), got {percdamp!r}")
+    dev = torch.device(device) if device is not None else weight.device
+    w = weight.detach().to(device=dev, dtype=torch.float32).clone()
+    if not torch.isfinite(w).all():
+        raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
+    w0 = w.clone()
+    # An input that never fires: its weights do nothing, so they score 0 and are pruned first.
+    w[:, torch.diagonal(gram).to(dev) <= 0] = 0.0
+    u_chol = _inverse_cholesky(gram.to(dev), percdamp).to(torch.float32)
+
+    nm = cfg.nm
+    if nm is not None:
+        blocksize = max(nm[1], blocksize // nm[1] * nm[1])
+    # prunes per matrix ("layer") or per row ("row"; unused for N:M)
+    prune = d_out * d_in - sparse_budget(d_out, d_in, cfg) if cfg.sparsity == "layer" else d_in - row_keep(d_in, cfg)
+
+    q_all = torch.zeros_like(w)
+    _sweep(w, q_all, u_chol, cfg, blocksize, prune)
+
+    diag = torch.diagonal(gram).to(device=dev, dtype=torch.float32)
+    scale = input_scale(diag, d_in, cfg.eps, device=dev)
+    a2 = float((w0 * scale).square().sum())
+    e2 = float(((w0 - q_all) * scale).square().sum())
+    s2 = float((q_all * scale).square().sum())
+    hist = History(error=[(e2 / max(a2, 1e-30)) ** 0.5], sparse_energy=[s2 / max(a2, 1e-30)], lowrank_energy=[0.0])
+    return Decomposition(sparse=q_all, u=w.new_zeros(d_out, 0), v=w.new_zeros(0, d_in), scale=scale,
+                         singular_values=w.new_zeros(0), history=hist, config=cfg)
+
+
+# ----------------------------------------------------------------------------- low rank only
+
+
+def lowrank_rank(d_out: int, d_in: int, config: OatsConfig) -> int:
+    """r = floor((1 - rho) d_out d_in / (d_out + d_in)): the whole budget spent on rank."""
+    return min(int(config.density * d_out * d_in / (d_out + d_in)), d_out, d_in)
+
+
+@torch.no_grad()
+def lowrank_only(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, config: OatsConfig,
+                 device=None) -> Decomposition:
+    """The best rank-r approximation of W D (truncated SVD), unscaled; no sparse term.
+
+    Args:
+        weight: (d_out, d_in).
+        input_sq_norms: (d_in,) mean squared inputs (None: plain SVD of W).
+        config: ``compression`` sets the rank (``lowrank_rank``); the rank ratio is not used.
+
+    Returns a ``Decomposition`` with an all-zero sparse term and one history entry.
+    """
+    if config.nm is not None:
+        raise ConfigError(f"the low-rank method has no sparse term, so sparsity {config.sparsity} does not apply: "
+                          "use sparsity 'row' with it")
+    if weight.dim() != 2:
+        raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
+    d_out, d_in = weight.shape
+    dev = torch.device(device) if device is not None else weight.device
+    w = weight.detach().to(device=dev, dtype=torch.float32)
+    if not torch.isfinite(w).all():
+        raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
+    d = input_scale(input_sq_norms, d_in, config.eps, device=dev)
+    a = w * d
+    r = lowrank_rank(d_out, d_in, config)
+    with _one_thread() if dev.type == "cpu" else contextlib.nullcontext():
+        u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    us = (u[:, :r] * sv[:r]).contiguous()
+    v = (vh[:r] / d).contiguous()
+    a2 = float(sv.square().sum())
+    l2 = float(sv[:r].square().sum())
+    hist = History(error=[(max(a2 - l2, 0.0) / max(a2, 1e-30)) ** 0.5], sparse_energy=[0.0],
+                   lowrank_energy=[l2 / max(a2, 1e-30)])
+    return Decomposition(sparse=torch.zeros_like(w), u=us, v=v, scale=d, singular_values=sv[:r].contiguous(),
+                         history=hist, config=config)

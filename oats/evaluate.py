@@ -1,0 +1,541 @@
+"""How good is a compressed model? One evaluation per task, the same for every method.
+
+- causal LMs: perplexity on held-out text, exp of the mean next-token negative
+  log-likelihood over fixed-length windows spread evenly over the text (the built-in
+  evaluation split ``oats.data.evaluation_text()``, never the calibration text; or the
+  user's text; or WikiText-2's test split through ``datasets`` when the network is there).
+- encoders: fidelity to the dense model on held-out sentences: ``cosine``, the mean cosine
+  between each sentence's compressed and dense embedding (mean pooling over real tokens),
+  and ``spearman``, the rank correlation between the pairwise cosine similarities of the
+  sentences under the two models.
+- ViTs: ``cls_cosine``, the mean cosine between compressed and dense CLS features of
+  evaluation crops of the bundled photos (other crops than calibration's; the user's folder
+  when given); ``probe_acc``, a logistic-regression probe fitted on *dense* CLS features of
+  scikit-learn digits and scored on the evaluated model's features of held-out digits;
+  ``top1`` when the model has a classification head and a labelled folder is given.
+
+A model is evaluated in its current modes (per-layer modes respected); fidelity metrics
+compare against the same model with every ``OatsLinear`` in "dense" mode. The dense
+reference is computed once per model (and per evaluation setting) and cached while the
+model's weights are unchanged.
+
+``oats.evaluate(run_or_model, ...)`` returns an ``Evaluation``; ``evaluate_model`` and
+``evaluate_run`` return plain dicts for the app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import os
+import sys
+import time
+import types
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, DataError
+from .modules import MODES, oats_layers, use_mode
+
+PRIMARY_METRIC: dict[str, tuple[str, bool]] = {
+    "causal-lm": ("perplexity", False),
+    "encoder": ("cosine", True),
+    "vision": ("cls_cosine", True),
+}
+"""The headline metric of each task and whether higher is better."""
+
+# Evaluation sizes: (default, quick). quick is for the app's per-block ablations (a few
+# seconds on the embedded models on 2 CPU cores); the default is a moderate, stable set.
+LM_WINDOWS = (16, 2)
+"""Causal LMs: windows of evaluation text."""
+LM_SEQ_LEN = (256, 128)
+"""Causal LMs: tokens per window."""
+LM_BATCH = 4
+ENCODER_SENTENCES = (128, 32)
+"""Encoders: held-out sentences."""
+VISION_IMAGES = (32, 8)
+"""ViTs: evaluation crops of the photos (or images of the user's folder, at most this x 4)."""
+PROBE_SPLIT = ((400, 200), (200, 100))
+"""ViTs: digits for (fitting the probe on dense features, scoring it)."""
+PROBE_PATCHES = 4
+"""ViTs: digits are shown at PROBE_PATCHES x PROBE_PATCHES patches (56 px for patch 14):
+an 8x8 digit has no more detail, and the forward is cheap."""
+EVAL_SEED = 1234
+"""Seed of the evaluation crops and the digits split (calibration uses seed 0)."""
+
+# Default modes of a run, by method: a sparse-only method's "sparse" mode is its "both", and
+# its "lowrank" mode is an empty model.
+RUN_MODES = {"oats": ("dense", "both", "sparse", "lowrank")}
+OTHER_RUN_MODES = ("dense", "both")
+
+
+def run_modes(method: str) -> tuple[str, ...]:
+    """The modes worth evaluating for a run of ``method``."""
+    return RUN_MODES.get(method, OTHER_RUN_MODES)
+
+
+# ----------------------------------------------------------------------------- text sources
+
+
+def wikitext2_text(split: str = "test") -> str:
+    """WikiText-2 (raw) through ``datasets``; DataError (one line) when it cannot be had."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise DataError("WikiText-2 needs the 'datasets' package and the network (pip install datasets): "
+                        "use --text FILE or the built-in evaluation text instead") from None
+    from .zoo import _hub_reachable
+    if not _hub_reachable():
+        raise DataError("WikiText-2 needs the network (the Hugging Face hub is not reachable): "
+                        "use --text FILE or the built-in evaluation text instead")
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+    except Exception as e:  # noqa: BLE001 - any download/parse failure is one line
+        raise DataError(f"could not load WikiText-2 ({type(e).__name__}): use --text FILE or the built-in "
+                        "evaluation text instead") from None
+    return "\n\n".join(t for t in ds["text"] if t.strip())
+
+
+def _resolve_text(text) -> tuple[str | None, str]:
+    """(text or None for the built-in split, a short description)."""
+    if text is None:
+        return None, "built-in evaluation split (stdlib prose, disjoint from calibration)"
+    if isinstance(text, os.PathLike):
+        from .data import read_text_file
+        return read_text_file(text), f"file {os.fspath(text)}"
+    if not isinstance(text, str) or not text.strip():
+        raise DataError("the evaluation text is empty: give some prose, a text file, or leave it out for the "
+                        "built-in evaluation text")
+    return text, f"given text ({len(text.split())} words)"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _forward_kwargs(model: nn.Module) -> dict:
+    cfg = getattr(model, "config", None)
+    return {"use_cache": False} if getattr(cfg, "use_cache", None) is not None else {}
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _last_hidden(out) -> torch.Tensor:
+    h = getattr(out, "last_hidden_state", None)
+    if h is None:
+        hs = getattr(out, "hidden_states", None)
+        if not hs:
+            raise DataError("the model returns no hidden states to take features from: evaluate a base model "
+                            "(e.g. AutoModel) instead")
+        h = hs[-1]
+    return h
+
+
+def _is_timm(model: nn.Module) -> bool:
+    return hasattr(model, "forward_features") and not hasattr(model, "config")
+
+
+def _vision_forward(model: nn.Module, pixel_values: torch.Tensor, want_logits: bool = False):
+    """(CLS features (b, hidden), logits or None) of a HF or timm ViT."""
+    if _is_timm(model):
+        feats = model.forward_features(pixel_values)
+        logits = model.forward_head(feats) if want_logits else None
+        return (feats[:, 0] if feats.dim() == 3 else feats), logits
+    kw = {}
+    if "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
+        kw["interpolate_pos_encoding"] = True  # HF ViT refuses other sizes without it
+    out = model(pixel_values=pixel_values, output_hidden_states=True, **kw)
+    logits = getattr(out, "logits", None) if want_logits else None
+    return _last_hidden(out)[:, 0], logits
+
+
+def _patch_size(model: nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    p = getattr(cfg, "patch_size", None)
+    if p is None:
+        pe = getattr(model, "patch_embed", None)
+        p = getattr(pe, "patch_size", 16)
+    return int(p[0] if isinstance(p, (tuple, list)) else p)
+
+
+def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def _pairwise_cos(e: torch.Tensor) -> np.ndarray:
+    n = torch.nn.functional.normalize(e.double(), dim=-1)
+    sims = (n @ n.T).numpy()
+    iu = np.triu_indices(sims.shape[0], k=1)
+    return sims[iu]
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+    if a.size < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or modified in place."""
+    return tuple((t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers())
+                 if t.dtype.is_floating_point and t.dim() >= 2)
+
+
+# ----------------------------------------------------------------------------- evaluators
+
+
+class Evaluator:
+    """The evaluation of one task at one setting, with its dense reference computed once.
+
+    ``Evaluator(loaded, quick=..., text=..., image_folder=...)``; ``reference(model)``
+    returns what fidelity needs from the model in dense mode (None for LMs), and
+    ``metrics(model, ref)`` evaluates the model in its current modes. A sweep computes the
+    reference once from the dense model and scores every run against it (their dense
+    weights are the same).
+    """
+
+    def __init__(self, loaded, *, quick: bool = False, text=None, image_folder=None):
+        task = getattr(loaded, "task", None)
+        if task not in PRIMARY_METRIC:
+            raise DataError(f"no evaluation for task {task!r}: expected one of {', '.join(PRIMARY_METRIC)}")
+        self.loaded = loaded
+        self.task = task
+        self.quick = bool(quick)
+        q = 1 if quick else 0
+        self.settings: dict = {"task": task, "quick": self.quick}
+        if task == "causal-lm":
+            if loaded.tokenizer is None:
+                raise DataError("this language model has no tokenizer, so text cannot be fed to it: load it with "
+                                "its tokenizer")
+            body, what = _resolve_text(text)
+            from .data import evaluation_text
+            self._text = body if body is not None else evaluation_text()
+            self._windows = self._lm_windows(LM_WINDOWS[q], LM_SEQ_LEN[q])
+            self.settings.update(text=what, windows=int(self._windows.shape[0]), seq_len=int(self._windows.shape[1]),
+                                 tokens_scored=int(self._windows.shape[0] * (self._windows.shape[1] - 1)))
+        elif task == "encoder":
+            if loaded.tokenizer is None:
+                raise DataError("this encoder has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
+            from .data import evaluation_sentences, sentence_batches, split_sentences
+            body, what = _resolve_text(text)
+            sentences = evaluation_sentences() if body is None else split_sentences(body)
+            if len(sentences) < 2:
+                raise DataError("the evaluation text has fewer than 2 sentences of 6-60 words: give more prose")
+            n = min(ENCODER_SENTENCES[q], len(sentences))
+            pick = np.random.default_rng(EVAL_SEED).choice(len(sentences), size=n, replace=False)
+            self._batches = sentence_batches(loaded.tokenizer, [sentences[i] for i in sorted(pick)], batch_size=16)
+            self.settings.update(text=what, sentences=n)
+        else:
+            from .data import bundled_images, image_batches, load_image_folder
+            n = VISION_IMAGES[q]
+            self._folder = None
+            if image_folder is not None:
+                images = load_image_folder(image_folder, max_images=4 * n, seed=EVAL_SEED)
+                self._folder = images
+                # centre crops in the folder's order (labels follow it)
+                px = torch.cat([image_batches(loaded, [a], 1, augment=False)[0]["pixel_values"]
+                                for a in images.values()])
+                self._img_batches = [{"pixel_values": c} for c in px.split(8)]
+                self.settings.update(images=f"folder {os.fspath(image_folder)} ({len(images)} images, centre crops)")
+            else:
+                self._img_batches = image_batches(loaded, bundled_images(), n, seed=EVAL_SEED, augment=True)
+                self.settings.update(images=f"{n} crops of the bundled photos (seed {EVAL_SEED}; calibration uses seed 0)")
+            self._probe = PROBE_SPLIT[q]
+            self.settings.update(probe=f"digits: fit on {self._probe[0]} (dense features), score on {self._probe[1]}")
+
+    # -- causal LM
+
+    def _lm_windows(self, n: int, seq_len: int) -> torch.Tensor:
+        from .data import _tokenize
+        ids = _tokenize(self.loaded.tokenizer, self._text)
+        if len(ids) < seq_len + 1:
+            raise DataError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {seq_len}: "
+                            "give a longer text")
+        n = min(n, len(ids) // seq_len) or 1
+        starts = np.linspace(0, len(ids) - seq_len, n).round().astype(int)
+        tokens = torch.tensor(ids, dtype=torch.long)
+        return torch.stack([tokens[s:s + seq_len] for s in starts])
+
+    @torch.no_grad()
+    def _perplexity(self, model: nn.Module) -> dict[str, float]:
+        total, count = 0.0, 0
+        kw = _forward_kwargs(model)
+        for chunk in self._windows.split(LM_BATCH):
+            logits = model(input_ids=chunk, **kw).logits[:, :-1].float()
+            target = chunk[:, 1:]
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                             reduction="sum"))
+            count += target.numel()
+        nll = total / max(count, 1)
+        return {"perplexity": math.exp(min(nll, 700.0)), "nll": nll}
+
+    # -- encoder
+
+    @torch.no_grad()
+    def _embeddings(self, model: nn.Module) -> torch.Tensor:
+        out = []
+        for b in self._batches:
+            o = model(**b)
+            out.append(_mean_pool(_last_hidden(o), b.get("attention_mask")).float())
+        return torch.cat(out)
+
+    # -- vision
+
+    @torch.no_grad()
+    def _cls(self, model: nn.Module, batches, want_logits=False):
+        feats, logits = [], []
+        for b in batches:
+            f, lg = _vision_forward(model, b["pixel_values"], want_logits)
+            feats.append(f.float())
+            if lg is not None:
+                logits.append(lg.float())
+        return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+    def _digits(self):
+        """(train batches, train labels, test batches, test labels) for the probe."""
+        from sklearn.datasets import load_digits
+        d = load_digits()
+        rng = np.random.default_rng(EVAL_SEED)
+        order = rng.permutation(len(d.target))
+        n_fit, n_score = self._probe
+        size = PROBE_PATCHES * _patch_size(self.loaded.model)
+        mean = torch.tensor(self.loaded.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.loaded.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+
+        def batches(idx):
+            x = torch.tensor(d.images[idx], dtype=torch.float32).div_(16.0).unsqueeze(1).repeat(1, 3, 1, 1)
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = (x - mean) / std
+            return [{"pixel_values": c} for c in x.split(64)]
+
+        fit, score = order[:n_fit], order[n_fit:n_fit + n_score]
+        return batches(fit), d.target[fit], batches(score), d.target[score]
+
+    def _folder_labels(self, model: nn.Module) -> np.ndarray:
+        """Class index of each folder image from its sub-folder name (an index or a label name)."""
+        names = {}
+        cfg = getattr(model, "config", None)
+        for i, label in (getattr(cfg, "id2label", None) or {}).items():
+            for syn in str(label).split(","):
+                names.setdefault(syn.strip().lower(), int(i))
+        labels = []
+        for rel in self._folder:
+            parts = Path(rel).parts
+            if len(parts) < 2:
+                raise DataError(f"image '{rel}' is not in a class sub-folder: top-1 needs <folder>/<class>/<image>")
+            cls = parts[0].strip().lower()
+            if cls.isdigit():
+                labels.append(int(cls))
+            elif cls.replace("_", " ") in names or cls in names:
+                labels.append(names.get(cls, names.get(cls.replace("_", " "))))
+            else:
+                raise DataError(f"class folder '{parts[0]}' matches no label of the model: name class folders by "
+                                "class index or by the model's label names")
+        return np.asarray(labels)
+
+    def _has_head(self, model: nn.Module) -> bool:
+        if _is_timm(model):
+            return getattr(model, "num_classes", 0) > 0
+        return "ForImageClassification" in type(model).__name__
+
+    # -- the two public steps
+
+    def reference(self, model: nn.Module):
+        """What fidelity needs from the model with every replaced linear in dense mode."""
+        if self.task == "causal-lm":
+            return None
+        with use_mode(model, "dense"):
+            if self.task == "encoder":
+                return {"emb": self._embeddings(model)}
+            cls, _ = self._cls(model, self._img_batches)
+            fit_b, fit_y, score_b, score_y = self._digits()
+            fit_x, _ = self._cls(model, fit_b)
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        probe.fit(fit_x.numpy(), fit_y)
+        return {"cls": cls, "probe": probe, "score_batches": score_b, "score_y": score_y}
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, ref) -> dict[str, float]:
+        """Metrics of ``model`` in its current modes (``ref`` from ``reference``)."""
+        if self.task == "causal-lm":
+            return self._perplexity(model)
+        if self.task == "encoder":
+            emb = self._embeddings(model)
+            dense = ref["emb"]
+            return {"cosine": float(_cosine_rows(emb, dense).mean()),
+                    "spearman": _spearman(_pairwise_cos(emb), _pairwise_cos(dense))}
+        want_top1 = self._folder is not None and self._has_head(model)
+        cls, logits = self._cls(model, self._img_batches, want_logits=want_top1)
+        feats, _ = self._cls(model, ref["score_batches"])
+        out = {"cls_cosine": float(_cosine_rows(cls, ref["cls"]).mean()),
+               "probe_acc": float(ref["probe"].score(feats.numpy(), ref["score_y"]))}
+        if want_top1 and logits is not None:
+            labels = self._folder_labels(model)
+            out["top1"] = float((logits.argmax(-1).numpy() == labels).mean())
+        return out
+
+    def key(self) -> tuple:
+        return (self.task, self.quick, hashlib.sha1(repr(sorted(self.settings.items())).encode()).hexdigest())
+
+
+_REFERENCES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cached_reference(model: nn.Module, ev: Evaluator):
+    per_model = _REFERENCES.setdefault(model, {})
+    key = ev.key() + (_fingerprint(model),)
+    if key not in per_model:
+        per_model.clear()  # one setting at a time per model: the app's quick ablations
+        per_model[key] = ev.reference(model)
+    return per_model[key]
+
+
+def _evaluator(loaded, quick, text, image_folder) -> Evaluator:
+    if loaded is None:
+        raise DataError("evaluation needs the loaded model (tokenizer, image settings): pass loaded=oats.zoo.load_model(...)")
+    return Evaluator(loaded, quick=quick, text=text, image_folder=image_folder)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def evaluate_model(model: nn.Module, loaded, *, quick: bool = False, text=None,
+                   image_folder=None) -> dict[str, float]:
+    """Metrics of ``model`` in its current modes (per-layer modes respected).
+
+    Args:
+        model: the model (its replaced linears in whatever modes they are in).
+        loaded: the ``oats.zoo.LoadedModel`` it came from (task, tokenizer, image settings).
+        quick: a small evaluation set (a few seconds on the embedded models).
+        text: evaluation text (a string, or a path as ``pathlib.Path``) instead of the
+            built-in evaluation split; causal LMs and encoders.
+        image_folder: ViTs: evaluate on these images (and top-1 when the model has a
+            classification head and the images sit in class sub-folders).
+
+    Returns: {"perplexity", "nll"} | {"cosine", "spearman"} | {"cls_cosine", "probe_acc"[, "top1"]}.
+    """
+    ev = _evaluator(loaded, quick, text, image_folder)
+    return ev.metrics(model, _cached_reference(model, ev))
+
+
+def _check_modes(modes) -> tuple[str, ...]:
+    modes = tuple(modes)
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ConfigError(f"unknown mode {bad[0]!r}: choose among {', '.join(MODES)}" if bad else
+                          f"no mode to evaluate: choose among {', '.join(MODES)}")
+    return modes
+
+
+def evaluate_run(run, loaded=None, modes=("dense", "both", "sparse", "lowrank"), quick: bool = False,
+                 text=None, image_folder=None) -> dict[str, dict[str, float]]:
+    """Metrics of a ``CompressionRun`` in each of ``modes`` (model-wide); modes are restored.
+
+    ``loaded`` defaults to ``run.loaded``. Returns {mode: {metric: value}}.
+    """
+    modes = _check_modes(modes)
+    ev = _evaluator(loaded if loaded is not None else getattr(run, "loaded", None), quick, text, image_folder)
+    ref = _cached_reference(run.model, ev)
+    out = {}
+    for mode in modes:
+        with run.use_mode(mode):
+            out[mode] = ev.metrics(run.model, ref)
+    return out
+
+
+@dataclass
+class Evaluation:
+    """What ``oats.evaluate`` returns: metrics per mode, the primary metric, the settings."""
+
+    model_name: str
+    task: str
+    metrics: dict[str, dict[str, float]]
+    """{mode: {metric: value}}; mode "current" means the model as it was (per-layer modes)."""
+    primary: str
+    higher_is_better: bool
+    settings: dict = field(default_factory=dict)
+    time_s: float = 0.0
+
+    def value(self, mode: str = "both", metric: str | None = None) -> float:
+        return self.metrics[mode][metric or self.primary]
+
+    def to_dict(self) -> dict:
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None  # JSON has no inf / NaN
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            return x
+        return clean(asdict(self))
+
+
+def evaluate(target, loaded=None, *, modes=None, quick: bool = False, text=None, image_folder=None) -> Evaluation:
+    """Evaluate a run, a loaded model or a model: ``oats.evaluate(run)``.
+
+    Args:
+        target: a ``CompressionRun`` (modes default to those that mean something for its
+            method: all four for OATS, dense and both otherwise), a ``LoadedModel``, or an
+            ``nn.Module`` (then give ``loaded``; modes default to all four when it has
+            replaced linears, else "dense").
+        modes: modes to evaluate model-wide, or ("current",) for the model as it is.
+        quick, text, image_folder: as in ``evaluate_model``.
+    """
+    from .pipeline import CompressionRun
+    t0 = time.perf_counter()
+    name = ""
+    if isinstance(target, CompressionRun):
+        model, name = target.model, target.model_name
+        loaded = loaded if loaded is not None else target.loaded
+        default = run_modes(target.method)
+    elif hasattr(target, "model") and hasattr(target, "task"):
+        model, loaded, name = target.model, target, target.name
+        default = MODES if oats_layers(model) else ("dense",)
+    elif isinstance(target, nn.Module):
+        model = target
+        name = getattr(loaded, "name", "")
+        default = MODES if oats_layers(model) else ("dense",)
+    else:
+        raise ConfigError(f"cannot evaluate a {type(target).__name__}: give a CompressionRun, a LoadedModel or a model")
+    modes = tuple(modes) if modes is not None else tuple(default)
+    ev = _evaluator(loaded, quick, text, image_folder)
+    ref = _cached_reference(model, ev)
+    metrics: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        if mode == "current":
+            metrics[mode] = ev.metrics(model, ref)
+            continue
+        _check_modes([mode])
+        with use_mode(model, mode):
+            metrics[mode] = ev.metrics(model, ref)
+    primary, higher = PRIMARY_METRIC[ev.task]
+    return Evaluation(model_name=name, task=ev.task, metrics=metrics, primary=primary, higher_is_better=higher,
+                      settings=ev.settings, time_s=time.perf_counter() - t0)
+
+
+class _CallableModule(types.ModuleType):
+    """``oats.evaluate`` is this module *and* callable as ``oats.evaluate(run)``.
+
+    The issue asks for ``oats.evaluate(...)`` while the helpers import names from the module
+    ``oats.evaluate``; a function bound to that name in ``oats/__init__`` would hide the
+    module from ``import oats.evaluate as ev``. Calling the module calls ``evaluate``.
+    """
+
+    def __call__(self, *args, **kwargs) -> Evaluation:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

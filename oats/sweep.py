@@ -1,0 +1,420 @@
+"""Sweeps: several methods x compression rates (x rank ratios) on one model, one tidy table.
+
+Every run is an ordinary run folder under the runs root, named deterministically from its
+settings (``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-...]``), so a repeated sweep finds
+the complete runs already on disk, loads them and only evaluates. Unfinished or damaged
+folders of the same name are recomputed; a folder of that name holding a run of another
+model or other settings stops the sweep with one line.
+
+The table (``results.csv`` and ``results.json``, a list of row dicts) has one row per
+evaluated (run, mode), plus one dense row per model, with columns: model, method,
+compression, rank_ratio, sparsity, allocation, mode, the task's metrics (perplexity, nll |
+cosine, spearman | cls_cosine, probe_acc[, top1]), compress_time_s, eval_time_s, run.
+It goes to ``<root>/sweeps/<model>/`` unless another folder is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .allocation import Owl, parse_allocation
+from .config import OatsConfig
+from .errors import ConfigError, OatsError, RunError
+from .evaluate import Evaluator, run_modes
+from .pipeline import METHODS, method_config, method_rank_ratio
+
+SWEEPS_DIR = "sweeps"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+SWEEP_JSON = "sweep.json"
+DEFAULT_METHODS = ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")
+DEFAULT_RATES = (0.3, 0.4, 0.5, 0.6)
+FIRST_COLUMNS = ["model", "method", "compression", "rank_ratio", "sparsity", "allocation", "mode"]
+LAST_COLUMNS = ["compress_time_s", "eval_time_s", "run"]
+
+
+def slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s)).strip("-")
+
+
+def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = False) -> list:
+    """Parse "a,b,c" (or a list) for the CLI and the library, with one-line errors.
+
+    unit_open: numbers that must lie in (0, 1) (compression rates); otherwise [0, 1) (rank ratios).
+    methods: names that must be in ``METHODS``.
+    """
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = [v for v in items if not (isinstance(v, str) and not v)]
+    if not items:
+        raise ConfigError(f"{name} is empty: give a comma-separated list")
+    if methods:
+        for m in items:
+            if m not in METHODS:
+                raise ConfigError(f"unknown method {m!r} in {name}: choose among {', '.join(METHODS)}")
+        return list(dict.fromkeys(items))
+    out = []
+    for v in items:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} value {v!r} is not a number: give numbers such as 0.3,0.4,0.5") from None
+        ok = (0.0 < x < 1.0) if unit_open else (0.0 <= x < 1.0)
+        if not ok:
+            span = "(0, 1)" if unit_open else "[0, 1)"
+            raise ConfigError(f"{name} value {v} is outside {span}: give values such as 0.3,0.4,0.5")
+        out.append(x)
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a method and its full configuration."""
+
+    model: str
+    method: str
+    config: OatsConfig
+    owl: Owl | None = None
+    calibration: tuple = (None, None, 0)  # (samples, seq_len, seed)
+
+    @property
+    def rank_ratio(self) -> float:
+        return method_rank_ratio(self.method, self.config)
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        parts = [slug(self.model), self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}",
+                 c.sparsity.replace(":", "of")]
+        if self.method == "oats" and c.iterations != 80:
+            parts.append(f"it{c.iterations}")
+        if self.method == "oats" and c.solver != "fast":
+            parts.append(c.solver)
+        if self.owl is not None:
+            parts.append(f"owl{self.owl.lam:g}m{self.owl.threshold:g}")
+        samples, seq_len, seed = self.calibration
+        if samples is not None or seq_len is not None or seed:
+            parts.append(f"cal{samples or 'd'}x{seq_len or 'd'}s{seed}")
+        return "-".join(parts)
+
+    def matches(self, manifest: dict) -> bool:
+        """Whether a complete run folder holds exactly this run."""
+        try:
+            cfg = OatsConfig(**manifest["config"])
+        except (OatsError, TypeError):
+            return False
+        if manifest.get("method") != self.method or manifest.get("model_name") != self.model:
+            return False
+        same = abs(cfg.compression - self.config.compression) < 1e-12 and cfg.sparsity == self.config.sparsity
+        if self.method == "oats":
+            same = same and cfg == self.config
+        alloc = manifest.get("allocation") or None
+        want = None if self.owl is None else self.owl.to_dict()
+        if (alloc is None) != (want is None):
+            return False
+        if want is not None and any(abs(alloc.get(k, -1) - want[k]) > 1e-12 for k in ("lam", "threshold")):
+            return False
+        req = manifest.get("calibration_request") or {}
+        samples, seq_len, seed = self.calibration
+        return same and (req.get("samples"), req.get("seq_len"), req.get("seed", 0)) == (samples, seq_len, seed)
+
+
+@dataclass
+class SweepResult:
+    """The table and where it went."""
+
+    folder: Path
+    rows: list[dict]
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
+         solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0)) -> list[RunSpec]:
+    """The runs of a sweep, in order: methods outer, rates inner; OATS once per rank ratio.
+
+    Raises ConfigError (one line) for an unknown method, a rate outside (0, 1), a rank ratio
+    outside [0, 1), or a combination a method cannot run.
+    """
+    methods = parse_list(methods, "methods", methods=True)
+    rates = parse_list(rates, "compression rates", unit_open=True)
+    rank_ratios = parse_list(rank_ratios, "rank ratios")
+    specs = []
+    for method in methods:
+        for rho in rates:
+            for kappa in (rank_ratios if method == "oats" else rank_ratios[:1]):
+                cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
+                                 solver=solver)
+                method_config(method, cfg)
+                if owl is not None:
+                    owl.check(cfg)
+                specs.append(RunSpec(model, method, cfg, owl, tuple(calibration)))
+    return specs
+
+
+def _clear_run_folder(folder: Path) -> None:
+    """Remove what a run folder holds (only run files: manifest and block factors)."""
+    for p in folder.glob("block_*.safetensors"):
+        p.unlink()
+    (folder / "manifest.json").unlink(missing_ok=True)
+
+
+def _status(spec: RunSpec, folder: Path) -> str:
+    """"reuse", "compute", or raise RunError when the folder holds someone else's run."""
+    from .io import MANIFEST, read_manifest
+    if not (folder / MANIFEST).exists():
+        return "compute"
+    try:
+        m = read_manifest(folder)
+    except RunError:
+        return "compute"  # damaged: redo it
+    if m.get("model_name") != spec.model:
+        raise RunError(f"run folder '{folder}' holds a run of '{m.get('model_name')}', not '{spec.model}': "
+                       "move it away or give another --root")
+    if not m.get("complete"):
+        return "compute"
+    if not spec.matches(m):
+        raise RunError(f"run folder '{folder}' holds a run with other settings than this sweep's: "
+                       "move it away or give another --root")
+    return "reuse"
+
+
+def _row(spec: RunSpec | None, model: str, mode: str, metrics: dict, compress_s: float | None,
+         eval_s: float, run: str, sparsity: str) -> dict:
+    if spec is None:
+        head = {"model": model, "method": "dense", "compression": 0.0, "rank_ratio": 0.0, "sparsity": sparsity,
+                "allocation": "uniform", "mode": "dense"}
+    else:
+        head = {"model": model, "method": spec.method, "compression": spec.config.compression,
+                "rank_ratio": spec.rank_ratio, "sparsity": spec.config.sparsity,
+                "allocation": "owl" if spec.owl is not None else "uniform", "mode": mode}
+    return {**head, **metrics, "compress_time_s": None if compress_s is None else round(compress_s, 3),
+            "eval_time_s": round(eval_s, 3), "run": run}
+
+
+def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_ratios=None, *,
+          sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
+          quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
+          seq_len: int | None = None, seed: int = 0, allocation=None, owl_lambda: float | None = None,
+          owl_threshold: float | None = None, loaded=None,
+          progress: Callable[[str, int, int, str], None] | None = None,
+          log: Callable[[str], None] | None = None) -> SweepResult:
+    """Compress (or reuse) and evaluate every run of the sweep; write the table.
+
+    Args:
+        model: a preset, hub id, local folder or timm:NAME (loaded once through the zoo).
+        methods: names from ``METHODS`` (list or "a,b").
+        compression: rates in (0, 1) (list or "0.3,0.4").
+        rank_ratios: kappa values for OATS (default: the model's); other methods have a
+            fixed one (0 for the sparse-only methods, 1 for low-rank only).
+        root: the runs root (default ``oats.io.runs_root()``); out: the table folder
+            (default ``<root>/sweeps/<model>``).
+        quick, text, image_folder: the evaluation (``oats.evaluate``).
+        calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``).
+        allocation, owl_lambda, owl_threshold: "uniform" or "owl" for every run.
+        loaded: an already loaded model (``oats.zoo.load_model(model)``), left dense.
+        progress: callable(run name, done blocks, total blocks, message) while compressing.
+        log: callable(line) for one line per run.
+
+    Returns a ``SweepResult``; the table is also in ``<folder>/results.csv`` / ``.json``.
+    """
+    from . import data, zoo
+    from .io import RunWriter, load_run, runs_root
+    from .pipeline import compress_model
+
+    t_all = time.perf_counter()
+    log = log or (lambda line: None)
+    owl = parse_allocation(allocation, owl_lambda, owl_threshold)
+    root = Path(root) if root is not None else runs_root()
+    if loaded is None:
+        kappa0 = zoo.PRESETS[model].default_rank_ratio if model in zoo.PRESETS else None
+    else:
+        kappa0 = loaded.default_rank_ratio
+    specs_args = dict(sparsity=sparsity, iterations=iterations, solver=solver, owl=owl,
+                      calibration=(calib_samples, seq_len, seed))
+    # validate everything (and every existing folder) before any expensive work
+    for s in plan(model, methods, compression, rank_ratios if rank_ratios is not None else [kappa0 or 0.25],
+                  **specs_args):
+        _status(s, root / s.name)
+    if loaded is None:
+        loaded = zoo.load_model(model)
+    kappas = rank_ratios if rank_ratios is not None else [loaded.default_rank_ratio]
+    specs = plan(model, methods, compression, kappas, **specs_args)
+    statuses = {s.name: _status(s, root / s.name) for s in specs}
+    folder = Path(out) if out is not None else root / SWEEPS_DIR / slug(model)
+
+    batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed)
+    dense = copy.deepcopy(loaded.model)  # pristine: every run starts from a copy of it
+    evaluator = Evaluator(loaded, quick=quick, text=text, image_folder=image_folder)
+    t0 = time.perf_counter()
+    ref = evaluator.reference(dense)
+    dense_metrics = evaluator.metrics(dense, ref)
+    rows = [_row(None, model, "dense", dense_metrics, None, time.perf_counter() - t0, "", sparsity)]
+    log("dense: " + ", ".join(f"{k} {v:.4g}" for k, v in dense_metrics.items()))
+    result = SweepResult(folder=folder, rows=rows)
+    t_compress = t_eval = 0.0
+    calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None}
+    for n, spec in enumerate(specs, 1):
+        run_folder = root / spec.name
+        if statuses[spec.name] == "reuse":
+            t0 = time.perf_counter()
+            run = load_run(run_folder, model=copy.deepcopy(dense))
+            compress_s = float(run.timings.get("total_s", float("nan")))
+            result.reused.append(spec.name)
+            how = f"reused (loaded in {time.perf_counter() - t0:.1f}s)"
+        else:
+            run_folder.mkdir(parents=True, exist_ok=True)
+            _clear_run_folder(run_folder)
+            writer = RunWriter(run_folder, extra={"calibration_request": calib_request,
+                                                  "model_source": loaded.source, "task": loaded.task,
+                                                  "sweep": str(folder)})
+            cb = None if progress is None else (lambda d, t, m, _n=spec.name: progress(_n, d, t, m))
+            t0 = time.perf_counter()
+            run = compress_model(copy.deepcopy(dense), batches, spec.config, method=spec.method, progress=cb,
+                                 model_name=model, on_block_done=writer.block_done, allocation=owl)
+            writer.finish(run)
+            t_compress += time.perf_counter() - t0
+            compress_s = float(run.timings["total_s"])  # as recorded in the run, so a reuse reports the same
+            result.computed.append(spec.name)
+            how = f"compressed in {compress_s:.1f}s"
+        for mode in run_modes(spec.method)[1:]:  # dense is the shared dense row
+            t0 = time.perf_counter()
+            with run.use_mode(mode):
+                metrics = evaluator.metrics(run.model, ref)
+            dt = time.perf_counter() - t0
+            t_eval += dt
+            rows.append(_row(spec, model, mode, metrics, compress_s, dt, spec.name, sparsity))
+        both = next(r for r in rows[::-1] if r["run"] == spec.name and r["mode"] == "both")
+        primary = {k: both[k] for k in dense_metrics}
+        log(f"[{n}/{len(specs)}] {spec.name}: {how}; " + ", ".join(f"{k} {v:.4g}" for k, v in primary.items()))
+        del run
+    result.timings = {"total_s": time.perf_counter() - t_all, "compress_s": t_compress, "evaluate_s": t_eval}
+    write_results(folder, rows, meta={
+        "model": model, "methods": list(dict.fromkeys(s.method for s in specs)),
+        "compression": parse_list(compression, "compression rates", unit_open=True),
+        "rank_ratios": [float(k) for k in kappas], "sparsity": sparsity, "iterations": iterations,
+        "solver": solver, "allocation": None if owl is None else owl.to_dict(), "quick": quick,
+        "evaluation": evaluator.settings, "calibration": calib_request, "root": str(root),
+        "runs_computed": result.computed, "runs_reused": result.reused, "timings": result.timings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return result
+
+
+# ----------------------------------------------------------------------------- table files
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    metrics = []
+    for r in rows:
+        for k in r:
+            if k not in FIRST_COLUMNS and k not in LAST_COLUMNS and k not in metrics:
+                metrics.append(k)
+    return FIRST_COLUMNS + metrics + LAST_COLUMNS
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN / inf
+    return x
+
+
+def write_results(folder: str | Path, rows: list[dict], meta: dict | None = None) -> Path:
+    """Write ``results.csv``, ``results.json`` (list of row dicts) and ``sweep.json`` (meta)."""
+    from .io import atomic_write_bytes
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = _columns(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+    atomic_write_bytes(folder / RESULTS_CSV, buf.getvalue().encode())
+    clean = [{c: _json_safe(r.get(c)) for c in cols} for r in rows]
+    atomic_write_bytes(folder / RESULTS_JSON, json.dumps(clean, indent=1).encode())
+    if meta is not None:
+        atomic_write_bytes(folder / SWEEP_JSON, json.dumps(meta, indent=1, default=str).encode())
+    return folder
+
+
+def list_sweeps(root=None) -> list[Path]:
+    """Sweep folders (those holding a results.json) under ``<root>/sweeps/``."""
+    from .io import runs_root
+    base = (Path(root) if root is not None else runs_root()) / SWEEPS_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and (p / RESULTS_JSON).is_file())
+
+
+def load_results(folder: str | Path) -> list[dict]:
+    """The rows of a sweep folder's results.json; RunError (one line) if missing or damaged."""
+    folder = Path(folder)
+    p = folder / RESULTS_JSON
+    if not p.is_file():
+        raise RunError(f"'{folder}' holds no sweep results ({RESULTS_JSON}): run 'oats sweep MODEL' first")
+    try:
+        rows = json.loads(p.read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "method" in r and "mode" in r for r in rows):
+            raise ValueError("not a list of rows")
+    except (ValueError, OSError) as e:
+        raise RunError(f"sweep results '{p}' are damaged ({e}): run the sweep again") from None
+    return rows
+
+
+def load_meta(folder: str | Path) -> dict:
+    """The sweep's settings and timings (sweep.json), or {} when absent."""
+    p = Path(folder) / SWEEP_JSON
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def markdown_table(rows: list[dict], metrics: list[str] | None = None, digits: int = 4) -> str:
+    """The table as Markdown (for the README and the CLI): one line per row."""
+    cols = ["method", "compression", "rank_ratio", "mode"]
+    metrics = metrics or [c for c in _columns(rows) if c not in FIRST_COLUMNS + LAST_COLUMNS]
+    cols += metrics + ["compress_time_s"]
+
+    def fmt(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return str(v)
+
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def pivot_table(rows: list[dict], metric: str, digits: int = 4) -> str:
+    """One metric as Markdown: a line per (method, rank ratio, mode), a column per rate.
+
+    The dense value heads the table; a missing cell is left empty.
+    """
+    rates = sorted({r["compression"] for r in rows if r["method"] != "dense"})
+    keys = list(dict.fromkeys((r["method"], r["rank_ratio"], r["mode"]) for r in rows if r["method"] != "dense"))
+    cell = {(r["method"], r["rank_ratio"], r["mode"], r["compression"]): r.get(metric) for r in rows}
+
+    def fmt(v):
+        return "" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+
+    out = ["| method | rank ratio | mode | " + " | ".join(f"ρ={x:g}" for x in rates) + " |",
+           "|---|---|---|" + "---|" * len(rates)]
+    for r in rows:
+        if r["method"] == "dense":
+            out.append("| dense | | | " + " | ".join(fmt(r.get(metric)) for _ in rates) + " |")
+            break
+    for m, k, mode in keys:
+        out.append(f"| {m} | {k:g} | {mode} | " + " | ".join(fmt(cell.get((m, k, mode, x))) for x in rates) + " |")
+    return "\n".join(out)
