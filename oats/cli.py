@@ -99,6 +99,8 @@ def cmd_compress(args) -> int:
 
     t0 = time.perf_counter()
     print(f"loading {args.model} ...", file=sys.stderr)
+    from .pipeline import resolve_device
+    resolve_device(args.device)  # a bad device fails before the model loads
     loaded = zoo.load_model(args.model, trust_remote_code=args.trust_remote_code)
     batches = data.calibration_batches(loaded, n_samples=calib["samples"], seq_len=calib["seq_len"],
                                        source=calib["source"], seed=calib["seed"])
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
     c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default=None, help="cpu or cuda (where the decompositions run)")
+    c.add_argument("--device", default=None, help="cpu or cuda: where the blocks and the decompositions run")
     c.add_argument("--out", default=None, help="run folder (default: runs/<model>-<method>-...)")
     c.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     c.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

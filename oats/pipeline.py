@@ -360,6 +360,25 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
     return records, brec, m2_out, next_hidden
 
 
+def resolve_device(device) -> torch.device | None:
+    """None (stay where the model is), or a torch.device that exists here; ConfigError otherwise."""
+    if device is None or device == "":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not understood: use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} is not available here (no CUDA GPU): use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported: use cpu or cuda")
+    return dev
+
+
+def _to(batch: dict, dev: torch.device) -> dict:
+    return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 @torch.no_grad()
 def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig | None = None,
                    method: str = "oats", progress: ProgressFn | None = None, *, model_name: str = "",
@@ -375,7 +394,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         method: one of ``METHODS``: "oats", "wanda", "sparsegpt", "magnitude", "lowrank". Every
             method keeps (1 - rho) of each matrix's parameters (``BUDGET_NOTES`` says how).
         progress: callable(done_blocks, total_blocks, message), called as blocks finish.
-        device: where the decompositions run (default: where the weights are).
+        device: "cpu" or "cuda": the model (block forward passes) and the decompositions move
+            there; None keeps the model where it is.
         on_block_done: callable(run_so_far, block_index) after each block (used to save).
         resume: a partial run of this model (``oats.io.load_run(..., allow_partial=True)``):
             its blocks are already compressed in ``model`` and are only run forward.
@@ -395,6 +415,10 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         raise ConfigError("give either block_rates or an allocation, not both")
     if not calibration:
         raise ConfigError("no calibration data: give at least one calibration batch")
+    dev = resolve_device(device)
+    if dev is not None:
+        model.to(dev)
+        calibration = [_to(b, dev) for b in calibration]
     model.eval()
     adapter = get_adapter(model, allow_generic=allow_generic)
     blocks = adapter.blocks(model)

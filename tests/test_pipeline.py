@@ -207,3 +207,14 @@ def test_cli_runs_lists_status(tmp_path, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "oats.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "compress" in out.stdout
+
+
+def test_device_option_on_cpu_and_clear_errors():
+    a = compress_model(tiny_llama(), batches(), CFG, device="cpu")
+    b = compress_model(tiny_llama(), batches(), CFG)
+    assert torch.equal(logits(a.model, batches()[0]), logits(b.model, batches()[0]))
+    with pytest.raises(ConfigError, match="not understood"):
+        compress_model(tiny_llama(), batches(), CFG, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            compress_model(tiny_llama(), batches(), CFG, device="cuda")
