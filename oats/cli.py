@@ -136,10 +136,13 @@ def cmd_compress(args) -> int:
         _print_table(rows)
     kept = run.params_kept / max(run.params_dense, 1)
     errs = sorted(r.scaled_error for r in run.layers)
+    stats_s = run.timings["capture_s"] + run.timings["stats_s"]
+    rerun_s = max(run.timings["total_s"] - stats_s - run.timings["decompose_s"], 0.0)
     print(f"\n{len(rows)} matrices in {len(run.blocks)} blocks; kept {kept:.1%} of block-linear parameters "
           f"(compression {1 - kept:.1%}); median scaled error {errs[len(errs) // 2]:.4f}; "
-          f"calibration {run.timings['capture_s'] + run.timings['stats_s']:.1f}s, decomposition "
-          f"{run.timings['decompose_s']:.1f}s, total {run.timings['total_s']:.1f}s (+{t_load:.1f}s loading)")
+          f"calibration statistics {stats_s:.1f}s, decomposition {run.timings['decompose_s']:.1f}s, "
+          f"re-running compressed blocks {rerun_s:.1f}s, total {run.timings['total_s']:.1f}s "
+          f"(+{t_load:.1f}s loading)")
     if run.block_rates is not None:
         print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
     print(f"saved to {out}")
