@@ -6,7 +6,6 @@ Every expected failure prints one line on stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

@@ -19,7 +19,7 @@ from .adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
 from .baselines import lowrank_only, sparsegpt
 from .calibration import BlockInputs, SecondMoments, capture_block_inputs, run_block
 from .config import OatsConfig
-from .decompose import Decomposition, decompose_many, sparse_budget, rank_budget
+from .decompose import Decomposition, decompose_many
 from .errors import ConfigError
 from .modules import OatsLinear, oats_layers, set_mode, use_mode
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from oats import OatsConfig, analysis, compress_model, decompose, figures, save_run
 from oats.decompose import input_scale, rank_budget
@@ -16,16 +15,7 @@ from oats.jobs import CompressRequest, JobRunner, read_evaluation, request_from_
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=8)
 
 
-def tiny_llama(seed=0, layers=2):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def batches(seed=1, n=3):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, 64, (2, 12), generator=g)} for _ in range(n)]
+from tiny_models import batches, tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from fractions import Fraction
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from oats import OatsConfig, compress_model, decompose, load_run, save_run
 from oats.allocation import Owl, outlier_ratio, owl_rates, parse_allocation
@@ -26,16 +25,7 @@ from oats.pipeline import BUDGET_NOTES, METHODS, dense_layer_stats
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 
 
-def tiny_llama(seed=0, layers=2):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def batches(seed=1, n=3):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, 64, (2, 12), generator=g)} for _ in range(n)]
+from tiny_models import batches, tiny_llama  # noqa: E402
 
 
 def correlated_problem(m=48, n=96, tokens=1024, seed=0):

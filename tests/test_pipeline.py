@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import sys
 
@@ -15,21 +14,16 @@ from oats import OatsConfig, compress_model, list_runs, load_run, save_run
 from oats.cli import main as cli_main
 from oats.errors import ConfigError, RunError
 from oats.io import RunWriter, read_manifest
-from oats.modules import oats_layers
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 
 
+from tiny_models import batches  # noqa: E402
+from tiny_models import tiny_llama as _tiny_llama  # noqa: E402
+
+
 def tiny_llama(seed=0, layers=3):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def batches(seed=1, n=3):
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, 64, (2, 12), generator=g)} for _ in range(n)]
+    return _tiny_llama(seed, layers)
 
 
 def logits(model, b):
