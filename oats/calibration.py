@@ -139,3 +139,23 @@ class SecondMoments:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+@torch.no_grad()
+def dense_block_stats(block: nn.Module, adapter, inputs: BlockInputs, paths, gram: bool = False
+                      ) -> tuple[SecondMoments, list[torch.Tensor]]:
+    """Run ``block`` on every captured batch with its linears at ``paths`` hooked.
+
+    Returns the accumulated statistics (padding tokens excluded) and the block's outputs.
+    """
+    stats = SecondMoments()
+    for path in paths:
+        stats.hook(path, block.get_submodule(path), gram=gram)
+    outs = []
+    try:
+        for i, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
+            stats.current_mask = inputs.token_masks[i]
+            outs.append(adapter.block_output(block(h, *a, **kw)).detach())
+    finally:
+        stats.remove()
+    return stats, outs

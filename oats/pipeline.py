@@ -17,7 +17,7 @@ from torch import nn
 
 from .adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
 from .baselines import lowrank_only, sparsegpt
-from .calibration import BlockInputs, SecondMoments, capture_block_inputs, run_block
+from .calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
 from .config import OatsConfig
 from .decompose import Decomposition, decompose_many
 from .errors import ConfigError
@@ -280,16 +280,7 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
 
     # 1. statistics of the dense block on the (already compressed) inputs
     t0 = time.perf_counter()
-    stats = SecondMoments()
-    for path in by_path:
-        stats.hook(path, block.get_submodule(path), gram=gram)
-    dense_out = []
-    try:
-        for i, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
-            stats.current_mask = inputs.token_masks[i]
-            dense_out.append(adapter.block_output(block(h, *a, **kw)).detach())
-    finally:
-        stats.remove()
+    stats, dense_out = dense_block_stats(block, adapter, inputs, by_path, gram=gram)
     t_stats = time.perf_counter() - t0
 
     # 2. decompose every matrix of the block
@@ -512,17 +503,8 @@ def iter_dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: li
             inputs.hidden = run_block(block, adapter, inputs)
             continue
         refs = adapter.linears(model, block)
-        stats = SecondMoments()
-        for path in dict.fromkeys(r.path for r in refs):
-            stats.hook(path, block.get_submodule(path), gram=gram)
-        hidden = []
-        try:
-            for j, (h, a, kw) in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
-                stats.current_mask = inputs.token_masks[j]
-                hidden.append(adapter.block_output(block(h, *a, **kw)).detach())
-        finally:
-            stats.remove()
-        inputs.hidden = hidden
+        stats, inputs.hidden = dense_block_stats(block, adapter, inputs, dict.fromkeys(r.path for r in refs),
+                                                 gram=gram)
         out = {}
         for ref in refs:
             w = weight_of(block.get_submodule(ref.path))
