@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from fractions import Fraction
 
 import pytest
@@ -16,7 +15,6 @@ from oats import OatsConfig, compress_model, decompose, load_run, save_run
 from oats.allocation import Owl, outlier_ratio, owl_rates, parse_allocation
 from oats.baselines import lowrank_only, lowrank_rank, magnitude, sparsegpt, wanda
 from oats.calibration import SecondMoments
-from oats.cli import main as cli_main
 from oats.decompose import rank_budget, row_keep, sparse_budget
 from oats.errors import ConfigError
 from oats.io import read_manifest
@@ -25,7 +23,7 @@ from oats.pipeline import BUDGET_NOTES, METHODS, dense_layer_stats
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 
 
-from tiny_models import batches, tiny_llama  # noqa: E402
+from tiny_models import assert_cli_fails, batches, tiny_llama  # noqa: E402
 
 
 def correlated_problem(m=48, n=96, tokens=1024, seed=0):
@@ -278,11 +276,7 @@ def test_owl_allocation_in_the_pipeline(tmp_path):
 ])
 def test_cli_allocation_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
-    with pytest.raises(SystemExit) as e:
-        sys.exit(cli_main(argv))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err
+    assert_cli_fails(argv, message, capsys)
 
 
 # ----------------------------------------------------------------------------- real layers

@@ -20,6 +20,7 @@ from oats.errors import ConfigError, RunError
 from oats.sweep import (RESULTS_CSV, RESULTS_JSON, RunSpec, list_sweeps, load_results, markdown_table, parse_list,
                         plan, sweep)
 from oats.zoo import LoadedModel
+from tiny_models import assert_cli_fails  # noqa: E402
 
 
 class CharTokenizer:
@@ -151,11 +152,7 @@ def test_load_results_errors(tmp_path):
 ])
 def test_cli_sweep_bad_inputs_exit_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
-    with pytest.raises(SystemExit) as e:
-        sys.exit(cli_main(argv))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err
+    assert_cli_fails(argv, message, capsys)
 
 
 def test_cli_sweep_refuses_a_run_folder_of_another_model(tmp_path, capsys):

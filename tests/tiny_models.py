@@ -14,3 +14,17 @@ def tiny_llama(seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
 def batches(seed: int = 1, n: int = 3) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, 64, (2, 12), generator=g)} for _ in range(n)]
+
+
+def assert_cli_fails(argv, message, capsys):
+    """The CLI exits with status 2 and prints exactly one line, containing ``message``, no traceback."""
+    import sys
+
+    import pytest
+
+    from oats.cli import main as cli_main
+    with pytest.raises(SystemExit) as e:
+        sys.exit(cli_main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
