@@ -15,13 +15,15 @@ Run: .venv/bin/python benchmarks/decompose.py [--models minilm-l6,dinov2-small,s
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import oats` does; before torch loads
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -2,8 +2,10 @@
 
 Each model runs in its own fresh process (peak RSS is per process), loading from the
 on-disk cache, calibrating on the default data and compressing with the default config.
-Prints one line per model: peak resident memory, the dense model's own size, and the
-wall time. Run: .venv/bin/python benchmarks/memory.py [--models ...]
+Prints one line per model: peak resident memory, the memory after loading, the dense model's
+own size, the pre-flight estimate of what compressing adds (``oats.validate``, margin
+included: the number a request is refused on) next to what it really added (peak - after load), and the wall time.
+Run: .venv/bin/python benchmarks/memory.py [--models ...]
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time
+from oats import OatsConfig, compress_model  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
-from oats import OatsConfig, compress_model
 from oats.data import calibration_batches
 from oats.zoo import load_model
 name = sys.argv[1]
@@ -24,11 +26,16 @@ loaded = load_model(name)
 after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 size = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20
 batches = calibration_batches(loaded)
+from oats.adapters import get_adapter
+from oats.validate import MEMORY_MARGIN, calibration_tokens, estimate_compression_memory
+adapter = get_adapter(loaded.model)
+estimate = MEMORY_MARGIN * sum(estimate_compression_memory(adapter, loaded.model, adapter.blocks(loaded.model),
+                                           calibration_tokens(batches, loaded.model), "oats").values())
 t = time.perf_counter()
 run = compress_model(loaded.model, batches, OatsConfig(rank_ratio=loaded.default_rank_ratio), model_name=name)
 print(json.dumps({"model": name, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "after_load_mb": after_load, "weights_mb": size, "seconds": time.perf_counter() - t,
-                  "tokens": run.calibration["tokens"]}))
+                  "tokens": run.calibration["tokens"], "estimate_mb": estimate / 2**20}))
 """
 
 
@@ -36,7 +43,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="minilm-l6,dinov2-small,smollm2-135m")
     args = ap.parse_args()
-    print(f"{'model':14s} {'peak RSS':>10s} {'after load':>11s} {'fp32 weights':>13s} {'compress s':>11s}")
+    print(f"{'model':14s} {'peak RSS':>10s} {'after load':>11s} {'fp32 weights':>13s} {'estimate':>10s} "
+          f"{'added':>9s} {'compress s':>11s}")
     for name in args.models.split(","):
         p = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True, text=True)
         if p.returncode != 0:
@@ -44,7 +52,8 @@ def main() -> int:
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         print(f"{name:14s} {r['peak_mb'] / 1024:8.2f} GB {r['after_load_mb'] / 1024:9.2f} GB "
-              f"{r['weights_mb'] / 1024:11.2f} GB {r['seconds']:11.1f}")
+              f"{r['weights_mb'] / 1024:11.2f} GB {r['estimate_mb'] / 1024:7.2f} GB "
+              f"{(r['peak_mb'] - r['after_load_mb']) / 1024:6.2f} GB {r['seconds']:11.1f}")
     return 0
 
 

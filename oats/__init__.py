@@ -14,11 +14,21 @@ Where things live:
   allocation.py  uniform or OWL-style per-block compression rates
   evaluate.py    perplexity / embedding / CLS fidelity; ``oats.evaluate(run)`` is callable
   sweep.py       methods x rates on one model, one tidy table, runs reused from disk
+  validate.py    checks on user input: uploads, run names, weights, memory estimates
 """
 
-from .config import OatsConfig
+import os as _os
+
+# Idle OpenMP threads sleep instead of spinning. On a shared machine (a second process, the
+# app's job next to a page, CI) spinning threads steal the cores the busy ones need: one
+# minilm-l6 compression took 143 s instead of 10 s next to another job. Must be set before
+# torch loads its OpenMP runtime; a value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .config import OatsConfig  # noqa: E402
 from .decompose import Decomposition, History, decompose, decompose_many, rank_budget, row_keep
-from .errors import ConfigError, DataError, ModelLoadError, OatsError, RunError, UnsupportedModelError
+from .errors import (ConfigError, DataError, ModelLoadError, OatsError, ResourceError, RunError,
+                     UnsupportedModelError)
 from .io import list_runs, load_run, save_run
 from .modules import OatsLinear, set_mode, use_mode
 from .pipeline import BUDGET_NOTES, METHODS, CompressionRun, compress_model
@@ -29,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OatsConfig", "Decomposition", "History", "decompose", "decompose_many", "rank_budget", "row_keep",
-    "ConfigError", "DataError", "ModelLoadError", "OatsError", "RunError", "UnsupportedModelError",
+    "ConfigError", "DataError", "ModelLoadError", "OatsError", "ResourceError", "RunError", "UnsupportedModelError",
     "list_runs", "load_run", "save_run", "OatsLinear", "set_mode", "use_mode", "METHODS",
     "CompressionRun", "compress_model", "BUDGET_NOTES",
     "evaluate", "evaluate_model", "evaluate_run", "Evaluation", "PRIMARY_METRIC",

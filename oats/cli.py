@@ -56,10 +56,11 @@ def cmd_compress(args) -> int:
     from tqdm import tqdm
 
     from . import data, zoo
-    from .config import OatsConfig
     from .allocation import Owl, parse_allocation
-    from .io import RunWriter, load_run, read_manifest
+    from .config import OatsConfig
+    from .io import RunWriter, check_run_model, load_run
     from .pipeline import compress_model, method_config
+    from .validate import check_resumable
 
     out = Path(args.out) if args.out else None
     calib = {"samples": args.calib_samples, "seq_len": args.seq_len, "seed": args.seed, "source": args.calib_source}
@@ -67,11 +68,8 @@ def cmd_compress(args) -> int:
     if args.resume:
         if out is None:
             return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
-        resume_manifest = read_manifest(out)
-        if resume_manifest.get("complete"):
-            return _fail(f"run '{out}' is already complete: nothing to resume")
-        if resume_manifest["model_name"] != args.model:
-            return _fail(f"run '{out}' was made for '{resume_manifest['model_name']}', not '{args.model}'")
+        resume_manifest = check_resumable(out)
+        check_run_model(out, resume_manifest, args.model)
         config = OatsConfig(**resume_manifest["config"])
         method = resume_manifest["method"]
         calib = resume_manifest.get("calibration_request", calib)
@@ -110,9 +108,12 @@ def cmd_compress(args) -> int:
         print(f"resuming '{out}' after {len(resume.blocks)} finished blocks", file=sys.stderr)
     writer = RunWriter(out, extra={"calibration_request": calib, "model_source": loaded.source,
                                    "task": loaded.task})
-    bar = tqdm(total=None, unit="block", desc="compressing", file=sys.stderr)
+    bars: list = []  # the bar appears with the first block, after the model passed its checks
 
     def progress(done, total, msg):
+        if not bars:
+            bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
+        bar = bars[0]
         bar.total = total
         bar.n = done
         bar.set_postfix_str(msg)
@@ -123,11 +124,14 @@ def cmd_compress(args) -> int:
                              model_name=args.model, device=args.device, allow_generic=args.generic,
                              on_block_done=writer.block_done, resume=resume, allocation=owl)
     except KeyboardInterrupt:
-        bar.close()
+        for bar in bars:
+            bar.close()
         print(f"\ninterrupted: finished blocks are saved in '{out}'; continue with "
               f"'oats compress {args.model} --out {out} --resume'", file=sys.stderr)
         return 130
-    bar.close()
+    finally:
+        for bar in bars:
+            bar.close()
     run.timings["load_s"] = t_load
     writer.finish(run)
     rows = run.table()
@@ -182,7 +186,7 @@ def _eval_source(args):
 def cmd_evaluate(args) -> int:
     from . import zoo
     from .evaluate import evaluate, run_modes
-    from .io import load_run, read_manifest
+    from .io import check_run_model, load_run, read_manifest
 
     folder = Path(args.run_dir)
     m = read_manifest(folder)
@@ -190,9 +194,7 @@ def cmd_evaluate(args) -> int:
         return _fail(f"run '{folder}' is unfinished: finish it with 'oats compress {m['model_name']} --out {folder} "
                      f"--resume' first")
     name = args.model or m["model_name"]
-    if args.model and args.model != m["model_name"]:
-        return _fail(f"run folder '{folder}' was made for '{m['model_name']}', not '{args.model}': "
-                     f"evaluate it with its own model (leave out --model)")
+    check_run_model(folder, m, name)
     modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(m["method"])
     from .evaluate import _check_modes
     _check_modes(modes)
@@ -342,12 +344,29 @@ def _eval_args(p) -> None:
                    "for a model with a classification head")
 
 
+DEBUG_ENV = "OATS_DEBUG"
+"""Set to 1 to see the traceback of an unexpected error instead of its one-line summary."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except OatsError as e:
         return _fail(str(e))
+    except KeyboardInterrupt:
+        print("oats: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        return _fail("out of memory: use fewer calibration samples (--calib-samples) or a smaller model")
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        text = " ".join(str(e).split())[:300] or "no message"
+        print(f"oats: error: unexpected {type(e).__name__}: {text} (a bug: rerun with {DEBUG_ENV}=1 for the "
+              f"traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

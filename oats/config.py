@@ -27,7 +27,7 @@ def parse_nm(pattern: str) -> tuple[int, int] | None:
     n, mm = int(m.group(1)), int(m.group(2))
     if mm < 1 or n < 1 or n >= mm:
         raise ConfigError(
-            f"sparsity pattern {pattern!r} is invalid: N:M needs 1 <= N < M (keep N of every M), e.g. '2:4'"
+            f"sparsity pattern {pattern!r} is invalid: N:M needs 0 < N < M (keep N of every M), e.g. '2:4'"
         )
     return n, mm
 
@@ -85,13 +85,13 @@ class OatsConfig:
             raise ConfigError(f"rank_ratio must be in [0, 1) (share of kept parameters in the low-rank term), got {self.rank_ratio!r}")
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, (int, float, str)):
-            raise ConfigError(f"iterations must be a whole number >= 1, got {it!r}")
+            raise ConfigError(f"iterations must be a whole number of at least 1, got {it!r}")
         try:
             it_f = float(it)
         except ValueError:
-            raise ConfigError(f"iterations must be a whole number >= 1, got {it!r}") from None
+            raise ConfigError(f"iterations must be a whole number of at least 1, got {it!r}") from None
         if not math.isfinite(it_f) or it_f != int(it_f) or it_f < 1:
-            raise ConfigError(f"iterations must be a whole number >= 1, got {it!r}")
+            raise ConfigError(f"iterations must be a whole number of at least 1, got {it!r}")
         eps = _number("eps", self.eps, "in (0, 1)")
         if not 0.0 < eps < 1.0:
             raise ConfigError(f"eps must be in (0, 1), got {self.eps!r}")
@@ -99,7 +99,7 @@ class OatsConfig:
             raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         tol = _number("tol", self.tol, ">= 0")
         if tol < 0:
-            raise ConfigError(f"tol must be >= 0, got {self.tol!r}")
+            raise ConfigError(f"tol must be at least 0, got {self.tol!r}")
         nm = parse_nm(str(self.sparsity).strip())
         object.__setattr__(self, "compression", rho)
         object.__setattr__(self, "rank_ratio", kappa)
@@ -110,7 +110,7 @@ class OatsConfig:
         if nm is not None and (nm[0] / nm[1]) / (1.0 - kappa) >= 1.0:
             raise ConfigError(
                 f"sparsity {self.sparsity} with rank_ratio {kappa} keeps everything "
-                f"((N/M)/(1-rank_ratio) >= 1): lower the rank ratio or N"
+                f"((N/M)/(1-rank_ratio) is at least 1): lower the rank ratio or N"
             )
 
     @property
@@ -131,7 +131,7 @@ class OatsConfig:
         """The compression rate actually applied (differs from ``compression`` in N:M mode)."""
         return 1.0 - self.density
 
-    def replace(self, **changes) -> "OatsConfig":
+    def replace(self, **changes) -> OatsConfig:
         d = asdict(self)
         d.update(changes)
         return OatsConfig(**d)

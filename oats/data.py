@@ -104,7 +104,7 @@ def evaluation_text() -> str:
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
     return int(value)
 
 
@@ -359,9 +359,28 @@ def load_image(src: str | os.PathLike | bytes | io.IOBase) -> np.ndarray:
         with Image.open(fh) as img:
             img.load()
             rgb = img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{what} has too many pixels to decode safely: give an image under "
+                        f"{Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{what} is not an image that can be read (corrupt or unknown format): give a PNG or JPEG file") from exc
     return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def image_files(path: str | os.PathLike) -> list[Path]:
+    """The image files under ``path`` (by suffix, sorted); DataError if there is no such folder or no image."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {str(root)!r} does not exist: check the path")
+    if not root.is_dir():
+        raise DataError(f"{str(root)!r} is not a folder: give a folder of images (or use the bundled images)")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}): "
+            "put some there, or use the bundled images"
+        )
+    return files
 
 
 def load_image_folder(
@@ -375,16 +394,7 @@ def load_image_folder(
     holds no image, or one of the chosen files is not a readable image.
     """
     root = Path(path).expanduser()
-    if not root.exists():
-        raise DataError(f"image folder {str(root)!r} does not exist: check the path")
-    if not root.is_dir():
-        raise DataError(f"{str(root)!r} is not a folder: give a folder of images (or use the bundled images)")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(
-            f"folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}): "
-            "put some there, or use the bundled images"
-        )
+    files = image_files(root)
     if max_images is not None and len(files) > _positive_int("maximum number of images", max_images):
         pick = np.random.default_rng(seed).choice(len(files), size=max_images, replace=False)
         files = [files[i] for i in sorted(pick)]
@@ -501,8 +511,8 @@ def calibration_batches(
         return text_batches(
             loaded.tokenizer,
             text,
-            n_samples or LM_N_SAMPLES,
-            seq_len or LM_SEQ_LEN,
+            LM_N_SAMPLES if n_samples is None else n_samples,
+            LM_SEQ_LEN if seq_len is None else seq_len,
             seed=seed,
             batch_size=batch_size,
         )
@@ -518,7 +528,7 @@ def calibration_batches(
                 )
         else:
             sentences = calibration_sentences()
-        n = _positive_int("number of samples", n_samples or ENCODER_N_SAMPLES)
+        n = _positive_int("number of samples", ENCODER_N_SAMPLES if n_samples is None else n_samples)
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(sentences), size=min(n, len(sentences)), replace=False)
         if n > len(sentences):  # more samples than sentences: repeat, never fail
@@ -527,10 +537,10 @@ def calibration_batches(
             loaded.tokenizer,
             [sentences[i] for i in pick],
             batch_size=batch_size,
-            max_length=seq_len or ENCODER_MAX_LENGTH,
+            max_length=ENCODER_MAX_LENGTH if seq_len is None else seq_len,
         )
     if task == "vision":
-        n = n_samples or VISION_N_SAMPLES
+        n = VISION_N_SAMPLES if n_samples is None else n_samples
         if source is None:
             images = bundled_images()
         elif Path(source).expanduser().is_file():

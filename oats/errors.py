@@ -26,3 +26,7 @@ class DataError(OatsError):
 
 class RunError(OatsError):
     """A run folder is missing, damaged, or belongs to another model."""
+
+
+class ResourceError(OatsError):
+    """A request needs more memory (or another resource) than this machine has."""

@@ -145,10 +145,14 @@ class RunWriter:
 
     def __init__(self, folder: str | Path, extra: dict | None = None):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.extra = extra or {}
+        # Half-written files of a writer that was killed (atomic writes never expose them as blocks).
+        for stale in self.folder.glob(".*.tmp") if self.folder.is_dir() else ():
+            stale.unlink(missing_ok=True)
 
     def block_done(self, run: CompressionRun, block: int) -> None:
+        # The folder appears with the first finished block: a run that fails its checks leaves nothing.
+        self.folder.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(block_tensors(run, block), self.folder / f"block_{block:03d}.safetensors")
         self._manifest(run, complete=False)
 
@@ -156,6 +160,7 @@ class RunWriter:
         self._manifest(run, complete=True)
 
     def _manifest(self, run: CompressionRun, complete: bool) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         data = json.dumps(manifest_dict(run, complete, self.extra), indent=1).encode()
         atomic_write_bytes(self.folder / MANIFEST, data)
 
@@ -163,6 +168,7 @@ class RunWriter:
 def save_run(run: CompressionRun, folder: str | Path, extra: dict | None = None) -> Path:
     """Write a finished run to ``folder`` (created if missing)."""
     w = RunWriter(folder, extra)
+    w.folder.mkdir(parents=True, exist_ok=True)
     for b in sorted({r.block for r in run.layers}):
         atomic_save_tensors(block_tensors(run, b), w.folder / f"block_{b:03d}.safetensors")
     w.finish(run)
@@ -224,14 +230,24 @@ def apply_factors(model: torch.nn.Module, folder: str | Path, manifest: dict) ->
             set_submodule(model, path, new.to(w.device))
 
 
-def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_partial: bool = False) -> CompressionRun:
+def check_run_model(folder: str | Path, manifest: dict, model_name: str) -> None:
+    """RunError when a run folder was made for another model than ``model_name``."""
+    if model_name and manifest.get("model_name") != model_name:
+        raise RunError(f"run folder '{folder}' was made for '{manifest.get('model_name')}', not '{model_name}': "
+                       "use the run's own model, or another run folder")
+
+
+def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_partial: bool = False,
+             model_name: str | None = None) -> CompressionRun:
     """Rebuild a compressed model from a run folder without recomputing.
 
     ``model``: the dense base model to apply the factors to (default: ``oats.zoo.load_model``
-    of the manifest's model name). It is modified in place.
+    of the manifest's model name). It is modified in place. ``model_name``: the name that
+    model was loaded by; a run made for another name is refused before anything changes.
     """
     folder = Path(folder)
     m = read_manifest(folder)
+    check_run_model(folder, m, model_name or "")
     if not m.get("complete") and not allow_partial:
         raise RunError(f"run '{folder.name}' is unfinished ({len(m.get('blocks_done', []))} blocks done): "
                        f"resume it with 'oats compress --resume' or delete it")

@@ -41,6 +41,8 @@ class CompressRequest:
     calib_samples: int | None = None
     """Calibration sequences or images; None: the data module's default for the task."""
     seed: int = 0
+    seq_len: int | None = None
+    """Tokens per calibration sequence (causal LMs); None: the data module's default."""
     evaluate: bool = True
     """Evaluate the four variants after compressing (skipped when oats.evaluate is missing)."""
 
@@ -53,7 +55,7 @@ class CompressRequest:
         """
         from .sweep import RunSpec
         c = self.config
-        name = RunSpec(self.model, self.method, c, None, (self.calib_samples, None, self.seed)).name
+        name = RunSpec(self.model, self.method, c, None, (self.calib_samples, self.seq_len, self.seed)).name
         default = OatsConfig()
         if self.calib_source or c.eps != default.eps or c.tol != default.tol:
             extra = {"source": self.calib_source or "", "eps": c.eps, "tol": c.tol}
@@ -62,7 +64,7 @@ class CompressRequest:
 
     def calibration_request(self) -> dict:
         """The manifest's record of the calibration data (the CLI's keys)."""
-        return {"samples": self.calib_samples, "seq_len": None, "seed": self.seed, "source": self.calib_source}
+        return {"samples": self.calib_samples, "seq_len": self.seq_len, "seed": self.seed, "source": self.calib_source}
 
 
 def request_from_manifest(manifest: dict, evaluate: bool = True) -> CompressRequest:
@@ -70,7 +72,8 @@ def request_from_manifest(manifest: dict, evaluate: bool = True) -> CompressRequ
     cal = manifest.get("calibration_request") or {}
     return CompressRequest(model=manifest["model_name"], config=OatsConfig(**manifest["config"]),
                            method=manifest["method"], calib_source=cal.get("source"),
-                           calib_samples=cal.get("samples"), seed=cal.get("seed") or 0, evaluate=evaluate)
+                           calib_samples=cal.get("samples"), seed=cal.get("seed") or 0, seq_len=cal.get("seq_len"),
+                           evaluate=evaluate)
 
 
 @dataclass
@@ -163,22 +166,26 @@ def _work(job: Job, compute_lock: threading.Lock) -> None:
             t0 = time.perf_counter()
             loaded = zoo.load_model(req.model)
             job._update(stage="calibration data", message="preparing calibration data")
-            batches = data.calibration_batches(loaded, n_samples=req.calib_samples, source=req.calib_source,
-                                               seed=req.seed)
+            batches = data.calibration_batches(loaded, n_samples=req.calib_samples, seq_len=req.seq_len,
+                                               source=req.calib_source, seed=req.seed)
             t_load = time.perf_counter() - t0
-            resume = None
+            resume, owl = None, None
             if (folder / MANIFEST).exists():
                 m = read_manifest(folder)
-                if (m["model_name"] != req.model or m["method"] != req.method
-                        or OatsConfig(**m["config"]) != req.config):
+                if not _holds(m, req):
                     raise RunError(f"run folder '{folder}' holds another compression: delete it or change the settings")
                 resume = load_run(folder, model=loaded.model, allow_partial=True)
+                alloc = resume.allocation or {}
+                if alloc.get("name") == "owl":  # an OWL run made by the CLI keeps its block rates
+                    from .allocation import Owl
+                    owl = Owl(lam=alloc["lam"], threshold=alloc["threshold"])
                 job._update(message=f"resuming after {len(resume.blocks)} finished blocks")
             writer = RunWriter(folder, extra={"calibration_request": req.calibration_request(),
                                               "model_source": loaded.source, "task": loaded.task})
             job._update(stage="compressing", message="capturing calibration inputs")
             run = compress_model(loaded.model, batches, req.config, method=req.method, progress=job._progress,
-                                 model_name=req.model, on_block_done=writer.block_done, resume=resume)
+                                 model_name=req.model, on_block_done=writer.block_done, resume=resume,
+                                 allocation=owl)
             run.timings["load_s"] = t_load
             writer.finish(run)
             run.loaded = loaded
@@ -239,6 +246,16 @@ def read_evaluation(folder: str | Path) -> dict | None:
         return None
 
 
+def _holds(manifest: dict, request: CompressRequest) -> bool:
+    """Whether a run folder's manifest is this request's run (model, method and settings)."""
+    try:
+        config = OatsConfig(**manifest["config"])
+    except (OatsError, KeyError, TypeError):
+        return False
+    return (manifest.get("model_name") == request.model and manifest.get("method") == request.method
+            and config == request.config)
+
+
 class JobRunner:
     """Starts jobs and finds them again by run folder (one runner per process)."""
 
@@ -247,25 +264,41 @@ class JobRunner:
         self._lock = threading.Lock()
         self._compute = threading.Lock()
 
-    def start(self, request: CompressRequest, root: str | Path | None = None) -> Job:
+    def start(self, request: CompressRequest, root: str | Path | None = None,
+              folder: str | Path | None = None) -> Job:
         """Start compressing ``request`` into ``root/<request.folder_name()>``.
+
+        ``folder``: an existing unfinished run folder to continue instead (one made by
+        ``oats compress``, whose name the CLI chose); it must hold this request's run.
 
         Returns the job already running for that folder, or a finished job at once when the
         folder already holds the complete run. An unfinished folder is resumed.
         """
         from .io import MANIFEST, read_manifest, runs_root
-        folder = Path(root if root is not None else runs_root()) / request.folder_name()
+        from .validate import run_dir
+        if folder is not None:
+            folder = Path(folder)
+            folder = run_dir(folder.parent, folder.name)
+        else:
+            folder = run_dir(root if root is not None else runs_root(), request.folder_name())
         key = str(folder.resolve())
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.state().active:
+                if job.request != request:
+                    raise RunError(f"run folder '{folder}' is being written by another compression (of "
+                                   f"{job.request.model}): wait for it to finish or change the settings")
                 return job
+            try:
+                m = read_manifest(folder) if (folder / MANIFEST).exists() else None
+            except OatsError:
+                m = None
+            if m is not None and not _holds(m, request):
+                raise RunError(f"run folder '{folder}' holds another compression (of {m.get('model_name')}, "
+                               f"{m.get('method')}): delete it or change the settings")
+            complete = bool(m and m.get("complete"))
             job = Job(request, folder)
             self._jobs[key] = job
-            try:
-                complete = (folder / MANIFEST).exists() and read_manifest(folder).get("complete", False)
-            except OatsError:
-                complete = False
             if complete:
                 job._update(status="done", stage="done", done=1, total=1, finished=time.time(),
                             message="already compressed with these settings: opened the saved run")

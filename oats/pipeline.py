@@ -9,8 +9,8 @@ block's inputs. Embeddings, norms and heads stay dense.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from .config import OatsConfig
 from .decompose import Decomposition, decompose_many
 from .errors import ConfigError
 from .modules import OatsLinear, oats_layers, set_mode, use_mode
+from .validate import calibration_tokens, check_memory, check_weights, estimate_compression_memory
 
 METHODS = {
     "oats": "sparse + low-rank (alternating thresholding on W D)",
@@ -115,7 +116,7 @@ class LayerRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerRecord":
+    def from_dict(cls, d: dict) -> LayerRecord:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["shape"] = tuple(d["shape"])
         d["rows"] = tuple(d["rows"]) if d.get("rows") else None
@@ -404,6 +405,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     owl = parse_allocation(allocation)
     if owl is not None and block_rates is not None:
         raise ConfigError("give either block_rates or an allocation, not both")
+    if owl is not None:
+        owl.check(config)
     if not calibration:
         raise ConfigError("no calibration data: give at least one calibration batch")
     dev = resolve_device(device)
@@ -413,6 +416,12 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     model.eval()
     adapter = get_adapter(model, allow_generic=allow_generic)
     blocks = adapter.blocks(model)
+    # Fail in a second, not half-way: patterns that do not fit, damaged weights, too little memory.
+    skip = {b.index for b in resume.blocks} if resume is not None else set()
+    check_weights(adapter, model, blocks, config, skip=skip)
+    check_memory(estimate_compression_memory(adapter, model, blocks, calibration_tokens(calibration, model), method),
+                 what=f"compressing '{model_name or type(model).__name__}' on "
+                      f"{calibration_tokens(calibration, model)} calibration tokens")
     alloc_info = None
     if block_rates is not None:
         block_rates = _check_block_rates(block_rates, len(blocks), config)

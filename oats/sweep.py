@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .allocation import Owl, parse_allocation
 from .config import OatsConfig
 from .errors import ConfigError, OatsError, RunError
 from .evaluate import Evaluator, run_modes
 from .pipeline import METHODS, method_config, method_rank_ratio
+from .validate import run_dir
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
@@ -42,7 +44,11 @@ LAST_COLUMNS = ["compress_time_s", "eval_time_s", "run"]
 
 
 def slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s)).strip("-")
+    """A model name as part of a folder name: no separators, no '..', no leading dot."""
+    text = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s))
+    while ".." in text:
+        text = text.replace("..", "-")
+    return text.strip("-.")
 
 
 def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = False) -> list:
@@ -91,7 +97,10 @@ class RunSpec:
     @property
     def name(self) -> str:
         c = self.config
-        parts = [slug(self.model), self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}",
+        model = slug(self.model) or "model"
+        if model != self.model:  # './minilm-l6' or 'org/name' must not share the preset's folder
+            model += "-" + hashlib.sha1(self.model.encode()).hexdigest()[:6]
+        parts = [model, self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}",
                  c.sparsity.replace(":", "of")]
         if self.method == "oats" and c.iterations != 80:
             parts.append(f"it{c.iterations}")
@@ -243,12 +252,12 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
     # validate everything (and every existing folder) before any expensive work
     for s in plan(model, methods, compression, rank_ratios if rank_ratios is not None else [kappa0 or 0.25],
                   **specs_args):
-        _status(s, root / s.name)
+        _status(s, run_dir(root, s.name))
     if loaded is None:
         loaded = zoo.load_model(model)
     kappas = rank_ratios if rank_ratios is not None else [loaded.default_rank_ratio]
     specs = plan(model, methods, compression, kappas, **specs_args)
-    statuses = {s.name: _status(s, root / s.name) for s in specs}
+    statuses = {s.name: _status(s, run_dir(root, s.name)) for s in specs}
     folder = Path(out) if out is not None else root / SWEEPS_DIR / slug(model)
 
     batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed)
@@ -263,7 +272,7 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
     t_compress = t_eval = 0.0
     calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None}
     for n, spec in enumerate(specs, 1):
-        run_folder = root / spec.name
+        run_folder = run_dir(root, spec.name)
         if statuses[spec.name] == "reuse":
             t0 = time.perf_counter()
             run = load_run(run_folder, model=copy.deepcopy(dense))

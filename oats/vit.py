@@ -344,7 +344,7 @@ def pixel_attributions(
     if method not in ATTRIBUTION_METHODS:
         raise ConfigError(f"attribution method must be one of {', '.join(ATTRIBUTION_METHODS)}, got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise ConfigError(f"Integrated Gradients steps must be a whole number >= 2, got {steps!r}")
+        raise ConfigError(f"Integrated Gradients steps must be a whole number of at least 2, got {steps!r}")
     px = _as_batch(pixel_values)
     fn = make_target(target, model, px)
 

@@ -28,6 +28,7 @@ import difflib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import shutil
 import socket
@@ -234,17 +235,46 @@ def load_model(
     ``trust_remote_code`` is passed to transformers only when the caller sets it.
     Weights are read from safetensors, or else by ``torch.load(weights_only=True)``.
     """
+    kind = check_model_name(name)
+    name = name.strip()
+    if kind == "preset":
+        return _load_preset(PRESETS[name.lower()], name, _cache_root(cache_dir))
+    if kind == "timm":
+        return _load_timm(name, name[len("timm:") :].strip())
+    if kind == "local":
+        return _load_local(name, Path(name).expanduser(), trust_remote_code)
+    return _load_hub(name, trust_remote_code)
+
+
+MODEL_KINDS = ("preset", "timm", "local", "hub")
+
+
+def check_model_name(name: str) -> str:
+    """What ``name`` refers to ("preset", "timm", "local" or "hub"), checked without loading it.
+
+    Raises a one-line :class:`ModelLoadError` for an empty or misspelt name, a path that does
+    not exist, a file instead of a folder, a folder without config.json or with a damaged
+    safetensors file, a malformed hub id, and a hub id that is neither in the local Hugging
+    Face cache nor reachable (offline). The app calls this before starting a job, so a typo
+    fails at once instead of after minutes in the background.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"no model name given: use a preset ({_preset_names()}), a local folder or a hub id")
     name = name.strip()
     key = name.lower()
     if key in PRESETS:
-        return _load_preset(PRESETS[key], name, _cache_root(cache_dir))
+        preset = PRESETS[key]
+        ok, how = preset_available(preset.name)
+        if not ok:
+            raise ModelLoadError(f"preset {preset.name!r} needs the package {preset.package}: run {how}")
+        return "preset"
     if key.startswith("timm:"):
-        return _load_timm(name, name[len("timm:") :].strip())
+        _check_timm_name(name[len("timm:") :].strip())
+        return "timm"
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load_local(name, path, trust_remote_code)
+        _check_local_folder(name, path)
+        return "local"
     if path.exists():
         raise ModelLoadError(
             f"{name!r} is a file, not a model folder: give a folder saved with save_pretrained "
@@ -265,7 +295,35 @@ def load_model(
             f"unknown model {name!r}: use a preset ({_preset_names()}), a local folder, "
             "a hub id such as 'gpt2' or 'timm:NAME'"
         ) from None
-    return _load_hub(name, trust_remote_code)
+    if not _hub_cached(name) and not _hub_reachable():
+        raise ModelLoadError(_offline_message(name))
+    return "hub"
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the local Hugging Face cache holds this repository's config.json."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id=name, filename="config.json")
+    except Exception:  # noqa: BLE001 - a malformed cache is "not cached"
+        return False
+    return isinstance(found, str)
+
+
+def _check_local_folder(name: str, path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"folder {name!r} has no config.json: give a folder saved with save_pretrained "
+            "(config.json plus model.safetensors)"
+        )
+    from .validate import check_memory, check_safetensors_file
+    numel = 0
+    for f in sorted(path.glob("*.safetensors")):
+        header = check_safetensors_file(f, what=f"weights file '{f.name}' in folder {name!r}")
+        numel += sum(math.prod(e["shape"]) for k, e in header.items() if k != "__metadata__")
+    # the model is loaded in fp32: 4 bytes a parameter, whatever the file's dtype
+    check_memory({"weights": 4 * numel}, what=f"loading {name!r} in fp32")
 
 
 def _cache_root(cache_dir) -> Path:
@@ -620,13 +678,7 @@ def _image_settings(source: str, config, local_only: bool) -> tuple[int, tuple, 
 
 def _from_transformers(name: str, source: str, trust_remote_code: bool, local_only: bool) -> LoadedModel:
     """Load config, weights and tokenizer with transformers; exceptions propagate."""
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForImageClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
     common: dict[str, Any] = {"local_files_only": local_only}
     if trust_remote_code:
@@ -672,12 +724,12 @@ def _from_transformers(name: str, source: str, trust_remote_code: bool, local_on
 
 def _explain(name: str, exc: BaseException, where: str) -> str:
     text = _one_line(exc)
-    if "trust_remote_code" in text:
+    if "trust_remote_code" in str(exc):
         return (
             f"{name!r} needs custom code from its repository: pass trust_remote_code "
             "(--trust-remote-code) only if you trust that code"
         )
-    if "safetensors" in text and "weights_only" not in text:
+    if "safetensors" in str(exc) and "weights_only" not in str(exc):
         return f"{name!r} has no weights that load safely ({text}): provide model.safetensors"
     return f"could not load {name!r} {where} ({text})"
 
@@ -768,15 +820,20 @@ def _load_hub(name: str, trust_remote_code: bool) -> LoadedModel:
     return loaded
 
 
-def _load_timm(name: str, arch: str) -> LoadedModel:
+def _check_timm_name(arch: str) -> None:
     try:
         import timm
     except ImportError:
-        raise ModelLoadError(f"{name!r} needs timm: run pip install timm") from None
+        raise ModelLoadError(f"'timm:{arch}' needs timm: run pip install timm") from None
     if not arch or not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=1)
         hint = f"did you mean 'timm:{close[0]}'? " if close else ""
         raise ModelLoadError(f"timm has no model {arch!r}: {hint}see timm.list_models() for names")
+
+
+def _load_timm(name: str, arch: str) -> LoadedModel:
+    _check_timm_name(arch)
+    import timm
     overlay: dict[str, Any] = {}
     try:
         cfg = timm.models.get_pretrained_cfg(arch)

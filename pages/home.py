@@ -8,15 +8,16 @@ from types import SimpleNamespace
 
 import streamlit as st
 
-from app_state import (JOB_KEY, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
+from app_state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
                        primary_metric, run_mtime, run_task, table)
 from oats import analysis, figures
 from oats.config import OatsConfig
-from oats.errors import ConfigError, OatsError
+from oats.errors import OatsError
 from oats.io import runs_root
 from oats.jobs import RUNNER, CompressRequest, evaluate_and_save, read_evaluation, request_from_manifest
 from oats.pipeline import METHODS, method_rank_ratio
-from oats.zoo import available_models, preset_available
+from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_model_name, check_upload
+from oats.zoo import available_models
 
 OTHER = "other: a hub id or a local folder"
 VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
@@ -31,7 +32,8 @@ st.caption("OATS splits every weight matrix of the transformer blocks, scaled by
 
 
 def _save_upload(upload) -> str:
-    data = upload.getvalue()
+    """Keep an uploaded calibration text (checked first) under the runs folder; returns its path."""
+    data = check_upload(upload.name, upload.getvalue(), "text")
     folder = runs_root() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha1(data).hexdigest()[:10]}-{Path(upload.name).name}"
@@ -86,9 +88,10 @@ def new_compression() -> None:
     source = None
     with c4:
         if source_kind == "text file":
-            upload = st.file_uploader("Upload a text file", type=["txt", "md"])
+            upload = st.file_uploader(f"Upload a text file (at most {MAX_UPLOAD_MB} MB)",
+                                      type=list(UPLOAD_TYPES["text"]))
             typed_path = st.text_input("… or a path to a text file on this machine")
-            source = _save_upload(upload) if upload is not None else (typed_path.strip() or None)
+            source = upload if upload is not None else (typed_path.strip() or None)
         elif source_kind == "image folder":
             source = st.text_input("Path to a folder of images", placeholder="/data/images").strip() or None
         samples = st.number_input("Calibration samples (0: the default for the task)", 0, 4096, 0)
@@ -97,29 +100,16 @@ def new_compression() -> None:
 
     if not st.button("Compress", type="primary", icon=":material/play_arrow:"):
         return
-    if not model:
-        st.error("No model given: pick a preset or type a hub id / local folder.")
-        return
-    if model in presets:
-        ok, how = preset_available(model)
-        if not ok:
-            st.error(f"{model} is not installed here: run `{how}`, then reload this page.")
-            return
-    if source_kind != "built-in":
-        if source is None:
-            st.error(f"No {source_kind} given: upload or type one, or choose built-in calibration data.")
-            return
-        p = Path(source).expanduser()
-        if source_kind == "text file" and not p.is_file():
-            st.error(f"'{source}' is not a file: give the path of a text file on this machine.")
-            return
-        if source_kind == "image folder" and not p.is_dir():
-            st.error(f"'{source}' is not a folder: give a folder that holds images.")
-            return
+    # The library's own checks, in the CLI's order, before a job starts: one line, nothing lost.
     try:
         config = OatsConfig(compression=rho, rank_ratio=kappa, iterations=int(iterations),
                             sparsity=nm if sparsity == "N:M" else sparsity, solver=solver)
-    except ConfigError as e:
+        check_model_name(model)
+        if source_kind != "built-in":
+            if source is not None and not isinstance(source, str):
+                source = _save_upload(source)
+            check_calibration_source(source_kind, source)
+    except OatsError as e:
         st.error(str(e))
         return
     req = CompressRequest(model=model, config=config, method=method, calib_source=source,
@@ -151,31 +141,41 @@ def _draw_job(job) -> None:
         st.error(f"Compression of {s.model} failed: {s.error}")
 
 
+LIVE_KEY = "_live_jobs"
+
+
 @st.fragment(run_every=1.0)
-def _live(folder: str) -> None:
-    job = RUNNER.get(folder)
-    if job is None:
-        return
-    _draw_job(job)
-    s = job.state()
-    if not s.active:
-        if s.status == "done":
+def _live(folder: str | None) -> None:
+    """Every running or queued job, this session's last (others' too: the runner is shared),
+    redrawn each second; when any of them ends, the whole app reruns so the sidebar and the
+    run list pick up its run."""
+    own = RUNNER.get(folder) if folder else None
+    active = RUNNER.active()
+    for j in active:
+        if j is not own:
+            _draw_job(j)
+    if own is not None:
+        _draw_job(own)
+    now = {str(j.folder) for j in active}
+    before = st.session_state.get(LIVE_KEY, now)
+    st.session_state[LIVE_KEY] = now
+    if before - now:
+        s = own.state() if own is not None else None
+        if s is not None and s.status == "done":
             st.session_state[RUN_KEY] = s.folder
-        st.rerun()  # the whole app: the sidebar and the run list pick up the new run
+        st.rerun()
 
 
 def progress() -> None:
     folder = st.session_state.get(JOB_KEY)
     job = RUNNER.get(folder) if folder else None
-    others = [j for j in RUNNER.active() if j is not job]
-    for j in others:  # started by another session: still worth seeing
-        _draw_job(j)
+    if RUNNER.active():
+        _live(folder)
+        return
+    st.session_state.pop(LIVE_KEY, None)
     if job is None:
         return
     s = job.state()
-    if s.active:
-        _live(folder)
-        return
     _draw_job(job)
     if s.status == "done" and st.session_state.get("_job_opened") != folder:
         st.session_state["_job_opened"] = folder  # open the new run once, then let the user choose
@@ -219,10 +219,10 @@ def saved_runs() -> None:
             except (OatsError, KeyError) as e:
                 st.error(f"Cannot resume '{r['name']}': {e}. Delete the folder and compress again.")
                 return
-            job = RUNNER.start(req, root=Path(pick).parent) if Path(pick).name == req.folder_name() else None
-            if job is None:
-                st.error(f"'{r['name']}' was not started from the app (its folder name differs): resume it with "
-                         f"`oats compress {req.model} --out {pick} --resume`.")
+            try:
+                job = RUNNER.start(req, folder=pick)
+            except OatsError as e:
+                st.error(str(e))
                 return
             st.session_state[JOB_KEY] = str(job.folder)
             st.rerun()
@@ -274,7 +274,8 @@ def summary() -> None:
         if st.button("Evaluate the four variants", icon=":material/speed:"):
             try:
                 run = load_run_cached(path, run_mtime(path))
-                with st.spinner("Evaluating dense, both, sparse-only and low-rank-only ..."):
+                # the cached run is shared by every session: switch its modes under the lock
+                with st.spinner("Evaluating dense, both, sparse-only and low-rank-only ..."), MODEL_LOCK:
                     note = evaluate_and_save(run, path)
             except OatsError as e:
                 st.error(str(e))

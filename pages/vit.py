@@ -8,14 +8,13 @@ import re
 
 import streamlit as st
 
-from app_state import MODEL_LOCK, CHART_CONFIG, RUN_KEY, current_run, run_mtime
+from app_state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, run_mtime
 from oats import vit
 from oats.data import bundled_images, load_image
 from oats.errors import OatsError
+from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload
 from oats.vit_figures import layers_figure, overlap_frame, overlay_figure
 
-MAX_UPLOAD_MB = 20
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"]
 IG_STEP_CHOICES = [8, 16, 32, 64]
 SECOND_METHODS = [m for m in vit.ATTRIBUTION_METHODS if m != "ig"]
 
@@ -64,23 +63,17 @@ with left:
                             key="vit_photo")
         image, image_key, image_name = photos[name], f"bundled:{name}", name
     else:
-        upload = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)", type=UPLOAD_TYPES,
+        upload = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)",
+                                  type=list(UPLOAD_TYPES["image"]),
                                   key="vit_upload")
         if upload is None:
             st.info("Upload an image to explain, or pick a bundled photo.")
             st.stop()
         data = upload.getvalue()
-        if len(data) > MAX_UPLOAD_MB * 2**20:
-            st.error(f"'{upload.name}' is {len(data) / 2**20:.1f} MB, over the {MAX_UPLOAD_MB} MB limit: "
-                     "give a smaller image")
-            st.stop()
         try:
-            image = load_image(data)
+            image = load_image(check_upload(upload.name, data, "image"))
         except OatsError as exc:
-            st.error(f"'{upload.name}': {exc}")
-            st.stop()
-        except Exception as exc:  # noqa: BLE001 - e.g. PIL's decompression-bomb guard
-            st.error(f"'{upload.name}' could not be read as an image ({type(exc).__name__}): give a PNG or JPEG file")
+            st.error(str(exc))
             st.stop()
         image_key, image_name = "upload:" + hashlib.sha1(data).hexdigest(), upload.name
 with right:

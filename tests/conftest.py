@@ -2,6 +2,9 @@
 
 import os
 
+# What `import oats` sets, here before any test module imports torch (see oats/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 

@@ -58,6 +58,7 @@ def main_run(runs_dir):
 @pytest.fixture
 def app(runs_dir, monkeypatch):
     from streamlit.testing.v1 import AppTest
+
     from app_state import RUN_KEY
     monkeypatch.setenv("OATS_RUNS_DIR", str(runs_dir))
     at = AppTest.from_file(APP, default_timeout=600)
@@ -170,18 +171,19 @@ def test_compress_form_rejects_bad_settings(app):
     [t for t in app.text_input if t.label == "N:M"][0].set_value("3:2").run()
     [b for b in app.button if b.label == "Compress"][0].click().run()
     assert not app.exception
-    assert [e.value for e in app.error] == ["sparsity pattern '3:2' is invalid: N:M needs 1 <= N < M (keep N of every M), e.g. '2:4'"]
+    assert [e.value for e in app.error] == ["sparsity pattern '3:2' is invalid: N:M needs 0 < N < M (keep N of every M), e.g. '2:4'"]
     app.radio[0].set_value("text file").run()
     [t for t in app.text_input if t.label.startswith("… or a path")][0].set_value("/no/such/file.txt").run()
     [t for t in app.text_input if t.label == "N:M"][0].set_value("2:8").run()
     [b for b in app.button if b.label == "Compress"][0].click().run()
     assert not app.exception
-    assert [e.value for e in app.error] == ["'/no/such/file.txt' is not a file: give the path of a text file on this machine."]
+    assert [e.value for e in app.error] == ["text file '/no/such/file.txt' does not exist: check the path"]
 
 
 def test_compress_runs_in_the_background_and_opens_the_run(tmp_path, monkeypatch):
     """The acceptance path, small: compress minilm-l6 from the page, watch it, get the run."""
     from streamlit.testing.v1 import AppTest
+
     from app_state import RUN_KEY
     from oats.io import read_manifest
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))

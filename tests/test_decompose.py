@@ -1,7 +1,7 @@
 """Unit tests of the decomposition core on plain matrices (no models)."""
 
-from fractions import Fraction
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -183,10 +183,10 @@ def test_trace_sees_every_iteration():
     (dict(compression=-0.1), "compression must be in (0, 1)"),
     (dict(compression="abc"), "compression must be a number in (0, 1), got 'abc'"),
     (dict(rank_ratio=1), "rank_ratio must be in [0, 1)"),
-    (dict(iterations=0), "iterations must be a whole number >= 1, got 0"),
-    (dict(iterations=2.5), "iterations must be a whole number >= 1, got 2.5"),
-    (dict(sparsity="3:2"), "N:M needs 1 <= N < M"),
-    (dict(sparsity="2:0"), "N:M needs 1 <= N < M"),
+    (dict(iterations=0), "iterations must be a whole number of at least 1, got 0"),
+    (dict(iterations=2.5), "iterations must be a whole number of at least 1, got 2.5"),
+    (dict(sparsity="3:2"), "N:M needs 0 < N < M"),
+    (dict(sparsity="2:0"), "N:M needs 0 < N < M"),
     (dict(sparsity="diagonal"), "sparsity pattern 'diagonal' is not understood"),
     (dict(solver="magic"), "solver must be one of fast, exact"),
     (dict(sparsity="3:4", rank_ratio=0.3), "keeps everything"),

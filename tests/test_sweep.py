@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import assert_cli_fails  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import oats.pipeline
 from oats import OatsConfig, compress_model, list_runs, save_run
 from oats.cli import main as cli_main
 from oats.errors import ConfigError, RunError
-from oats.sweep import (RESULTS_CSV, RESULTS_JSON, RunSpec, list_sweeps, load_results, markdown_table, parse_list,
-                        plan, sweep)
+from oats.sweep import (RESULTS_CSV, RESULTS_JSON, RunSpec, list_sweeps, load_results, markdown_table, parse_list, plan,
+                        sweep)
 from oats.zoo import LoadedModel
-from tiny_models import assert_cli_fails  # noqa: E402
 
 
 class CharTokenizer:
@@ -111,7 +111,10 @@ def test_run_names_are_deterministic_and_specific():
     assert RunSpec("smollm2-135m", "oats", cfg).name == "smollm2-135m-oats-c0.5-k0.25-row"
     assert RunSpec("smollm2-135m", "wanda", cfg).name == "smollm2-135m-wanda-c0.5-k0-row"
     assert RunSpec("smollm2-135m", "lowrank", cfg).name == "smollm2-135m-lowrank-c0.5-k1-row"
-    assert RunSpec("org/model", "oats", cfg.replace(sparsity="2:4")).name == "org-model-oats-c0.5-k0.25-2of4"
+    # a name that the slug changes gets a short hash of itself: 'org/model' and 'org-model' differ
+    assert RunSpec("org/model", "oats", cfg.replace(sparsity="2:4")).name == "org-model-f070b1-oats-c0.5-k0.25-2of4"
+    assert RunSpec("org-model", "oats", cfg).name == "org-model-oats-c0.5-k0.25-row"
+    assert RunSpec("./minilm-l6", "oats", cfg).name != RunSpec("minilm-l6", "oats", cfg).name
     specs = plan("m", "oats,wanda", "0.3,0.5", "0.2,0.3")
     assert [(s.method, s.config.compression, s.rank_ratio) for s in specs] == [
         ("oats", 0.3, 0.2), ("oats", 0.3, 0.3), ("oats", 0.5, 0.2), ("oats", 0.5, 0.3),

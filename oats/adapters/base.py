@@ -156,6 +156,9 @@ def get_adapter(model: nn.Module, allow_generic: bool = False) -> Adapter:
         if GenericAdapter.matches(model):
             return GenericAdapter()
     name = model_type(model) or type(model).__name__
+    types = [t for a in ADAPTERS if a.family not in ("generic", "timm-vit")
+             for t in (getattr(a, "types", None) or (a.family,))]
     raise UnsupportedModelError(
-        f"unsupported architecture {name!r}: supported families are {', '.join(supported_families())}"
+        f"unsupported architecture {name!r}: supported model types are {', '.join(types)} and timm "
+        f"VisionTransformer"
         + ("" if allow_generic else " (or allow the generic adapter, --generic, which compresses the linears of repeated blocks)"))
