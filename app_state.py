@@ -8,9 +8,12 @@ cached analyses below do exactly that, so pages stay thin).
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import threading
+import time
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,9 +81,43 @@ def manifest(path: str) -> dict:
     return _manifest(path, run_mtime(path))
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the run's model ...")
+RELEASE_COLLECT_DELAYS = (0.5, 2.0, 8.0, 30.0)
+"""Seconds between the collections that follow a run's eviction from ``load_run_cached``."""
+
+
+def _collect_released(ref: weakref.ref) -> None:
+    for delay in RELEASE_COLLECT_DELAYS:
+        time.sleep(delay)
+        gc.collect()
+        if ref() is None:
+            return
+
+
+def _release_run(run) -> None:
+    """``on_release`` of ``load_run_cached``: make sure an evicted run's model is freed.
+
+    Refcounting frees most evicted runs at once, but not all: the first model of an
+    architecture loaded in a process sits in a reference cycle (transformers' lazy import
+    keeps the loading frames, and so the model, in one), and the cyclic collector's full
+    passes are rare because tensor memory does not count towards its thresholds. So a
+    daemon thread collects a few times after the eviction, until the run is gone. It does
+    not collect here (the cache still holds the run while this runs) and it never touches
+    the run: a session may still be drawing a page from it, and then it goes once that
+    session lets go of it.
+    """
+    try:
+        ref = weakref.ref(run)
+    except TypeError:  # not weak-referenceable: one collection after the eviction
+        ref = lambda: None
+    threading.Thread(target=_collect_released, args=(ref,), daemon=True, name="oats-release-run").start()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the run's model ...", on_release=_release_run)
 def load_run_cached(path: str, mtime: float):
-    """The CompressionRun of a complete run folder (mtime in the key: a rewritten run reloads)."""
+    """The CompressionRun of a complete run folder (mtime in the key: a rewritten run reloads).
+
+    At most two runs (models) are held; an evicted one is released (``_release_run``).
+    """
     return load_run(path)
 
 

@@ -9,42 +9,16 @@ measured page-switch times go to artifacts/screenshots/ (outside git).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_helpers import CHROMIUM, LAUNCH_ARGS, SHOTS, requirements, screenshot, served_app, settle
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "artifacts" / "screenshots"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
 # page title in the navigation -> least number of charts it must draw for the minilm-l6 run
 PAGES = {"Compress": 2, "Spectra": 3, "Outliers": 5, "Error budget": 4, "Walkthrough": 2, "Compare": 2}
-
-
-def _requirements() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"no Chromium at {CHROMIUM}: install it with 'apt-get install -y chromium' (.ci/run does)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright Python package is missing: pip install -e '.[dev]'"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare_browser_runs(root: Path) -> Path:
@@ -65,65 +39,19 @@ def prepare_browser_runs(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    why = _requirements()
+    why = requirements()
     if why:
         pytest.skip(why)
     runs = prepare_browser_runs(tmp_path_factory.getbasetemp() / "app-runs")
-    port = _free_port()
-    log = open(tmp_path_factory.getbasetemp() / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "OATS_RUNS_DIR": str(runs)}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read().strip() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start: see {log.name}")
-            time.sleep(0.5)
+    with served_app(runs, tmp_path_factory.getbasetemp() / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-def _settle(page, min_charts: int, timeout: float = 240.0, text: str | None = None) -> float:
-    """Wait until the script has finished and ``min_charts`` Plotly charts (and ``text``, if
-    given) are drawn; returns the seconds it took."""
-    t0 = time.perf_counter()
-    page.wait_for_timeout(300)  # let the rerun start
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        running = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state") == "running"
-        drawn = page.locator(".js-plotly-plot").count()
-        seen = text is None or page.get_by_text(text).count() > 0
-        if not running and drawn >= min_charts and seen and page.locator('[data-testid="stSpinner"]').count() == 0:
-            return time.perf_counter() - t0
-        page.wait_for_timeout(200)
-    raise AssertionError(f"page did not settle with {min_charts} charts in {timeout:.0f}s")
 
 
 def _check(page, name: str) -> None:
     exc = page.locator('[data-testid="stException"]')
-    shot = SHOTS / f"{name}.png"
-    # the app scrolls inside its main pane, not the document: grow the viewport to show it all
-    height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
-                           " return m ? m.scrollHeight : 1000; }")
-    page.set_viewport_size({"width": 1440, "height": int(min(max(height, 1000), 9000))})
-    page.wait_for_timeout(800)  # charts resize
-    page.screenshot(path=str(shot), full_page=True)
-    page.set_viewport_size({"width": 1440, "height": 1000})
+    shot = screenshot(page, name)
     assert exc.count() == 0, f"{name}: {exc.first.inner_text()[:500]} (screenshot {shot})"
 
 
@@ -148,25 +76,25 @@ def test_walk_every_page(server):
             _pick(page, "Run", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0")
             for title, n in PAGES.items():
                 _nav(page, title)
-                times["first visit"][title] = _settle(page, n)
+                times["first visit"][title] = settle(page, n)
                 _check(page, f"minilm-{title.lower().replace(' ', '-')}")
             # the per-block ablation, from its button
             _nav(page, "Error budget")
-            _settle(page, PAGES["Error budget"])
+            settle(page, PAGES["Error budget"])
             page.get_by_role("button", name="Measure").click()
-            _settle(page, PAGES["Error budget"] + 1, text="Per-block ablation: cosine")
+            settle(page, PAGES["Error budget"] + 1, text="Per-block ablation: cosine")
             _check(page, "minilm-error-budget-ablation")
             for title, n in PAGES.items():  # everything cached now: this is the switch time
                 _nav(page, title)
-                times["switch back"][title] = _settle(page, n)
+                times["switch back"][title] = settle(page, n)
                 _check(page, f"minilm-{title.lower().replace(' ', '-')}-again")
             if page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count():
                 _pick(page, "Model", "dinov2-small")
                 _nav(page, "ViT attention")
-                times["first visit"]["ViT attention"] = _settle(page, 1)
+                times["first visit"]["ViT attention"] = settle(page, 1)
                 _check(page, "dinov2-vit-attention")
                 _nav(page, "Spectra")
-                _settle(page, PAGES["Spectra"])
+                settle(page, PAGES["Spectra"])
                 _check(page, "dinov2-spectra")
         finally:
             browser.close()
@@ -178,4 +106,76 @@ def _pick(page, label: str, option: str) -> None:
     """Choose ``option`` in the sidebar selectbox labelled ``label``."""
     page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name=label).click()
     page.get_by_role("option", name=option).first.click()
-    _settle(page, 0)
+    settle(page, 0)
+
+
+def _error_text(page, timeout: float = 60.0) -> str:
+    """The text of the one st.error on the page (waits for it)."""
+    box = page.locator('[data-testid="stAlertContentError"]')
+    box.first.wait_for(timeout=timeout * 1000)
+    assert box.count() == 1, [box.nth(i).inner_text() for i in range(box.count())]
+    return " ".join(box.first.inner_text().split())
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Choose ``option`` in the main pane's selectbox labelled ``label``."""
+    page.locator('[data-testid="stMain"]').get_by_role("combobox", name=label).click()
+    page.get_by_role("option", name=option).first.click()
+    settle(page, 0)
+
+
+def _type(page, label: str, text: str) -> None:
+    """Type ``text`` into the main pane's text input labelled ``label`` and commit it."""
+    box = page.locator('[data-testid="stMain"]').locator(f'input[aria-label="{label}"]')
+    box.fill(text)
+    box.press("Enter")
+    settle(page, 0)
+
+
+def _compress_error(page) -> str:
+    """Click Compress and return the error it shows."""
+    page.locator('[data-testid="stMain"] [data-testid="stBaseButton-primary"]', has_text="Compress").click()
+    settle(page, 0)
+    return _error_text(page)
+
+
+def test_bad_input_in_the_browser(server):
+    """A few cases of the bad-input table, typed into the real page: the same one line, no traceback."""
+    from playwright.sync_api import sync_playwright
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(server)
+            page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
+            _nav(page, "Compress")
+            settle(page, 0)
+            # 1. a misspelt preset typed as a model name
+            _choose(page, "Model", "other: a hub id or a local folder")
+            _type(page, "Hub id or local folder", "smolm2-135m")
+            assert _compress_error(page) == ("unknown model 'smolm2-135m': did you mean 'smollm2-135m'? presets are "
+                                             "smollm2-135m, minilm-l6, dinov2-small")
+            _check(page, "bad-input-model-name")
+            # 2. an N:M pattern with N >= M (the model typo fixed: a preset again)
+            _choose(page, "Model", "minilm-l6")
+            _choose(page, "Sparsity pattern", "N:M")
+            _type(page, "N:M", "3:2")
+            assert _compress_error(page) == ("sparsity pattern '3:2' is invalid: N:M needs 0 < N < M (keep N of every "
+                                             "M), e.g. '2:4'")
+            _check(page, "bad-input-pattern")
+            # 3. an upload that is not an image, on the ViT page (needs a ViT run)
+            if page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count():
+                _pick(page, "Model", "dinov2-small")
+                _nav(page, "ViT attention")
+                settle(page, 1)
+                page.locator('[data-testid="stMain"]').get_by_text("upload", exact=True).click()
+                settle(page, 0)
+                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+                    files=[{"name": "cat.png", "mimeType": "image/png", "buffer": b"GIF89 not an image at all"}])
+                settle(page, 0)
+                assert _error_text(page) == ("upload 'cat.png' is not an image that can be read (corrupt or unknown "
+                                             "format): give a PNG or JPEG file")
+                _check(page, "bad-input-upload")
+        finally:
+            browser.close()

@@ -1,0 +1,95 @@
+"""What the browser tests share: Chromium, a served app, waiting for a page, screenshots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "artifacts" / "screenshots"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+
+
+def requirements() -> str | None:
+    """Why a browser test cannot run here, or None."""
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM}: install it with 'apt-get install -y chromium' (.ci/run does)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is missing: pip install -e '.[dev]'"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(runs: Path, log_path: Path):
+    """``streamlit run app.py`` on 127.0.0.1 with OATS_RUNS_DIR=runs; yields its URL once healthy."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+             "--server.fileWatcherType", "none", "--server.address", "127.0.0.1", "--server.port", str(port),
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env={**os.environ, "OATS_RUNS_DIR": str(runs)}, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read().strip() == b"ok":
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"streamlit did not start: see {log_path}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def settle(page, min_charts: int = 0, timeout: float = 240.0, text: str | None = None) -> float:
+    """Wait until the script has finished, no spinner is left and ``min_charts`` Plotly charts
+    (and ``text``, if given) are drawn; returns the seconds it took."""
+    t0 = time.perf_counter()
+    page.wait_for_timeout(300)  # let the rerun start
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state") == "running"
+        drawn = page.locator(".js-plotly-plot").count()
+        seen = text is None or page.get_by_text(text).count() > 0
+        if not running and drawn >= min_charts and seen and page.locator('[data-testid="stSpinner"]').count() == 0:
+            return time.perf_counter() - t0
+        page.wait_for_timeout(200)
+    raise AssertionError(f"page did not settle with {min_charts} charts in {timeout:.0f}s")
+
+
+def screenshot(page, name: str) -> Path:
+    """A full-page screenshot (the app scrolls inside its main pane: grow the viewport first)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SHOTS / f"{name}.png"
+    height = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                           " return m ? m.scrollHeight : 1000; }")
+    page.set_viewport_size({"width": 1440, "height": int(min(max(height, 1000), 9000))})
+    page.wait_for_timeout(800)  # charts resize
+    page.screenshot(path=str(shot), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    return shot
