@@ -84,7 +84,6 @@ def test_two_sessions_compress_different_models_at_once(app_server):
     from oats.zoo import load_model
 
     url, runs_root = app_server
-    SHOTS.mkdir(parents=True, exist_ok=True)
     requests = {s: _expected_request(m) for s, m in SESSIONS.items()}
     finished: dict[str, float] = {}
     waiting_seen = False
