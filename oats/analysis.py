@@ -536,7 +536,10 @@ def block_times(manifest: dict) -> list[dict]:
 
 def layer_errors_from_manifests(folders: Iterable[str | Path]) -> list[dict]:
     """Per-layer scaled and output errors of several runs, for comparison (manifests only)."""
+    from types import SimpleNamespace
+
     from .io import read_manifest
+    from .pipeline import method_rank_ratio
     rows = []
     for f in folders:
         m = read_manifest(f)
@@ -544,7 +547,8 @@ def layer_errors_from_manifests(folders: Iterable[str | Path]) -> list[dict]:
         label = f"{Path(f).name}"
         for l in m["layers"]:
             rows.append({"run": label, "method": m["method"], "compression": cfg["compression"],
-                         "rank_ratio": cfg["rank_ratio"], "layer": l.get("qualname", f"{l['block']}.{l['name']}"),
+                         "rank_ratio": method_rank_ratio(m["method"], SimpleNamespace(**cfg)),
+                         "layer": l.get("qualname", f"{l['block']}.{l['name']}"),
                          "block": l["block"], "name": l["name"], "scaled_error": l["scaled_error"],
                          "output_error": l.get("output_error")})
     return rows

@@ -1,6 +1,7 @@
 """Compare: sweeps of methods x compression rates, and runs side by side layer by layer."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import streamlit as st
 
@@ -8,6 +9,7 @@ from app_state import chart, complete_runs, current_path, primary_metric, run_ta
 from oats import analysis, figures
 from oats.errors import OatsError
 from oats.jobs import read_evaluation
+from oats.pipeline import method_rank_ratio
 
 st.title("Compare")
 st.caption("How the methods trade quality for size, and where in the model they differ.")
@@ -78,7 +80,7 @@ else:
                 m = manifest(p)
                 s = analysis.run_summary(m)
                 row = {"run": Path(p).name, "model": m["model_name"], "method": m["method"],
-                       "compression": round(s["compression"], 4), "rank_ratio": m["config"]["rank_ratio"],
+                       "compression": round(s["compression"], 4), "rank_ratio": method_rank_ratio(m["method"], SimpleNamespace(**m["config"])),
                        "median_scaled_error": round(s["median_scaled_error"], 5), "time_s": s["total_s"]}
                 ev = read_evaluation(p)
                 pm = primary_metric(run_task(m) or "")

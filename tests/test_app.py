@@ -349,6 +349,9 @@ def test_compare_page(app, runs_dir):
     main = trace(lay, MAIN)
     from oats.io import read_manifest
     np.testing.assert_allclose(floats(main["y"]), [l["scaled_error"] for l in read_manifest(runs_dir / MAIN)["layers"]])
+    # the rank ratio each method really used: Wanda runs spend nothing on a low-rank term
+    compared = [df for df in app.dataframe if "median_scaled_error" in df.value.columns][0].value
+    assert {(r.method, r.rank_ratio) for r in compared.itertuples()} == {("oats", 0.25), ("wanda", 0.0)}
 
 
 def test_vit_page_is_registered_when_present(app):
