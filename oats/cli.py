@@ -47,10 +47,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-")
-
-
 def cmd_compress(args) -> int:
     import torch
     from tqdm import tqdm
@@ -89,7 +85,8 @@ def cmd_compress(args) -> int:
             owl.check(config)
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = runs_root() / _slug(f"{args.model}-{method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
+            from .sweep import slug
+            out = runs_root() / slug(f"{args.model}-{method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
         if (out / "manifest.json").exists() and not args.overwrite:
             return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
                          f"--overwrite to replace it, or another --out")
