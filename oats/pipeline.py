@@ -419,9 +419,9 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     # Fail in a second, not half-way: patterns that do not fit, damaged weights, too little memory.
     skip = {b.index for b in resume.blocks} if resume is not None else set()
     check_weights(adapter, model, blocks, config, skip=skip)
-    check_memory(estimate_compression_memory(adapter, model, blocks, calibration_tokens(calibration, model), method),
-                 what=f"compressing '{model_name or type(model).__name__}' on "
-                      f"{calibration_tokens(calibration, model)} calibration tokens")
+    tokens = calibration_tokens(calibration, model)
+    check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method),
+                 what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens")
     alloc_info = None
     if block_rates is not None:
         block_rates = _check_block_rates(block_rates, len(blocks), config)

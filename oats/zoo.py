@@ -735,11 +735,7 @@ def _explain(name: str, exc: BaseException, where: str) -> str:
 
 
 def _load_local(name: str, path: Path, trust_remote_code: bool) -> LoadedModel:
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"folder {name!r} has no config.json: give a folder saved with save_pretrained "
-            "(config.json plus model.safetensors)"
-        )
+    """A folder that passed ``_check_local_folder`` (via ``check_model_name``)."""
     try:
         loaded = _from_transformers(name, str(path), trust_remote_code, local_only=True)
     except ModelLoadError:
