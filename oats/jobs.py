@@ -1,4 +1,4 @@
-"""Background compression for the app: one daemon thread per job, no Streamlit here.
+"""Background compression for the app, no Streamlit here.
 
 A job compresses one model into one run folder through ``RunWriter`` (so every finished
 block is on disk: a job cut short by a restart shows up as an unfinished run and resumes)
@@ -6,6 +6,16 @@ and reports its progress in a thread-safe ``JobState`` the page polls. Jobs are 
 their run folder, and the folder name is derived from the request, so asking twice for the
 same compression computes it once. Jobs run one at a time (the rest wait as "queued"): two
 compressions side by side on a few cores would only slow each other down.
+
+Where the work runs (``JobRunner(isolation=...)``):
+
+* ``"process"`` (the app's runner): each job is a child process (``python -m oats.worker``)
+  that reports its progress as JSON lines on stdout. The compression then has an
+  interpreter of its own: the app's page runs, and Streamlit's full garbage collection after
+  every script and fragment run (which holds the interpreter lock), cannot stall it, and a
+  crash of the compression cannot take the app down. Measured in ``benchmarks/app.py``.
+* ``"thread"``: a daemon thread in this process (the same steps, for library use and tests
+  that replace parts of the pipeline in-process).
 
 After compressing, a job evaluates the dense, compressed, sparse-only and low-rank-only
 variants (``oats.evaluate.evaluate_run``) and keeps the result next to the run as
@@ -20,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from .config import OatsConfig
 from .errors import OatsError, RunError
@@ -106,8 +117,8 @@ class JobState:
         return (self.finished or time.time()) - self.started
 
 
-class _Cancelled(Exception):
-    pass
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a compression after the block in progress."""
 
 
 class Job:
@@ -119,6 +130,7 @@ class Job:
         self._lock = threading.Lock()
         self._state = JobState(folder=str(self.folder), model=request.model)
         self._cancel = threading.Event()
+        self._proc = None  # the worker process while one runs (process isolation)
         self.thread: threading.Thread | None = None
 
     def state(self) -> JobState:
@@ -128,6 +140,16 @@ class Job:
     def cancel(self) -> None:
         """Stop after the block in progress (finished blocks stay on disk, resumable)."""
         self._cancel.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            _send_cancel(proc)
+
+    def _attach(self, proc) -> None:
+        with self._lock:
+            self._proc = proc
+        if proc is not None and self._cancel.is_set():
+            _send_cancel(proc)
 
     def wait(self, timeout: float | None = None) -> JobState:
         if self.thread is not None:
@@ -138,12 +160,24 @@ class Job:
         with self._lock:
             self._state = replace(self._state, **changes)
 
-    def _progress(self, done: int, total: int, message: str) -> None:
+    def _record_progress(self, done: int, total: int, message: str) -> None:
         with self._lock:
             self._state = replace(self._state, done=done, total=total, message=message,
                                   log=self._state.log + (message,))
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self._record_progress(done, total, message)
         if self._cancel.is_set():
-            raise _Cancelled
+            raise Cancelled
+
+
+def _send_cancel(proc) -> None:
+    """Ask a worker to stop after its block in progress (a line on its stdin)."""
+    try:
+        proc.stdin.write("cancel\n")
+        proc.stdin.flush()
+    except (OSError, ValueError):
+        pass  # already gone
 
 
 def _one_line(exc: BaseException) -> str:
@@ -151,63 +185,160 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _work(job: Job, compute_lock: threading.Lock) -> None:
+def execute(req: CompressRequest, folder: Path, update: Callable[..., None],
+            progress: Callable[[int, int, str], None]) -> str:
+    """Load, calibrate, resume, compress into ``folder``, evaluate; returns the final message.
+
+    ``update(**fields)`` reports stage changes (``JobState`` fields); ``progress(done, total,
+    message)`` is called after every block and raises ``Cancelled`` to stop there. Errors
+    propagate (``OatsError`` for expected ones). The same steps run in a job's thread and in
+    a job's worker process.
+    """
     from . import data, zoo
     from .io import MANIFEST, RunWriter, load_run, read_manifest
     from .pipeline import compress_model, method_config
 
-    req, folder = job.request, job.folder
+    method_config(req.method, req.config)
+    t0 = time.perf_counter()
+    loaded = zoo.load_model(req.model)
+    update(stage="calibration data", message="preparing calibration data")
+    batches = data.calibration_batches(loaded, n_samples=req.calib_samples, seq_len=req.seq_len,
+                                       source=req.calib_source, seed=req.seed)
+    t_load = time.perf_counter() - t0
+    resume, owl = None, None
+    if (folder / MANIFEST).exists():
+        m = read_manifest(folder)
+        if not _holds(m, req):
+            raise RunError(f"run folder '{folder}' holds another compression: delete it or change the settings")
+        resume = load_run(folder, model=loaded.model, allow_partial=True)
+        alloc = resume.allocation or {}
+        if alloc.get("name") == "owl":  # an OWL run made by the CLI keeps its block rates
+            from .allocation import Owl
+            owl = Owl(lam=alloc["lam"], threshold=alloc["threshold"])
+        update(message=f"resuming after {len(resume.blocks)} finished blocks")
+    writer = RunWriter(folder, extra={"calibration_request": req.calibration_request(),
+                                      "model_source": loaded.source, "task": loaded.task})
+    update(stage="compressing", message="capturing calibration inputs")
+    run = compress_model(loaded.model, batches, req.config, method=req.method, progress=progress,
+                         model_name=req.model, on_block_done=writer.block_done, resume=resume,
+                         allocation=owl)
+    run.timings["load_s"] = t_load
+    writer.finish(run)
+    run.loaded = loaded
+    note = ""
+    if req.evaluate:
+        update(stage="evaluating", message="evaluating dense, compressed, sparse-only and low-rank-only")
+        note = evaluate_and_save(run, folder)
+    return f"compressed {len(run.blocks)} blocks in {run.timings['total_s']:.0f} s" + note
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line a job shows for an exception raised by ``execute``."""
+    if isinstance(exc, OatsError):
+        return _one_line(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory: choose a smaller model or fewer calibration samples"
+    return f"unexpected {type(exc).__name__}: {_one_line(exc)} (please report it with the settings used)"
+
+
+def _cancelled_message(done: int, total: int) -> str:
+    return (f"stopped after {done} of {total or '?'} blocks: finished blocks are saved; resume the run from the "
+            f"list of saved runs")
+
+
+def _work_in_thread(job: Job, compute_lock: threading.Lock) -> None:
     with compute_lock:
-        job._update(status="running", stage="loading", message=f"loading {req.model}", started=time.time())
+        job._update(status="running", stage="loading", message=f"loading {job.request.model}", started=time.time())
         try:
             if job._cancel.is_set():
-                raise _Cancelled
-            method_config(req.method, req.config)
-            t0 = time.perf_counter()
-            loaded = zoo.load_model(req.model)
-            job._update(stage="calibration data", message="preparing calibration data")
-            batches = data.calibration_batches(loaded, n_samples=req.calib_samples, seq_len=req.seq_len,
-                                               source=req.calib_source, seed=req.seed)
-            t_load = time.perf_counter() - t0
-            resume, owl = None, None
-            if (folder / MANIFEST).exists():
-                m = read_manifest(folder)
-                if not _holds(m, req):
-                    raise RunError(f"run folder '{folder}' holds another compression: delete it or change the settings")
-                resume = load_run(folder, model=loaded.model, allow_partial=True)
-                alloc = resume.allocation or {}
-                if alloc.get("name") == "owl":  # an OWL run made by the CLI keeps its block rates
-                    from .allocation import Owl
-                    owl = Owl(lam=alloc["lam"], threshold=alloc["threshold"])
-                job._update(message=f"resuming after {len(resume.blocks)} finished blocks")
-            writer = RunWriter(folder, extra={"calibration_request": req.calibration_request(),
-                                              "model_source": loaded.source, "task": loaded.task})
-            job._update(stage="compressing", message="capturing calibration inputs")
-            run = compress_model(loaded.model, batches, req.config, method=req.method, progress=job._progress,
-                                 model_name=req.model, on_block_done=writer.block_done, resume=resume,
-                                 allocation=owl)
-            run.timings["load_s"] = t_load
-            writer.finish(run)
-            run.loaded = loaded
-            note = ""
-            if req.evaluate:
-                job._update(stage="evaluating", message="evaluating dense, compressed, sparse-only and low-rank-only")
-                note = evaluate_and_save(run, folder)
-            job._update(status="done", stage="done", finished=time.time(),
-                        message=f"compressed {len(run.blocks)} blocks in {run.timings['total_s']:.0f} s" + note)
-        except _Cancelled:
+                raise Cancelled
+            message = execute(job.request, job.folder, job._update, job._progress)
+            job._update(status="done", stage="done", finished=time.time(), message=message)
+        except Cancelled:
             st = job.state()
             job._update(status="cancelled", stage="cancelled", finished=time.time(),
-                        message=f"stopped after {st.done} of {st.total or '?'} blocks: finished blocks are "
-                                f"saved; resume the run from the list of saved runs")
-        except OatsError as e:
-            job._update(status="failed", stage="failed", finished=time.time(), error=_one_line(e))
-        except MemoryError:
-            job._update(status="failed", stage="failed", finished=time.time(),
-                        error="out of memory: choose a smaller model or fewer calibration samples")
+                        message=_cancelled_message(st.done, st.total))
         except Exception as e:  # noqa: BLE001 - a job must end with a line, never a dead thread
-            job._update(status="failed", stage="failed", finished=time.time(),
-                        error=f"unexpected {type(e).__name__}: {_one_line(e)} (please report it with the settings used)")
+            job._update(status="failed", stage="failed", finished=time.time(), error=failure_line(e))
+
+
+EVENT_PREFIX = "@oats-job "
+"""Marks the worker's progress lines on its stdout (anything else a library prints is ignored)."""
+
+
+def request_to_json(req: CompressRequest) -> str:
+    body = {"model": req.model, "config": req.config.to_dict(), "method": req.method,
+            "calib_source": req.calib_source, "calib_samples": req.calib_samples, "seed": req.seed,
+            "seq_len": req.seq_len, "evaluate": req.evaluate}
+    return json.dumps(body)
+
+
+def request_from_json(text: str) -> CompressRequest:
+    body = json.loads(text)
+    return CompressRequest(**{**body, "config": OatsConfig(**body["config"])})
+
+
+def _work_in_process(job: Job, compute_lock: threading.Lock) -> None:
+    """Run ``execute`` in ``python -m oats.worker`` and mirror its events into the job."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with compute_lock:
+        job._update(status="running", stage="loading", message=f"loading {job.request.model}", started=time.time())
+        if job._cancel.is_set():
+            st = job.state()
+            job._update(status="cancelled", stage="cancelled", finished=time.time(),
+                        message=_cancelled_message(st.done, st.total))
+            return
+        ended = False
+        with tempfile.TemporaryFile(mode="w+") as errlog:
+            try:
+                proc = subprocess.Popen([sys.executable, "-m", "oats.worker", str(job.folder)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, text=True,
+                                        bufsize=1)
+            except OSError as e:
+                job._update(status="failed", stage="failed", finished=time.time(),
+                            error=f"could not start the compression process: {_one_line(e)}")
+                return
+            job._attach(proc)
+            try:
+                proc.stdin.write(request_to_json(job.request) + "\n")
+                proc.stdin.flush()
+            except OSError:
+                pass  # it died at once: reported below from its exit code
+            for line in proc.stdout:
+                if not line.startswith(EVENT_PREFIX):
+                    continue
+                try:
+                    event = json.loads(line[len(EVENT_PREFIX):])
+                except ValueError:
+                    continue
+                kind = event.pop("event", None)
+                if kind == "update":
+                    job._update(**{k: v for k, v in event.items() if k in _EVENT_FIELDS})
+                elif kind == "progress":
+                    job._record_progress(event["done"], event["total"], event["message"])
+                elif kind in ("done", "failed", "cancelled"):
+                    ended = True
+                    if kind == "cancelled":
+                        st = job.state()
+                        event = {"message": _cancelled_message(st.done, st.total)}
+                    job._update(status=kind, stage=kind, finished=time.time(),
+                                **{k: v for k, v in event.items() if k in ("message", "error")})
+            code = proc.wait()
+            job._attach(None)
+            if not ended:
+                errlog.seek(0)
+                tail = [x for x in errlog.read().strip().splitlines() if x.strip()]
+                why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+                job._update(status="failed", stage="failed", finished=time.time(),
+                            error=f"the compression process ended unexpectedly ({why}"
+                                  + (f": {tail[-1].strip()[:200]}" if tail else "")
+                                  + "): finished blocks are saved; resume the run from the list of saved runs")
+
+
+_EVENT_FIELDS = {"stage", "message", "done", "total", "status", "started"}
 
 
 def evaluate_and_save(run, folder: str | Path, quick: bool = False) -> str:
@@ -257,9 +388,16 @@ def _holds(manifest: dict, request: CompressRequest) -> bool:
 
 
 class JobRunner:
-    """Starts jobs and finds them again by run folder (one runner per process)."""
+    """Starts jobs and finds them again by run folder.
 
-    def __init__(self):
+    ``isolation``: ``"thread"`` runs each job in a daemon thread of this process;
+    ``"process"`` in a child process (see the module docstring).
+    """
+
+    def __init__(self, isolation: str = "thread"):
+        if isolation not in ("thread", "process"):
+            raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
+        self.isolation = isolation
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._compute = threading.Lock()
@@ -303,7 +441,8 @@ class JobRunner:
                 job._update(status="done", stage="done", done=1, total=1, finished=time.time(),
                             message="already compressed with these settings: opened the saved run")
                 return job
-            job.thread = threading.Thread(target=_work, args=(job, self._compute), daemon=True,
+            work = _work_in_process if self.isolation == "process" else _work_in_thread
+            job.thread = threading.Thread(target=work, args=(job, self._compute), daemon=True,
                                           name=f"oats-job-{folder.name}")
             job.thread.start()
             return job
@@ -321,5 +460,5 @@ class JobRunner:
         return [j for j in self.jobs() if j.state().active]
 
 
-RUNNER = JobRunner()
+RUNNER = JobRunner(isolation="process")
 """The process-wide runner the app uses (module state outlives Streamlit reruns)."""
