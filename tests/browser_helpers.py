@@ -36,8 +36,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_app(runs: Path, log_path: Path):
-    """``streamlit run app.py`` on 127.0.0.1 with OATS_RUNS_DIR=runs; yields its URL once healthy."""
+def served_app(runs: Path, log_path: Path, with_pid: bool = False):
+    """``streamlit run app.py`` on 127.0.0.1 with OATS_RUNS_DIR=runs; yields its URL once healthy
+    (with ``with_pid``: the URL and the server's process id)."""
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -57,7 +58,7 @@ def served_app(runs: Path, log_path: Path):
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"streamlit did not start: see {log_path}")
                 time.sleep(0.5)
-            yield url
+            yield (url, proc.pid) if with_pid else url
         finally:
             proc.terminate()
             try:

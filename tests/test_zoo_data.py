@@ -2,7 +2,8 @@
 
 Unit tests build what they need (a word-level tokenizer, tiny models saved to tmp folders,
 small PNGs) and never touch the network. Integration tests (``-m integration``) load the
-three embedded presets into a per-session cache folder and check the facts in FACTS.md.
+three embedded presets into a per-session cache folder and check their published sizes
+(parameters, blocks, hidden size: PRESET_SIZES).
 """
 
 from __future__ import annotations
@@ -458,8 +459,8 @@ def test_local_encoder_folder(tmp_path):
 
 # ----------------------------------------------------------------------------- integration
 
-FACTS = {
-    # name: (parameters, blocks, hidden size)
+PRESET_SIZES = {
+    # name: (parameters, blocks, hidden size), as the models' own configs and weights give them
     "smollm2-135m": (134_515_008, 30, 576),
     "minilm-l6": (22_713_216, 6, 384),
     "dinov2-small": (22_056_576, 12, 384),
@@ -470,7 +471,7 @@ FACTS = {
 def presets(preset_cache):
     """name -> (first LoadedModel, seconds for the first load, seconds for the second)."""
     out = {}
-    for name in FACTS:
+    for name in PRESET_SIZES:
         if not zoo.preset_available(name)[0]:
             continue
         t = time.perf_counter()
@@ -489,10 +490,10 @@ def _preset(presets, name):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", list(FACTS))
+@pytest.mark.parametrize("name", list(PRESET_SIZES))
 def test_preset_facts(presets, preset_cache, name):
     loaded, first_s, second_s = _preset(presets, name)
-    n_params, n_blocks, hidden = FACTS[name]
+    n_params, n_blocks, hidden = PRESET_SIZES[name]
     model = loaded.model
     assert sum(p.numel() for p in model.parameters()) == n_params
     assert model.config.num_hidden_layers == n_blocks and model.config.hidden_size == hidden
