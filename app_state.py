@@ -357,9 +357,17 @@ def _run(path: str, mtime: float):
     return load_run_cached(path, mtime)
 
 
-@st.cache_data(show_spinner="Computing the spectra of every layer ...", max_entries=4)
-def spectra_overview(path: str, mtime: float) -> analysis.SpectraOverview:
+@st.cache_data(show_spinner=False, max_entries=4)
+def _spectra_overview(path: str, mtime: float) -> analysis.SpectraOverview:
     return analysis.spectra_overview(_run(path, mtime))
+
+
+def spectra_overview(path: str, mtime: float, layers: int) -> analysis.SpectraOverview:
+    """Two spectra per matrix for the whole run (seconds for a small model, about 20 s for
+    smollm2-135m's 210 matrices on two cores): computed once, shared by every session."""
+    with st.spinner(f"Computing the spectra of all {layers} layers (once for this run, shared by everyone "
+                    f"who opens it) ..."):
+        return _spectra_overview(path, mtime)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -23,7 +23,7 @@ if run is not None:
     table(sp.table(), f"spectra-{q}", key="csv-spectra-layer")
 
     st.subheader("Every layer")
-    ov = spectra_overview(path, mtime)
+    ov = spectra_overview(path, mtime, len(run.layers))
     chart(figures.spectra_overview_figure(ov), key="overview")
     chart(figures.ranks_figure(ov), key="ranks")
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in ov.rows]
