@@ -116,20 +116,29 @@ def _import_all() -> None:
 
 
 def warm_up() -> None:
-    """Call at the top of every script run (app.py): the first call starts importing the
-    heavy modules in a daemon thread; the first call after they are in freezes the heap."""
+    """Call at the top of every script run (app.py). The first call starts importing the heavy
+    modules in a daemon thread and returns, so the first page draws at once; a later call waits
+    for those imports (transformers' lazy imports are not safe to race from two threads), then
+    freezes the heap, once."""
     with _warm_lock:
         t = _warm["thread"]
         if t is None:
-            t = threading.Thread(target=_import_all, daemon=True, name="oats-warm-up")
-            _warm["thread"] = t
+            _warm["thread"] = t = threading.Thread(target=_import_all, daemon=True, name="oats-warm-up")
             t.start()
             return
-        if _warm["frozen"] or t.is_alive():
+        if _warm["frozen"]:
             return
+        t.join()
         _warm["frozen"] = True
-    gc.collect()
-    gc.freeze()
+        gc.collect()
+        gc.freeze()
+
+
+def _wait_warm() -> None:
+    """Block until the background imports are done (before anything that loads a model)."""
+    t = _warm["thread"]
+    if t is not None:
+        t.join()
 
 
 # ----------------------------------------------------------------------------- the run cache
@@ -198,6 +207,7 @@ class RunCache:
 
     def _fill(self, key: tuple[str, float], fut: Future) -> None:
         try:
+            _wait_warm()
             fut.set_result(load_run(key[0]))  # looked up at call time: tests replace it
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for this run
             fut.set_exception(e)

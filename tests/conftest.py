@@ -21,3 +21,13 @@ def preset_cache(tmp_path_factory):
         os.environ.pop(zoo.CACHE_ENV, None)
     else:
         os.environ[zoo.CACHE_ENV] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def heavy_imports_done():
+    """The app imports its heavy modules in a background thread (app_state.warm_up), and
+    transformers' lazy imports are not safe to race from two threads: the app only loads
+    models after that thread is done, and so does this test process (app tests run app.py
+    in-process, then other tests load models directly)."""
+    import app_state
+    app_state._import_all()
