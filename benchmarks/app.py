@@ -281,8 +281,9 @@ async def fill_form(page, model: str, iterations: int = 80, samples: int = 0) ->
         await settle(page)
 
 
-async def compress_in_app(page, model: str, iterations: int = 80, samples: int = 0) -> float:
-    """Click Compress on a filled form; seconds until the page shows the run compressed."""
+async def compress_in_app(page, model: str, iterations: int = 80, samples: int = 0, shot: Path | None = None) -> float:
+    """Click Compress on a filled form; seconds until the page shows the run compressed
+    (``shot``: a screenshot of the page once its progress shows a few blocks done)."""
     if await page.locator('[data-testid="stMain"] h1', has_text="Compress a model").count() == 0:
         await visit(page, "Compress")
     await fill_form(page, model, iterations, samples)
@@ -293,9 +294,13 @@ async def compress_in_app(page, model: str, iterations: int = 80, samples: int =
     await button.click()
     while await done.count():  # the message of an earlier job goes once this one is drawn
         await page.wait_for_timeout(50)
+    progress = page.locator('[data-testid="stMain"]').get_by_text(f"Compressing {model}: 3/")
     while True:
         if await done.count():
             return time.perf_counter() - t0
+        if shot is not None and await progress.count():
+            await page.screenshot(path=str(shot))
+            shot = None
         if await failed.count():
             raise RuntimeError(await failed.first.inner_text())
         if time.perf_counter() - t0 > 1200:
@@ -335,7 +340,7 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
                 # 1. app vs CLI, the page open with its progress showing
                 app_s = {}
                 for model in MODELS:
-                    app_s[model] = await compress_in_app(a, model)
+                    app_s[model] = await compress_in_app(a, model, shot=ROOT / "artifacts" / f"bench-app-{model}.png")
                     print(f"  app {model}: {app_s[model]:.1f} s (CLI {cli[model]:.1f} s)", flush=True)
                 out["app_s"] = app_s
 
@@ -468,6 +473,7 @@ def main() -> int:
           flush=True)
     print("converting presets (not timed) ...", flush=True)
     warm_presets(models)
+    (ROOT / "artifacts").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="oats-bench-app-"))
     runs = work / "runs"
     runs.mkdir()
