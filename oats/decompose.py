@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
 
-from .config import OatsConfig
+from .config import OatsConfig, exact_rate
 from .errors import ConfigError
 
 # Fast solver: extra columns carried by the subspace iteration beyond the rank.
@@ -27,19 +28,23 @@ _MOMENTUM = 0.8
 # ----------------------------------------------------------------------------- budgets
 
 
+# Every budget is the floor of an exact rational (rates through ``exact_rate``), so a product
+# that is an integer on paper is that integer here: 80 x 0.2 keeps 64, not 65.
+
+
 def rank_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
     """r = floor(kappa * density * d_out * d_in / (d_out + d_in)), as the reference computes it."""
-    return int(config.rank_ratio * config.density * (d_out * d_in) / (d_out + d_in))
+    return math.floor(exact_rate(config.rank_ratio) * config.kept * d_out * d_in / (d_out + d_in))
 
 
-def prune_fraction(config: OatsConfig) -> float:
-    """Fraction of the *sparse term's* entries set to zero: 1 - (1 - kappa) * density."""
-    return 1.0 - (1.0 - config.rank_ratio) * config.density
+def prune_fraction(config: OatsConfig) -> Fraction:
+    """Fraction of the *sparse term's* entries set to zero: 1 - (1 - kappa) * density, exactly."""
+    return 1 - (1 - exact_rate(config.rank_ratio)) * config.kept
 
 
 def row_keep(d_in: int, config: OatsConfig) -> int:
     """Entries each row of the sparse term keeps (row-wise): d_in - floor(d_in * prune_fraction)."""
-    return d_in - int(d_in * prune_fraction(config))
+    return d_in - math.floor(d_in * prune_fraction(config))
 
 
 def sparse_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
@@ -49,8 +54,18 @@ def sparse_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
         return d_out * (d_in // nm[1]) * nm[0]
     if config.sparsity == "layer":
         n = d_out * d_in
-        return n - int(n * prune_fraction(config))
+        return n - math.floor(n * prune_fraction(config))
     return d_out * row_keep(d_in, config)
+
+
+def dense_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
+    """floor(density * d_out * d_in): the parameters a matrix may keep under the rate."""
+    return math.floor(config.kept * d_out * d_in)
+
+
+def lowrank_rank(d_out: int, d_in: int, config: OatsConfig) -> int:
+    """r = floor(density d_out d_in / (d_out + d_in)): the whole budget spent on rank."""
+    return min(math.floor(config.kept * d_out * d_in / (d_out + d_in)), d_out, d_in)
 
 
 def check_shape(d_out: int, d_in: int, config: OatsConfig) -> None:

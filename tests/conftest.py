@@ -6,6 +6,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: a fixed sequence of cases (derandomize), the same on every machine and in CI,
+# no example database on disk, no per-example deadline (a loaded machine is not a failure).
+settings.register_profile("oats", derandomize=True, database=None, deadline=None, max_examples=300,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("oats")
 
 
 @pytest.fixture(scope="session", autouse=True)
