@@ -356,8 +356,12 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
 
 
 def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tensor | None],
-                   config: OatsConfig, device=None) -> list[Decomposition]:
-    """Decompose several matrices, batching those of the same shape. See ``decompose``."""
+                   config: OatsConfig, device=None, batched: bool | None = None) -> list[Decomposition]:
+    """Decompose several matrices, batching those of the same shape. See ``decompose``.
+
+    ``batched``: solve same-shape matrices as one batch (True) or one at a time (False);
+    default (None): batched on a GPU, one at a time on the CPU.
+    """
     if len(weights) != len(input_sq_norms):
         raise ValueError("weights and input_sq_norms must have the same length")
     out: list[Decomposition | None] = [None] * len(weights)
@@ -371,7 +375,8 @@ def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tenso
         dev = torch.device(device) if device is not None else weights[idxs[0]].device
         # Batching same-shape matrices pays on a GPU; on the CPU the batch would wait for its
         # slowest member, so matrices go one at a time there.
-        chunks = [idxs] if dev.type != "cpu" else [[i] for i in idxs]
+        batch = dev.type != "cpu" if batched is None else batched
+        chunks = [idxs] if batch else [[i] for i in idxs]
         for chunk in chunks:
             w = torch.stack([weights[i].detach().to(device=dev, dtype=torch.float32) for i in chunk])
             if not torch.isfinite(w).all():

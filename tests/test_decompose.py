@@ -1,5 +1,6 @@
 """Unit tests of the decomposition core on plain matrices (no models)."""
 
+import importlib
 import math
 from fractions import Fraction
 
@@ -158,13 +159,53 @@ def test_threshold_counts_exact_with_ties():
     assert torch.equal((out != 0).sum(1), torch.full((4,), 5))
 
 
-def test_batched_equals_single():
-    w1, a = _problem(64, 32, seed=1)
-    w2, b = _problem(64, 32, seed=2)
-    cfg = OatsConfig(iterations=8, solver="exact")
-    both = decompose_many([w1, w2], [a, b], cfg)
-    one = decompose(w2, b, cfg)
-    assert torch.allclose(both[1].dense(), one.dense(), atol=1e-5)
+def _spy_batches(monkeypatch):
+    """Record the batch size of every solve."""
+    dm = importlib.import_module("oats.decompose")  # (oats.decompose is also the function)
+    seen, original = [], dm._solve
+
+    def spy(a, *args, **kwargs):
+        seen.append(a.shape[0])
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(dm, "_solve", spy)
+    return seen
+
+
+@pytest.mark.parametrize("sparsity,kappa", [("row", 0.25), ("layer", 0.3), ("2:4", 0.25), ("row", 0.0)])
+def test_batched_solver_equals_single_exact(monkeypatch, sparsity, kappa):
+    """The batched solver (what a GPU runs), forced on the CPU, against one matrix at a time."""
+    problems = [_problem(48, 32, seed=s) for s in (1, 2, 3)]
+    cfg = OatsConfig(rank_ratio=kappa, iterations=12, solver="exact", sparsity=sparsity)
+    seen = _spy_batches(monkeypatch)
+    both = decompose_many([w for w, _ in problems], [m2 for _, m2 in problems], cfg, batched=True)
+    assert seen == [3]
+    seen.clear()
+    for (w, m2), dec in zip(problems, both):
+        one = decompose(w, m2, cfg)
+        assert torch.equal(dec.sparse != 0, one.sparse != 0)
+        assert torch.allclose(dec.dense(), one.dense(), atol=1e-5)
+        assert dec.rank == one.rank and dec.iterations == one.iterations
+        assert dec.history.error == pytest.approx(one.history.error, rel=1e-5)
+    assert seen == [1, 1, 1]
+
+
+def test_batched_fast_solver_matches_single(monkeypatch):
+    """Fast solver, batched on the CPU: same budgets, each member at least as good as alone
+    (the batch stops when its last member converges) within the solver's tolerance."""
+    problems = [_problem(64, 48, seed=s) for s in (4, 5, 6)] + [(torch.randn(64, 48) * 1e-3, None)]
+    cfg = OatsConfig(iterations=60)
+    seen = _spy_batches(monkeypatch)
+    both = decompose_many([w for w, _ in problems], [m2 for _, m2 in problems], cfg, batched=True)
+    assert seen == [4]
+    for (w, m2), dec in zip(problems, both):
+        one = decompose(w, m2, cfg)
+        assert dec.rank == one.rank == rank_budget(64, 48, cfg)
+        assert torch.equal((dec.sparse != 0).sum(1), (one.sparse != 0).sum(1))
+        assert dec.iterations >= one.iterations
+        assert dec.error <= one.error * 1.005
+        d = dec.scale
+        assert float(((w - dec.dense()) * d).norm() / (w * d).norm()) == pytest.approx(dec.error, rel=1e-4)
 
 
 def test_fast_solver_matches_exact_on_structured_matrix():
