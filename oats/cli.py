@@ -131,14 +131,15 @@ def cmd_compress(args) -> int:
     resume = None
     if resume_manifest is not None:
         resume = load_run(out, model=loaded.model, allow_partial=True)
-        _STATUS.show(f"resuming '{out}' after {len(resume.blocks)} finished blocks")
     writer = RunWriter(out, extra={"calibration_request": calib, "model_source": loaded.source,
                                    "task": loaded.task})
     bars: list = []  # the bar appears with the first block, after the model passed its checks
 
     def progress(done, total, msg):
-        if not bars:
+        if not bars:  # the first progress call comes once compress_model's checks passed
             _STATUS.clear()
+            if resume is not None:
+                print(f"resuming '{out}' after {len(resume.blocks)} finished blocks", file=sys.stderr)
             bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
         bar = bars[0]
         bar.total = total
