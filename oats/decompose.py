@@ -64,8 +64,10 @@ def dense_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
 
 
 def lowrank_rank(d_out: int, d_in: int, config: OatsConfig) -> int:
-    """r = floor(density d_out d_in / (d_out + d_in)): the whole budget spent on rank."""
-    return min(math.floor(config.kept * d_out * d_in / (d_out + d_in)), d_out, d_in)
+    """r = floor(density d_out d_in / (d_out + d_in)): the whole budget spent on rank.
+
+    Never above min(d_out, d_in): d_out d_in / (d_out + d_in) < min(d_out, d_in)."""
+    return math.floor(config.kept * d_out * d_in / (d_out + d_in))
 
 
 def check_shape(d_out: int, d_in: int, config: OatsConfig) -> None:
@@ -308,12 +310,12 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
         return s, a.new_zeros(bsz, m, 0), a.new_zeros(bsz, 0, n), a.new_zeros(bsz, 0), hists
 
     def finish(us, vh):
-        """S step for a given L = us @ vh: (R = A - L, S, ||R - S||^2, ||S||^2)."""
+        """S step for a given L = us @ vh: (S, ||R - S||^2, ||S||^2) with R = A - L."""
         resid = torch.baddbmm(a, us, vh, alpha=-1.0)
         s_new = hard_threshold(resid, config)
         # ||R - S||^2 directly: ||R||^2 - ||S||^2 (equal on paper) cancels in fp32 when the
         # error is small (0.3% off at a relative error of 0.005)
-        return resid, s_new, _sq(resid - s_new), _sq(s_new)
+        return s_new, _sq(resid - s_new), _sq(s_new)
 
     fast = config.solver == "fast"
     p = min(r + _OVERSAMPLE, m, n)
@@ -328,7 +330,7 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
         else:
             target = torch.add(a - s, s_prev - s, alpha=_MOMENTUM)  # A - (S + beta (S - S_prev))
             us, vh, sv, q = _subspace_l(target, r, q)
-        resid, s_new, err2, s_n2 = finish(us, vh)
+        s_new, err2, s_n2 = finish(us, vh)
         if fast and t > 0:
             bad = err2 > errs[-1] * (1 + 1e-6)
             if bool(bad.any()):
@@ -336,12 +338,11 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
                 ex = _exact_l(a - s, r, p)
                 ex_finish = finish(ex[0], ex[1])
                 sel = bad.view(-1, 1, 1)
-                us, vh, q, resid, s_new = (torch.where(sel, y, x) for x, y in
-                                           ((us, ex[0]), (vh, ex[1]), (q, ex[3]), (resid, ex_finish[0]),
-                                            (s_new, ex_finish[1])))
+                us, vh, q, s_new = (torch.where(sel, y, x) for x, y in
+                                    ((us, ex[0]), (vh, ex[1]), (q, ex[3]), (s_new, ex_finish[0])))
                 sv = torch.where(bad.view(-1, 1), ex[2], sv)
-                err2 = torch.where(bad, ex_finish[2], err2)
-                s_n2 = torch.where(bad, ex_finish[3], s_n2)
+                err2 = torch.where(bad, ex_finish[1], err2)
+                s_n2 = torch.where(bad, ex_finish[2], s_n2)
         s_prev, s = s, s_new
         errs.append(err2)
         _record(hists, a_norm2, err2, s_n2, sv.square().sum(-1))

@@ -117,7 +117,7 @@ def test_nm_budgets_exactly(m, groups, nm, kappa):
     assert cfg.kept == density
     r = rank_budget(m, n, cfg)
     assert r == floor(K * density * m * n / (m + n))
-    assert sparse_budget(m, n, cfg) == m * groups * big_n
+    assert sparse_budget(m, n, cfg) == m * groups * big_n and type(sparse_budget(m, n, cfg)) is int
     assert r * (m + n) + sparse_budget(m, n, cfg) <= density * m * n
     assert dense_budget(m, n, cfg) == floor(density * m * n)
 

@@ -248,3 +248,71 @@ def test_config_normalises_strings():
     cfg = OatsConfig(compression="0.4", rank_ratio="0.2", iterations="10", sparsity=" 2:4 ")
     assert (cfg.compression, cfg.rank_ratio, cfg.iterations, cfg.sparsity) == (0.4, 0.2, 10, "2:4")
     assert prune_fraction(OatsConfig(0.5, 0.25)) == pytest.approx(0.625)
+
+
+# ----------------------------------------------------------------------------- what mutation testing found
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.7])  # keeps 70% (drops the smallest) / 30% (keeps the largest)
+def test_threshold_on_other_dtypes_equals_the_cpu_float32_path(rho):
+    """float64 (or a GPU) takes the generic topk path; it must pick what the CPU float32 path
+    picks, on batched (B, m, n) input."""
+    cfg = OatsConfig(compression=rho, rank_ratio=0.0)
+    r = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    generic = hard_threshold(r, cfg)
+    cpu = hard_threshold(r.float(), cfg)
+    assert generic.dtype == torch.float64
+    assert torch.equal(generic != 0, cpu != 0)
+    assert torch.equal(generic[generic != 0], r[generic != 0])
+    assert torch.equal((generic != 0).sum(-1), torch.full((3, 5), row_keep(40, cfg)))
+
+
+def test_input_scale_floor_dtype_and_messages():
+    m2 = torch.tensor([0.0, 4.0, 9.0, 16.0], dtype=torch.float64)
+    d = input_scale(m2, 4, 1e-2)
+    assert d.dtype == torch.float32
+    assert d.tolist()[1:] == [2.0, 3.0, 4.0]
+    assert float(d[0]) == pytest.approx(1e-2 * (0 + 2 + 3 + 4) / 4)  # floored at eps * mean(D)
+    assert torch.equal(input_scale(None, 3, 1e-4), torch.ones(3))
+    with pytest.raises(ConfigError) as e:
+        input_scale(torch.ones(3), 4, 1e-4)
+    assert str(e.value) == "input_sq_norms has 3 entries but the weight has d_in = 4"
+    with pytest.raises(ConfigError) as e:
+        input_scale(torch.tensor([1.0, float("nan")]), 2, 1e-4)
+    assert str(e.value) == ("input statistics contain NaN or inf: check the model's activations on the "
+                            "calibration data")
+
+
+def test_rank_zero_trace_and_factors():
+    """kappa = 0: one threshold, the walkthrough still sees S, no singular values."""
+    w, m2 = _problem(32, 48, seed=3)
+    seen = []
+    dec = decompose(w, m2, OatsConfig(rank_ratio=0.0), trace=lambda t, l, s: seen.append((t, l, s)))
+    assert [t for t, _, _ in seen] == [1] and torch.equal(seen[0][1], torch.zeros(32, 48))
+    assert torch.allclose(seen[0][2] / dec.scale, dec.sparse)
+    assert dec.rank == 0 and dec.singular_values.numel() == 0
+    assert dec.history.lowrank_energy == [0.0]
+
+
+def test_fast_solver_stops_early_and_tol_zero_runs_every_iteration():
+    w, m2 = _problem(64, 64, seed=8)
+    cfg = OatsConfig(iterations=80)
+    early = decompose(w, m2, cfg)
+    assert 8 <= early.iterations < 80  # (_MIN_ITERS, then the tol rule)
+    assert decompose(w, m2, cfg.replace(tol=0.0)).iterations == 80
+
+
+def test_restarts_keep_the_error_history_monotone_in_a_batch(monkeypatch):
+    """Too much momentum makes iterations overshoot; each is redone exactly (batched too),
+    so every member's error history still never rises."""
+    dm = importlib.import_module("oats.decompose")
+    monkeypatch.setattr(dm, "_MOMENTUM", 3.0)
+    problems = [_problem(48, 32, seed=s) for s in (1, 2, 3)]
+    cfg = OatsConfig(iterations=20, tol=0.0)
+    decs = decompose_many([w for w, _ in problems], [m2 for _, m2 in problems], cfg, batched=True)
+    assert dm._solve.last_restarts > 0
+    for (w, m2), dec in zip(problems, decs):
+        h = dec.history.error
+        assert all(b <= a * (1 + 1e-5) for a, b in zip(h, h[1:])), h
+        assert dec.singular_values.shape == (dec.rank,)
+        assert float(((w - dec.dense()) * dec.scale).norm() / (w * dec.scale).norm()) == pytest.approx(h[-1], rel=1e-4)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_models import batches, tiny_llama
 
-from oats import OatsConfig, compress_model
+from oats import OatsConfig, compress_model, decompose
 
 RHO = 0.5
 CFG = OatsConfig(compression=RHO, rank_ratio=0.25, iterations=6)
@@ -61,20 +61,19 @@ def anisotropic_llama(seed: int = 0):
     return model
 
 
-@pytest.fixture(scope="module")
-def runs():
+def compressed(*methods: str):
+    """{method: run} on copies of one anisotropic model, and block 0's input statistics
+    captured here from the dense model. Built per test, so each test runs its own methods."""
     model = anisotropic_llama()
     dense = copy.deepcopy(model)
-    out = {m: compress_model(copy.deepcopy(model), batches(), CFG, method=m) for m in ("wanda", "magnitude", "sparsegpt")}
-    first = [r for r in out["wanda"].layers if r.block == 0]
-    prefix = "model."  # record paths are the block's path in the full model
+    out = {m: compress_model(copy.deepcopy(model), batches(), CFG, method=m) for m in methods}
+    first = [r for r in out[methods[0]].layers if r.block == 0]
     m2 = block0_inputs(dense, [r.path for r in first], batches())
-    assert all(r.path.startswith(prefix) for r in first)
     return out, {r.qualname: m2[r.path] for r in first}
 
 
-def test_wanda_masks_are_the_activation_weighted_row_top_k(runs):
-    out, m2 = runs
+def test_wanda_masks_are_the_activation_weighted_row_top_k():
+    out, m2 = compressed("wanda")
     run = out["wanda"]
     for rec in run.layers:
         f = run.factors(rec.qualname)
@@ -92,8 +91,8 @@ def test_wanda_masks_are_the_activation_weighted_row_top_k(runs):
     assert not torch.equal(run.factors("0.q")["sparse"] != 0, row_top(w.abs(), RHO))
 
 
-def test_magnitude_masks_are_the_plain_row_top_k(runs):
-    out, _ = runs
+def test_magnitude_masks_are_the_plain_row_top_k():
+    out, _ = compressed("magnitude")
     run = out["magnitude"]
     for rec in run.layers:
         f = run.factors(rec.qualname)
@@ -103,8 +102,8 @@ def test_magnitude_masks_are_the_plain_row_top_k(runs):
         assert rec.rank == 0
 
 
-def test_sparsegpt_chooses_differently_and_lowers_the_output_error(runs):
-    out, _ = runs
+def test_sparsegpt_chooses_differently_and_lowers_the_output_error():
+    out, _ = compressed("wanda", "sparsegpt")
     wanda, sgpt = out["wanda"], out["sparsegpt"]
     for a, b in zip(wanda.layers, sgpt.layers):
         assert a.qualname == b.qualname
@@ -117,3 +116,48 @@ def test_sparsegpt_chooses_differently_and_lowers_the_output_error(runs):
         assert not torch.equal(fb["sparse"][mask], fb["weight"][mask])
         if a.block == 0:  # same inputs for both runs: the output error must drop (by 8-68% here)
             assert b.output_error < 0.95 * a.output_error, (a.qualname, b.output_error, a.output_error)
+
+
+def test_oats_run_is_the_scaled_decomposition_of_each_layer():
+    """Every layer of an OATS run equals ``decompose`` of its weight with the statistics the
+    run recorded (block 0's match the inputs captured here): scaled by D, not unscaled."""
+    out, m2 = compressed("oats")
+    run = out["oats"]
+    for rec in run.layers:
+        f = run.factors(rec.qualname)
+        stats = run.input_sq_norms[rec.qualname]
+        if rec.qualname in m2:
+            assert torch.allclose(stats, m2[rec.qualname], rtol=1e-4, atol=1e-7)
+        alone = decompose(f["weight"], stats, CFG)
+        assert torch.equal(f["sparse"] != 0, alone.sparse != 0), rec.qualname
+        assert torch.allclose(f["sparse"] + f["u"] @ f["v"], alone.dense(), atol=1e-6), rec.qualname
+        assert rec.rank == alone.rank and rec.scaled_error == pytest.approx(alone.error, rel=1e-6)
+        unscaled = decompose(f["weight"], None, CFG)
+        assert not torch.equal(f["sparse"] != 0, unscaled.sparse != 0), rec.qualname
+
+
+def test_lowrank_run_is_the_scaled_truncated_svd():
+    from oats.baselines import lowrank_only
+    out, _ = compressed("lowrank")
+    run = out["lowrank"]
+    for rec in run.layers:
+        f = run.factors(rec.qualname)
+        alone = lowrank_only(f["weight"], run.input_sq_norms[rec.qualname], CFG)
+        assert rec.rank == alone.rank and rec.nnz == 0
+        assert torch.allclose(f["u"] @ f["v"], alone.lowrank(), atol=1e-5), rec.qualname
+        unscaled = lowrank_only(f["weight"], None, CFG)
+        assert not torch.allclose(f["u"] @ f["v"], unscaled.lowrank(), atol=1e-3), rec.qualname
+
+
+def test_method_config_messages():
+    from oats.errors import ConfigError
+    from oats.pipeline import method_config, method_rank_ratio
+    with pytest.raises(ConfigError) as e:
+        method_config("lowrank", OatsConfig(sparsity="2:4"))
+    assert str(e.value) == ("the low-rank method has no sparse term, so sparsity 2:4 does not apply: use sparsity "
+                            "'row' with it")
+    with pytest.raises(ConfigError) as e:
+        method_config("nope", CFG)
+    assert str(e.value) == "unknown method 'nope': choose one of oats, wanda, sparsegpt, magnitude, lowrank"
+    assert [method_rank_ratio(m, CFG) for m in ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")] == \
+        [0.25, 0.0, 0.0, 0.0, 1.0]
