@@ -83,7 +83,7 @@ def decompose_block(method: str, weights: list[torch.Tensor], input_sq_norms: li
         return decompose_many(weights, [m if scaled else None for m in input_sq_norms], dconfig, device=device)
     if method == "sparsegpt":
         return [sparsegpt(w, g, dconfig, device=device) for w, g in zip(weights, grams)]
-    return [lowrank_only(w, m, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
+    return [lowrank_only(w, m if scaled else None, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
 
 
 @dataclass

@@ -299,6 +299,13 @@ def test_fast_solver_stops_early_and_tol_zero_runs_every_iteration():
     cfg = OatsConfig(iterations=80)
     early = decompose(w, m2, cfg)
     assert 8 <= early.iterations < 80  # (_MIN_ITERS, then the tol rule)
+    # the stop rule (README): the relative decrease over the last three iterations is below
+    # 3 tol; it stops at the first iteration from the 8th on where that holds, not before
+    h = early.history.error
+    stop = [i for i in range(7, len(h)) if h[i - 3] - h[i] <= 3 * cfg.tol * h[i]]
+    assert stop == [len(h) - 1], (stop, len(h))
+    # relative, so the weights' scale does not matter
+    assert decompose(w * 1e-3, m2, cfg).iterations == early.iterations
     assert decompose(w, m2, cfg.replace(tol=0.0)).iterations == 80
 
 
