@@ -29,8 +29,8 @@ import contextlib
 import torch
 
 from .config import OatsConfig
-from .decompose import (Decomposition, History, check_shape, decompose, input_scale, row_keep,
-                        sparse_budget)
+from .decompose import (Decomposition, History, check_shape, decompose, input_scale, lowrank_rank,
+                        row_keep, sparse_budget)
 from .errors import ConfigError
 
 
@@ -222,11 +222,6 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
 
 
 # ----------------------------------------------------------------------------- low rank only
-
-
-def lowrank_rank(d_out: int, d_in: int, config: OatsConfig) -> int:
-    """r = floor((1 - rho) d_out d_in / (d_out + d_in)): the whole budget spent on rank."""
-    return min(int(config.density * d_out * d_in / (d_out + d_in)), d_out, d_in)
 
 
 @torch.no_grad()

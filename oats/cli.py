@@ -20,7 +20,35 @@ class _Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"oats: error: {message} (see 'oats --help')\n")
 
 
+class _Status:
+    """One transient line on stderr ("loading ..."), so that an error stays the only line.
+
+    Drawn only on a terminal, and erased before whatever comes next (a progress bar, a
+    message, an error); in a pipe or a log nothing is written. Everything that can be
+    checked without loading the model is checked before it is shown.
+    """
+
+    def __init__(self):
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[K" + text)
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+_STATUS = _Status()
+
+
 def _fail(msg: str) -> int:
+    _STATUS.clear()
     print(f"oats: error: {msg}", file=sys.stderr)
     return 2
 
@@ -91,10 +119,11 @@ def cmd_compress(args) -> int:
             return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
                          f"--overwrite to replace it, or another --out")
 
-    t0 = time.perf_counter()
-    print(f"loading {args.model} ...", file=sys.stderr)
     from .pipeline import resolve_device
     resolve_device(args.device)  # a bad device fails before the model loads
+    zoo.check_model_name(args.model)  # so does a misspelt name, before any output
+    t0 = time.perf_counter()
+    _STATUS.show(f"loading {args.model} ...")
     loaded = zoo.load_model(args.model, trust_remote_code=args.trust_remote_code)
     batches = data.calibration_batches(loaded, n_samples=calib["samples"], seq_len=calib["seq_len"],
                                        source=calib["source"], seed=calib["seed"])
@@ -102,13 +131,15 @@ def cmd_compress(args) -> int:
     resume = None
     if resume_manifest is not None:
         resume = load_run(out, model=loaded.model, allow_partial=True)
-        print(f"resuming '{out}' after {len(resume.blocks)} finished blocks", file=sys.stderr)
     writer = RunWriter(out, extra={"calibration_request": calib, "model_source": loaded.source,
                                    "task": loaded.task})
     bars: list = []  # the bar appears with the first block, after the model passed its checks
 
     def progress(done, total, msg):
-        if not bars:
+        if not bars:  # the first progress call comes once compress_model's checks passed
+            _STATUS.clear()
+            if resume is not None:
+                print(f"resuming '{out}' after {len(resume.blocks)} finished blocks", file=sys.stderr)
             bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
         bar = bars[0]
         bar.total = total
@@ -121,6 +152,7 @@ def cmd_compress(args) -> int:
                              model_name=args.model, device=args.device, allow_generic=args.generic,
                              on_block_done=writer.block_done, resume=resume, allocation=owl)
     except KeyboardInterrupt:
+        _STATUS.clear()
         for bar in bars:
             bar.close()
         print(f"\ninterrupted: finished blocks are saved in '{out}'; continue with "
@@ -196,11 +228,13 @@ def cmd_evaluate(args) -> int:
     from .evaluate import _check_modes
     _check_modes(modes)
     text, image_folder = _eval_source(args)
-    print(f"loading {name} and the run ...", file=sys.stderr)
+    zoo.check_model_name(name)
+    _STATUS.show(f"loading {name} and the run ...")
     loaded = zoo.load_model(name, trust_remote_code=args.trust_remote_code)
     run = load_run(folder, model=loaded.model)
     run.loaded = loaded
     ev = evaluate(run, loaded, modes=modes, quick=args.quick, text=text, image_folder=image_folder)
+    _STATUS.clear()
     cfg = m["config"]
     print(_dump_json({"run": str(folder), "model": m["model_name"], "method": m["method"],
                       "compression": cfg["compression"], "rank_ratio": cfg["rank_ratio"], "sparsity": cfg["sparsity"],
@@ -219,6 +253,8 @@ def cmd_sweep(args) -> int:
     rates = parse_list(args.compression, "--compression", unit_open=True)
     kappas = parse_list(args.rank_ratio, "--rank-ratio") if args.rank_ratio else None
     text, image_folder = _eval_source(args)
+    from . import zoo
+    zoo.check_model_name(args.model)
     bars: dict[str, tqdm] = {}
 
     def progress(name, done, total, msg):
@@ -353,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     except OatsError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
+        _STATUS.clear()
         print("oats: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
@@ -361,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(DEBUG_ENV):
             raise
         text = " ".join(str(e).split())[:300] or "no message"
+        _STATUS.clear()
         print(f"oats: error: unexpected {type(e).__name__}: {text} (a bug: rerun with {DEBUG_ENV}=1 for the "
               f"traceback and report it)", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from .errors import ConfigError
 
@@ -30,6 +31,17 @@ def parse_nm(pattern: str) -> tuple[int, int] | None:
             f"sparsity pattern {pattern!r} is invalid: N:M needs 0 < N < M (keep N of every M), e.g. '2:4'"
         )
     return n, mm
+
+
+def exact_rate(x: float) -> Fraction:
+    """A rate as the decimal it is written as, exactly: 0.2 -> 1/5.
+
+    Budgets are floors of products such as d_in x rho; in binary floating point 80 x 0.2
+    is 15.999..., whose floor is one short. ``repr`` gives the shortest decimal that reads
+    back as the same float (what the user typed, for a typed rate), and ``Fraction`` keeps
+    it exact. Every budget in the package goes through this one conversion.
+    """
+    return Fraction(repr(float(x)))
 
 
 def _number(name: str, value, allowed: str) -> float:
@@ -107,7 +119,7 @@ class OatsConfig:
         object.__setattr__(self, "eps", eps)
         object.__setattr__(self, "tol", tol)
         object.__setattr__(self, "sparsity", str(self.sparsity).strip() if nm is None else f"{nm[0]}:{nm[1]}")
-        if nm is not None and (nm[0] / nm[1]) / (1.0 - kappa) >= 1.0:
+        if nm is not None and Fraction(nm[0], nm[1]) / (1 - exact_rate(kappa)) >= 1:
             raise ConfigError(
                 f"sparsity {self.sparsity} with rank_ratio {kappa} keeps everything "
                 f"((N/M)/(1-rank_ratio) is at least 1): lower the rank ratio or N"
@@ -119,17 +131,24 @@ class OatsConfig:
         return parse_nm(self.sparsity)
 
     @property
-    def density(self) -> float:
-        """Fraction of each matrix's parameters kept, sparse and low-rank terms together."""
+    def kept(self) -> Fraction:
+        """Fraction of each matrix's parameters kept, exactly: 1 - rho, or (N/M) / (1 - kappa)
+        in N:M mode. The budgets (``oats.decompose``) are computed from this."""
         nm = self.nm
         if nm is None:
-            return 1.0 - self.compression
-        return (nm[0] / nm[1]) / (1.0 - self.rank_ratio)
+            return 1 - exact_rate(self.compression)
+        return Fraction(nm[0], nm[1]) / (1 - exact_rate(self.rank_ratio))
+
+    @property
+    def density(self) -> float:
+        """Fraction of each matrix's parameters kept, sparse and low-rank terms together
+        (``kept`` as a float, for display)."""
+        return float(self.kept)
 
     @property
     def effective_compression(self) -> float:
         """The compression rate actually applied (differs from ``compression`` in N:M mode)."""
-        return 1.0 - self.density
+        return float(1 - self.kept)
 
     def replace(self, **changes) -> OatsConfig:
         d = asdict(self)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
 
-from .config import OatsConfig
+from .config import OatsConfig, exact_rate
 from .errors import ConfigError
 
 # Fast solver: extra columns carried by the subspace iteration beyond the rank.
@@ -27,19 +28,23 @@ _MOMENTUM = 0.8
 # ----------------------------------------------------------------------------- budgets
 
 
+# Every budget is the floor of an exact rational (rates through ``exact_rate``), so a product
+# that is an integer on paper is that integer here: 80 x 0.2 keeps 64, not 65.
+
+
 def rank_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
     """r = floor(kappa * density * d_out * d_in / (d_out + d_in)), as the reference computes it."""
-    return int(config.rank_ratio * config.density * (d_out * d_in) / (d_out + d_in))
+    return math.floor(exact_rate(config.rank_ratio) * config.kept * d_out * d_in / (d_out + d_in))
 
 
-def prune_fraction(config: OatsConfig) -> float:
-    """Fraction of the *sparse term's* entries set to zero: 1 - (1 - kappa) * density."""
-    return 1.0 - (1.0 - config.rank_ratio) * config.density
+def prune_fraction(config: OatsConfig) -> Fraction:
+    """Fraction of the *sparse term's* entries set to zero: 1 - (1 - kappa) * density, exactly."""
+    return 1 - (1 - exact_rate(config.rank_ratio)) * config.kept
 
 
 def row_keep(d_in: int, config: OatsConfig) -> int:
     """Entries each row of the sparse term keeps (row-wise): d_in - floor(d_in * prune_fraction)."""
-    return d_in - int(d_in * prune_fraction(config))
+    return d_in - math.floor(d_in * prune_fraction(config))
 
 
 def sparse_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
@@ -49,8 +54,20 @@ def sparse_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
         return d_out * (d_in // nm[1]) * nm[0]
     if config.sparsity == "layer":
         n = d_out * d_in
-        return n - int(n * prune_fraction(config))
+        return n - math.floor(n * prune_fraction(config))
     return d_out * row_keep(d_in, config)
+
+
+def dense_budget(d_out: int, d_in: int, config: OatsConfig) -> int:
+    """floor(density * d_out * d_in): the parameters a matrix may keep under the rate."""
+    return math.floor(config.kept * d_out * d_in)
+
+
+def lowrank_rank(d_out: int, d_in: int, config: OatsConfig) -> int:
+    """r = floor(density d_out d_in / (d_out + d_in)): the whole budget spent on rank.
+
+    Never above min(d_out, d_in): d_out d_in / (d_out + d_in) < min(d_out, d_in)."""
+    return math.floor(config.kept * d_out * d_in / (d_out + d_in))
 
 
 def check_shape(d_out: int, d_in: int, config: OatsConfig) -> None:
@@ -287,18 +304,18 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
     if r == 0:
         s = hard_threshold(a, config)
         s2 = _sq(s)
-        _record(hists, a_norm2, a_norm2 - s2, s2, torch.zeros_like(s2))
+        _record(hists, a_norm2, _sq(a - s), s2, torch.zeros_like(s2))
         if trace is not None:
             trace(1, torch.zeros_like(a), s)
         return s, a.new_zeros(bsz, m, 0), a.new_zeros(bsz, 0, n), a.new_zeros(bsz, 0), hists
 
     def finish(us, vh):
-        """S step for a given L = us @ vh: (R = A - L, S, ||R - S||^2, ||S||^2)."""
+        """S step for a given L = us @ vh: (S, ||R - S||^2, ||S||^2) with R = A - L."""
         resid = torch.baddbmm(a, us, vh, alpha=-1.0)
         s_new = hard_threshold(resid, config)
-        s_n2 = _sq(s_new)
-        # S keeps entries of R unchanged, so ||R - S||^2 = ||R||^2 - ||S||^2
-        return resid, s_new, (_sq(resid) - s_n2).clamp_min(0), s_n2
+        # ||R - S||^2 directly: ||R||^2 - ||S||^2 (equal on paper) cancels in fp32 when the
+        # error is small (0.3% off at a relative error of 0.005)
+        return s_new, _sq(resid - s_new), _sq(s_new)
 
     fast = config.solver == "fast"
     p = min(r + _OVERSAMPLE, m, n)
@@ -313,7 +330,7 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
         else:
             target = torch.add(a - s, s_prev - s, alpha=_MOMENTUM)  # A - (S + beta (S - S_prev))
             us, vh, sv, q = _subspace_l(target, r, q)
-        resid, s_new, err2, s_n2 = finish(us, vh)
+        s_new, err2, s_n2 = finish(us, vh)
         if fast and t > 0:
             bad = err2 > errs[-1] * (1 + 1e-6)
             if bool(bad.any()):
@@ -321,12 +338,11 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
                 ex = _exact_l(a - s, r, p)
                 ex_finish = finish(ex[0], ex[1])
                 sel = bad.view(-1, 1, 1)
-                us, vh, q, resid, s_new = (torch.where(sel, y, x) for x, y in
-                                           ((us, ex[0]), (vh, ex[1]), (q, ex[3]), (resid, ex_finish[0]),
-                                            (s_new, ex_finish[1])))
+                us, vh, q, s_new = (torch.where(sel, y, x) for x, y in
+                                    ((us, ex[0]), (vh, ex[1]), (q, ex[3]), (s_new, ex_finish[0])))
                 sv = torch.where(bad.view(-1, 1), ex[2], sv)
-                err2 = torch.where(bad, ex_finish[2], err2)
-                s_n2 = torch.where(bad, ex_finish[3], s_n2)
+                err2 = torch.where(bad, ex_finish[1], err2)
+                s_n2 = torch.where(bad, ex_finish[2], s_n2)
         s_prev, s = s, s_new
         errs.append(err2)
         _record(hists, a_norm2, err2, s_n2, sv.square().sum(-1))
@@ -341,8 +357,12 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
 
 
 def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tensor | None],
-                   config: OatsConfig, device=None) -> list[Decomposition]:
-    """Decompose several matrices, batching those of the same shape. See ``decompose``."""
+                   config: OatsConfig, device=None, batched: bool | None = None) -> list[Decomposition]:
+    """Decompose several matrices, batching those of the same shape. See ``decompose``.
+
+    ``batched``: solve same-shape matrices as one batch (True) or one at a time (False);
+    default (None): batched on a GPU, one at a time on the CPU.
+    """
     if len(weights) != len(input_sq_norms):
         raise ValueError("weights and input_sq_norms must have the same length")
     out: list[Decomposition | None] = [None] * len(weights)
@@ -356,7 +376,8 @@ def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tenso
         dev = torch.device(device) if device is not None else weights[idxs[0]].device
         # Batching same-shape matrices pays on a GPU; on the CPU the batch would wait for its
         # slowest member, so matrices go one at a time there.
-        chunks = [idxs] if dev.type != "cpu" else [[i] for i in idxs]
+        batch = dev.type != "cpu" if batched is None else batched
+        chunks = [idxs] if batch else [[i] for i in idxs]
         for chunk in chunks:
             w = torch.stack([weights[i].detach().to(device=dev, dtype=torch.float32) for i in chunk])
             if not torch.isfinite(w).all():

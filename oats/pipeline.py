@@ -19,7 +19,7 @@ from .adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
 from .baselines import lowrank_only, sparsegpt
 from .calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
 from .config import OatsConfig
-from .decompose import Decomposition, decompose_many
+from .decompose import Decomposition, decompose_many, dense_budget
 from .errors import ConfigError
 from .modules import OatsLinear, oats_layers, set_mode, use_mode
 from .validate import calibration_tokens, check_memory, check_weights, estimate_compression_memory
@@ -83,7 +83,7 @@ def decompose_block(method: str, weights: list[torch.Tensor], input_sq_norms: li
         return decompose_many(weights, [m if scaled else None for m in input_sq_norms], dconfig, device=device)
     if method == "sparsegpt":
         return [sparsegpt(w, g, dconfig, device=device) for w, g in zip(weights, grams)]
-    return [lowrank_only(w, m, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
+    return [lowrank_only(w, m if scaled else None, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
 
 
 @dataclass
@@ -323,7 +323,7 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
             records.append(LayerRecord(
                 block=index, name=ref.name, path=f"{block_path}.{path}", kind=ref.kind, rows=ref.rows,
                 shape=(d_out, d_in), rank=dec.rank, nnz=dec.nnz, params=dec.params,
-                budget=int(dconfig.density * d_out * d_in), scaled_error=dec.error, output_error=None,
+                budget=dense_budget(d_out, d_in, dconfig), scaled_error=dec.error, output_error=None,
                 iterations=dec.iterations, time_s=per_matrix_time, history=dec.history.to_dict()))
 
     # 3. re-run the compressed block: next inputs, output errors

@@ -237,13 +237,14 @@ def load_model(
     """
     kind = check_model_name(name)
     name = name.strip()
-    if kind == "preset":
-        return _load_preset(PRESETS[name.lower()], name, _cache_root(cache_dir))
-    if kind == "timm":
-        return _load_timm(name, name[len("timm:") :].strip())
-    if kind == "local":
-        return _load_local(name, Path(name).expanduser(), trust_remote_code)
-    return _load_hub(name, trust_remote_code)
+    with _quiet_transformers():  # every kind: no progress bar of transformers' own on stderr
+        if kind == "preset":
+            return _load_preset(PRESETS[name.lower()], name, _cache_root(cache_dir))
+        if kind == "timm":
+            return _load_timm(name, name[len("timm:") :].strip())
+        if kind == "local":
+            return _load_local(name, Path(name).expanduser(), trust_remote_code)
+        return _load_hub(name, trust_remote_code)
 
 
 MODEL_KINDS = ("preset", "timm", "local", "hub")
@@ -337,7 +338,8 @@ def _cache_root(cache_dir) -> Path:
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """Hide transformers' per-load "Loading weights" bars (they are noise for local files)."""
+    """Hide transformers' per-load "Loading weights" bars (noise for local files, and an error
+    after one would no longer be the only line on stderr)."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()

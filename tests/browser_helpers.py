@@ -19,7 +19,17 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 
 
 def requirements() -> str | None:
-    """Why a browser test cannot run here, or None."""
+    """Why a browser test cannot run here, or None. In CI (CI=true) a missing requirement
+    fails the test here instead of letting the caller skip it."""
+    why = _missing()
+    if why is not None:
+        from conftest import skip_or_fail
+        if os.environ.get("CI", "").lower() == "true":
+            skip_or_fail(why)
+    return why
+
+
+def _missing() -> str | None:
     if not Path(CHROMIUM).exists():
         return f"no Chromium at {CHROMIUM}: install it with 'apt-get install -y chromium' (.ci/run does)"
     try:

@@ -2,7 +2,7 @@
 
 Every case is checked three ways where the surface allows it:
 - library: the call raises the typed exception with exactly this message;
-- CLI: ``oats ...`` exits with status 2, its last stderr line is ``oats: error: <message>``,
+- CLI: ``oats ...`` exits with status 2, its only stderr line is ``oats: error: <message>``,
   no traceback, and the runs folder is left as it was;
 - app: the Compress form shows exactly this message with ``st.error``, no exception, no job.
 A few cases also run as real processes (no traceback anywhere) and in the browser test.
@@ -332,9 +332,8 @@ def test_cli_prints_one_line_and_exits_2(case, files, offline, monkeypatch, caps
     assert main([_fmt(a, files) for a in case.cli]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("oats: error")]
-    assert errors == ["oats: error: " + _fmt(case.message, files)]
-    assert err.rstrip("\n").splitlines()[-1] == errors[0]
+    # the error is the only output: nothing (no "loading ...") before it
+    assert err.splitlines() == ["oats: error: " + _fmt(case.message, files)]
     # nothing lost, nothing half-made: the runs folder and every input are as they were
     assert sorted(p.name for p in runs.iterdir()) == ["earlier-run"]
     assert {p: p.stat().st_mtime for p in files["tmp"].rglob("*")} == before
@@ -356,7 +355,7 @@ def test_cli_as_a_real_process_shows_no_traceback(case, files, tmp_path):
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and p.stdout == ""
-    assert p.stderr.rstrip("\n").splitlines()[-1] == "oats: error: " + _fmt(case.message, files)
+    assert p.stderr.splitlines() == ["oats: error: " + _fmt(case.message, files)]
 
 
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
 from safetensors.torch import load_file
 
 from oats import zoo

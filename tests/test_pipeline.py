@@ -212,3 +212,50 @@ def test_device_option_on_cpu_and_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             compress_model(tiny_llama(), batches(), CFG, device="cuda")
+
+
+def test_cli_misspelt_model_is_one_line_and_nothing_before(tmp_path):
+    """A real `oats compress smolm2-135m` (a typo): exactly one stderr line, no 'loading ...'."""
+    import os
+    env = dict(os.environ, OATS_RUNS_DIR=str(tmp_path), HF_HUB_OFFLINE="1")
+    for argv in (["compress", "smolm2-135m"], ["sweep", "smolm2-135m", "--compression", "0.5"]):
+        p = subprocess.run([sys.executable, "-m", "oats.cli", *argv], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert p.returncode == 2 and p.stdout == "", p.stderr
+        lines = p.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("oats: error: ") and "smolm2-135m" in lines[0], p.stderr
+
+
+class _Terminal:
+    """A stand-in stderr that says it is a terminal and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_cli_status_line_is_erased_before_an_error(monkeypatch):
+    """On a terminal 'loading ...' is drawn on one line that the error then overwrites; in a
+    pipe it is not written at all."""
+    from oats import cli
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    status = cli._Status()
+    monkeypatch.setattr(cli, "_STATUS", status)
+    status.show("loading tiny ...")
+    assert cli._fail("boom") == 2
+    assert "\n" not in term.text.rstrip("\n") and term.text.endswith("\r\x1b[Koats: error: boom\n")
+    pipe = _Terminal()
+    pipe.isatty = lambda: False
+    monkeypatch.setattr(sys, "stderr", pipe)
+    status.show("loading tiny ...")
+    status.clear()
+    assert pipe.text == ""

@@ -38,7 +38,7 @@ def _dinov2():
 
 
 def _timm_vit():
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH,
                              depth=LAYERS, embed_dim=HIDDEN, num_heads=2, num_classes=10).eval()
