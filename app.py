@@ -1,7 +1,5 @@
 """OATS Explorer, the Streamlit app. Pages are registered here; each page stays thin."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from app_state import sidebar, warm_up
@@ -9,17 +7,15 @@ from app_state import sidebar, warm_up
 st.set_page_config(page_title="OATS Explorer", layout="wide")
 warm_up()
 
-HERE = Path(__file__).parent
 pages = [
     st.Page("pages/home.py", title="Compress", icon=":material/compress:", default=True),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
     st.Page("pages/outliers.py", title="Outliers", icon=":material/scatter_plot:"),
     st.Page("pages/errors.py", title="Error budget", icon=":material/stacked_bar_chart:"),
     st.Page("pages/walkthrough.py", title="Walkthrough", icon=":material/school:"),
+    st.Page("pages/vit.py", title="ViT attention", icon=":material/visibility:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
-if (HERE / "pages" / "vit.py").exists():  # built separately; registered once it is there
-    pages.append(st.Page("pages/vit.py", title="ViT attention", icon=":material/visibility:"))
-pages.append(st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"))
 nav = st.navigation(pages)
 sidebar()
 nav.run()

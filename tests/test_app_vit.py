@@ -17,8 +17,7 @@ from oats import OatsConfig, compress_model
 from oats.io import save_run
 from oats.zoo import load_model
 
-streamlit_testing = pytest.importorskip("streamlit.testing.v1")
-AppTest = streamlit_testing.AppTest
+from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from browser_helpers import CHROMIUM, LAUNCH_ARGS, SHOTS, requirements, screenshot, served_app, settle
 
 pytestmark = pytest.mark.browser
@@ -41,7 +42,7 @@ def prepare_browser_runs(root: Path) -> Path:
 def server(tmp_path_factory):
     why = requirements()
     if why:
-        pytest.skip(why)
+        skip_or_fail(why)
     runs = prepare_browser_runs(tmp_path_factory.getbasetemp() / "app-runs")
     with served_app(runs, tmp_path_factory.getbasetemp() / "streamlit.log") as url:
         yield url
@@ -88,14 +89,14 @@ def test_walk_every_page(server):
                 _nav(page, title)
                 times["switch back"][title] = settle(page, n)
                 _check(page, f"minilm-{title.lower().replace(' ', '-')}-again")
-            if page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count():
-                _pick(page, "Model", "dinov2-small")
-                _nav(page, "ViT attention")
-                times["first visit"]["ViT attention"] = settle(page, 1)
-                _check(page, "dinov2-vit-attention")
-                _nav(page, "Spectra")
-                settle(page, PAGES["Spectra"])
-                _check(page, "dinov2-spectra")
+            assert page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count() == 1
+            _pick(page, "Model", "dinov2-small")
+            _nav(page, "ViT attention")
+            times["first visit"]["ViT attention"] = settle(page, 1)
+            _check(page, "dinov2-vit-attention")
+            _nav(page, "Spectra")
+            settle(page, PAGES["Spectra"])
+            _check(page, "dinov2-spectra")
         finally:
             browser.close()
     (SHOTS / "timings.json").write_text(json.dumps(times, indent=1))
@@ -165,17 +166,17 @@ def test_bad_input_in_the_browser(server):
                                              "M), e.g. '2:4'")
             _check(page, "bad-input-pattern")
             # 3. an upload that is not an image, on the ViT page (needs a ViT run)
-            if page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count():
-                _pick(page, "Model", "dinov2-small")
-                _nav(page, "ViT attention")
-                settle(page, 1)
-                page.locator('[data-testid="stMain"]').get_by_text("upload", exact=True).click()
-                settle(page, 0)
-                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-                    files=[{"name": "cat.png", "mimeType": "image/png", "buffer": b"GIF89 not an image at all"}])
-                settle(page, 0)
-                assert _error_text(page) == ("upload 'cat.png' is not an image that can be read (corrupt or unknown "
-                                             "format): give a PNG or JPEG file")
-                _check(page, "bad-input-upload")
+            assert page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count() == 1
+            _pick(page, "Model", "dinov2-small")
+            _nav(page, "ViT attention")
+            settle(page, 1)
+            page.locator('[data-testid="stMain"]').get_by_text("upload", exact=True).click()
+            settle(page, 0)
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+                files=[{"name": "cat.png", "mimeType": "image/png", "buffer": b"GIF89 not an image at all"}])
+            settle(page, 0)
+            assert _error_text(page) == ("upload 'cat.png' is not an image that can be read (corrupt or unknown "
+                                         "format): give a PNG or JPEG file")
+            _check(page, "bad-input-upload")
         finally:
             browser.close()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from browser_helpers import CHROMIUM, LAUNCH_ARGS, requirements, screenshot, served_app, settle
 
 pytestmark = pytest.mark.browser
@@ -31,7 +32,7 @@ def app_server(tmp_path_factory):
     """(url, runs folder): the app on an empty runs folder and the session's preset cache."""
     why = requirements()
     if why:
-        pytest.skip(why)
+        skip_or_fail(why)
     runs = tmp_path_factory.mktemp("two-sessions-runs")
     with served_app(runs, tmp_path_factory.getbasetemp() / "streamlit-two-sessions.log") as url:
         yield url, runs

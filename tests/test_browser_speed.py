@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from conftest import skip_or_fail
 from browser_helpers import CHROMIUM, LAUNCH_ARGS, requirements, served_app, settle
 
 pytestmark = pytest.mark.browser
@@ -42,7 +43,7 @@ def _wait_idle(pid: int, timeout: float = 120.0) -> None:
 def test_app_compression_takes_about_the_cli_time(tmp_path):
     why = requirements()
     if why:
-        pytest.skip(why)
+        skip_or_fail(why)
     from playwright.sync_api import sync_playwright
 
     from oats.io import read_manifest
