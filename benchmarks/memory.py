@@ -2,9 +2,12 @@
 
 Each model runs in its own fresh process (peak RSS is per process), loading from the
 on-disk cache, calibrating on the default data and compressing with the default config.
-Prints one line per model: peak resident memory, the memory after loading, the dense model's
-own size, the pre-flight estimate of what compressing adds (``oats.validate``, margin
-included: the number a request is refused on) next to what it really added (peak - after load), and the wall time.
+Prints one line per model: peak resident memory while compressing, the memory after loading
+the model and its calibration data, the dense model's own size, the pre-flight estimate of
+what compressing adds (``oats.validate``, margin included: the number a request is refused on)
+next to what it really added (peak - after load), and the wall time. Memory is read from
+/proc/self/status (VmRSS, VmHWM; the peak restarted after loading), so it is this process's
+own whatever started it.
 Run: .venv/bin/python benchmarks/memory.py [--models ...]
 """
 
@@ -16,14 +19,20 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from oats import OatsConfig, compress_model  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 from oats.data import calibration_batches
 from oats.zoo import load_model
+
+
+def status(key):  # kB -> MB, from this process's own status (VmHWM starts afresh at exec)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key + ":")) / 1024
+
+
 name = sys.argv[1]
 loaded = load_model(name)
-after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 size = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20
 batches = calibration_batches(loaded)
 from oats.adapters import get_adapter
@@ -31,11 +40,17 @@ from oats.validate import MEMORY_MARGIN, calibration_tokens, estimate_compressio
 adapter = get_adapter(loaded.model)
 estimate = MEMORY_MARGIN * sum(estimate_compression_memory(adapter, loaded.model, adapter.blocks(loaded.model),
                                            calibration_tokens(batches, loaded.model), "oats").values())
+after_load = status("VmRSS")
+try:  # restart the peak here, so that a preset conversion's peak while loading does not count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 t = time.perf_counter()
 run = compress_model(loaded.model, batches, OatsConfig(rank_ratio=loaded.default_rank_ratio), model_name=name)
-print(json.dumps({"model": name, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "after_load_mb": after_load, "weights_mb": size, "seconds": time.perf_counter() - t,
-                  "tokens": run.calibration["tokens"], "estimate_mb": estimate / 2**20}))
+print(json.dumps({"model": name, "peak_mb": status("VmHWM"), "after_load_mb": after_load, "weights_mb": size,
+                  "seconds": time.perf_counter() - t, "tokens": run.calibration["tokens"],
+                  "estimate_mb": estimate / 2**20}))
 """
 
 
