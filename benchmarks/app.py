@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from browser_helpers import CHROMIUM, LAUNCH_ARGS, requirements, served_app  # noqa: E402
+from browser_helpers import CHROMIUM, LAUNCH_ARGS, cpu_seconds, requirements, served_app, wait_idle  # noqa: E402
 
 PAGES = ["Compress", "Spectra", "Outliers", "Error budget", "Walkthrough", "Compare"]
 FIRST_VISIT = ["Spectra", "Outliers", "Error budget", "Walkthrough"]
@@ -90,12 +90,6 @@ def pct(values: list[float], q: float) -> float:
     k = (len(v) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(v) - 1)
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -155,16 +149,6 @@ def _machine_cpu() -> float:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(pid: int, timeout: float = 120.0) -> None:
-    """Until the app process uses under 5% of a core over a second (its start-up imports done)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        c0 = cpu_seconds(pid)
-        time.sleep(1.0)
-        if cpu_seconds(pid) - c0 < 0.05:
-            return
 
 
 class PeakRSS:

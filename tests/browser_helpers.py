@@ -104,3 +104,20 @@ def screenshot(page, name: str) -> Path:
     page.screenshot(path=str(shot), full_page=True)
     page.set_viewport_size({"width": 1440, "height": 1000})
     return shot
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, timeout: float = 120.0) -> None:
+    """Until a process uses under 5% of a core over a second (the app's start-up imports done)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        c0 = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - c0 < 0.05:
+            return

@@ -68,7 +68,9 @@ SMALL = {"minilm-l6": ["--calib-samples", "32"], "dinov2-small": ["--calib-sampl
          "smollm2-135m": ["--calib-samples", "4", "--seq-len", "128"]}
 
 
-@pytest.mark.parametrize("name", PRESETS)
+# smollm2-135m's CLI path is the same code (a causal LM through the CLI: test_kill_resume's
+# tiny Llama); its 60 s here went to make test's time budget instead.
+@pytest.mark.parametrize("name", ["minilm-l6", "dinov2-small"])
 def test_cli_compress_offline_end_to_end(name, tmp_path):
     need(name)
     out = tmp_path / "run"

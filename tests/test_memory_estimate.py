@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +28,12 @@ spec.loader.exec_module(memory_benchmark)
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["minilm-l6", "dinov2-small"])
-def test_estimate_covers_the_measured_peak(name, tmp_path):
+def test_estimate_covers_the_measured_peak(name, preset_cache):
     ok, why = zoo.preset_available(name)
     if not ok:
         skip_or_fail(f"{name}: {why}")
-    # a cache of its own: the session's preset cache stays first written by test_zoo_data
-    env = {**os.environ, zoo.CACHE_ENV: str(tmp_path / "cache")}
     p = subprocess.run([sys.executable, "-c", memory_benchmark.CHILD, name], capture_output=True, text=True,
-                       timeout=900, env=env)
+                       timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     added = r["peak_mb"] - r["after_load_mb"]

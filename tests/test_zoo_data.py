@@ -526,9 +526,10 @@ def test_preset_facts(presets, preset_cache, name):
     assert not model.training
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
     assert loaded.task == zoo.PRESETS[name].task and loaded.name == name
-    # the second load reads the cache the first one wrote (no conversion, no rewrite)
+    # the second load reads the cache (no conversion, no rewrite); the first wrote it at most once
+    # (not at all when an earlier test of the session loaded the preset; minilm-l6 never converts)
     assert second_writes == 0
-    assert first_writes == (0 if name == "minilm-l6" else 1)  # (a fresh cache folder per session)
+    assert first_writes <= (0 if name == "minilm-l6" else 1)
     if name != "minilm-l6":  # the two converted presets leave a complete, marked cache
         assert (preset_cache / name / "oats_cache.json").is_file()
         assert (preset_cache / name / "model.safetensors").is_file()
