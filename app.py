@@ -1,8 +1,12 @@
 """OATS Explorer, the Streamlit app. Pages are registered here; each page stays thin."""
 
+import time
+
 import streamlit as st
 
-from app_state import sidebar, warm_up
+from app_state import log_script_time, sidebar, warm_up
+
+started = time.perf_counter()
 
 st.set_page_config(page_title="OATS Explorer", layout="wide")
 warm_up()
@@ -19,3 +23,4 @@ pages = [
 nav = st.navigation(pages)
 sidebar()
 nav.run()
+log_script_time(nav.title, time.perf_counter() - started)

@@ -141,6 +141,21 @@ def _wait_warm() -> None:
         t.join()
 
 
+TIMINGS_ENV = "OATS_PAGE_TIMINGS"
+
+
+def log_script_time(page: str, seconds: float) -> None:
+    """With $OATS_PAGE_TIMINGS set to a file, append one JSON line per finished script run
+    (page title, seconds the server spent, wall-clock end): benchmarks/app.py reads it to
+    separate the app's own time from what the browsers add."""
+    path = os.environ.get(TIMINGS_ENV)
+    if not path:
+        return
+    import json
+    with open(path, "a") as f:
+        f.write(json.dumps({"page": page, "s": seconds, "end": time.time()}) + "\n")
+
+
 # ----------------------------------------------------------------------------- the run cache
 
 

@@ -360,6 +360,7 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
 
             # 3. switching pages while a compression runs
             switch: list[float] = []
+            w0 = time.time()
             with CPUSplit(pid) as cpu:
                 task = asyncio.create_task(again("dinov2-small"))
                 while not task.done():
@@ -368,7 +369,8 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
                             break
                         switch.append((await visit(viewer, title))[0])
                 await task
-            out["switch_while_compressing"] = {"times": switch, "compression_s": task.result(), **cpu.row()}
+            out["switch_while_compressing"] = {"times": switch, "compression_s": task.result(), **cpu.row(),
+                                               "window": (w0, time.time())}
             print(f"  switching while compressing: {len(switch)} switches, p95 {pct(switch, 0.95):.2f} s; "
                   f"compression {task.result():.1f} s", flush=True)
 
@@ -387,13 +389,14 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
                         times.append((await visit(v, title))[0])
                         seen_exc += await exceptions(v)
 
+            w0 = time.time()
             with PeakRSS(pid) as rss, CPUSplit(pid) as cpu:
                 task = asyncio.create_task(again("dinov2-small"))
                 await asyncio.gather(*(walk(v) for v in viewers))
                 room_compression = await task
             out["room"] = {"sessions": sessions, "times": times, "exceptions": seen_exc,
                            "compression_s": room_compression, "app_peak_rss": rss.app,
-                           "worker_peak_rss": rss.children, **cpu.row()}
+                           "worker_peak_rss": rss.children, **cpu.row(), "window": (w0, time.time())}
             print(f"  {sessions} sessions: {len(times)} page visits, p95 {pct(times, 0.95):.2f} s, "
                   f"{seen_exc} exceptions; compression {room_compression:.1f} s", flush=True)
         finally:
@@ -426,6 +429,12 @@ def report(r: dict) -> str:
               f"| {room['sessions']} sessions, every page twice | {len(room['times'])} | {pct(room['times'], .5):.2f} | "
               f"{pct(room['times'], .95):.2f} | {max(room['times']):.2f} | {room['exceptions']} | "
               f"{room['compression_s']:.1f} | {room['compression_s'] / dino:.2f} |",
+              "", "The app's own part of those page visits (seconds its server spent on each script run, "
+                  "from $OATS_PAGE_TIMINGS; the rest of a page time is the browser, on this same machine):", "",
+              f"- one viewer: {len(sw['server_s'])} runs, p50 {pct(sw['server_s'], .5):.2f}, "
+              f"p95 {pct(sw['server_s'], .95):.2f}, max {max(sw['server_s'], default=float('nan')):.2f}",
+              f"- {room['sessions']} sessions: {len(room['server_s'])} runs, p50 {pct(room['server_s'], .5):.2f}, "
+              f"p95 {pct(room['server_s'], .95):.2f}, max {max(room['server_s'], default=float('nan')):.2f}",
               "", "CPU seconds used meanwhile (app process / compression process / everything else: the browser "
                   "sessions and this script)", "",
               f"- one viewer: {sw['app_cpu_s']:.1f} / {sw['worker_cpu_s']:.1f} / {sw['other_cpu_s']:.1f}",
@@ -472,12 +481,18 @@ def main() -> int:
         if "smollm2-135m" in models and not args.room_only:
             smol = "smollm2-135m-cli-it8"
             cli_compress("smollm2-135m", runs / smol, iterations=8)
-        with served_app(runs, work / "streamlit.log", with_pid=True) as (url, pid):
+        timings = work / "script-times.jsonl"
+        with served_app(runs, work / "streamlit.log", with_pid=True, env={"OATS_PAGE_TIMINGS": str(timings)}) \
+                as (url, pid):
             chromium = CHROMIUM
             if args.browsers == "idle":  # the app (started above) keeps the normal policy
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 chromium = idle_chromium(work)
             result = asyncio.run(run_benchmark(url, runs, pid, cli, args.sessions, smol, args.room_only, chromium))
+        script_times = [json.loads(line) for line in timings.read_text().splitlines()] if timings.exists() else []
+        for part in ("switch_while_compressing", "room"):
+            a, b = result[part]["window"]
+            result[part]["server_s"] = [t["s"] for t in script_times if a <= t["end"] <= b and t["page"] in PAGES]
         result["browsers"] = args.browsers
         text = report(result)
         print(text)

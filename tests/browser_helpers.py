@@ -46,7 +46,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_app(runs: Path, log_path: Path, with_pid: bool = False):
+def served_app(runs: Path, log_path: Path, with_pid: bool = False, env: dict | None = None):
     """``streamlit run app.py`` on 127.0.0.1 with OATS_RUNS_DIR=runs; yields its URL once healthy
     (with ``with_pid``: the URL and the server's process id)."""
     port = free_port()
@@ -55,7 +55,7 @@ def served_app(runs: Path, log_path: Path, with_pid: bool = False):
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
              "--server.fileWatcherType", "none", "--server.address", "127.0.0.1", "--server.port", str(port),
              "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env={**os.environ, "OATS_RUNS_DIR": str(runs)}, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env={**os.environ, "OATS_RUNS_DIR": str(runs), **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
