@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from .jobs import EVENT_PREFIX, Cancelled, execute, failure_line, request_from_json
+
 
 def main(argv: list[str] | None = None) -> int:
-    from .jobs import EVENT_PREFIX, Cancelled, execute, failure_line, request_from_json
-
     argv = sys.argv[1:] if argv is None else argv
     out = sys.stdout
     lock = threading.Lock()
