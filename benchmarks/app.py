@@ -104,9 +104,28 @@ def children(pid: int) -> list[int]:
     return out
 
 
-class CPUSplit:
-    """CPU seconds used during a ``with`` block by the app process, its worker processes and
-    everything else (the browser, the benchmark), sampled every 0.2 s."""
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy (user + nice + system + irq), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Usage:
+    """What the app process and its children (the worker) use during a ``with`` block, sampled
+    every 0.2 s: CPU seconds of the app, of the workers and of everything else on the machine
+    (the browsers, this script), and the peak resident memory of the app and of a worker."""
 
     def __init__(self, app_pid: int):
         self.app_pid = app_pid
@@ -114,9 +133,14 @@ class CPUSplit:
     def _sample(self) -> None:
         for pid in [self.app_pid] + children(self.app_pid):
             try:
-                self._seen[pid] = cpu_seconds(pid)
+                self._cpu[pid] = cpu_seconds(pid)
             except OSError:
-                pass
+                continue
+            rss = _rss(pid)
+            if pid == self.app_pid:
+                self.app_peak_rss = max(self.app_peak_rss, rss)
+            else:
+                self.worker_peak_rss = max(self.worker_peak_rss, rss)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -124,7 +148,8 @@ class CPUSplit:
             time.sleep(0.2)
 
     def __enter__(self):
-        self._seen: dict[int, float] = {}
+        self._cpu: dict[int, float] = {}
+        self.app_peak_rss = self.worker_peak_rss = 0
         self._start = {pid: cpu_seconds(pid) for pid in [self.app_pid] + children(self.app_pid)}
         self._total0 = _machine_cpu()
         self._stop = threading.Event()
@@ -136,61 +161,12 @@ class CPUSplit:
         self._stop.set()
         self._thread.join()
         self._sample()
-        self.app = self._seen.get(self.app_pid, 0.0) - self._start.get(self.app_pid, 0.0)
-        self.worker = sum(v - self._start.get(p, 0.0) for p, v in self._seen.items() if p != self.app_pid)
+        self.app = self._cpu.get(self.app_pid, 0.0) - self._start.get(self.app_pid, 0.0)
+        self.worker = sum(v - self._start.get(p, 0.0) for p, v in self._cpu.items() if p != self.app_pid)
         self.other = _machine_cpu() - self._total0 - self.app - self.worker
 
     def row(self) -> dict:
         return {"app_cpu_s": self.app, "worker_cpu_s": self.worker, "other_cpu_s": self.other}
-
-
-def _machine_cpu() -> float:
-    """CPU seconds the whole machine spent busy (user + nice + system + irq), from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
-
-
-class PeakRSS:
-    """Samples the resident memory of a process and of its children (the worker) every 0.2 s."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.app = 0
-        self.children = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    @staticmethod
-    def _rss(pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
-    def _kids(self) -> list[int]:
-        return children(self.pid)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.app = max(self.app, self._rss(self.pid))
-            self.children = max([self.children] + [self._rss(k) for k in self._kids()])
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self.app, self.children = 0, 0
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # ----------------------------------------------------------------------------- the browser side
@@ -361,7 +337,7 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
             # 3. switching pages while a compression runs
             switch: list[float] = []
             w0 = time.time()
-            with CPUSplit(pid) as cpu:
+            with Usage(pid) as cpu:
                 task = asyncio.create_task(again("dinov2-small"))
                 while not task.done():
                     for title in PAGES:
@@ -390,13 +366,13 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
                         seen_exc += await exceptions(v)
 
             w0 = time.time()
-            with PeakRSS(pid) as rss, CPUSplit(pid) as cpu:
+            with Usage(pid) as cpu:
                 task = asyncio.create_task(again("dinov2-small"))
                 await asyncio.gather(*(walk(v) for v in viewers))
                 room_compression = await task
             out["room"] = {"sessions": sessions, "times": times, "exceptions": seen_exc,
-                           "compression_s": room_compression, "app_peak_rss": rss.app,
-                           "worker_peak_rss": rss.children, **cpu.row(), "window": (w0, time.time())}
+                           "compression_s": room_compression, "app_peak_rss": cpu.app_peak_rss,
+                           "worker_peak_rss": cpu.worker_peak_rss, **cpu.row(), "window": (w0, time.time())}
             print(f"  {sessions} sessions: {len(times)} page visits, p95 {pct(times, 0.95):.2f} s, "
                   f"{seen_exc} exceptions; compression {room_compression:.1f} s", flush=True)
         finally:
