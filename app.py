@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from app_state import log_script_time, sidebar, warm_up
+from ui.state import log_script_time, sidebar, warm_up
 
 started = time.perf_counter()
 

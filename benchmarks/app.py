@@ -58,8 +58,8 @@ MODELS = ["minilm-l6", "dinov2-small"]
 
 def request_for(model: str, iterations: int = 80, samples: int | None = None):
     from oats.config import OatsConfig
-    from oats.jobs import CompressRequest
-    from oats.zoo import PRESETS
+    from oats.runner.jobs import CompressRequest
+    from oats.models.zoo import PRESETS
     cfg = OatsConfig(compression=0.5, rank_ratio=PRESETS[model].default_rank_ratio, iterations=iterations)
     return CompressRequest(model=model, config=cfg, calib_samples=samples, evaluate=False)
 
@@ -78,7 +78,7 @@ def cli_compress(model: str, out: Path, iterations: int = 80, samples: int | Non
 
 def warm_presets(models: list[str]) -> None:
     """Convert the presets into the on-disk cache (once) before anything is timed."""
-    code = "import sys\nfrom oats.zoo import load_model\nfor m in sys.argv[1:]: load_model(m)"
+    code = "import sys\nfrom oats.models.zoo import load_model\nfor m in sys.argv[1:]: load_model(m)"
     subprocess.run([sys.executable, "-c", code, *models], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
 
@@ -436,7 +436,7 @@ def main() -> int:
     if why:
         print(f"benchmarks/app.py: {why}", file=sys.stderr)
         return 2
-    from oats.zoo import preset_available
+    from oats.models.zoo import preset_available
     models = MODELS + ([] if args.no_smollm2 or not preset_available("smollm2-135m")[0] else ["smollm2-135m"])
     print(f"torch threads: {os.cpu_count()} cores; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}",
           flush=True)

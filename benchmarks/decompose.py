@@ -3,7 +3,7 @@
 1. Per distinct layer shape of the embedded models (real weights, real input statistics
    from the middle block): time and scaled error of the plain 80-iteration algorithm
    (full SVD + full sort every iteration, written out below exactly as published) and of
-   ``oats.decompose`` with the default fast solver; the ratio of the two.
+   ``oats.core.decompose`` with the default fast solver; the ratio of the two.
 2. The what-if: one MiniLM-size layer recomputed for new compression / rank ratio.
 3. End to end: compressing each embedded model at default settings, split into
    calibration (capture + statistics + re-runs) and decomposition, plus peak memory.
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oats import OatsConfig, compress_model, decompose  # noqa: E402
 from oats.data import calibration_batches  # noqa: E402
-from oats.decompose import input_scale, rank_budget, row_keep  # noqa: E402
-from oats.pipeline import dense_layer_stats  # noqa: E402
-from oats.zoo import load_model  # noqa: E402
+from oats.core.decompose import input_scale, rank_budget, row_keep  # noqa: E402
+from oats.compress.pipeline import dense_layer_stats  # noqa: E402
+from oats.models.zoo import load_model  # noqa: E402
 
 
 def plain_oats(w: torch.Tensor, m2: torch.Tensor, cfg: OatsConfig, iterations: int = 80) -> float:

@@ -23,7 +23,7 @@ import json, sys, time
 from oats import OatsConfig, compress_model  # first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 from oats.data import calibration_batches
-from oats.zoo import load_model
+from oats.models.zoo import load_model
 
 
 def status(key):  # kB -> MB, from this process's own status (VmHWM starts afresh at exec)
@@ -35,7 +35,7 @@ name = sys.argv[1]
 loaded = load_model(name)
 size = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20
 batches = calibration_batches(loaded)
-from oats.adapters import get_adapter
+from oats.models.adapters import get_adapter
 from oats.validate import MEMORY_MARGIN, calibration_tokens, estimate_compression_memory
 adapter = get_adapter(loaded.model)
 estimate = MEMORY_MARGIN * sum(estimate_compression_memory(adapter, loaded.model, adapter.blocks(loaded.model),

@@ -25,15 +25,14 @@ import os as _os
 # torch loads its OpenMP runtime; a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import OatsConfig  # noqa: E402
-from .decompose import Decomposition, History, decompose, decompose_many, rank_budget, row_keep
-from .errors import (ConfigError, DataError, ModelLoadError, OatsError, ResourceError, RunError,
+from oats.config import OatsConfig  # noqa: E402
+from oats.core.decompose import Decomposition, History, decompose, decompose_many, rank_budget, row_keep
+from oats.errors import (ConfigError, DataError, ModelLoadError, OatsError, ResourceError, RunError,
                      UnsupportedModelError)
-from .io import list_runs, load_run, save_run
-from .modules import OatsLinear, set_mode, use_mode
-from .pipeline import BUDGET_NOTES, METHODS, CompressionRun, compress_model
-from . import evaluate  # the module is callable: oats.evaluate(run) -> Evaluation
-from .evaluate import PRIMARY_METRIC, Evaluation, evaluate_model, evaluate_run
+from oats.runs.folders import list_runs, load_run, save_run
+from oats.core.linear import OatsLinear, set_mode, use_mode
+from oats.compress.pipeline import BUDGET_NOTES, METHODS, CompressionRun, compress_model
+from oats.evaluation import PRIMARY_METRIC, Evaluation, evaluate, evaluate_model, evaluate_run
 
 __version__ = "0.1.0"
 

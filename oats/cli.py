@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, OatsError
-from .io import runs_root
+from oats.errors import ConfigError, OatsError
+from oats.runs.folders import runs_root
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +66,7 @@ def _print_table(rows: list[dict], file=None) -> None:
 
 
 def cmd_models(args) -> int:
-    from .zoo import available_models
+    from oats.models.zoo import available_models
     rows = [{"name": m["name"], "task": m["task"], "available": "yes" if m["available"] else "no",
              "description": m["description"] if m["available"] else m.get("install", "")}
             for m in available_models()]
@@ -79,12 +79,13 @@ def cmd_compress(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import data, zoo
-    from .allocation import Owl, parse_allocation
-    from .config import OatsConfig
-    from .io import RunWriter, check_run_model, load_run
-    from .pipeline import compress_model, method_config
-    from .validate import check_resumable
+    from oats import data
+    from oats.models import zoo
+    from oats.compress.allocation import Owl, parse_allocation
+    from oats.config import OatsConfig
+    from oats.runs.folders import RunWriter, check_run_model, load_run
+    from oats.compress.pipeline import compress_model, method_config
+    from oats.validate import check_resumable
 
     out = Path(args.out) if args.out else None
     calib = {"samples": args.calib_samples, "seq_len": args.seq_len, "seed": args.seed, "source": args.calib_source}
@@ -113,13 +114,13 @@ def cmd_compress(args) -> int:
             owl.check(config)
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            from .sweep import slug
+            from oats.runner.sweep import slug
             out = runs_root() / slug(f"{args.model}-{method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
         if (out / "manifest.json").exists() and not args.overwrite:
             return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
                          f"--overwrite to replace it, or another --out")
 
-    from .pipeline import resolve_device
+    from oats.compress.pipeline import resolve_device
     resolve_device(args.device)  # a bad device fails before the model loads
     zoo.check_model_name(args.model)  # so does a misspelt name, before any output
     t0 = time.perf_counter()
@@ -199,8 +200,8 @@ def _dump_json(obj) -> str:
 
 def _eval_source(args):
     """(text, image_folder) from the evaluation flags."""
-    from .data import read_text_file
-    from .evaluate import wikitext2_text
+    from oats.data import read_text_file
+    from oats.evaluation import wikitext2_text
     if args.text and args.wikitext2:
         raise ConfigError("give either --text FILE or --wikitext2, not both")
     text = None
@@ -213,9 +214,9 @@ def _eval_source(args):
 
 
 def cmd_evaluate(args) -> int:
-    from . import zoo
-    from .evaluate import evaluate, run_modes
-    from .io import check_run_model, load_run, read_manifest
+    from oats.models import zoo
+    from oats.evaluation import evaluate, run_modes
+    from oats.runs.folders import check_run_model, load_run, read_manifest
 
     folder = Path(args.run_dir)
     m = read_manifest(folder)
@@ -225,7 +226,7 @@ def cmd_evaluate(args) -> int:
     name = args.model or m["model_name"]
     check_run_model(folder, m, name)
     modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(m["method"])
-    from .evaluate import _check_modes
+    from oats.evaluation import _check_modes
     _check_modes(modes)
     text, image_folder = _eval_source(args)
     zoo.check_model_name(name)
@@ -246,14 +247,14 @@ def cmd_evaluate(args) -> int:
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    from .sweep import FIRST_COLUMNS, LAST_COLUMNS, parse_list, pivot_table, sweep
+    from oats.runner.sweep import FIRST_COLUMNS, LAST_COLUMNS, parse_list, pivot_table, sweep
 
     # parse every list first: a bad value is one line before anything loads
     methods = parse_list(args.methods, "--methods", methods=True)
     rates = parse_list(args.compression, "--compression", unit_open=True)
     kappas = parse_list(args.rank_ratio, "--rank-ratio") if args.rank_ratio else None
     text, image_folder = _eval_source(args)
-    from . import zoo
+    from oats.models import zoo
     zoo.check_model_name(args.model)
     bars: dict[str, tqdm] = {}
 
@@ -287,7 +288,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .io import list_runs
+    from oats.runs.folders import list_runs
     root = Path(args.root) if args.root else runs_root()
     runs = list_runs(root)
     if not runs:

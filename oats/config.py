@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-from .errors import ConfigError
+from oats.errors import ConfigError
 
 SOLVERS = ("fast", "exact")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -133,7 +133,7 @@ class OatsConfig:
     @property
     def kept(self) -> Fraction:
         """Fraction of each matrix's parameters kept, exactly: 1 - rho, or (N/M) / (1 - kappa)
-        in N:M mode. The budgets (``oats.decompose``) are computed from this."""
+        in N:M mode. The budgets (``oats.core.decompose``) are computed from this."""
         nm = self.nm
         if nm is None:
             return 1 - exact_rate(self.compression)

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from oats.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .zoo import LoadedModel
+    from oats.models.zoo import LoadedModel
 
 # Defaults, sized for two CPU cores: one dense forward pass over the default set takes about
 # 30 s for SmolLM2-135M (16 x 256 tokens) and about 12 s for DINOv2-S (32 crops at 224 px).

@@ -3,7 +3,7 @@
 Each check raises a typed :class:`~oats.errors.OatsError` whose message is one line, "what is
 wrong: what to do". The CLI prints it with status 2, the app shows it with ``st.error``.
 Configuration values are checked by :class:`oats.config.OatsConfig`; model names by
-:func:`oats.zoo.check_model_name`; calibration files and folders by :mod:`oats.data`. This
+:func:`oats.models.zoo.check_model_name`; calibration files and folders by :mod:`oats.data`. This
 module adds the checks that span those: uploads, safetensors files, run folder names, the
 weights of a model before compressing it, and whether a compression fits in memory.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, DataError, ModelLoadError, ResourceError, RunError
+from oats.errors import ConfigError, DataError, ModelLoadError, ResourceError, RunError
 
 MAX_UPLOAD_MB = 20
 """Largest upload the app accepts (also ``server.maxUploadSize`` in .streamlit/config.toml)."""
@@ -47,14 +47,14 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 def check_model_name(name: str) -> str:
-    """Resolve what ``name`` refers to without loading it; see :func:`oats.zoo.check_model_name`."""
-    from .zoo import check_model_name as _check
+    """Resolve what ``name`` refers to without loading it; see :func:`oats.models.zoo.check_model_name`."""
+    from oats.models.zoo import check_model_name as _check
     return _check(name)
 
 
 def check_resumable(folder: str | Path) -> dict:
     """The manifest of an unfinished run folder to continue; RunError when there is nothing to resume."""
-    from .io import read_manifest
+    from oats.runs.folders import read_manifest
     m = read_manifest(folder)
     if m.get("complete"):
         raise RunError(f"run '{folder}' is already complete: nothing to resume")
@@ -136,7 +136,7 @@ def check_upload(filename: str, data: bytes, kind: str, max_mb: float = MAX_UPLO
     if not data:
         raise DataError(f"upload '{name}' is empty: give a file with something in it")
     if kind == "image":
-        from .data import load_image
+        from oats.data import load_image
         try:
             load_image(bytes(data))
         except DataError:
@@ -167,7 +167,7 @@ def check_calibration_source(kind: str, source: str | Path | None) -> None:
     checked the same way once the model's task is known). A text file must be UTF-8 prose;
     an image folder must hold at least one image, and its first image must decode.
     """
-    from . import data
+    from oats import data
     if source is None or not str(source).strip():
         raise DataError(f"no {kind} given: upload or type one, or use the built-in calibration data")
     if kind == "text file":
@@ -189,7 +189,7 @@ def check_weights(adapter, model: torch.nn.Module, blocks: list[tuple[str, torch
     Names the first offending layer, so a damaged checkpoint or an N:M pattern that does not
     divide a layer's input size fails in a second instead of half-way through the model.
     """
-    from .adapters import weight_of
+    from oats.models.adapters import weight_of
     for i, (bpath, block) in enumerate(blocks):
         if i in skip:
             continue
@@ -268,7 +268,7 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     """
     if not blocks:
         return {"calibration activations": 0, "block activations": 0, "decomposition": 0, "factors": 0}
-    from .adapters import weight_of
+    from oats.models.adapters import weight_of
     shapes = []
     for _, block in blocks[:1]:
         for ref in adapter.linears(model, block):

@@ -5,11 +5,12 @@ from types import SimpleNamespace
 
 import streamlit as st
 
-from app_state import chart, complete_runs, current_path, primary_metric, run_task, manifest, table
-from oats import analysis, figures
+from ui.state import chart, complete_runs, current_path, primary_metric, run_task, manifest, table
+from oats.explain import analysis
+from ui import figures
 from oats.errors import OatsError
-from oats.jobs import read_evaluation
-from oats.pipeline import method_rank_ratio
+from oats.runner.jobs import read_evaluation
+from oats.compress.pipeline import method_rank_ratio
 
 st.title("Compare")
 st.caption("How the methods trade quality for size, and where in the model they differ.")
@@ -17,7 +18,7 @@ st.caption("How the methods trade quality for size, and where in the model they 
 # ----------------------------------------------------------------------------- sweeps
 st.subheader("Sweeps: methods × compression rates")
 try:
-    from oats.sweep import list_sweeps, load_results
+    from oats.runner.sweep import list_sweeps, load_results
 except ImportError:
     list_sweeps = load_results = None
 if list_sweeps is None:

@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from app_state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
+from ui.state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
                        evaluation_missing_note, layer_budget, manifest, primary_metric, run_mtime, run_task, table)
-from oats import analysis, figures
+from oats.explain import analysis
+from ui import figures
 from oats.errors import OatsError
 
 st.title("Error budget")

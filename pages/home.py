@@ -8,16 +8,17 @@ from types import SimpleNamespace
 
 import streamlit as st
 
-from app_state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
+from ui.state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
                        primary_metric, run_mtime, run_task, table)
-from oats import analysis, figures
+from oats.explain import analysis
+from ui import figures
 from oats.config import OatsConfig
 from oats.errors import OatsError
-from oats.io import runs_root
-from oats.jobs import RUNNER, CompressRequest, evaluate_and_save, read_evaluation, request_from_manifest
-from oats.pipeline import METHODS, method_rank_ratio
+from oats.runs.folders import runs_root
+from oats.runner.jobs import RUNNER, CompressRequest, evaluate_and_save, read_evaluation, request_from_manifest
+from oats.compress.pipeline import METHODS, method_rank_ratio
 from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_model_name, check_upload
-from oats.zoo import available_models
+from oats.models.zoo import available_models
 
 OTHER = "other: a hub id or a local folder"
 VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
@@ -261,7 +262,7 @@ def summary() -> None:
     ev = read_evaluation(path)
     if ev is None and m.get("sweep"):  # evaluated by the sweep that made it
         try:
-            from oats.sweep import load_meta, load_results
+            from oats.runner.sweep import load_meta, load_results
             res = analysis.sweep_evaluation(load_results(m["sweep"]), Path(path).name)
             quick = bool(load_meta(m["sweep"]).get("quick"))
         except (ImportError, OatsError, AttributeError):

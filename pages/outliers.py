@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from app_state import (chart, column_shares, current_path, current_run, input_moments, layer_picker, mask_density,
+from ui.state import (chart, column_shares, current_path, current_run, input_moments, layer_picker, mask_density,
                        run_mtime, table)
-from oats import analysis, figures
+from oats.explain import analysis
+from ui import figures
 
 st.title("Outliers")
 st.caption("In transformers a few input channels often carry activations far larger than the rest. OATS scales each weight column by "

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from app_state import chart, current_path, current_run, layer_picker, layer_spectra, run_mtime, spectra_overview, table
-from oats import figures
+from ui.state import chart, current_path, current_run, layer_picker, layer_spectra, run_mtime, spectra_overview, table
+from ui import figures
 
 st.title("Spectra")
 st.caption("How much of a layer can a rank-r term hold? Compare the weight W, the scaled weight W D, and W D − S: "

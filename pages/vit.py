@@ -1,5 +1,5 @@
 """ViT attention & attribution (paper, Section 5): where the dense, sparse-only and low-rank-only
-models look. Thin: widgets, cached calls to ``oats.vit``, figures from ``oats.vit_figures``."""
+models look. Thin: widgets, cached calls to ``oats.explain.vit``, figures from ``ui.vit_figures``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import re
 
 import streamlit as st
 
-from app_state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, run_mtime
-from oats import vit
+from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, run_mtime
+from oats.explain import vit
 from oats.data import bundled_images, load_image
 from oats.errors import OatsError
 from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload
-from oats.vit_figures import layers_figure, overlap_frame, overlay_figure
+from ui.vit_figures import layers_figure, overlap_frame, overlay_figure
 
 IG_STEP_CHOICES = [8, 16, 32, 64]
 SECOND_METHODS = [m for m in vit.ATTRIBUTION_METHODS if m != "ig"]

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from app_state import chart, current_path, current_run, layer_picker, run_mtime, table, walkthrough
-from oats import figures
+from ui.state import chart, current_path, current_run, layer_picker, run_mtime, table, walkthrough
+from ui import figures
 from oats.errors import ConfigError
-from oats.pipeline import method_rank_ratio
+from oats.compress.pipeline import method_rank_ratio
 
 st.title("Walkthrough")
 st.markdown("OATS alternates two projections on the scaled weight **W D**: the best rank-r approximation of "

@@ -27,7 +27,7 @@ def skip_or_fail(reason: str):
 def preset_cache(tmp_path_factory):
     """One OATS_CACHE_DIR for the whole session: each preset conversion runs once, in a fresh
     folder, so the tests exercise the conversion and never depend on the user's cache."""
-    from oats import zoo
+    from oats.models import zoo
     folder = tmp_path_factory.mktemp("oats-cache")
     old = os.environ.get(zoo.CACHE_ENV)
     os.environ[zoo.CACHE_ENV] = str(folder)
@@ -40,9 +40,9 @@ def preset_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def heavy_imports_done():
-    """The app imports its heavy modules in a background thread (app_state.warm_up), and
+    """The app imports its heavy modules in a background thread (ui.state.warm_up), and
     transformers' lazy imports are not safe to race from two threads: the app only loads
     models after that thread is done, and so does this test process (app tests run app.py
     in-process, then other tests load models directly)."""
-    import app_state
+    from ui import state as app_state
     app_state._import_all()

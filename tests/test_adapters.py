@@ -21,12 +21,12 @@ from torch import nn
 
 import transformers  # noqa: E402  (a dependency: missing is an error, not a skip)
 
-from oats.adapters import get_adapter, supported_families  # noqa: E402
-from oats.adapters.generic import GenericAdapter  # noqa: E402
+from oats.models.adapters import get_adapter, supported_families  # noqa: E402
+from oats.models.adapters.generic import GenericAdapter  # noqa: E402
 from oats.config import OatsConfig  # noqa: E402
 from oats.errors import UnsupportedModelError  # noqa: E402
-from oats.modules import MODES, OatsLinear  # noqa: E402
-from oats.pipeline import compress_model  # noqa: E402
+from oats.core.linear import MODES, OatsLinear  # noqa: E402
+from oats.compress.pipeline import compress_model  # noqa: E402
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=5)
 HIDDEN = 128   # large enough that integer rounding of the budgets stays under ~2%

@@ -1,4 +1,4 @@
-"""oats.analysis, oats.figures and oats.jobs on tiny models built in the test (no downloads)."""
+"""oats.explain.analysis, oats.figures and oats.jobs on tiny models built in the test (no downloads)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from oats import OatsConfig, analysis, compress_model, decompose, figures, save_run
-from oats.decompose import input_scale, rank_budget
-from oats.io import read_manifest
-from oats.sweep import RunSpec
-from oats.jobs import CompressRequest, JobRunner, read_evaluation, request_from_manifest, save_evaluation
+from oats import OatsConfig, compress_model, decompose, save_run
+
+from oats.explain import analysis
+
+from ui import figures
+from oats.core.decompose import input_scale, rank_budget
+from oats.runs.folders import read_manifest
+from oats.runner.sweep import RunSpec
+from oats.runner.jobs import CompressRequest, JobRunner, read_evaluation, request_from_manifest, save_evaluation
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=8)
 
@@ -268,8 +272,9 @@ def test_request_folder_names_are_deterministic():
 
 @pytest.fixture
 def fake_zoo(monkeypatch):
-    """oats.zoo.load_model / oats.data.calibration_batches answering with the tiny Llama."""
-    from oats import data, zoo
+    """oats.models.zoo.load_model / oats.data.calibration_batches answering with the tiny Llama."""
+    from oats import data
+    from oats.models import zoo
 
     def load(name, **kw):
         if name != "tiny":

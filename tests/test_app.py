@@ -32,9 +32,9 @@ def prepare_runs(root: Path) -> Path:
     root = Path(root)
     if (root / ".ready").exists():
         return root
-    from oats.io import load_run
-    from oats.jobs import evaluate_and_save
-    from oats.sweep import sweep
+    from oats.runs.folders import load_run
+    from oats.runner.jobs import evaluate_and_save
+    from oats.runner.sweep import sweep
     sweep("minilm-l6", methods="oats,wanda", compression="0.5,0.7", iterations=6, calib_samples=16,
           quick=True, root=root)
     assert (root / MAIN / "manifest.json").exists(), sorted(p.name for p in root.iterdir())
@@ -51,7 +51,7 @@ def runs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def main_run(runs_dir):
-    from oats.io import load_run
+    from oats.runs.folders import load_run
     return load_run(runs_dir / MAIN)
 
 
@@ -59,7 +59,7 @@ def main_run(runs_dir):
 def app(runs_dir, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from app_state import RUN_KEY
+    from ui.state import RUN_KEY
     monkeypatch.setenv("OATS_RUNS_DIR", str(runs_dir))
     at = AppTest.from_file(APP, default_timeout=600)
     at.session_state[RUN_KEY] = str(runs_dir / MAIN)
@@ -138,8 +138,8 @@ def test_every_page_has_an_empty_state(tmp_path, monkeypatch):
 
 
 def test_compress_page_summary(app, main_run, runs_dir):
-    from oats.io import read_manifest
-    from oats.jobs import read_evaluation
+    from oats.runs.folders import read_manifest
+    from oats.runner.jobs import read_evaluation
     app.run()
     clean(app)
     m = read_manifest(runs_dir / MAIN)
@@ -184,8 +184,8 @@ def test_compress_runs_in_the_background_and_opens_the_run(tmp_path, monkeypatch
     """The acceptance path, small: compress minilm-l6 from the page, watch it, get the run."""
     from streamlit.testing.v1 import AppTest
 
-    from app_state import RUN_KEY
-    from oats.io import read_manifest
+    from ui.state import RUN_KEY
+    from oats.runs.folders import read_manifest
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
@@ -311,7 +311,7 @@ def test_error_budget_page(app, main_run):
 
 
 def test_walkthrough_page(app, main_run):
-    from oats.decompose import rank_budget
+    from oats.core.decompose import rank_budget
     app.run()
     go(app, "pages/walkthrough.py")
     q = main_run.layers[0].qualname
@@ -333,7 +333,7 @@ def test_walkthrough_page(app, main_run):
 
 
 def test_compare_page(app, runs_dir):
-    from oats.sweep import load_results
+    from oats.runner.sweep import load_results
     app.run()
     go(app, "pages/compare.py")
     s = chart(app, "cosine against compression rate")
@@ -347,7 +347,7 @@ def test_compare_page(app, runs_dir):
     lay = chart(app, "Per-layer error, run by run")
     assert len(lay["data"]) == 4  # the four runs of the selected run's model
     main = trace(lay, MAIN)
-    from oats.io import read_manifest
+    from oats.runs.folders import read_manifest
     np.testing.assert_allclose(floats(main["y"]), [l["scaled_error"] for l in read_manifest(runs_dir / MAIN)["layers"]])
     # the rank ratio each method really used: Wanda runs spend nothing on a low-rank term
     compared = [df for df in app.dataframe if "median_scaled_error" in df.value.columns][0].value

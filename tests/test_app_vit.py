@@ -14,8 +14,8 @@ import torch
 import transformers
 
 from oats import OatsConfig, compress_model
-from oats.io import save_run
-from oats.zoo import load_model
+from oats.runs.folders import save_run
+from oats.models.zoo import load_model
 
 from streamlit.testing.v1 import AppTest
 

@@ -23,12 +23,14 @@ import pytest
 import torch
 from test_zoo_data import counting_text, word_tokenizer
 
-from oats import data, validate, zoo
-from oats.allocation import Owl
+from oats import data, validate
+
+from oats.models import zoo
+from oats.compress.allocation import Owl
 from oats.config import OatsConfig
 from oats.errors import ConfigError, DataError, ModelLoadError, ResourceError, RunError, UnsupportedModelError
-from oats.io import load_run, read_manifest
-from oats.pipeline import compress_model, resolve_device
+from oats.runs.folders import load_run, read_manifest
+from oats.compress.pipeline import compress_model, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = "smollm2-135m, minilm-l6, dinov2-small"
@@ -396,7 +398,7 @@ APP_CASES = {
 def test_app_compress_form_shows_the_same_message(case_id, files, offline, monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from oats.jobs import RUNNER
+    from oats.runner.jobs import RUNNER
     case = next(c for c in CASES if c.id == case_id)
     form = APP_CASES[case_id]
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
@@ -437,7 +439,7 @@ def test_app_config_binds_localhost_and_caps_uploads():
 
 @pytest.mark.parametrize("model", ["../../etc/passwd", "/abs/path/model", "..", "./x/../../y", "~/m", "a\\..\\b"])
 def test_run_folders_from_hostile_model_names_stay_in_the_runs_folder(model, tmp_path):
-    from oats.jobs import CompressRequest
+    from oats.runner.jobs import CompressRequest
     name = CompressRequest(model=model).folder_name()
     folder = validate.run_dir(tmp_path, name)
     assert folder.resolve().parent == tmp_path.resolve() and "/" not in name and not name.startswith(".")

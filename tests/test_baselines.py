@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from oats import OatsConfig, compress_model, decompose, load_run, save_run
-from oats.allocation import Owl, outlier_ratio, owl_rates, parse_allocation
-from oats.baselines import lowrank_only, lowrank_rank, magnitude, sparsegpt, wanda
-from oats.calibration import SecondMoments
-from oats.decompose import rank_budget, row_keep, sparse_budget
+from oats.compress.allocation import Owl, outlier_ratio, owl_rates, parse_allocation
+from oats.methods.baselines import lowrank_only, lowrank_rank, magnitude, sparsegpt, wanda
+from oats.compress.calibration import SecondMoments
+from oats.core.decompose import rank_budget, row_keep, sparse_budget
 from oats.errors import ConfigError
-from oats.io import read_manifest
-from oats.pipeline import BUDGET_NOTES, METHODS, dense_layer_stats
+from oats.runs.folders import read_manifest
+from oats.compress.pipeline import BUDGET_NOTES, METHODS, dense_layer_stats
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 
@@ -286,7 +286,7 @@ def test_cli_allocation_errors_exit_2_with_one_line(argv, message, capsys, tmp_p
 @pytest.mark.parametrize("name", ["minilm-l6", "smollm2-135m"])
 def test_sparsegpt_and_oats_beat_wanda_on_real_layers(name):
     from oats.data import calibration_batches
-    from oats.zoo import load_model, preset_available
+    from oats.models.zoo import load_model, preset_available
     ok, how = preset_available(name)
     if not ok:
         pytest.fail(f"embedded model {name} is not installed: {how}")

@@ -30,7 +30,7 @@ def prepare_browser_runs(root: Path) -> Path:
     if not (folder / "manifest.json").exists():
         from oats import OatsConfig, compress_model, save_run
         from oats.data import calibration_batches
-        from oats.zoo import load_model
+        from oats.models.zoo import load_model
         loaded = load_model("dinov2-small")
         run = compress_model(loaded.model, calibration_batches(loaded, n_samples=4),
                              OatsConfig(compression=0.5, rank_ratio=0.2, iterations=5), model_name="dinov2-small")

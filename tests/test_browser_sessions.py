@@ -68,8 +68,8 @@ def _fill_form(page, model: str) -> None:
 
 def _expected_request(model: str):
     from oats.config import OatsConfig
-    from oats.jobs import CompressRequest
-    from oats.zoo import PRESETS
+    from oats.runner.jobs import CompressRequest
+    from oats.models.zoo import PRESETS
     config = OatsConfig(compression=0.5, rank_ratio=PRESETS[model].default_rank_ratio, iterations=ITERATIONS)
     return CompressRequest(model=model, config=config, calib_samples=SAMPLES, evaluate=False)
 
@@ -80,9 +80,9 @@ def test_two_sessions_compress_different_models_at_once(app_server):
 
     from oats.config import OatsConfig
     from oats.data import calibration_batches
-    from oats.io import list_runs, read_manifest
-    from oats.pipeline import compress_model
-    from oats.zoo import load_model
+    from oats.runs.folders import list_runs, read_manifest
+    from oats.compress.pipeline import compress_model
+    from oats.models.zoo import load_model
 
     url, runs_root = app_server
     requests = {s: _expected_request(m) for s, m in SESSIONS.items()}

@@ -31,8 +31,8 @@ def test_app_compression_takes_about_the_cli_time(tmp_path):
         skip_or_fail(why)
     from playwright.sync_api import sync_playwright
 
-    from oats.io import read_manifest
-    from oats.zoo import PRESETS, load_model
+    from oats.runs.folders import read_manifest
+    from oats.models.zoo import PRESETS, load_model
     load_model(MODEL)  # the preset conversion is not what is timed
     kappa = PRESETS[MODEL].default_rank_ratio
     t0 = time.perf_counter()

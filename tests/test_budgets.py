@@ -15,8 +15,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from oats import OatsConfig
-from oats.baselines import _cumulative_share
-from oats.decompose import (dense_budget, hard_threshold, lowrank_rank, prune_fraction, rank_budget, row_keep,
+from oats.methods.baselines import _cumulative_share
+from oats.core.decompose import (dense_budget, hard_threshold, lowrank_rank, prune_fraction, rank_budget, row_keep,
                             sparse_budget)
 from oats.errors import ConfigError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from oats import OatsConfig, decompose, decompose_many
-from oats.decompose import hard_threshold, input_scale, prune_fraction, rank_budget, row_keep, sparse_budget
+from oats.core.decompose import hard_threshold, input_scale, prune_fraction, rank_budget, row_keep, sparse_budget
 from oats.errors import ConfigError
 
 SHAPES = [(64, 64), (96, 32), (32, 96), (48, 80)]
@@ -161,7 +161,7 @@ def test_threshold_counts_exact_with_ties():
 
 def _spy_batches(monkeypatch):
     """Record the batch size of every solve."""
-    dm = importlib.import_module("oats.decompose")  # (oats.decompose is also the function)
+    dm = importlib.import_module("oats.core.decompose")  # (oats.decompose is also the function)
     seen, original = [], dm._solve
 
     def spy(a, *args, **kwargs):
@@ -312,7 +312,7 @@ def test_fast_solver_stops_early_and_tol_zero_runs_every_iteration():
 def test_restarts_keep_the_error_history_monotone_in_a_batch(monkeypatch):
     """Too much momentum makes iterations overshoot; each is redone exactly (batched too),
     so every member's error history still never rises."""
-    dm = importlib.import_module("oats.decompose")
+    dm = importlib.import_module("oats.core.decompose")
     monkeypatch.setattr(dm, "_MOMENTUM", 3.0)
     problems = [_problem(48, 32, seed=s) for s in (1, 2, 3)]
     cfg = OatsConfig(iterations=20, tol=0.0)

@@ -21,9 +21,9 @@ from oats import OatsConfig, compress_model, save_run
 from oats.cli import main as cli_main
 from oats.data import image_batches, sentence_batches
 from oats.errors import DataError
-from oats.evaluate import PRIMARY_METRIC, Evaluation, Evaluator, evaluate_model, evaluate_run, wikitext2_text
-from oats.io import RunWriter
-from oats.zoo import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from oats.evaluation import PRIMARY_METRIC, Evaluation, Evaluator, evaluate_model, evaluate_run, wikitext2_text
+from oats.runs.folders import RunWriter
+from oats.models.zoo import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=5)
 
@@ -149,7 +149,7 @@ def test_evaluate_run_modes_are_restored_and_per_layer_modes_respected():
 
 
 def test_wikitext2_without_network_is_one_clear_line(monkeypatch):
-    import oats.zoo as zoo
+    import oats.models.zoo as zoo
     monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=0: False)
     with pytest.raises(DataError) as e:
         wikitext2_text()
@@ -259,10 +259,9 @@ def test_top1_on_a_labelled_folder(tmp_path):
 # ----------------------------------------------------------------------------- oats.evaluate and the CLI
 
 
-def test_oats_evaluate_is_callable_and_returns_a_dataclass():
-    import importlib
-    mod = importlib.import_module("oats.evaluate")
-    assert mod is oats.evaluate and hasattr(mod, "evaluate_model")
+def test_oats_evaluate_is_a_plain_function_that_returns_a_dataclass():
+    from oats import evaluation
+    assert oats.evaluate is evaluation.evaluate and callable(oats.evaluate)
     loaded = tiny_lm()
     run = compress_model(loaded.model, text_batches_of(loaded), CFG, model_name="tiny-lm")
     run.loaded = loaded
@@ -312,7 +311,7 @@ def test_cli_evaluate_missing_or_unfinished_run(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_cli_evaluate_reports_dense_and_the_three_modes(tmp_path):
-    from oats.zoo import preset_available
+    from oats.models.zoo import preset_available
     ok, how = preset_available("minilm-l6")
     if not ok:
         pytest.fail(f"minilm-l6 is not installed: {how}")
@@ -336,7 +335,7 @@ def test_cli_evaluate_reports_dense_and_the_three_modes(tmp_path):
 def test_smollm2_perplexity_orders_oats_wanda_magnitude():
     """rho 0.5, default calibration and evaluation: OATS < Wanda < magnitude (held-out perplexity)."""
     from oats.data import calibration_batches
-    from oats.zoo import load_model, preset_available
+    from oats.models.zoo import load_model, preset_available
     ok, how = preset_available("smollm2-135m")
     if not ok:
         pytest.fail(f"smollm2-135m is not installed: {how}")

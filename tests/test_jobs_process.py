@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from oats import OatsConfig
-from oats.io import list_runs, read_manifest
-from oats.jobs import CompressRequest, JobRunner, request_from_json, request_to_json
+from oats.runs.folders import list_runs, read_manifest
+from oats.runner.jobs import CompressRequest, JobRunner, request_from_json, request_to_json
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.3, iterations=4)
 LAYERS = 4

@@ -3,7 +3,7 @@ uninterrupted run.
 
 Every run here is a real ``python -m oats.cli compress`` subprocess on a tiny local Llama
 folder (5 blocks, seconds per run). The killed run is started through a small driver
-(``python -c KILL_DRIVER``) that wraps functions of ``oats.pipeline`` / ``oats.io`` in its own
+(``python -c KILL_DRIVER``) that wraps functions of ``oats.compress.pipeline`` / ``oats.runs.folders`` in its own
 process only, so that once block k is saved (factors + manifest) and block k+1 is under way,
 the process sends itself SIGKILL: no exception, no ``finally``, no Python handler runs.
 Production code has no test hooks.
@@ -25,9 +25,9 @@ import torch
 
 from safetensors.torch import load_file
 
-from oats import zoo
-from oats.io import MANIFEST, list_runs, load_run, read_manifest
-from oats.modules import oats_layers
+from oats.models import zoo
+from oats.runs.folders import MANIFEST, list_runs, load_run, read_manifest
+from oats.core.linear import oats_layers
 
 REPO = Path(__file__).resolve().parents[1]
 N_BLOCKS = 5
@@ -39,8 +39,8 @@ TIMEOUT_S = 180
 
 KILL_DRIVER = r"""
 import os, signal, sys, time
-import oats.io as IO
-import oats.pipeline as P
+import oats.runs.folders as IO
+import oats.compress.pipeline as P
 from oats.cli import main
 
 K = int(os.environ["KILL_AFTER_BLOCK"])   # the last block that is fully saved
@@ -309,7 +309,7 @@ def test_the_app_resumes_a_killed_cli_run(ws):
     """The app's Resume button (JobRunner.start with the run's own folder) finishes a CLI run
     that was killed, with the CLI's calibration (its text, sequence length and seed), to the
     same result as the uninterrupted run."""
-    from oats.jobs import JobRunner, request_from_manifest
+    from oats.runner.jobs import JobRunner, request_from_manifest
     out = ws["runs"] / "killed-then-app"
     p = subprocess.run([sys.executable, "-c", KILL_DRIVER, *_compress_argv(ws, out)], cwd=REPO, capture_output=True,
                        text=True, env=_env(ws["root"], KILL_AFTER_BLOCK=2, KILL_WHERE="decompose"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail
 
-from oats import zoo
+from oats.models import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "benchmarks" / "memory.py")

@@ -137,7 +137,7 @@ def test_oats_run_is_the_scaled_decomposition_of_each_layer():
 
 
 def test_lowrank_run_is_the_scaled_truncated_svd():
-    from oats.baselines import lowrank_only
+    from oats.methods.baselines import lowrank_only
     out, _ = compressed("lowrank")
     run = out["lowrank"]
     for rec in run.layers:
@@ -151,7 +151,7 @@ def test_lowrank_run_is_the_scaled_truncated_svd():
 
 def test_method_config_messages():
     from oats.errors import ConfigError
-    from oats.pipeline import method_config, method_rank_ratio
+    from oats.compress.pipeline import method_config, method_rank_ratio
     with pytest.raises(ConfigError) as e:
         method_config("lowrank", OatsConfig(sparsity="2:4"))
     assert str(e.value) == ("the low-rank method has no sparse term, so sparsity 2:4 does not apply: use sparsity "

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from oats import OatsConfig, compress_model, list_runs, load_run, save_run
 from oats.cli import main as cli_main
 from oats.errors import ConfigError, RunError
-from oats.io import RunWriter, read_manifest
+from oats.runs.folders import RunWriter, read_manifest
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 

@@ -14,13 +14,13 @@ import torch
 from tiny_models import assert_cli_fails  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import oats.pipeline
+import oats.compress.pipeline
 from oats import OatsConfig, compress_model, list_runs, save_run
 from oats.cli import main as cli_main
 from oats.errors import ConfigError, RunError
-from oats.sweep import (RESULTS_CSV, RESULTS_JSON, RunSpec, list_sweeps, load_results, markdown_table, parse_list, plan,
+from oats.runner.sweep import (RESULTS_CSV, RESULTS_JSON, RunSpec, list_sweeps, load_results, markdown_table, parse_list, plan,
                         sweep)
-from oats.zoo import LoadedModel
+from oats.models.zoo import LoadedModel
 
 
 class CharTokenizer:
@@ -76,7 +76,7 @@ def test_sweep_table_runs_and_reuse(tmp_path, monkeypatch):
     assert "tiny-lm-oats-c0.4-k0.25-row-it5-cal4x32s0" in runs
 
     # a repeated sweep compresses nothing and reproduces the table
-    monkeypatch.setattr(oats.pipeline, "compress_model", lambda *a, **k: pytest.fail("a run was recompressed"))
+    monkeypatch.setattr(oats.compress.pipeline, "compress_model", lambda *a, **k: pytest.fail("a run was recompressed"))
     again = run_sweep(tmp_path)
     assert not again.computed and sorted(again.reused) == sorted(res.computed)
     for a, b in zip(rows, again.rows):
@@ -173,7 +173,7 @@ def test_cli_sweep_refuses_a_run_folder_of_another_model(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_cli_sweep_on_minilm_then_rerun_only_evaluates(tmp_path):
-    from oats.zoo import preset_available
+    from oats.models.zoo import preset_available
     ok, how = preset_available("minilm-l6")
     if not ok:
         pytest.fail(f"minilm-l6 is not installed: {how}")

@@ -3,7 +3,7 @@
 - The same compression asked for several times at once (several sessions, several
   threads) is computed once: one job, one model load, one compression.
 - Two different compressions started together each end with their own model's factors.
-- ``app_state.load_run_cached`` holds at most two runs, and an evicted run is freed even
+- ``ui.state.load_run_cached`` holds at most two runs, and an evicted run is freed even
   when it sits in a reference cycle (its ``on_release`` collects).
 
 Tiny random models only (no downloads); test_browser_sessions.py does the same with the
@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from tiny_models import batches, tiny_llama
 
 from oats import OatsConfig, compress_model
-from oats.io import block_tensors, list_runs, read_manifest
-from oats.jobs import CompressRequest, JobRunner
+from oats.runs.folders import block_tensors, list_runs, read_manifest
+from oats.runner.jobs import CompressRequest, JobRunner
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 MODELS = {"tiny-a": (0, 11), "tiny-b": (5, 22)}  # name -> (model seed, calibration seed)
@@ -32,9 +32,11 @@ MODELS = {"tiny-a": (0, 11), "tiny-b": (5, 22)}  # name -> (model seed, calibrat
 
 @pytest.fixture
 def counting_zoo(monkeypatch):
-    """oats.zoo.load_model, oats.data.calibration_batches and oats.pipeline.compress_model,
+    """oats.models.zoo.load_model, oats.data.calibration_batches and oats.pipeline.compress_model,
     counted; two tiny Llamas (different weights and calibration data) by name."""
-    from oats import data, pipeline, zoo
+    from oats import data
+    from oats.compress import pipeline
+    from oats.models import zoo
     calls = {"load": [], "data": [], "compress": []}
     gate = threading.Event()  # compress_model waits for it (set: no wait)
     gate.set()
@@ -151,7 +153,7 @@ def three_runs(tmp_path_factory):
     import transformers
 
     from oats import save_run
-    from oats.zoo import load_model
+    from oats.models.zoo import load_model
     base = tmp_path_factory.mktemp("cache-runs")
     folder = base / "tiny-vit-model"
     torch.manual_seed(0)
@@ -176,7 +178,7 @@ def _cache_script():
 
     import streamlit as st
 
-    from app_state import load_run_cached, run_mtime
+    from ui.state import load_run_cached, run_mtime
     for p in st.session_state["load"]:
         run = load_run_cached(p, run_mtime(p))
         st.session_state["seen"].append((p, weakref.ref(run)))
@@ -196,7 +198,7 @@ def test_run_cache_holds_two_models_and_frees_the_evicted_one(three_runs, monkey
     cache's on_release collects), the other two stay cached; at most two are ever alive."""
     from streamlit.testing.v1 import AppTest
 
-    import app_state
+    from ui import state as app_state
     real = app_state.load_run
     loads: list[str] = []
 

@@ -1,4 +1,4 @@
-"""oats.vit and oats.vit_figures on tiny random ViTs built in the test (no downloads).
+"""oats.explain.vit and oats.vit_figures on tiny random ViTs built in the test (no downloads).
 
 Rollout is checked against hand-computed examples, attributions against their definitions
 (IG completeness, gradient x input), and ``explain`` against an uncompressed copy of the model.
@@ -13,9 +13,11 @@ import pytest
 import torch
 import transformers
 
-from oats import OatsConfig, compress_model, vit
+from oats import OatsConfig, compress_model
+
+from oats.explain import vit
 from oats.errors import ConfigError, DataError, UnsupportedModelError
-from oats.vit_figures import OVERLAP_COLUMNS, layers_figure, overlap_frame, overlay_figure
+from ui.vit_figures import OVERLAP_COLUMNS, layers_figure, overlap_frame, overlay_figure
 
 IMAGE, PATCH, HIDDEN, LAYERS = 32, 8, 32, 2
 GRID = (IMAGE // PATCH, IMAGE // PATCH)

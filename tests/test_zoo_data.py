@@ -23,7 +23,8 @@ import torch
 import transformers  # noqa: E402  (a dependency: missing is an error, not a skip)
 
 from conftest import skip_or_fail  # noqa: E402
-from oats import data, zoo  # noqa: E402
+from oats import data
+from oats.models import zoo  # noqa: E402
 from oats.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
 
 # ----------------------------------------------------------------------------- helpers

@@ -29,9 +29,7 @@ import hashlib
 import inspect
 import math
 import os
-import sys
 import time
-import types
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError
-from .modules import MODES, oats_layers, use_mode
+from oats.errors import ConfigError, DataError
+from oats.core.linear import MODES, oats_layers, use_mode
 
 PRIMARY_METRIC: dict[str, tuple[str, bool]] = {
     "causal-lm": ("perplexity", False),
@@ -90,7 +88,7 @@ def wikitext2_text(split: str = "test") -> str:
     except ImportError:
         raise DataError("WikiText-2 needs the 'datasets' package and the network (pip install datasets): "
                         "use --text FILE or the built-in evaluation text instead") from None
-    from .zoo import _hub_reachable
+    from oats.models.zoo import _hub_reachable
     if not _hub_reachable():
         raise DataError("WikiText-2 needs the network (the Hugging Face hub is not reachable): "
                         "use --text FILE or the built-in evaluation text instead")
@@ -107,7 +105,7 @@ def _resolve_text(text) -> tuple[str | None, str]:
     if text is None:
         return None, "built-in evaluation split (stdlib prose, disjoint from calibration)"
     if isinstance(text, os.PathLike):
-        from .data import read_text_file
+        from oats.data import read_text_file
         return read_text_file(text), f"file {os.fspath(text)}"
     if not isinstance(text, str) or not text.strip():
         raise DataError("the evaluation text is empty: give some prose, a text file, or leave it out for the "
@@ -219,7 +217,7 @@ class Evaluator:
                 raise DataError("this language model has no tokenizer, so text cannot be fed to it: load it with "
                                 "its tokenizer")
             body, what = _resolve_text(text)
-            from .data import evaluation_text
+            from oats.data import evaluation_text
             self._text = body if body is not None else evaluation_text()
             self._windows = self._lm_windows(LM_WINDOWS[q], LM_SEQ_LEN[q])
             self.settings.update(text=what, windows=int(self._windows.shape[0]), seq_len=int(self._windows.shape[1]),
@@ -227,7 +225,7 @@ class Evaluator:
         elif task == "encoder":
             if loaded.tokenizer is None:
                 raise DataError("this encoder has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
-            from .data import evaluation_sentences, sentence_batches, split_sentences
+            from oats.data import evaluation_sentences, sentence_batches, split_sentences
             body, what = _resolve_text(text)
             sentences = evaluation_sentences() if body is None else split_sentences(body)
             if len(sentences) < 2:
@@ -237,7 +235,7 @@ class Evaluator:
             self._batches = sentence_batches(loaded.tokenizer, [sentences[i] for i in sorted(pick)], batch_size=16)
             self.settings.update(text=what, sentences=n)
         else:
-            from .data import bundled_images, image_batches, load_image_folder
+            from oats.data import bundled_images, image_batches, load_image_folder
             n = VISION_IMAGES[q]
             self._folder = None
             if image_folder is not None:
@@ -257,7 +255,7 @@ class Evaluator:
     # -- causal LM
 
     def _lm_windows(self, n: int, seq_len: int) -> torch.Tensor:
-        from .data import _tokenize
+        from oats.data import _tokenize
         ids = _tokenize(self.loaded.tokenizer, self._text)
         if len(ids) < seq_len + 1:
             raise DataError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {seq_len}: "
@@ -419,7 +417,7 @@ def evaluate_model(model: nn.Module, loaded, *, quick: bool = False, text=None,
 
     Args:
         model: the model (its replaced linears in whatever modes they are in).
-        loaded: the ``oats.zoo.LoadedModel`` it came from (task, tokenizer, image settings).
+        loaded: the ``oats.models.zoo.LoadedModel`` it came from (task, tokenizer, image settings).
         quick: a small evaluation set (a few seconds on the embedded models).
         text: evaluation text (a string, or a path as ``pathlib.Path``) instead of the
             built-in evaluation split; causal LMs and encoders.
@@ -459,7 +457,7 @@ def evaluate_run(run, loaded=None, modes=("dense", "both", "sparse", "lowrank"),
 
 @dataclass
 class Evaluation:
-    """What ``oats.evaluate`` returns: metrics per mode, the primary metric, the settings."""
+    """What ``oats.evaluation`` returns: metrics per mode, the primary metric, the settings."""
 
     model_name: str
     task: str
@@ -494,7 +492,7 @@ def evaluate(target, loaded=None, *, modes=None, quick: bool = False, text=None,
         modes: modes to evaluate model-wide, or ("current",) for the model as it is.
         quick, text, image_folder: as in ``evaluate_model``.
     """
-    from .pipeline import CompressionRun
+    from oats.compress.pipeline import CompressionRun
     t0 = time.perf_counter()
     name = ""
     if isinstance(target, CompressionRun):
@@ -524,18 +522,3 @@ def evaluate(target, loaded=None, *, modes=None, quick: bool = False, text=None,
     primary, higher = PRIMARY_METRIC[ev.task]
     return Evaluation(model_name=name, task=ev.task, metrics=metrics, primary=primary, higher_is_better=higher,
                       settings=ev.settings, time_s=time.perf_counter() - t0)
-
-
-class _CallableModule(types.ModuleType):
-    """``oats.evaluate`` is this module *and* callable as ``oats.evaluate(run)``.
-
-    The issue asks for ``oats.evaluate(...)`` while the helpers import names from the module
-    ``oats.evaluate``; a function bound to that name in ``oats/__init__`` would hide the
-    module from ``import oats.evaluate as ev``. Calling the module calls ``evaluate``.
-    """
-
-    def __call__(self, *args, **kwargs) -> Evaluation:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

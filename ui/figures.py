@@ -1,4 +1,4 @@
-"""Plotly figures for the app, built from ``oats.analysis`` results (arrays, dataclasses, rows).
+"""Plotly figures for the app, built from ``oats.explain.analysis`` results (arrays, dataclasses, rows).
 
 Each builder returns a ``plotly.graph_objects.Figure`` with titled axes (units where there
 are any) and never computes anything heavier than a sort. Heatmaps arrive already pooled.
@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from plotly.colors import hex_to_rgb, sequential
 
-from .analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
+from oats.explain.analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
 
 
 def safe_colorscale(name: str) -> list[list]:

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .allocation import Owl, parse_allocation
-from .config import OatsConfig
-from .errors import ConfigError, OatsError, RunError
-from .evaluate import Evaluator, run_modes
-from .pipeline import METHODS, method_config, method_rank_ratio
-from .validate import run_dir
+from oats.compress.allocation import Owl, parse_allocation
+from oats.config import OatsConfig
+from oats.errors import ConfigError, OatsError, RunError
+from oats.evaluation import Evaluator, run_modes
+from oats.compress.pipeline import METHODS, method_config, method_rank_ratio
+from oats.validate import run_dir
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
@@ -178,7 +178,7 @@ def _clear_run_folder(folder: Path) -> None:
 
 def _status(spec: RunSpec, folder: Path) -> str:
     """"reuse", "compute", or raise RunError when the folder holds someone else's run."""
-    from .io import MANIFEST, read_manifest
+    from oats.runs.folders import MANIFEST, read_manifest
     if not (folder / MANIFEST).exists():
         return "compute"
     try:
@@ -226,7 +226,7 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
             fixed one (0 for the sparse-only methods, 1 for low-rank only).
         root: the runs root (default ``oats.io.runs_root()``); out: the table folder
             (default ``<root>/sweeps/<model>``).
-        quick, text, image_folder: the evaluation (``oats.evaluate``).
+        quick, text, image_folder: the evaluation (``oats.evaluation``).
         calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``).
         allocation, owl_lambda, owl_threshold: "uniform" or "owl" for every run.
         loaded: an already loaded model (``oats.zoo.load_model(model)``), left dense.
@@ -235,9 +235,10 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
 
     Returns a ``SweepResult``; the table is also in ``<folder>/results.csv`` / ``.json``.
     """
-    from . import data, zoo
-    from .io import RunWriter, load_run, runs_root
-    from .pipeline import compress_model
+    from oats import data
+    from oats.models import zoo
+    from oats.runs.folders import RunWriter, load_run, runs_root
+    from oats.compress.pipeline import compress_model
 
     t_all = time.perf_counter()
     log = log or (lambda line: None)
@@ -337,7 +338,7 @@ def _json_safe(x):
 
 def write_results(folder: str | Path, rows: list[dict], meta: dict | None = None) -> Path:
     """Write ``results.csv``, ``results.json`` (list of row dicts) and ``sweep.json`` (meta)."""
-    from .io import atomic_write_bytes
+    from oats.runs.folders import atomic_write_bytes
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cols = _columns(rows)
@@ -356,7 +357,7 @@ def write_results(folder: str | Path, rows: list[dict], meta: dict | None = None
 
 def list_sweeps(root=None) -> list[Path]:
     """Sweep folders (those holding a results.json) under ``<root>/sweeps/``."""
-    from .io import runs_root
+    from oats.runs.folders import runs_root
     base = (Path(root) if root is not None else runs_root()) / SWEEPS_DIR
     if not base.is_dir():
         return []

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError, UnsupportedModelError
+from oats.errors import ConfigError, DataError, UnsupportedModelError
 
 MODES = ("dense", "sparse", "lowrank")
 """The three models compared, as ``OatsLinear`` modes."""
@@ -476,7 +476,7 @@ def prepare_image(image: np.ndarray, spec: tuple[int, tuple, tuple]) -> tuple[to
     The same preprocessing as evaluation (``oats.data.image_batches`` without augmentation:
     centred square, resized to S, normalised).
     """
-    from .data import image_batches
+    from oats.data import image_batches
 
     px = image_batches(spec, [image], 1, augment=False, batch_size=1)[0]["pixel_values"]
     mean = torch.tensor(spec[1], dtype=torch.float32).view(3, 1, 1)

@@ -1,8 +1,8 @@
 """One background compression in a process of its own: ``python -m oats.worker RUN_FOLDER``.
 
 Started by ``oats.jobs.JobRunner(isolation="process")``. Reads the request (JSON, one line)
-from stdin, runs ``oats.jobs.execute`` into RUN_FOLDER and reports on stdout, one JSON
-object per line behind ``oats.jobs.EVENT_PREFIX``: ``update`` (stage changes), ``progress``
+from stdin, runs ``oats.runner.jobs.execute`` into RUN_FOLDER and reports on stdout, one JSON
+object per line behind ``oats.runner.jobs.EVENT_PREFIX``: ``update`` (stage changes), ``progress``
 (after every block), then exactly one of ``done``, ``failed`` or ``cancelled``. A later
 ``cancel`` line on stdin, or stdin closing (the app went away), stops it after the block in
 progress; the finished blocks stay on disk and the run resumes from them.
@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .jobs import EVENT_PREFIX, Cancelled, execute, failure_line, request_from_json
+from oats.runner.jobs import EVENT_PREFIX, Cancelled, execute, failure_line, request_from_json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .config import OatsConfig, exact_rate
-from .errors import ConfigError
+from oats.config import OatsConfig, exact_rate
+from oats.errors import ConfigError
 
 # Fast solver: extra columns carried by the subspace iteration beyond the rank.
 _OVERSAMPLE = 8

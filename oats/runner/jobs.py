@@ -18,7 +18,7 @@ Where the work runs (``JobRunner(isolation=...)``):
   that replace parts of the pipeline in-process).
 
 After compressing, a job evaluates the dense, compressed, sparse-only and low-rank-only
-variants (``oats.evaluate.evaluate_run``) and keeps the result next to the run as
+variants (``oats.evaluation.evaluate_run``) and keeps the result next to the run as
 ``evaluation.json``.
 """
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .config import OatsConfig
-from .errors import OatsError, RunError
+from oats.config import OatsConfig
+from oats.errors import OatsError, RunError
 
 EVALUATION_FILE = "evaluation.json"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -44,7 +44,7 @@ class CompressRequest:
     """Everything that decides a compression's result (and so its run folder's name)."""
 
     model: str
-    """Preset name, hub id or local model folder (what ``oats.zoo.load_model`` takes)."""
+    """Preset name, hub id or local model folder (what ``oats.models.zoo.load_model`` takes)."""
     config: OatsConfig = field(default_factory=OatsConfig)
     method: str = "oats"
     calib_source: str | None = None
@@ -60,11 +60,11 @@ class CompressRequest:
     def folder_name(self) -> str:
         """A readable, deterministic run folder name for this request.
 
-        The same name ``oats sweep`` gives the same run (``oats.sweep.RunSpec.name``), so the
+        The same name ``oats sweep`` gives the same run (``oats.runner.sweep.RunSpec.name``), so the
         app and sweeps reuse each other's runs; a calibration file or folder, or non-default
         eps / tol, add a short hash of themselves.
         """
-        from .sweep import RunSpec
+        from oats.runner.sweep import RunSpec
         c = self.config
         name = RunSpec(self.model, self.method, c, None, (self.calib_samples, self.seq_len, self.seed)).name
         default = OatsConfig()
@@ -194,9 +194,10 @@ def execute(req: CompressRequest, folder: Path, update: Callable[..., None],
     propagate (``OatsError`` for expected ones). The same steps run in a job's thread and in
     a job's worker process.
     """
-    from . import data, zoo
-    from .io import MANIFEST, RunWriter, load_run, read_manifest
-    from .pipeline import compress_model, method_config
+    from oats import data
+    from oats.models import zoo
+    from oats.runs.folders import MANIFEST, RunWriter, load_run, read_manifest
+    from oats.compress.pipeline import compress_model, method_config
 
     method_config(req.method, req.config)
     t0 = time.perf_counter()
@@ -213,7 +214,7 @@ def execute(req: CompressRequest, folder: Path, update: Callable[..., None],
         resume = load_run(folder, model=loaded.model, allow_partial=True)
         alloc = resume.allocation or {}
         if alloc.get("name") == "owl":  # an OWL run made by the CLI keeps its block rates
-            from .allocation import Owl
+            from oats.compress.allocation import Owl
             owl = Owl(lam=alloc["lam"], threshold=alloc["threshold"])
         update(message=f"resuming after {len(resume.blocks)} finished blocks")
     writer = RunWriter(folder, extra={"calibration_request": req.calibration_request(),
@@ -294,7 +295,7 @@ def _work_in_process(job: Job, compute_lock: threading.Lock) -> None:
         ended = False
         with tempfile.TemporaryFile(mode="w+") as errlog:
             try:
-                proc = subprocess.Popen([sys.executable, "-m", "oats.worker", str(job.folder)],
+                proc = subprocess.Popen([sys.executable, "-m", "oats.runner.worker", str(job.folder)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog, text=True,
                                         bufsize=1)
             except OSError as e:
@@ -346,7 +347,7 @@ def evaluate_and_save(run, folder: str | Path, quick: bool = False) -> str:
     sparse-only and low-rank-only for OATS; dense and both otherwise) and write
     ``evaluation.json``; returns a note for the job message ("" on success)."""
     try:
-        from .evaluate import evaluate_run, run_modes
+        from oats.evaluation import evaluate_run, run_modes
     except ImportError:
         return " (evaluation module not available: no evaluation)"
     try:
@@ -359,7 +360,7 @@ def evaluate_and_save(run, folder: str | Path, quick: bool = False) -> str:
 
 def save_evaluation(folder: str | Path, results: dict, quick: bool) -> Path:
     """Write {mode: {metric: value}} next to a run (atomic)."""
-    from .io import atomic_write_bytes
+    from oats.runs.folders import atomic_write_bytes
     path = Path(folder) / EVALUATION_FILE
     body = {"quick": bool(quick), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "results": {m: {k: float(v) for k, v in r.items()} for m, r in results.items()}}
@@ -412,8 +413,8 @@ class JobRunner:
         Returns the job already running for that folder, or a finished job at once when the
         folder already holds the complete run. An unfinished folder is resumed.
         """
-        from .io import MANIFEST, read_manifest, runs_root
-        from .validate import run_dir
+        from oats.runs.folders import MANIFEST, read_manifest, runs_root
+        from oats.validate import run_dir
         if folder is not None:
             folder = Path(folder)
             folder = run_dir(folder.parent, folder.name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, LinearRef, model_type, register_adapter, weight_of
+from oats.errors import UnsupportedModelError
+from oats.models.adapters.base import Adapter, LinearRef, model_type, register_adapter, weight_of
 
 
 def _present(block: nn.Module, refs: list[LinearRef]) -> list[LinearRef]:

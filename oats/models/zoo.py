@@ -42,7 +42,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import ModelLoadError
+from oats.errors import ModelLoadError
 
 TASKS = ("causal-lm", "encoder", "vision")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -318,7 +318,7 @@ def _check_local_folder(name: str, path: Path) -> None:
             f"folder {name!r} has no config.json: give a folder saved with save_pretrained "
             "(config.json plus model.safetensors)"
         )
-    from .validate import check_memory, check_safetensors_file
+    from oats.validate import check_memory, check_safetensors_file
     numel = 0
     for f in sorted(path.glob("*.safetensors")):
         header = check_safetensors_file(f, what=f"weights file '{f.name}' in folder {name!r}")

@@ -28,10 +28,10 @@ import contextlib
 
 import torch
 
-from .config import OatsConfig
-from .decompose import (Decomposition, History, check_shape, decompose, input_scale, lowrank_rank,
+from oats.config import OatsConfig
+from oats.core.decompose import (Decomposition, History, check_shape, decompose, input_scale, lowrank_rank,
                         row_keep, sparse_budget)
-from .errors import ConfigError
+from oats.errors import ConfigError
 
 
 def magnitude(weight: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:

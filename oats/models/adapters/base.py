@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from oats.errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def is_linear(module: nn.Module) -> bool:
 
 def weight_of(module: nn.Module) -> torch.Tensor:
     """The (d_out, d_in) weight of a linear. GPT-2's Conv1D stores (d_in, d_out): the one place that knows."""
-    from ..modules import OatsLinear
+    from oats.core.linear import OatsLinear
     if isinstance(module, OatsLinear):
         return module.weight.data
     if isinstance(module, _conv1d_type()):
@@ -152,7 +152,7 @@ def get_adapter(model: nn.Module, allow_generic: bool = False) -> Adapter:
         if cls.family != "generic" and cls.matches(model):
             return cls()
     if allow_generic:
-        from .generic import GenericAdapter
+        from oats.models.adapters.generic import GenericAdapter
         if GenericAdapter.matches(model):
             return GenericAdapter()
     name = model_type(model) or type(model).__name__

@@ -26,10 +26,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import OatsConfig
-from .errors import ConfigError, OatsError, RunError
-from .modules import OatsLinear
-from .pipeline import BUDGET_NOTES, BlockRecord, CompressionRun, LayerRecord
+from oats.config import OatsConfig
+from oats.errors import ConfigError, OatsError, RunError
+from oats.core.linear import OatsLinear
+from oats.compress.pipeline import BUDGET_NOTES, BlockRecord, CompressionRun, LayerRecord
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -198,7 +198,7 @@ def read_manifest(folder: str | Path) -> dict:
 
 def apply_factors(model: torch.nn.Module, folder: str | Path, manifest: dict) -> None:
     """Replace the model's linears with OatsLinear modules holding the run's factors."""
-    from .adapters import bias_of, get_adapter, set_submodule, weight_of
+    from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
     folder = Path(folder)
     get_adapter(model, allow_generic=manifest.get("family") == "generic")  # fails clearly on a foreign model
     for b in manifest["blocks_done"]:
@@ -241,7 +241,7 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
              model_name: str | None = None) -> CompressionRun:
     """Rebuild a compressed model from a run folder without recomputing.
 
-    ``model``: the dense base model to apply the factors to (default: ``oats.zoo.load_model``
+    ``model``: the dense base model to apply the factors to (default: ``oats.models.zoo.load_model``
     of the manifest's model name). It is modified in place. ``model_name``: the name that
     model was loaded by; a run made for another name is refused before anything changes.
     """
@@ -253,7 +253,7 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
                        f"resume it with 'oats compress --resume' or delete it")
     loaded = None
     if model is None:
-        from .zoo import load_model
+        from oats.models.zoo import load_model
         loaded = load_model(m["model_name"])
         model = loaded.model
     apply_factors(model, folder, m)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Adapter, LinearRef, is_linear
+from oats.models.adapters.base import Adapter, LinearRef, is_linear
 
 
 def _candidate(model: nn.Module) -> tuple[str, nn.ModuleList] | None:

@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import pandas as pd
 import streamlit as st
 
-from oats import analysis
+from oats.explain import analysis
 from oats.errors import OatsError
-from oats.io import MANIFEST, list_runs, load_run, read_manifest, runs_root
-from oats.pipeline import method_rank_ratio
+from oats.runs.folders import MANIFEST, list_runs, load_run, read_manifest, runs_root
+from oats.compress.pipeline import method_rank_ratio
 
 RUN_KEY = "run_path"      # non-widget keys: they survive page switches
 MODEL_KEY = "model_filter"
@@ -97,8 +97,8 @@ def manifest(path: str) -> dict:
 WARM_MODULES = (
     "transformers.modeling_utils", "transformers.models.bert.modeling_bert",
     "transformers.models.llama.modeling_llama", "transformers.models.dinov2.modeling_dinov2",
-    "transformers.models.vit.modeling_vit", "oats.zoo", "oats.data", "oats.evaluate", "oats.vit",
-    "oats.sweep", "plotly.graph_objects", "scipy.stats",
+    "transformers.models.vit.modeling_vit", "oats.models.zoo", "oats.data", "oats.evaluation", "oats.explain.vit",
+    "oats.runner.sweep", "plotly.graph_objects", "scipy.stats",
 )
 """What pages and model loads import on first use: imported once per process by ``warm_up``."""
 
@@ -281,7 +281,7 @@ load_run_cached.clear = RUNS.clear
 
 def sidebar() -> None:
     """Model and run pickers plus the running job's progress, drawn by app.py on every page."""
-    from oats.jobs import RUNNER
+    from oats.runner.jobs import RUNNER
     runs = complete_runs()
     with st.sidebar:
         active = RUNNER.active()
@@ -422,7 +422,7 @@ def layer_budget(path: str, mtime: float) -> list[dict]:
 
 @st.cache_data(show_spinner="Decomposing this layer ...", max_entries=32)
 def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> analysis.Walkthrough:
-    from oats.pipeline import method_config
+    from oats.compress.pipeline import method_config
     run = _run(path, mtime)
     f = run.factors(qualname)
     _, scaled = method_config(run.method if run.method in ("oats", "wanda", "magnitude") else "oats", run.config)
@@ -433,7 +433,7 @@ def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank
 def run_task(m: dict) -> str | None:
     """causal-lm, encoder or vision for a run's manifest (recorded by the CLI and the app;
     for other runs, the preset's task)."""
-    from oats.zoo import PRESETS
+    from oats.models.zoo import PRESETS
     if m.get("task"):
         return m["task"]
     preset = PRESETS.get(m.get("model_name", ""))
@@ -443,7 +443,7 @@ def run_task(m: dict) -> str | None:
 def primary_metric(task: str) -> tuple[str, bool] | None:
     """(metric name, higher is better) for a task, or None when oats.evaluate is missing."""
     try:
-        from oats.evaluate import PRIMARY_METRIC
+        from oats.evaluation import PRIMARY_METRIC
     except ImportError:
         return None
     return PRIMARY_METRIC.get(task)
@@ -456,7 +456,7 @@ def evaluation_missing_note() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def ablation_reference(path: str, mtime: float) -> list[dict]:
-    from oats.evaluate import evaluate_model
+    from oats.evaluation import evaluate_model
     run = _run(path, mtime)
     with MODEL_LOCK:
         return analysis.ablation_reference(run, lambda: evaluate_model(run.model, run.loaded, quick=True))
@@ -464,7 +464,7 @@ def ablation_reference(path: str, mtime: float) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def block_ablation(path: str, mtime: float, block: int) -> list[dict]:
-    from oats.evaluate import evaluate_model
+    from oats.evaluation import evaluate_model
     run = _run(path, mtime)
     with MODEL_LOCK:
         return analysis.block_ablation(run, block, lambda: evaluate_model(run.model, run.loaded, quick=True))

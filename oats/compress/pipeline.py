@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from .baselines import lowrank_only, sparsegpt
-from .calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
-from .config import OatsConfig
-from .decompose import Decomposition, decompose_many, dense_budget
-from .errors import ConfigError
-from .modules import OatsLinear, oats_layers, set_mode, use_mode
-from .validate import calibration_tokens, check_memory, check_weights, estimate_compression_memory
+from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
+from oats.methods.baselines import lowrank_only, sparsegpt
+from oats.compress.calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
+from oats.config import OatsConfig
+from oats.core.decompose import Decomposition, decompose_many, dense_budget
+from oats.errors import ConfigError
+from oats.core.linear import OatsLinear, oats_layers, set_mode, use_mode
+from oats.validate import calibration_tokens, check_memory, check_weights, estimate_compression_memory
 
 METHODS = {
     "oats": "sparse + low-rank (alternating thresholding on W D)",
@@ -151,7 +151,7 @@ class CompressionRun:
     calibration: dict
     timings: dict
     loaded: object = None
-    """The ``oats.zoo.LoadedModel`` (tokenizer, image settings) when known, else None."""
+    """The ``oats.models.zoo.LoadedModel`` (tokenizer, image settings) when known, else None."""
     block_rates: list[float] | None = None
     """Per-block compression rates (non-uniform allocation, e.g. OWL), or None for uniform."""
     allocation: dict | None = None
@@ -380,7 +380,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     """Compress every linear inside the transformer blocks of ``model``, in place.
 
     Args:
-        model: a model an adapter supports (see ``oats.adapters``), in eval mode.
+        model: a model an adapter supports (see ``oats.models.adapters``), in eval mode.
         calibration: model-input dicts (``oats.data.calibration_batches``).
         config: budgets and solver; ``OatsConfig()`` by default.
         method: one of ``METHODS``: "oats", "wanda", "sparsegpt", "magnitude", "lowrank". Every
@@ -393,13 +393,13 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             its blocks are already compressed in ``model`` and are only run forward.
         block_rates: per-block compression rates (one per block, each in (0, 1)) instead of
             ``config.compression`` everywhere; ``config.compression`` should be their mean.
-        allocation: "uniform" (default), "owl" or an ``oats.allocation.Owl``: compute the
+        allocation: "uniform" (default), "owl" or an ``oats.compress.allocation.Owl``: compute the
             per-block rates OWL-style from a dense statistics pass first (mean rate kept).
 
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
-    from .allocation import block_rates_for, parse_allocation
+    from oats.compress.allocation import block_rates_for, parse_allocation
     config = config or OatsConfig()
     method_config(method, config)  # validates the method name before any work
     owl = parse_allocation(allocation)

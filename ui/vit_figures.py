@@ -1,4 +1,4 @@
-"""Plotly figures and tables for ``oats.vit``: maps over the image, per-layer small multiples.
+"""Plotly figures and tables for ``oats.explain.vit``: maps over the image, per-layer small multiples.
 
 Every map is shown min-max rescaled within its own panel (the colour says "more / less than
 elsewhere in this map"); the hover text gives the raw value. The figures carry the patch-grid
@@ -16,8 +16,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import INFERNO
-from .vit import ATTRIBUTION_METHODS, MODE_LABELS
+from ui.figures import INFERNO
+from oats.explain.vit import ATTRIBUTION_METHODS, MODE_LABELS
 
 # Inferno as rgb() strings (see figures.safe_colorscale: Streamlit rewrites some hex colours)
 COLORSCALE = INFERNO
@@ -105,7 +105,7 @@ def layers_figure(layer_maps: Mapping[str, np.ndarray], *, title: str = "", laye
 
 
 def overlap_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """The rows of ``oats.vit.overlap_rows`` as a table with columns ``OVERLAP_COLUMNS``."""
+    """The rows of ``oats.explain.vit.overlap_rows`` as a table with columns ``OVERLAP_COLUMNS``."""
     df = pd.DataFrame(list(rows), columns=["map", "pair", "spearman", "topk_iou", "k"])
     df["map"] = df["map"].map(lambda m: MAP_LABELS.get(m, m))
     return df.rename(columns={"topk_iou": "top-k IoU"})[OVERLAP_COLUMNS]

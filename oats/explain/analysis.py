@@ -1,12 +1,12 @@
 """What the app shows, computed: plain arrays and small dataclasses, no plotting, no Streamlit.
 
 Everything here works in the *scaled* space OATS decomposes: A = W D with D the input scale
-(``oats.decompose.input_scale`` of the layer's recorded second moments), S = S' D the scaled
+(``oats.core.decompose.input_scale`` of the layer's recorded second moments), S = S' D the scaled
 sparse term and L = (u v) D the scaled low-rank term. Errors and energies are relative to
-||W D||_F (or its square), as in ``oats.decompose.History``.
+||W D||_F (or its square), as in ``oats.core.decompose.History``.
 
 Sections: heatmap downsampling; spectra and ranks; outlier channels; error budget;
-walkthrough snapshots; sweeps and run summaries. Figures live in ``oats.figures``.
+walkthrough snapshots; sweeps and run summaries. Figures live in ``ui.figures``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .config import OatsConfig
-from .decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
+from oats.config import OatsConfig
+from oats.core.decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
 
 HEAT_MAX = 256  # heatmaps are pooled to at most this many rows and columns
 
@@ -538,8 +538,8 @@ def layer_errors_from_manifests(folders: Iterable[str | Path]) -> list[dict]:
     """Per-layer scaled and output errors of several runs, for comparison (manifests only)."""
     from types import SimpleNamespace
 
-    from .io import read_manifest
-    from .pipeline import method_rank_ratio
+    from oats.runs.folders import read_manifest
+    from oats.compress.pipeline import method_rank_ratio
     rows = []
     for f in folders:
         m = read_manifest(f)

@@ -1,0 +1,1 @@
+"""Compressing a whole model block by block: statistics, allocation, the pipeline."""

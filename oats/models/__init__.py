@@ -1,0 +1,1 @@
+"""Where models come from and how their linears are found: the zoo and the adapters."""

@@ -1,0 +1,1 @@
+"""Running compressions: one request type, one execute, background jobs, sweeps."""
