@@ -11,15 +11,14 @@ weights of a model before compressing it, and whether a compression fits in memo
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
 import struct
 from pathlib import Path
 
 import torch
 
-from oats.errors import ConfigError, DataError, ModelLoadError, ResourceError, RunError
+from oats.errors import ConfigError, DataError, ModelLoadError, RunError
+from oats.resources import MEMORY_ENV, MEMORY_MARGIN, available_memory, check_memory  # noqa: F401
 
 MAX_UPLOAD_MB = 20
 """Largest upload the app accepts (also ``server.maxUploadSize`` in .streamlit/config.toml)."""
@@ -30,14 +29,6 @@ UPLOAD_TYPES = {
     "safetensors": ("safetensors",),
 }
 """The only kinds of file the app takes: images, calibration text, safetensors weights."""
-
-MEMORY_MARGIN = 2.0
-"""What the raw estimate is multiplied by before it is compared with free memory: compressing
-the embedded models added 1.1-1.9x the raw estimate to the peak resident memory
-(allocator slack, temporaries; ``benchmarks/memory.py`` prints both side by side)."""
-
-MEMORY_ENV = "OATS_MEMORY_LIMIT_GB"
-"""Caps the memory a compression may plan to use (a share of a workstation); default: what is free."""
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _MAX_HEADER = 100 * 1024 * 1024
@@ -213,29 +204,6 @@ def check_weights(adapter, model: torch.nn.Module, blocks: list[tuple[str, torch
 # ----------------------------------------------------------------------------- memory
 
 
-def available_memory() -> float:
-    """Bytes this process may still use: the system's free memory, capped by $OATS_MEMORY_LIMIT_GB."""
-    free = math.inf
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    free = float(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    limit = os.environ.get(MEMORY_ENV, "").strip()
-    if limit:
-        try:
-            cap = float(limit) * 1e9
-        except ValueError:
-            raise ConfigError(f"{MEMORY_ENV}={limit!r} is not a number of GB: set it to e.g. 4, or unset it") from None
-        if not cap > 0:
-            raise ConfigError(f"{MEMORY_ENV}={limit!r} must be a positive number of GB: set it to e.g. 4, or unset it")
-        free = min(free, cap)
-    return free
-
-
 def calibration_tokens(batches: list[dict], model: torch.nn.Module) -> int:
     """How many token positions the calibration batches feed each block (the activations' rows)."""
     total = 0
@@ -285,24 +253,3 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
         "factors": 2 * per_block * len(blocks) * 4,
     }
     return parts
-
-
-def check_memory(parts: dict, available: float | None = None, what: str = "this compression") -> float:
-    """Raise ResourceError when the estimate (times ``MEMORY_MARGIN``) exceeds the memory
-    available; return that planned amount in bytes."""
-    parts = {k: MEMORY_MARGIN * v for k, v in parts.items()}
-    need = float(sum(parts.values()))
-    free = available_memory() if available is None else available
-    if need > free:
-        biggest = max(parts, key=parts.get)
-        hint = ("use fewer calibration samples or shorter sequences (--calib-samples, --seq-len)"
-                if biggest in ("calibration activations", "block activations") else "use a smaller model or a machine with more memory")
-        if os.environ.get(MEMORY_ENV, "").strip():
-            hint += f" (or raise {MEMORY_ENV})"
-        raise ResourceError(f"{what} needs about {_gb(need)} of memory ({biggest} {_gb(parts[biggest])}) but "
-                            f"{_gb(free)} is available: {hint}")
-    return need
-
-
-def _gb(x: float) -> str:
-    return f"{x / 1e9:.3g} GB"

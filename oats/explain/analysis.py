@@ -11,7 +11,6 @@ walkthrough snapshots; sweeps and run summaries. Figures live in ``ui.figures``.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,27 +20,10 @@ import numpy as np
 import torch
 
 from oats.config import OatsConfig
+from oats.resources import one_thread
 from oats.core.decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
 
 HEAT_MAX = 256  # heatmaps are pooled to at most this many rows and columns
-
-
-def one_thread(fn):
-    """Run ``fn`` with one intra-op thread in the calling thread (torch's setting is per thread).
-
-    The analyses are many small decompositions and products; on a busy 2-core machine two
-    OpenMP threads made the spectra of all 36 minilm-l6 matrices take 5-47 s instead of
-    1.2-1.5 s (measured side by side), and one thread loses little when the machine is idle.
-    """
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-    return wrapper
 
 
 # ----------------------------------------------------------------------------- downsampling
@@ -166,7 +148,7 @@ class LayerSpectra:
                 for k, v in self.values.items()]
 
 
-@one_thread
+@one_thread()
 def layer_spectra(run, qualname: str) -> LayerSpectra:
     """Spectra of W, W D, L and W D - S for one matrix of a run (four SVDs of that matrix)."""
     t = scaled_terms(run, qualname)
@@ -190,7 +172,7 @@ class SpectraOverview:
     rows: list[dict] = field(default_factory=list)
 
 
-@one_thread
+@one_thread()
 def spectra_overview(run, points: int = 128, progress: Callable[[int, int], None] | None = None) -> SpectraOverview:
     """Two SVDs per matrix (W and W D): normalised spectra and effective/stable ranks.
 
@@ -335,7 +317,7 @@ class ColumnShares:
                 for j in range(len(self.scale))]
 
 
-@one_thread
+@one_thread()
 def column_shares(run, qualname: str) -> ColumnShares:
     t = scaled_terms(run, qualname)
     d = t["D"].double().numpy()
@@ -349,7 +331,7 @@ def column_shares(run, qualname: str) -> ColumnShares:
                         (t["S"] != 0).sum(0).numpy().astype(np.int64))
 
 
-@one_thread
+@one_thread()
 def mask_density(run, qualname: str, max_size: int = HEAT_MAX) -> Heat:
     """The sparse term's mask pooled to at most max_size^2 cells: share of entries kept."""
     s = run.factors(qualname)["sparse"]
@@ -359,7 +341,7 @@ def mask_density(run, qualname: str, max_size: int = HEAT_MAX) -> Heat:
 # ----------------------------------------------------------------------------- error budget
 
 
-@one_thread
+@one_thread()
 def layer_budget(run) -> list[dict]:
     """Per matrix, in the scaled space (D from the run's input statistics):
 
@@ -469,7 +451,7 @@ class Walkthrough:
         return min(self.snapshots, key=lambda s: (abs(s.iteration - iteration), s.iteration))
 
 
-@one_thread
+@one_thread()
 def walkthrough(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, config: OatsConfig,
                 max_snapshots: int = 40, max_size: int = 128) -> Walkthrough:
     """Decompose one matrix with ``config``, keeping at most ``max_snapshots`` pooled snapshots.

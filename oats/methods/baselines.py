@@ -32,6 +32,7 @@ from oats.config import OatsConfig
 from oats.core.decompose import (Decomposition, History, check_shape, decompose, input_scale, lowrank_rank,
                         row_keep, sparse_budget)
 from oats.errors import ConfigError
+from oats.resources import one_thread
 
 
 def magnitude(weight: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
@@ -77,23 +78,6 @@ def _cumulative_share(total: int, start: int, stop: int, width: int) -> int:
     """How many of ``total`` prunes fall in columns [start, stop) of ``width`` when they are
     spread evenly with cumulative rounding (the shares of all blocks add up to ``total``)."""
     return total * stop // width - total * start // width
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one CPU thread inside the block.
-
-    The column sweep is thousands of tiny operations; with several intra-op threads each
-    one pays a synchronisation, which on a busy machine made it 10-30x slower (measured on
-    2 shared cores: 0.18 s vs 4-29 s for the sweep of a 576x1536 layer); the fp64
-    factorisations were 2-3x faster on one thread there too.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _smallest(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
@@ -176,7 +160,7 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, bloc
     Returns a rank-0 ``Decomposition`` whose single history entry is the scaled error.
     """
     on_cpu = (torch.device(device) if device is not None else weight.device).type == "cpu"
-    with _one_thread() if on_cpu else contextlib.nullcontext():
+    with one_thread() if on_cpu else contextlib.nullcontext():
         return _sparsegpt(weight, gram, config, blocksize, percdamp, device)
 
 
@@ -249,7 +233,7 @@ def lowrank_only(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, conf
     d = input_scale(input_sq_norms, d_in, config.eps, device=dev)
     a = w * d
     r = lowrank_rank(d_out, d_in, config)
-    with _one_thread() if dev.type == "cpu" else contextlib.nullcontext():
+    with one_thread() if dev.type == "cpu" else contextlib.nullcontext():
         u, sv, vh = torch.linalg.svd(a, full_matrices=False)
     us = (u[:, :r] * sv[:r]).contiguous()
     v = (vh[:r] / d).contiguous()
