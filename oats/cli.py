@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from oats.errors import ConfigError, OatsError
@@ -76,30 +77,26 @@ def cmd_models(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    import torch
     from tqdm import tqdm
 
-    from oats import data
-    from oats.models import zoo
-    from oats.compress.allocation import Owl, parse_allocation
+    from oats.compress.allocation import parse_allocation
     from oats.config import OatsConfig
-    from oats.runs.folders import RunWriter, check_run_model, load_run
-    from oats.compress.pipeline import compress_model, method_config
+    from oats.models import zoo
+    from oats.runner.execute import execute
+    from oats.runner.request import CompressRequest, request_from_manifest, slug
+    from oats.runs.folders import check_run_model
     from oats.validate import check_resumable
 
     out = Path(args.out) if args.out else None
-    calib = {"samples": args.calib_samples, "seq_len": args.seq_len, "seed": args.seed, "source": args.calib_source}
-    resume_manifest = None
+    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False)
+    resumed = 0
     if args.resume:
         if out is None:
             return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
-        resume_manifest = check_resumable(out)
-        check_run_model(out, resume_manifest, args.model)
-        config = OatsConfig(**resume_manifest["config"])
-        method = resume_manifest["method"]
-        calib = resume_manifest.get("calibration_request", calib)
-        alloc = resume_manifest.get("allocation") or {}
-        owl = Owl(lam=alloc["lam"], threshold=alloc["threshold"]) if alloc.get("name") == "owl" else None
+        manifest = check_resumable(out)
+        check_run_model(out, manifest, args.model)
+        request = request_from_manifest(manifest, **options)
+        resumed = len(manifest.get("blocks", []))
     else:
         rank_ratio = args.rank_ratio
         if rank_ratio is None:
@@ -107,40 +104,34 @@ def cmd_compress(args) -> int:
             rank_ratio = preset.default_rank_ratio if preset else 0.25
         config = OatsConfig(compression=args.compression, rank_ratio=rank_ratio, iterations=args.iterations,
                             sparsity=args.sparsity, solver=args.solver)
-        method = args.method
-        method_config(method, config)
+        request = CompressRequest(args.model, config, args.method, calib_source=args.calib_source,
+                                  calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed, **options)
+        request.check()
         owl = parse_allocation(args.allocation, args.owl_lambda, args.owl_m)
         if owl is not None:
-            owl.check(config)
+            request = replace(request, allocation=owl)
+            request.check()
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            from oats.runner.sweep import slug
-            out = runs_root() / slug(f"{args.model}-{method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
+            out = runs_root() / slug(f"{args.model}-{request.method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
         if (out / "manifest.json").exists() and not args.overwrite:
             return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
                          f"--overwrite to replace it, or another --out")
-
+    request.check()
     from oats.compress.pipeline import resolve_device
     resolve_device(args.device)  # a bad device fails before the model loads
-    zoo.check_model_name(args.model)  # so does a misspelt name, before any output
-    t0 = time.perf_counter()
-    _STATUS.show(f"loading {args.model} ...")
-    loaded = zoo.load_model(args.model, trust_remote_code=args.trust_remote_code)
-    batches = data.calibration_batches(loaded, n_samples=calib["samples"], seq_len=calib["seq_len"],
-                                       source=calib["source"], seed=calib["seed"])
-    t_load = time.perf_counter() - t0
-    resume = None
-    if resume_manifest is not None:
-        resume = load_run(out, model=loaded.model, allow_partial=True)
-    writer = RunWriter(out, extra={"calibration_request": calib, "model_source": loaded.source,
-                                   "task": loaded.task})
+    zoo.check_model_name(request.model)  # so does a misspelt name, before any output
     bars: list = []  # the bar appears with the first block, after the model passed its checks
+
+    def update(stage=None, message=None, **_):
+        if stage == "loading":
+            _STATUS.show(f"loading {args.model} ...")
 
     def progress(done, total, msg):
         if not bars:  # the first progress call comes once compress_model's checks passed
             _STATUS.clear()
-            if resume is not None:
-                print(f"resuming '{out}' after {len(resume.blocks)} finished blocks", file=sys.stderr)
+            if resumed:
+                print(f"resuming '{out}' after {resumed} finished blocks", file=sys.stderr)
             bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
         bar = bars[0]
         bar.total = total
@@ -149,9 +140,8 @@ def cmd_compress(args) -> int:
         bar.refresh()
 
     try:
-        run = compress_model(loaded.model, batches, config, method=method, progress=progress,
-                             model_name=args.model, device=args.device, allow_generic=args.generic,
-                             on_block_done=writer.block_done, resume=resume, allocation=owl)
+        outcome = execute(request, out, update=update, progress=progress,
+                          if_exists="replace" if args.overwrite else "resume")
     except KeyboardInterrupt:
         _STATUS.clear()
         for bar in bars:
@@ -162,8 +152,7 @@ def cmd_compress(args) -> int:
     finally:
         for bar in bars:
             bar.close()
-    run.timings["load_s"] = t_load
-    writer.finish(run)
+    run, t_load = outcome.run, outcome.load_s
     rows = run.table()
     if not args.quiet:
         _print_table(rows)
@@ -179,7 +168,6 @@ def cmd_compress(args) -> int:
     if run.block_rates is not None:
         print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
     print(f"saved to {out}")
-    del torch
     return 0
 
 

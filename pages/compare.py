@@ -9,7 +9,7 @@ from ui.state import chart, complete_runs, current_path, primary_metric, run_tas
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
-from oats.runner.jobs import read_evaluation
+from oats.runs.evaluations import read_evaluation
 from oats.compress.pipeline import method_rank_ratio
 
 st.title("Compare")

@@ -15,7 +15,10 @@ from ui import figures
 from oats.config import OatsConfig
 from oats.errors import OatsError
 from oats.runs.folders import runs_root
-from oats.runner.jobs import RUNNER, CompressRequest, evaluate_and_save, read_evaluation, request_from_manifest
+from oats.runner.execute import evaluate_and_save
+from oats.runner.jobs import RUNNER
+from oats.runner.request import CompressRequest, request_from_manifest
+from oats.runs.evaluations import read_evaluation
 from oats.compress.pipeline import METHODS, method_rank_ratio
 from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_model_name, check_upload
 from oats.models.zoo import available_models

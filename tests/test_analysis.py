@@ -13,8 +13,10 @@ from oats.explain import analysis
 from ui import figures
 from oats.core.decompose import input_scale, rank_budget
 from oats.runs.folders import read_manifest
-from oats.runner.sweep import RunSpec
-from oats.runner.jobs import CompressRequest, JobRunner, read_evaluation, request_from_manifest, save_evaluation
+from oats.runner.jobs import JobRunner
+from oats.runner.sweep import plan
+from oats.runner.request import CompressRequest, request_from_manifest
+from oats.runs.evaluations import read_evaluation, save_evaluation
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=8)
 
@@ -259,7 +261,7 @@ def test_request_folder_names_are_deterministic():
     a = CompressRequest("minilm-l6", OatsConfig())
     assert a.folder_name() == CompressRequest("minilm-l6", OatsConfig()).folder_name() == "minilm-l6-oats-c0.5-k0.25-row"
     # the name a sweep gives the same run, so each reuses the other's
-    assert a.folder_name() == RunSpec("minilm-l6", "oats", OatsConfig()).name
+    assert a.folder_name() == plan("minilm-l6", "oats", "0.5", "0.25")[0].folder_name()
     names = {a.folder_name(), CompressRequest("minilm-l6", OatsConfig(compression=0.6)).folder_name(),
              CompressRequest("minilm-l6", OatsConfig(sparsity="2:8")).folder_name(),
              CompressRequest("minilm-l6", OatsConfig(), calib_source="/x.txt").folder_name(),

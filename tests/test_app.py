@@ -33,7 +33,7 @@ def prepare_runs(root: Path) -> Path:
     if (root / ".ready").exists():
         return root
     from oats.runs.folders import load_run
-    from oats.runner.jobs import evaluate_and_save
+    from oats.runner.execute import evaluate_and_save
     from oats.runner.sweep import sweep
     sweep("minilm-l6", methods="oats,wanda", compression="0.5,0.7", iterations=6, calib_samples=16,
           quick=True, root=root)
@@ -139,7 +139,7 @@ def test_every_page_has_an_empty_state(tmp_path, monkeypatch):
 
 def test_compress_page_summary(app, main_run, runs_dir):
     from oats.runs.folders import read_manifest
-    from oats.runner.jobs import read_evaluation
+    from oats.runs.evaluations import read_evaluation
     app.run()
     clean(app)
     m = read_manifest(runs_dir / MAIN)

@@ -16,7 +16,8 @@ import torch
 
 from oats import OatsConfig
 from oats.runs.folders import list_runs, read_manifest
-from oats.runner.jobs import CompressRequest, JobRunner, request_from_json, request_to_json
+from oats.runner.jobs import JobRunner
+from oats.runner.request import CompressRequest
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.3, iterations=4)
 LAYERS = 4
@@ -56,7 +57,7 @@ def _assert_same_run(a, b) -> None:
 def test_request_survives_the_trip_to_the_worker():
     req = CompressRequest("m", CFG.replace(sparsity="2:8"), method="wanda", calib_source="/x.txt", calib_samples=7,
                           seed=3, seq_len=64, evaluate=False)
-    assert request_from_json(request_to_json(req)) == req
+    assert CompressRequest.from_json(req.to_json()) == req
 
 
 def test_a_worker_process_computes_what_a_thread_computes(tmp_path, vit_folder):

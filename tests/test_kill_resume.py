@@ -309,7 +309,8 @@ def test_the_app_resumes_a_killed_cli_run(ws):
     """The app's Resume button (JobRunner.start with the run's own folder) finishes a CLI run
     that was killed, with the CLI's calibration (its text, sequence length and seed), to the
     same result as the uninterrupted run."""
-    from oats.runner.jobs import JobRunner, request_from_manifest
+    from oats.runner.jobs import JobRunner
+    from oats.runner.request import request_from_manifest
     out = ws["runs"] / "killed-then-app"
     p = subprocess.run([sys.executable, "-c", KILL_DRIVER, *_compress_argv(ws, out)], cwd=REPO, capture_output=True,
                        text=True, env=_env(ws["root"], KILL_AFTER_BLOCK=2, KILL_WHERE="decompose"),

@@ -17,8 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import oats.compress.pipeline
 from oats import OatsConfig, compress_model, list_runs, save_run
 from oats.cli import main as cli_main
+from oats.runner.request import CompressRequest
 from oats.errors import ConfigError, RunError
-from oats.runner.sweep import (RESULTS_CSV, RESULTS_JSON, RunSpec, list_sweeps, load_results, markdown_table, parse_list, plan,
+from oats.runner.sweep import (RESULTS_CSV, RESULTS_JSON, list_sweeps, load_results, markdown_table, parse_list, plan,
                         sweep)
 from oats.models.zoo import LoadedModel
 
@@ -106,15 +107,19 @@ def test_sweep_redoes_unfinished_runs_and_refuses_foreign_folders(tmp_path):
         sweep("tiny-lm", loaded=tiny_loaded(), **kw)
 
 
+def _name(model, method, cfg):
+    return CompressRequest(model, cfg, method).folder_name()
+
+
 def test_run_names_are_deterministic_and_specific():
     cfg = OatsConfig(compression=0.5, rank_ratio=0.25)
-    assert RunSpec("smollm2-135m", "oats", cfg).name == "smollm2-135m-oats-c0.5-k0.25-row"
-    assert RunSpec("smollm2-135m", "wanda", cfg).name == "smollm2-135m-wanda-c0.5-k0-row"
-    assert RunSpec("smollm2-135m", "lowrank", cfg).name == "smollm2-135m-lowrank-c0.5-k1-row"
+    assert _name("smollm2-135m", "oats", cfg) == "smollm2-135m-oats-c0.5-k0.25-row"
+    assert _name("smollm2-135m", "wanda", cfg) == "smollm2-135m-wanda-c0.5-k0-row"
+    assert _name("smollm2-135m", "lowrank", cfg) == "smollm2-135m-lowrank-c0.5-k1-row"
     # a name that the slug changes gets a short hash of itself: 'org/model' and 'org-model' differ
-    assert RunSpec("org/model", "oats", cfg.replace(sparsity="2:4")).name == "org-model-f070b1-oats-c0.5-k0.25-2of4"
-    assert RunSpec("org-model", "oats", cfg).name == "org-model-oats-c0.5-k0.25-row"
-    assert RunSpec("./minilm-l6", "oats", cfg).name != RunSpec("minilm-l6", "oats", cfg).name
+    assert _name("org/model", "oats", cfg.replace(sparsity="2:4")) == "org-model-f070b1-oats-c0.5-k0.25-2of4"
+    assert _name("org-model", "oats", cfg) == "org-model-oats-c0.5-k0.25-row"
+    assert _name("./minilm-l6", "oats", cfg) != _name("minilm-l6", "oats", cfg)
     specs = plan("m", "oats,wanda", "0.3,0.5", "0.2,0.3")
     assert [(s.method, s.config.compression, s.rank_ratio) for s in specs] == [
         ("oats", 0.3, 0.2), ("oats", 0.3, 0.3), ("oats", 0.5, 0.2), ("oats", 0.5, 0.3),

@@ -2,9 +2,10 @@
 
 Every run is an ordinary run folder under the runs root, named deterministically from its
 settings (``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-...]``), so a repeated sweep finds
-the complete runs already on disk, loads them and only evaluates. Unfinished or damaged
-folders of the same name are recomputed; a folder of that name holding a run of another
-model or other settings stops the sweep with one line.
+the complete runs already on disk, loads them and only evaluates. An unfinished run of the
+same settings resumes after its finished blocks; a damaged folder is recomputed; a folder of
+that name holding a run of another model or other settings stops the sweep with one line.
+Each run goes through ``oats.runner.execute.execute``, like ``oats compress`` and the app.
 
 The table (``results.csv`` and ``results.json``, a list of row dicts) has one row per
 evaluated (run, mode), plus one dense row per model, with columns: model, method,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import json
 import math
@@ -26,11 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oats import data
 from oats.compress.allocation import Owl, parse_allocation
+from oats.compress.pipeline import METHODS
 from oats.config import OatsConfig
-from oats.errors import ConfigError, OatsError, RunError
+from oats.errors import ConfigError, RunError
 from oats.evaluation import Evaluator, run_modes
-from oats.compress.pipeline import METHODS, method_config, method_rank_ratio
+from oats.models import zoo
+from oats.runner.execute import execute, replace_model
+from oats.runner.request import CompressRequest, slug
+from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, runs_root
 from oats.validate import run_dir
 
 SWEEPS_DIR = "sweeps"
@@ -41,14 +46,6 @@ DEFAULT_METHODS = ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")
 DEFAULT_RATES = (0.3, 0.4, 0.5, 0.6)
 FIRST_COLUMNS = ["model", "method", "compression", "rank_ratio", "sparsity", "allocation", "mode"]
 LAST_COLUMNS = ["compress_time_s", "eval_time_s", "run"]
-
-
-def slug(s: str) -> str:
-    """A model name as part of a folder name: no separators, no '..', no leading dot."""
-    text = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s))
-    while ".." in text:
-        text = text.replace("..", "-")
-    return text.strip("-.")
 
 
 def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = False) -> list:
@@ -80,61 +77,6 @@ def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = Fal
     return list(dict.fromkeys(out))
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep: a method and its full configuration."""
-
-    model: str
-    method: str
-    config: OatsConfig
-    owl: Owl | None = None
-    calibration: tuple = (None, None, 0)  # (samples, seq_len, seed)
-
-    @property
-    def rank_ratio(self) -> float:
-        return method_rank_ratio(self.method, self.config)
-
-    @property
-    def name(self) -> str:
-        c = self.config
-        model = slug(self.model) or "model"
-        if model != self.model:  # './minilm-l6' or 'org/name' must not share the preset's folder
-            model += "-" + hashlib.sha1(self.model.encode()).hexdigest()[:6]
-        parts = [model, self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}",
-                 c.sparsity.replace(":", "of")]
-        if self.method == "oats" and c.iterations != 80:
-            parts.append(f"it{c.iterations}")
-        if self.method == "oats" and c.solver != "fast":
-            parts.append(c.solver)
-        if self.owl is not None:
-            parts.append(f"owl{self.owl.lam:g}m{self.owl.threshold:g}")
-        samples, seq_len, seed = self.calibration
-        if samples is not None or seq_len is not None or seed:
-            parts.append(f"cal{samples or 'd'}x{seq_len or 'd'}s{seed}")
-        return "-".join(parts)
-
-    def matches(self, manifest: dict) -> bool:
-        """Whether a complete run folder holds exactly this run."""
-        try:
-            cfg = OatsConfig(**manifest["config"])
-        except (OatsError, TypeError):
-            return False
-        if manifest.get("method") != self.method or manifest.get("model_name") != self.model:
-            return False
-        same = abs(cfg.compression - self.config.compression) < 1e-12 and cfg.sparsity == self.config.sparsity
-        if self.method == "oats":
-            same = same and cfg == self.config
-        alloc = manifest.get("allocation") or None
-        want = None if self.owl is None else self.owl.to_dict()
-        if (alloc is None) != (want is None):
-            return False
-        if want is not None and any(abs(alloc.get(k, -1) - want[k]) > 1e-12 for k in ("lam", "threshold")):
-            return False
-        req = manifest.get("calibration_request") or {}
-        samples, seq_len, seed = self.calibration
-        return same and (req.get("samples"), req.get("seq_len"), req.get("seed", 0)) == (samples, seq_len, seed)
-
-
 @dataclass
 class SweepResult:
     """The table and where it went."""
@@ -147,7 +89,7 @@ class SweepResult:
 
 
 def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
-         solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0)) -> list[RunSpec]:
+         solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0)) -> list[CompressRequest]:
     """The runs of a sweep, in order: methods outer, rates inner; OATS once per rank ratio.
 
     Raises ConfigError (one line) for an unknown method, a rate outside (0, 1), a rank ratio
@@ -156,29 +98,25 @@ def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iter
     methods = parse_list(methods, "methods", methods=True)
     rates = parse_list(rates, "compression rates", unit_open=True)
     rank_ratios = parse_list(rank_ratios, "rank ratios")
-    specs = []
+    samples, seq_len, seed = calibration
+    requests = []
     for method in methods:
         for rho in rates:
             for kappa in (rank_ratios if method == "oats" else rank_ratios[:1]):
                 cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
                                  solver=solver)
-                method_config(method, cfg)
-                if owl is not None:
-                    owl.check(cfg)
-                specs.append(RunSpec(model, method, cfg, owl, tuple(calibration)))
-    return specs
+                req = CompressRequest(model, cfg, method, allocation=owl, calib_samples=samples, seq_len=seq_len,
+                                      seed=seed or 0, evaluate=False)
+                req.check()
+                requests.append(req)
+    return requests
 
 
-def _clear_run_folder(folder: Path) -> None:
-    """Remove what a run folder holds (only run files: manifest and block factors)."""
-    for p in folder.glob("block_*.safetensors"):
-        p.unlink()
-    (folder / "manifest.json").unlink(missing_ok=True)
+def _status(spec: CompressRequest, folder: Path) -> str:
+    """"reuse", "resume", "compute", or RunError when the folder holds someone else's run.
 
-
-def _status(spec: RunSpec, folder: Path) -> str:
-    """"reuse", "compute", or raise RunError when the folder holds someone else's run."""
-    from oats.runs.folders import MANIFEST, read_manifest
+    A damaged folder, or an unfinished one of other settings, is recomputed from scratch.
+    """
     if not (folder / MANIFEST).exists():
         return "compute"
     try:
@@ -188,15 +126,16 @@ def _status(spec: RunSpec, folder: Path) -> str:
     if m.get("model_name") != spec.model:
         raise RunError(f"run folder '{folder}' holds a run of '{m.get('model_name')}', not '{spec.model}': "
                        "move it away or give another --root")
+    same = spec.same_run(m)
     if not m.get("complete"):
-        return "compute"
-    if not spec.matches(m):
+        return "resume" if same else "compute"
+    if not same:
         raise RunError(f"run folder '{folder}' holds a run with other settings than this sweep's: "
                        "move it away or give another --root")
     return "reuse"
 
 
-def _row(spec: RunSpec | None, model: str, mode: str, metrics: dict, compress_s: float | None,
+def _row(spec: CompressRequest | None, model: str, mode: str, metrics: dict, compress_s: float | None,
          eval_s: float, run: str, sparsity: str) -> dict:
     if spec is None:
         head = {"model": model, "method": "dense", "compression": 0.0, "rank_ratio": 0.0, "sparsity": sparsity,
@@ -204,7 +143,7 @@ def _row(spec: RunSpec | None, model: str, mode: str, metrics: dict, compress_s:
     else:
         head = {"model": model, "method": spec.method, "compression": spec.config.compression,
                 "rank_ratio": spec.rank_ratio, "sparsity": spec.config.sparsity,
-                "allocation": "owl" if spec.owl is not None else "uniform", "mode": mode}
+                "allocation": "owl" if spec.allocation is not None else "uniform", "mode": mode}
     return {**head, **metrics, "compress_time_s": None if compress_s is None else round(compress_s, 3),
             "eval_time_s": round(eval_s, 3), "run": run}
 
@@ -235,11 +174,6 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
 
     Returns a ``SweepResult``; the table is also in ``<folder>/results.csv`` / ``.json``.
     """
-    from oats import data
-    from oats.models import zoo
-    from oats.runs.folders import RunWriter, load_run, runs_root
-    from oats.compress.pipeline import compress_model
-
     t_all = time.perf_counter()
     log = log or (lambda line: None)
     owl = parse_allocation(allocation, owl_lambda, owl_threshold)
@@ -253,12 +187,12 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
     # validate everything (and every existing folder) before any expensive work
     for s in plan(model, methods, compression, rank_ratios if rank_ratios is not None else [kappa0 or 0.25],
                   **specs_args):
-        _status(s, run_dir(root, s.name))
+        _status(s, run_dir(root, s.folder_name()))
     if loaded is None:
         loaded = zoo.load_model(model)
     kappas = rank_ratios if rank_ratios is not None else [loaded.default_rank_ratio]
     specs = plan(model, methods, compression, kappas, **specs_args)
-    statuses = {s.name: _status(s, run_dir(root, s.name)) for s in specs}
+    statuses = {s.folder_name(): _status(s, run_dir(root, s.folder_name())) for s in specs}
     folder = Path(out) if out is not None else root / SWEEPS_DIR / slug(model)
 
     batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed)
@@ -273,38 +207,33 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
     t_compress = t_eval = 0.0
     calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None}
     for n, spec in enumerate(specs, 1):
-        run_folder = run_dir(root, spec.name)
-        if statuses[spec.name] == "reuse":
-            t0 = time.perf_counter()
-            run = load_run(run_folder, model=copy.deepcopy(dense))
-            compress_s = float(run.timings.get("total_s", float("nan")))
-            result.reused.append(spec.name)
+        name = spec.folder_name()
+        status = statuses[name]
+        cb = None if progress is None else (lambda d, t, m, _n=name: progress(_n, d, t, m))
+        t0 = time.perf_counter()
+        outcome = execute(spec, run_dir(root, name), progress=cb, if_exists="replace" if status == "compute" else "resume",
+                          loaded=replace_model(loaded, copy.deepcopy(dense)), batches=batches,
+                          extra={"sweep": str(folder)})
+        run = outcome.run
+        compress_s = float(run.timings.get("total_s", float("nan")))  # as recorded, so a reuse reports the same
+        if outcome.status == "reused":
+            result.reused.append(name)
             how = f"reused (loaded in {time.perf_counter() - t0:.1f}s)"
         else:
-            run_folder.mkdir(parents=True, exist_ok=True)
-            _clear_run_folder(run_folder)
-            writer = RunWriter(run_folder, extra={"calibration_request": calib_request,
-                                                  "model_source": loaded.source, "task": loaded.task,
-                                                  "sweep": str(folder)})
-            cb = None if progress is None else (lambda d, t, m, _n=spec.name: progress(_n, d, t, m))
-            t0 = time.perf_counter()
-            run = compress_model(copy.deepcopy(dense), batches, spec.config, method=spec.method, progress=cb,
-                                 model_name=model, on_block_done=writer.block_done, allocation=owl)
-            writer.finish(run)
             t_compress += time.perf_counter() - t0
-            compress_s = float(run.timings["total_s"])  # as recorded in the run, so a reuse reports the same
-            result.computed.append(spec.name)
-            how = f"compressed in {compress_s:.1f}s"
+            result.computed.append(name)
+            how = (f"resumed after {outcome.resumed_blocks} blocks, " if outcome.status == "resumed" else "") + \
+                f"compressed in {compress_s:.1f}s"
         for mode in run_modes(spec.method)[1:]:  # dense is the shared dense row
             t0 = time.perf_counter()
             with run.use_mode(mode):
                 metrics = evaluator.metrics(run.model, ref)
             dt = time.perf_counter() - t0
             t_eval += dt
-            rows.append(_row(spec, model, mode, metrics, compress_s, dt, spec.name, sparsity))
-        both = next(r for r in rows[::-1] if r["run"] == spec.name and r["mode"] == "both")
+            rows.append(_row(spec, model, mode, metrics, compress_s, dt, name, sparsity))
+        both = next(r for r in rows[::-1] if r["run"] == name and r["mode"] == "both")
         primary = {k: both[k] for k in dense_metrics}
-        log(f"[{n}/{len(specs)}] {spec.name}: {how}; " + ", ".join(f"{k} {v:.4g}" for k, v in primary.items()))
+        log(f"[{n}/{len(specs)}] {name}: {how}; " + ", ".join(f"{k} {v:.4g}" for k, v in primary.items()))
         del run
     result.timings = {"total_s": time.perf_counter() - t_all, "compress_s": t_compress, "evaluate_s": t_eval}
     write_results(folder, rows, meta={
@@ -338,7 +267,6 @@ def _json_safe(x):
 
 def write_results(folder: str | Path, rows: list[dict], meta: dict | None = None) -> Path:
     """Write ``results.csv``, ``results.json`` (list of row dicts) and ``sweep.json`` (meta)."""
-    from oats.runs.folders import atomic_write_bytes
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cols = _columns(rows)
@@ -357,7 +285,6 @@ def write_results(folder: str | Path, rows: list[dict], meta: dict | None = None
 
 def list_sweeps(root=None) -> list[Path]:
     """Sweep folders (those holding a results.json) under ``<root>/sweeps/``."""
-    from oats.runs.folders import runs_root
     base = (Path(root) if root is not None else runs_root()) / SWEEPS_DIR
     if not base.is_dir():
         return []

@@ -1,7 +1,7 @@
-"""One background compression in a process of its own: ``python -m oats.worker RUN_FOLDER``.
+"""One background compression in a process of its own: ``python -m oats.runner.worker RUN_FOLDER``.
 
-Started by ``oats.jobs.JobRunner(isolation="process")``. Reads the request (JSON, one line)
-from stdin, runs ``oats.runner.jobs.execute`` into RUN_FOLDER and reports on stdout, one JSON
+Started by ``oats.runner.jobs.JobRunner(isolation="process")``. Reads the request (JSON, one line)
+from stdin, runs ``oats.runner.execute.execute`` into RUN_FOLDER and reports on stdout, one JSON
 object per line behind ``oats.runner.jobs.EVENT_PREFIX``: ``update`` (stage changes), ``progress``
 (after every block), then exactly one of ``done``, ``failed`` or ``cancelled``. A later
 ``cancel`` line on stdin, or stdin closing (the app went away), stops it after the block in
@@ -16,7 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from oats.runner.jobs import EVENT_PREFIX, Cancelled, execute, failure_line, request_from_json
+from oats.runner.execute import Cancelled, execute, failure_line
+from oats.runner.jobs import EVENT_PREFIX
+from oats.runner.request import CompressRequest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     folder = Path(argv[0])
     try:
-        req = request_from_json(sys.stdin.readline())
+        req = CompressRequest.from_json(sys.stdin.readline())
     except Exception as e:  # noqa: BLE001 - a malformed request is one line too
         emit("failed", error=f"the compression request could not be read ({type(e).__name__})")
         return 2
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     emit("update", status="running", stage="loading", message=f"loading {req.model}", started=time.time())
     try:
-        message = execute(req, folder, lambda **kw: emit("update", **kw), progress)
+        message = execute(req, folder, update=lambda **kw: emit("update", **kw), progress=progress).message()
     except Cancelled:
         emit("cancelled")
         return 0

@@ -292,3 +292,13 @@ def list_runs(root: str | Path) -> list[dict]:
                     "rank_ratio": cfg["rank_ratio"], "sparsity": cfg["sparsity"],
                     "blocks_done": len(m.get("blocks_done", [])), "created": m.get("created", "")})
     return out
+
+
+def clear_run_folder(folder: str | Path) -> None:
+    """Remove the run files a folder holds (manifest and block factors), nothing else."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in folder.glob("block_*.safetensors"):
+        p.unlink()
+    (folder / MANIFEST).unlink(missing_ok=True)

@@ -1,0 +1,167 @@
+"""The one compress step: check, load, calibrate, resume or reuse, compress into a run folder,
+evaluate. ``oats compress``, the app's background jobs (in a thread or a worker process) and
+``oats sweep`` all call :func:`execute`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from oats import data
+from oats.compress import pipeline
+from oats.compress.pipeline import CompressionRun, resolve_device
+from oats.errors import OatsError, RunError
+from oats.evaluation import evaluate_run, run_modes
+from oats.models import zoo
+from oats.runner.request import CompressRequest
+from oats.runs.evaluations import save_evaluation
+from oats.runs.folders import MANIFEST, RunWriter, clear_run_folder, load_run, read_manifest
+
+IF_EXISTS = ("resume", "replace")
+"""What ``execute`` does with a folder that already holds files: continue or reuse the same run
+(another run there is an error), or replace whatever is there."""
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a compression after the block in progress."""
+
+
+@dataclass
+class Outcome:
+    """What ``execute`` did."""
+
+    run: CompressionRun
+    """The compressed model and its records (``run.loaded`` is the loaded model)."""
+    folder: Path
+    status: str
+    """"computed" (from scratch), "resumed" (after ``resumed_blocks`` finished ones) or "reused"
+    (the folder already held the complete run)."""
+    resumed_blocks: int = 0
+    load_s: float = 0.0
+    evaluation_note: str = ""
+    """"" when the evaluation was saved or not asked for; else why it is missing."""
+
+    def message(self) -> str:
+        if self.status == "reused":
+            return "already compressed with these settings: opened the saved run"
+        return f"compressed {len(self.run.blocks)} blocks in {self.run.timings['total_s']:.0f} s" + self.evaluation_note
+
+
+def _quiet(**_fields) -> None:
+    pass
+
+
+def folder_state(request: CompressRequest, folder: Path, if_exists: str = "resume") -> str:
+    """"new", "resume" or "reuse" for ``request`` in ``folder``; RunError (one line) when the
+    folder holds another run and ``if_exists`` is "resume"."""
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {IF_EXISTS}, not {if_exists!r}")
+    if not (folder / MANIFEST).exists():
+        return "new"
+    if if_exists == "replace":
+        return "new"
+    m = read_manifest(folder)
+    if not request.same_run(m):
+        raise RunError(f"run folder '{folder}' holds another compression (of {m.get('model_name')}, "
+                       f"{m.get('method')}): delete it or change the settings")
+    return "reuse" if m.get("complete") else "resume"
+
+
+def execute(request: CompressRequest, folder: str | Path, *,
+            update: Callable[..., None] | None = None,
+            progress: Callable[[int, int, str], None] | None = None,
+            if_exists: str = "resume", loaded: zoo.LoadedModel | None = None,
+            batches: list[dict] | None = None, extra: dict | None = None) -> Outcome:
+    """Compress ``request`` into ``folder`` and return what happened.
+
+    Args:
+        update: callable(stage=..., message=...) at each stage change.
+        progress: callable(done_blocks, total_blocks, message) after every block; it may raise
+            ``Cancelled`` to stop there (finished blocks stay on disk and resume later).
+        if_exists: see ``IF_EXISTS``.
+        loaded: the model already loaded by ``request.model`` (``zoo.load_model``); it is
+            compressed in place (a sweep passes a fresh copy per run).
+        batches: the calibration batches already made for ``request`` (a sweep shares them).
+        extra: more manifest entries (a sweep records its folder).
+
+    Errors are ``OatsError`` with one line for anything the user can fix; they are raised
+    before the model loads when the request itself is wrong.
+    """
+    update = update or _quiet
+    folder = Path(folder)
+    request.check()
+    resolve_device(request.device)
+    state = folder_state(request, folder, if_exists)
+    t0 = time.perf_counter()
+    if loaded is None:
+        update(stage="loading", message=f"loading {request.model}")
+        loaded = zoo.load_model(request.model, trust_remote_code=request.trust_remote_code)
+    if state == "reuse":
+        run = load_run(folder, model=loaded.model)
+        run.loaded = loaded
+        return Outcome(run=run, folder=folder, status="reused", load_s=time.perf_counter() - t0)
+    if batches is None:
+        update(stage="calibration data", message="preparing calibration data")
+        batches = data.calibration_batches(loaded, n_samples=request.calib_samples, seq_len=request.seq_len,
+                                           source=request.calib_source, seed=request.seed)
+    t_load = time.perf_counter() - t0
+    resume = None
+    if state == "resume":
+        resume = load_run(folder, model=loaded.model, allow_partial=True)
+        update(message=f"resuming after {len(resume.blocks)} finished blocks")
+    else:
+        clear_run_folder(folder)
+    writer = RunWriter(folder, extra={"calibration_request": request.calibration_request(),
+                                      "model_source": loaded.source, "task": loaded.task, **(extra or {})})
+    update(stage="compressing", message="capturing calibration inputs")
+    run = compress_model_for(request, loaded, batches, progress, writer, resume)
+    run.timings["load_s"] = t_load
+    writer.finish(run)
+    run.loaded = loaded
+    outcome = Outcome(run=run, folder=folder, status="resumed" if resume is not None else "computed",
+                      resumed_blocks=len(resume.blocks) if resume is not None else 0, load_s=t_load)
+    if request.evaluate:
+        update(stage="evaluating", message="evaluating dense, compressed, sparse-only and low-rank-only")
+        outcome.evaluation_note = evaluate_and_save(run, folder)
+    return outcome
+
+
+def compress_model_for(request: CompressRequest, loaded, batches, progress, writer, resume) -> CompressionRun:
+    """``compress_model`` with the request's settings, saving every block through ``writer``."""
+    return pipeline.compress_model(loaded.model, batches, request.config, method=request.method, progress=progress,
+                          model_name=request.model, device=request.device, allow_generic=request.generic,
+                          on_block_done=writer.block_done, resume=resume, allocation=request.allocation)
+
+
+def evaluate_and_save(run: CompressionRun, folder: str | Path, quick: bool = False) -> str:
+    """Evaluate the variants of ``run`` its method has (``run_modes``) and write
+    ``evaluation.json``; returns a note for the job message ("" on success)."""
+    try:
+        results = evaluate_run(run, run.loaded, modes=run_modes(run.method), quick=quick)
+    except OatsError as e:
+        return f" (evaluation failed: {one_line(e)})"
+    save_evaluation(folder, results, quick)
+    return ""
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line shown for an exception raised by ``execute``."""
+    if isinstance(exc, OatsError):
+        return one_line(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory: choose a smaller model or fewer calibration samples"
+    return f"unexpected {type(exc).__name__}: {one_line(exc)} (please report it with the settings used)"
+
+
+def replace_model(loaded: zoo.LoadedModel, model) -> zoo.LoadedModel:
+    """``loaded`` with another model object (a sweep compresses a fresh copy per run)."""
+    return dataclasses.replace(loaded, model=model)

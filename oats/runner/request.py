@@ -1,0 +1,155 @@
+"""One compression request: everything that decides a run's result, its folder name, and
+whether a run folder already holds it.
+
+``oats compress``, the app's background jobs and ``oats sweep`` all describe their work as a
+:class:`CompressRequest` and hand it to :func:`oats.runner.execute.execute`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from oats.compress.allocation import Owl
+from oats.compress.pipeline import method_config, method_rank_ratio
+from oats.config import OatsConfig
+from oats.errors import OatsError
+
+ITERATIVE_FIELDS = ("rank_ratio", "iterations", "solver")
+"""Config fields that change the result only for a method that alternates (OATS); for the others
+compression rate and sparsity pattern decide it."""
+
+
+def slug(s: str) -> str:
+    """A model name as part of a folder name: no separators, no '..', no leading dot."""
+    text = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s))
+    while ".." in text:
+        text = text.replace("..", "-")
+    return text.strip("-.")
+
+
+@dataclass(frozen=True)
+class CompressRequest:
+    """A compression to run: model, method, configuration, allocation, calibration, device."""
+
+    model: str
+    """Preset name, hub id, local model folder or timm:NAME (what ``oats.models.zoo.load_model`` takes)."""
+    config: OatsConfig = field(default_factory=OatsConfig)
+    method: str = "oats"
+    allocation: Owl | None = None
+    """OWL-style per-block rates; None: every block at the configured rate."""
+    calib_source: str | None = None
+    """A text file (text models) or an image folder (vision models); None: the built-in data."""
+    calib_samples: int | None = None
+    """Calibration sequences or images; None: the data module's default for the task."""
+    seq_len: int | None = None
+    """Tokens per calibration sequence (causal LMs); None: the data module's default."""
+    seed: int = 0
+    device: str | None = None
+    """Where the decompositions run ("cpu", "cuda", "cuda:1"); None: a GPU when there is one."""
+    generic: bool = False
+    """Compress a model no adapter knows with the generic one (every nn.Linear in its blocks)."""
+    trust_remote_code: bool = False
+    """Run a hub model's own code; only when the user asks."""
+    evaluate: bool = True
+    """Evaluate the run's variants afterwards and keep ``evaluation.json`` next to it."""
+
+    def check(self) -> None:
+        """Raise ConfigError (one line) for a combination that cannot run, before anything loads."""
+        method_config(self.method, self.config)
+        if self.allocation is not None:
+            self.allocation.check(self.config)
+
+    @property
+    def rank_ratio(self) -> float:
+        """The share of the kept parameters the method spends on the low-rank term."""
+        return method_rank_ratio(self.method, self.config)
+
+    def calibration_request(self) -> dict:
+        """The manifest's record of the calibration data."""
+        return {"samples": self.calib_samples, "seq_len": self.seq_len, "seed": self.seed, "source": self.calib_source}
+
+    def folder_name(self) -> str:
+        """A readable, deterministic run folder name: the same settings give the same folder,
+        so the app, sweeps and repeated requests find each other's runs.
+
+        ``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-it<n>][-<solver>][-owl...][-cal...]``; a
+        calibration file or folder, or non-default eps / tol, add a short hash of themselves.
+        """
+        c = self.config
+        model = slug(self.model) or "model"
+        if model != self.model:  # './minilm-l6' or 'org/name' must not share the preset's folder
+            model += "-" + hashlib.sha1(self.model.encode()).hexdigest()[:6]
+        parts = [model, self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}", c.sparsity.replace(":", "of")]
+        iterative = self._iterative()
+        if iterative and c.iterations != OatsConfig().iterations:
+            parts.append(f"it{c.iterations}")
+        if iterative and c.solver != OatsConfig().solver:
+            parts.append(c.solver)
+        if self.allocation is not None:
+            parts.append(f"owl{self.allocation.lam:g}m{self.allocation.threshold:g}")
+        if self.calib_samples is not None or self.seq_len is not None or self.seed:
+            parts.append(f"cal{self.calib_samples or 'd'}x{self.seq_len or 'd'}s{self.seed}")
+        name = "-".join(parts)
+        default = OatsConfig()
+        if self.calib_source or c.eps != default.eps or c.tol != default.tol:
+            extra = {"source": self.calib_source or "", "eps": c.eps, "tol": c.tol}
+            name += "-" + hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+        return name
+
+    def _iterative(self) -> bool:
+        """Whether the method alternates, so its iterations, solver and rank ratio matter."""
+        return self.method == "oats"
+
+    def identity(self) -> tuple:
+        """What decides the result: two requests with equal identities make the same run."""
+        c = self.config
+        if self._iterative():
+            cfg = tuple(sorted(c.to_dict().items()))
+        else:
+            cfg = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ITERATIVE_FIELDS))
+        alloc = None if self.allocation is None else (self.allocation.lam, self.allocation.threshold)
+        cal = (self.calib_samples, self.seq_len, self.seed or 0, self.calib_source or None)
+        return (self.model, self.method, cfg, alloc, cal)
+
+    def same_run(self, manifest: dict) -> bool:
+        """Whether a run folder's manifest records this request's run."""
+        try:
+            other = request_from_manifest(manifest)
+        except (OatsError, KeyError, TypeError, ValueError):
+            return False
+        return other.identity() == self.identity()
+
+    def to_json(self) -> str:
+        body = {"model": self.model, "config": self.config.to_dict(), "method": self.method,
+                "allocation": None if self.allocation is None else self.allocation.to_dict(),
+                "calib_source": self.calib_source, "calib_samples": self.calib_samples, "seq_len": self.seq_len,
+                "seed": self.seed, "device": self.device, "generic": self.generic,
+                "trust_remote_code": self.trust_remote_code, "evaluate": self.evaluate}
+        return json.dumps(body)
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressRequest:
+        body = json.loads(text)
+        alloc = body.get("allocation")
+        return cls(**{**body, "config": OatsConfig(**body["config"]),
+                      "allocation": None if alloc is None else _owl(alloc)})
+
+
+def _owl(alloc: dict) -> Owl:
+    return Owl(lam=alloc["lam"], threshold=alloc["threshold"])
+
+
+def request_from_manifest(manifest: dict, **options) -> CompressRequest:
+    """The request that produced a run folder (to resume or re-evaluate it).
+
+    ``options``: the fields a manifest does not record (device, generic, trust_remote_code,
+    evaluate).
+    """
+    cal = manifest.get("calibration_request") or {}
+    alloc = manifest.get("allocation") or {}
+    return CompressRequest(model=manifest["model_name"], config=OatsConfig(**manifest["config"]),
+                           method=manifest["method"], allocation=_owl(alloc) if alloc.get("name") == "owl" else None,
+                           calib_source=cal.get("source"), calib_samples=cal.get("samples"),
+                           seq_len=cal.get("seq_len"), seed=cal.get("seed") or 0, **options)
