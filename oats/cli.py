@@ -83,9 +83,8 @@ def cmd_compress(args) -> int:
     from oats.models import zoo
     from oats.compress.allocation import Owl, parse_allocation
     from oats.config import OatsConfig
-    from oats.runs.folders import RunWriter, check_run_model, load_run
+    from oats.runs.folders import RunWriter, check_resumable, check_run_model, load_run
     from oats.compress.pipeline import compress_model, method_config
-    from oats.validate import check_resumable
 
     out = Path(args.out) if args.out else None
     calib = {"samples": args.calib_samples, "seq_len": args.seq_len, "seed": args.seed, "source": args.calib_source}

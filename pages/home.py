@@ -17,8 +17,8 @@ from oats.errors import OatsError
 from oats.runs.folders import runs_root
 from oats.runner.jobs import RUNNER, CompressRequest, evaluate_and_save, read_evaluation, request_from_manifest
 from oats.compress.pipeline import METHODS, method_rank_ratio
-from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_model_name, check_upload
-from oats.models.zoo import available_models
+from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
+from oats.models.zoo import available_models, check_model_name
 
 OTHER = "other: a hub id or a local folder"
 VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}

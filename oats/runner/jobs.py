@@ -413,8 +413,7 @@ class JobRunner:
         Returns the job already running for that folder, or a finished job at once when the
         folder already holds the complete run. An unfinished folder is resumed.
         """
-        from oats.runs.folders import MANIFEST, read_manifest, runs_root
-        from oats.validate import run_dir
+        from oats.runs.folders import MANIFEST, read_manifest, run_dir, runs_root
         if folder is not None:
             folder = Path(folder)
             folder = run_dir(folder.parent, folder.name)

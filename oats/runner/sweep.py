@@ -31,7 +31,7 @@ from oats.config import OatsConfig
 from oats.errors import ConfigError, OatsError, RunError
 from oats.evaluation import Evaluator, run_modes
 from oats.compress.pipeline import METHODS, method_config, method_rank_ratio
-from oats.validate import run_dir
+from oats.runs.folders import run_dir
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
