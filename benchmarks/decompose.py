@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from oats import OatsConfig, compress_model, decompose  # noqa: E402
 from oats.data import calibration_batches  # noqa: E402
 from oats.core.decompose import input_scale, rank_budget, row_keep  # noqa: E402
-from oats.compress.pipeline import dense_layer_stats  # noqa: E402
+from oats.compress.statistics import dense_layer_stats  # noqa: E402
 from oats.models.zoo import load_model  # noqa: E402
 
 

@@ -4,7 +4,7 @@ Each model runs in its own fresh process (peak RSS is per process), loading from
 on-disk cache, calibrating on the default data and compressing with the default config.
 Prints one line per model: peak resident memory while compressing, the memory after loading
 the model and its calibration data, the dense model's own size, the pre-flight estimate of
-what compressing adds (``oats.validate``, margin included: the number a request is refused on)
+what compressing adds (``oats.compress.preflight``, margin included: the number a request is refused on)
 next to what it really added (peak - after load), and the wall time. Memory is read from
 /proc/self/status (VmRSS, VmHWM; the peak restarted after loading), so it is this process's
 own whatever started it.
@@ -36,7 +36,8 @@ loaded = load_model(name)
 size = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20
 batches = calibration_batches(loaded)
 from oats.models.adapters import get_adapter
-from oats.validate import MEMORY_MARGIN, calibration_tokens, estimate_compression_memory
+from oats.compress.preflight import calibration_tokens, estimate_compression_memory
+from oats.resources import MEMORY_MARGIN
 adapter = get_adapter(loaded.model)
 estimate = MEMORY_MARGIN * sum(estimate_compression_memory(adapter, loaded.model, adapter.blocks(loaded.model),
                                            calibration_tokens(batches, loaded.model), "oats").values())

@@ -1,20 +1,22 @@
 """OATS Explorer: outlier-aware sparse + low-rank compression of transformer weights.
 
-Where things live:
-  config.py      OatsConfig, the one validated configuration
-  decompose.py   the math for one matrix: budgets, thresholding, alternating solver
-  adapters/      one adapter per model family behind a registry
-  calibration.py hooks: block inputs and per-channel second moments
-  pipeline.py    compress_model: block-by-block sequential compression
-  modules.py     OatsLinear: sparse and low-rank terms kept apart, four modes
-  io.py          run folders (safetensors + JSON manifest)
-  zoo.py         presets that load offline, hub ids, local folders, timm names
-  data.py        calibration and evaluation data
-  baselines.py   magnitude, Wanda, SparseGPT and low-rank-only in the same budget accounting
-  allocation.py  uniform or OWL-style per-block compression rates
-  evaluate.py    perplexity / embedding / CLS fidelity; ``oats.evaluate(run)`` is callable
-  sweep.py       methods x rates on one model, one tidy table, runs reused from disk
-  validate.py    checks on user input: uploads, run names, weights, memory estimates
+Where things live (each layer imports only the ones above it):
+  errors.py, config.py, resources.py   one-line errors, OatsConfig, memory checks
+  core/          decompose.py (one matrix: budgets, thresholding, alternating solver),
+                 linear.py (OatsLinear: sparse and low-rank terms kept apart, four modes)
+  methods/       magnitude, Wanda, SparseGPT and low-rank-only in the same budget accounting
+  models/        zoo.py (load_model: presets, local folders, hub ids, timm names; the sources
+                 in presets.py, hub.py, timm_hub.py, formats.py), vision.py (ViT facts),
+                 weights.py (safetensors files), adapters/ (one per model family, a registry)
+  data.py        calibration and evaluation data, checks on the user's files and uploads
+  compress/      calibration.py (hooks, second moments), statistics.py (dense statistics pass),
+                 allocation.py (uniform or OWL rates), preflight.py (weights and memory checks),
+                 records.py (CompressionRun), pipeline.py (compress_model, block by block)
+  runs/          run folders (safetensors + JSON manifest), run names, resuming
+  evaluation.py  perplexity / embedding / CLS fidelity; ``oats.evaluate(run)`` is callable
+  explain/       per-layer analysis, ViT attention and attributions
+  runner/        background jobs for the app, sweeps (methods x rates, one tidy table)
+  cli.py         the ``oats`` command
 """
 
 import os as _os
@@ -31,7 +33,8 @@ from oats.errors import (ConfigError, DataError, ModelLoadError, OatsError, Reso
                      UnsupportedModelError)
 from oats.runs.folders import list_runs, load_run, save_run
 from oats.core.linear import OatsLinear, set_mode, use_mode
-from oats.compress.pipeline import BUDGET_NOTES, METHODS, CompressionRun, compress_model
+from oats.compress.pipeline import BUDGET_NOTES, METHODS, compress_model
+from oats.compress.records import CompressionRun
 from oats.evaluation import PRIMARY_METRIC, Evaluation, evaluate, evaluate_model, evaluate_run
 
 __version__ = "0.1.0"

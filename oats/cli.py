@@ -84,8 +84,7 @@ def cmd_compress(args) -> int:
     from oats.models import zoo
     from oats.runner.execute import execute
     from oats.runner.request import CompressRequest, request_from_manifest, slug
-    from oats.runs.folders import check_run_model
-    from oats.validate import check_resumable
+    from oats.runs.folders import check_resumable, check_run_model
 
     out = Path(args.out) if args.out else None
     options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False)

@@ -24,17 +24,17 @@ import functools
 import io
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from oats.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from oats.models.zoo import LoadedModel
+from oats.models.weights import check_safetensors_file
+from oats.models.zoo import LoadedModel
 
 # Defaults, sized for two CPU cores: one dense forward pass over the default set takes about
 # 30 s for SmolLM2-135M (16 x 256 tokens) and about 12 s for DINOv2-S (32 crops at 224 px).
@@ -57,6 +57,16 @@ EVAL_SHARE = 0.25
 """Share of the stdlib prose's words that goes to evaluation."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+MAX_UPLOAD_MB = 20
+"""Largest upload the app accepts (also ``server.maxUploadSize`` in .streamlit/config.toml)."""
+
+UPLOAD_TYPES = {
+    "image": ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"),
+    "text": ("txt", "md"),
+    "safetensors": ("safetensors",),
+}
+"""The only kinds of file the app takes: images, calibration text, safetensors weights."""
 
 
 # --------------------------------------------------------------------------------------
@@ -549,3 +559,67 @@ def calibration_batches(
             images = load_image_folder(source, max_images=max(n, 1), seed=seed)
         return image_batches(loaded, images, n, seed=seed, batch_size=batch_size)
     raise DataError(f"no calibration data for task {task!r}: expected 'causal-lm', 'encoder' or 'vision'")
+
+
+# --------------------------------------------------------------------------------------
+# The user's files, checked before anything uses them
+
+
+def check_upload(filename: str, data: bytes, kind: str, max_mb: float = MAX_UPLOAD_MB) -> bytes:
+    """Check an uploaded file before anything uses it: its type, its size, and its content.
+
+    kind: "image" (must decode as an image), "text" (UTF-8 text) or "safetensors" (a valid
+    header). Returns ``data`` unchanged.
+    """
+    if kind not in UPLOAD_TYPES:
+        raise ConfigError(f"unknown upload kind {kind!r}: expected one of {', '.join(UPLOAD_TYPES)}")
+    name = Path(str(filename)).name
+    suffix = Path(name).suffix.lower().lstrip(".")
+    allowed = UPLOAD_TYPES[kind]
+    if suffix not in allowed:
+        raise DataError(f"upload '{name}' is not a{'n' if kind == 'image' else ''} {kind} file: "
+                        f"give a file ending in {', '.join('.' + s for s in allowed)}")
+    size_mb = len(data) / 2**20  # MB as Streamlit's maxUploadSize counts them
+    if size_mb > max_mb:
+        raise DataError(f"upload '{name}' is {size_mb:.1f} MB, over the {max_mb:g} MB limit: give a smaller file")
+    if not data:
+        raise DataError(f"upload '{name}' is empty: give a file with something in it")
+    if kind == "image":
+        try:
+            load_image(bytes(data))
+        except DataError:
+            raise DataError(f"upload '{name}' is not an image that can be read (corrupt or unknown format): "
+                            "give a PNG or JPEG file") from None
+    elif kind == "text":
+        if b"\x00" in data[:65536]:
+            raise DataError(f"upload '{name}' looks binary, not text: give a UTF-8 text file")
+        try:
+            text = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise DataError(f"upload '{name}' is not UTF-8 text: convert it to UTF-8 or give another file") from None
+        if not text.strip():
+            raise DataError(f"upload '{name}' is empty: give a text file with some prose in it")
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            check_safetensors_file(tmp.name, what=f"upload '{name}'")
+    return data
+
+
+def check_calibration_source(kind: str, source: str | Path | None) -> None:
+    """A calibration text file or image folder is usable (before a model is loaded).
+
+    kind: "text file" or "image folder" (the app's choices; the CLI's --calib-source is
+    checked the same way once the model's task is known). A text file must be UTF-8 prose;
+    an image folder must hold at least one image, and its first image must decode.
+    """
+    if source is None or not str(source).strip():
+        raise DataError(f"no {kind} given: upload or type one, or use the built-in calibration data")
+    if kind == "text file":
+        read_text_file(source)
+    elif kind == "image folder":
+        files = image_files(source)
+        load_image(files[0])
+    else:
+        raise ConfigError(f"unknown calibration source kind {kind!r}: expected 'text file' or 'image folder'")

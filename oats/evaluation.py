@@ -38,8 +38,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from oats.errors import ConfigError, DataError
+from oats.compress.records import CompressionRun
 from oats.core.linear import MODES, oats_layers, use_mode
+from oats.data import (_tokenize, bundled_images, evaluation_sentences, evaluation_text, image_batches,
+                       load_image_folder, read_text_file, sentence_batches, split_sentences)
+from oats.errors import ConfigError, DataError
+from oats.models import hub
+from oats.models.adapters import no_cache_kwargs
+from oats.models.vision import is_timm, patch_size
 
 PRIMARY_METRIC: dict[str, tuple[str, bool]] = {
     "causal-lm": ("perplexity", False),
@@ -88,8 +94,7 @@ def wikitext2_text(split: str = "test") -> str:
     except ImportError:
         raise DataError("WikiText-2 needs the 'datasets' package and the network (pip install datasets): "
                         "use --text FILE or the built-in evaluation text instead") from None
-    from oats.models.zoo import _hub_reachable
-    if not _hub_reachable():
+    if not hub.hub_reachable():
         raise DataError("WikiText-2 needs the network (the Hugging Face hub is not reachable): "
                         "use --text FILE or the built-in evaluation text instead")
     try:
@@ -105,7 +110,6 @@ def _resolve_text(text) -> tuple[str | None, str]:
     if text is None:
         return None, "built-in evaluation split (stdlib prose, disjoint from calibration)"
     if isinstance(text, os.PathLike):
-        from oats.data import read_text_file
         return read_text_file(text), f"file {os.fspath(text)}"
     if not isinstance(text, str) or not text.strip():
         raise DataError("the evaluation text is empty: give some prose, a text file, or leave it out for the "
@@ -114,11 +118,6 @@ def _resolve_text(text) -> tuple[str | None, str]:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _forward_kwargs(model: nn.Module) -> dict:
-    cfg = getattr(model, "config", None)
-    return {"use_cache": False} if getattr(cfg, "use_cache", None) is not None else {}
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -139,13 +138,9 @@ def _last_hidden(out) -> torch.Tensor:
     return h
 
 
-def _is_timm(model: nn.Module) -> bool:
-    return hasattr(model, "forward_features") and not hasattr(model, "config")
-
-
 def _vision_forward(model: nn.Module, pixel_values: torch.Tensor, want_logits: bool = False):
     """(CLS features (b, hidden), logits or None) of a HF or timm ViT."""
-    if _is_timm(model):
+    if is_timm(model):
         feats = model.forward_features(pixel_values)
         logits = model.forward_head(feats) if want_logits else None
         return (feats[:, 0] if feats.dim() == 3 else feats), logits
@@ -155,15 +150,6 @@ def _vision_forward(model: nn.Module, pixel_values: torch.Tensor, want_logits: b
     out = model(pixel_values=pixel_values, output_hidden_states=True, **kw)
     logits = getattr(out, "logits", None) if want_logits else None
     return _last_hidden(out)[:, 0], logits
-
-
-def _patch_size(model: nn.Module) -> int:
-    cfg = getattr(model, "config", None)
-    p = getattr(cfg, "patch_size", None)
-    if p is None:
-        pe = getattr(model, "patch_embed", None)
-        p = getattr(pe, "patch_size", 16)
-    return int(p[0] if isinstance(p, (tuple, list)) else p)
 
 
 def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -217,7 +203,6 @@ class Evaluator:
                 raise DataError("this language model has no tokenizer, so text cannot be fed to it: load it with "
                                 "its tokenizer")
             body, what = _resolve_text(text)
-            from oats.data import evaluation_text
             self._text = body if body is not None else evaluation_text()
             self._windows = self._lm_windows(LM_WINDOWS[q], LM_SEQ_LEN[q])
             self.settings.update(text=what, windows=int(self._windows.shape[0]), seq_len=int(self._windows.shape[1]),
@@ -225,7 +210,6 @@ class Evaluator:
         elif task == "encoder":
             if loaded.tokenizer is None:
                 raise DataError("this encoder has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
-            from oats.data import evaluation_sentences, sentence_batches, split_sentences
             body, what = _resolve_text(text)
             sentences = evaluation_sentences() if body is None else split_sentences(body)
             if len(sentences) < 2:
@@ -235,7 +219,6 @@ class Evaluator:
             self._batches = sentence_batches(loaded.tokenizer, [sentences[i] for i in sorted(pick)], batch_size=16)
             self.settings.update(text=what, sentences=n)
         else:
-            from oats.data import bundled_images, image_batches, load_image_folder
             n = VISION_IMAGES[q]
             self._folder = None
             if image_folder is not None:
@@ -255,7 +238,6 @@ class Evaluator:
     # -- causal LM
 
     def _lm_windows(self, n: int, seq_len: int) -> torch.Tensor:
-        from oats.data import _tokenize
         ids = _tokenize(self.loaded.tokenizer, self._text)
         if len(ids) < seq_len + 1:
             raise DataError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {seq_len}: "
@@ -268,7 +250,7 @@ class Evaluator:
     @torch.no_grad()
     def _perplexity(self, model: nn.Module) -> dict[str, float]:
         total, count = 0.0, 0
-        kw = _forward_kwargs(model)
+        kw = no_cache_kwargs(model)
         for chunk in self._windows.split(LM_BATCH):
             logits = model(input_ids=chunk, **kw).logits[:, :-1].float()
             target = chunk[:, 1:]
@@ -307,7 +289,7 @@ class Evaluator:
         rng = np.random.default_rng(EVAL_SEED)
         order = rng.permutation(len(d.target))
         n_fit, n_score = self._probe
-        size = PROBE_PATCHES * _patch_size(self.loaded.model)
+        size = PROBE_PATCHES * patch_size(self.loaded.model, default=16)[0]
         mean = torch.tensor(self.loaded.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.loaded.image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -343,7 +325,7 @@ class Evaluator:
         return np.asarray(labels)
 
     def _has_head(self, model: nn.Module) -> bool:
-        if _is_timm(model):
+        if is_timm(model):
             return getattr(model, "num_classes", 0) > 0
         return "ForImageClassification" in type(model).__name__
 
@@ -404,7 +386,7 @@ def _cached_reference(model: nn.Module, ev: Evaluator):
 
 def _evaluator(loaded, quick, text, image_folder) -> Evaluator:
     if loaded is None:
-        raise DataError("evaluation needs the loaded model (tokenizer, image settings): pass loaded=oats.zoo.load_model(...)")
+        raise DataError("evaluation needs the loaded model (tokenizer, image settings): pass loaded=oats.models.zoo.load_model(...)")
     return Evaluator(loaded, quick=quick, text=text, image_folder=image_folder)
 
 
@@ -492,7 +474,6 @@ def evaluate(target, loaded=None, *, modes=None, quick: bool = False, text=None,
         modes: modes to evaluate model-wide, or ("current",) for the model as it is.
         quick, text, image_folder: as in ``evaluate_model``.
     """
-    from oats.compress.pipeline import CompressionRun
     t0 = time.perf_counter()
     name = ""
     if isinstance(target, CompressionRun):

@@ -10,6 +10,7 @@ from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
 from oats.runs.evaluations import read_evaluation
+from oats.runner.sweep import list_sweeps, load_results
 from oats.compress.pipeline import method_rank_ratio
 
 st.title("Compare")
@@ -17,39 +18,32 @@ st.caption("How the methods trade quality for size, and where in the model they 
 
 # ----------------------------------------------------------------------------- sweeps
 st.subheader("Sweeps: methods × compression rates")
-try:
-    from oats.runner.sweep import list_sweeps, load_results
-except ImportError:
-    list_sweeps = load_results = None
-if list_sweeps is None:
-    st.info("Sweeps are not available in this installation (oats/sweep.py is missing).")
+sweeps = list_sweeps()
+if not sweeps:
+    st.info("No sweep yet — run one from the command line, e.g. `.venv/bin/oats sweep minilm-l6`, then reload "
+            "this page.")
 else:
-    sweeps = list_sweeps()
-    if not sweeps:
-        st.info("No sweep yet — run one from the command line, e.g. `.venv/bin/oats sweep minilm-l6`, then reload "
-                "this page.")
-    else:
-        folder = st.selectbox("Sweep", sweeps, index=len(sweeps) - 1, format_func=lambda p: Path(p).name)
-        try:
-            rows = load_results(folder)
-        except OatsError as e:
-            st.error(str(e))
-            rows = []
-        metrics = analysis.metric_columns(rows)
-        if rows and not metrics:
-            st.warning(f"Sweep '{Path(folder).name}' has no metric columns: run it again with evaluation.")
-        elif rows:
-            models = sorted({str(r.get("model", "")) for r in rows})
-            model = st.selectbox("Model", models) if len(models) > 1 else models[0]
-            rows_m = [r for r in rows if str(r.get("model", "")) == model]
-            pm = primary_metric({"perplexity": "causal-lm", "cosine": "encoder",
-                                 "cls_cosine": "vision"}.get(next((m for m in metrics if m in (
-                                     "perplexity", "cosine", "cls_cosine")), ""), ""))
-            default = metrics.index(pm[0]) if pm and pm[0] in metrics else 0
-            metric = st.selectbox("Metric", metrics, index=default)
-            higher = pm[1] if pm and pm[0] == metric else None
-            chart(figures.sweep_figure(analysis.sweep_series(rows_m, metric), metric, higher), key="sweep")
-            table(rows_m, f"sweep-{Path(folder).name}", key="csv-sweep", height=300)
+    folder = st.selectbox("Sweep", sweeps, index=len(sweeps) - 1, format_func=lambda p: Path(p).name)
+    try:
+        rows = load_results(folder)
+    except OatsError as e:
+        st.error(str(e))
+        rows = []
+    metrics = analysis.metric_columns(rows)
+    if rows and not metrics:
+        st.warning(f"Sweep '{Path(folder).name}' has no metric columns: run it again with evaluation.")
+    elif rows:
+        models = sorted({str(r.get("model", "")) for r in rows})
+        model = st.selectbox("Model", models) if len(models) > 1 else models[0]
+        rows_m = [r for r in rows if str(r.get("model", "")) == model]
+        pm = primary_metric({"perplexity": "causal-lm", "cosine": "encoder",
+                             "cls_cosine": "vision"}.get(next((m for m in metrics if m in (
+                                 "perplexity", "cosine", "cls_cosine")), ""), ""))
+        default = metrics.index(pm[0]) if pm and pm[0] in metrics else 0
+        metric = st.selectbox("Metric", metrics, index=default)
+        higher = pm[1] if pm and pm[0] == metric else None
+        chart(figures.sweep_figure(analysis.sweep_series(rows_m, metric), metric, higher), key="sweep")
+        table(rows_m, f"sweep-{Path(folder).name}", key="csv-sweep", height=300)
 
 # ----------------------------------------------------------------------------- runs side by side
 st.subheader("Runs side by side, layer by layer")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
-                       evaluation_missing_note, layer_budget, manifest, primary_metric, run_mtime, run_task, table)
+                       layer_budget, manifest, primary_metric, run_mtime, run_task, table)
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
@@ -38,7 +38,8 @@ if run is not None:
     st.subheader("Per-block ablation")
     pm = primary_metric(run_task(manifest(path)) or "")
     if pm is None:
-        evaluation_missing_note()
+        st.info("This run's manifest does not name its model's task (a run saved with oats.save_run), so there "
+                "is no metric to measure the per-block ablation with: compress it with the app or `oats compress`.")
     elif run.method != "oats":
         st.info(f"This run has only one kind of term (method {run.method}): the per-block ablation needs a sparse "
                 f"and a low-rank term — open an OATS run.")

@@ -18,10 +18,11 @@ from oats.runs.folders import runs_root
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, request_from_manifest
+from oats.runner.sweep import load_meta, load_results
 from oats.runs.evaluations import read_evaluation
 from oats.compress.pipeline import METHODS, method_rank_ratio
-from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_model_name, check_upload
-from oats.models.zoo import available_models
+from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
+from oats.models.zoo import available_models, check_model_name
 
 OTHER = "other: a hub id or a local folder"
 VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
@@ -265,10 +266,9 @@ def summary() -> None:
     ev = read_evaluation(path)
     if ev is None and m.get("sweep"):  # evaluated by the sweep that made it
         try:
-            from oats.runner.sweep import load_meta, load_results
             res = analysis.sweep_evaluation(load_results(m["sweep"]), Path(path).name)
             quick = bool(load_meta(m["sweep"]).get("quick"))
-        except (ImportError, OatsError, AttributeError):
+        except (OatsError, AttributeError):
             res, quick = None, None
         if res:
             ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(m['sweep']).name}'"}

@@ -12,7 +12,7 @@ from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, run_mtime
 from oats.explain import vit
 from oats.data import bundled_images, load_image
 from oats.errors import OatsError
-from oats.validate import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload
+from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload
 from ui.vit_figures import layers_figure, overlap_frame, overlay_figure
 
 IG_STEP_CHOICES = [8, 16, 32, 64]

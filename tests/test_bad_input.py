@@ -23,12 +23,13 @@ import pytest
 import torch
 from test_zoo_data import counting_text, word_tokenizer
 
-from oats import data, validate
+from oats import data, resources
 
-from oats.models import zoo
+from oats.models import hub, zoo
 from oats.compress.allocation import Owl
 from oats.config import OatsConfig
 from oats.errors import ConfigError, DataError, ModelLoadError, ResourceError, RunError, UnsupportedModelError
+from oats.runs import folders
 from oats.runs.folders import load_run, read_manifest
 from oats.compress.pipeline import compress_model, resolve_device
 
@@ -117,8 +118,8 @@ def files(tmp_path_factory):
 @pytest.fixture
 def offline(monkeypatch):
     """The hub is unreachable and its local cache empty, whatever this machine's network."""
-    monkeypatch.setattr(zoo, "_hub_reachable", lambda *a, **k: False)
-    monkeypatch.setattr(zoo, "_hub_cached", lambda name: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "hub_cached", lambda name: False)
 
 
 def _compress(path, sparsity="row", samples=2, seq_len=8, source=None, **cfg):
@@ -252,11 +253,11 @@ CASES = [
          "0.131 GB) but 0.01 GB is available: use fewer calibration samples or shorter sequences "
          "(--calib-samples, --seq-len) (or raise OATS_MEMORY_LIMIT_GB)",
          lambda f: _compress(f["llm"], samples=2000, seq_len=64),
-         ["compress", "{llm}", "--calib-samples", "2000", "--seq-len", "64"], env={validate.MEMORY_ENV: "0.01"}),
+         ["compress", "{llm}", "--calib-samples", "2000", "--seq-len", "64"], env={resources.MEMORY_ENV: "0.01"}),
     Case("model larger than memory allows", ResourceError,
          "loading '{llm}' in fp32 needs about 0.000163 GB of memory (weights 0.000163 GB) but 1e-06 GB is "
          "available: use a smaller model or a machine with more memory (or raise OATS_MEMORY_LIMIT_GB)",
-         lambda f: zoo.load_model(str(f["llm"])), ["compress", "{llm}"], env={validate.MEMORY_ENV: "0.000001"}),
+         lambda f: zoo.load_model(str(f["llm"])), ["compress", "{llm}"], env={resources.MEMORY_ENV: "0.000001"}),
     Case("run folder from another model", RunError,
          "run folder '{run}' was made for '{llm}', not '{neox}': use the run's own model, or another run folder",
          lambda f: _load_into(f["run"], f["neox"], str(f["neox"])), ["evaluate", "{run}", "--model", "{neox}"]),
@@ -278,24 +279,24 @@ CASES = [
          lambda f: read_manifest(f["empty"]), ["evaluate", "{empty}"]),
     Case("resume a complete run", RunError,
          "run '{run}' is already complete: nothing to resume",
-         lambda f: validate.check_resumable(f["run"]), ["compress", "{llm}", "--out", "{run}", "--resume"]),
+         lambda f: folders.check_resumable(f["run"]), ["compress", "{llm}", "--out", "{run}", "--resume"]),
     Case("run name leaving the runs folder", RunError,
          "run name '../elsewhere' is not a plain folder name: use letters, digits, '-', '_' and '.' (not first), "
          "at most 200 characters",
-         lambda f: validate.run_dir(f["tmp"], "../elsewhere"), None),
+         lambda f: folders.run_dir(f["tmp"], "../elsewhere"), None),
     Case("upload that is not an image", DataError,
          "upload 'cat.png' is not an image that can be read (corrupt or unknown format): give a PNG or JPEG file",
-         lambda f: validate.check_upload("cat.png", b"GIF89 not really", "image"), None),
+         lambda f: data.check_upload("cat.png", b"GIF89 not really", "image"), None),
     Case("upload of the wrong type", DataError,
          "upload 'model.pkl' is not a safetensors file: give a file ending in .safetensors",
-         lambda f: validate.check_upload("model.pkl", b"\x80\x04 pickle", "safetensors"), None),
+         lambda f: data.check_upload("model.pkl", b"\x80\x04 pickle", "safetensors"), None),
     Case("upload too large", DataError,
          "upload 'big.jpg' is 21.0 MB, over the 20 MB limit: give a smaller file",
-         lambda f: validate.check_upload("big.jpg", b"\xff" * (21 * 2**20), "image"), None),
+         lambda f: data.check_upload("big.jpg", b"\xff" * (21 * 2**20), "image"), None),
     Case("upload of a damaged safetensors file", ModelLoadError,
          "upload 'w.safetensors' is not a valid safetensors file (damaged, truncated or another format): replace "
          "it with the model's own .safetensors weights",
-         lambda f: validate.check_upload("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "safetensors"),
+         lambda f: data.check_upload("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "safetensors"),
          None),
     Case("OWL lambda too large", ConfigError,
          "OWL lambda 0.6 would push a block's compression rate outside (0, 1) at compression 0.5: use lambda < 0.5",
@@ -432,7 +433,7 @@ def test_app_config_binds_localhost_and_caps_uploads():
     import tomllib
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1"
-    assert cfg["server"]["maxUploadSize"] == validate.MAX_UPLOAD_MB
+    assert cfg["server"]["maxUploadSize"] == data.MAX_UPLOAD_MB
     assert "--server.address $(HOST)" in (ROOT / "Makefile").read_text()
     assert "HOST ?= 127.0.0.1" in (ROOT / "Makefile").read_text()
 
@@ -441,14 +442,14 @@ def test_app_config_binds_localhost_and_caps_uploads():
 def test_run_folders_from_hostile_model_names_stay_in_the_runs_folder(model, tmp_path):
     from oats.runner.jobs import CompressRequest
     name = CompressRequest(model=model).folder_name()
-    folder = validate.run_dir(tmp_path, name)
+    folder = folders.run_dir(tmp_path, name)
     assert folder.resolve().parent == tmp_path.resolve() and "/" not in name and not name.startswith(".")
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "/etc", "", "x" * 201, "a\x00b"])
 def test_run_dir_refuses_names_that_are_not_one_plain_folder(name, tmp_path):
     with pytest.raises(RunError, match="is not a plain folder name"):
-        validate.run_dir(tmp_path, name)
+        folders.run_dir(tmp_path, name)
 
 
 def test_remote_code_never_runs_unless_asked(tmp_path):

@@ -18,7 +18,8 @@ from oats.compress.calibration import SecondMoments
 from oats.core.decompose import rank_budget, row_keep, sparse_budget
 from oats.errors import ConfigError
 from oats.runs.folders import read_manifest
-from oats.compress.pipeline import BUDGET_NOTES, METHODS, dense_layer_stats
+from oats.compress.pipeline import BUDGET_NOTES, METHODS
+from oats.compress.statistics import dense_layer_stats
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 

@@ -23,7 +23,9 @@ from oats.data import image_batches, sentence_batches
 from oats.errors import DataError
 from oats.evaluation import PRIMARY_METRIC, Evaluation, Evaluator, evaluate_model, evaluate_run, wikitext2_text
 from oats.runs.folders import RunWriter
-from oats.models.zoo import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from oats.models import hub
+from oats.models.vision import IMAGENET_MEAN, IMAGENET_STD
+from oats.models.zoo import LoadedModel
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=5)
 
@@ -149,8 +151,7 @@ def test_evaluate_run_modes_are_restored_and_per_layer_modes_respected():
 
 
 def test_wikitext2_without_network_is_one_clear_line(monkeypatch):
-    import oats.models.zoo as zoo
-    monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=0: False)
     with pytest.raises(DataError) as e:
         wikitext2_text()
     msg = str(e.value)

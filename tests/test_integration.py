@@ -13,7 +13,7 @@ import torch
 
 from oats import OatsConfig, compress_model, decompose, load_run, save_run
 from oats.data import calibration_batches
-from oats.compress.pipeline import dense_layer_stats
+from oats.compress.statistics import dense_layer_stats
 from oats.models.zoo import load_model, preset_available
 from plain_oats import plain_budgets, plain_oats
 

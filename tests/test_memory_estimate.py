@@ -1,6 +1,6 @@
 """The pre-flight memory estimate against memory measured while compressing.
 
-``oats.validate.estimate_compression_memory`` (times its margin) is what a request is
+``oats.compress.preflight.estimate_compression_memory`` (times its margin) is what a request is
 refused on, so it must not be below what compressing really adds: each embedded model is
 compressed at default settings in a fresh process (benchmarks/memory.py's child), and the
 peak resident memory minus the memory after loading is compared with the estimate. It must

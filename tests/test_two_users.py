@@ -32,7 +32,7 @@ MODELS = {"tiny-a": (0, 11), "tiny-b": (5, 22)}  # name -> (model seed, calibrat
 
 @pytest.fixture
 def counting_zoo(monkeypatch):
-    """oats.models.zoo.load_model, oats.data.calibration_batches and oats.pipeline.compress_model,
+    """oats.models.zoo.load_model, oats.data.calibration_batches and oats.compress.pipeline.compress_model,
     counted; two tiny Llamas (different weights and calibration data) by name."""
     from oats import data
     from oats.compress import pipeline

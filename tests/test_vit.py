@@ -16,6 +16,7 @@ import transformers
 from oats import OatsConfig, compress_model
 
 from oats.explain import vit
+from oats.models import vision
 from oats.errors import ConfigError, DataError, UnsupportedModelError
 from ui.vit_figures import OVERLAP_COLUMNS, layers_figure, overlap_frame, overlay_figure
 
@@ -409,7 +410,7 @@ def test_explain_refuses_a_non_vision_run_and_bad_settings(tiny_run):
 
 def test_image_spec_and_prepare_image():
     run = types.SimpleNamespace(loaded=None, model=_hf_vit())
-    assert vit.image_spec(run) == (IMAGE, vit.IMAGENET_MEAN, vit.IMAGENET_STD)
+    assert vit.image_spec(run) == (IMAGE, vision.IMAGENET_MEAN, vision.IMAGENET_STD)
     loaded = types.SimpleNamespace(image_size=24, image_mean=(0.5,) * 3, image_std=(0.25,) * 3)
     assert vit.image_spec(run, loaded) == (24, (0.5,) * 3, (0.25,) * 3)
     px, crop = vit.prepare_image(_photo(2, 30, 60), (24, (0.5,) * 3, (0.25,) * 3))

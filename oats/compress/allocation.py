@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from oats.compress.statistics import iter_dense_layer_stats
 from oats.config import OatsConfig, _number
 from oats.errors import ConfigError
 
@@ -92,7 +93,6 @@ def outlier_ratio(scores: list[torch.Tensor], threshold: float) -> float:
 def outlier_ratios(model: nn.Module, calibration: list[dict], threshold: float = 5.0,
                    allow_generic: bool = False) -> list[float]:
     """Per block, the outlier ratio of the Wanda scores |W_ij| * ||X_j|| on the dense model."""
-    from oats.compress.pipeline import iter_dense_layer_stats
     out = []
     for _i, layers in iter_dense_layer_stats(model, calibration, allow_generic=allow_generic):
         out.append(outlier_ratio([w.abs().float() * m2.clamp_min(0).sqrt() for w, m2 in layers.values()],

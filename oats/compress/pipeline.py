@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from oats.methods.baselines import lowrank_only, sparsegpt
+from oats.compress.allocation import block_rates_for, parse_allocation
 from oats.compress.calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
+from oats.compress.preflight import calibration_tokens, check_weights, estimate_compression_memory
+from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.config import OatsConfig
 from oats.core.decompose import Decomposition, decompose_many, dense_budget
+from oats.core.linear import OatsLinear
 from oats.errors import ConfigError
-from oats.core.linear import OatsLinear, oats_layers, set_mode, use_mode
-from oats.validate import calibration_tokens, check_memory, check_weights, estimate_compression_memory
+from oats.methods.baselines import lowrank_only, sparsegpt
+from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
+from oats.resources import check_memory
 
 METHODS = {
     "oats": "sparse + low-rank (alternating thresholding on W D)",
@@ -84,126 +86,6 @@ def decompose_block(method: str, weights: list[torch.Tensor], input_sq_norms: li
     if method == "sparsegpt":
         return [sparsegpt(w, g, dconfig, device=device) for w, g in zip(weights, grams)]
     return [lowrank_only(w, m if scaled else None, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
-
-
-@dataclass
-class LayerRecord:
-    """What happened to one compressed matrix (a part of a fused matrix counts as one)."""
-
-    block: int
-    name: str            # canonical name: q, k, v, o, gate, up, down, fc1, fc2, ...
-    path: str            # module path in the model
-    kind: str            # attn | mlp
-    rows: tuple[int, int] | None
-    shape: tuple[int, int]
-    rank: int
-    nnz: int
-    params: int          # nnz + rank * (d_out + d_in)
-    budget: int          # (1 - effective compression) * d_out * d_in, floored
-    scaled_error: float  # ||(W - S' - L') D||_F / ||W D||_F
-    output_error: float | None  # ||X (W - W')^T||_F / ||X W^T||_F on the calibration inputs
-    iterations: int
-    time_s: float
-    history: dict = field(default_factory=dict)
-
-    @property
-    def qualname(self) -> str:
-        return f"{self.block}.{self.name}"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["qualname"] = self.qualname
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LayerRecord:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["shape"] = tuple(d["shape"])
-        d["rows"] = tuple(d["rows"]) if d.get("rows") else None
-        return cls(**d)
-
-
-@dataclass
-class BlockRecord:
-    index: int
-    path: str
-    output_error: float  # ||block_c(x) - block_d(x)|| / ||block_d(x)|| on the same inputs
-    stats_time_s: float
-    decompose_time_s: float
-
-
-@dataclass
-class CompressionRun:
-    """A compressed model plus everything measured while compressing it.
-
-    ``input_sq_norms[qualname]`` holds each matrix's (d_in,) statistics; the model's replaced
-    linears (``OatsLinear``) hold the sparse and low-rank terms.
-    """
-
-    model: nn.Module
-    model_name: str
-    family: str
-    method: str
-    config: OatsConfig
-    layers: list[LayerRecord]
-    blocks: list[BlockRecord]
-    input_sq_norms: dict[str, torch.Tensor]
-    calibration: dict
-    timings: dict
-    loaded: object = None
-    """The ``oats.models.zoo.LoadedModel`` (tokenizer, image settings) when known, else None."""
-    block_rates: list[float] | None = None
-    """Per-block compression rates (non-uniform allocation, e.g. OWL), or None for uniform."""
-    allocation: dict | None = None
-    """How ``block_rates`` were chosen (name, parameters, per-block outlier ratios), or None."""
-
-    def set_mode(self, mode: str, layers: list[str] | None = None) -> None:
-        """Switch the model to dense / both / sparse / lowrank, model-wide or for some module paths."""
-        set_mode(self.model, mode, layers)
-
-    def use_mode(self, mode: str, layers: list[str] | None = None) -> use_mode:
-        return use_mode(self.model, mode, layers)
-
-    def modules(self) -> dict[str, OatsLinear]:
-        return oats_layers(self.model)
-
-    def layer(self, qualname: str) -> LayerRecord:
-        for r in self.layers:
-            if r.qualname == qualname:
-                return r
-        raise KeyError(qualname)
-
-    def factors(self, qualname: str) -> dict[str, torch.Tensor]:
-        """Unscaled weight, sparse term, u and v of one matrix (a fused part's own rows/rank)."""
-        rec = self.layer(qualname)
-        mod = self.modules()[rec.path]
-        if rec.rows is None:
-            return {"weight": mod.weight, "sparse": mod.sparse, "u": mod.u, "v": mod.v}
-        # parts of a fused matrix own consecutive rank columns, in the order of the records
-        start = 0
-        for r in self.layers:
-            if r is rec:
-                break
-            if r.path == rec.path:
-                start += r.rank
-        rows, cols = slice(*rec.rows), slice(start, start + rec.rank)
-        return {"weight": mod.weight[rows], "sparse": mod.sparse[rows], "u": mod.u[rows, cols], "v": mod.v[cols]}
-
-    @property
-    def params_dense(self) -> int:
-        return sum(r.shape[0] * r.shape[1] for r in self.layers)
-
-    @property
-    def params_kept(self) -> int:
-        return sum(r.params for r in self.layers)
-
-    def table(self) -> list[dict]:
-        """One row per matrix, for printing and CSV."""
-        return [{"block": r.block, "name": r.name, "shape": f"{r.shape[0]}x{r.shape[1]}", "rank": r.rank,
-                 "nnz": r.nnz, "kept": round(r.params / (r.shape[0] * r.shape[1]), 4),
-                 "scaled_error": round(r.scaled_error, 5),
-                 "output_error": None if r.output_error is None else round(r.output_error, 5),
-                 "iterations": r.iterations, "time_s": round(r.time_s, 3)} for r in self.layers]
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -389,7 +271,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         device: "cpu" or "cuda": the model (block forward passes) and the decompositions move
             there; None keeps the model where it is.
         on_block_done: callable(run_so_far, block_index) after each block (used to save).
-        resume: a partial run of this model (``oats.io.load_run(..., allow_partial=True)``):
+        resume: a partial run of this model (``oats.runs.folders.load_run(..., allow_partial=True)``):
             its blocks are already compressed in ``model`` and are only run forward.
         block_rates: per-block compression rates (one per block, each in (0, 1)) instead of
             ``config.compression`` everywhere; ``config.compression`` should be their mean.
@@ -399,7 +281,6 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
-    from oats.compress.allocation import block_rates_for, parse_allocation
     config = config or OatsConfig()
     method_config(method, config)  # validates the method name before any work
     owl = parse_allocation(allocation)
@@ -489,52 +370,3 @@ def _check_block_rates(rates, n_blocks: int, config: OatsConfig) -> list[float]:
     for r in rates:
         OatsConfig(compression=r)  # same message as a bad compression anywhere
     return rates
-
-
-@torch.no_grad()
-def iter_dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[int] | None = None,
-                           allow_generic: bool = False, gram: bool = False):
-    """Walk the *dense* model block by block on the calibration data, without compressing.
-
-    Yields (block index, {"<block>.<name>": (weight view (d_out, d_in), mean squared input
-    (d_in,))}) for the requested blocks (default: all); with ``gram=True`` each value has a
-    third item, the (d_in, d_in) mean of x x^T. The weights are views into the model: copy
-    them to keep them past the next step.
-    """
-    adapter = get_adapter(model, allow_generic=allow_generic)
-    all_blocks = adapter.blocks(model)
-    wanted = set(range(len(all_blocks))) if blocks is None else {b % len(all_blocks) for b in blocks}
-    inputs = capture_block_inputs(model, adapter, all_blocks[0][1], calibration)
-    for i, (_path, block) in enumerate(all_blocks):
-        if i > max(wanted):
-            break
-        if i not in wanted:
-            inputs.hidden = run_block(block, adapter, inputs)
-            continue
-        refs = adapter.linears(model, block)
-        stats, inputs.hidden = dense_block_stats(block, adapter, inputs, dict.fromkeys(r.path for r in refs),
-                                                 gram=gram)
-        out = {}
-        for ref in refs:
-            w = weight_of(block.get_submodule(ref.path))
-            w = w[ref.rows[0]:ref.rows[1]] if ref.rows else w
-            item = (w.detach(), stats.mean(ref.path))
-            out[f"{i}.{ref.name}"] = item + (stats.gram(ref.path),) if gram else item
-        yield i, out
-
-
-@torch.no_grad()
-def dense_layer_stats(model: nn.Module, calibration: list[dict], blocks: list[int] | None = None,
-                      allow_generic: bool = False, gram: bool = False) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Real layers of the *dense* model with their input statistics, without compressing.
-
-    Returns {"<block>.<name>": (weight (d_out, d_in), mean squared input (d_in,))} for the
-    requested blocks (default: all); with ``gram=True`` a third item, the (d_in, d_in) mean
-    of x x^T (what SparseGPT needs). Used by the benchmark, the faithfulness tests and the
-    what-if views, which need a layer exactly as the pipeline would see it.
-    """
-    out: dict[str, tuple[torch.Tensor, ...]] = {}
-    for _i, layers in iter_dense_layer_stats(model, calibration, blocks, allow_generic, gram):
-        for q, item in layers.items():
-            out[q] = (item[0].float().clone(),) + tuple(t.clone() for t in item[1:])
-    return out

@@ -321,7 +321,6 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
     p = min(r + _OVERSAMPLE, m, n)
     s = s_prev = torch.zeros_like(a)
     errs: list[torch.Tensor] = []
-    restarts = 0
     for t in range(config.iterations):
         if not fast:
             us, vh, sv, q = _exact_l(a - s, r, p)
@@ -334,7 +333,6 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
         if fast and t > 0:
             bad = err2 > errs[-1] * (1 + 1e-6)
             if bool(bad.any()):
-                restarts += 1
                 ex = _exact_l(a - s, r, p)
                 ex_finish = finish(ex[0], ex[1])
                 sel = bad.view(-1, 1, 1)
@@ -352,7 +350,6 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
             e_now, e_then = errs[-1].sqrt(), errs[-4].sqrt()
             if bool(((e_then - e_now) <= 3 * config.tol * e_now.clamp_min(1e-30)).all()):
                 break
-    _solve.last_restarts = restarts
     return s, us, vh, sv, hists
 
 

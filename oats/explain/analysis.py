@@ -14,14 +14,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
+from oats.compress.pipeline import method_rank_ratio
 from oats.config import OatsConfig
-from oats.resources import one_thread
 from oats.core.decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
+from oats.resources import one_thread
+from oats.runs.folders import read_manifest
 
 HEAT_MAX = 256  # heatmaps are pooled to at most this many rows and columns
 
@@ -402,7 +405,7 @@ def block_ablation(run, block: int, evaluate: Callable[[], dict]) -> list[dict]:
     separately, its sparse terms off ("lowrank"); every other block stays compressed.
 
     ``evaluate()`` returns {metric: value} for the model in its current modes (e.g.
-    ``oats.evaluate.evaluate_model(run.model, run.loaded, quick=True)``). Modes are restored.
+    ``oats.evaluation.evaluate_model(run.model, run.loaded, quick=True)``). Modes are restored.
     """
     paths = block_paths(run, block)
     if not paths:
@@ -518,10 +521,6 @@ def block_times(manifest: dict) -> list[dict]:
 
 def layer_errors_from_manifests(folders: Iterable[str | Path]) -> list[dict]:
     """Per-layer scaled and output errors of several runs, for comparison (manifests only)."""
-    from types import SimpleNamespace
-
-    from oats.runs.folders import read_manifest
-    from oats.compress.pipeline import method_rank_ratio
     rows = []
     for f in folders:
         m = read_manifest(f)

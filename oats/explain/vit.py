@@ -1,7 +1,7 @@
 """Where a vision transformer looks, dense vs sparse-only vs low-rank-only (paper, Section 5).
 
 Pure functions on a model and one image, plus ``explain``/``explain_attributions`` that run them
-for the three models a :class:`~oats.pipeline.CompressionRun` holds:
+for the three models a :class:`~oats.compress.records.CompressionRun` holds:
 
 - "dense": every replaced linear applies its original weight;
 - "sparse" (sparse-only): every low-rank term zeroed, ``run.use_mode("sparse")``;
@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from oats.data import image_batches
 from oats.errors import ConfigError, DataError, UnsupportedModelError
+from oats.models.vision import is_hf_vit, is_timm_vit, own_image_settings, patch_size
 
 MODES = ("dense", "sparse", "lowrank")
 """The three models compared, as ``OatsLinear`` modes."""
@@ -67,20 +69,10 @@ IG_BATCH = 16
 TOPK_SHARE = 0.1
 """Default top-k for the patch IoU: the top 10% of the patches."""
 VISION_FAMILIES = ("vit", "dinov2", "timm-vit")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------------------
 # Model access: attention maps, patch grid, CLS feature
-
-
-def _is_timm(model: nn.Module) -> bool:
-    return type(model).__module__.startswith("timm") and hasattr(model, "blocks") and hasattr(model, "patch_embed")
-
-
-def _is_hf(model: nn.Module) -> bool:
-    return hasattr(model, "config") and hasattr(model.config, "patch_size")
 
 
 def _as_batch(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -90,19 +82,6 @@ def _as_batch(pixel_values: torch.Tensor) -> torch.Tensor:
     if px.ndim != 4 or px.shape[0] != 1 or px.shape[1] != 3:
         raise DataError(f"expected pixel values of shape (1, 3, H, W), got {tuple(px.shape)}: give one RGB image")
     return px.float()
-
-
-def patch_size(model: nn.Module) -> tuple[int, int]:
-    """(height, width) of one patch in pixels."""
-    if _is_timm(model):
-        p = model.patch_embed.patch_size
-    elif _is_hf(model):
-        p = model.config.patch_size
-    else:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is not a vision transformer this page knows: "
-            "use a Hugging Face ViT/DINOv2 or a timm VisionTransformer")
-    return (int(p), int(p)) if isinstance(p, (int, np.integer)) else (int(p[0]), int(p[1]))
 
 
 def patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int, int]:
@@ -129,9 +108,9 @@ def attention_maps(model: nn.Module, pixel_values: torch.Tensor) -> list[np.ndar
     the map is read where it leaves ``attn_drop``.
     """
     px = _as_batch(pixel_values)
-    if _is_timm(model):
+    if is_timm_vit(model):
         return _timm_attention(model, px)
-    if not _is_hf(model):
+    if not is_hf_vit(model):
         raise UnsupportedModelError(
             f"{type(model).__name__} is not a vision transformer this page knows: "
             "use a Hugging Face ViT/DINOv2 or a timm VisionTransformer")
@@ -171,9 +150,9 @@ def _timm_attention(model: nn.Module, px: torch.Tensor) -> list[np.ndarray]:
 
 def cls_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, D) final CLS feature: the normalised CLS token (timm: the pre-logits features)."""
-    if _is_timm(model):
+    if is_timm_vit(model):
         return model.forward_head(model.forward_features(pixel_values), pre_logits=True)
-    if _is_hf(model):
+    if is_hf_vit(model):
         base = getattr(model, "base_model", model)
         return base(pixel_values=pixel_values).last_hidden_state[:, 0]
     raise UnsupportedModelError(
@@ -460,14 +439,7 @@ def image_spec(run, spec=None) -> tuple[int, tuple, tuple]:
         return int(spec[0]), tuple(spec[1]), tuple(spec[2])
     if spec is not None and getattr(spec, "image_size", None):
         return int(spec.image_size), tuple(spec.image_mean), tuple(spec.image_std)
-    model = run.model
-    if _is_timm(model):
-        pc = getattr(model, "pretrained_cfg", {}) or {}
-        return (int(pc.get("input_size", (3, 224, 224))[-1]), tuple(pc.get("mean", IMAGENET_MEAN)),
-                tuple(pc.get("std", IMAGENET_STD)))
-    size = getattr(getattr(model, "config", None), "image_size", 224)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return int(size), IMAGENET_MEAN, IMAGENET_STD
+    return own_image_settings(run.model)
 
 
 def prepare_image(image: np.ndarray, spec: tuple[int, tuple, tuple]) -> tuple[torch.Tensor, np.ndarray]:
@@ -476,8 +448,6 @@ def prepare_image(image: np.ndarray, spec: tuple[int, tuple, tuple]) -> tuple[to
     The same preprocessing as evaluation (``oats.data.image_batches`` without augmentation:
     centred square, resized to S, normalised).
     """
-    from oats.data import image_batches
-
     px = image_batches(spec, [image], 1, augment=False, batch_size=1)[0]["pixel_values"]
     mean = torch.tensor(spec[1], dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(spec[2], dtype=torch.float32).view(3, 1, 1)

@@ -13,7 +13,8 @@ from typing import Callable
 
 from oats import data
 from oats.compress import pipeline
-from oats.compress.pipeline import CompressionRun, resolve_device
+from oats.compress.pipeline import resolve_device
+from oats.compress.records import CompressionRun
 from oats.errors import OatsError, RunError
 from oats.evaluation import evaluate_run, run_modes
 from oats.models import zoo

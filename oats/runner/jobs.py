@@ -36,8 +36,7 @@ from pathlib import Path
 from oats.errors import OatsError, RunError
 from oats.runner.execute import Cancelled, execute, failure_line, one_line
 from oats.runner.request import CompressRequest
-from oats.runs.folders import MANIFEST, read_manifest, runs_root
-from oats.validate import run_dir
+from oats.runs.folders import MANIFEST, read_manifest, run_dir, runs_root
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 

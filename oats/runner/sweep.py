@@ -35,8 +35,7 @@ from oats.evaluation import Evaluator, run_modes
 from oats.models import zoo
 from oats.runner.execute import execute, replace_model
 from oats.runner.request import CompressRequest, slug
-from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, runs_root
-from oats.validate import run_dir
+from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, run_dir, runs_root
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"

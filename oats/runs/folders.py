@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +28,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from oats.compress.pipeline import BUDGET_NOTES
+from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.config import OatsConfig
-from oats.errors import ConfigError, OatsError, RunError
 from oats.core.linear import OatsLinear
-from oats.compress.pipeline import BUDGET_NOTES, BlockRecord, CompressionRun, LayerRecord
+from oats.errors import ConfigError, OatsError, RunError
+from oats.models import zoo
+from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 RUNS_ENV = "OATS_RUNS_DIR"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 def runs_root() -> Path:
@@ -41,11 +47,27 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ENV, "runs"))
 
 
+def run_dir(root: str | Path, name: str) -> Path:
+    """``root / name`` for a run folder name, refusing any name that would leave ``root``.
+
+    A name is one plain folder name: letters, digits, '-', '_' and '.', not starting with '.'
+    (so no '..', no separators, no hidden folders).
+    """
+    text = str(name)
+    if not _RUN_NAME.match(text) or len(text) > 200:
+        raise RunError(f"run name {text!r} is not a plain folder name: use letters, digits, '-', '_' and '.' "
+                       "(not first), at most 200 characters")
+    root = Path(root)
+    folder = root / text
+    if folder.resolve().parent != root.resolve():
+        raise RunError(f"run name {text!r} leads outside the runs folder '{root}': choose another name")
+    return folder
+
+
 def _versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for pkg in ("transformers", "timm", "oats-explorer"):
         try:
-            from importlib.metadata import version
             out[pkg] = version(pkg)
         except Exception:
             pass
@@ -196,9 +218,16 @@ def read_manifest(folder: str | Path) -> dict:
     return m
 
 
+def check_resumable(folder: str | Path) -> dict:
+    """The manifest of an unfinished run folder to continue; RunError when there is nothing to resume."""
+    m = read_manifest(folder)
+    if m.get("complete"):
+        raise RunError(f"run '{folder}' is already complete: nothing to resume")
+    return m
+
+
 def apply_factors(model: torch.nn.Module, folder: str | Path, manifest: dict) -> None:
     """Replace the model's linears with OatsLinear modules holding the run's factors."""
-    from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
     folder = Path(folder)
     get_adapter(model, allow_generic=manifest.get("family") == "generic")  # fails clearly on a foreign model
     for b in manifest["blocks_done"]:
@@ -253,8 +282,7 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
                        f"resume it with 'oats compress --resume' or delete it")
     loaded = None
     if model is None:
-        from oats.models.zoo import load_model
-        loaded = load_model(m["model_name"])
+        loaded = zoo.load_model(m["model_name"])
         model = loaded.model
     apply_factors(model, folder, m)
     m2: dict[str, torch.Tensor] = {}

@@ -1,4 +1,4 @@
-"""The adapter contract and its registry.
+"""The adapter contract, the helpers adapters share, and the list that families register in.
 
 An adapter tells the pipeline, for one model family, (1) the transformer blocks in order and
 (2) the linears of a block with canonical names. The pipeline never tests model types itself.
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from oats.core.linear import OatsLinear
 from oats.errors import UnsupportedModelError
 
 
@@ -46,7 +47,6 @@ def is_linear(module: nn.Module) -> bool:
 
 def weight_of(module: nn.Module) -> torch.Tensor:
     """The (d_out, d_in) weight of a linear. GPT-2's Conv1D stores (d_in, d_out): the one place that knows."""
-    from oats.core.linear import OatsLinear
     if isinstance(module, OatsLinear):
         return module.weight.data
     if isinstance(module, _conv1d_type()):
@@ -72,6 +72,12 @@ def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
         parent[int(leaf)] = new
     else:
         setattr(parent, leaf, new)
+
+
+def no_cache_kwargs(model: nn.Module) -> dict:
+    """``{"use_cache": False}`` for a model whose config has a key-value cache, else ``{}``:
+    a forward pass over whole sequences never needs the cache it would build."""
+    return {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
 
 
 def first_attr(model: nn.Module, paths: list[str]) -> tuple[str, nn.Module] | None:
@@ -115,10 +121,7 @@ class Adapter:
 
     def run_model(self, model: nn.Module, batch: dict):
         """Call the whole model on one calibration batch (a dict of model inputs)."""
-        kw = dict(batch)
-        if getattr(getattr(model, "config", None), "use_cache", None) is not None:
-            kw.setdefault("use_cache", False)
-        return model(**kw)
+        return model(**{**no_cache_kwargs(model), **batch})
 
     def block_output(self, out) -> torch.Tensor:
         """The hidden states a block returns (some return tuples)."""
@@ -140,25 +143,3 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 def model_type(model: nn.Module) -> str:
     cfg = getattr(model, "config", None)
     return str(getattr(cfg, "model_type", "") or "")
-
-
-def supported_families() -> list[str]:
-    return [a.family for a in ADAPTERS if a.family != "generic"]
-
-
-def get_adapter(model: nn.Module, allow_generic: bool = False) -> Adapter:
-    """The adapter for ``model``; UnsupportedModelError naming the families when none fits."""
-    for cls in ADAPTERS:
-        if cls.family != "generic" and cls.matches(model):
-            return cls()
-    if allow_generic:
-        from oats.models.adapters.generic import GenericAdapter
-        if GenericAdapter.matches(model):
-            return GenericAdapter()
-    name = model_type(model) or type(model).__name__
-    types = [t for a in ADAPTERS if a.family not in ("generic", "timm-vit")
-             for t in (getattr(a, "types", None) or (a.family,))]
-    raise UnsupportedModelError(
-        f"unsupported architecture {name!r}: supported model types are {', '.join(types)} and timm "
-        f"VisionTransformer"
-        + ("" if allow_generic else " (or allow the generic adapter, --generic, which compresses the linears of repeated blocks)"))

@@ -6,6 +6,7 @@ from torch import nn
 
 from oats.errors import UnsupportedModelError
 from oats.models.adapters.base import Adapter, LinearRef, model_type, register_adapter, weight_of
+from oats.models.vision import is_timm_vit
 
 
 def _present(block: nn.Module, refs: list[LinearRef]) -> list[LinearRef]:
@@ -183,8 +184,7 @@ class TimmViTAdapter(Adapter):
 
     @classmethod
     def matches(cls, model):
-        return type(model).__name__ == "VisionTransformer" and hasattr(model, "blocks") \
-            and type(model).__module__.startswith("timm")
+        return is_timm_vit(model)
 
     def run_model(self, model, batch):
         return model(batch["pixel_values"])

@@ -1,0 +1,241 @@
+"""Models from local folders and the Hugging Face hub, loaded with transformers.
+
+A folder saved with ``save_pretrained`` and a hub id both go through transformers'
+``from_pretrained`` (safetensors first, else ``torch.load(weights_only=True)``); the task is
+read from the config. The hub is tried from the local Hugging Face cache first, and the
+network only when a quick probe finds it reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from oats.errors import ModelLoadError
+from oats.models.loaded import DEFAULT_RANK_RATIO, LoadedModel, finish, one_line, quiet_transformers
+from oats.models.presets import preset_names
+from oats.models.vision import IMAGENET_MEAN, IMAGENET_STD, is_vision_config
+from oats.models.weights import check_safetensors_file, safetensors_numel
+from oats.resources import check_memory
+
+_HUB_PROBE_TIMEOUT_S = 4.0
+
+
+def hub_cached(name: str) -> bool:
+    """Whether the local Hugging Face cache holds this repository's config.json."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id=name, filename="config.json")
+    except Exception:  # noqa: BLE001 - a malformed cache is "not cached"
+        return False
+    return isinstance(found, str)
+
+
+def check_local_folder(name: str, path: Path) -> None:
+    """A model folder has config.json, sound safetensors files, and fits in memory in fp32."""
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"folder {name!r} has no config.json: give a folder saved with save_pretrained "
+            "(config.json plus model.safetensors)"
+        )
+    numel = 0
+    for f in sorted(path.glob("*.safetensors")):
+        header = check_safetensors_file(f, what=f"weights file '{f.name}' in folder {name!r}")
+        numel += safetensors_numel(header)
+    # the model is loaded in fp32: 4 bytes a parameter, whatever the file's dtype
+    check_memory({"weights": 4 * numel}, what=f"loading {name!r} in fp32")
+
+
+def task_for(config) -> str:
+    """"causal-lm", "vision" or "encoder" for a transformers config."""
+    archs = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) and not a.startswith("Bert") for a in archs):
+        return "causal-lm"
+    if is_vision_config(config):
+        return "vision"
+    if not archs:
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+        if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+            return "causal-lm"
+    return "encoder"
+
+
+def _image_settings(source: str, config, local_only: bool) -> tuple[int, tuple, tuple]:
+    """Input size and normalisation from preprocessor_config.json, else config/ImageNet."""
+    size = getattr(config, "image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(
+            source,
+            "preprocessor_config.json",
+            local_files_only=local_only,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        prep = json.loads(Path(path).read_text()) if path else {}
+    except Exception:  # noqa: BLE001 - the preprocessor file is optional
+        prep = {}
+    # The crop the model sees, when there is one (DINOv2: resize to 256, crop 224).
+    fields = ("crop_size", "size") if prep.get("do_center_crop", True) else ("size",)
+    for field in fields:
+        value = prep.get(field)
+        if isinstance(value, dict):
+            value = value.get("height") or value.get("shortest_edge")
+        if isinstance(value, int) and value > 0:
+            size = value
+            break
+    if prep.get("image_mean") and prep.get("image_std"):
+        mean, std = tuple(map(float, prep["image_mean"])), tuple(map(float, prep["image_std"]))
+    return int(size), mean, std
+
+
+def _from_transformers(name: str, source: str, trust_remote_code: bool, local_only: bool) -> LoadedModel:
+    """Load config, weights and tokenizer with transformers; exceptions propagate."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
+
+    common: dict[str, Any] = {"local_files_only": local_only}
+    if trust_remote_code:
+        common["trust_remote_code"] = True
+    config = AutoConfig.from_pretrained(source, **common)
+    task = task_for(config)
+    archs = list(getattr(config, "architectures", None) or [])
+    kwargs: dict[str, Any] = dict(common, dtype=torch.float32)
+    if task == "causal-lm":
+        auto = AutoModelForCausalLM
+    elif task == "vision":
+        auto = (
+            AutoModelForImageClassification
+            if any(a.endswith("ForImageClassification") for a in archs)
+            else AutoModel
+        )
+        kwargs["attn_implementation"] = "eager"  # SDPA returns no attention maps
+    else:
+        auto = AutoModel
+    try:
+        model = auto.from_pretrained(source, use_safetensors=True, **kwargs)
+    except OSError as exc:
+        if "safetensors" not in str(exc):
+            raise
+        # No safetensors file: transformers then reads the .bin with torch.load(weights_only=True).
+        model = auto.from_pretrained(source, use_safetensors=False, weights_only=True, **kwargs)
+
+    loaded = LoadedModel(name=name, model=finish(model), task=task, default_rank_ratio=DEFAULT_RANK_RATIO[task])
+    if task == "vision":
+        loaded.image_size, loaded.image_mean, loaded.image_std = _image_settings(source, config, local_only)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{name!r} has no usable tokenizer ({one_line(exc, 120)}): save the tokenizer next to the model"
+            ) from exc
+        if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # needed to pad batches of sentences
+        loaded.tokenizer = tokenizer
+    return loaded
+
+
+def _explain(name: str, exc: BaseException, where: str) -> str:
+    text = one_line(exc)
+    if "trust_remote_code" in str(exc):
+        return (
+            f"{name!r} needs custom code from its repository: pass trust_remote_code "
+            "(--trust-remote-code) only if you trust that code"
+        )
+    if "safetensors" in str(exc) and "weights_only" not in str(exc):
+        return f"{name!r} has no weights that load safely ({text}): provide model.safetensors"
+    return f"could not load {name!r} {where} ({text})"
+
+
+def load_local(name: str, path: Path, trust_remote_code: bool) -> LoadedModel:
+    """A folder that passed ``check_local_folder`` (via ``oats.models.zoo.check_model_name``)."""
+    try:
+        loaded = _from_transformers(name, str(path), trust_remote_code, local_only=True)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(_explain(name, exc, f"from folder {path}") + ": check the files in that folder") from exc
+    loaded.source = f"local folder {path.resolve()}"
+    return loaded
+
+
+def offline_message(name: str) -> str:
+    return (
+        f"could not download {name!r} from the Hugging Face hub (no network?): "
+        f"use a preset ({preset_names()}) or a local directory"
+    )
+
+
+def hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (or the HTTPS proxy) opens within ``timeout``.
+
+    Cheap insurance: offline, huggingface_hub retries for ~25 s before giving up, and a DNS
+    lookup can hang for longer; the probe runs in a daemon thread so it cannot block us.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy if proxy else constants.ENDPOINT)
+    host = url.hostname
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+def load_hub(name: str, trust_remote_code: bool) -> LoadedModel:
+    # The local Hugging Face cache first: it works offline and costs no network round trip.
+    try:
+        with quiet_transformers():
+            loaded = _from_transformers(name, name, trust_remote_code, local_only=True)
+        loaded.source = f"Hugging Face hub {name} (local cache)"
+        return loaded
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(_explain(name, exc, "")) from exc
+    if not hub_reachable():
+        raise ModelLoadError(offline_message(name))
+    try:
+        loaded = _from_transformers(name, name, trust_remote_code, local_only=False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc)
+        if "is not a local folder and is not a valid model identifier" in text or "404" in text:
+            raise ModelLoadError(
+                f"{name!r} is not a model on the Hugging Face hub (or it is private): "
+                f"check the id, or use a preset ({preset_names()})"
+            ) from exc
+        if "connect" in text.lower() or "timed out" in text.lower():
+            raise ModelLoadError(offline_message(name)) from exc
+        raise ModelLoadError(_explain(name, exc, "from the Hugging Face hub")) from exc
+    loaded.source = f"Hugging Face hub {name}"
+    return loaded
