@@ -1,0 +1,1 @@
+"""Compressed runs on disk: run folders, manifests and what they hold."""
