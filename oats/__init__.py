@@ -1,22 +1,8 @@
 """OATS Explorer: outlier-aware sparse + low-rank compression of transformer weights.
 
-Where things live (each layer imports only the ones above it):
-  errors.py, config.py, resources.py   one-line errors, OatsConfig, memory checks
-  core/          decompose.py (one matrix: budgets, thresholding, alternating solver),
-                 linear.py (OatsLinear: sparse and low-rank terms kept apart, four modes)
-  methods/       magnitude, Wanda, SparseGPT and low-rank-only in the same budget accounting
-  models/        zoo.py (load_model: presets, local folders, hub ids, timm names; the sources
-                 in presets.py, hub.py, timm_hub.py, formats.py), vision.py (ViT facts),
-                 weights.py (safetensors files), adapters/ (one per model family, a registry)
-  data.py        calibration and evaluation data, checks on the user's files and uploads
-  compress/      calibration.py (hooks, second moments), statistics.py (dense statistics pass),
-                 allocation.py (uniform or OWL rates), preflight.py (weights and memory checks),
-                 records.py (CompressionRun), pipeline.py (compress_model, block by block)
-  runs/          run folders (safetensors + JSON manifest), run names, resuming
-  evaluation.py  perplexity / embedding / CLS fidelity; ``oats.evaluate(run)`` is callable
-  explain/       per-layer analysis, ViT attention and attributions
-  runner/        background jobs for the app, sweeps (methods x rates, one tidy table)
-  cli.py         the ``oats`` command
+The public API is re-exported here; the README's "Where things live" maps the folders
+(core, methods, models, data, compress, runs, evaluation, explain, runner, cli: each imports
+only the ones before it).
 """
 
 import os as _os

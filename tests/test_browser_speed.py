@@ -1,8 +1,8 @@
 """A compression started in the browser takes about as long as the same one from the CLI.
 
-The app used to stall its own compressions (Streamlit's full garbage collection after every
-run of the progress fragment held the interpreter lock the compression thread needed); now
-a job runs in a worker process. The same minilm-l6 request is timed through ``oats
+A compression in the app's own process would stall behind Streamlit's full garbage collection
+after every run of the progress fragment (it holds the interpreter lock); a job therefore runs
+in a worker process. The same minilm-l6 request is timed through ``oats
 compress`` and from the Compress page with its progress showing, in one test; the bound is
 generous (1.5x, where benchmarks/app.py measures about 1.1-1.2x) so that a busy machine does
 not fail it, while a stalled app (1.7x and more) would.

@@ -88,7 +88,7 @@ def manifest(path: str) -> dict:
 # Streamlit collects garbage in full (gc.collect(2)) after every script run and every
 # fragment run. With torch, transformers and a model imported that is about half a million
 # tracked objects and 0.3-0.5 s of interpreter lock per collection: the Compress page's
-# progress fragment alone (one run a second) used to spend most of a core on it. The heavy
+# progress fragment alone (one run a second) would spend most of a core on it. The heavy
 # modules are therefore imported once, in the background, and then frozen (gc.freeze()):
 # the collector never walks them again, and each collection costs a few milliseconds. The
 # freeze happens in the script thread at the start of a later script run, never in the middle
