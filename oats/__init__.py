@@ -10,7 +10,7 @@ Where things live:
   io.py          run folders (safetensors + JSON manifest)
   zoo.py         presets that load offline, hub ids, local folders, timm names
   data.py        calibration and evaluation data
-  baselines.py   magnitude, Wanda, SparseGPT and low-rank-only in the same budget accounting
+  methods/       one file per method (OATS, Wanda, SparseGPT, magnitude, low-rank) behind a registry
   allocation.py  uniform or OWL-style per-block compression rates
   evaluate.py    perplexity / embedding / CLS fidelity; ``oats.evaluate(run)`` is callable
   sweep.py       methods x rates on one model, one tidy table, runs reused from disk
@@ -31,7 +31,8 @@ from oats.errors import (ConfigError, DataError, ModelLoadError, OatsError, Reso
                      UnsupportedModelError)
 from oats.runs.folders import list_runs, load_run, save_run
 from oats.core.linear import OatsLinear, set_mode, use_mode
-from oats.compress.pipeline import BUDGET_NOTES, METHODS, CompressionRun, compress_model
+from oats.methods import BUDGET_NOTES, METHODS
+from oats.compress.pipeline import CompressionRun, compress_model
 from oats.evaluation import PRIMARY_METRIC, Evaluation, evaluate, evaluate_model, evaluate_run
 
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ from typing import Callable
 
 from oats.config import OatsConfig
 from oats.errors import OatsError, RunError
+from oats.methods import registry
 
 EVALUATION_FILE = "evaluation.json"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -197,9 +198,9 @@ def execute(req: CompressRequest, folder: Path, update: Callable[..., None],
     from oats import data
     from oats.models import zoo
     from oats.runs.folders import MANIFEST, RunWriter, load_run, read_manifest
-    from oats.compress.pipeline import compress_model, method_config
+    from oats.compress.pipeline import compress_model
 
-    method_config(req.method, req.config)
+    registry.get(req.method).decompose_config(req.config)
     t0 = time.perf_counter()
     loaded = zoo.load_model(req.model)
     update(stage="calibration data", message="preparing calibration data")

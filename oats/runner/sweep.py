@@ -30,14 +30,13 @@ from oats.compress.allocation import Owl, parse_allocation
 from oats.config import OatsConfig
 from oats.errors import ConfigError, OatsError, RunError
 from oats.evaluation import Evaluator, run_modes
-from oats.compress.pipeline import METHODS, method_config, method_rank_ratio
+from oats.methods import registry
 from oats.validate import run_dir
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 SWEEP_JSON = "sweep.json"
-DEFAULT_METHODS = ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")
 DEFAULT_RATES = (0.3, 0.4, 0.5, 0.6)
 FIRST_COLUMNS = ["model", "method", "compression", "rank_ratio", "sparsity", "allocation", "mode"]
 LAST_COLUMNS = ["compress_time_s", "eval_time_s", "run"]
@@ -55,7 +54,7 @@ def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = Fal
     """Parse "a,b,c" (or a list) for the CLI and the library, with one-line errors.
 
     unit_open: numbers that must lie in (0, 1) (compression rates); otherwise [0, 1) (rank ratios).
-    methods: names that must be in ``METHODS``.
+    methods: names of registered methods (``oats.methods.names()``).
     """
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
     items = [v for v in items if not (isinstance(v, str) and not v)]
@@ -63,8 +62,8 @@ def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = Fal
         raise ConfigError(f"{name} is empty: give a comma-separated list")
     if methods:
         for m in items:
-            if m not in METHODS:
-                raise ConfigError(f"unknown method {m!r} in {name}: choose among {', '.join(METHODS)}")
+            if registry.find(m) is None:
+                raise ConfigError(f"unknown method {m!r} in {name}: choose among {', '.join(registry.names())}")
         return list(dict.fromkeys(items))
     out = []
     for v in items:
@@ -92,7 +91,7 @@ class RunSpec:
 
     @property
     def rank_ratio(self) -> float:
-        return method_rank_ratio(self.method, self.config)
+        return registry.get(self.method).rank_ratio(self.config)
 
     @property
     def name(self) -> str:
@@ -102,9 +101,10 @@ class RunSpec:
             model += "-" + hashlib.sha1(self.model.encode()).hexdigest()[:6]
         parts = [model, self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}",
                  c.sparsity.replace(":", "of")]
-        if self.method == "oats" and c.iterations != 80:
+        iterative = registry.get(self.method).iterative
+        if iterative and c.iterations != 80:
             parts.append(f"it{c.iterations}")
-        if self.method == "oats" and c.solver != "fast":
+        if iterative and c.solver != "fast":
             parts.append(c.solver)
         if self.owl is not None:
             parts.append(f"owl{self.owl.lam:g}m{self.owl.threshold:g}")
@@ -122,7 +122,7 @@ class RunSpec:
         if manifest.get("method") != self.method or manifest.get("model_name") != self.model:
             return False
         same = abs(cfg.compression - self.config.compression) < 1e-12 and cfg.sparsity == self.config.sparsity
-        if self.method == "oats":
+        if registry.get(self.method).iterative:  # every setting shapes the result
             same = same and cfg == self.config
         alloc = manifest.get("allocation") or None
         want = None if self.owl is None else self.owl.to_dict()
@@ -148,7 +148,8 @@ class SweepResult:
 
 def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
          solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0)) -> list[RunSpec]:
-    """The runs of a sweep, in order: methods outer, rates inner; OATS once per rank ratio.
+    """The runs of a sweep, in order: methods outer, rates inner; a method that reads the rank
+    ratio (OATS) once per rank ratio, the others once.
 
     Raises ConfigError (one line) for an unknown method, a rate outside (0, 1), a rank ratio
     outside [0, 1), or a combination a method cannot run.
@@ -159,10 +160,11 @@ def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iter
     specs = []
     for method in methods:
         for rho in rates:
-            for kappa in (rank_ratios if method == "oats" else rank_ratios[:1]):
+            record = registry.get(method)
+            for kappa in (rank_ratios if record.uses_rank_ratio else rank_ratios[:1]):
                 cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
                                  solver=solver)
-                method_config(method, cfg)
+                record.decompose_config(cfg)
                 if owl is not None:
                     owl.check(cfg)
                 specs.append(RunSpec(model, method, cfg, owl, tuple(calibration)))
@@ -209,7 +211,7 @@ def _row(spec: RunSpec | None, model: str, mode: str, metrics: dict, compress_s:
             "eval_time_s": round(eval_s, 3), "run": run}
 
 
-def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_ratios=None, *,
+def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None, *,
           sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
           quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
           seq_len: int | None = None, seed: int = 0, allocation=None, owl_lambda: float | None = None,
@@ -220,7 +222,7 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
 
     Args:
         model: a preset, hub id, local folder or timm:NAME (loaded once through the zoo).
-        methods: names from ``METHODS`` (list or "a,b").
+        methods: registered method names (list or "a,b"; default: every registered method).
         compression: rates in (0, 1) (list or "0.3,0.4").
         rank_ratios: kappa values for OATS (default: the model's); other methods have a
             fixed one (0 for the sparse-only methods, 1 for low-rank only).
@@ -241,6 +243,7 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
     from oats.compress.pipeline import compress_model
 
     t_all = time.perf_counter()
+    methods = registry.names() if methods is None else methods
     log = log or (lambda line: None)
     owl = parse_allocation(allocation, owl_lambda, owl_threshold)
     root = Path(root) if root is not None else runs_root()

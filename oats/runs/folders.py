@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from oats.config import OatsConfig
 from oats.errors import ConfigError, OatsError, RunError
 from oats.core.linear import OatsLinear
-from oats.compress.pipeline import BUDGET_NOTES, BlockRecord, CompressionRun, LayerRecord
+from oats.compress.pipeline import BlockRecord, CompressionRun, LayerRecord
+from oats.methods import BUDGET_NOTES
 
 FORMAT = 1
 MANIFEST = "manifest.json"
