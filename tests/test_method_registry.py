@@ -222,6 +222,8 @@ def test_sweep_plans_and_runs_a_registered_method(halfzero, tmp_path):
     assert spec.name == "tiny-lm-halfzero-c0.5-k0-row"
     assert spec.matches({"method": "halfzero", "model_name": "tiny-lm", "config": CFG.to_dict()})
     assert plan("m", registry.names(), "0.5", "0.25")[-1].method == "halfzero"
+    # a folder name for any method name, registered or not (the app names a job before it validates)
+    assert RunSpec("m", "svdllm", CFG.replace(iterations=5)).name == "m-svdllm-c0.5-k0-row"
 
     res = sweep("tiny-lm", "halfzero", [0.5], [0.25], root=tmp_path, loaded=tiny_loaded(), **KW)
     assert res.computed == ["tiny-lm-halfzero-c0.5-k0-row-cal4x32s0"]

@@ -91,7 +91,14 @@ class RunSpec:
 
     @property
     def rank_ratio(self) -> float:
-        return registry.get(self.method).rank_ratio(self.config)
+        return registry.used_rank_ratio(self.method, self.config)
+
+    @property
+    def iterative(self) -> bool:
+        """Whether every setting (iterations, solver, ...) shapes the run: its method's record
+        says (False for a method not registered here, so any name still gets a folder)."""
+        method = registry.find(self.method)
+        return method is not None and method.iterative
 
     @property
     def name(self) -> str:
@@ -101,10 +108,9 @@ class RunSpec:
             model += "-" + hashlib.sha1(self.model.encode()).hexdigest()[:6]
         parts = [model, self.method, f"c{c.compression:g}", f"k{self.rank_ratio:g}",
                  c.sparsity.replace(":", "of")]
-        iterative = registry.get(self.method).iterative
-        if iterative and c.iterations != 80:
+        if self.iterative and c.iterations != 80:
             parts.append(f"it{c.iterations}")
-        if iterative and c.solver != "fast":
+        if self.iterative and c.solver != "fast":
             parts.append(c.solver)
         if self.owl is not None:
             parts.append(f"owl{self.owl.lam:g}m{self.owl.threshold:g}")
@@ -122,7 +128,7 @@ class RunSpec:
         if manifest.get("method") != self.method or manifest.get("model_name") != self.model:
             return False
         same = abs(cfg.compression - self.config.compression) < 1e-12 and cfg.sparsity == self.config.sparsity
-        if registry.get(self.method).iterative:  # every setting shapes the result
+        if self.iterative:
             same = same and cfg == self.config
         alloc = manifest.get("allocation") or None
         want = None if self.owl is None else self.owl.to_dict()
