@@ -19,7 +19,8 @@ from oats.errors import (ConfigError, DataError, ModelLoadError, OatsError, Reso
                      UnsupportedModelError)
 from oats.runs.folders import list_runs, load_run, save_run
 from oats.core.linear import OatsLinear, set_mode, use_mode
-from oats.compress.pipeline import BUDGET_NOTES, METHODS, compress_model
+from oats.methods import BUDGET_NOTES, METHODS
+from oats.compress.pipeline import compress_model
 from oats.compress.records import CompressionRun
 from oats.evaluation import PRIMARY_METRIC, Evaluation, evaluate, evaluate_model, evaluate_run
 

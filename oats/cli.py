@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from oats.errors import ConfigError, OatsError
+from oats.methods import registry
 from oats.runs.folders import runs_root
 
 
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="compress a model and save a run folder")
     c.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
-    c.add_argument("--method", default="oats", help="oats (default), wanda, sparsegpt, magnitude or lowrank "
+    c.add_argument("--method", default="oats", help=f"{_method_choices('oats')} "
                    "(each keeps (1 - compression) of every matrix's parameters)")
     c.add_argument("--compression", default=0.5, help="fraction of each matrix's parameters removed, in (0, 1)")
     c.add_argument("--rank-ratio", default=None, help="share of kept parameters in the low-rank term, [0, 1); "
@@ -332,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="methods x compression rates on one model: one table (CSV, JSON)")
     w.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
-    w.add_argument("--methods", default="oats,wanda,sparsegpt,magnitude,lowrank",
-                   help="comma-separated methods (default: all five)")
+    w.add_argument("--methods", default=",".join(registry.names()),
+                   help=f"comma-separated methods among {', '.join(registry.names())} (default: all)")
     w.add_argument("--compression", default="0.3,0.4,0.5,0.6", help="comma-separated rates in (0, 1)")
     w.add_argument("--rank-ratio", default=None, help="comma-separated rank ratios for OATS (default: the model's)")
     w.add_argument("--sparsity", default="row", help="row, layer or N:M")
@@ -348,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(w)
     w.set_defaults(fn=cmd_sweep)
     return p
+
+
+def _method_choices(default: str) -> str:
+    """The registered methods as words, read when the parser is built: "a (default), b or c"."""
+    words = [f"{n} (default)" if n == default else n for n in registry.names()]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _allocation_args(p) -> None:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from oats.compress.records import CompressionRun
+from oats.methods import registry
 from oats.core.linear import MODES, oats_layers, use_mode
 from oats.data import (_tokenize, bundled_images, evaluation_sentences, evaluation_text, image_batches,
                        load_image_folder, read_text_file, sentence_batches, split_sentences)
@@ -73,15 +74,11 @@ an 8x8 digit has no more detail, and the forward is cheap."""
 EVAL_SEED = 1234
 """Seed of the evaluation crops and the digits split (calibration uses seed 0)."""
 
-# Default modes of a run, by method: a sparse-only method's "sparse" mode is its "both", and
-# its "lowrank" mode is an empty model.
-RUN_MODES = {"oats": ("dense", "both", "sparse", "lowrank")}
-OTHER_RUN_MODES = ("dense", "both")
-
-
 def run_modes(method: str) -> tuple[str, ...]:
-    """The modes worth evaluating for a run of ``method``."""
-    return RUN_MODES.get(method, OTHER_RUN_MODES)
+    """The modes worth evaluating for a run of ``method`` (its registry record says; dense and
+    both for a method not registered here). A sparse-only method's "sparse" mode is its
+    "both", and its "lowrank" mode is an empty model."""
+    return registry.run_modes(method)
 
 
 # ----------------------------------------------------------------------------- text sources

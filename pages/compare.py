@@ -9,9 +9,9 @@ from ui.state import chart, complete_runs, current_path, primary_metric, run_tas
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
+from oats.methods import registry
 from oats.runs.evaluations import read_evaluation
 from oats.runner.sweep import list_sweeps, load_results
-from oats.compress.pipeline import method_rank_ratio
 
 st.title("Compare")
 st.caption("How the methods trade quality for size, and where in the model they differ.")
@@ -75,7 +75,7 @@ else:
                 m = manifest(p)
                 s = analysis.run_summary(m)
                 row = {"run": Path(p).name, "model": m["model_name"], "method": m["method"],
-                       "compression": round(s["compression"], 4), "rank_ratio": method_rank_ratio(m["method"], SimpleNamespace(**m["config"])),
+                       "compression": round(s["compression"], 4), "rank_ratio": registry.used_rank_ratio(m["method"], SimpleNamespace(**m["config"])),
                        "median_scaled_error": round(s["median_scaled_error"], 5), "time_s": s["total_s"]}
                 ev = read_evaluation(p)
                 pm = primary_metric(run_task(m) or "")

@@ -7,6 +7,7 @@ from ui.state import (LAYER_KEY, ablation_reference, block_ablation, chart, curr
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
+from oats.methods import registry
 
 st.title("Error budget")
 st.caption("How far is each term alone, and both together, from the scaled weight W D — and what does each "
@@ -37,10 +38,11 @@ if run is not None:
 
     st.subheader("Per-block ablation")
     pm = primary_metric(run_task(manifest(path)) or "")
+    method = registry.find(run.method)
     if pm is None:
         st.info("This run's manifest does not name its model's task (a run saved with oats.save_run), so there "
                 "is no metric to measure the per-block ablation with: compress it with the app or `oats compress`.")
-    elif run.method != "oats":
+    elif method is None or not method.two_terms:
         st.info(f"This run has only one kind of term (method {run.method}): the per-block ablation needs a sparse "
                 f"and a low-rank term — open an OATS run.")
     else:

@@ -9,18 +9,18 @@ from types import SimpleNamespace
 import streamlit as st
 
 from ui.state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
-                       primary_metric, run_mtime, run_task, table)
+                       method_choices, method_help, primary_metric, run_mtime, run_task, table)
 from oats.explain import analysis
 from ui import figures
 from oats.config import OatsConfig
 from oats.errors import OatsError
 from oats.runs.folders import runs_root
+from oats.methods import registry
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, request_from_manifest
 from oats.runner.sweep import load_meta, load_results
 from oats.runs.evaluations import read_evaluation
-from oats.compress.pipeline import METHODS, method_rank_ratio
 from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
 from oats.models.zoo import available_models, check_model_name
 
@@ -69,7 +69,7 @@ def new_compression() -> None:
     default_kappa = presets[choice]["default_rank_ratio"] if choice in presets else 0.25
     with c2:
         a, b = st.columns(2)
-        method = a.selectbox("Method", list(METHODS), help="\n".join(f"- **{k}**: {v}" for k, v in METHODS.items()))
+        method = a.selectbox("Method", list(method_choices()), help=method_help())
         sparsity = b.selectbox("Sparsity pattern", ["row", "layer", "N:M"],
                                help="row: each row of the sparse term keeps the same count (the paper's default); "
                                     "layer: one threshold per matrix; N:M: keep N of every M inputs.")
@@ -203,7 +203,7 @@ def saved_runs() -> None:
     rows = [{c: r.get(c, "") for c in cols} for r in runs]
     for row in rows:  # the rank ratio the method actually used (0 for sparse-only methods)
         if row["method"]:
-            row["rank_ratio"] = method_rank_ratio(row["method"], SimpleNamespace(rank_ratio=row["rank_ratio"]))
+            row["rank_ratio"] = registry.used_rank_ratio(row["method"], SimpleNamespace(rank_ratio=row["rank_ratio"]))
     table(rows, "runs", key="csv-runs", height=min(400, 38 + 35 * len(runs)))
     names = {r["path"]: r for r in runs}
     a, b = st.columns([3, 1])

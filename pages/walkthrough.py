@@ -5,7 +5,7 @@ import streamlit as st
 from ui.state import chart, current_path, current_run, layer_picker, run_mtime, table, walkthrough
 from ui import figures
 from oats.errors import ConfigError
-from oats.compress.pipeline import method_rank_ratio
+from oats.methods import registry
 
 st.title("Walkthrough")
 st.markdown("OATS alternates two projections on the scaled weight **W D**: the best rank-r approximation of "
@@ -17,8 +17,10 @@ if run is not None:
     path = current_path()
     mtime = run_mtime(path)
     q = layer_picker(run)
-    kappa0 = min(round(method_rank_ratio(run.method, run.config) / 0.05) * 0.05, 0.9)
-    if run.method != "oats":
+    kappa0 = min(round(registry.used_rank_ratio(run.method, run.config) / 0.05) * 0.05, 0.9)
+    method = registry.find(run.method)
+    runs_the_solver = method is not None and method.iterative  # the walkthrough's own algorithm
+    if not runs_the_solver:
         st.caption(f"This run used {run.method}; the walkthrough always runs OATS on the layer "
                    f"(κ = 0 is Wanda's mask).")
     c1, c2 = st.columns(2)
@@ -46,7 +48,7 @@ if run is not None:
     table([{"iteration": i + 1, "scaled_error": h["error"][i], "sparse_energy": h["sparse_energy"][i],
             "lowrank_energy": h["lowrank_energy"][i]} for i in range(len(h["error"]))],
           f"walkthrough-{q}-rho{rho:g}-kappa{kappa:g}", key="csv-walk", height=240)
-    if run.method == "oats" and (rho != run.config.compression or kappa != run.config.rank_ratio):
+    if runs_the_solver and (rho != run.config.compression or kappa != run.config.rank_ratio):
         rec = run.layer(q)
         st.caption(f"In the saved run ({run.config.compression:g}, {run.config.rank_ratio:g}) this layer reached "
                    f"scaled error {rec.scaled_error:.4f} with rank {rec.rank}.")

@@ -13,13 +13,17 @@ import torch
 
 from oats import OatsConfig, compress_model, decompose, load_run, save_run
 from oats.compress.allocation import Owl, outlier_ratio, owl_rates, parse_allocation
-from oats.methods.baselines import lowrank_only, lowrank_rank, magnitude, sparsegpt, wanda
+from oats.core.decompose import lowrank_rank
+from oats.methods.lowrank import lowrank_only
+from oats.methods.magnitude import magnitude
+from oats.methods.sparsegpt import sparsegpt
+from oats.methods.wanda import wanda
 from oats.compress.calibration import SecondMoments
 from oats.core.decompose import rank_budget, row_keep, sparse_budget
 from oats.errors import ConfigError
 from oats.runs.folders import read_manifest
-from oats.compress.pipeline import BUDGET_NOTES, METHODS
 from oats.compress.statistics import dense_layer_stats
+from oats.methods import BUDGET_NOTES, METHODS
 
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=6)
 

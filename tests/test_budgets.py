@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from oats import OatsConfig
-from oats.methods.baselines import _cumulative_share
+from oats.methods.sparsegpt import _cumulative_share
 from oats.core.decompose import (dense_budget, hard_threshold, lowrank_rank, prune_fraction, rank_budget, row_keep,
                             sparse_budget)
 from oats.errors import ConfigError

@@ -137,7 +137,7 @@ def test_oats_run_is_the_scaled_decomposition_of_each_layer():
 
 
 def test_lowrank_run_is_the_scaled_truncated_svd():
-    from oats.methods.baselines import lowrank_only
+    from oats.methods.lowrank import lowrank_only
     out, _ = compressed("lowrank")
     run = out["lowrank"]
     for rec in run.layers:
@@ -151,13 +151,13 @@ def test_lowrank_run_is_the_scaled_truncated_svd():
 
 def test_method_config_messages():
     from oats.errors import ConfigError
-    from oats.compress.pipeline import method_config, method_rank_ratio
+    from oats.methods import registry
     with pytest.raises(ConfigError) as e:
-        method_config("lowrank", OatsConfig(sparsity="2:4"))
+        registry.get("lowrank").decompose_config(OatsConfig(sparsity="2:4"))
     assert str(e.value) == ("the low-rank method has no sparse term, so sparsity 2:4 does not apply: use sparsity "
                             "'row' with it")
     with pytest.raises(ConfigError) as e:
-        method_config("nope", CFG)
+        registry.get("nope").decompose_config(CFG)
     assert str(e.value) == "unknown method 'nope': choose one of oats, wanda, sparsegpt, magnitude, lowrank"
-    assert [method_rank_ratio(m, CFG) for m in ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")] == \
+    assert [registry.get(m).rank_ratio(CFG) for m in ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")] == \
         [0.25, 0.0, 0.0, 0.0, 1.0]

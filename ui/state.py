@@ -25,7 +25,7 @@ from oats.explain import analysis
 from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.runs.folders import MANIFEST, list_runs, load_run, read_manifest, runs_root
-from oats.compress.pipeline import method_rank_ratio
+from oats.methods import registry
 
 RUN_KEY = "run_path"      # non-widget keys: they survive page switches
 MODEL_KEY = "model_filter"
@@ -34,6 +34,20 @@ JOB_KEY = "job_folder"
 ALL_MODELS = "all models"
 MODEL_LOCK = threading.Lock()  # one evaluation at a time on the shared cached model
 CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def method_choices() -> dict[str, str]:
+    """Every registered method, name -> one-line description, in registration order: the
+    Compress form's choices (a method registered later appears too)."""
+    return {m.name: m.description for m in registry.all_methods()}
+
+
+def method_help() -> str:
+    """The Markdown help of the method choice: one bullet per method."""
+    return "\n".join(f"- **{k}**: {v}" for k, v in method_choices().items())
 
 
 # ----------------------------------------------------------------------------- runs on disk
@@ -306,7 +320,7 @@ def sidebar() -> None:
         shown = [r for r in runs if model == ALL_MODELS or r["model"] == model]
         paths = [r["path"] for r in shown]
         labels = {r["path"]: f"{r['name']} ({r['method']}, ρ={r['compression']:g}, "
-                             f"κ={method_rank_ratio(r['method'], SimpleNamespace(**r)):g})" for r in shown}
+                             f"κ={registry.used_rank_ratio(r['method'], SimpleNamespace(**r)):g})" for r in shown}
         newest = max(range(len(shown)), key=lambda i: shown[i].get("created", ""))
         index = paths.index(current) if current in paths else newest
         choice = st.selectbox("Run", paths, index=index, format_func=labels.get,
@@ -423,10 +437,10 @@ def layer_budget(path: str, mtime: float) -> list[dict]:
 
 @st.cache_data(show_spinner="Decomposing this layer ...", max_entries=32)
 def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> analysis.Walkthrough:
-    from oats.compress.pipeline import method_config
     run = _run(path, mtime)
     f = run.factors(qualname)
-    _, scaled = method_config(run.method if run.method in ("oats", "wanda", "magnitude") else "oats", run.config)
+    method = registry.find(run.method)
+    scaled = method.scaled if method is not None else True
     config = run.config.replace(compression=compression, rank_ratio=rank_ratio)
     return analysis.walkthrough(f["weight"], run.input_sq_norms[qualname] if scaled else None, config)
 

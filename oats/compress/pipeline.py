@@ -19,73 +19,22 @@ from oats.compress.calibration import BlockInputs, capture_block_inputs, dense_b
 from oats.compress.preflight import calibration_tokens, check_weights, estimate_compression_memory
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.config import OatsConfig
-from oats.core.decompose import Decomposition, decompose_many, dense_budget
+from oats.core.decompose import Decomposition, dense_budget
 from oats.core.linear import OatsLinear
 from oats.errors import ConfigError
-from oats.methods.baselines import lowrank_only, sparsegpt
+from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
 from oats.resources import check_memory
-
-METHODS = {
-    "oats": "sparse + low-rank (alternating thresholding on W D)",
-    "wanda": "sparse only: keep the largest |W_ij| * ||X_j|| per row (OATS with rank ratio 0)",
-    "sparsegpt": "sparse only: OBS weight updates on the full input Gram matrix (SparseGPT)",
-    "magnitude": "sparse only: keep the largest |W_ij| per row",
-    "lowrank": "low-rank only: truncated SVD of W D with the whole budget as rank",
-}
-
-BUDGET_NOTES = {
-    "oats": "rank r = floor(kappa (1-rho) d_out d_in / (d_out + d_in)) plus a sparse term that keeps "
-            "d_in - floor(d_in (1 - (1-kappa)(1-rho))) entries per row (per matrix for sparsity 'layer'; "
-            "N of every M with the rank from (N/M)/(1-kappa) for N:M)",
-    "wanda": "rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| ||X_j|| "
-             "(per matrix for 'layer'; N of every M for N:M)",
-    "sparsegpt": "rank 0; each row keeps d_in - floor(d_in rho) entries, its prunes spread over the column "
-                 "blocks by cumulative rounding and chosen by w^2 / [H^-1]_jj, kept weights updated by OBS "
-                 "(per matrix for 'layer'; N of every M for N:M)",
-    "magnitude": "rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| "
-                 "(per matrix for 'layer'; N of every M for N:M)",
-    "lowrank": "no sparse term; rank r = floor((1-rho) d_out d_in / (d_out + d_in)) of W D (truncated SVD)",
-}
-"""How each method spends the budget of (1 - rho) d_out d_in parameters per matrix (manifest)."""
-
-NEEDS_GRAM = frozenset({"sparsegpt"})
-"""Methods whose statistics pass collects the full Gram matrix X^T X (else only its diagonal)."""
-
-
-def method_config(method: str, config: OatsConfig) -> tuple[OatsConfig, bool]:
-    """The decomposition config a method runs with, and whether it scales by the inputs."""
-    if method == "oats":
-        return config, True
-    if method in ("wanda", "sparsegpt"):
-        return config.replace(rank_ratio=0.0), True
-    if method == "magnitude":
-        return config.replace(rank_ratio=0.0), False
-    if method == "lowrank":
-        if config.nm is not None:
-            raise ConfigError(f"the low-rank method has no sparse term, so sparsity {config.sparsity} does not "
-                              "apply: use sparsity 'row' with it")
-        return config, True
-    raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-
-
-def method_rank_ratio(method: str, config: OatsConfig) -> float:
-    """The share of the kept parameters a method spends on the low-rank term (kappa)."""
-    return {"oats": config.rank_ratio, "lowrank": 1.0}.get(method, 0.0)
 
 
 def decompose_block(method: str, weights: list[torch.Tensor], input_sq_norms: list[torch.Tensor],
                     grams: list[torch.Tensor | None], config: OatsConfig, device=None) -> list[Decomposition]:
     """Run ``method`` on the matrices of one block (the dispatch of ``compress_block``).
 
-    ``grams[i]`` is the (d_in, d_in) input Gram of matrix i, needed only by SparseGPT.
+    ``grams[i]`` is the (d_in, d_in) input Gram of matrix i, collected only for methods whose
+    statistics are "gram" (None otherwise).
     """
-    dconfig, scaled = method_config(method, config)
-    if method in ("oats", "wanda", "magnitude"):
-        return decompose_many(weights, [m if scaled else None for m in input_sq_norms], dconfig, device=device)
-    if method == "sparsegpt":
-        return [sparsegpt(w, g, dconfig, device=device) for w, g in zip(weights, grams)]
-    return [lowrank_only(w, m if scaled else None, dconfig, device=device) for w, m in zip(weights, input_sq_norms)]
+    return registry.get(method).decompose(weights, input_sq_norms, grams, config, device=device)
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -154,8 +103,10 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
                    inputs: BlockInputs, config: OatsConfig, method: str = "oats",
                    device=None) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
     """Compress one block in place. Returns (layer records, block record, statistics, next inputs)."""
-    dconfig, _scaled = method_config(method, config)
-    gram = method in NEEDS_GRAM
+    record = registry.get(method)
+    dconfig = record.decompose_config(config)
+    # the diagonal second moments are collected (and kept in the run) for every method; the Gram too if needed
+    gram = record.statistics == "gram"
     refs = adapter.linears(model, block)
     by_path: dict[str, list[LinearRef]] = {}
     for ref in refs:
@@ -265,8 +216,9 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         model: a model an adapter supports (see ``oats.models.adapters``), in eval mode.
         calibration: model-input dicts (``oats.data.calibration_batches``).
         config: budgets and solver; ``OatsConfig()`` by default.
-        method: one of ``METHODS``: "oats", "wanda", "sparsegpt", "magnitude", "lowrank". Every
-            method keeps (1 - rho) of each matrix's parameters (``BUDGET_NOTES`` says how).
+        method: a registered method (``oats.methods.names()``: "oats", "wanda", "sparsegpt",
+            "magnitude", "lowrank" and any registered later). Every method keeps (1 - rho) of
+            each matrix's parameters (its ``budget_note`` says how).
         progress: callable(done_blocks, total_blocks, message), called as blocks finish.
         device: "cpu" or "cuda": the model (block forward passes) and the decompositions move
             there; None keeps the model where it is.
@@ -282,7 +234,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
     config = config or OatsConfig()
-    method_config(method, config)  # validates the method name before any work
+    registry.get(method).decompose_config(config)  # validates the method and its settings before any work
     owl = parse_allocation(allocation)
     if owl is not None and block_rates is not None:
         raise ConfigError("give either block_rates or an allocation, not both")

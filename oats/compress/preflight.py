@@ -12,6 +12,7 @@ import torch
 from oats.errors import ConfigError, ModelLoadError
 from oats.models.adapters import weight_of
 from oats.models.vision import image_tokens
+from oats.methods import registry
 
 
 def check_weights(adapter, model: torch.nn.Module, blocks: list[tuple[str, torch.nn.Module]], config,
@@ -64,11 +65,13 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     calibration activations: block inputs, their next-block outputs and the dense outputs kept
     to measure the output error (3 x tokens x hidden); block activations: one block's
     intermediate activations on the calibration set (its widest layer); decomposition: the
-    working copies of the largest matrix (about 8 of its size, plus its Gram for SparseGPT);
-    factors: the sparse and low-rank terms of every compressed matrix (about twice its size).
+    working copies of the largest matrix (about 8 of its size, plus its Gram when the method's
+    statistics are "gram", as SparseGPT's); factors: the sparse and low-rank terms of every
+    compressed matrix (about twice its size).
     """
     if not blocks:
         return {"calibration activations": 0, "block activations": 0, "decomposition": 0, "factors": 0}
+    gram = registry.get(method).statistics == "gram"
     shapes = []
     for _, block in blocks[:1]:
         for ref in adapter.linears(model, block):
@@ -81,7 +84,7 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     parts = {
         "calibration activations": 3 * n_tokens * hidden * 4,
         "block activations": 2 * n_tokens * widest * 4,
-        "decomposition": 8 * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if method == "sparsegpt" else 0),
+        "decomposition": 8 * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if gram else 0),
         "factors": 2 * per_block * len(blocks) * 4,
     }
     return parts

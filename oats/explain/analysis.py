@@ -20,11 +20,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from oats.compress.pipeline import method_rank_ratio
 from oats.config import OatsConfig
 from oats.core.decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
 from oats.resources import one_thread
 from oats.runs.folders import read_manifest
+from oats.methods.registry import used_rank_ratio
 
 HEAT_MAX = 256  # heatmaps are pooled to at most this many rows and columns
 
@@ -528,7 +528,7 @@ def layer_errors_from_manifests(folders: Iterable[str | Path]) -> list[dict]:
         label = f"{Path(f).name}"
         for l in m["layers"]:
             rows.append({"run": label, "method": m["method"], "compression": cfg["compression"],
-                         "rank_ratio": method_rank_ratio(m["method"], SimpleNamespace(**cfg)),
+                         "rank_ratio": used_rank_ratio(m["method"], SimpleNamespace(**cfg)),
                          "layer": l.get("qualname", f"{l['block']}.{l['name']}"),
                          "block": l["block"], "name": l["name"], "scaled_error": l["scaled_error"],
                          "output_error": l.get("output_error")})

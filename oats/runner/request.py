@@ -12,13 +12,13 @@ import json
 from dataclasses import dataclass, field
 
 from oats.compress.allocation import Owl
-from oats.compress.pipeline import method_config, method_rank_ratio
 from oats.config import OatsConfig
 from oats.errors import OatsError
+from oats.methods import registry
 
 ITERATIVE_FIELDS = ("rank_ratio", "iterations", "solver")
-"""Config fields that change the result only for a method that alternates (OATS); for the others
-compression rate and sparsity pattern decide it."""
+"""Config fields that change the result only for a method whose record is ``iterative`` (OATS);
+for the others compression rate and sparsity pattern decide it."""
 
 
 def slug(s: str) -> str:
@@ -57,14 +57,14 @@ class CompressRequest:
 
     def check(self) -> None:
         """Raise ConfigError (one line) for a combination that cannot run, before anything loads."""
-        method_config(self.method, self.config)
+        registry.get(self.method).decompose_config(self.config)
         if self.allocation is not None:
             self.allocation.check(self.config)
 
     @property
     def rank_ratio(self) -> float:
         """The share of the kept parameters the method spends on the low-rank term."""
-        return method_rank_ratio(self.method, self.config)
+        return registry.used_rank_ratio(self.method, self.config)
 
     def calibration_request(self) -> dict:
         """The manifest's record of the calibration data."""
@@ -99,8 +99,10 @@ class CompressRequest:
         return name
 
     def _iterative(self) -> bool:
-        """Whether the method alternates, so its iterations, solver and rank ratio matter."""
-        return self.method == "oats"
+        """Whether every setting (iterations, solver, rank ratio) shapes the run: the method's
+        record says (False for a method not registered here, so any name still gets a folder)."""
+        method = registry.find(self.method)
+        return method is not None and method.iterative
 
     def identity(self) -> tuple:
         """What decides the result: two requests with equal identities make the same run."""

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from oats import data
 from oats.compress.allocation import Owl, parse_allocation
-from oats.compress.pipeline import METHODS
 from oats.config import OatsConfig
 from oats.errors import ConfigError, RunError
 from oats.evaluation import Evaluator, run_modes
+from oats.methods import registry
 from oats.models import zoo
 from oats.runner.execute import execute, replace_model
 from oats.runner.request import CompressRequest, slug
@@ -41,7 +41,6 @@ SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 SWEEP_JSON = "sweep.json"
-DEFAULT_METHODS = ("oats", "wanda", "sparsegpt", "magnitude", "lowrank")
 DEFAULT_RATES = (0.3, 0.4, 0.5, 0.6)
 FIRST_COLUMNS = ["model", "method", "compression", "rank_ratio", "sparsity", "allocation", "mode"]
 LAST_COLUMNS = ["compress_time_s", "eval_time_s", "run"]
@@ -51,7 +50,7 @@ def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = Fal
     """Parse "a,b,c" (or a list) for the CLI and the library, with one-line errors.
 
     unit_open: numbers that must lie in (0, 1) (compression rates); otherwise [0, 1) (rank ratios).
-    methods: names that must be in ``METHODS``.
+    methods: names of registered methods (``oats.methods.names()``).
     """
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
     items = [v for v in items if not (isinstance(v, str) and not v)]
@@ -59,8 +58,8 @@ def parse_list(value, name: str, *, unit_open: bool = False, methods: bool = Fal
         raise ConfigError(f"{name} is empty: give a comma-separated list")
     if methods:
         for m in items:
-            if m not in METHODS:
-                raise ConfigError(f"unknown method {m!r} in {name}: choose among {', '.join(METHODS)}")
+            if registry.find(m) is None:
+                raise ConfigError(f"unknown method {m!r} in {name}: choose among {', '.join(registry.names())}")
         return list(dict.fromkeys(items))
     out = []
     for v in items:
@@ -89,7 +88,8 @@ class SweepResult:
 
 def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
          solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0)) -> list[CompressRequest]:
-    """The runs of a sweep, in order: methods outer, rates inner; OATS once per rank ratio.
+    """The runs of a sweep, in order: methods outer, rates inner; a method that reads the rank
+    ratio (OATS) once per rank ratio, the others once.
 
     Raises ConfigError (one line) for an unknown method, a rate outside (0, 1), a rank ratio
     outside [0, 1), or a combination a method cannot run.
@@ -101,7 +101,8 @@ def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iter
     requests = []
     for method in methods:
         for rho in rates:
-            for kappa in (rank_ratios if method == "oats" else rank_ratios[:1]):
+            record = registry.get(method)
+            for kappa in (rank_ratios if record.uses_rank_ratio else rank_ratios[:1]):
                 cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
                                  solver=solver)
                 req = CompressRequest(model, cfg, method, allocation=owl, calib_samples=samples, seq_len=seq_len,
@@ -147,7 +148,7 @@ def _row(spec: CompressRequest | None, model: str, mode: str, metrics: dict, com
             "eval_time_s": round(eval_s, 3), "run": run}
 
 
-def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_ratios=None, *,
+def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None, *,
           sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
           quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
           seq_len: int | None = None, seed: int = 0, allocation=None, owl_lambda: float | None = None,
@@ -158,7 +159,7 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
 
     Args:
         model: a preset, hub id, local folder or timm:NAME (loaded once through the zoo).
-        methods: names from ``METHODS`` (list or "a,b").
+        methods: registered method names (list or "a,b"; default: every registered method).
         compression: rates in (0, 1) (list or "0.3,0.4").
         rank_ratios: kappa values for OATS (default: the model's); other methods have a
             fixed one (0 for the sparse-only methods, 1 for low-rank only).
@@ -174,6 +175,7 @@ def sweep(model: str, methods=DEFAULT_METHODS, compression=DEFAULT_RATES, rank_r
     Returns a ``SweepResult``; the table is also in ``<folder>/results.csv`` / ``.json``.
     """
     t_all = time.perf_counter()
+    methods = registry.names() if methods is None else methods
     log = log or (lambda line: None)
     owl = parse_allocation(allocation, owl_lambda, owl_threshold)
     root = Path(root) if root is not None else runs_root()

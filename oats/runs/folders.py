@@ -28,11 +28,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from oats.compress.pipeline import BUDGET_NOTES
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.config import OatsConfig
 from oats.core.linear import OatsLinear
 from oats.errors import ConfigError, OatsError, RunError
+from oats.methods import BUDGET_NOTES
 from oats.models import zoo
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 

@@ -1,25 +1,10 @@
-"""The baselines, in the same budget accounting as OATS: pure functions on tensors.
+"""SparseGPT (Frantar & Alistarh, 2023): sparse only, chosen and compensated with Optimal
+Brain Surgeon updates on the full Gram matrix X^T X of the layer's calibration inputs.
 
-Every function takes one weight matrix W (d_out, d_in) and its input statistics and returns
-a ``Decomposition`` (sparse term + low-rank term, unscaled), so the pipeline, the run
-folders and every view treat them exactly like OATS. Each matrix keeps (1 - rho) of its
-d_out * d_in parameters (index storage not counted):
-
-- ``magnitude``: sparse only, each row keeps its d_in - floor(d_in rho) largest |W_ij|.
-- ``wanda``: sparse only, the same count per row chosen by |W_ij| * ||X_j||. This *is*
-  ``decompose`` with rank ratio 0 (OATS at kappa = 0 is Wanda), and stays so.
-- ``sparsegpt``: sparse only, the same count per row, chosen and compensated with the
-  Optimal Brain Surgeon updates of SparseGPT (Frantar & Alistarh, 2023) on the full Gram
-  matrix X^T X of the layer's calibration inputs.
-- ``lowrank_only``: no sparse term; the whole budget as rank,
-  r = floor((1 - rho) d_out d_in / (d_out + d_in)), by a truncated SVD of W D.
-
-``sparsity="layer"`` spends the same total per matrix instead of per row; ``"N:M"`` keeps N
-of every M consecutive inputs of a row (the rank ratio is 0 for the sparse-only baselines,
-so their density is N/M).
-
-History entries hold the *scaled* error ||(W - W') D||_F / ||W D||_F (D from the diagonal
-of the statistics) so every method is read on the same axis as OATS.
+Same budget accounting as OATS: each row keeps d_in - floor(d_in rho) entries ("row"), the
+matrix keeps the same total ("layer"), or each row keeps N of every M inputs ("N:M"). The
+history holds the *scaled* error ||(W - W') D||_F / ||W D||_F (D from the Gram's diagonal)
+so it is read on the same axis as OATS.
 """
 
 from __future__ import annotations
@@ -29,23 +14,10 @@ import contextlib
 import torch
 
 from oats.config import OatsConfig
-from oats.core.decompose import (Decomposition, History, check_shape, decompose, input_scale, lowrank_rank,
-                        row_keep, sparse_budget)
+from oats.core.decompose import Decomposition, History, check_shape, input_scale, row_keep, sparse_budget
 from oats.errors import ConfigError
+from oats.methods.registry import Method, register
 from oats.resources import one_thread
-
-
-def magnitude(weight: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
-    """Keep the largest |W_ij| of each row (OATS unscaled, rank ratio 0)."""
-    return decompose(weight, None, config.replace(rank_ratio=0.0), device=device)
-
-
-def wanda(weight: torch.Tensor, input_sq_norms: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
-    """Keep the largest |W_ij| * ||X_j|| of each row (OATS with rank ratio 0)."""
-    return decompose(weight, input_sq_norms, config.replace(rank_ratio=0.0), device=device)
-
-
-# ----------------------------------------------------------------------------- SparseGPT
 
 
 def _inverse_cholesky(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -205,41 +177,14 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
                          singular_values=w.new_zeros(0), history=hist, config=cfg)
 
 
-# ----------------------------------------------------------------------------- low rank only
-
-
-@torch.no_grad()
-def lowrank_only(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, config: OatsConfig,
-                 device=None) -> Decomposition:
-    """The best rank-r approximation of W D (truncated SVD), unscaled; no sparse term.
-
-    Args:
-        weight: (d_out, d_in).
-        input_sq_norms: (d_in,) mean squared inputs (None: plain SVD of W).
-        config: ``compression`` sets the rank (``lowrank_rank``); the rank ratio is not used.
-
-    Returns a ``Decomposition`` with an all-zero sparse term and one history entry.
-    """
-    if config.nm is not None:
-        raise ConfigError(f"the low-rank method has no sparse term, so sparsity {config.sparsity} does not apply: "
-                          "use sparsity 'row' with it")
-    if weight.dim() != 2:
-        raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
-    d_out, d_in = weight.shape
-    dev = torch.device(device) if device is not None else weight.device
-    w = weight.detach().to(device=dev, dtype=torch.float32)
-    if not torch.isfinite(w).all():
-        raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
-    d = input_scale(input_sq_norms, d_in, config.eps, device=dev)
-    a = w * d
-    r = lowrank_rank(d_out, d_in, config)
-    with one_thread() if dev.type == "cpu" else contextlib.nullcontext():
-        u, sv, vh = torch.linalg.svd(a, full_matrices=False)
-    us = (u[:, :r] * sv[:r]).contiguous()
-    v = (vh[:r] / d).contiguous()
-    a2 = float(sv.square().sum())
-    l2 = float(sv[:r].square().sum())
-    hist = History(error=[(max(a2 - l2, 0.0) / max(a2, 1e-30)) ** 0.5], sparse_energy=[0.0],
-                   lowrank_energy=[l2 / max(a2, 1e-30)])
-    return Decomposition(sparse=torch.zeros_like(w), u=us, v=v, scale=d, singular_values=sv[:r].contiguous(),
-                         history=hist, config=config)
+@register(Method(
+    name="sparsegpt",
+    description="sparse only: OBS weight updates on the full input Gram matrix (SparseGPT)",
+    budget_note="rank 0; each row keeps d_in - floor(d_in rho) entries, its prunes spread over the column "
+                "blocks by cumulative rounding and chosen by w^2 / [H^-1]_jj, kept weights updated by OBS "
+                "(per matrix for 'layer'; N of every M for N:M)",
+    statistics="gram",
+))
+def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
+    """SparseGPT on every matrix of the block, one at a time, each with its input Gram."""
+    return [sparsegpt(w, g, config, device=device) for w, g in zip(weights, grams)]

@@ -1,0 +1,40 @@
+"""OATS: a sparse plus a low-rank term by alternating thresholding on the scaled weight W D.
+
+The per-matrix algorithm (Algorithm 1, its budgets and solvers) lives in
+``oats.core.decompose``; this file registers it as a method. The matrices of a block go
+through ``decompose_many`` together, which batches same-shaped matrices.
+"""
+
+from __future__ import annotations
+
+from oats.config import OatsConfig
+from oats.core.decompose import Decomposition, decompose_many
+from oats.methods.registry import Method, register
+
+
+def own_config(config: OatsConfig) -> OatsConfig:
+    """OATS decomposes with the configuration as given."""
+    return config
+
+
+def own_rank_ratio(config) -> float:
+    """OATS spends the user's kappa on the low-rank term."""
+    return config.rank_ratio
+
+
+@register(Method(
+    name="oats",
+    description="sparse + low-rank (alternating thresholding on W D)",
+    budget_note="rank r = floor(kappa (1-rho) d_out d_in / (d_out + d_in)) plus a sparse term that keeps "
+                "d_in - floor(d_in (1 - (1-kappa)(1-rho))) entries per row (per matrix for sparsity 'layer'; "
+                "N of every M with the rank from (N/M)/(1-kappa) for N:M)",
+    statistics="diagonal",
+    run_modes=("dense", "both", "sparse", "lowrank"),
+    iterative=True,
+    uses_rank_ratio=True,
+    decompose_config=own_config,
+    rank_ratio=own_rank_ratio,
+))
+def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
+    """Alternating thresholding on every matrix of the block, scaled by its second moments."""
+    return decompose_many(weights, second_moments, config, device=device)

@@ -1,0 +1,202 @@
+"""The method registry: one ``Method`` record per compression method, registered by its own file.
+
+A method is everything the rest of the package needs to know about it, as data:
+
+- ``name``, ``description`` (one line) and ``budget_note`` (how it spends the budget of
+  (1 - rho) d_out d_in parameters per matrix; it goes into each run's manifest);
+- ``statistics``: what the pipeline's statistics pass must collect for it: ``"none"`` (the
+  weights alone), ``"diagonal"`` (the per-channel second moments E[x_j^2]) or ``"gram"``
+  (the full input Gram matrix E[x x^T] as well);
+- ``decompose_config(config)``: the configuration it really decomposes with (and a
+  ``ConfigError`` for settings it cannot run); ``rank_ratio(config)``: the share of the
+  kept parameters it really spends on the low-rank term;
+- ``run_modes``: the evaluation modes worth measuring for its runs;
+- ``iterative`` and ``uses_rank_ratio``: which settings shape its result, for sweeps;
+- ``compress``: the per-block function
+  ``compress(weights, second_moments, grams, config, device) -> list[Decomposition]``.
+
+A file adds a method with the decorator::
+
+    @register(Method(name="mine", description="...", budget_note="...", statistics="diagonal"))
+    def compress(weights, second_moments, grams, config, device=None):
+        return [...]
+
+Every reader (pipeline, memory estimate, evaluation, sweeps, CLI, app) asks the registry,
+so a method registered later (a plug-in, a test) shows up everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from oats.config import OatsConfig
+from oats.core.decompose import Decomposition
+from oats.core.linear import MODES
+from oats.errors import ConfigError
+
+STATISTICS = ("none", "diagonal", "gram")
+"""What a method's statistics pass collects, from least to most."""
+
+ONE_TERM_MODES = ("dense", "both")
+"""Evaluation modes of a method with one kind of term: its "sparse" mode would repeat "both"
+and its "lowrank" mode would be an empty model (or the other way round)."""
+
+RESERVED_NAMES = frozenset({"dense"})
+"""Names a method cannot take: sweep tables use "dense" for the uncompressed row."""
+
+BlockFn = Callable[[list[torch.Tensor], list, list, OatsConfig, object], list[Decomposition]]
+
+
+def rank_zero(config: OatsConfig) -> OatsConfig:
+    """The decomposition config of a sparse-only method: the same, with rank ratio 0."""
+    return config.replace(rank_ratio=0.0)
+
+
+def no_rank(config) -> float:
+    """The rank ratio of a sparse-only method: 0."""
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method (see the module docstring for the fields)."""
+
+    name: str
+    description: str
+    budget_note: str
+    statistics: str = "diagonal"
+    run_modes: tuple[str, ...] = ONE_TERM_MODES
+    iterative: bool = False
+    """Runs the alternating solver: ``iterations`` and ``solver`` shape its result (sweeps put
+    them in the run name and match a reused run on the whole configuration)."""
+    uses_rank_ratio: bool = False
+    """Reads the user's rank ratio kappa (sweeps run it once per rank ratio; others once)."""
+    decompose_config: Callable[[OatsConfig], OatsConfig] = rank_zero
+    rank_ratio: Callable[[object], float] = no_rank
+    """kappa the method really uses; reads only ``config.rank_ratio`` (manifests pass a namespace)."""
+    compress: BlockFn | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]*", self.name):
+            raise ValueError(f"a method name is letters, digits and '_', got {self.name!r}")
+        if self.name in RESERVED_NAMES:
+            raise ValueError(f"the method name {self.name!r} is reserved")
+        if self.statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {', '.join(STATISTICS)}, got {self.statistics!r}")
+        modes = tuple(self.run_modes)
+        if not modes or modes[0] != "dense" or "both" not in modes or not set(modes) <= set(MODES):
+            raise ValueError(f"run_modes start with 'dense', include 'both' and come from {', '.join(MODES)}; "
+                             f"got {modes!r}")
+        object.__setattr__(self, "run_modes", modes)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether it scales the weights by the inputs (D = sqrt of the second moments)."""
+        return self.statistics != "none"
+
+    @property
+    def two_terms(self) -> bool:
+        """Whether its runs have both a sparse and a low-rank term worth looking at apart."""
+        return "sparse" in self.run_modes and "lowrank" in self.run_modes
+
+    def decompose(self, weights: Sequence[torch.Tensor], second_moments: Sequence[torch.Tensor | None],
+                  grams: Sequence[torch.Tensor | None], config: OatsConfig, device=None) -> list[Decomposition]:
+        """Compress the matrices of one block: the method's own config and scaling, then ``compress``.
+
+        ``second_moments[i]`` is matrix i's (d_in,) mean squared input (replaced by None for a
+        method that does not scale), ``grams[i]`` its (d_in, d_in) Gram (None unless the
+        method's statistics are "gram").
+        """
+        if self.compress is None:
+            raise ValueError(f"method {self.name!r} has no compress function: register it with @register(...)")
+        dconfig = self.decompose_config(config)
+        moments = list(second_moments) if self.scaled else [None] * len(weights)
+        return list(self.compress(list(weights), moments, list(grams), dconfig, device))
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Callable[[BlockFn], BlockFn]:
+    """Decorator for a per-block function: registers ``method`` with it as ``compress``."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register takes a Method record, got {type(method).__name__}")
+
+    def decorate(fn: BlockFn) -> BlockFn:
+        if method.name in _METHODS:
+            raise ValueError(f"a method named {method.name!r} is already registered")
+        _METHODS[method.name] = replace(method, compress=fn)
+        return fn
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register their own); a name not registered is ignored."""
+    _METHODS.pop(name, None)
+
+
+def names() -> list[str]:
+    """The registered method names, in registration order (the built-ins first)."""
+    return list(_METHODS)
+
+
+def all_methods() -> list[Method]:
+    return list(_METHODS.values())
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; ConfigError (one line, with the choices) when there is none."""
+    try:
+        return _METHODS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(_METHODS)}") from None
+
+
+def find(name: str) -> Method | None:
+    """The method called ``name``, or None (for names read from run folders of any origin)."""
+    return _METHODS.get(name) if isinstance(name, str) else None
+
+
+def used_rank_ratio(name: str, config) -> float:
+    """The rank ratio a run of method ``name`` really used (0 for a method not registered here)."""
+    method = find(name)
+    return method.rank_ratio(config) if method is not None else 0.0
+
+
+def run_modes(name: str) -> tuple[str, ...]:
+    """The evaluation modes worth measuring for a run of ``name`` (dense, both when not registered)."""
+    method = find(name)
+    return method.run_modes if method is not None else ONE_TERM_MODES
+
+
+class _Field(Mapping):
+    """A live read-only mapping name -> one field of every registered method."""
+
+    def __init__(self, field: str):
+        self._field = field
+
+    def __getitem__(self, name: str) -> str:
+        method = find(name)
+        if method is None:
+            raise KeyError(name)
+        return getattr(method, self._field)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(names())
+
+    def __len__(self) -> int:
+        return len(_METHODS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+METHODS: Mapping[str, str] = _Field("description")
+"""Method name -> one-line description, for every registered method."""
+
+BUDGET_NOTES: Mapping[str, str] = _Field("budget_note")
+"""Method name -> how it spends the budget of (1 - rho) d_out d_in parameters per matrix."""

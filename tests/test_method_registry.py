@@ -1,0 +1,252 @@
+"""The method registry: a method registered from outside the package (here, from the test)
+reaches the CLI, the pipeline, the sweep, the memory estimate and the app's method list;
+the built-ins' records say what their statistics pass collects. Tiny models built here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_sweep import KW, tiny_loaded
+from tiny_models import assert_cli_fails, batches, tiny_llama
+
+from oats import BUDGET_NOTES, METHODS, OatsConfig, compress_model
+from oats.cli import main as cli_main
+from oats.core.decompose import Decomposition, History
+from oats.errors import ConfigError
+from oats.evaluation import run_modes
+from oats.methods import registry
+from oats.methods.registry import Method
+from oats.models.adapters import get_adapter
+from oats.runner.request import CompressRequest
+from oats.runner.sweep import plan, sweep
+from oats.runs.folders import load_run, read_manifest
+from oats.compress.preflight import estimate_compression_memory
+
+BUILTIN = ["oats", "wanda", "sparsegpt", "magnitude", "lowrank"]
+CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=4)
+HALFZERO_NOTE = "rank 0; each row keeps its larger half by |W_ij| (test only)"
+
+
+def keep_larger_half(weight: torch.Tensor) -> torch.Tensor:
+    """Each row of ``weight`` with its d_in - d_in // 2 smallest |W_ij| set to 0."""
+    w = weight.detach().float()
+    d_in = w.shape[1]
+    idx = w.abs().topk(d_in // 2, dim=1).indices
+    return torch.zeros_like(w).scatter_(1, idx, w.gather(1, idx))
+
+
+CALLS: list[dict] = []
+"""What the test methods' per-block functions were handed, one entry per block."""
+
+
+def _halves(weights, config) -> list[Decomposition]:
+    out = []
+    for w in weights:
+        s = keep_larger_half(w)
+        w0 = w.detach().float()
+        err = float((w0 - s).norm() / w0.norm().clamp_min(1e-30))
+        out.append(Decomposition(sparse=s, u=s.new_zeros(s.shape[0], 0), v=s.new_zeros(0, s.shape[1]),
+                                 scale=torch.ones(s.shape[1]), singular_values=s.new_zeros(0),
+                                 history=History(error=[err], sparse_energy=[1 - err ** 2], lowrank_energy=[0.0]),
+                                 config=config))
+    return out
+
+
+def halfzero_compress(weights, second_moments, grams, config, device=None):
+    CALLS.append({"method": "halfzero", "moments": list(second_moments), "grams": list(grams), "config": config})
+    return _halves(weights, config)
+
+
+def gramspy_compress(weights, second_moments, grams, config, device=None):
+    CALLS.append({"method": "gramspy", "moments": list(second_moments), "grams": list(grams), "config": config})
+    return _halves(weights, config)
+
+
+HALFZERO = Method(name="halfzero", description="test only: keep the larger half of each row by |W_ij|",
+                  budget_note=HALFZERO_NOTE, statistics="none")
+GRAMSPY = Method(name="gramspy", description="test only: halfzero, handed the full input Gram",
+                 budget_note="as halfzero", statistics="gram")
+
+
+@pytest.fixture
+def halfzero():
+    CALLS.clear()
+    registry.register(HALFZERO)(halfzero_compress)
+    yield registry.get("halfzero")
+    registry.unregister("halfzero")
+    CALLS.clear()
+
+
+@pytest.fixture
+def gramspy():
+    CALLS.clear()
+    registry.register(GRAMSPY)(gramspy_compress)
+    yield registry.get("gramspy")
+    registry.unregister("gramspy")
+    CALLS.clear()
+
+
+def assert_halfzero_run(run_or_factors, layers):
+    """Every matrix keeps exactly the larger half of each row by |W|, rank 0."""
+    for rec in layers:
+        f = run_or_factors(rec)
+        d_out, d_in = f["weight"].shape
+        assert rec.rank == 0 and f["u"].shape[1] == 0
+        assert rec.nnz == d_out * (d_in // 2)
+        assert torch.equal(f["sparse"].float(), keep_larger_half(f["weight"])), rec.qualname
+
+
+# ----------------------------------------------------------------------------- the registry itself
+
+
+def test_builtins_are_registered_in_order_with_their_records():
+    assert registry.names()[:5] == BUILTIN and list(METHODS)[:5] == BUILTIN
+    statistics = {m.name: m.statistics for m in registry.all_methods()}
+    assert statistics == {"oats": "diagonal", "wanda": "diagonal", "sparsegpt": "gram", "magnitude": "none",
+                          "lowrank": "diagonal"}
+    assert [registry.get(n).scaled for n in BUILTIN] == [True, True, True, False, True]
+    assert [run_modes(n) for n in BUILTIN] == [("dense", "both", "sparse", "lowrank")] + [("dense", "both")] * 4
+    assert [n for n in BUILTIN if registry.get(n).iterative] == ["oats"]
+    assert [n for n in BUILTIN if registry.get(n).uses_rank_ratio] == ["oats"]
+    assert [registry.get(n).decompose_config(CFG).rank_ratio for n in BUILTIN] == [0.25, 0.0, 0.0, 0.0, 0.25]
+    assert METHODS["wanda"] == "sparse only: keep the largest |W_ij| * ||X_j|| per row (OATS with rank ratio 0)"
+    assert BUDGET_NOTES["lowrank"].startswith("no sparse term; rank r = floor((1-rho) d_out d_in")
+    # manifests pass the config as a namespace, and runs of methods not registered here still read
+    assert registry.used_rank_ratio("oats", type("C", (), {"rank_ratio": 0.3})()) == 0.3
+    assert registry.used_rank_ratio("svdllm", CFG) == 0.0 and run_modes("svdllm") == ("dense", "both")
+
+
+def test_unknown_method_is_one_config_error_line_with_the_choices(halfzero, capsys):
+    with pytest.raises(ConfigError) as e:
+        registry.get("nope")
+    assert str(e.value) == ("unknown method 'nope': choose one of oats, wanda, sparsegpt, magnitude, lowrank, "
+                            "halfzero")
+    with pytest.raises(ConfigError, match="unknown method 'nope': choose one of oats, .*, halfzero$"):
+        compress_model(tiny_llama(layers=1), batches(), CFG, method="nope")
+    assert_cli_fails(["compress", "minilm-l6", "--method", "nope"], "unknown method 'nope': choose one of", capsys)
+    assert_cli_fails(["sweep", "minilm-l6", "--methods", "halfzero,nope"], "unknown method 'nope' in --methods: "
+                     "choose among oats, wanda, sparsegpt, magnitude, lowrank, halfzero", capsys)
+
+
+def test_registering_checks_the_record_and_unregistering_removes_it_everywhere(halfzero):
+    assert "halfzero" in METHODS and BUDGET_NOTES["halfzero"] == HALFZERO_NOTE and len(METHODS) == 6
+    assert halfzero.compress is halfzero_compress and not halfzero.scaled and not halfzero.two_terms
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(HALFZERO)(halfzero_compress)
+    for bad in (dict(name="dense"), dict(name="a b"), dict(statistics="full"), dict(run_modes=("both",)),
+                dict(run_modes=("dense", "both", "fast"))):
+        with pytest.raises(ValueError):
+            Method(**{"name": "x", "description": "d", "budget_note": "b", **bad})
+    with pytest.raises(ValueError, match="no compress function"):
+        Method(name="x", description="d", budget_note="b").decompose([], [], [], CFG)
+    registry.unregister("halfzero")
+    assert registry.names() == BUILTIN and "halfzero" not in METHODS and "halfzero" not in BUDGET_NOTES
+    with pytest.raises(ConfigError, match="choose one of oats, wanda, sparsegpt, magnitude, lowrank$"):
+        registry.get("halfzero")
+
+
+# ----------------------------------------------------------------------------- statistics drive the pipeline
+
+
+def test_the_record_decides_which_statistics_the_method_is_handed(halfzero, gramspy):
+    model = tiny_llama(layers=1)
+    run = compress_model(model, batches(), CFG, method="gramspy")
+    (call,) = CALLS
+    assert len(call["grams"]) == len(run.layers) == 7
+    for rec, m2, g in zip(run.layers, call["moments"], call["grams"]):
+        d_in = rec.shape[1]
+        assert g is not None and tuple(g.shape) == (d_in, d_in)
+        assert torch.allclose(torch.diagonal(g), m2, rtol=1e-5, atol=1e-7)  # the Gram's diagonal: the moments
+        assert torch.allclose(m2, run.input_sq_norms[rec.qualname])
+    assert call["config"].rank_ratio == 0.0  # the default decompose_config: rank 0
+    CALLS.clear()
+    run = compress_model(tiny_llama(layers=1), batches(), CFG, method="halfzero")
+    (call,) = CALLS
+    # statistics "none": neither moments nor Gram reach the method, but the run still records the moments
+    assert call["moments"] == [None] * 7 and call["grams"] == [None] * 7
+    assert len(run.input_sq_norms) == 7
+    assert_halfzero_run(lambda rec: run.factors(rec.qualname), run.layers)
+
+
+def test_the_memory_estimate_counts_a_gram_iff_the_statistics_are_gram(halfzero, gramspy):
+    model = tiny_llama(layers=1)
+    adapter = get_adapter(model)
+    blocks = adapter.blocks(model)
+    est = {n: estimate_compression_memory(adapter, model, blocks, 100, n)
+           for n in ("oats", "wanda", "magnitude", "lowrank", "halfzero", "sparsegpt", "gramspy")}
+    biggest_in = 128  # the down projection's d_in (intermediate size)
+    gram_bytes = biggest_in * biggest_in * 4 * 2
+    plain = est["oats"]["decomposition"]
+    assert all(est[n]["decomposition"] == plain for n in ("wanda", "magnitude", "lowrank", "halfzero"))
+    assert est["sparsegpt"]["decomposition"] == est["gramspy"]["decomposition"] == plain + gram_bytes
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        estimate_compression_memory(adapter, model, blocks, 100, "nope")
+
+
+# ----------------------------------------------------------------------------- CLI, sweep, app
+
+
+def test_cli_lists_and_runs_a_registered_method(halfzero, tmp_path, capsys):
+    from test_bad_input import CALIB, _llm_folder
+    with pytest.raises(SystemExit) as e:
+        cli_main(["compress", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "oats (default), wanda, sparsegpt, magnitude, lowrank or halfzero" in text
+    with pytest.raises(SystemExit):
+        cli_main(["sweep", "--help"])
+    assert "lowrank, halfzero (default: all)" in " ".join(capsys.readouterr().out.split())
+
+    folder = _llm_folder(tmp_path / "llm")
+    out = tmp_path / "runs" / "half"
+    assert cli_main(["compress", str(folder), "--method", "halfzero", "--out", str(out), *CALIB]) == 0
+    printed = capsys.readouterr().out
+    assert f"saved to {out}" in printed and "compression 50.0%" in printed
+    m = read_manifest(out)
+    assert m["complete"] and m["method"] == "halfzero" and m["budget_note"] == HALFZERO_NOTE
+    from oats.models import zoo
+    run = load_run(out, model=zoo.load_model(str(folder)).model)
+    assert run.method == "halfzero" and len(run.layers) == 14
+    assert_halfzero_run(lambda rec: run.factors(rec.qualname), run.layers)
+
+
+def test_sweep_plans_and_runs_a_registered_method(halfzero, tmp_path):
+    specs = plan("tiny-lm", "oats,halfzero", "0.4,0.6", "0.2,0.3")
+    assert [(s.method, s.config.compression, s.rank_ratio) for s in specs] == [
+        ("oats", 0.4, 0.2), ("oats", 0.4, 0.3), ("oats", 0.6, 0.2), ("oats", 0.6, 0.3),
+        ("halfzero", 0.4, 0.0), ("halfzero", 0.6, 0.0)]
+    # not iterative: iterations and solver are not part of its run name, nor of the match
+    spec = CompressRequest("tiny-lm", CFG.replace(iterations=5, solver="exact"), "halfzero")
+    assert spec.folder_name() == "tiny-lm-halfzero-c0.5-k0-row"
+    assert spec.same_run({"method": "halfzero", "model_name": "tiny-lm", "config": CFG.to_dict()})
+    assert plan("m", registry.names(), "0.5", "0.25")[-1].method == "halfzero"
+    # a folder name for any method name, registered or not (the app names a job before it validates)
+    assert CompressRequest("m", CFG.replace(iterations=5), "svdllm").folder_name() == "m-svdllm-c0.5-k0-row"
+
+    res = sweep("tiny-lm", "halfzero", [0.5], [0.25], root=tmp_path, loaded=tiny_loaded(), **KW)
+    assert res.computed == ["tiny-lm-halfzero-c0.5-k0-row-cal4x32s0"]
+    dense, half = res.rows
+    assert (half["method"], half["mode"], half["rank_ratio"], half["compression"]) == ("halfzero", "both", 0.0, 0.5)
+    assert math.isfinite(half["perplexity"]) and half["perplexity"] != dense["perplexity"]
+    m = json.loads((tmp_path / res.computed[0] / "manifest.json").read_text())
+    assert m["method"] == "halfzero" and all(layer["rank"] == 0 for layer in m["layers"])
+    again = sweep("tiny-lm", "halfzero", [0.5], [0.25], root=tmp_path, loaded=tiny_loaded(), **KW)
+    assert again.reused == res.computed and not again.computed
+    assert again.rows[1]["perplexity"] == pytest.approx(half["perplexity"], rel=1e-6)
+
+
+def test_app_method_list_includes_a_registered_method(halfzero):
+    from ui.state import method_choices, method_help
+    choices = method_choices()
+    assert list(choices) == BUILTIN + ["halfzero"]
+    assert choices["halfzero"] == "test only: keep the larger half of each row by |W_ij|"
+    assert "- **halfzero**: test only: keep the larger half of each row by |W_ij|" in method_help().splitlines()
+    registry.unregister("halfzero")
+    assert list(method_choices()) == BUILTIN
+
+
+def test_the_test_methods_are_gone_afterwards():
+    assert registry.names() == BUILTIN and list(METHODS) == BUILTIN and list(BUDGET_NOTES) == BUILTIN
