@@ -83,7 +83,7 @@ def cmd_compress(args) -> int:
     from oats.models import zoo
     from oats.compress.allocation import Owl, parse_allocation
     from oats.config import OatsConfig
-    from oats.runs.folders import RunWriter, check_run_model, load_run
+    from oats.runs.folders import RunInfo, RunWriter, check_run_model, load_run
     from oats.compress.pipeline import compress_model, method_config
     from oats.validate import check_resumable
 
@@ -94,7 +94,7 @@ def cmd_compress(args) -> int:
         if out is None:
             return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
         resume_manifest = check_resumable(out)
-        check_run_model(out, resume_manifest, args.model)
+        check_run_model(out, RunInfo.from_manifest(resume_manifest, out), args.model)
         config = OatsConfig(**resume_manifest["config"])
         method = resume_manifest["method"]
         calib = resume_manifest.get("calibration_request", calib)
@@ -216,16 +216,16 @@ def _eval_source(args):
 def cmd_evaluate(args) -> int:
     from oats.models import zoo
     from oats.evaluation import evaluate, run_modes
-    from oats.runs.folders import check_run_model, load_run, read_manifest
+    from oats.runs.folders import RunInfo, check_run_model, load_run
 
     folder = Path(args.run_dir)
-    m = read_manifest(folder)
-    if not m.get("complete"):
-        return _fail(f"run '{folder}' is unfinished: finish it with 'oats compress {m['model_name']} --out {folder} "
+    info = RunInfo.read(folder)
+    if not info.complete:
+        return _fail(f"run '{folder}' is unfinished: finish it with 'oats compress {info.model_name} --out {folder} "
                      f"--resume' first")
-    name = args.model or m["model_name"]
-    check_run_model(folder, m, name)
-    modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(m["method"])
+    name = args.model or info.model_name
+    check_run_model(folder, info, name)
+    modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(info.method)
     from oats.evaluation import _check_modes
     _check_modes(modes)
     text, image_folder = _eval_source(args)
@@ -236,9 +236,9 @@ def cmd_evaluate(args) -> int:
     run.loaded = loaded
     ev = evaluate(run, loaded, modes=modes, quick=args.quick, text=text, image_folder=image_folder)
     _STATUS.clear()
-    cfg = m["config"]
-    print(_dump_json({"run": str(folder), "model": m["model_name"], "method": m["method"],
-                      "compression": cfg["compression"], "rank_ratio": cfg["rank_ratio"], "sparsity": cfg["sparsity"],
+    cfg = info.config
+    print(_dump_json({"run": str(folder), "model": info.model_name, "method": info.method,
+                      "compression": cfg.compression, "rank_ratio": cfg.rank_ratio, "sparsity": cfg.sparsity,
                       "task": ev.task, "primary_metric": ev.primary, "higher_is_better": ev.higher_is_better,
                       "metrics": ev.metrics, "settings": ev.settings, "time_s": round(ev.time_s, 2)}))
     return 0
@@ -294,7 +294,7 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in '{root}': make one with 'oats compress MODEL'")
         return 0
-    _print_table([{"name": r["name"], "status": r["status"], "model": r.get("model", ""),
+    _print_table([{"name": r["name"], "status": r["status"], "model": r.get("model_name", ""),
                    "method": r.get("method", ""), "compression": r.get("compression", ""),
                    "rank_ratio": r.get("rank_ratio", ""), "problem": r.get("problem", "")} for r in runs])
     return 0

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
-                       evaluation_missing_note, layer_budget, manifest, primary_metric, run_mtime, run_task, table)
+                       evaluation_missing_note, layer_budget, primary_metric, run_mtime, run_info, run_task, table)
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
@@ -36,7 +36,7 @@ if run is not None:
               key="convergence")
 
     st.subheader("Per-block ablation")
-    pm = primary_metric(run_task(manifest(path)) or "")
+    pm = primary_metric(run_task(run_info(path)) or "")
     if pm is None:
         evaluation_missing_note()
     elif run.method != "oats":
