@@ -18,6 +18,7 @@ from oats.core.decompose import Decomposition, History, decompose, decompose_man
 from oats.errors import (ConfigError, DataError, ModelLoadError, OatsError, ResourceError, RunError,
                      UnsupportedModelError)
 from oats.runs.folders import list_runs, load_run, save_run
+from oats.runs.info import RunInfo
 from oats.core.linear import OatsLinear, set_mode, use_mode
 from oats.methods import BUDGET_NOTES, METHODS
 from oats.compress.pipeline import compress_model
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "OatsConfig", "Decomposition", "History", "decompose", "decompose_many", "rank_budget", "row_keep",
     "ConfigError", "DataError", "ModelLoadError", "OatsError", "ResourceError", "RunError", "UnsupportedModelError",
-    "list_runs", "load_run", "save_run", "OatsLinear", "set_mode", "use_mode", "METHODS",
+    "list_runs", "load_run", "save_run", "RunInfo", "OatsLinear", "set_mode", "use_mode", "METHODS",
     "CompressionRun", "compress_model", "BUDGET_NOTES",
     "evaluate", "evaluate_model", "evaluate_run", "Evaluation", "PRIMARY_METRIC",
 ]

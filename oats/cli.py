@@ -86,6 +86,7 @@ def cmd_compress(args) -> int:
     from oats.runner.execute import execute
     from oats.runner.request import CompressRequest, request_from_manifest, slug
     from oats.runs.folders import check_resumable, check_run_model
+    from oats.runs.info import RunInfo
 
     out = Path(args.out) if args.out else None
     options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False)
@@ -94,7 +95,7 @@ def cmd_compress(args) -> int:
         if out is None:
             return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
         manifest = check_resumable(out)
-        check_run_model(out, manifest, args.model)
+        check_run_model(out, RunInfo.from_manifest(manifest, out), args.model)
         request = request_from_manifest(manifest, **options)
         resumed = len(manifest.get("blocks", []))
     else:
@@ -204,16 +205,16 @@ def _eval_source(args):
 def cmd_evaluate(args) -> int:
     from oats.models import zoo
     from oats.evaluation import evaluate, run_modes
-    from oats.runs.folders import check_run_model, load_run, read_manifest
+    from oats.runs.folders import RunInfo, check_run_model, load_run
 
     folder = Path(args.run_dir)
-    m = read_manifest(folder)
-    if not m.get("complete"):
-        return _fail(f"run '{folder}' is unfinished: finish it with 'oats compress {m['model_name']} --out {folder} "
+    info = RunInfo.read(folder)
+    if not info.complete:
+        return _fail(f"run '{folder}' is unfinished: finish it with 'oats compress {info.model_name} --out {folder} "
                      f"--resume' first")
-    name = args.model or m["model_name"]
-    check_run_model(folder, m, name)
-    modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(m["method"])
+    name = args.model or info.model_name
+    check_run_model(folder, info, name)
+    modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(info.method)
     from oats.evaluation import _check_modes
     _check_modes(modes)
     text, image_folder = _eval_source(args)
@@ -224,9 +225,9 @@ def cmd_evaluate(args) -> int:
     run.loaded = loaded
     ev = evaluate(run, loaded, modes=modes, quick=args.quick, text=text, image_folder=image_folder)
     _STATUS.clear()
-    cfg = m["config"]
-    print(_dump_json({"run": str(folder), "model": m["model_name"], "method": m["method"],
-                      "compression": cfg["compression"], "rank_ratio": cfg["rank_ratio"], "sparsity": cfg["sparsity"],
+    cfg = info.config
+    print(_dump_json({"run": str(folder), "model": info.model_name, "method": info.method,
+                      "compression": cfg.compression, "rank_ratio": cfg.rank_ratio, "sparsity": cfg.sparsity,
                       "task": ev.task, "primary_metric": ev.primary, "higher_is_better": ev.higher_is_better,
                       "metrics": ev.metrics, "settings": ev.settings, "time_s": round(ev.time_s, 2)}))
     return 0
@@ -282,7 +283,7 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in '{root}': make one with 'oats compress MODEL'")
         return 0
-    _print_table([{"name": r["name"], "status": r["status"], "model": r.get("model", ""),
+    _print_table([{"name": r["name"], "status": r["status"], "model": r.get("model_name", ""),
                    "method": r.get("method", ""), "compression": r.get("compression", ""),
                    "rank_ratio": r.get("rank_ratio", ""), "problem": r.get("problem", "")} for r in runs])
     return 0

@@ -1,15 +1,13 @@
 """Compare: sweeps of methods x compression rates, and runs side by side layer by layer."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import streamlit as st
 
-from ui.state import chart, complete_runs, current_path, primary_metric, run_task, manifest, table
+from ui.state import chart, complete_runs, current_path, primary_metric, run_info, run_task, table
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
-from oats.methods import registry
 from oats.runs.evaluations import read_evaluation
 from oats.runner.sweep import list_sweeps, load_results
 
@@ -53,8 +51,8 @@ if not runs:
 else:
     by_path = {r["path"]: r for r in runs}
     cur = current_path()
-    model = by_path[cur]["model"] if cur in by_path else runs[-1]["model"]
-    same = [r["path"] for r in runs if r["model"] == model]
+    model = by_path[cur]["model_name"] if cur in by_path else runs[-1]["model_name"]
+    same = [r["path"] for r in runs if r["model_name"] == model]
     chosen = st.multiselect("Runs (same model compare best)", list(by_path), default=same[-6:],
                             format_func=lambda p: f"{by_path[p]['name']} ({by_path[p]['method']})")
     if not chosen:
@@ -72,13 +70,13 @@ else:
             chart(figures.layer_compare_figure(rows, value), key="layers")
             summary = []
             for p in chosen:
-                m = manifest(p)
-                s = analysis.run_summary(m)
-                row = {"run": Path(p).name, "model": m["model_name"], "method": m["method"],
-                       "compression": round(s["compression"], 4), "rank_ratio": registry.used_rank_ratio(m["method"], SimpleNamespace(**m["config"])),
+                info = run_info(p)
+                s = analysis.run_summary(info)
+                row = {"run": Path(p).name, "model": info.model_name, "method": info.method,
+                       "compression": round(s["compression"], 4), "rank_ratio": info.rank_ratio,
                        "median_scaled_error": round(s["median_scaled_error"], 5), "time_s": s["total_s"]}
                 ev = read_evaluation(p)
-                pm = primary_metric(run_task(m) or "")
+                pm = primary_metric(run_task(info) or "")
                 if ev and pm and pm[0] in ev["results"].get("both", {}):
                     row[f"{pm[0]} (compressed)"] = ev["results"]["both"][pm[0]]
                 summary.append(row)

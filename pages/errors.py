@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
-                       layer_budget, manifest, primary_metric, run_mtime, run_task, table)
+                       layer_budget, primary_metric, run_info, run_mtime, run_task, table)
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
@@ -37,7 +37,7 @@ if run is not None:
               key="convergence")
 
     st.subheader("Per-block ablation")
-    pm = primary_metric(run_task(manifest(path)) or "")
+    pm = primary_metric(run_task(run_info(path)) or "")
     method = registry.find(run.method)
     if pm is None:
         st.info("This run's manifest does not name its model's task (a run saved with oats.save_run), so there "

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import streamlit as st
 
-from ui.state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached, manifest,
-                       method_choices, method_help, primary_metric, run_mtime, run_task, table)
+from ui.state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached,
+                       method_choices, method_help, primary_metric, run_info, run_mtime, run_task, table)
 from oats.explain import analysis
 from ui import figures
 from oats.config import OatsConfig
 from oats.errors import OatsError
 from oats.runs.folders import runs_root
-from oats.methods import registry
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, request_from_manifest
@@ -198,12 +196,13 @@ def saved_runs() -> None:
     if not runs:
         st.info(f"No run yet in `{runs_root()}` — compress a model above (or with `oats compress minilm-l6`).")
         return
-    cols = ["name", "status", "model", "method", "compression", "rank_ratio", "sparsity", "blocks_done", "created",
-            "problem"]
-    rows = [{c: r.get(c, "") for c in cols} for r in runs]
-    for row in rows:  # the rank ratio the method actually used (0 for sparse-only methods)
-        if row["method"]:
-            row["rank_ratio"] = registry.used_rank_ratio(row["method"], SimpleNamespace(rank_ratio=row["rank_ratio"]))
+    cols = {"name": "name", "status": "status", "model": "model_name", "method": "method",
+            "compression": "compression", "rank_ratio": "rank_ratio", "sparsity": "sparsity",
+            "blocks_done": "blocks_done", "created": "created", "problem": "problem"}
+    rows = [{c: r.get(key, "") for c, key in cols.items()} for r in runs]
+    for row, r in zip(rows, runs):  # the rank ratio the method actually used (0 for sparse-only methods)
+        if r["info"] is not None:
+            row["rank_ratio"] = r["info"].rank_ratio
     table(rows, "runs", key="csv-runs", height=min(400, 38 + 35 * len(runs)))
     names = {r["path"]: r for r in runs}
     a, b = st.columns([3, 1])
@@ -220,7 +219,7 @@ def saved_runs() -> None:
     elif r["status"] == "unfinished":
         if b.button("Resume", icon=":material/play_arrow:"):
             try:
-                req = request_from_manifest(manifest(pick))
+                req = request_from_manifest(run_info(pick).to_manifest())
             except (OatsError, KeyError) as e:
                 st.error(f"Cannot resume '{r['name']}': {e}. Delete the folder and compress again.")
                 return
@@ -243,16 +242,16 @@ def summary() -> None:
     if not path:
         return
     try:
-        m = manifest(path)
+        info = run_info(path)
     except OatsError as e:
         st.error(str(e))
         return
-    s = analysis.run_summary(m)
-    cfg = m["config"]
+    s = analysis.run_summary(info)
+    cfg = info.config
     st.subheader(f"Summary: {Path(path).name}")
-    st.caption(f"{m['model_name']} · {m['method']} · ρ = {cfg['compression']:g} (effective "
-               f"{m.get('effective_compression', cfg['compression']):.3f}) · κ = {cfg['rank_ratio']:g} · "
-               f"{cfg['sparsity']} · {cfg['solver']} solver, ≤ {cfg['iterations']} iterations · "
+    st.caption(f"{info.model_name} · {info.method} · ρ = {cfg.compression:g} (effective "
+               f"{info.effective_compression:.3f}) · κ = {cfg.rank_ratio:g} · "
+               f"{cfg.sparsity} · {cfg.solver} solver, ≤ {cfg.iterations} iterations · "
                f"{s['calibration_tokens'] or '?'} calibration tokens")
     c = st.columns(5)
     c[0].metric("Block-linear parameters, dense", f"{s['params_dense'] / 1e6:.2f} M")
@@ -264,15 +263,15 @@ def summary() -> None:
 
     st.markdown("**Evaluation: dense vs compressed vs sparse-only vs low-rank-only**")
     ev = read_evaluation(path)
-    if ev is None and m.get("sweep"):  # evaluated by the sweep that made it
+    if ev is None and info.sweep:  # evaluated by the sweep that made it
         try:
-            res = analysis.sweep_evaluation(load_results(m["sweep"]), Path(path).name)
-            quick = bool(load_meta(m["sweep"]).get("quick"))
+            res = analysis.sweep_evaluation(load_results(info.sweep), Path(path).name)
+            quick = bool(load_meta(info.sweep).get("quick"))
         except (OatsError, AttributeError):
             res, quick = None, None
         if res:
-            ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(m['sweep']).name}'"}
-    task = run_task(m)
+            ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(info.sweep).name}'"}
+    task = run_task(info)
     if ev is None:
         st.caption("Not evaluated yet (runs made by the app are evaluated when they finish).")
         if st.button("Evaluate the four variants", icon=":material/speed:"):
@@ -300,11 +299,11 @@ def summary() -> None:
 
     left, right = st.columns(2)
     with left:
-        chart(figures.block_time_figure(analysis.block_times(m)), key="time-chart")
+        chart(figures.block_time_figure(analysis.block_times(info)), key="time-chart")
     with right:
         st.markdown("**Per layer**")
-        rows = [{k: l.get(k) for k in ("qualname", "kind", "shape", "rank", "nnz", "params", "scaled_error",
-                                       "output_error", "iterations", "time_s")} for l in m["layers"]]
+        rows = [{k: getattr(l, k) for k in ("qualname", "kind", "shape", "rank", "nnz", "params", "scaled_error",
+                                             "output_error", "iterations", "time_s")} for l in info.layers]
         for r in rows:
             r["shape"] = "×".join(map(str, r["shape"]))
         table(rows, f"{Path(path).name}-layers", key="csv-layers", height=360)

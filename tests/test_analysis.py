@@ -12,7 +12,7 @@ from oats.explain import analysis
 
 from ui import figures
 from oats.core.decompose import input_scale, rank_budget
-from oats.runs.folders import read_manifest
+from oats.runs.folders import RunInfo, read_manifest
 from oats.runner.jobs import JobRunner
 from oats.runner.sweep import plan
 from oats.runner.request import CompressRequest, request_from_manifest
@@ -231,11 +231,11 @@ def test_walkthrough_snapshots_follow_the_solver(run):
 
 def test_manifest_summaries(run, tmp_path):
     save_run(run, tmp_path / "r")
-    m = read_manifest(tmp_path / "r")
-    s = analysis.run_summary(m)
+    info = RunInfo.read(tmp_path / "r")
+    s = analysis.run_summary(info)
     assert s["params_dense"] == run.params_dense and s["params_kept"] == run.params_kept
     assert s["compression"] == pytest.approx(1 - run.params_kept / run.params_dense)
-    times = analysis.block_times(m)
+    times = analysis.block_times(info)
     assert [t["block"] for t in times] == [0, 1]
     assert times[0]["total_s"] == pytest.approx(run.blocks[0].stats_time_s + run.blocks[0].decompose_time_s)
     rows = analysis.layer_errors_from_manifests([tmp_path / "r"])

@@ -28,3 +28,48 @@ def assert_cli_fails(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
+
+
+WORDS = ("the quick brown fox jumps over a lazy dog while python code runs fast and every statement has "
+         "a value that names an object in memory").split()
+
+
+def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0):
+    """A tiny Llama with a word-level tokenizer, saved with ``save_pretrained`` to ``folder``.
+
+    Every weight matrix is drawn from one seeded generator in the order of the sorted
+    parameter names (vectors keep their initial values, ones for the norms), so the same
+    arguments give the same weights whatever transformers' own initialisation does.
+    """
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]")
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name in sorted(params):
+            p = params[name]
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_text(words: int = 400, seed: int = 0) -> str:
+    """Text of the tiny tokenizer's words, for calibration or evaluation."""
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (words,), generator=g))

@@ -16,7 +16,6 @@ import time
 import weakref
 from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
@@ -24,8 +23,8 @@ import streamlit as st
 from oats.explain import analysis
 from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
-from oats.runs.folders import MANIFEST, list_runs, load_run, read_manifest, runs_root
 from oats.methods import registry
+from oats.runs.folders import MANIFEST, RunInfo, list_runs, load_run, runs_root
 
 RUN_KEY = "run_path"      # non-widget keys: they survive page switches
 MODEL_KEY = "model_filter"
@@ -88,13 +87,13 @@ def complete_runs() -> list[dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _manifest(path: str, mtime: float) -> dict:
-    return read_manifest(path)
+def _run_info(path: str, mtime: float) -> RunInfo:
+    return RunInfo.read(path)
 
 
-def manifest(path: str) -> dict:
-    """A run's manifest (cached on its mtime)."""
-    return _manifest(path, run_mtime(path))
+def run_info(path: str) -> RunInfo:
+    """What a run's manifest says (cached on its mtime)."""
+    return _run_info(path, run_mtime(path))
 
 
 # ----------------------------------------------------------------------------- the process heap
@@ -307,9 +306,9 @@ def sidebar() -> None:
             st.caption("No finished run yet — compress a model on the Compress page.")
             st.session_state.pop(RUN_KEY, None)
             return
-        models = list(dict.fromkeys(r["model"] for r in runs))
+        models = list(dict.fromkeys(r["model_name"] for r in runs))
         current = st.session_state.get(RUN_KEY)
-        current_model = next((r["model"] for r in runs if r["path"] == current), None)
+        current_model = next((r["model_name"] for r in runs if r["path"] == current), None)
         options = [ALL_MODELS] + models
         wanted = st.session_state.get(MODEL_KEY, ALL_MODELS)
         if current_model is not None and wanted not in (ALL_MODELS, current_model):
@@ -317,10 +316,10 @@ def sidebar() -> None:
         model = st.selectbox("Model", options, index=options.index(wanted) if wanted in options else 0,
                              help="Show the runs of one model only.")
         st.session_state[MODEL_KEY] = model
-        shown = [r for r in runs if model == ALL_MODELS or r["model"] == model]
+        shown = [r for r in runs if model == ALL_MODELS or r["model_name"] == model]
         paths = [r["path"] for r in shown]
         labels = {r["path"]: f"{r['name']} ({r['method']}, ρ={r['compression']:g}, "
-                             f"κ={registry.used_rank_ratio(r['method'], SimpleNamespace(**r)):g})" for r in shown}
+                             f"κ={r['info'].rank_ratio:g})" for r in shown}
         newest = max(range(len(shown)), key=lambda i: shown[i].get("created", ""))
         index = paths.index(current) if current in paths else newest
         choice = st.selectbox("Run", paths, index=index, format_func=labels.get,
@@ -445,13 +444,13 @@ def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank
     return analysis.walkthrough(f["weight"], run.input_sq_norms[qualname] if scaled else None, config)
 
 
-def run_task(m: dict) -> str | None:
-    """causal-lm, encoder or vision for a run's manifest (recorded by the CLI and the app;
-    for other runs, the preset's task)."""
+def run_task(info: RunInfo) -> str | None:
+    """causal-lm, encoder or vision for a run (recorded by the CLI and the app; for other
+    runs, the preset's task)."""
     from oats.models.zoo import PRESETS
-    if m.get("task"):
-        return m["task"]
-    preset = PRESETS.get(m.get("model_name", ""))
+    if info.task:
+        return info.task
+    preset = PRESETS.get(info.model_name)
     return preset.task if preset else None
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -23,8 +22,7 @@ import torch
 from oats.config import OatsConfig
 from oats.core.decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
 from oats.resources import one_thread
-from oats.runs.folders import read_manifest
-from oats.methods.registry import used_rank_ratio
+from oats.runs.info import RunInfo
 
 HEAT_MAX = 256  # heatmaps are pooled to at most this many rows and columns
 
@@ -500,38 +498,32 @@ def walkthrough(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, confi
 # ----------------------------------------------------------------------------- runs and sweeps
 
 
-def run_summary(manifest: dict) -> dict:
+def run_summary(info: RunInfo) -> dict:
     """Headline numbers of a run from its manifest (no model load)."""
-    p = manifest.get("params", {})
-    dense, kept = p.get("dense", 0), p.get("kept", 0)
-    errs = sorted(l["scaled_error"] for l in manifest.get("layers", []))
-    t = manifest.get("timings", {})
-    return {"params_dense": dense, "params_kept": kept, "compression": 1 - kept / dense if dense else float("nan"),
-            "matrices": len(manifest.get("layers", [])), "blocks": len(manifest.get("blocks", [])),
+    errs = sorted(l.scaled_error for l in info.layers)
+    return {"params_dense": info.params_dense, "params_kept": info.params_kept,
+            "compression": info.compression_achieved, "matrices": len(info.layers), "blocks": len(info.blocks),
             "median_scaled_error": errs[len(errs) // 2] if errs else float("nan"),
-            "total_s": t.get("total_s"), "calibration_tokens": manifest.get("calibration", {}).get("tokens")}
+            "total_s": info.timings.get("total_s"), "calibration_tokens": info.calibration.get("tokens")}
 
 
-def block_times(manifest: dict) -> list[dict]:
+def block_times(info: RunInfo) -> list[dict]:
     """Per block: seconds spent collecting statistics and decomposing."""
-    return [{"block": b["index"], "statistics_s": b["stats_time_s"], "decompose_s": b["decompose_time_s"],
-             "total_s": b["stats_time_s"] + b["decompose_time_s"]}
-            for b in sorted(manifest.get("blocks", []), key=lambda b: b["index"])]
+    return [{"block": b.index, "statistics_s": b.stats_time_s, "decompose_s": b.decompose_time_s,
+             "total_s": b.stats_time_s + b.decompose_time_s}
+            for b in sorted(info.blocks, key=lambda b: b.index)]
 
 
 def layer_errors_from_manifests(folders: Iterable[str | Path]) -> list[dict]:
     """Per-layer scaled and output errors of several runs, for comparison (manifests only)."""
     rows = []
     for f in folders:
-        m = read_manifest(f)
-        cfg = m["config"]
+        info = RunInfo.read(f)
         label = f"{Path(f).name}"
-        for l in m["layers"]:
-            rows.append({"run": label, "method": m["method"], "compression": cfg["compression"],
-                         "rank_ratio": used_rank_ratio(m["method"], SimpleNamespace(**cfg)),
-                         "layer": l.get("qualname", f"{l['block']}.{l['name']}"),
-                         "block": l["block"], "name": l["name"], "scaled_error": l["scaled_error"],
-                         "output_error": l.get("output_error")})
+        for l in info.layers:
+            rows.append({"run": label, "method": info.method, "compression": info.config.compression,
+                         "rank_ratio": info.rank_ratio, "layer": l.qualname, "block": l.block, "name": l.name,
+                         "scaled_error": l.scaled_error, "output_error": l.output_error})
     return rows
 
 

@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import tempfile
-import time
-from dataclasses import asdict
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +24,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
-from oats.config import OatsConfig
+from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear
-from oats.errors import ConfigError, OatsError, RunError
-from oats.methods import BUDGET_NOTES
+from oats.errors import OatsError, RunError
 from oats.models import zoo
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
+from oats.runs.info import FORMAT, MANIFEST, RunInfo, read_json
 
-FORMAT = 1
-MANIFEST = "manifest.json"
+__all__ = ["FORMAT", "MANIFEST", "RUNS_ENV", "RunInfo", "RunWriter", "apply_factors", "atomic_save_tensors",
+           "atomic_write_bytes", "block_tensors", "check_run_model", "list_runs", "load_run", "manifest_dict",
+           "read_manifest", "runs_root", "save_run", "run_dir", "check_resumable", "clear_run_folder"]
+
 RUNS_ENV = "OATS_RUNS_DIR"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -62,16 +59,6 @@ def run_dir(root: str | Path, name: str) -> Path:
     if folder.resolve().parent != root.resolve():
         raise RunError(f"run name {text!r} leads outside the runs folder '{root}': choose another name")
     return folder
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("transformers", "timm", "oats-explorer"):
-        try:
-            out[pkg] = version(pkg)
-        except Exception:
-            pass
-    return out
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -136,30 +123,8 @@ def block_tensors(run: CompressionRun, block: int) -> dict[str, torch.Tensor]:
 
 
 def manifest_dict(run: CompressionRun, complete: bool, extra: dict | None = None) -> dict:
-    mods = run.modules()
-    paths = dict.fromkeys(r.path for r in run.layers)
-    return {
-        "format": FORMAT,
-        "complete": complete,
-        "model_name": run.model_name,
-        "family": run.family,
-        "method": run.method,
-        "config": run.config.to_dict(),
-        "effective_compression": run.config.effective_compression,
-        "budget_note": BUDGET_NOTES.get(run.method, ""),
-        "block_rates": run.block_rates,
-        "allocation": run.allocation,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "versions": _versions(),
-        "calibration": run.calibration,
-        "timings": run.timings,
-        "params": {"dense": run.params_dense, "kept": run.params_kept},
-        "blocks_done": [b.index for b in run.blocks],
-        "blocks": [asdict(b) for b in run.blocks],
-        "layers": [r.to_dict() for r in run.layers],
-        "modules": {p: {"shape": list(mods[p].weight.shape), "rank": mods[p].rank} for p in paths},
-        **(extra or {}),
-    }
+    """The manifest's JSON object for ``run`` as it stands (``RunInfo.of_run(...).to_manifest()``)."""
+    return RunInfo.of_run(run, complete, extra).to_manifest()
 
 
 class RunWriter:
@@ -198,23 +163,10 @@ def save_run(run: CompressionRun, folder: str | Path, extra: dict | None = None)
 
 
 def read_manifest(folder: str | Path) -> dict:
-    """The manifest of a run folder; RunError (one line) when missing or damaged."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RunError(f"run folder '{folder}' does not exist: give the folder written by 'oats compress --out'")
-    p = folder / MANIFEST
-    if not p.is_file():
-        raise RunError(f"'{folder}' is not a run folder (no {MANIFEST}): give the folder written by 'oats compress --out'")
-    try:
-        m = json.loads(p.read_text())
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise ValueError("unknown format")
-        for key in ("model_name", "config", "layers", "blocks", "method"):
-            if key not in m:
-                raise ValueError(f"missing {key}")
-        OatsConfig(**m["config"])
-    except (ValueError, TypeError, ConfigError) as e:
-        raise RunError(f"run folder '{folder}' has a damaged manifest ({e}): delete it and compress again") from None
+    """The manifest of a run folder as its JSON object, checked as ``RunInfo.read`` checks it;
+    RunError (one line) when missing, damaged or written by a newer format."""
+    m = read_json(folder)
+    RunInfo.from_manifest(m, folder)
     return m
 
 
@@ -226,11 +178,11 @@ def check_resumable(folder: str | Path) -> dict:
     return m
 
 
-def apply_factors(model: torch.nn.Module, folder: str | Path, manifest: dict) -> None:
+def apply_factors(model: torch.nn.Module, folder: str | Path, info: RunInfo) -> None:
     """Replace the model's linears with OatsLinear modules holding the run's factors."""
     folder = Path(folder)
-    get_adapter(model, allow_generic=manifest.get("family") == "generic")  # fails clearly on a foreign model
-    for b in manifest["blocks_done"]:
+    get_adapter(model, allow_generic=info.family == "generic")  # fails clearly on a foreign model
+    for b in info.blocks_done:
         f = folder / f"block_{b:03d}.safetensors"
         if not f.is_file():
             raise RunError(f"run folder '{folder}' is missing {f.name}: the run is damaged, compress again")
@@ -238,18 +190,18 @@ def apply_factors(model: torch.nn.Module, folder: str | Path, manifest: dict) ->
             tensors = load_file(str(f))
         except (SafetensorError, OSError, Exception) as e:
             raise RunError(f"run folder '{folder}': {f.name} is unreadable ({type(e).__name__}): compress again") from None
-        for path, info in manifest["modules"].items():
+        for path, mod in info.modules.items():
             if f"{path}.u" not in tensors:
                 continue
             try:
                 old = model.get_submodule(path)
             except AttributeError:
-                raise RunError(f"run folder '{folder}' was made for '{manifest['model_name']}': this model has no "
+                raise RunError(f"run folder '{folder}' was made for '{info.model_name}': this model has no "
                                f"layer '{path}'") from None
             w = weight_of(old)
-            if list(w.shape) != list(info["shape"]):
-                raise RunError(f"run folder '{folder}' was made for '{manifest['model_name']}': layer '{path}' "
-                               f"is {tuple(info['shape'])} there but {tuple(w.shape)} in this model")
+            if list(w.shape) != list(mod.shape):
+                raise RunError(f"run folder '{folder}' was made for '{info.model_name}': layer '{path}' "
+                               f"is {tuple(mod.shape)} there but {tuple(w.shape)} in this model")
             try:
                 sparse = _unpack_sparse(tensors[f"{path}.sparse_values"], tensors[f"{path}.sparse_mask"], tuple(w.shape))
             except (KeyError, ValueError):
@@ -259,10 +211,10 @@ def apply_factors(model: torch.nn.Module, folder: str | Path, manifest: dict) ->
             set_submodule(model, path, new.to(w.device))
 
 
-def check_run_model(folder: str | Path, manifest: dict, model_name: str) -> None:
+def check_run_model(folder: str | Path, info: RunInfo, model_name: str) -> None:
     """RunError when a run folder was made for another model than ``model_name``."""
-    if model_name and manifest.get("model_name") != model_name:
-        raise RunError(f"run folder '{folder}' was made for '{manifest.get('model_name')}', not '{model_name}': "
+    if model_name and info.model_name != model_name:
+        raise RunError(f"run folder '{folder}' was made for '{info.model_name}', not '{model_name}': "
                        "use the run's own model, or another run folder")
 
 
@@ -275,32 +227,33 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
     model was loaded by; a run made for another name is refused before anything changes.
     """
     folder = Path(folder)
-    m = read_manifest(folder)
-    check_run_model(folder, m, model_name or "")
-    if not m.get("complete") and not allow_partial:
-        raise RunError(f"run '{folder.name}' is unfinished ({len(m.get('blocks_done', []))} blocks done): "
+    info = RunInfo.read(folder)
+    check_run_model(folder, info, model_name or "")
+    if not info.complete and not allow_partial:
+        raise RunError(f"run '{folder.name}' is unfinished ({len(info.blocks_done)} blocks done): "
                        f"resume it with 'oats compress --resume' or delete it")
     loaded = None
     if model is None:
-        loaded = zoo.load_model(m["model_name"])
+        loaded = zoo.load_model(info.model_name)
         model = loaded.model
-    apply_factors(model, folder, m)
+    apply_factors(model, folder, info)
     m2: dict[str, torch.Tensor] = {}
-    for b in m["blocks_done"]:
+    for b in info.blocks_done:
         t = load_file(str(folder / f"block_{b:03d}.safetensors"))
         m2.update({k[:-3]: v for k, v in t.items() if k.endswith(".m2")})
     return CompressionRun(
-        model=model, model_name=m["model_name"], family=m.get("family", ""), method=m["method"],
-        config=OatsConfig(**m["config"]), layers=[LayerRecord.from_dict(d) for d in m["layers"]],
-        blocks=[BlockRecord(**d) for d in m["blocks"]], input_sq_norms=m2,
-        calibration=m.get("calibration", {}), timings=m.get("timings", {}), loaded=loaded,
-        block_rates=m.get("block_rates"), allocation=m.get("allocation"))
+        model=model, model_name=info.model_name, family=info.family, method=info.method, config=info.config,
+        layers=list(info.layers), blocks=list(info.blocks), input_sq_norms=m2, calibration=dict(info.calibration),
+        timings=dict(info.timings), loaded=loaded,
+        block_rates=list(info.block_rates) if info.block_rates is not None else None, allocation=info.allocation)
 
 
 def list_runs(root: str | Path) -> list[dict]:
-    """Every run folder under ``root``: name, status (complete | unfinished | damaged), summary.
+    """Every run folder under ``root``, one row each: name, path, status (complete | unfinished |
+    damaged), and for a readable run its ``info`` (``RunInfo``) plus the settings as columns
+    (model_name, method, compression, rank_ratio as configured, sparsity, blocks_done, created).
 
-    A damaged folder is reported by name with its problem; the others still list.
+    A damaged folder is reported by name with its ``problem``; the others still list.
     """
     root = Path(root)
     out = []
@@ -310,15 +263,15 @@ def list_runs(root: str | Path) -> list[dict]:
         if not (d / MANIFEST).exists():
             continue
         try:
-            m = read_manifest(d)
+            info = RunInfo.read(d)
         except OatsError as e:
-            out.append({"name": d.name, "path": str(d), "status": "damaged", "problem": str(e)})
+            out.append({"name": d.name, "path": str(d), "status": "damaged", "problem": str(e), "info": None})
             continue
-        cfg = m["config"]
-        out.append({"name": d.name, "path": str(d), "status": "complete" if m.get("complete") else "unfinished",
-                    "model": m["model_name"], "method": m["method"], "compression": cfg["compression"],
-                    "rank_ratio": cfg["rank_ratio"], "sparsity": cfg["sparsity"],
-                    "blocks_done": len(m.get("blocks_done", [])), "created": m.get("created", "")})
+        cfg = info.config
+        out.append({"name": d.name, "path": str(d), "status": info.status, "model_name": info.model_name,
+                    "method": info.method, "compression": cfg.compression, "rank_ratio": cfg.rank_ratio,
+                    "sparsity": cfg.sparsity, "blocks_done": len(info.blocks_done), "created": info.created,
+                    "info": info})
     return out
 
 
