@@ -262,7 +262,7 @@ def cmd_sweep(args) -> int:
     res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
                 solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
                 image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
-                allocation=args.allocation, owl_lambda=args.owl_lambda, owl_threshold=args.owl_m,
+                allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
                 progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr))
     for bar in bars.values():
         bar.close()

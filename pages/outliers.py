@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.state import (chart, column_shares, current_path, current_run, input_moments, layer_picker, mask_density,
+from ui.state import (chart, column_shares, current_path, current_run, second_moments_by_input, layer_picker, mask_density,
                        run_mtime, table)
 from oats.explain import analysis
 from ui import figures
@@ -17,7 +17,7 @@ if run is not None:
     mtime = run_mtime(path)
     threshold = st.slider("Outlier threshold: RMS input above this many times the median channel's", 2.0, 50.0, 5.0,
                           0.5, key="outlier-threshold")
-    mom = input_moments(path, mtime)
+    mom = second_moments_by_input(path, mtime)
     for width in mom.widths():
         labels, m2 = mom.matrix(width)
         chart(figures.moments_heatmap(labels, m2), key=f"moments-{width}")

@@ -433,9 +433,9 @@ def test_bert_padding_is_not_counted():
         other.append(b)
     torch.manual_seed(0)
     run2 = compress_model(model, other, CFG)
-    assert set(run2.input_sq_norms) == set(c.run.input_sq_norms)
-    for q, m2 in c.run.input_sq_norms.items():
-        torch.testing.assert_close(run2.input_sq_norms[q], m2, atol=1e-5, rtol=1e-4, msg=q)
+    assert set(run2.second_moments) == set(c.run.second_moments)
+    for q, m2 in c.run.second_moments.items():
+        torch.testing.assert_close(run2.second_moments[q], m2, atol=1e-5, rtol=1e-4, msg=q)
 
 
 # ----------------------------------------------------------------------------- layouts

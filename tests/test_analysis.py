@@ -78,7 +78,7 @@ def test_layer_spectra_of_a_real_decomposition(run):
     rec = run.layer("1.down")
     sp = analysis.layer_spectra(run, "1.down")
     f = run.factors("1.down")
-    d = input_scale(run.input_sq_norms["1.down"], rec.shape[1], run.config.eps)
+    d = input_scale(run.second_moments["1.down"], rec.shape[1], run.config.eps)
     np.testing.assert_allclose(sp.values["W"], torch.linalg.svdvals(f["weight"].double()).numpy(), rtol=1e-5)
     np.testing.assert_allclose(sp.values["W D"], torch.linalg.svdvals((f["weight"] * d).double()).numpy(), rtol=1e-5)
     assert len(sp.values["L"]) == rec.rank > 0
@@ -117,19 +117,19 @@ def test_spectrum_figure_marks_rank(run):
 
 
 def test_input_moments_group_shared_inputs(run):
-    mom = analysis.input_moments(run)
+    mom = analysis.second_moments_by_input(run)
     assert mom.labels[:4] == ["0.q,k,v", "0.o", "0.gate,up", "0.down"]
     assert len(mom.labels) == 8 and mom.widths() == [64, 128]
     labels, m = mom.matrix(128)
     assert labels == ["0.down", "1.down"] and m.shape == (2, 128)
-    np.testing.assert_allclose(mom.m2[0], run.input_sq_norms["0.k"].double().numpy())
+    np.testing.assert_allclose(mom.m2[0], run.second_moments["0.k"].double().numpy())
 
 
 def test_outlier_table_finds_a_planted_channel(run):
-    mom = analysis.input_moments(run)
+    mom = analysis.second_moments_by_input(run)
     m2 = mom.m2[1].copy()
     m2[17] = np.median(m2) * 400  # RMS 20x the median
-    planted = analysis.InputMoments(["0.o"], [["0.o"]], [m2])
+    planted = analysis.SecondMomentsByInput(["0.o"], [["0.o"]], [m2])
     rows = analysis.outlier_table(planted, threshold=10)
     assert rows[0]["outliers"] >= 1 and rows[0]["channels"].split()[0] == "17"
     assert rows[0]["max_ratio"] == pytest.approx(20, rel=0.05)
@@ -206,7 +206,7 @@ def test_block_ablation_restores_modes_and_moves_the_output(run):
 
 def test_walkthrough_snapshots_follow_the_solver(run):
     f = run.factors("0.o")
-    m2 = run.input_sq_norms["0.o"]
+    m2 = run.second_moments["0.o"]
     cfg = OatsConfig(compression=0.6, rank_ratio=0.3, iterations=30, solver="exact")
     wt = analysis.walkthrough(f["weight"], m2, cfg, max_snapshots=6, max_size=16)
     dec = decompose(f["weight"], m2, cfg)

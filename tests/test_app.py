@@ -246,7 +246,7 @@ def _flagged(run, threshold):
     """Outlier counts per distinct input, computed here from the raw statistics."""
     counts, seen = [], {}
     for r in run.layers:
-        v = run.input_sq_norms[r.qualname].double()
+        v = run.second_moments[r.qualname].double()
         key = (r.block, len(v))
         if key in seen and torch.equal(seen[key], v):
             continue
@@ -262,7 +262,7 @@ def test_outliers_page(app, main_run):
     heat = chart(app, "Input second moments, 384-channel inputs")
     assert list(_decode(heat["data"][0]["y"]))[:3] == ["0.q,k,v", "0.o", "0.fc1"]
     z = floats(heat["data"][0]["z"])
-    np.testing.assert_allclose(z[0], np.log10(main_run.input_sq_norms["0.q"].double().numpy()), rtol=1e-6)
+    np.testing.assert_allclose(z[0], np.log10(main_run.second_moments["0.q"].double().numpy()), rtol=1e-6)
     assert "log" in heat["data"][0]["colorbar"]["title"]["text"]
     counts = chart(app, "Outlier channels per layer input")
     got = sum(floats(t["y"]).sum() for t in counts["data"])

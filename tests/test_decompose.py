@@ -276,7 +276,7 @@ def test_input_scale_floor_dtype_and_messages():
     assert torch.equal(input_scale(None, 3, 1e-4), torch.ones(3))
     with pytest.raises(ConfigError) as e:
         input_scale(torch.ones(3), 4, 1e-4)
-    assert str(e.value) == "input_sq_norms has 3 entries but the weight has d_in = 4"
+    assert str(e.value) == "second_moments has 3 entries but the weight has d_in = 4"
     with pytest.raises(ConfigError) as e:
         input_scale(torch.tensor([1.0, float("nan")]), 2, 1e-4)
     assert str(e.value) == ("input statistics contain NaN or inf: check the model's activations on the "

@@ -177,7 +177,7 @@ def assert_killed_partial(ws: dict, folder: Path, proc_rc: int, blocks_done: lis
     partial = load_run(folder, model=zoo.load_model(str(ws["model"])).model, allow_partial=True)
     assert sorted({int(p.split(".")[2]) for p in oats_layers(partial.model)}) == blocks_done
     assert sorted(b.index for b in partial.blocks) == blocks_done
-    assert {q.split(".")[0] for q in partial.input_sq_norms} == {str(b) for b in blocks_done}
+    assert {q.split(".")[0] for q in partial.second_moments} == {str(b) for b in blocks_done}
     return m
 
 

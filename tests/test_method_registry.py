@@ -160,14 +160,14 @@ def test_the_record_decides_which_statistics_the_method_is_handed(halfzero, gram
         d_in = rec.shape[1]
         assert g is not None and tuple(g.shape) == (d_in, d_in)
         assert torch.allclose(torch.diagonal(g), m2, rtol=1e-5, atol=1e-7)  # the Gram's diagonal: the moments
-        assert torch.allclose(m2, run.input_sq_norms[rec.qualname])
+        assert torch.allclose(m2, run.second_moments[rec.qualname])
     assert call["config"].rank_ratio == 0.0  # the default decompose_config: rank 0
     CALLS.clear()
     run = compress_model(tiny_llama(layers=1), batches(), CFG, method="halfzero")
     (call,) = CALLS
     # statistics "none": neither moments nor Gram reach the method, but the run still records the moments
     assert call["moments"] == [None] * 7 and call["grams"] == [None] * 7
-    assert len(run.input_sq_norms) == 7
+    assert len(run.second_moments) == 7
     assert_halfzero_run(lambda rec: run.factors(rec.qualname), run.layers)
 
 

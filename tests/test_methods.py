@@ -79,9 +79,9 @@ def test_wanda_masks_are_the_activation_weighted_row_top_k():
         f = run.factors(rec.qualname)
         if rec.block == 0:  # inputs captured here, from the dense model
             stats = m2[rec.qualname]
-            assert torch.allclose(run.input_sq_norms[rec.qualname], stats, rtol=1e-4, atol=1e-7)
+            assert torch.allclose(run.second_moments[rec.qualname], stats, rtol=1e-4, atol=1e-7)
         else:  # block 1 sees block 0's compressed outputs: the run's own statistics
-            stats = run.input_sq_norms[rec.qualname]
+            stats = run.second_moments[rec.qualname]
         want = row_top(f["weight"].abs() * stats.sqrt(), RHO)
         assert torch.equal(f["sparse"] != 0, want), rec.qualname
         assert torch.allclose(f["sparse"][want], f["weight"][want], rtol=1e-6, atol=0)
@@ -125,7 +125,7 @@ def test_oats_run_is_the_scaled_decomposition_of_each_layer():
     run = out["oats"]
     for rec in run.layers:
         f = run.factors(rec.qualname)
-        stats = run.input_sq_norms[rec.qualname]
+        stats = run.second_moments[rec.qualname]
         if rec.qualname in m2:
             assert torch.allclose(stats, m2[rec.qualname], rtol=1e-4, atol=1e-7)
         alone = decompose(f["weight"], stats, CFG)
@@ -142,7 +142,7 @@ def test_lowrank_run_is_the_scaled_truncated_svd():
     run = out["lowrank"]
     for rec in run.layers:
         f = run.factors(rec.qualname)
-        alone = lowrank_only(f["weight"], run.input_sq_norms[rec.qualname], CFG)
+        alone = lowrank_only(f["weight"], run.second_moments[rec.qualname], CFG)
         assert rec.rank == alone.rank and rec.nnz == 0
         assert torch.allclose(f["u"] @ f["v"], alone.lowrank(), atol=1e-5), rec.qualname
         unscaled = lowrank_only(f["weight"], None, CFG)

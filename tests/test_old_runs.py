@@ -204,9 +204,9 @@ def test_old_run_loads_with_its_factors(old_run):
         assert torch.equal(mod.sparse[mod.sparse != 0], stored[f"{path}.sparse_values"])
     # the rebuilt model is the one the run was made from: the recorded errors come out again
     for rec in run.layers:
-        assert torch.equal(run.input_sq_norms[rec.qualname], stored[f"{rec.qualname}.m2"])
+        assert torch.equal(run.second_moments[rec.qualname], stored[f"{rec.qualname}.m2"])
         f = run.factors(rec.qualname)
-        d = input_scale(run.input_sq_norms[rec.qualname], rec.shape[1], run.config.eps)
+        d = input_scale(run.second_moments[rec.qualname], rec.shape[1], run.config.eps)
         w = f["weight"].float()
         err = torch.linalg.norm((w - f["sparse"] - f["u"] @ f["v"]) * d) / torch.linalg.norm(w * d)
         assert float(err) == pytest.approx(rec.scaled_error, rel=1e-4), rec.qualname

@@ -41,7 +41,7 @@ def test_sequential_records_and_modes():
     for r in run.layers:
         assert 0 < r.scaled_error < 1 and r.output_error is not None and 0 < r.output_error < 1
         assert r.params <= r.budget + r.shape[0]
-        assert len(run.input_sq_norms[r.qualname]) == r.shape[1]
+        assert len(run.second_moments[r.qualname]) == r.shape[1]
         assert len(r.history["error"]) == r.iterations
     assert all(0 < b.output_error < 1 for b in run.blocks)
     with run.use_mode("dense"):
@@ -91,8 +91,8 @@ def test_save_and_reload_equal(tmp_path):
         again.set_mode(mode)
         assert torch.equal(logits(again.model, batches()[0]), logits(run.model, batches()[0]))
     assert [r.to_dict() for r in again.layers] == [r.to_dict() for r in run.layers]
-    for k, v in run.input_sq_norms.items():
-        assert torch.equal(again.input_sq_norms[k], v)
+    for k, v in run.second_moments.items():
+        assert torch.equal(again.second_moments[k], v)
     m = read_manifest(tmp_path / "r")
     assert m["complete"] and m["config"]["compression"] == 0.5 and "torch" in m["versions"]
     # factors are stored compactly: packed mask + values, not a dense sparse matrix

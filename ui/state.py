@@ -415,8 +415,8 @@ def layer_spectra(path: str, mtime: float, qualname: str) -> analysis.LayerSpect
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def input_moments(path: str, mtime: float) -> analysis.InputMoments:
-    return analysis.input_moments(_run(path, mtime))
+def second_moments_by_input(path: str, mtime: float) -> analysis.SecondMomentsByInput:
+    return analysis.second_moments_by_input(_run(path, mtime))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -441,7 +441,7 @@ def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank
     method = registry.find(run.method)
     scaled = method.scaled if method is not None else True
     config = run.config.replace(compression=compression, rank_ratio=rank_ratio)
-    return analysis.walkthrough(f["weight"], run.input_sq_norms[qualname] if scaled else None, config)
+    return analysis.walkthrough(f["weight"], run.second_moments[qualname] if scaled else None, config)
 
 
 def run_task(info: RunInfo) -> str | None:

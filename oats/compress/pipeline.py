@@ -27,14 +27,14 @@ from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule,
 from oats.resources import check_memory
 
 
-def decompose_block(method: str, weights: list[torch.Tensor], input_sq_norms: list[torch.Tensor],
+def decompose_block(method: str, weights: list[torch.Tensor], second_moments: list[torch.Tensor],
                     grams: list[torch.Tensor | None], config: OatsConfig, device=None) -> list[Decomposition]:
     """Run ``method`` on the matrices of one block (the dispatch of ``compress_block``).
 
     ``grams[i]`` is the (d_in, d_in) input Gram of matrix i, collected only for methods whose
     statistics are "gram" (None otherwise).
     """
-    return registry.get(method).decompose(weights, input_sq_norms, grams, config, device=device)
+    return registry.get(method).decompose(weights, second_moments, grams, config, device=device)
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -269,7 +269,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             if progress:
                 progress(0, len(blocks), "OWL block rates " + ", ".join(f"{r:.3f}" for r in block_rates))
     run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
-                         config=config, layers=[], blocks=[], input_sq_norms={},
+                         config=config, layers=[], blocks=[], second_moments={},
                          calibration={"batches": len(calibration)}, timings={},
                          block_rates=block_rates, allocation=alloc_info)
     done: set[int] = set()
@@ -282,7 +282,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             raise ConfigError("the run to resume was made with another budget allocation: resume with the same "
                               "allocation (uniform or OWL with the same parameters)")
         run.layers, run.blocks = list(resume.layers), list(resume.blocks)
-        run.input_sq_norms = dict(resume.input_sq_norms)
+        run.second_moments = dict(resume.second_moments)
         done = {b.index for b in resume.blocks}
     t_all = time.perf_counter()
     t0 = time.perf_counter()
@@ -300,7 +300,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, method, device)
         run.layers.extend(recs)
         run.blocks.append(brec)
-        run.input_sq_norms.update(m2)
+        run.second_moments.update(m2)
         inputs.hidden = next_hidden
         if on_block_done:
             on_block_done(run, i)

@@ -66,7 +66,7 @@ class BlockRecord:
 class CompressionRun:
     """A compressed model plus everything measured while compressing it.
 
-    ``input_sq_norms[qualname]`` holds each matrix's (d_in,) statistics; the model's replaced
+    ``second_moments[qualname]`` holds each matrix's (d_in,) statistics; the model's replaced
     linears (``OatsLinear``) hold the sparse and low-rank terms.
     """
 
@@ -77,7 +77,7 @@ class CompressionRun:
     config: OatsConfig
     layers: list[LayerRecord]
     blocks: list[BlockRecord]
-    input_sq_norms: dict[str, torch.Tensor]
+    second_moments: dict[str, torch.Tensor]
     calibration: dict
     timings: dict
     loaded: object = None

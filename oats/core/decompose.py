@@ -80,17 +80,17 @@ def check_shape(d_out: int, d_in: int, config: OatsConfig) -> None:
         )
 
 
-def input_scale(input_sq_norms: torch.Tensor | None, d_in: int, eps: float,
+def input_scale(second_moments: torch.Tensor | None, d_in: int, eps: float,
                 device=None) -> torch.Tensor:
     """D as a (d_in,) fp32 vector: sqrt of the mean squared input, floored at eps * mean(D).
 
     ``None`` means unscaled (D = 1).
     """
-    if input_sq_norms is None:
+    if second_moments is None:
         return torch.ones(d_in, dtype=torch.float32, device=device)
-    m2 = input_sq_norms.detach().to(device=device, dtype=torch.float32).reshape(-1)
+    m2 = second_moments.detach().to(device=device, dtype=torch.float32).reshape(-1)
     if m2.numel() != d_in:
-        raise ConfigError(f"input_sq_norms has {m2.numel()} entries but the weight has d_in = {d_in}")
+        raise ConfigError(f"second_moments has {m2.numel()} entries but the weight has d_in = {d_in}")
     if not torch.isfinite(m2).all():
         raise ConfigError("input statistics contain NaN or inf: check the model's activations on the calibration data")
     d = m2.clamp_min(0).sqrt()
@@ -353,15 +353,15 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
     return s, us, vh, sv, hists
 
 
-def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tensor | None],
+def decompose_many(weights: list[torch.Tensor], second_moments: list[torch.Tensor | None],
                    config: OatsConfig, device=None, batched: bool | None = None) -> list[Decomposition]:
     """Decompose several matrices, batching those of the same shape. See ``decompose``.
 
     ``batched``: solve same-shape matrices as one batch (True) or one at a time (False);
     default (None): batched on a GPU, one at a time on the CPU.
     """
-    if len(weights) != len(input_sq_norms):
-        raise ValueError("weights and input_sq_norms must have the same length")
+    if len(weights) != len(second_moments):
+        raise ValueError("weights and second_moments must have the same length")
     out: list[Decomposition | None] = [None] * len(weights)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, w in enumerate(weights):
@@ -379,7 +379,7 @@ def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tenso
             w = torch.stack([weights[i].detach().to(device=dev, dtype=torch.float32) for i in chunk])
             if not torch.isfinite(w).all():
                 raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
-            d = torch.stack([input_scale(input_sq_norms[i], d_in, config.eps, device=dev) for i in chunk])
+            d = torch.stack([input_scale(second_moments[i], d_in, config.eps, device=dev) for i in chunk])
             a = w * d.unsqueeze(-2)
             r = rank_budget(d_out, d_in, config)
             s, us, vh, sv, hists = _solve(a, r, config)
@@ -397,13 +397,13 @@ def decompose_many(weights: list[torch.Tensor], input_sq_norms: list[torch.Tenso
     return out  # type: ignore[return-value]
 
 
-def decompose(weight: torch.Tensor, input_sq_norms: torch.Tensor | None,
+def decompose(weight: torch.Tensor, second_moments: torch.Tensor | None,
               config: OatsConfig | None = None, device=None, trace=None) -> Decomposition:
     """Split one weight matrix into a sparse term plus a low-rank term (OATS, Algorithm 1).
 
     Args:
         weight: (d_out, d_in) weight, any float dtype; computed in fp32.
-        input_sq_norms: (d_in,) mean over calibration tokens of x_j^2, or None for unscaled.
+        second_moments: (d_in,) mean over calibration tokens of x_j^2, or None for unscaled.
         config: budgets, pattern, iterations and solver; defaults to ``OatsConfig()``.
         device: where to compute (defaults to the weight's device).
         trace: optional callable(iteration, L_scaled, S_scaled) called after each iteration.
@@ -413,14 +413,14 @@ def decompose(weight: torch.Tensor, input_sq_norms: torch.Tensor | None,
     """
     config = config or OatsConfig()
     if trace is None:
-        return decompose_many([weight], [input_sq_norms], config, device=device)[0]
+        return decompose_many([weight], [second_moments], config, device=device)[0]
     if weight.dim() != 2:
         raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
     check_shape(d_out, d_in, config)
     dev = device if device is not None else weight.device
     w = weight.detach().to(device=dev, dtype=torch.float32)
-    d = input_scale(input_sq_norms, d_in, config.eps, device=dev)
+    d = input_scale(second_moments, d_in, config.eps, device=dev)
     r = rank_budget(d_out, d_in, config)
     s, us, vh, sv, hists = _solve((w * d).unsqueeze(0), r, config,
                                   trace=lambda t, l, s_: trace(t, l[0], s_[0]))

@@ -114,7 +114,7 @@ def energy_captured(s, r: int) -> float:
 def layer_scale(run, qualname: str) -> torch.Tensor:
     """D of one matrix, exactly as the pipeline computed it from the recorded statistics."""
     rec = run.layer(qualname)
-    return input_scale(run.input_sq_norms[qualname], rec.shape[1], run.config.eps)
+    return input_scale(run.second_moments[qualname], rec.shape[1], run.config.eps)
 
 
 def scaled_terms(run, qualname: str) -> dict[str, torch.Tensor]:
@@ -203,7 +203,7 @@ def spectra_overview(run, points: int = 128, progress: Callable[[int, int], None
 
 
 @dataclass
-class InputMoments:
+class SecondMomentsByInput:
     """Per-channel mean squared inputs, one row per distinct layer input.
 
     Matrices of a block that read the same input (q, k and v) share one row, labelled
@@ -224,12 +224,12 @@ class InputMoments:
         return [self.labels[i] for i in idx], np.stack([self.m2[i] for i in idx])
 
 
-def input_moments(run) -> InputMoments:
-    """Group the run's recorded statistics by distinct input (see ``InputMoments``)."""
+def second_moments_by_input(run) -> SecondMomentsByInput:
+    """Group the run's recorded statistics by distinct input (see ``SecondMomentsByInput``)."""
     labels, quals, m2 = [], [], []
     last: dict[tuple[int, int], int] = {}
     for rec in run.layers:
-        v = run.input_sq_norms[rec.qualname].detach().double().cpu().numpy()
+        v = run.second_moments[rec.qualname].detach().double().cpu().numpy()
         key = (rec.block, len(v))
         j = last.get(key)
         if j is not None and quals[j][0].split(".")[0] == str(rec.block) and np.array_equal(m2[j], v):
@@ -240,7 +240,7 @@ def input_moments(run) -> InputMoments:
         labels.append(rec.qualname)
         quals.append([rec.qualname])
         m2.append(v)
-    return InputMoments(labels, quals, m2)
+    return SecondMomentsByInput(labels, quals, m2)
 
 
 def outlier_ratio(m2) -> np.ndarray:
@@ -250,7 +250,7 @@ def outlier_ratio(m2) -> np.ndarray:
     return rms / med if med > 0 else np.zeros_like(rms)
 
 
-def outlier_table(moments: InputMoments, threshold: float) -> list[dict]:
+def outlier_table(moments: SecondMomentsByInput, threshold: float) -> list[dict]:
     """Per input row: how many channels have an RMS above ``threshold`` x the median, which."""
     if threshold <= 0:
         raise ValueError("threshold must be positive (a multiple of the median RMS input)")
@@ -265,7 +265,7 @@ def outlier_table(moments: InputMoments, threshold: float) -> list[dict]:
     return out
 
 
-def outlier_channels(moments: InputMoments, threshold: float) -> list[dict]:
+def outlier_channels(moments: SecondMomentsByInput, threshold: float) -> list[dict]:
     """Per (width, channel) flagged anywhere: in how many inputs, and its largest ratio.
 
     A channel flagged in many layers is a feature of the residual stream, not of one layer.
@@ -453,7 +453,7 @@ class Walkthrough:
 
 
 @one_thread()
-def walkthrough(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, config: OatsConfig,
+def walkthrough(weight: torch.Tensor, second_moments: torch.Tensor | None, config: OatsConfig,
                 max_snapshots: int = 40, max_size: int = 128) -> Walkthrough:
     """Decompose one matrix with ``config``, keeping at most ``max_snapshots`` pooled snapshots.
 
@@ -462,7 +462,7 @@ def walkthrough(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, confi
     iteration are always kept.
     """
     w = weight.detach().float()
-    d = input_scale(input_sq_norms, w.shape[1], config.eps)
+    d = input_scale(second_moments, w.shape[1], config.eps)
     a = w * d
     kept: dict[int, Snapshot] = {}
     stride = [1]
@@ -481,7 +481,7 @@ def walkthrough(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, confi
                 for k in [k for k in kept if k != 1 and k % stride[0] != 0]:
                     del kept[k]
 
-    dec = decompose(w, input_sq_norms, config, trace=trace)
+    dec = decompose(w, second_moments, config, trace=trace)
     if last[0] is not None and last[0][0] not in kept:
         kept[last[0][0]] = snap(*last[0])
     d_out, d_in = w.shape

@@ -18,13 +18,13 @@ from oats.resources import one_thread
 
 
 @torch.no_grad()
-def lowrank_only(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, config: OatsConfig,
+def lowrank_only(weight: torch.Tensor, second_moments: torch.Tensor | None, config: OatsConfig,
                  device=None) -> Decomposition:
     """The best rank-r approximation of W D (truncated SVD), unscaled; no sparse term.
 
     Args:
         weight: (d_out, d_in).
-        input_sq_norms: (d_in,) mean squared inputs (None: plain SVD of W).
+        second_moments: (d_in,) mean squared inputs (None: plain SVD of W).
         config: ``compression`` sets the rank (``lowrank_rank``); the rank ratio is not used.
 
     Returns a ``Decomposition`` with an all-zero sparse term and one history entry.
@@ -39,7 +39,7 @@ def lowrank_only(weight: torch.Tensor, input_sq_norms: torch.Tensor | None, conf
     w = weight.detach().to(device=dev, dtype=torch.float32)
     if not torch.isfinite(w).all():
         raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
-    d = input_scale(input_sq_norms, d_in, config.eps, device=dev)
+    d = input_scale(second_moments, d_in, config.eps, device=dev)
     a = w * d
     r = lowrank_rank(d_out, d_in, config)
     with one_thread() if dev.type == "cpu" else contextlib.nullcontext():

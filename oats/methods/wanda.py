@@ -13,9 +13,9 @@ from oats.core.decompose import Decomposition, decompose, decompose_many
 from oats.methods.registry import Method, register
 
 
-def wanda(weight: torch.Tensor, input_sq_norms: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
+def wanda(weight: torch.Tensor, second_moments: torch.Tensor, config: OatsConfig, device=None) -> Decomposition:
     """Keep the largest |W_ij| * ||X_j|| of each row (OATS with rank ratio 0)."""
-    return decompose(weight, input_sq_norms, config.replace(rank_ratio=0.0), device=device)
+    return decompose(weight, second_moments, config.replace(rank_ratio=0.0), device=device)
 
 
 @register(Method(

@@ -152,7 +152,7 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
           sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
           quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
           seq_len: int | None = None, seed: int = 0, allocation=None, owl_lambda: float | None = None,
-          owl_threshold: float | None = None, loaded=None,
+          owl_m: float | None = None, loaded=None,
           progress: Callable[[str, int, int, str], None] | None = None,
           log: Callable[[str], None] | None = None) -> SweepResult:
     """Compress (or reuse) and evaluate every run of the sweep; write the table.
@@ -167,7 +167,7 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
             (default ``<root>/sweeps/<model>``).
         quick, text, image_folder: the evaluation (``oats.evaluation``).
         calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``).
-        allocation, owl_lambda, owl_threshold: "uniform" or "owl" for every run.
+        allocation, owl_lambda, owl_m: "uniform" or "owl" for every run.
         loaded: an already loaded model (``oats.zoo.load_model(model)``), left dense.
         progress: callable(run name, done blocks, total blocks, message) while compressing.
         log: callable(line) for one line per run.
@@ -177,7 +177,7 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     t_all = time.perf_counter()
     methods = registry.names() if methods is None else methods
     log = log or (lambda line: None)
-    owl = parse_allocation(allocation, owl_lambda, owl_threshold)
+    owl = parse_allocation(allocation, owl_lambda, owl_m)
     root = Path(root) if root is not None else runs_root()
     if loaded is None:
         kappa0 = zoo.PRESETS[model].default_rank_ratio if model in zoo.PRESETS else None

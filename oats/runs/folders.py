@@ -118,7 +118,7 @@ def block_tensors(run: CompressionRun, block: int) -> dict[str, torch.Tensor]:
         out[f"{path}.v"] = m.v
     for r in run.layers:
         if r.block == block:
-            out[f"{r.qualname}.m2"] = run.input_sq_norms[r.qualname]
+            out[f"{r.qualname}.m2"] = run.second_moments[r.qualname]
     return out
 
 
@@ -243,7 +243,7 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
         m2.update({k[:-3]: v for k, v in t.items() if k.endswith(".m2")})
     return CompressionRun(
         model=model, model_name=info.model_name, family=info.family, method=info.method, config=info.config,
-        layers=list(info.layers), blocks=list(info.blocks), input_sq_norms=m2, calibration=dict(info.calibration),
+        layers=list(info.layers), blocks=list(info.blocks), second_moments=m2, calibration=dict(info.calibration),
         timings=dict(info.timings), loaded=loaded,
         block_rates=list(info.block_rates) if info.block_rates is not None else None, allocation=info.allocation)
 
