@@ -77,7 +77,7 @@ class Method:
     """Reads the user's rank ratio kappa (sweeps run it once per rank ratio; others once)."""
     decompose_config: Callable[[OatsConfig], OatsConfig] = rank_zero
     rank_ratio: Callable[[object], float] = no_rank
-    """kappa the method really uses; reads only ``config.rank_ratio`` (manifests pass a namespace)."""
+    """kappa the method really uses (reads only ``config.rank_ratio``)."""
     compress: BlockFn | None = None
 
     def __post_init__(self):
