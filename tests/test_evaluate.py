@@ -333,19 +333,13 @@ def test_cli_evaluate_reports_dense_and_the_three_modes(tmp_path):
 
 
 @pytest.mark.integration
-def test_smollm2_perplexity_orders_oats_wanda_magnitude():
+def test_smollm2_perplexity_orders_oats_wanda_magnitude(smollm2_rho05):
     """rho 0.5, default calibration and evaluation: OATS < Wanda < magnitude (held-out perplexity)."""
-    from oats.data import calibration_batches
-    from oats.models.zoo import load_model, preset_available
-    ok, how = preset_available("smollm2-135m")
-    if not ok:
-        pytest.fail(f"smollm2-135m is not installed: {how}")
-    loaded = load_model("smollm2-135m")
-    batches = calibration_batches(loaded)
-    dense = copy.deepcopy(loaded.model)
-    cfg = OatsConfig(compression=0.5, rank_ratio=loaded.default_rank_ratio)
-    ppl = {"dense": evaluate_model(dense, loaded)["perplexity"]}
-    for method in ("oats", "wanda", "magnitude"):
-        run = compress_model(copy.deepcopy(dense), batches, cfg, method=method)
-        ppl[method] = evaluate_model(run.model, loaded)["perplexity"]
+    loaded, runs = smollm2_rho05["loaded"], smollm2_rho05["runs"]
+    ppl = {"dense": evaluate_model(loaded.model, loaded)["perplexity"]}
+    for method in ("oats", "wanda"):
+        ppl[method] = evaluate_model(runs[method].model, loaded)["perplexity"]
+    magnitude = compress_model(copy.deepcopy(loaded.model), smollm2_rho05["batches"], smollm2_rho05["config"],
+                               method="magnitude")
+    ppl["magnitude"] = evaluate_model(magnitude.model, loaded)["perplexity"]
     assert ppl["dense"] < ppl["oats"] < ppl["wanda"] < ppl["magnitude"], ppl
