@@ -193,6 +193,8 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     n_iter = min(config.iterations, ALTERNATIONS) if iterations is None else int(iterations)
     if n_iter < 1:
         raise ConfigError(f"iterations must be at least 1, got {iterations!r}")
+    if not isinstance(start, torch.Tensor) and start not in ("oats", "zero"):
+        raise ConfigError(f"start must be 'oats', 'zero' or a (d_out, d_in) tensor, got {start!r}")
     r = rank_budget(d_out, d_in, config)
     if r == 0:
         return _with_output_error(sparsegpt(weight, gram, config, blocksize, percdamp, device), weight, gram)
@@ -224,10 +226,8 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     elif start == "oats":
         m2 = diag if second_moments is None else second_moments
         low = decompose(w, m2, config, device=dev).lowrank()
-    elif start == "zero":
-        low = torch.zeros_like(w)
     else:
-        raise ConfigError(f"start must be 'oats', 'zero' or a (d_out, d_in) tensor, got {start!r}")
+        low = torch.zeros_like(w)
     for t in range(n_iter):
         target = w - low
         target[:, dead] = 0.0  # an input that never fires: its weights do nothing, pruned first
