@@ -218,3 +218,16 @@ def test_record_and_pipeline_run_with_every_mode():
             outs[mode] = model(**data[0]).logits
         assert torch.isfinite(outs[mode]).all()
     assert (outs["both"] - dense).norm() < (outs["sparse"] - dense).norm()
+
+
+def test_the_fallback_is_sparsegpt_bit_for_bit():
+    """A weight with no low-rank structure at a high rank ratio: SparseGPT alone wins and is kept."""
+    w, gram, _ = problem(24, 32, seed=6)
+    for sparsity in ("row", "layer"):
+        cfg = CFG.replace(rank_ratio=0.9, sparsity=sparsity)
+        dec = hassle(w, gram, cfg)
+        ref = sparsegpt(w, gram, cfg)
+        assert dec.rank == 0 and torch.equal(dec.sparse, ref.sparse), sparsity
+        oe = dec.history.output_error
+        assert oe[-1] == min(oe) and oe[-1] == pytest.approx(out_err(w, ref.sparse, gram), rel=1e-6)
+        assert dec.error == pytest.approx(ref.error, rel=1e-6)

@@ -245,17 +245,23 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
             best = (obj, t, sparse, u, v)
     _, t_best, sparse, u, v = best
     hist.truncate(t_best + 1)
-    if fallback:
-        alone = sparsegpt(weight, gram, config, blocksize, percdamp, device)
-        obj = gram_objective(w - alone.sparse, g64)
+    if fallback:  # SparseGPT with the whole budget at rank 0 (the same sweep and factor as sparsegpt())
+        cfg0 = config.replace(rank_ratio=0.0)
+        prune0 = d_out * d_in - sparse_budget(d_out, d_in, cfg0) if config.sparsity == "layer" \
+            else d_in - row_keep(d_in, cfg0)
+        target = w.clone()
+        target[:, dead] = 0.0
+        alone = torch.zeros_like(w)
+        _sweep(target, alone, u_chol, cfg0, blocksize, prune0)
+        resid = w - alone
+        obj = gram_objective(resid, g64)
         if obj < best[0]:  # the low-rank term is not worth its parameters here
-            h = alone.history
-            hist.error += h.error
-            hist.sparse_energy += h.sparse_energy
-            hist.lowrank_energy += h.lowrank_energy
+            hist.error.append(math.sqrt(float((resid * scale).square().sum()) / a2))
+            hist.sparse_energy.append(float((alone * scale).square().sum()) / a2)
+            hist.lowrank_energy.append(0.0)
             hist.output_error.append(math.sqrt(max(obj, 0.0) / ref) if ref > 0 else 0.0)
-            alone.history = hist
-            return alone
+            return Decomposition(sparse=alone, u=w.new_zeros(d_out, 0), v=w.new_zeros(0, d_in), scale=scale,
+                                 singular_values=w.new_zeros(0), history=hist, config=cfg0)
     return Decomposition(sparse=sparse, u=u.contiguous(), v=v.contiguous(), scale=scale,
                          singular_values=_scaled_singular_values(u, v, scale), history=hist, config=config)
 
