@@ -7,7 +7,8 @@ calibration inputs, ||(W - W') X^T||_F / ||W X^T||_F = sqrt(tr(E H E^T) / tr(W H
 
 Prints one line per layer, then per model: on how many layers HASSLE-free is below each
 other method, the mean errors, and the total decomposition time of each method over
-SparseGPT's (row). ``--starts`` adds HASSLE-free started from L = 0 (instead of OATS's
+SparseGPT's (row). ``hassle_layer`` is HASSLE-free with layer budgets (to read against
+``sparsegpt_layer``). ``--starts`` adds HASSLE-free started from L = 0 (instead of OATS's
 low-rank term) and without the rank-0 fallback, the measurements behind its defaults.
 
 Run: .venv/bin/python benchmarks/hassle_layers.py [--models minilm-l6,dinov2-small,smollm2-135m]
@@ -48,6 +49,7 @@ def methods(starts: bool):
         "sparsegpt_layer": lambda w, m2, g, c: sparsegpt(w, g, c.replace(sparsity="layer")).dense(),
         "oats": lambda w, m2, g, c: decompose(w, m2, c).dense(),
         "hassle": lambda w, m2, g, c: hassle(w, g, c, second_moments=m2).dense(),
+        "hassle_layer": lambda w, m2, g, c: hassle(w, g, c.replace(sparsity="layer"), second_moments=m2).dense(),
     }
     if starts:
         out["hassle_from_0"] = lambda w, m2, g, c: hassle(w, g, c, start="zero", fallback=False).dense()
@@ -83,12 +85,12 @@ def run_model(name: str, blocks, config: OatsConfig, starts: bool) -> dict:
             print(f"{q:10s} {str(tuple(w.shape)):>11s} " + " ".join(row), flush=True)
     n = len(errors["hassle"])
     print(f"{name}: {n} layers")
-    for m in fns:
-        if m == "hassle":
-            continue
-        below = sum(h < o for h, o in zip(errors["hassle"], errors[m]))
-        print(f"  hassle below {m:18s} on {below}/{n} layers; mean error {m} {sum(errors[m]) / n:.5f}, "
-              f"hassle {sum(errors['hassle']) / n:.5f}")
+    for ours, others in (("hassle", [m for m in fns if m != "hassle"]), ("hassle_layer", ["sparsegpt_layer"])):
+        for m in others:
+            below = sum(h < o for h, o in zip(errors[ours], errors[m]))
+            above = sum(h > o for h, o in zip(errors[ours], errors[m]))
+            print(f"  {ours} below {m:18s} on {below}/{n} layers (above on {above}); mean error {m} "
+                  f"{sum(errors[m]) / n:.5f}, {ours} {sum(errors[ours]) / n:.5f}")
     for m in fns:
         print(f"  time {m:18s} {times[m]:8.2f} s  ({times[m] / max(times['sparsegpt'], 1e-9):.2f} x sparsegpt)")
     return {"errors": errors, "times": times}
