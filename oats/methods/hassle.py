@@ -29,12 +29,14 @@ Start, alternations and fallback, as measured on real layers at rho 0.5, kappa 0
   still higher after 8 (MiniLM).
 - alternations: ``ALTERNATIONS`` = 3 (``config.iterations`` when lower). From the OATS start
   the second alternation lowers the error by about 2-3%, the third by about 1%, later ones
-  by well under 1% each. Each costs one SparseGPT sweep plus one SVD: the decomposition
-  takes about 5x SparseGPT's (MiniLM 19.7 s against 4.0 s over all layers), the whole
-  compression (statistics and block passes included) about 2x.
+  by well under 1% each. Each costs one SparseGPT sweep plus one SVD: the decompositions
+  take 5-7x SparseGPT's (over the benchmark's layers: MiniLM 19.7 s against 4.0 s, DINOv2
+  42 s against 7.9 s, SmolLM2 44 s against 6.3 s), a whole compression (statistics and
+  block passes included) 1.7-2.8x (``oats sweep`` of MiniLM and DINOv2 at rho 0.3-0.6).
 - fallback: SparseGPT with the whole budget at rank 0 is computed too, with the same factor,
   and kept when its output error is lower (the low-rank term is not worth its parameters
-  there). It was on 1 of 36 MiniLM layers and 8 of 72 DINOv2 layers (mostly o and fc2).
+  there). It was on 1 of 36 MiniLM layers, 8 of 72 DINOv2 layers and 10 of 49 SmolLM2
+  layers (DINOv2 and MiniLM: mostly o and fc2; SmolLM2: v and down).
 
 What the ``Decomposition`` holds: ``sparse`` S and ``u @ v`` = L in the weight's own units,
 ``scale`` D = sqrt(diag H) (floored as OATS's), ``singular_values`` those of L D. Its history
