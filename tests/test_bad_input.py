@@ -214,7 +214,7 @@ CASES = [
          "'model.layers.0.self_attn.q_proj' has d_in = 32: choose an M that divides it",
          lambda f: _compress(f["llm"], sparsity="1:3"), ["compress", "{llm}", "--sparsity", "1:3", *CALIB]),
     Case("unknown method", ConfigError,
-         "unknown method 'oatz': choose one of oats, wanda, sparsegpt, magnitude, lowrank",
+         "unknown method 'oatz': choose one of oats, wanda, sparsegpt, magnitude, lowrank, hassle",
          lambda f: compress_model(torch.nn.Linear(2, 2), [{}], method="oatz"), ["compress", "{llm}", "--method", "oatz"]),
     Case("unknown solver", ConfigError,
          "solver must be one of fast, exact, got 'slow'",

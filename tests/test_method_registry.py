@@ -26,6 +26,7 @@ from oats.runs.folders import load_run, read_manifest
 from oats.compress.preflight import estimate_compression_memory
 
 BUILTIN = ["oats", "wanda", "sparsegpt", "magnitude", "lowrank"]
+ALL_BUILTIN = BUILTIN + ["hassle"]
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=4)
 HALFZERO_NOTE = "rank 0; each row keeps its larger half by |W_ij| (test only)"
 
@@ -106,7 +107,7 @@ def test_builtins_are_registered_in_order_with_their_records():
     assert registry.names()[:5] == BUILTIN and list(METHODS)[:5] == BUILTIN
     statistics = {m.name: m.statistics for m in registry.all_methods()}
     assert statistics == {"oats": "diagonal", "wanda": "diagonal", "sparsegpt": "gram", "magnitude": "none",
-                          "lowrank": "diagonal"}
+                          "lowrank": "diagonal", "hassle": "gram"}
     assert [registry.get(n).scaled for n in BUILTIN] == [True, True, True, False, True]
     assert [run_modes(n) for n in BUILTIN] == [("dense", "both", "sparse", "lowrank")] + [("dense", "both")] * 4
     assert [n for n in BUILTIN if registry.get(n).iterative] == ["oats"]
@@ -123,16 +124,16 @@ def test_unknown_method_is_one_config_error_line_with_the_choices(halfzero, caps
     with pytest.raises(ConfigError) as e:
         registry.get("nope")
     assert str(e.value) == ("unknown method 'nope': choose one of oats, wanda, sparsegpt, magnitude, lowrank, "
-                            "halfzero")
+                            "hassle, halfzero")
     with pytest.raises(ConfigError, match="unknown method 'nope': choose one of oats, .*, halfzero$"):
         compress_model(tiny_llama(layers=1), batches(), CFG, method="nope")
     assert_cli_fails(["compress", "minilm-l6", "--method", "nope"], "unknown method 'nope': choose one of", capsys)
     assert_cli_fails(["sweep", "minilm-l6", "--methods", "halfzero,nope"], "unknown method 'nope' in --methods: "
-                     "choose among oats, wanda, sparsegpt, magnitude, lowrank, halfzero", capsys)
+                     "choose among oats, wanda, sparsegpt, magnitude, lowrank, hassle, halfzero", capsys)
 
 
 def test_registering_checks_the_record_and_unregistering_removes_it_everywhere(halfzero):
-    assert "halfzero" in METHODS and BUDGET_NOTES["halfzero"] == HALFZERO_NOTE and len(METHODS) == 6
+    assert "halfzero" in METHODS and BUDGET_NOTES["halfzero"] == HALFZERO_NOTE and len(METHODS) == 7
     assert halfzero.compress is halfzero_compress and not halfzero.scaled and not halfzero.two_terms
     with pytest.raises(ValueError, match="already registered"):
         registry.register(HALFZERO)(halfzero_compress)
@@ -143,8 +144,8 @@ def test_registering_checks_the_record_and_unregistering_removes_it_everywhere(h
     with pytest.raises(ValueError, match="no compress function"):
         Method(name="x", description="d", budget_note="b").decompose([], [], [], CFG)
     registry.unregister("halfzero")
-    assert registry.names() == BUILTIN and "halfzero" not in METHODS and "halfzero" not in BUDGET_NOTES
-    with pytest.raises(ConfigError, match="choose one of oats, wanda, sparsegpt, magnitude, lowrank$"):
+    assert registry.names() == ALL_BUILTIN and "halfzero" not in METHODS and "halfzero" not in BUDGET_NOTES
+    with pytest.raises(ConfigError, match="choose one of oats, wanda, sparsegpt, magnitude, lowrank, hassle$"):
         registry.get("halfzero")
 
 
@@ -195,10 +196,10 @@ def test_cli_lists_and_runs_a_registered_method(halfzero, tmp_path, capsys):
         cli_main(["compress", "--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "oats (default), wanda, sparsegpt, magnitude, lowrank or halfzero" in text
+    assert "oats (default), wanda, sparsegpt, magnitude, lowrank, hassle or halfzero" in text
     with pytest.raises(SystemExit):
         cli_main(["sweep", "--help"])
-    assert "lowrank, halfzero (default: all)" in " ".join(capsys.readouterr().out.split())
+    assert "lowrank, hassle, halfzero (default: all)" in " ".join(capsys.readouterr().out.split())
 
     folder = _llm_folder(tmp_path / "llm")
     out = tmp_path / "runs" / "half"
@@ -241,12 +242,12 @@ def test_sweep_plans_and_runs_a_registered_method(halfzero, tmp_path):
 def test_app_method_list_includes_a_registered_method(halfzero):
     from ui.state import method_choices, method_help
     choices = method_choices()
-    assert list(choices) == BUILTIN + ["halfzero"]
+    assert list(choices) == ALL_BUILTIN + ["halfzero"]
     assert choices["halfzero"] == "test only: keep the larger half of each row by |W_ij|"
     assert "- **halfzero**: test only: keep the larger half of each row by |W_ij|" in method_help().splitlines()
     registry.unregister("halfzero")
-    assert list(method_choices()) == BUILTIN
+    assert list(method_choices()) == ALL_BUILTIN
 
 
 def test_the_test_methods_are_gone_afterwards():
-    assert registry.names() == BUILTIN and list(METHODS) == BUILTIN and list(BUDGET_NOTES) == BUILTIN
+    assert registry.names() == ALL_BUILTIN and list(METHODS) == ALL_BUILTIN and list(BUDGET_NOTES) == ALL_BUILTIN
