@@ -19,10 +19,11 @@ if run is not None:
     q = layer_picker(run)
     kappa0 = min(round(registry.used_rank_ratio(run.method, run.config) / 0.05) * 0.05, 0.9)
     method = registry.find(run.method)
-    runs_the_solver = method is not None and method.iterative  # the walkthrough's own algorithm
+    runs_the_solver = method is not None and method.thresholding  # the walkthrough's own algorithm
     if not runs_the_solver:
         st.caption(f"This run used {run.method}; the walkthrough always runs OATS on the layer "
-                   f"(κ = 0 is Wanda's mask).")
+                   f"(κ = 0 is Wanda's mask). A method fitted on the full input Gram cannot be replayed "
+                   f"here: a run folder keeps each layer's second moments, not its Gram.")
     c1, c2 = st.columns(2)
     rho = c1.slider("Compression rate ρ", 0.05, 0.95, float(run.config.compression), 0.05, key=f"wt-rho-{path}",
                     help="Fraction of the layer's parameters removed.", disabled=run.config.nm is not None)

@@ -251,3 +251,10 @@ def test_app_method_list_includes_a_registered_method(halfzero):
 
 def test_the_test_methods_are_gone_afterwards():
     assert registry.names() == ALL_BUILTIN and list(METHODS) == ALL_BUILTIN and list(BUDGET_NOTES) == ALL_BUILTIN
+
+
+def test_only_oats_is_replayed_by_the_walkthrough():
+    """The Walkthrough replays OATS's alternating thresholding; a Gram-fitted method (hassle)
+    is iterative too but cannot be replayed from a run folder, and the page must say so."""
+    assert [m.name for m in registry.all_methods() if m.thresholding] == ["oats"]
+    assert registry.get("hassle").iterative and not registry.get("hassle").thresholding

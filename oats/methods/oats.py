@@ -32,6 +32,7 @@ def own_rank_ratio(config) -> float:
     run_modes=("dense", "both", "sparse", "lowrank"),
     iterative=True,
     uses_rank_ratio=True,
+    thresholding=True,
     decompose_config=own_config,
     rank_ratio=own_rank_ratio,
 ))

@@ -75,6 +75,9 @@ class Method:
     them in the run name and match a reused run on the whole configuration)."""
     uses_rank_ratio: bool = False
     """Reads the user's rank ratio kappa (sweeps run it once per rank ratio; others once)."""
+    thresholding: bool = False
+    """Its result is OATS's alternating thresholding on the scaled weight (``decompose``), which
+    the app's Walkthrough replays layer by layer from a run's weights and second moments."""
     decompose_config: Callable[[OatsConfig], OatsConfig] = rank_zero
     rank_ratio: Callable[[object], float] = no_rank
     """kappa the method really uses (reads only ``config.rank_ratio``)."""
