@@ -119,7 +119,7 @@ def execute(request: CompressRequest, folder: str | Path, *,
     writer = RunWriter(folder, extra={"calibration_request": request.calibration_request(),
                                       "model_source": loaded.source, "task": loaded.task, **(extra or {})})
     update(stage="compressing", message="capturing calibration inputs")
-    run = compress_model_for(request, loaded, batches, progress, writer, resume)
+    run = _compress(request, loaded, batches, progress, writer, resume)
     run.timings["load_s"] = t_load
     writer.finish(run)
     run.loaded = loaded
@@ -131,7 +131,7 @@ def execute(request: CompressRequest, folder: str | Path, *,
     return outcome
 
 
-def compress_model_for(request: CompressRequest, loaded, batches, progress, writer, resume) -> CompressionRun:
+def _compress(request: CompressRequest, loaded, batches, progress, writer, resume) -> CompressionRun:
     """``compress_model`` with the request's settings, saving every block through ``writer``."""
     return pipeline.compress_model(loaded.model, batches, request.config, method=request.method, progress=progress,
                           model_name=request.model, device=request.device, allow_generic=request.generic,
