@@ -255,6 +255,10 @@ def test_sweep_series():
     assert s["wanda · both"] == ([0.3], [0.7]) and s["dense"] == ([0.3, 0.6], [1.0, 1.0])
     fig = figures.sweep_figure(s, "cosine", True)
     assert {t.name for t in fig.data} == set(s) and "higher is better" in fig.layout.yaxis.title.text
+    assert fig.layout.yaxis.type != "log"
+    ppl = {"oats · both": ([0.3, 0.5], [14.2, 22.0]), "oats · sparse": ([0.3, 0.5], [1.2e8, 6.9e7])}
+    fig = figures.sweep_figure(ppl, "perplexity", False)
+    assert fig.layout.yaxis.type == "log" and "log scale" in fig.layout.yaxis.title.text
 
 
 def test_request_folder_names_are_deterministic():

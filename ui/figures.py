@@ -327,6 +327,10 @@ def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: b
     return _layout(fig, f"Evaluation: {metric}", height=360)
 
 
+LOG_SPAN = 100.0
+"""A sweep chart whose positive values span more than this factor gets a log y axis."""
+
+
 def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str,
                  higher_is_better: bool | None = None) -> go.Figure:
     """Metric against compression rate, one line per method and model variant."""
@@ -338,6 +342,10 @@ def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str
     fig.update_xaxes(title_text="compression rate ρ (fraction of parameters removed)", tickformat=".0%")
     note = "" if higher_is_better is None else f" ({'higher' if higher_is_better else 'lower'} is better)"
     fig.update_yaxes(title_text=f"{metric}{note}")
+    ys = [v for _, y in series.values() for v in y if v is not None and np.isfinite(v)]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > LOG_SPAN:
+        # a collapsed variant (perplexity 1e7) would flatten every other line to zero
+        fig.update_yaxes(type="log", title_text=f"{metric}{note}, log scale")
     return _layout(fig, f"{metric} against compression rate", height=440)
 
 
