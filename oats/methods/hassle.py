@@ -62,7 +62,7 @@ from oats.core.decompose import (Decomposition, History, check_shape, decompose,
                                  sparse_budget)
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
-from oats.methods.sparsegpt import _inverse_cholesky, _sweep, sparsegpt
+from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram, sparsegpt
 from oats.resources import one_thread
 
 ALTERNATIONS = 3
@@ -190,13 +190,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     check_shape(d_out, d_in, config)
     if gram is None:
         raise ConfigError("hassle needs the (d_in, d_in) Gram matrix of each layer's inputs")
-    if tuple(gram.shape) != (d_in, d_in):
-        raise ConfigError(f"the Gram matrix is {tuple(gram.shape)} but the weight has d_in = {d_in}: "
-                          "give the (d_in, d_in) Gram of this layer's inputs")
-    if not torch.isfinite(gram).all():
-        raise ConfigError("input statistics contain NaN or inf: check the model's activations on the calibration data")
-    if not 0.0 < percdamp < 1.0:
-        raise ConfigError(f"percdamp must be in (0, 1), got {percdamp!r}")
+    check_gram(gram, d_in, percdamp)
     n_iter = min(config.iterations, ALTERNATIONS) if iterations is None else int(iterations)
     if n_iter < 1:
         raise ConfigError(f"iterations must be at least 1, got {iterations!r}")

@@ -102,6 +102,17 @@ def _sweep(w: torch.Tensor, q_all: torch.Tensor, u_chol: torch.Tensor, cfg: Oats
 
 
 @torch.no_grad()
+def check_gram(gram: torch.Tensor, d_in: int, percdamp: float) -> None:
+    """ConfigError (one line) for a Gram of the wrong shape, with NaN/inf, or a damping outside (0, 1)."""
+    if tuple(gram.shape) != (d_in, d_in):
+        raise ConfigError(f"the Gram matrix is {tuple(gram.shape)} but the weight has d_in = {d_in}: "
+                          "give the (d_in, d_in) Gram of this layer's inputs")
+    if not torch.isfinite(gram).all():
+        raise ConfigError("input statistics contain NaN or inf: check the model's activations on the calibration data")
+    if not 0.0 < percdamp < 1.0:
+        raise ConfigError(f"percdamp must be in (0, 1), got {percdamp!r}")
+
+
 def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, blocksize: int = 128,
               percdamp: float = 0.01, device=None) -> Decomposition:
     """SparseGPT: prune with Optimal Brain Surgeon updates on the full input Gram matrix.
@@ -142,13 +153,7 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
         raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
     check_shape(d_out, d_in, cfg)
-    if tuple(gram.shape) != (d_in, d_in):
-        raise ConfigError(f"the Gram matrix is {tuple(gram.shape)} but the weight has d_in = {d_in}: "
-                          "give the (d_in, d_in) Gram of this layer's inputs")
-    if not torch.isfinite(gram).all():
-        raise ConfigError("input statistics contain NaN or inf: check the model's activations on the calibration data")
-    if not 0.0 < percdamp < 1.0:
-        raise ConfigError(f"percdamp must be in (0, 1), got {percdamp!r}")
+    check_gram(gram, d_in, percdamp)
     dev = torch.device(device) if device is not None else weight.device
     w = weight.detach().to(device=dev, dtype=torch.float32).clone()
     if not torch.isfinite(w).all():
