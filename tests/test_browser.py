@@ -56,8 +56,22 @@ def _check(page, name: str) -> None:
     assert exc.count() == 0, f"{name}: {exc.first.inner_text()[:500]} (screenshot {shot})"
 
 
+# navigation title -> the page's own st.title
+HEADINGS = {"Compress": "Compress a model", "ViT attention": "ViT attention & attribution"}
+
+
 def _nav(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    """Click a page in the sidebar and wait until that page's title is drawn; a click that lands
+    while the previous page is still finishing can be lost, so it is tried once more."""
+    heading = page.locator('[data-testid="stMain"] h1', has_text=HEADINGS.get(title, title))
+    for attempt in range(2):
+        page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+        try:
+            heading.first.wait_for(timeout=60_000)
+            return
+        except Exception:
+            if attempt:
+                raise
 
 
 def test_walk_every_page(server):
