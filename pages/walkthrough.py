@@ -2,54 +2,92 @@
 
 import streamlit as st
 
-from ui.state import chart, current_path, current_run, layer_picker, run_mtime, table, walkthrough
+from ui.state import (chart, current_path, current_run, layer_gram, layer_picker, replays_on_gram, run_info, run_mtime,
+                      table, walkthrough)
 from ui import figures
-from oats.errors import ConfigError
+from oats.errors import ConfigError, OatsError
 from oats.methods import registry
 
 st.title("Walkthrough")
-st.markdown("OATS alternates two projections on the scaled weight **W D**: the best rank-r approximation of "
-            "**W D − S** (an SVD) gives **L**, then the largest entries of **W D − L** allowed by the budget give "
-            "**S**. Move the iteration slider to watch the terms settle; change ρ and κ to recompute this layer.")
+INTRO_OATS = ("OATS alternates two projections on the scaled weight **W D**: the best rank-r approximation of "
+              "**W D − S** (an SVD) gives **L**, then the largest entries of **W D − L** allowed by the budget give "
+              "**S**. Move the iteration slider to watch the terms settle; change ρ and κ to recompute this layer.")
+INTRO_GRAM = ("This run was fitted on each layer's full input Gram H = XᵀX / n. HASSLE-free alternates two steps "
+              "on the layer's output error ‖(W − S − L) Xᵀ‖: **S** = SparseGPT(W − L; H) (mask and updates from the "
+              "inverse Hessian), then **L** = the best rank-r fit of W − S in the whitened space (H = C Cᵀ, a "
+              "truncated SVD of (W − S) C), starting from OATS's low-rank term; it keeps the alternation with the "
+              "lowest output error. At κ = 0 it is SparseGPT. The heat maps show the terms scaled as OATS sees them "
+              "(× D). Change ρ and κ to recompute this layer on its Gram.")
 
 run = current_run()
-if run is not None:
+if run is None:
+    st.markdown(INTRO_OATS)
+else:
     path = current_path()
     mtime = run_mtime(path)
+    on_gram = replays_on_gram(run)
+    st.markdown(INTRO_GRAM if on_gram else INTRO_OATS)
     q = layer_picker(run)
     kappa0 = min(round(registry.used_rank_ratio(run.method, run.config) / 0.05) * 0.05, 0.9)
     method = registry.find(run.method)
-    runs_the_solver = method is not None and method.thresholding  # the walkthrough's own algorithm
+    runs_the_solver = method is not None and (method.thresholding or on_gram)  # the walkthrough replays it
     if not runs_the_solver:
-        st.caption(f"This run used {run.method}; the walkthrough always runs OATS on the layer "
-                   f"(κ = 0 is Wanda's mask). A method fitted on the full input Gram cannot be replayed "
-                   f"here: a run folder keeps each layer's second moments, not its Gram.")
+        st.caption(f"This run used {run.method}; the walkthrough runs OATS on the layer (κ = 0 is Wanda's mask).")
+    if on_gram:
+        try:
+            with st.spinner("Recomputing this layer's input Gram: the run's calibration data through the "
+                            "compressed blocks before it (a run folder keeps second moments, not Grams) ..."):
+                layer_gram(path, mtime, q)
+        except OatsError as e:
+            st.error(str(e))
+            st.stop()
+        if not (run_info(path).calibration_request or {}):
+            st.caption("This run's manifest does not record its calibration data: the Gram is recomputed on the "
+                       "default calibration data, so the replay may differ slightly from the saved run.")
     c1, c2 = st.columns(2)
     rho = c1.slider("Compression rate ρ", 0.05, 0.95, float(run.config.compression), 0.05, key=f"wt-rho-{path}",
                     help="Fraction of the layer's parameters removed.", disabled=run.config.nm is not None)
     kappa = c2.slider("Rank ratio κ", 0.0, 0.9, float(kappa0), 0.05, key=f"wt-kappa-{path}",
-                      help="Share of the kept parameters in the low-rank term (0: Wanda).")
+                      help="Share of the kept parameters in the low-rank term (0: " + ("SparseGPT" if on_gram else "Wanda") + ").")
     try:
         wt = walkthrough(path, mtime, q, rho, kappa)
     except ConfigError as e:
         st.error(str(e))
         st.stop()
     its = wt.iterations
+    h = wt.history
     c = st.columns(4)
     c[0].metric("Rank r", wt.rank)
     c[1].metric("Sparse non-zeros", f"{wt.sparse_budget:,}")
-    c[2].metric("Iterations run", len(wt.history["error"]))
-    c[3].metric("Final scaled error", f"{wt.history['error'][-1]:.4f}")
-    t = st.select_slider("Iteration", options=its, value=its[-1], key=f"wt-iter-{q}-{rho}-{kappa}") \
-        if len(its) > 1 else its[0]
+    c[2].metric("Alternations run" if on_gram else "Iterations run", len(h["error"]))
+    if on_gram:
+        c[3].metric("Kept output error", f"{min(h['output_error']):.4f}" if not wt.fallback else "rank 0",
+                    help="The lowest layer output error ‖(W − S − L) Xᵀ‖ / ‖W Xᵀ‖ over the alternations, on the "
+                         "calibration inputs.")
+    else:
+        c[3].metric("Final scaled error", f"{h['error'][-1]:.4f}")
+    if on_gram and wt.fallback:
+        st.info("SparseGPT alone with the whole budget (rank 0) has a lower output error than every alternation "
+                "below: the low-rank term is not worth its parameters on this layer, and the method keeps SparseGPT's "
+                "sparse term.")
+    elif on_gram and wt.kept is not None and len(its) > 1:
+        st.caption(f"The method keeps alternation {wt.kept} (the lowest output error).")
+    t = st.select_slider("Alternation" if on_gram else "Iteration", options=its, value=its[-1],
+                         key=f"wt-iter-{q}-{rho}-{kappa}") if len(its) > 1 else its[0]
     snap = wt.at(t)
     chart(figures.walkthrough_figure(wt, snap), key="heatmaps")
-    chart(figures.objective_figure(wt.history, snap.iteration), key="objective")
-    h = wt.history
-    table([{"iteration": i + 1, "scaled_error": h["error"][i], "sparse_energy": h["sparse_energy"][i],
-            "lowrank_energy": h["lowrank_energy"][i]} for i in range(len(h["error"]))],
-          f"walkthrough-{q}-rho{rho:g}-kappa{kappa:g}", key="csv-walk", height=240)
-    if runs_the_solver and (rho != run.config.compression or kappa != run.config.rank_ratio):
+    chart(figures.objective_figure(h, snap.iteration, kept=wt.kept), key="objective")
+    rows = []
+    for i in range(len(h["error"])):
+        row = {"iteration": i + 1}
+        if h.get("output_error"):
+            row["output_error"] = h["output_error"][i]
+        rows.append({**row, "scaled_error": h["error"][i], "sparse_energy": h["sparse_energy"][i],
+                     "lowrank_energy": h["lowrank_energy"][i]})
+    table(rows, f"walkthrough-{q}-rho{rho:g}-kappa{kappa:g}", key="csv-walk", height=240)
+    if runs_the_solver and (rho != run.config.compression or abs(kappa - kappa0) > 1e-9):
         rec = run.layer(q)
-        st.caption(f"In the saved run ({run.config.compression:g}, {run.config.rank_ratio:g}) this layer reached "
-                   f"scaled error {rec.scaled_error:.4f} with rank {rec.rank}.")
+        out = rec.history.get("output_error") or []
+        reached = f"output error {out[-1]:.4f}, scaled error" if out else "scaled error"
+        st.caption(f"In the saved run (ρ {run.config.compression:g}, κ {kappa0:g}) this layer reached "
+                   f"{reached} {rec.scaled_error:.4f} with rank {rec.rank}.")

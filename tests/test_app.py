@@ -332,6 +332,45 @@ def test_walkthrough_page(app, main_run):
     assert chart(app, "Iteration 1 ")
 
 
+@pytest.fixture(scope="session")
+def hassle_run(runs_dir):
+    """A small HASSLE-free run of minilm-l6 (8 calibration sentences) beside the sweep's runs."""
+    from oats import OatsConfig
+    from oats.runner.execute import execute
+    from oats.runner.request import CompressRequest
+    request = CompressRequest("minilm-l6", OatsConfig(compression=0.5, rank_ratio=0.25), method="hassle",
+                              calib_samples=8, evaluate=False)
+    return execute(request, runs_dir.parent / "hassle-runs" / request.folder_name()).folder
+
+
+def test_walkthrough_replays_a_gram_fitted_run(hassle_run, monkeypatch):
+    """The Walkthrough of a HASSLE-free run recomputes the layer's Gram and steps through the
+    alternations on the output-error objective, ending where the saved run ended."""
+    from streamlit.testing.v1 import AppTest
+
+    from oats.runs.folders import load_run
+    from ui.state import RUN_KEY
+    run = load_run(hassle_run)
+    q = next(r.qualname for r in run.layers if r.block == 2 and r.rank > 0)  # through two compressed blocks
+    rec = run.layer(q)
+    monkeypatch.setenv("OATS_RUNS_DIR", str(hassle_run.parent))
+    app = AppTest.from_file(APP, default_timeout=600)
+    app.session_state[RUN_KEY] = str(hassle_run)
+    app.run()
+    go(app, "pages/walkthrough.py")
+    app.selectbox(key="layer_pick").set_value(q).run()
+    clean(app)
+    assert any("HASSLE-free alternates" in m.value for m in app.markdown)
+    metrics = {m.label: m.value for m in app.metric}
+    obj = chart(app, "Objective per iteration")
+    out = floats(trace(obj, "layer output error")["y"])
+    assert int(metrics["Alternations run"]) == len(out) == 3
+    assert metrics["Kept output error"] == f"{out.min():.4f}"
+    assert out.min() == pytest.approx(rec.history["output_error"][-1], rel=1e-3)
+    assert floats(trace(obj, "kept")["y"])[0] == out.min()
+    assert len(app.select_slider[0].options) == 3
+
+
 def test_compare_page(app, runs_dir):
     from oats.runner.sweep import load_results
     app.run()

@@ -231,3 +231,40 @@ def test_the_fallback_is_sparsegpt_bit_for_bit():
         oe = dec.history.output_error
         assert oe[-1] == min(oe) and oe[-1] == pytest.approx(out_err(w, ref.sparse, gram), rel=1e-6)
         assert dec.error == pytest.approx(ref.error, rel=1e-6)
+
+
+def test_walkthrough_replays_a_saved_layer_from_its_recomputed_gram():
+    """A run keeps second moments, not Grams: ``layer_gram`` recomputes a layer's Gram as the
+    pipeline saw it (earlier blocks compressed), so HASSLE-free on it gives the saved terms."""
+    from oats.explain.analysis import layer_gram, walkthrough
+    model = tiny_llama(layers=2)
+    data = batches()
+    run = compress_model(model, data, CFG, method="hassle")
+    for q in ("0.q", "1.up", "1.down"):  # block 1's Gram depends on block 0's compressed output
+        gram = layer_gram(run, q, data)
+        f = run.factors(q)
+        dec = hassle(f["weight"].float(), gram, CFG, second_moments=run.second_moments[q])
+        assert torch.allclose(dec.sparse, f["sparse"].float(), atol=1e-5), q
+        assert torch.allclose(dec.lowrank(), (f["u"] @ f["v"]).float(), atol=1e-4), q
+        rec = run.layer(q)
+        wt = walkthrough(f["weight"], run.second_moments[q], CFG, gram=gram)
+        assert wt.method == "hassle" and wt.iterations == [1, 2, 3]
+        h = wt.history
+        assert len(h["output_error"]) == len(h["error"]) == 3
+        if wt.fallback:
+            assert rec.rank == 0 and wt.kept is None
+        else:  # the kept alternation is the saved one, and the lowest output error
+            assert h["output_error"][wt.kept - 1] == min(h["output_error"])
+            assert h["output_error"][wt.kept - 1] == pytest.approx(rec.history["output_error"][-1], rel=1e-4)
+            assert h["error"][wt.kept - 1] == pytest.approx(rec.scaled_error, rel=1e-4)
+    # block 1 seen through a dense block 0 is another Gram: the replay does use the compressed blocks
+    dense_model, xs = tiny_llama(layers=2), []
+    hook = dense_model.model.layers[1].mlp.up_proj.register_forward_hook(
+        lambda _m, inp, _o: xs.append(inp[0].reshape(-1, inp[0].shape[-1])))
+    with torch.no_grad():
+        for b in data:
+            dense_model(**b)
+    hook.remove()
+    x = torch.cat(xs)
+    replayed = layer_gram(run, "1.up", data)
+    assert (x.T @ x / len(x) - replayed).norm() > 1e-3 * replayed.norm()

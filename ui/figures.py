@@ -279,22 +279,36 @@ def walkthrough_figure(wt: Walkthrough, snap: Snapshot) -> go.Figure:
     return _layout(fig, f"Iteration {snap.iteration} (scaled space{note})", height=420)
 
 
-def objective_figure(history: dict, iteration: int | None = None) -> go.Figure:
-    """Scaled error and the two terms' energies per iteration; the shown iteration marked."""
+def objective_figure(history: dict, iteration: int | None = None, kept: int | None = None) -> go.Figure:
+    """The objective per iteration and the two terms' energies; the shown iteration marked.
+
+    A history with ``output_error`` (a Gram-fitted method) plots that, the objective it
+    minimises, with the scaled error beside it in grey; ``kept`` marks the kept iteration.
+    """
     err = history.get("error", [])
+    out = history.get("output_error") or []
     t = np.arange(1, len(err) + 1)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=t, y=err, mode="lines+markers", name="scaled error ‖W D − S − L‖ / ‖W D‖",
-                             line=dict(color="black")), secondary_y=False)
+    if out:
+        fig.add_trace(go.Scatter(x=t, y=out, mode="lines+markers", name="layer output error ‖(W − S − L) Xᵀ‖ / ‖W Xᵀ‖",
+                                 line=dict(color="black")), secondary_y=False)
+        fig.add_trace(go.Scatter(x=t, y=err, mode="lines+markers", name="scaled error ‖W D − S − L‖ / ‖W D‖",
+                                 line=dict(color="#888888", dash="dash")), secondary_y=False)
+    else:
+        fig.add_trace(go.Scatter(x=t, y=err, mode="lines+markers", name="scaled error ‖W D − S − L‖ / ‖W D‖",
+                                 line=dict(color="black")), secondary_y=False)
     fig.add_trace(go.Scatter(x=t, y=history.get("sparse_energy", []), mode="lines", name="‖S‖² / ‖W D‖²",
                              line=dict(color=COLORS["sparse"], dash="dot")), secondary_y=True)
     fig.add_trace(go.Scatter(x=t, y=history.get("lowrank_energy", []), mode="lines", name="‖L‖² / ‖W D‖²",
                              line=dict(color=COLORS["lowrank"], dash="dot")), secondary_y=True)
+    if kept is not None and out:
+        fig.add_trace(go.Scatter(x=[kept], y=[out[kept - 1]], mode="markers", name="kept",
+                                 marker=dict(symbol="star", size=14, color="#2ca02c")), secondary_y=False)
     if iteration is not None:
         fig.add_vline(x=iteration, line=dict(color="#ff7f0e", width=2),
                       annotation_text=f"t = {iteration}", annotation_position="top right")
-    fig.update_xaxes(title_text="iteration t")
-    fig.update_yaxes(title_text="scaled error", secondary_y=False)
+    fig.update_xaxes(title_text="alternation t" if out else "iteration t", dtick=1 if len(err) <= 12 else None)
+    fig.update_yaxes(title_text="relative error", secondary_y=False)
     fig.update_yaxes(title_text="energy share of ‖W D‖²", tickformat=".2f", secondary_y=True)
     return _layout(fig, "Objective per iteration", height=380)
 

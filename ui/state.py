@@ -434,6 +434,26 @@ def layer_budget(path: str, mtime: float) -> list[dict]:
     return analysis.layer_budget(_run(path, mtime))
 
 
+def replays_on_gram(run) -> bool:
+    """The Walkthrough replays a run of a Gram-fitted method (SparseGPT, HASSLE-free) with
+    HASSLE-free on the layer's recomputed Gram (at rank 0 it is SparseGPT exactly)."""
+    method = registry.find(run.method)
+    return method is not None and method.statistics == "gram"
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def layer_gram(path: str, mtime: float, qualname: str):
+    """The layer's input Gram as the compression saw it (``analysis.layer_gram``), on the
+    run's own calibration data (the default data when its manifest does not record it)."""
+    from oats.data import calibration_batches
+    run = _run(path, mtime)
+    cal = run_info(path).calibration_request or {}
+    batches = calibration_batches(run.loaded, n_samples=cal.get("samples"), seq_len=cal.get("seq_len"),
+                                  source=cal.get("source"), seed=cal.get("seed") or 0)
+    with MODEL_LOCK:
+        return analysis.layer_gram(run, qualname, batches)
+
+
 @st.cache_data(show_spinner="Decomposing this layer ...", max_entries=32)
 def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> analysis.Walkthrough:
     run = _run(path, mtime)
@@ -441,6 +461,9 @@ def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank
     method = registry.find(run.method)
     scaled = method.scaled if method is not None else True
     config = run.config.replace(compression=compression, rank_ratio=rank_ratio)
+    if replays_on_gram(run):
+        return analysis.walkthrough(f["weight"], run.second_moments[qualname], config,
+                                    gram=layer_gram(path, mtime, qualname))
     return analysis.walkthrough(f["weight"], run.second_moments[qualname] if scaled else None, config)
 
 

@@ -20,7 +20,10 @@ import numpy as np
 import torch
 
 from oats.config import OatsConfig
+from oats.compress.calibration import capture_block_inputs, dense_block_stats, run_block
 from oats.core.decompose import decompose, input_scale, rank_budget, row_keep, sparse_budget
+from oats.methods.hassle import gram_objective, hassle
+from oats.models.adapters import get_adapter
 from oats.resources import one_thread
 from oats.runs.info import RunInfo
 
@@ -431,7 +434,15 @@ class Snapshot:
 
 @dataclass
 class Walkthrough:
-    """One matrix decomposed on the spot with snapshots of L, S and W D - S - L."""
+    """One matrix decomposed on the spot with snapshots of L, S and W D - S - L.
+
+    ``method`` is "oats" (alternating thresholding on the scaled weight, from the diagonal
+    second moments) or "hassle" (alternations of SparseGPT and the whitened rank-r fit on the
+    layer's input Gram). For "hassle" the history holds every alternation, ``output_error``
+    (the objective it minimises) included, ``kept`` is the alternation the method keeps (the
+    lowest output error) and ``fallback`` says that SparseGPT alone at rank 0 beat them all
+    (the layer then has no low-rank term).
+    """
 
     shape: tuple[int, int]
     config: OatsConfig
@@ -442,6 +453,9 @@ class Walkthrough:
     snapshots: list[Snapshot]
     zmax: float           # a common colour ceiling: the 99.5th percentile of |W D|
     target: Heat          # pooled |W D|
+    method: str = "oats"
+    kept: int | None = None
+    fallback: bool = False
 
     @property
     def iterations(self) -> list[int]:
@@ -454,14 +468,19 @@ class Walkthrough:
 
 @one_thread()
 def walkthrough(weight: torch.Tensor, second_moments: torch.Tensor | None, config: OatsConfig,
-                max_snapshots: int = 40, max_size: int = 128) -> Walkthrough:
+                max_snapshots: int = 40, max_size: int = 128, gram: torch.Tensor | None = None) -> Walkthrough:
     """Decompose one matrix with ``config``, keeping at most ``max_snapshots`` pooled snapshots.
+
+    With ``gram`` (the layer's (d_in, d_in) input Gram, ``layer_gram``) the matrix is
+    decomposed by HASSLE-free instead of OATS, and every alternation is kept.
 
     Snapshots start at every iteration; when there are too many, every other one is dropped
     (the stride doubles), so they stay spread over the whole run. The first and the last
     iteration are always kept.
     """
     w = weight.detach().float()
+    if gram is not None and second_moments is None:
+        second_moments = torch.diagonal(gram).float()
     d = input_scale(second_moments, w.shape[1], config.eps)
     a = w * d
     kept: dict[int, Snapshot] = {}
@@ -481,7 +500,11 @@ def walkthrough(weight: torch.Tensor, second_moments: torch.Tensor | None, confi
                 for k in [k for k in kept if k != 1 and k % stride[0] != 0]:
                     del kept[k]
 
-    dec = decompose(w, second_moments, config, trace=trace)
+    extra: dict = {}
+    if gram is None:
+        history = decompose(w, second_moments, config, trace=trace).history.to_dict()
+    else:
+        history, extra = _hassle_walk(w, gram, second_moments, config, d, trace, snap, kept)
     if last[0] is not None and last[0][0] not in kept:
         kept[last[0][0]] = snap(*last[0])
     d_out, d_in = w.shape
@@ -490,9 +513,57 @@ def walkthrough(weight: torch.Tensor, second_moments: torch.Tensor | None, confi
         mag = mag[:: mag.numel() // 1_000_000 + 1]
     zmax = float(torch.quantile(mag, 0.995)) if mag.numel() else 1.0
     return Walkthrough((d_out, d_in), config, rank_budget(d_out, d_in, config), sparse_budget(d_out, d_in, config),
-                       row_keep(d_in, config) if config.sparsity == "row" else None, dec.history.to_dict(),
+                       row_keep(d_in, config) if config.sparsity == "row" else None, history,
                        [kept[k] for k in sorted(kept)], max(zmax, 1e-12),
-                       downsample(a, max_size, max_size, "absmax"))
+                       downsample(a, max_size, max_size, "absmax"), **extra)
+
+
+def _hassle_walk(w, gram, second_moments, config, d, trace, snap, kept) -> tuple[dict, dict]:
+    """HASSLE-free on ``w`` with every alternation traced: (history, Walkthrough extras)."""
+    a2 = max(float((w * d).square().sum()), 1e-30)
+    g64 = gram.double()
+    ref = gram_objective(w, g64)
+    hist: dict[str, list[float]] = {"error": [], "sparse_energy": [], "lowrank_energy": [], "output_error": []}
+
+    def record(t, low, sparse):
+        resid = w - sparse - low
+        hist["error"].append(math.sqrt(float((resid * d).square().sum()) / a2))
+        hist["sparse_energy"].append(float((sparse * d).square().sum()) / a2)
+        hist["lowrank_energy"].append(float((low * d).square().sum()) / a2)
+        hist["output_error"].append(math.sqrt(max(gram_objective(resid, g64), 0.0) / ref) if ref > 0 else 0.0)
+        trace(t, low * d, sparse * d)
+
+    dec = hassle(w, gram, config, second_moments=second_moments, trace=record)
+    if not hist["error"]:  # rank budget 0: SparseGPT alone, one step
+        record(1, dec.lowrank(), dec.sparse)
+        return hist, {"method": "hassle", "kept": 1, "fallback": False}
+    fallback = dec.rank == 0
+    kept_t = None if fallback else int(np.argmin(hist["output_error"])) + 1
+    return hist, {"method": "hassle", "kept": kept_t, "fallback": fallback}
+
+
+@torch.no_grad()
+def layer_gram(run, qualname: str, calibration: list[dict]) -> torch.Tensor:
+    """The (d_in, d_in) input Gram of one layer as the compression saw it.
+
+    A run folder keeps each layer's diagonal second moments, not its Gram (d_in^2 numbers per
+    input). It is recomputed as the pipeline did: the calibration batches (the run's own,
+    ``oats.data.calibration_batches`` with the manifest's calibration request) go through the
+    blocks before the layer's in their compressed ("both") mode, then through the layer's own
+    block with its linears dense. ``run.model`` is used and its modes are restored.
+    """
+    rec = run.layer(qualname)
+    model = run.model
+    adapter = get_adapter(model, allow_generic=run.family == "generic")
+    blocks = adapter.blocks(model)
+    block_path, block = blocks[rec.block]
+    inner = rec.path[len(block_path) + 1:] if rec.path.startswith(block_path + ".") else rec.path
+    with run.use_mode("both"), run.use_mode("dense", layers=block_paths(run, rec.block)):
+        inputs = capture_block_inputs(model, adapter, blocks[0][1], calibration)
+        for _, earlier in blocks[:rec.block]:
+            inputs.hidden = run_block(earlier, adapter, inputs)
+        stats, _ = dense_block_stats(block, adapter, inputs, [inner], gram=True)
+    return stats.gram(inner)
 
 
 # ----------------------------------------------------------------------------- runs and sweeps

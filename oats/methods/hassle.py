@@ -157,7 +157,7 @@ def _with_output_error(dec: Decomposition, weight: torch.Tensor, gram: torch.Ten
 @torch.no_grad()
 def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterations: int | None = None,
            percdamp: float = PERCDAMP, blocksize: int = BLOCKSIZE, device=None, start: str | torch.Tensor = "oats",
-           second_moments: torch.Tensor | None = None, fallback: bool = True) -> Decomposition:
+           second_moments: torch.Tensor | None = None, fallback: bool = True, trace=None) -> Decomposition:
     """HASSLE-free on one matrix: alternate SparseGPT on W - L and the whitened rank-r fit of W - S.
 
     Args:
@@ -174,16 +174,20 @@ def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterati
             the same numbers).
         fallback: also compute SparseGPT with the whole budget at rank 0 and keep it when its
             output error is lower.
+        trace: callable(t, lowrank, sparse) after every alternation t = 1, 2, ... with that
+            alternation's terms in the weight's units (every alternation, not only the kept
+            ones; the Walkthrough page replays a layer with it).
 
     Returns the kept (lowest output error) iterate; see the module docstring for its fields.
     """
     on_cpu = (torch.device(device) if device is not None else weight.device).type == "cpu"
     with one_thread() if on_cpu else contextlib.nullcontext():
-        return _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments, fallback)
+        return _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments, fallback,
+                       trace)
 
 
 def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments,
-            fallback) -> Decomposition:
+            fallback, trace) -> Decomposition:
     if weight.dim() != 2:
         raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
@@ -236,6 +240,8 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         _sweep(target, sparse, u_chol, config, blocksize, prune)
         u, v, _ = lowrank_step(w - sparse, chol, r)
         low = u @ v
+        if trace is not None:
+            trace(t + 1, low, sparse)
         resid = w - sparse - low
         obj = gram_objective(resid, g64)
         hist.error.append(math.sqrt(float((resid * scale).square().sum()) / a2))
