@@ -369,6 +369,7 @@ def test_walkthrough_replays_a_gram_fitted_run(hassle_run, monkeypatch):
     assert out.min() == pytest.approx(rec.history["output_error"][-1], rel=1e-3)
     assert floats(trace(obj, "kept")["y"])[0] == out.min()
     assert len(app.select_slider[0].options) == 3
+    assert chart(app, "Alternation 3 (scaled space")
 
 
 def test_compare_page(app, runs_dir):

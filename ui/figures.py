@@ -276,7 +276,8 @@ def walkthrough_figure(wt: Walkthrough, snap: Snapshot) -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     fr, fc = snap.lowrank.factor
     note = f", max over {fr}×{fc} entries per cell" if fr * fc > 1 else ""
-    return _layout(fig, f"Iteration {snap.iteration} (scaled space{note})", height=420)
+    step = "Alternation" if wt.method == "hassle" else "Iteration"
+    return _layout(fig, f"{step} {snap.iteration} (scaled space{note})", height=420)
 
 
 def objective_figure(history: dict, iteration: int | None = None, kept: int | None = None) -> go.Figure:
