@@ -17,6 +17,7 @@ pages = [
     st.Page("pages/outliers.py", title="Outliers", icon=":material/scatter_plot:"),
     st.Page("pages/errors.py", title="Error budget", icon=":material/stacked_bar_chart:"),
     st.Page("pages/walkthrough.py", title="Walkthrough", icon=":material/school:"),
+    st.Page("pages/heads.py", title="Heads", icon=":material/grid_view:"),
     st.Page("pages/vit.py", title="ViT attention", icon=":material/visibility:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]

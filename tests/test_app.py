@@ -372,6 +372,32 @@ def test_walkthrough_replays_a_gram_fitted_run(hassle_run, monkeypatch):
     assert chart(app, "Alternation 3 (scaled space")
 
 
+def test_heads_page(app, main_run):
+    """Every head of a layer in four variants, and the distances the page charts match a direct
+    computation on the run."""
+    from oats.data import evaluation_sentences
+    from oats.explain import heads
+    app.run()
+    go(app, "pages/heads.py")
+    text = evaluation_sentences()[0]
+    assert app.text_input(key="heads_text").value == text
+    view = heads.explain_heads(main_run, text=text)
+    grid = chart(app, "Layer 3: every head")
+    assert len(grid["data"]) == 4 * 12  # minilm-l6: 12 heads, four variants
+    np.testing.assert_allclose(floats(grid["data"][12]["z"]), view.maps["both"][3][0], atol=1e-5)
+    change = chart(app, "How far each head moved")
+    np.testing.assert_allclose(floats(change["data"][0]["z"]), view.distance["both"], atol=1e-5)
+    assert any(heads.summary(view)[:60] in m.value for m in app.markdown)
+    app.text_input(key="heads_text").set_value("The river froze early that winter.").run()
+    clean(app)
+    other = heads.explain_heads(main_run, text="The river froze early that winter.")
+    assert len(other.tokens) != len(view.tokens)
+    np.testing.assert_allclose(floats(chart(app, "How far each head moved")["data"][1]["z"]),
+                               other.distance["sparse"], atol=1e-5)
+    app.text_input(key="heads_text").set_value("   ").run()
+    assert [e.value for e in app.error] == ["type a text to look at (one or two sentences)"]
+
+
 def test_compare_page(app, runs_dir):
     from oats.runner.sweep import load_results
     app.run()

@@ -19,7 +19,7 @@ from browser_helpers import CHROMIUM, LAUNCH_ARGS, SHOTS, requirements, screensh
 pytestmark = pytest.mark.browser
 
 # page title in the navigation -> least number of charts it must draw for the minilm-l6 run
-PAGES = {"Compress": 2, "Spectra": 3, "Outliers": 5, "Error budget": 4, "Walkthrough": 2, "Compare": 2}
+PAGES = {"Compress": 2, "Spectra": 3, "Outliers": 5, "Error budget": 4, "Walkthrough": 2, "Heads": 3, "Compare": 2}
 
 
 def prepare_browser_runs(root: Path) -> Path:
@@ -111,6 +111,9 @@ def test_walk_every_page(server):
             _nav(page, "Spectra")
             settle(page, PAGES["Spectra"])
             _check(page, "dinov2-spectra")
+            _nav(page, "Heads")
+            times["first visit"]["Heads (dinov2-small)"] = settle(page, PAGES["Heads"])
+            _check(page, "dinov2-heads")
         finally:
             browser.close()
     (SHOTS / "timings.json").write_text(json.dumps(times, indent=1))

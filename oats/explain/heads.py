@@ -1,0 +1,201 @@
+"""Every attention head of a compressed model against the dense model's.
+
+For one input (a text for the language models, an image for the vision transformers) the
+model runs once per variant: dense, compressed (sparse + low-rank, "both"), sparse-only and
+low-rank-only. Each run yields every layer's softmaxed attention, (heads, T, T). What is kept:
+
+- the maps: for text, each head's token-by-token map; for a ViT, each head's attention from
+  the CLS token to the patches, on the patch grid;
+- per head, its entropy: the mean over query rows of -sum_k p_k ln p_k (nats), over the keys a
+  row can see (a causal row sees itself and the tokens before it); for a ViT only the CLS row,
+  over all tokens (CLS, registers and patches);
+- per head and variant, its distance to the dense head: the Jensen-Shannon divergence in
+  bits (0: the same distribution, 1: disjoint supports), averaged over the same rows.
+
+Nothing here draws; ``ui.figures`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from oats.errors import ConfigError, UnsupportedModelError
+from oats.explain import vit
+
+MODES = ("dense", "both", "sparse", "lowrank")
+MODE_LABELS = {"dense": "dense", "both": "compressed (S + L)", "sparse": "sparse-only", "lowrank": "low-rank-only"}
+MAX_TOKENS = 48
+"""Text inputs are cut to this many tokens (the maps are T x T per head and layer)."""
+
+
+@dataclass
+class HeadView:
+    """Every head of every layer for one input, in each variant."""
+
+    kind: str
+    """"text" or "vision"."""
+    tokens: list[str]
+    """Text: the tokens as the tokenizer wrote them. Vision: "CLS", registers, then patches."""
+    maps: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """mode -> per layer: text (heads, T, T); vision (heads, grid_h, grid_w), CLS to patches."""
+    entropy: dict[str, np.ndarray] = field(default_factory=dict)
+    """mode -> (layers, heads) mean row entropy in nats."""
+    distance: dict[str, np.ndarray] = field(default_factory=dict)
+    """mode -> (layers, heads) mean Jensen-Shannon divergence to the dense head, in bits."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """mode -> seconds for its forward pass and statistics."""
+    grid: tuple[int, int] | None = None
+    image: np.ndarray | None = None
+    """Vision: the (S, S, 3) uint8 crop the model saw."""
+
+    @property
+    def layers(self) -> int:
+        return len(self.maps["dense"])
+
+    @property
+    def heads(self) -> int:
+        return int(self.maps["dense"][0].shape[0])
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """-sum p ln p over the last axis (nats); zero probabilities contribute nothing."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -terms.sum(axis=-1)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence in bits over the last axis (symmetric, in [0, 1])."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    m = 0.5 * (p + q)
+    return np.clip((entropy(m) - 0.5 * entropy(p) - 0.5 * entropy(q)) / np.log(2.0), 0.0, 1.0)
+
+
+def text_attentions(model: nn.Module, batch: dict) -> list[np.ndarray]:
+    """Every layer's softmaxed attention (heads, T, T) for one tokenised text (batch of 1).
+
+    A model loaded with SDPA attention returns no maps: it is switched to eager attention,
+    which computes the same function.
+    """
+    kwargs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        out = model(**kwargs, output_attentions=True)
+        atts = getattr(out, "attentions", None)
+        if not atts and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+            atts = model(**kwargs, output_attentions=True).attentions
+    if not atts:
+        raise UnsupportedModelError(f"{type(model).__name__} returned no attention maps: load it with "
+                                    "attn_implementation='eager'")
+    return [a[0].detach().float().cpu().numpy() for a in atts]
+
+
+def _row_stats(rows: np.ndarray, dense_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(heads,) mean entropy and mean JS divergence to ``dense_rows`` of (heads, R, K) rows."""
+    ent = entropy(rows).mean(axis=-1)
+    if dense_rows is None:
+        return ent, np.zeros_like(ent)
+    return ent, js_divergence(rows, dense_rows).mean(axis=-1)
+
+
+def tokenize(loaded, text: str) -> tuple[dict, list[str]]:
+    """A batch of one for ``text`` (at most ``MAX_TOKENS`` tokens) and its tokens as strings."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError("type a text to look at (one or two sentences)")
+    tok = loaded.tokenizer
+    if tok is None:
+        raise UnsupportedModelError(f"'{loaded.name}' has no tokenizer: pick a text model's run, or a photo for a ViT")
+    batch = tok(text.strip(), return_tensors="pt", truncation=True, max_length=MAX_TOKENS)
+    ids = batch["input_ids"][0].tolist()
+    return dict(batch), [tok.convert_ids_to_tokens(i) for i in ids]
+
+
+def _check_modes(modes) -> list[str]:
+    modes = list(modes)
+    if "dense" not in modes or any(m not in MODES for m in modes):
+        raise ConfigError(f"modes must include dense and be among {', '.join(MODES)}, got {modes!r}")
+    return ["dense"] + [m for m in modes if m != "dense"]
+
+
+def explain_heads(run, text: str | None = None, image: np.ndarray | None = None, modes=MODES) -> HeadView:
+    """Every head of ``run``'s model in each variant for one text (language models) or one
+    RGB image (vision transformers). The run's modes are restored afterwards."""
+    modes = _check_modes(modes)
+    loaded = getattr(run, "loaded", None)
+    vision = vit.is_vision_run(run)
+    if vision:
+        if image is None:
+            raise ConfigError("a vision run needs an image: pick a bundled photo or upload one")
+        px, crop = vit.prepare_image(image, vit.image_spec(run))
+        grid = vit.patch_grid(run.model, px)
+        view = HeadView(kind="vision", tokens=[], grid=grid, image=crop)
+    else:
+        if loaded is None:
+            raise ConfigError("this run has no loaded model to run a text through")
+        batch, tokens = tokenize(loaded, text or "")
+        view = HeadView(kind="text", tokens=tokens)
+    dense_rows: list[np.ndarray] | None = None
+    for mode in modes:
+        t0 = time.perf_counter()
+        with run.use_mode(mode):
+            atts = vit.attention_maps(run.model, px) if vision else text_attentions(run.model, batch)
+        if vision:
+            n = atts[0].shape[-1]
+            prefix = n - grid[0] * grid[1]
+            if not view.tokens:
+                view.tokens = ["CLS"] + [f"register {i}" for i in range(1, prefix)] + \
+                              [f"patch {i}" for i in range(grid[0] * grid[1])]
+            rows = [a[:, :1, :] for a in atts]  # the CLS row of every head
+            view.maps[mode] = [a[:, 0, prefix:].reshape(a.shape[0], *grid) for a in atts]
+        else:
+            rows = atts
+            view.maps[mode] = atts
+        stats = [_row_stats(r, None if dense_rows is None else dense_rows[i]) for i, r in enumerate(rows)]
+        view.entropy[mode] = np.stack([s[0] for s in stats])
+        view.distance[mode] = np.stack([s[1] for s in stats])
+        if dense_rows is None:
+            dense_rows = rows
+        view.seconds[mode] = time.perf_counter() - t0
+    return view
+
+
+def changed_heads(view: HeadView, top: int | None = None) -> list[dict]:
+    """One row per (variant, layer, head), the largest distance to dense first."""
+    rows = []
+    for mode in view.distance:
+        if mode == "dense":
+            continue
+        d = view.distance[mode]
+        for layer in range(d.shape[0]):
+            for head in range(d.shape[1]):
+                rows.append({"variant": MODE_LABELS[mode], "layer": layer, "head": head,
+                             "js_to_dense_bits": float(d[layer, head]),
+                             "entropy_dense_nats": float(view.entropy["dense"][layer, head]),
+                             "entropy_variant_nats": float(view.entropy[mode][layer, head])})
+    rows.sort(key=lambda r: -r["js_to_dense_bits"])
+    return rows[:top] if top else rows
+
+
+def summary(view: HeadView) -> str:
+    """One sentence, from the numbers: how far each variant's heads are from dense, and which
+    head changed most in the compressed model."""
+    parts = []
+    for mode in ("both", "sparse", "lowrank"):
+        if mode in view.distance:
+            parts.append(f"{MODE_LABELS[mode]} {np.median(view.distance[mode]):.3f}")
+    if not parts:
+        return ""
+    text = "Median Jensen-Shannon divergence of a head to its dense self (bits): " + ", ".join(parts) + "."
+    if "both" in view.distance:
+        d = view.distance["both"]
+        layer, head = np.unravel_index(int(np.argmax(d)), d.shape)
+        text += (f" In the compressed model, layer {layer} head {head} changed most ({d[layer, head]:.3f} bits; "
+                 f"entropy {view.entropy['dense'][layer, head]:.2f} → {view.entropy['both'][layer, head]:.2f} nats).")
+    return text

@@ -1,0 +1,117 @@
+"""oats.explain.heads: per-head maps, entropy and distance to dense, on tiny random models.
+
+The divergences are checked against their definitions on known distributions, and
+``explain_heads`` against attention read directly from the model in each mode.
+"""
+
+import copy
+import types
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from tiny_models import batches, tiny_llama
+
+from oats import OatsConfig, compress_model
+from oats.errors import ConfigError
+from oats.explain import heads
+
+
+def test_entropy_and_js_divergence_on_known_distributions():
+    k = 8
+    uniform = np.full(k, 1 / k)
+    assert heads.entropy(uniform) == pytest.approx(np.log(k))
+    assert heads.entropy(np.eye(k)[3]) == 0.0
+    assert heads.js_divergence(uniform, uniform) == pytest.approx(0.0, abs=1e-12)
+    assert heads.js_divergence(np.eye(k)[0], np.eye(k)[1]) == pytest.approx(1.0)  # disjoint supports: 1 bit
+    p, q = np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.5, 0.5])
+    # by hand: m = (1/4, 1/2, 1/4); H(m) = 1.5 bits, H(p) = H(q) = 1 bit
+    assert heads.js_divergence(p, q) == pytest.approx(0.5)
+    assert heads.js_divergence(p, q) == pytest.approx(heads.js_divergence(q, p))
+
+
+class _Tokenizer:
+    """Whitespace words to ids 1..; enough for a tiny Llama with a 64-token vocabulary."""
+
+    def __call__(self, text, return_tensors="pt", truncation=True, max_length=48):
+        ids = [1 + (sum(map(ord, w)) % 60) for w in text.split()][:max_length]
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+
+    def convert_ids_to_tokens(self, i):
+        return f"t{i}"
+
+
+@pytest.fixture(scope="module")
+def llama_run():
+    model = tiny_llama(layers=2)
+    run = compress_model(model, batches(), OatsConfig(compression=0.5, rank_ratio=0.25, iterations=3))
+    run.loaded = types.SimpleNamespace(name="tiny", tokenizer=_Tokenizer(), task="causal-lm")
+    return run
+
+
+def _direct(run, mode, batch):
+    model = copy.deepcopy(run.model)
+    model.set_attn_implementation("eager")
+    with run.use_mode(mode), torch.no_grad():
+        for name, m in model.named_modules():
+            if hasattr(m, "mode"):
+                m.mode = run.modules()[name].mode
+        return [a[0].numpy() for a in model(**batch, output_attentions=True).attentions]
+
+
+def test_text_heads_match_attention_read_from_the_model(llama_run):
+    run = llama_run
+    text = "the cat sat on the mat and looked at the door"
+    saved = {p: m.mode for p, m in run.modules().items()}
+    view = heads.explain_heads(run, text=text)
+    assert {p: m.mode for p, m in run.modules().items()} == saved  # modes restored
+    batch, tokens = heads.tokenize(run.loaded, text)
+    assert view.kind == "text" and view.tokens == tokens and len(tokens) == 11
+    assert view.layers == 2 and view.heads == 4 and list(view.maps) == list(heads.MODES)
+    dense = _direct(run, "dense", batch)
+    for mode in ("both", "sparse", "lowrank"):
+        other = _direct(run, mode, batch)
+        for layer in range(2):
+            np.testing.assert_allclose(view.maps[mode][layer], other[layer], atol=1e-5)
+            a = other[layer]
+            assert np.allclose(np.triu(a, 1), 0)  # causal: a row sees itself and the tokens before it
+            np.testing.assert_allclose(view.entropy[mode][layer], heads.entropy(a).mean(-1), rtol=1e-5)
+            np.testing.assert_allclose(view.distance[mode][layer],
+                                       heads.js_divergence(a, dense[layer]).mean(-1), rtol=1e-5, atol=1e-9)
+    assert np.all(view.distance["dense"] == 0)
+    assert view.distance["sparse"].max() > 0 and view.distance["lowrank"].max() > 0
+    rows = heads.changed_heads(view)
+    assert len(rows) == 3 * 2 * 4
+    d = [r["js_to_dense_bits"] for r in rows]
+    assert d == sorted(d, reverse=True)
+    top = rows[0]
+    mode = {v: k for k, v in heads.MODE_LABELS.items()}[top["variant"]]
+    assert top["js_to_dense_bits"] == view.distance[mode].max()
+    both = view.distance["both"]
+    layer, head = np.unravel_index(np.argmax(both), both.shape)
+    assert f"layer {layer} head {head} changed most" in heads.summary(view)
+
+
+def test_vision_heads_are_cls_to_patch_maps():
+    torch.manual_seed(0)
+    model = transformers.ViTModel(transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, attn_implementation="eager"), add_pooling_layer=False).eval()
+    cal = [{"pixel_values": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i))} for i in range(2)]
+    run = compress_model(model, cal, OatsConfig(compression=0.5, rank_ratio=0.3, iterations=3), model_name="tiny-vit")
+    image = np.random.default_rng(0).integers(0, 256, size=(40, 52, 3), dtype=np.uint8)
+    view = heads.explain_heads(run, image=image)
+    assert view.kind == "vision" and view.grid == (4, 4) and view.tokens[0] == "CLS" and len(view.tokens) == 17
+    for mode in heads.MODES:
+        for m in view.maps[mode]:
+            assert m.shape == (4, 4, 4) and np.all(m >= 0) and np.all(m.sum(axis=(1, 2)) <= 1 + 1e-5)
+    assert np.all(view.distance["dense"] == 0) and view.distance["both"].shape == (2, 4)
+    assert np.all(view.entropy["dense"] <= np.log(17) + 1e-9)
+
+
+def test_bad_input_is_one_clear_error(llama_run):
+    with pytest.raises(ConfigError, match="type a text"):
+        heads.explain_heads(llama_run, text="   ")
+    with pytest.raises(ConfigError, match="modes must include dense"):
+        heads.explain_heads(llama_run, text="a b", modes=("both",))
