@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.head_figures import entropy_figure, head_change_figure, heads_figure
+from ui.head_figures import entropy_figure, head_change_figure, heads_figure, token_maps_figure
 from ui.state import MODEL_LOCK, RUN_KEY, chart, current_run, run_mtime, table
 from oats.data import bundled_images, evaluation_sentences
 from oats.errors import OatsError
 from oats.explain import heads, vit
+from oats.explain import text as text_explain
 
 
 @st.cache_data(max_entries=12, show_spinner="Running the input through the dense model and its three variants ...")
@@ -18,6 +19,13 @@ def head_view(path: str, mtime: float, text: str | None, photo: str | None, _run
     image = bundled_images()[photo] if photo else None
     with MODEL_LOCK:  # the shared model's modes are switched (and restored)
         return heads.explain_heads(_run, text=text, image=image)
+
+
+@st.cache_data(max_entries=24, show_spinner=False)
+def text_explanation(path: str, mtime: float, text: str, second: str | None, steps: int, with_ig: bool,
+                     _run) -> text_explain.TextExplanation:
+    with MODEL_LOCK:
+        return text_explain.explain_text(_run, text, second, steps=steps, attributions=with_ig)
 
 
 st.title("Heads")
@@ -66,3 +74,50 @@ st.subheader("Heads that changed most")
 table(heads.changed_heads(view, top=60), f"heads-{run.model_name}", key="csv-heads", height=320)
 st.caption("Seconds per variant (forward pass and statistics): " +
            ", ".join(f"{heads.MODE_LABELS[m]} {s:.2f}" for m, s in view.seconds.items()))
+
+if not vision:
+    st.header("Which tokens matter (Section 5, for text)")
+    encoder = getattr(run.loaded, "task", None) == "encoder"
+    st.markdown(
+        "The paper's Section 5 for a language model: **attention rollout** (heads averaged, the identity added for "
+        "the residual path, multiplied over the layers; the row the output uses: "
+        + ("the mean over tokens, as the encoder mean-pools" if encoder else "the last token, which predicts the next")
+        + ") and **integrated gradients** on the input embeddings (captum's layer integrated gradients; baseline: "
+        "the same tokens with every non-special token replaced by the pad token). The target is "
+        + ("the cosine between each model's embedding of the text and the *dense* model's embedding of the second "
+           "sentence" if encoder else "the log-probability of the token the *dense* model predicts next")
+        + ", so the four models are explained against the same reference.")
+    second = None
+    if encoder:
+        sentences = evaluation_sentences()
+        second = st.text_input("Second sentence", value=sentences[1] if len(sentences) > 1 else sentences[0],
+                               key="heads_second", max_chars=400)
+    c1, c2 = st.columns([3, 1])
+    steps = c1.select_slider("Integrated Gradients steps", options=[8, 16, 32, 64], value=16, key="heads_ig_steps",
+                             help="Points on the path from the baseline; the table below reports how far the "
+                                  "attributions are from summing to f(text) − f(baseline).")
+    c2.write("")
+    asked = c2.button("Compute attributions", type="primary", key="heads_ig_go")
+    done_key = f"heads-ig::{path}::{mtime}::{text}::{second}::{steps}"
+    if asked:
+        st.session_state[done_key] = True
+    with_ig = bool(st.session_state.get(done_key))
+    try:
+        with st.spinner("Integrated gradients for the four models ..." if with_ig else "Attention rollout ..."):
+            ex = text_explanation(path, mtime, text, second, int(steps), with_ig, run)
+    except OatsError as e:
+        st.error(str(e))
+        st.stop()
+    if not with_ig:
+        st.info(f"Attention rollout is below. Integrated gradients take {steps} forward and backward passes per "
+                f"model, four models: press **Compute attributions**. Results are kept for this run and text.")
+    st.caption(f"Target: {ex.target}.")
+    chart(token_maps_figure(ex), key="heads-tokens")
+    if ex.attributions:
+        table([{"model": heads.MODE_LABELS[m], "f(text)": ex.value[m][0], "f(baseline)": ex.value[m][1],
+                "sum of attributions": float(ex.attributions[m].sum()), "captum delta": ex.delta[m]}
+               for m in ex.attributions], f"ig-completeness-{run.model_name}", key="csv-ig-complete")
+    st.subheader("Overlap between the maps")
+    st.caption("Spearman rank correlation of the per-token values and the intersection over union of the top-k "
+               "tokens of each map (|attribution| for integrated gradients), for every pair of models.")
+    table(vit.overlap_rows(text_explain.overlap_maps(ex)), f"token-overlap-{run.model_name}", key="csv-token-overlap")

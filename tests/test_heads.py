@@ -38,8 +38,8 @@ class _Tokenizer:
         ids = [1 + (sum(map(ord, w)) % 60) for w in text.split()][:max_length]
         return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
-    def convert_ids_to_tokens(self, i):
-        return f"t{i}"
+    def decode(self, ids):
+        return "".join(f"t{i}" for i in ids)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,69 @@ def test_bad_input_is_one_clear_error(llama_run):
         heads.explain_heads(llama_run, text="   ")
     with pytest.raises(ConfigError, match="modes must include dense"):
         heads.explain_heads(llama_run, text="a b", modes=("both",))
+
+
+# ----------------------------------------------------------------------------- Section 5 for text
+
+from oats.explain import text as text_explain  # noqa: E402
+
+
+def test_text_rollout_on_known_maps():
+    eye = [np.eye(5)[None].repeat(2, axis=0)] * 3
+    np.testing.assert_allclose(text_explain.text_rollout(eye, causal=True), np.eye(5)[-1])
+    np.testing.assert_allclose(text_explain.text_rollout(eye, causal=False), np.full(5, 0.2))
+    # one layer, uniform attention: (U + I) / 2, row 0 of an encoder's mean = (1/T + 1/2 * 1/T ... ) by hand
+    u = [np.full((1, 4, 4), 0.25)]
+    a = (np.full((4, 4), 0.25) + np.eye(4)) / 2
+    np.testing.assert_allclose(text_explain.text_rollout(u, causal=True), a[-1], rtol=1e-6)
+
+
+class _SpecialTokenizer(_Tokenizer):
+    pad_token_id, unk_token_id, eos_token_id, all_special_ids = 0, None, 63, [0, 63]
+
+    def __call__(self, text, **kw):
+        b = super().__call__(text, **kw)
+        b["input_ids"][0, -1] = 63  # the last token is special: the baseline keeps it
+        return b
+
+
+def test_integrated_gradients_complete_and_the_baseline_keeps_special_tokens(llama_run):
+    run = llama_run
+    run.loaded = types.SimpleNamespace(name="tiny", tokenizer=_SpecialTokenizer(), task="causal-lm")
+    ids = torch.tensor([[5, 6, 7, 63]])
+    assert text_explain.baseline_ids(ids, run.loaded.tokenizer).tolist() == [[0, 0, 0, 63]]
+    saved = {p: m.mode for p, m in run.modules().items()}
+    ex = text_explain.explain_text(run, "a b c d e f", steps=48)
+    assert {p: m.mode for p, m in run.modules().items()} == saved
+    assert list(ex.attributions) == list(heads.MODES) and len(ex.tokens) == 6
+    for mode, attr in ex.attributions.items():
+        fx, fb = ex.value[mode]
+        # captum's delta is sum(attributions) - (f(x) - f(baseline)); it is small with 48 steps
+        assert attr.sum() - (fx - fb) == pytest.approx(ex.delta[mode], abs=1e-4)
+        assert abs(ex.delta[mode]) < 0.05 * abs(fx - fb) + 1e-4
+        assert attr[-1] == 0.0  # the special token is the same in the baseline: no path, no attribution
+        assert ex.rollout[mode].sum() == pytest.approx(1.0, abs=1e-5)
+    assert ex.value["both"][0] != ex.value["sparse"][0]
+    maps = text_explain.overlap_maps(ex)
+    assert set(maps) == {"attention rollout", "integrated gradients |attribution|"}
+    np.testing.assert_array_equal(maps["integrated gradients |attribution|"]["both"], np.abs(ex.attributions["both"]))
+
+
+def test_encoder_attribution_needs_a_second_sentence_and_explains_similarity():
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        attn_implementation="eager"), add_pooling_layer=False).eval()
+    cal = [{"input_ids": torch.randint(1, 63, (4, 12), generator=torch.Generator().manual_seed(i)),
+            "attention_mask": torch.ones(4, 12, dtype=torch.long)} for i in range(2)]
+    run = compress_model(model, cal, OatsConfig(compression=0.5, rank_ratio=0.25, iterations=3))
+    run.loaded = types.SimpleNamespace(name="tiny-bert", tokenizer=_SpecialTokenizer(), task="encoder")
+    with pytest.raises(ConfigError, match="second sentence"):
+        text_explain.explain_text(run, "a b c", second="")
+    ex = text_explain.explain_text(run, "a b c d", second="a b x y", steps=32)
+    assert "cosine" in ex.target and ex.task == "encoder"
+    fx, fb = ex.value["dense"]
+    assert -1 <= fx <= 1 and abs(ex.delta["dense"]) < 0.05 * abs(fx - fb) + 1e-4
+    np.testing.assert_allclose(ex.rollout["dense"].sum(), 1.0, rtol=1e-5)
+    with pytest.raises(Exception, match="language models"):
+        text_explain.explain_text(types.SimpleNamespace(loaded=types.SimpleNamespace(task="vision")), "a")

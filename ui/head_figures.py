@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from oats.explain.heads import MODE_LABELS, HeadView
+from oats.explain.text import TextExplanation
 from ui.figures import INFERNO, _layout
 
 
@@ -80,3 +81,28 @@ def entropy_figure(view: HeadView) -> go.Figure:
     fig.update_xaxes(title_text="layer", dtick=1 if view.layers <= 32 else None)
     fig.update_yaxes(title_text="mean row entropy (nats)")
     return _layout(fig, "Head entropy per layer: low = focused heads, high = diffuse heads", height=380)
+
+
+def token_maps_figure(ex: TextExplanation) -> go.Figure:
+    """Per token, each variant's attention rollout and (when computed) integrated-gradients
+    attribution, one row per variant; each row scaled to its own largest |value|."""
+    kinds = [("attention rollout", ex.rollout, False)]
+    if ex.attributions:
+        kinds.append(("integrated gradients (signed)", ex.attributions, True))
+    labels = [f"{i}:{t.strip() or '␣'}" for i, t in enumerate(ex.tokens)]
+    fig = make_subplots(rows=len(kinds), cols=1, subplot_titles=[k[0] for k in kinds], vertical_spacing=0.18)
+    for r, (name, maps, signed) in enumerate(kinds, start=1):
+        modes = [m for m in ("dense", "both", "sparse", "lowrank") if m in maps]
+        raw = np.stack([np.asarray(maps[m], dtype=float) for m in modes])
+        scale = np.abs(raw).max(axis=1, keepdims=True)
+        z = raw / np.where(scale > 0, scale, 1.0)
+        fig.add_trace(go.Heatmap(z=z, x=labels, y=[MODE_LABELS[m] for m in modes], customdata=raw,
+                                 zmin=-1 if signed else 0, zmax=1,
+                                 colorscale="RdBu" if signed else INFERNO, reversescale=signed,
+                                 showscale=False,
+                                 hovertemplate="%{y}, token %{x}<br>value %{customdata:.4g}<extra>" + name + "</extra>"),
+                      row=r, col=1)
+        fig.update_yaxes(autorange="reversed", row=r, col=1)
+    fig.update_xaxes(tickangle=-45, tickfont=dict(size=10))
+    return _layout(fig, "Which tokens each variant relies on (each row scaled to its largest |value|)",
+                   height=260 * len(kinds) + 120)

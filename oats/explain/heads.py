@@ -40,7 +40,7 @@ class HeadView:
     kind: str
     """"text" or "vision"."""
     tokens: list[str]
-    """Text: the tokens as the tokenizer wrote them. Vision: "CLS", registers, then patches."""
+    """Text: each token decoded on its own (a leading space shows a word start). Vision: "CLS", registers, then patches."""
     maps: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """mode -> per layer: text (heads, T, T); vision (heads, grid_h, grid_w), CLS to patches."""
     entropy: dict[str, np.ndarray] = field(default_factory=dict)
@@ -114,7 +114,7 @@ def tokenize(loaded, text: str) -> tuple[dict, list[str]]:
         raise UnsupportedModelError(f"'{loaded.name}' has no tokenizer: pick a text model's run, or a photo for a ViT")
     batch = tok(text.strip(), return_tensors="pt", truncation=True, max_length=MAX_TOKENS)
     ids = batch["input_ids"][0].tolist()
-    return dict(batch), [tok.convert_ids_to_tokens(i) for i in ids]
+    return dict(batch), [tok.decode([i]) for i in ids]
 
 
 def _check_modes(modes) -> list[str]:

@@ -48,7 +48,7 @@ from oats.models.vision import is_hf_vit, is_timm_vit, own_image_settings, patch
 
 MODES = ("dense", "sparse", "lowrank")
 """The three models compared, as ``OatsLinear`` modes."""
-MODE_LABELS = {"dense": "dense", "sparse": "sparse-only", "lowrank": "low-rank-only"}
+MODE_LABELS = {"dense": "dense", "sparse": "sparse-only", "lowrank": "low-rank-only", "both": "compressed (S + L)"}
 HEAD_FUSIONS = ("mean", "max", "min")
 DISCARD_RATIO = 0.4
 """The paper's default share of the lowest fused attentions dropped per layer."""
