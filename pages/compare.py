@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import chart, complete_runs, current_path, primary_metric, run_info, run_task, table
+from ui.state import chart, complete_runs, how_to_read, current_path, primary_metric, run_info, run_task, table
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
@@ -41,6 +41,12 @@ else:
         metric = st.selectbox("Metric", metrics, index=default)
         higher = pm[1] if pm and pm[0] == metric else None
         chart(figures.sweep_figure(analysis.sweep_series(rows_m, metric), metric, higher), key="sweep")
+        how_to_read("One line per method (and per evaluated mode: a dashed line is a run with one of its terms "
+                    "zeroed), the compression rate ρ on the x axis: the share of each matrix's parameters removed, "
+                    "the same budget for every method. The y axis is the chosen metric on held-out data; the title "
+                    "says whether higher or lower is better. A method whose line stays closer to the dense value as ρ "
+                    "grows compresses better; where lines cross, the ranking depends on the budget. A log axis is "
+                    "used when the values span more than 100×.")
         table(rows_m, f"sweep-{Path(folder).name}", key="csv-sweep", height=300)
 
 # ----------------------------------------------------------------------------- runs side by side

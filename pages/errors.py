@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.state import (LAYER_KEY, ablation_reference, block_ablation, chart, current_path, current_run,
+from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation, chart, current_path, current_run,
                        layer_budget, primary_metric, run_info, run_mtime, run_task, table)
 from oats.explain import analysis
 from ui import figures
@@ -23,6 +23,12 @@ if run is not None:
                 f"{med['sparse_only']:.3f} with the sparse term alone, {med['lowrank_only']:.3f} with the low-rank "
                 f"term alone.")
     chart(figures.error_budget_figure(rows), key="budget")
+    how_to_read("One group of bars per layer, each the layer's scaled error ‖W D − approximation‖ / ‖W D‖ (D: the "
+                "input scale sqrt(mean x²), so errors on busy input channels count more): with both terms, with the "
+                "sparse term alone and with the low-rank term alone. 0 is exact, 1 is as far as zeroing the layer. "
+                "When both terms are far better than either alone, the method needed the pair: the sparse term took "
+                "the large entries, the low-rank term the spread-out structure. The energy chart below says how "
+                "‖W D‖² splits between them.")
     chart(figures.energy_split_figure(rows), key="energy")
     st.caption("S and L are not orthogonal: when both reach into the same entries the cross terms are negative, "
                "and ‖S‖² + ‖L‖² can exceed ‖W D‖².")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import (JOB_KEY, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached,
+from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached,
                        method_choices, method_help, primary_metric, run_info, run_mtime, run_task, table)
 from oats.explain import analysis
 from ui import figures
@@ -294,6 +294,11 @@ def summary() -> None:
         pm = primary_metric(task) if task else None
         if pm and any(pm[0] in v for v in results.values()):
             chart(figures.evaluation_figure(results, *pm), key="eval-chart")
+            how_to_read("One bar per variant of the same model, on held-out data: dense (the original weights), "
+                        "sparse + low-rank (the compressed model), the sparse term alone (every low-rank term zeroed) "
+                        "and the low-rank term alone (every sparse term zeroed). The compressed bar should sit close "
+                        "to dense; the two single-term bars show how much each term carries on its own: usually "
+                        "neither does, because the method fitted them together.")
         st.caption(("Quick evaluation set" if ev.get("quick") else "Evaluation set") + f" ({ev.get('created', '')}). "
                    "Fidelity metrics compare each variant with the dense model on held-out data.")
 
@@ -309,6 +314,46 @@ def summary() -> None:
         table(rows, f"{Path(path).name}-layers", key="csv-layers", height=360)
 
 
+TOUR = [
+    ("pages/home.py", "Compress", ":material/compress:",
+     "Pick **minilm-l6**, method **oats**, compression ρ **0.5**, rank ratio κ **0.25**, and press **Compress** "
+     "(about 10–30 s on a laptop). Ask the room first: what share of the weights is left, and where does it go? "
+     "When it is done, the run opens in the sidebar and its evaluation appears below: the compressed model stays "
+     "close to the dense one, while the sparse term alone or the low-rank term alone do not."),
+    ("pages/spectra.py", "Spectra", ":material/ssid_chart:",
+     "Layer **0.q**: the dashed line is the rank r the budget allows. W D's top r singular values hold well under "
+     "half of its energy, so a rank-r term alone cannot hold the layer; W D − S's top r hold most of it: once the "
+     "sparse term has taken the large entries, what is left is close to low rank (the legend gives both shares). "
+     "Try a **fc2** layer: a wider matrix, a different picture."),
+    ("pages/outliers.py", "Outliers", ":material/scatter_plot:",
+     "The heat map of input second moments: a few channels carry far larger activations than the rest. That is "
+     "why OATS scales by D = sqrt(mean x²) before splitting: errors on those channels cost more. Move the "
+     "threshold; pick a flagged channel and see whether the sparse or the low-rank term keeps its weights."),
+    ("pages/errors.py", "Error budget", ":material/stacked_bar_chart:",
+     "Each bar is one layer's scaled error with both terms, the sparse term alone and the low-rank term alone: "
+     "neither alone is close. Press **Measure** for block 2 to see what turning one block's term off does to the "
+     "model's cosine."),
+    ("pages/walkthrough.py", "Walkthrough", ":material/school:",
+     "Layer **0.q** again: move the iteration slider from 1 to the end and watch L and S settle and the residual "
+     "shrink; the objective never rises. Set κ to **0** (Wanda's mask: no low-rank term) and compare the final "
+     "error; then back to 0.25."),
+    ("pages/heads.py", "Heads", ":material/grid_view:",
+     "To finish: which attention heads did the compression change? The compressed rows look like the dense one; "
+     "the sparse-only and low-rank-only rows do not."),
+]
+
+
+def tour() -> None:
+    """A ten-minute guided tour for teaching, each step a link to its page."""
+    with st.expander("Guided tour for teaching: compress MiniLM and look inside, in ten minutes",
+                     icon=":material/tour:"):
+        for i, (page, title, icon, text) in enumerate(TOUR, start=1):
+            c1, c2 = st.columns([1, 4])
+            c1.page_link(page, label=f"{i}. {title}", icon=icon)
+            c2.markdown(text)
+
+
+tour()
 new_compression()
 progress()
 st.divider()

@@ -101,6 +101,13 @@ st.markdown(
     f"the layers; the CLS row over the {gh}×{gw} patches is the map. Colours are rescaled within each panel.")
 st.plotly_chart(overlay_figure(maps.image, maps.rollout, value_name="rollout"), config=CHART_CONFIG, theme=None,
                 key="vit_rollout_chart")
+with st.expander("How to read this", icon=":material/help:"):
+    st.markdown("The photo as the model saw it, overlaid with where the CLS token's information comes from after all "
+                "layers (attention rollout): bright patches feed the image's representation most. The three panels "
+                "are the same network with its dense weights, with only the sparse terms and with only the low-rank "
+                "terms. A variant whose bright patches match the dense panel's still routes the image the same way "
+                "without the other term; a diffuse or scattered map means that term alone lost it. The overlap table "
+                "at the bottom puts numbers on it (rank correlation and top-k overlap with dense).")
 st.caption("Rollout, seconds per model (forward pass + rollout): "
            + ", ".join(f"{vit.MODE_LABELS[m]} {s:.2f}" for m, s in maps.seconds.items()))
 

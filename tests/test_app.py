@@ -412,6 +412,22 @@ def test_heads_page(app, main_run):
     assert [e.value for e in app.error] == ["type a text to look at (one or two sentences)"]
 
 
+def test_guided_tour_links_every_step_to_its_page(app):
+    """The first page's ten-minute tour: one link per step, to pages the app registers, and
+    every main figure has its "How to read this"."""
+    app.run()
+    clean(app)
+    links = app.get("page_link")
+    assert [json.loads(json.dumps(l.proto.label)) for l in links][:6] == \
+        ["1. Compress", "2. Spectra", "3. Outliers", "4. Error budget", "5. Walkthrough", "6. Heads"]
+    pages = [l.proto.page for l in links][:6]
+    registered = (ROOT / "app.py").read_text()
+    assert all(p.split("/")[-1].removesuffix(".py") in registered for p in pages), pages
+    for page in ("pages/errors.py", "pages/walkthrough.py", "pages/compare.py", "pages/heads.py"):
+        go(app, page)
+        assert "How to read this" in [e.label for e in app.expander], page
+
+
 def test_compare_page(app, runs_dir):
     from oats.runner.sweep import load_results
     app.run()

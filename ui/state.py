@@ -372,6 +372,12 @@ def chart(fig, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key=key)
 
 
+def how_to_read(text: str) -> None:
+    """A closed "How to read this" expander under a page's main figure."""
+    with st.expander("How to read this", icon=":material/help:"):
+        st.markdown(text)
+
+
 def table(rows, name: str, key: str | None = None, height: int | str = "auto", **kw) -> pd.DataFrame:
     """A table plus a CSV download button for it."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
