@@ -83,7 +83,8 @@ if not vision:
         "the residual path, multiplied over the layers; the row the output uses: "
         + ("the mean over tokens, as the encoder mean-pools" if encoder else "the last token, which predicts the next")
         + ") and **integrated gradients** on the input embeddings (captum's layer integrated gradients; baseline: "
-        "the same tokens with every non-special token replaced by the pad token). The target is "
+        "the same tokens with every non-special token replaced by the pad token), plus **token ablation** (each "
+        "token replaced by the baseline's alone: the change of the target). The target is "
         + ("the cosine between each model's embedding of the text and the *dense* model's embedding of the second "
            "sentence" if encoder else "the log-probability of the token the *dense* model predicts next")
         + ", so the four models are explained against the same reference.")
@@ -114,6 +115,13 @@ if not vision:
     st.caption(f"Target: {ex.target}.")
     chart(token_maps_figure(ex), key="heads-tokens")
     if ex.attributions:
+        bad = text_explain.incomplete(ex)
+        if bad:
+            st.warning("Integrated gradients miss completeness for " + ", ".join(heads.MODE_LABELS[m] for m in bad)
+                       + ": their sum is more than a tenth of f(text) − f(baseline) away from it (captum's delta, "
+                       "below). The model's output jumps along the straight path from the baseline, so more steps "
+                       "help little; read those rows with care, and lean on the token ablation row, which needs no "
+                       "path.")
         table([{"model": heads.MODE_LABELS[m], "f(text)": ex.value[m][0], "f(baseline)": ex.value[m][1],
                 "sum of attributions": float(ex.attributions[m].sum()), "captum delta": ex.delta[m]}
                for m in ex.attributions], f"ig-completeness-{run.model_name}", key="csv-ig-complete")

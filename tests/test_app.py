@@ -400,14 +400,14 @@ def test_heads_page(app, main_run):
     app.button(key="heads_ig_go").click().run()
     clean(app)
     tokens = chart(app, "Which tokens each variant relies on")
-    assert len(tokens["data"]) == 2
+    assert len(tokens["data"]) == 3
     complete = next(d.value for d in app.dataframe if "captum delta" in d.value.columns)
     assert list(complete["model"]) == ["dense", "compressed (S + L)", "sparse-only", "low-rank-only"]
     np.testing.assert_allclose(complete["sum of attributions"] - (complete["f(text)"] - complete["f(baseline)"]),
                                complete["captum delta"], atol=1e-4)
     assert (complete["captum delta"].abs() < 0.1 * (complete["f(text)"] - complete["f(baseline)"]).abs() + 1e-3).all()
     overlap = next(d.value for d in app.dataframe if "topk_iou" in d.value.columns)
-    assert len(overlap) == 2 * 6  # two kinds of map, six pairs of models
+    assert len(overlap) == 3 * 6  # three kinds of map, six pairs of models
     app.text_input(key="heads_text").set_value("   ").run()
     assert [e.value for e in app.error] == ["type a text to look at (one or two sentences)"]
 

@@ -156,10 +156,23 @@ def test_integrated_gradients_complete_and_the_baseline_keeps_special_tokens(lla
         assert attr.sum() - (fx - fb) == pytest.approx(ex.delta[mode], abs=1e-4)
         assert abs(ex.delta[mode]) < 0.05 * abs(fx - fb) + 1e-4
         assert attr[-1] == 0.0  # the special token is the same in the baseline: no path, no attribution
+        assert abs(ex.ablation[mode][-1]) < 1e-5 and ex.ablation[mode].shape == (6,)
+    # token ablation by hand: f(text) - f(text with token 2 replaced by the pad token)
+    from oats.explain.text import _forward_fn
+    batch, _ = heads.tokenize(run.loaded, "a b c d e f")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad(), run.use_mode("dense"):
+        ref = int(run.model(input_ids=ids).logits[0, -1].argmax())
+        f = _forward_fn(run.model, "causal-lm", ref)
+        hole = ids.clone()
+        hole[0, 2] = 0
+        assert ex.ablation["dense"][2] == pytest.approx(float(f(ids, mask)[0] - f(hole, mask)[0]), abs=1e-5)
+    for mode in ex.attributions:
         assert ex.rollout[mode].sum() == pytest.approx(1.0, abs=1e-5)
     assert ex.value["both"][0] != ex.value["sparse"][0]
     maps = text_explain.overlap_maps(ex)
-    assert set(maps) == {"attention rollout", "integrated gradients |attribution|"}
+    assert set(maps) == {"attention rollout", "integrated gradients |attribution|", "token ablation |effect|"}
+    assert text_explain.incomplete(ex) == []
     np.testing.assert_array_equal(maps["integrated gradients |attribution|"]["both"], np.abs(ex.attributions["both"]))
 
 

@@ -89,6 +89,8 @@ def token_maps_figure(ex: TextExplanation) -> go.Figure:
     kinds = [("attention rollout", ex.rollout, False)]
     if ex.attributions:
         kinds.append(("integrated gradients (signed)", ex.attributions, True))
+    if ex.ablation:
+        kinds.append(("token ablation: f(text) − f(token replaced) (signed)", ex.ablation, True))
     labels = [f"{i}:{t.strip() or '␣'}" for i, t in enumerate(ex.tokens)]
     fig = make_subplots(rows=len(kinds), cols=1, subplot_titles=[k[0] for k in kinds], vertical_spacing=0.18)
     for r, (name, maps, signed) in enumerate(kinds, start=1):
