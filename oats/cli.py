@@ -243,6 +243,7 @@ def cmd_sweep(args) -> int:
     rates = parse_list(args.compression, "--compression", unit_open=True)
     kappas = parse_list(args.rank_ratio, "--rank-ratio") if args.rank_ratio else None
     text, image_folder = _eval_source(args)
+    engine = _engine(args)  # a bad engine setting, or Ray missing, is one line before anything loads
     from oats.models import zoo
     zoo.check_model_name(args.model)
     bars: dict[str, tqdm] = {}
@@ -258,14 +259,31 @@ def cmd_sweep(args) -> int:
         bar.set_postfix_str(msg[:60])
         bar.refresh()
 
+    def on_task(report, done, total):  # with --engine ray: one bar that counts tasks
+        bar = bars.get("tasks")
+        if bar is None:
+            bar = bars["tasks"] = tqdm(total=total, unit="task", desc="sweep tasks", file=sys.stderr)
+        bar.n = done
+        bar.set_postfix_str(f"...{report.name[-40:]}: {report.status}")
+        bar.refresh()
+        if report.status == "failed":
+            tqdm.write(f"{report.name}: failed: {report.error}", file=sys.stderr)
+
     t0 = time.perf_counter()
-    res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
-                solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
-                image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
-                allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
-                progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr))
-    for bar in bars.values():
-        bar.close()
+    try:
+        if engine is not None:
+            engine.open()
+        res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
+                    solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
+                    image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
+                    allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
+                    progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr), engine=engine,
+                    on_task=on_task)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        if engine is not None:
+            engine.close()
     metrics = [k for k in res.rows[0] if k not in FIRST_COLUMNS + LAST_COLUMNS]
     for metric in metrics:
         print(f"\n{metric}\n" + pivot_table(res.rows, metric))
@@ -274,6 +292,19 @@ def cmd_sweep(args) -> int:
           f"evaluation {res.timings['evaluate_s']:.1f}s, wall {wall:.1f}s")
     print(f"saved to {res.folder}")
     return 0
+
+
+def _engine(args):
+    """None for ``--engine local``; an unopened, checked RayEngine for ``--engine ray``."""
+    if args.engine == "local":
+        if args.address or args.cpus_per_task is not None or args.gpus_per_task is not None:
+            raise ConfigError("--address, --cpus-per-task and --gpus-per-task need --engine ray")
+        return None
+    from oats.runner.cluster import RayEngine
+    engine = RayEngine(address=args.address, cpus_per_task=1.0 if args.cpus_per_task is None else args.cpus_per_task,
+                       gpus_per_task=0.0 if args.gpus_per_task is None else args.gpus_per_task)
+    engine.check()
+    return engine
 
 
 def cmd_runs(args) -> int:
@@ -346,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--root", default=None, help="runs root where runs are made and reused (default: $OATS_RUNS_DIR or ./runs)")
     w.add_argument("--out", default=None, help="table folder (default: <root>/sweeps/<model>)")
+    w.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: one run after the other here; ray: each run a Ray task (needs the [cluster] extra)")
+    w.add_argument("--address", default=None, help="Ray: an existing cluster's address (ray://HOST:10001, HOST:6379 "
+                   "or auto); the runs root must be storage every worker shares. Default: a local Ray instance")
+    w.add_argument("--cpus-per-task", type=float, default=None, help="Ray: CPUs each run reserves (default 1)")
+    w.add_argument("--gpus-per-task", type=float, default=None, help="Ray: GPUs each run reserves and compresses "
+                   "on (default 0)")
     _allocation_args(w)
     _eval_args(w)
     w.set_defaults(fn=cmd_sweep)
