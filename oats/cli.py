@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from oats.errors import ConfigError, OatsError
+from oats.errors import ConfigError, OatsError, ResourceError
 from oats.methods import registry
 from oats.runs.folders import runs_root
 
@@ -89,7 +89,10 @@ def cmd_compress(args) -> int:
     from oats.runs.info import RunInfo
 
     out = Path(args.out) if args.out else None
-    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False)
+    too_big = None if args.from_disk else _too_big_for_memory(args.model)  # the automatic switch
+    from_disk = args.from_disk or too_big is not None
+    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False,
+                   from_disk=from_disk)
     resumed = 0
     if args.resume:
         if out is None:
@@ -121,7 +124,7 @@ def cmd_compress(args) -> int:
     request.check()
     from oats.compress.pipeline import resolve_device
     resolve_device(args.device)  # a bad device fails before the model loads
-    zoo.check_model_name(request.model)  # so does a misspelt name, before any output
+    zoo.check_model_name(request.model, from_disk=from_disk)  # so does a misspelt name, before any output
     bars: list = []  # the bar appears with the first block, after the model passed its checks
 
     def update(stage=None, message=None, **_):
@@ -133,6 +136,10 @@ def cmd_compress(args) -> int:
             _STATUS.clear()
             if resumed:
                 print(f"resuming '{out}' after {resumed} finished blocks", file=sys.stderr)
+            if too_big is not None:
+                why = str(too_big).rsplit(": ", 1)[0]  # "loading ... needs about N GB ... but M GB is available"
+                print(f"oats: {why}, so it is compressed from disk, block by block (as with --from-disk)",
+                      file=sys.stderr)
             bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
         bar = bars[0]
         bar.total = total
@@ -143,6 +150,10 @@ def cmd_compress(args) -> int:
     try:
         outcome = execute(request, out, update=update, progress=progress,
                           if_exists="replace" if args.overwrite else "resume")
+    except ResourceError:
+        if too_big is not None and not bars:  # not even one block at a time fits: the first reason stands
+            raise too_big from None
+        raise
     except KeyboardInterrupt:
         _STATUS.clear()
         for bar in bars:
@@ -170,6 +181,23 @@ def cmd_compress(args) -> int:
         print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
     print(f"saved to {out}")
     return 0
+
+
+def _too_big_for_memory(name: str):
+    """The automatic switch to the larger-than-memory mode: for a local safetensors folder that
+    does not fit in memory in fp32, the ResourceError that says so (the CLI then compresses it
+    from disk, and says why once the first block is under way); None otherwise."""
+    from oats.models import zoo
+    try:
+        zoo.check_model_name(name)
+    except ResourceError as e:
+        try:
+            return e if zoo.check_model_name(name, from_disk=True) == "local" else None
+        except OatsError:
+            return None
+    except OatsError:
+        return None  # reported by the checks that follow
+    return None
 
 
 def _dump_json(obj) -> str:
@@ -347,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--generic", action="store_true", help="allow the generic adapter for unknown architectures")
     c.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
     c.add_argument("--quiet", action="store_true", help="no per-layer table")
+    c.add_argument("--from-disk", action="store_true", help="larger than memory: read each block from the model "
+                   "folder's safetensors files when its turn comes (automatic when the model does not fit in memory)")
     _allocation_args(c)
     c.set_defaults(fn=cmd_compress)
 
