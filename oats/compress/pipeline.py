@@ -24,7 +24,7 @@ from oats.core.linear import OatsLinear
 from oats.errors import ConfigError
 from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from oats.resources import check_memory
+from oats.resources import check_memory, return_freed_memory
 
 
 def decompose_block(method: str, weights: list[torch.Tensor], second_moments: list[torch.Tensor],
@@ -254,6 +254,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                               "the uniform allocation")
         if resume is not None:
             raise ConfigError("a run compressed from disk cannot be resumed: start it again")
+        return_freed_memory()  # so that each dropped block's memory really leaves the process
     elif dev is not None:
         model.to(dev)
         calibration = [_to(b, dev) for b in calibration]
