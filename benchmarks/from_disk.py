@@ -7,9 +7,10 @@ fresh process, one after the other:
   memory     the whole model loaded (``oats compress`` as usual);
   from disk  each block read from its shard just before its turn and dropped once saved
              (``--from-disk``), under a cap: the process's RSS above its baseline after the
-             imports (interpreter, torch, transformers) may not exceed a third of the model's
-             fp32 size. A watchdog thread checks VmRSS every 5 ms and ends the process at
-             once past the cap; VmHWM (the kernel's exact peak) is checked against it after.
+             imports (interpreter, torch, transformers and its Llama code, accelerate: about
+             0.75 GB whatever the model) may not exceed a third of the model's fp32 size.
+             This process reads the child's VmRSS every 5 ms and kills it at once past the
+             cap; the child's VmHWM (the kernel's exact peak) is checked against it after.
 
 Prints, per mode: peak RSS, the baseline after imports, what the compression added, the
 pre-flight estimate (margin included) and the wall time; then whether every block file of
@@ -25,12 +26,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's oats, also for the children (run from REPO)
+
 CHILD = r"""
-import json, os, sys, threading, time
+import json, os, sys, time
 from oats.config import OatsConfig  # first: oats sets OMP_WAIT_POLICY before torch loads
-import torch, transformers, safetensors
+import torch, transformers, safetensors, accelerate  # the libraries, with the model's own modeling code:
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # they are the baseline
+import transformers.models.llama.modeling_llama
 from oats.runner.execute import execute
 from oats.runner.request import CompressRequest
 
@@ -40,19 +47,12 @@ def status(key):  # kB -> MB, this process's own
         return next(int(l.split()[1]) for l in f if l.startswith(key + ":")) / 1024
 
 
-folder, out, method, from_disk, cap_mb, samples, seq_len = sys.argv[1:8]
-from_disk, cap_mb = from_disk == "1", float(cap_mb)
+folder, out, method, from_disk, samples, seq_len = sys.argv[1:7]
+from_disk = from_disk == "1"
 base = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:  # the peak from here on
     f.write("5")
-if cap_mb > 0:
-    def watch():
-        while True:
-            if status("VmRSS") - base > cap_mb:
-                print(json.dumps({"killed": True, "rss_mb": status("VmRSS"), "base_mb": base}), flush=True)
-                os._exit(3)
-            time.sleep(0.005)
-    threading.Thread(target=watch, daemon=True).start()
+print(json.dumps({"base_mb": base}), flush=True)  # the parent's watch starts from here
 cfg = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=2)
 req = CompressRequest(folder, cfg, method, calib_samples=int(samples), seq_len=int(seq_len), evaluate=False,
                       from_disk=from_disk)
@@ -115,6 +115,33 @@ def write_model(folder: Path, hidden: int, inter: int, layers: int, vocab: int, 
     return numel
 
 
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def run_watched(cmd: list[str], cap_mb: float) -> subprocess.CompletedProcess:
+    """Run the child; with cap_mb > 0, watch its RSS from here every 5 ms (nothing runs in the
+    child for it) and SIGKILL it once it is cap_mb above the baseline the child reports."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    first = p.stdout.readline()
+    killed = None
+    if cap_mb > 0 and first.startswith("{"):
+        base = json.loads(first)["base_mb"]
+        while p.poll() is None:
+            rss = _rss_mb(p.pid)
+            if rss is not None and rss - base > cap_mb:
+                p.kill()
+                killed = json.dumps({"killed": True, "rss_mb": rss, "base_mb": base, "cap_mb": cap_mb})
+                break
+            time.sleep(0.005)
+    out, err = p.communicate()
+    return subprocess.CompletedProcess(cmd, p.returncode, first + out + (killed + "\n" if killed else ""), err)
+
+
 def estimate_mb(folder: Path, method: str, tokens: int, from_disk: bool) -> float:
     from oats.compress.preflight import estimate_compression_memory
     from oats.models import zoo
@@ -136,8 +163,8 @@ def main() -> int:
     ap.add_argument("--intermediate", type=int, default=2816)
     ap.add_argument("--layers", type=int, default=26)
     ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--calib-samples", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--calib-samples", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--keep", action="store_true", help="keep the run folders (the model folder is always kept)")
     args = ap.parse_args()
     folder = Path(args.folder)
@@ -157,10 +184,10 @@ def main() -> int:
     try:
         for mode, from_disk, cap in (("memory", "0", 0.0), ("from disk", "1", cap_mb)):
             out = work / mode.replace(" ", "-")
-            p = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(out), args.method, from_disk, str(cap),
-                                str(args.calib_samples), str(args.seq_len)], capture_output=True, text=True)
+            p = run_watched([sys.executable, "-c", CHILD, str(folder), str(out), args.method, from_disk,
+                             str(args.calib_samples), str(args.seq_len)], cap)
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-            if p.returncode != 0 or not lines:
+            if p.returncode != 0 or not lines or "peak_mb" not in lines[-1]:
                 last = lines[-1] if lines else (p.stderr.strip().splitlines() or [str(p.returncode)])[-1]
                 print(f"{mode:10s} failed: {last}")
                 return 1

@@ -180,3 +180,12 @@ def test_missing_ray_says_how_to_install(capsys, model, monkeypatch):
     assert_cli_fails(["sweep", model, "--engine", "ray"], "pip install 'oats-explorer[cluster]'", capsys)
     with pytest.raises(Exception, match="needs Ray"):
         RayEngine().check()
+
+
+def test_runs_folder_workers_cannot_write_is_one_line(cluster, model, tmp_path, capsys, no_local_compression):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli_main(["sweep", model, *FLAGS, "--engine", "ray", "--root", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("oats: error: a Ray worker cannot write into the runs folder")
+    assert "storage every worker can write" in err[-1] and "Traceback" not in "\n".join(err)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +190,6 @@ class RayEngine:
         pending = {fn.remote(req.to_json(), str(Path(folder).resolve()), extra): Path(folder).name
                    for req, folder, _ in tasks}
         reports: dict[str, TaskReport] = {}
-        t0 = time.perf_counter()
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
@@ -205,5 +203,4 @@ class RayEngine:
             reports[name] = TaskReport(name=name, **body)
             if on_done is not None:
                 on_done(reports[name], len(reports), len(tasks))
-        self.wall_s = time.perf_counter() - t0
         return reports
