@@ -69,7 +69,7 @@ def main() -> int:
     ok = True
 
     print("\n== decomposition, one layer per distinct shape, default settings ==")
-    print(f"{'model':14s} {'layer':8s} {'shape':>10s} {'cpu s':>8s} {'cuda s':>8s} {'speedup':>8s} {'err diff':>9s}")
+    print(f"{'model':14s} {'layer':8s} {'shape':>10s} {'cpu s':>8s} {dev + ' s':>8s} {'speedup':>8s} {'err diff':>9s}")
     speedups, seen = [], set()
     for name in models:
         loaded = load_model(name)
