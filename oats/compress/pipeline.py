@@ -24,7 +24,7 @@ from oats.core.linear import OatsLinear
 from oats.errors import ConfigError
 from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from oats.resources import check_memory
+from oats.resources import check_memory, return_freed_memory
 
 
 def decompose_block(method: str, weights: list[torch.Tensor], second_moments: list[torch.Tensor],
@@ -209,7 +209,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                    method: str = "oats", progress: ProgressFn | None = None, *, model_name: str = "",
                    device=None, allow_generic: bool = False, on_block_done=None,
                    resume: CompressionRun | None = None, block_rates: list[float] | None = None,
-                   allocation=None) -> CompressionRun:
+                   allocation=None, disk=None) -> CompressionRun:
     """Compress every linear inside the transformer blocks of ``model``, in place.
 
     Args:
@@ -229,6 +229,11 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             ``config.compression`` everywhere; ``config.compression`` should be their mean.
         allocation: "uniform" (default), "owl" or an ``oats.compress.allocation.Owl``: compute the
             per-block rates OWL-style from a dense statistics pass first (mean rate kept).
+        disk: the larger-than-memory mode (``loaded.disk`` of ``oats.models.zoo.load_model(...,
+            from_disk=True)``): the blocks of ``model`` are on the meta device; each is read
+            from the weight files just before its turn and dropped once ``on_block_done`` has
+            saved it, so ``run.model`` ends without its blocks (the run folder has them). The
+            blocks run on the CPU; ``device`` places the decompositions only.
 
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
@@ -243,7 +248,14 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     if not calibration:
         raise ConfigError("no calibration data: give at least one calibration batch")
     dev = resolve_device(device)
-    if dev is not None:
+    if disk is not None:
+        if owl is not None or block_rates is not None:
+            raise ConfigError("per-block rates (OWL) need a dense pass over the whole model: compress from disk with "
+                              "the uniform allocation")
+        if resume is not None:
+            raise ConfigError("a run compressed from disk cannot be resumed: start it again")
+        return_freed_memory()  # so that each dropped block's memory really leaves the process
+    elif dev is not None:
         model.to(dev)
         calibration = [_to(b, dev) for b in calibration]
     model.eval()
@@ -251,9 +263,9 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     blocks = adapter.blocks(model)
     # Fail in a second, not half-way: patterns that do not fit, damaged weights, too little memory.
     skip = {b.index for b in resume.blocks} if resume is not None else set()
-    check_weights(adapter, model, blocks, config, skip=skip)
+    check_weights(adapter, model, blocks, config, skip=skip, values=disk is None)
     tokens = calibration_tokens(calibration, model)
-    check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method),
+    check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method, from_disk=disk is not None),
                  what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens")
     alloc_info = None
     if block_rates is not None:
@@ -293,6 +305,9 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     if progress:
         progress(0, total, f"captured {inputs.tokens} calibration tokens")
     for i, (path, block) in enumerate(blocks):
+        if disk is not None:  # read this block's weights now (it was on the meta device)
+            disk.load(block, path)
+            check_weights(adapter, model, [(path, block)], config)
         if i in done:  # already compressed: only carry the inputs forward
             inputs.hidden = run_block(block, adapter, inputs)
             continue
@@ -304,6 +319,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
         inputs.hidden = next_hidden
         if on_block_done:
             on_block_done(run, i)
+        if disk is not None:  # saved: drop its weights and factors
+            disk.release(block)
         if progress:
             progress(i + 1, total, f"block {i}: output error {brec.output_error:.4f}")
     run.timings["stats_s"] = sum(b.stats_time_s for b in run.blocks)

@@ -16,11 +16,12 @@ from oats.methods import registry
 
 
 def check_weights(adapter, model: torch.nn.Module, blocks: list[tuple[str, torch.nn.Module]], config,
-                  skip: set[int] = frozenset()) -> None:
+                  skip: set[int] = frozenset(), values: bool = True) -> None:
     """Before any work: every matrix to compress fits the sparsity pattern and is finite.
 
     Names the first offending layer, so a damaged checkpoint or an N:M pattern that does not
     divide a layer's input size fails in a second instead of half-way through the model.
+    values: False checks the shapes only (blocks still on disk are checked as they are read).
     """
     for i, (bpath, block) in enumerate(blocks):
         if i in skip:
@@ -37,7 +38,7 @@ def check_weights(adapter, model: torch.nn.Module, blocks: list[tuple[str, torch
                 raise ConfigError(f"sparsity {config.sparsity} needs each layer's input size to be a multiple of "
                                   f"{nm[1]}, but layer '{bpath}.{ref.path}' has d_in = {d_in}: "
                                   "choose an M that divides it")
-            if not bool(torch.isfinite(w).all()):
+            if values and not bool(torch.isfinite(w).all()):
                 raise ModelLoadError(f"layer '{bpath}.{ref.path}' has NaN or inf weights: the model's weights are "
                                      "damaged; load them again from a clean copy")
 
@@ -59,8 +60,13 @@ def calibration_tokens(batches: list[dict], model: torch.nn.Module) -> int:
     return total
 
 
-def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_tokens: int, method: str) -> dict:
+def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_tokens: int, method: str,
+                                from_disk: bool = False) -> dict:
     """Bytes the compression will allocate beyond the loaded model, by part (fp32 everywhere).
+
+    from_disk (the larger-than-memory mode): what is loaded is only the embeddings, final norm
+    and head; one block's weights are read at a time ("block weights") and dropped with its
+    factors once they are saved, so "factors" is one block's instead of the whole model's.
 
     calibration activations: block inputs, their next-block outputs and the dense outputs kept
     to measure the output error (3 x tokens x hidden); block activations: one block's
@@ -85,6 +91,8 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
         "calibration activations": 3 * n_tokens * hidden * 4,
         "block activations": 2 * n_tokens * widest * 4,
         "decomposition": 8 * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if gram else 0),
-        "factors": 2 * per_block * len(blocks) * 4,
+        "factors": 2 * per_block * (1 if from_disk else len(blocks)) * 4,
     }
+    if from_disk:
+        parts["block weights"] = per_block * 4
     return parts

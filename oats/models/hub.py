@@ -22,7 +22,8 @@ from oats.errors import ModelLoadError
 from oats.models.loaded import DEFAULT_RANK_RATIO, LoadedModel, finish, one_line, quiet_transformers
 from oats.models.presets import preset_names
 from oats.models.vision import IMAGENET_MEAN, IMAGENET_STD, is_vision_config
-from oats.models.weights import check_safetensors_file, safetensors_numel
+from oats.models.adapters import get_adapter
+from oats.models.weights import DiskWeights, check_safetensors_file, safetensors_numel
 from oats.resources import check_memory
 
 _HUB_PROBE_TIMEOUT_S = 4.0
@@ -39,8 +40,9 @@ def hub_cached(name: str) -> bool:
     return isinstance(found, str)
 
 
-def check_local_folder(name: str, path: Path) -> None:
-    """A model folder has config.json, sound safetensors files, and fits in memory in fp32."""
+def check_local_folder(name: str, path: Path, from_disk: bool = False) -> None:
+    """A model folder has config.json, sound safetensors files, and fits in memory in fp32
+    (from_disk: it is compressed block by block from its files, so it need not fit)."""
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"folder {name!r} has no config.json: give a folder saved with save_pretrained "
@@ -50,6 +52,11 @@ def check_local_folder(name: str, path: Path) -> None:
     for f in sorted(path.glob("*.safetensors")):
         header = check_safetensors_file(f, what=f"weights file '{f.name}' in folder {name!r}")
         numel += safetensors_numel(header)
+    if from_disk:
+        if not numel:
+            raise ModelLoadError(f"folder {name!r} has no .safetensors weights: compressing from disk reads only "
+                                 "safetensors files")
+        return
     # the model is loaded in fp32: 4 bytes a parameter, whatever the file's dtype
     check_memory({"weights": 4 * numel}, what=f"loading {name!r} in fp32")
 
@@ -103,7 +110,7 @@ def _image_settings(source: str, config, local_only: bool) -> tuple[int, tuple, 
 
 def _from_transformers(name: str, source: str, trust_remote_code: bool, local_only: bool) -> LoadedModel:
     """Load config, weights and tokenizer with transformers; exceptions propagate."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
     common: dict[str, Any] = {"local_files_only": local_only}
     if trust_remote_code:
@@ -135,15 +142,61 @@ def _from_transformers(name: str, source: str, trust_remote_code: bool, local_on
     if task == "vision":
         loaded.image_size, loaded.image_mean, loaded.image_std = _image_settings(source, config, local_only)
     else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(
-                f"{name!r} has no usable tokenizer ({one_line(exc, 120)}): save the tokenizer next to the model"
-            ) from exc
-        if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
-            tokenizer.pad_token = tokenizer.eos_token  # needed to pad batches of sentences
-        loaded.tokenizer = tokenizer
+        _attach_tokenizer(loaded, name, source, common)
+    return loaded
+
+
+def _attach_tokenizer(loaded: LoadedModel, name: str, source: str, common: dict) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{name!r} has no usable tokenizer ({one_line(exc, 120)}): save the tokenizer next to the model"
+        ) from exc
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # needed to pad batches of sentences
+    loaded.tokenizer = tokenizer
+
+
+def load_local_from_disk(name: str, path: Path) -> LoadedModel:
+    """A text model folder for the larger-than-memory mode: the model is built on the meta
+    device; embeddings, final norm and head are read from the safetensors files now, every
+    transformer block stays on disk (``loaded.disk`` reads one when its turn comes)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(_explain(name, exc, f"from folder {path}") + ": check config.json") from exc
+    task = task_for(config)
+    if task == "vision":
+        raise ModelLoadError(f"{name!r} is a vision model: compressing from disk supports text models (causal LMs "
+                             "and encoders); load it whole instead")
+    disk = DiskWeights(path)
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+    try:
+        with quiet_transformers(), init_empty_weights(include_buffers=False):
+            model = auto.from_config(config, dtype=torch.float32)
+        model.eval()
+        block_paths = [p for p, _ in get_adapter(model).blocks(model)]
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(_explain(name, exc, f"from folder {path}") + ": check the files in that folder") from exc
+    tied = bool(getattr(config, "tie_word_embeddings", False)) and model.get_output_embeddings() is not None
+    head = model.get_output_embeddings() if tied else None
+    for mpath, module in model.named_modules():
+        if any(mpath == b or mpath.startswith(b + ".") for b in block_paths) or module is head:
+            continue
+        disk.load(module, mpath, recurse=False)
+    if tied:
+        head.weight = model.get_input_embeddings().weight
+    loaded = LoadedModel(name=name, model=model, task=task, default_rank_ratio=DEFAULT_RANK_RATIO[task],
+                         source=f"local folder {path.resolve()} (blocks read from disk one at a time)", disk=disk)
+    _attach_tokenizer(loaded, name, str(path), {"local_files_only": True})
     return loaded
 
 

@@ -39,6 +39,10 @@ class LoadedModel:
     """Where the weights came from, in words, for logs and the UI."""
     default_rank_ratio: float = 0.25
     """Rank ratio (kappa) to propose for this model."""
+    disk: Any = None
+    """Larger-than-memory mode: the ``oats.models.weights.DiskWeights`` its transformer blocks
+    are read from, one at a time (they are on the meta device until then); None when the
+    whole model is in memory."""
 
 
 @contextlib.contextmanager

@@ -49,7 +49,8 @@ def available_models() -> list[dict]:
 
 
 def load_model(
-    name: str, *, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False
+    name: str, *, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False,
+    from_disk: bool = False,
 ) -> LoadedModel:
     """Load a model by name; every failure is a one-line :class:`ModelLoadError`.
 
@@ -61,9 +62,18 @@ def load_model(
     ``~/.cache/oats/models``); hub and timm downloads use the usual Hugging Face cache.
     ``trust_remote_code`` is passed to transformers only when the caller sets it.
     Weights are read from safetensors, or else by ``torch.load(weights_only=True)``.
+
+    ``from_disk``: the larger-than-memory mode, for a local folder of safetensors weights: only
+    the embeddings, final norm and head are loaded; the transformer blocks stay on disk (on the
+    meta device) and ``loaded.disk`` reads each when ``compress_model`` reaches it.
     """
-    kind = check_model_name(name)
+    kind = check_model_name(name, from_disk=from_disk)
     name = name.strip()
+    if from_disk:
+        if kind != "local":
+            raise ModelLoadError(f"compressing from disk needs a local model folder with .safetensors weights, not "
+                                 f"the {kind} {name!r}: save it with save_pretrained and give the folder")
+        return hub.load_local_from_disk(name, Path(name).expanduser())
     with quiet_transformers():  # every kind: no progress bar of transformers' own on stderr
         if kind == "preset":
             return load_preset(PRESETS[name.lower()], name, cache_root(cache_dir))
@@ -77,7 +87,7 @@ def load_model(
 MODEL_KINDS = ("preset", "timm", "local", "hub")
 
 
-def check_model_name(name: str) -> str:
+def check_model_name(name: str, from_disk: bool = False) -> str:
     """What ``name`` refers to ("preset", "timm", "local" or "hub"), checked without loading it.
 
     Raises a one-line :class:`ModelLoadError` for an empty or misspelt name, a path that does
@@ -101,7 +111,7 @@ def check_model_name(name: str) -> str:
         return "timm"
     path = Path(name).expanduser()
     if path.is_dir():
-        hub.check_local_folder(name, path)
+        hub.check_local_folder(name, path, from_disk=from_disk)
         return "local"
     if path.exists():
         raise ModelLoadError(

@@ -98,9 +98,13 @@ def execute(request: CompressRequest, folder: str | Path, *,
     resolve_device(request.device)
     state = folder_state(request, folder, if_exists)
     t0 = time.perf_counter()
+    if request.from_disk and state == "resume":
+        raise RunError(f"run folder '{folder}' holds an unfinished run, and a compression from disk cannot resume: "
+                       "start it again (--overwrite)")
     if loaded is None:
-        update(stage="loading", message=f"loading {request.model}")
-        loaded = zoo.load_model(request.model, trust_remote_code=request.trust_remote_code)
+        update(stage="loading", message=f"loading {request.model}" + (" (blocks stay on disk)" if request.from_disk else ""))
+        loaded = zoo.load_model(request.model, trust_remote_code=request.trust_remote_code,
+                                **({"from_disk": True} if request.from_disk else {}))
     if state == "reuse":
         run = load_run(folder, model=loaded.model)
         run.loaded = loaded
@@ -125,7 +129,10 @@ def execute(request: CompressRequest, folder: str | Path, *,
     run.loaded = loaded
     outcome = Outcome(run=run, folder=folder, status="resumed" if resume is not None else "computed",
                       resumed_blocks=len(resume.blocks) if resume is not None else 0, load_s=t_load)
-    if request.evaluate:
+    if request.evaluate and loaded.disk is not None:
+        outcome.evaluation_note = (" (not evaluated: compressed from disk, the whole model was never in memory; "
+                                   "'oats evaluate' the run folder where it fits)")
+    elif request.evaluate:
         update(stage="evaluating", message="evaluating dense, compressed, sparse-only and low-rank-only")
         outcome.evaluation_note = evaluate_and_save(run, folder)
     return outcome
@@ -135,7 +142,8 @@ def _compress(request: CompressRequest, loaded, batches, progress, writer, resum
     """``compress_model`` with the request's settings, saving every block through ``writer``."""
     return pipeline.compress_model(loaded.model, batches, request.config, method=request.method, progress=progress,
                           model_name=request.model, device=request.device, allow_generic=request.generic,
-                          on_block_done=writer.block_done, resume=resume, allocation=request.allocation)
+                          on_block_done=writer.block_done, resume=resume, allocation=request.allocation,
+                          disk=loaded.disk)
 
 
 def evaluate_and_save(run: CompressionRun, folder: str | Path, quick: bool = False) -> str:

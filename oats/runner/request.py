@@ -54,6 +54,9 @@ class CompressRequest:
     """Run a hub model's own code; only when the user asks."""
     evaluate: bool = True
     """Evaluate the run's variants afterwards and keep ``evaluation.json`` next to it."""
+    from_disk: bool = False
+    """Larger-than-memory mode: read each block from the weight files when its turn comes
+    (``oats.models.zoo.load_model(..., from_disk=True)``). The run is the same as in memory."""
 
     def check(self) -> None:
         """Raise ConfigError (one line) for a combination that cannot run, before anything loads."""
@@ -128,7 +131,7 @@ class CompressRequest:
                 "allocation": None if self.allocation is None else self.allocation.to_dict(),
                 "calib_source": self.calib_source, "calib_samples": self.calib_samples, "seq_len": self.seq_len,
                 "seed": self.seed, "device": self.device, "generic": self.generic,
-                "trust_remote_code": self.trust_remote_code, "evaluate": self.evaluate}
+                "trust_remote_code": self.trust_remote_code, "evaluate": self.evaluate, "from_disk": self.from_disk}
         return json.dumps(body)
 
     @classmethod

@@ -84,6 +84,8 @@ class SweepResult:
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+    """With a Ray engine: run name -> ``oats.runner.cluster.TaskReport``."""
 
 
 def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
@@ -154,7 +156,8 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
           seq_len: int | None = None, seed: int = 0, allocation=None, owl_lambda: float | None = None,
           owl_m: float | None = None, loaded=None,
           progress: Callable[[str, int, int, str], None] | None = None,
-          log: Callable[[str], None] | None = None) -> SweepResult:
+          log: Callable[[str], None] | None = None, engine=None,
+          on_task: Callable[..., None] | None = None) -> SweepResult:
     """Compress (or reuse) and evaluate every run of the sweep; write the table.
 
     Args:
@@ -171,6 +174,10 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
         loaded: an already loaded model (``oats.zoo.load_model(model)``), left dense.
         progress: callable(run name, done blocks, total blocks, message) while compressing.
         log: callable(line) for one line per run.
+        engine: None compresses here, one run after the other; an open
+            ``oats.runner.cluster.RayEngine`` compresses every run as a Ray task first (the
+            runs root must then be shared storage), and this process evaluates them.
+        on_task: with an engine, callable(report, done, total) as each task ends.
 
     Returns a ``SweepResult``; the table is also in ``<folder>/results.csv`` / ``.json``.
     """
@@ -207,17 +214,35 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     result = SweepResult(folder=folder, rows=rows)
     t_compress = t_eval = 0.0
     calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None}
+    extra = {"sweep": str(folder)}
+    remote = {}
+    if engine is not None:
+        engine.check_shared(root)
+        todo = [(s, run_dir(root, s.folder_name()), statuses[s.folder_name()]) for s in specs
+                if statuses[s.folder_name()] != "reuse"]
+        t0 = time.perf_counter()
+        remote = engine.compress(todo, extra, on_done=on_task)
+        t_compress = time.perf_counter() - t0
+    failed = {name: r.error for name, r in remote.items() if r.status == "failed"}
     for n, spec in enumerate(specs, 1):
         name = spec.folder_name()
         status = statuses[name]
+        if name in failed:
+            log(f"[{n}/{len(specs)}] {name}: failed: {failed[name]}")
+            continue
         cb = None if progress is None else (lambda d, t, m, _n=name: progress(_n, d, t, m))
         t0 = time.perf_counter()
-        outcome = execute(spec, run_dir(root, name), progress=cb, if_exists="replace" if status == "compute" else "resume",
-                          loaded=replace_model(loaded, copy.deepcopy(dense)), batches=batches,
-                          extra={"sweep": str(folder)})
+        replace = status == "compute" and name not in remote  # a task's folder holds its finished run now
+        outcome = execute(spec, run_dir(root, name), progress=cb, if_exists="replace" if replace else "resume",
+                          loaded=replace_model(loaded, copy.deepcopy(dense)), batches=batches, extra=extra)
         run = outcome.run
         compress_s = float(run.timings.get("total_s", float("nan")))  # as recorded, so a reuse reports the same
-        if outcome.status == "reused":
+        if name in remote:  # compressed by a task: this process only opened the finished run
+            result.computed.append(name)
+            report = remote[name]
+            how = (f"resumed after {report.resumed_blocks} blocks, " if report.status == "resumed" else "") + \
+                f"compressed in {compress_s:.1f}s (Ray task)"
+        elif outcome.status == "reused":
             result.reused.append(name)
             how = f"reused (loaded in {time.perf_counter() - t0:.1f}s)"
         else:
@@ -237,6 +262,7 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
         log(f"[{n}/{len(specs)}] {name}: {how}; " + ", ".join(f"{k} {v:.4g}" for k, v in primary.items()))
         del run
     result.timings = {"total_s": time.perf_counter() - t_all, "compress_s": t_compress, "evaluate_s": t_eval}
+    result.tasks = remote
     write_results(folder, rows, meta={
         "model": model, "methods": list(dict.fromkeys(s.method for s in specs)),
         "compression": parse_list(compression, "compression rates", unit_open=True),
@@ -244,7 +270,12 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
         "solver": solver, "allocation": None if owl is None else owl.to_dict(), "quick": quick,
         "evaluation": evaluator.settings, "calibration": calib_request, "root": str(root),
         "runs_computed": result.computed, "runs_reused": result.reused, "timings": result.timings,
+        "engine": "local" if engine is None else "ray", "runs_failed": failed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if failed:
+        first, cause = next(iter(failed.items()))
+        raise RunError(f"{len(failed)} of {len(specs)} runs failed (first: {first}: {cause[:200]}); the table of the "
+                       f"others is in '{folder}': run the same sweep again to retry the failed ones")
     return result
 
 
