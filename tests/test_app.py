@@ -383,3 +383,40 @@ def test_pages_drawn_again_from_the_caches_are_the_same(app, capsys):
         assert drawn() == first[p], p
     with capsys.disabled():
         print("\npage switch (AppTest, warm):", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
+
+
+def test_spectra_heavy_tail_views(app, main_run):
+    from oats.explain import heavytail
+    app.run()
+    go(app, "pages/spectra.py")
+    assert not [t for t in charts(app) if t.startswith(("Empirical spectral density", "Power-law exponent"))]
+    q = main_run.layers[0].qualname
+    app.toggle(key="esd-on").set_value(True).run()
+    clean(app)
+    esd = chart(app, f"Empirical spectral density of layer {q}")
+    w = main_run.factors(q)["weight"].double()
+    lam = torch.linalg.svdvals(w).numpy() ** 2
+    x, d = heavytail.log_density(lam)
+    t = [tr for tr in esd["data"] if tr["name"] == "ESD of W"][0]
+    np.testing.assert_allclose(floats(t["x"]), x, rtol=1e-6)
+    np.testing.assert_allclose(floats(t["y"]), d, rtol=1e-6)
+    assert [tr["name"] for tr in esd["data"]][:2] == ["ESD of W shuffled", "ESD of W"]
+    f = heavytail.fit_power_law(lam)
+    titles = [a["text"] for a in esd["layout"]["annotations"]]
+    assert titles[0].startswith(f"W: α = {f.alpha:.2f} ± {f.sigma:.2f}")
+    assert esd["layout"]["xaxis"]["type"] == "log" and esd["layout"]["yaxis"]["type"] == "log"
+    assert any("How to read this" in m.value for m in app.markdown)
+    # the whole model, behind its button
+    [b for b in app.button if b.label.startswith("Fit every layer")][0].click().run()
+    clean(app)
+    a = chart(app, "Power-law exponent α per layer")
+    dense = trace(a, "W (dense)")
+    assert list(_decode(dense["x"]))[0] == q
+    assert floats(dense["y"])[0] == pytest.approx(f.alpha)
+    comp = trace(a, "S + L (compressed)")
+    f1 = main_run.factors(q)
+    c = heavytail.fit_power_law(torch.linalg.svdvals(f1["sparse"].double() + f1["u"].double() @ f1["v"].double()).numpy() ** 2)
+    assert floats(comp["y"])[0] == pytest.approx(c.alpha)
+    assert any(i.value.startswith("**Does compression move α, and where?**") and "median Δα" in i.value for i in app.info)
+    df = [d.value for d in app.dataframe if "delta_alpha" in d.value.columns][0]
+    assert len(df) == len(main_run.layers)
