@@ -420,3 +420,42 @@ def test_spectra_heavy_tail_views(app, main_run):
     assert any(i.value.startswith("**Does compression move α, and where?**") and "median Δα" in i.value for i in app.info)
     df = [d.value for d in app.dataframe if "delta_alpha" in d.value.columns][0]
     assert len(df) == len(main_run.layers)
+
+
+def test_outliers_massive_activations_and_intervention(app, main_run):
+    from oats.data import evaluation_sentences
+    from oats.explain import activations
+    app.run()
+    go(app, "pages/outliers.py")
+    assert "Largest activation magnitudes along depth" not in charts(app)
+    app.toggle(key="massive-on").set_value(True).run()
+    clean(app)
+    depth = chart(app, "Largest activation magnitudes along depth")
+    inp = activations.make_input(main_run, text=evaluation_sentences()[0])
+    with main_run.use_mode("dense"), torch.no_grad():
+        hs = main_run.model(**inp.kwargs, output_hidden_states=True).hidden_states  # BERT: block outputs
+    want = [float(h[0].abs().max()) for h in hs[1:]]
+    np.testing.assert_allclose(floats(trace(depth, "dense: top-1")["y"]), want, rtol=1e-5)
+    assert len(floats(trace(depth, "compressed: top-1")["y"])) == len(hs) - 1
+    heat = chart(app, "Block 1 output")
+    z = floats(heat["data"][0]["z"])
+    np.testing.assert_allclose(z, np.log10(np.maximum(hs[2][0].abs().numpy(), 1e-6)), rtol=1e-5)
+    assert len(heat["data"]) == 2 and list(_decode(heat["data"][0]["y"]))[0] == "0:[CLS]"
+    # the intervention: its cost is shown before the button; k = 1 zeroes block 1's largest input channel
+    cost = [c.value for c in app.caption if c.value.startswith("Channels ")][0]
+    top = int(np.argmax(hs[1][0].abs().amax(0).numpy()))
+    assert cost.startswith(f"Channels {top} ") and "2 quick evaluations" in cost
+    app.button(key="massive-go").click().run()
+    clean(app)
+    iv = chart(app, "Outlier-channel intervention: cosine")
+    dense = floats(trace(iv, "dense model")["y"])
+    comp = floats(trace(iv, "compressed model")["y"])
+    assert dense[0] == pytest.approx(1.0) and dense[1] < 0.999 and comp[1] < comp[0]
+    assert any("worsens by" in i.value for i in app.info)
+    # k = 0 changes nothing
+    app.number_input(key="massive-k").set_value(0).run()
+    app.button(key="massive-go").click().run()
+    clean(app)
+    iv = chart(app, "Outlier-channel intervention: cosine")
+    np.testing.assert_allclose(floats(trace(iv, "dense model")["y"])[[0, 2]], [dense[0], dense[0]])
+    np.testing.assert_allclose(floats(trace(iv, "compressed model")["y"])[[0, 2]], [comp[0], comp[0]], rtol=1e-6)

@@ -198,3 +198,32 @@ def test_dinov2_small_fills_the_page(tmp_path, monkeypatch):
     for spec in charts[2:]:
         assert all(np.asarray(d["z"]).shape == (16, 16) for d in _heatmaps(spec))
     _check_overlap_table(at.dataframe[0].value, 9)
+
+
+def test_outliers_page_traces_a_photo_through_a_vit(tiny_vit_runs, monkeypatch):
+    from oats.data import bundled_images
+    from oats.explain import activations
+    from oats.runs.folders import load_run
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tiny_vit_runs))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pages/outliers.py")
+    at.run()
+    at.toggle(key="massive-on").set_value(True).run()
+    assert not at.exception and not at.error
+    specs = {s["layout"]["title"]["text"]: s for s in _charts(at)}
+    heat = specs["Block 1 output: |h| per token and channel"]
+    n = (IMAGE // PATCH) ** 2
+    assert list(heat["data"][0]["y"])[:2] == ["CLS", "patch 0,0"] and len(heat["data"][0]["y"]) == n + 1
+    run = load_run(tiny_vit_runs / "tiny-vit")
+    photo = sorted(bundled_images())[0] if "chelsea" not in bundled_images() else "chelsea"
+    prof = activations.massive_activations(run, activations.make_input(run, image=bundled_images()[photo]))
+    import base64
+    z = heat["data"][0]["z"]
+    if isinstance(z, dict):  # Plotly's binary array encoding
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"])).reshape(
+            [int(v) for v in str(z["shape"]).split(",")])
+    np.testing.assert_allclose(np.asarray(z, dtype=float),
+                               np.log10(np.maximum(prof.modes["dense"].magnitudes[1], 1e-6)), rtol=1e-5)
+    # this run's manifest names no task: the intervention says why it cannot measure
+    assert any("no metric to measure the intervention" in i.value for i in at.info)
