@@ -143,7 +143,7 @@ if run is not None:
                 rows = [{"intervention": "none", "model": "dense" if r["change"] == "dense model" else "compressed",
                          **{m: v for m, v in r.items() if m not in ("block", "change")}} for r in ref]
                 for b, ch_, vals in done:
-                    label = f"block {b}: {len(ch_)} → {'zero' if vals is None else 'mean'}"
+                    label = f"block {b}: top {len(ch_)} → {'zero' if vals is None else 'mean'}"
                     rows += [{"intervention": label, **r} for r in channel_intervention(path, mtime, b, ch_, vals)]
                 chart(figures.intervention_figure(rows, metric, higher), key="massive-intervention")
                 base = {r["model"]: r[metric] for r in rows if r["intervention"] == "none"}

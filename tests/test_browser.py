@@ -194,3 +194,49 @@ def test_bad_input_in_the_browser(server):
             _check(page, "bad-input-upload")
         finally:
             browser.close()
+
+
+def _toggle(page, label: str) -> None:
+    """Switch on the main pane's toggle whose label starts with ``label``."""
+    page.locator('[data-testid="stMain"] [data-testid="stCheckbox"]', has_text=label).first.click()
+
+
+def test_heavy_tail_and_massive_activation_views(server):
+    """The Spectra page's power-law views and the Outliers page's massive activations and
+    intervention, on the minilm-l6 and dinov2-small runs: drawn, no exception element. The
+    seconds from the click to the drawn view go to artifacts/screenshots/new-views.json."""
+    from playwright.sync_api import sync_playwright
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    times: dict[str, dict[str, float]] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(server)
+            page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
+            for model, run in (("minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"),
+                               ("dinov2-small", "dinov2-small-oats-small")):
+                _pick(page, "Model", model)
+                _pick(page, "Run", run)
+                t = times.setdefault(model, {})
+                _nav(page, "Spectra")
+                settle(page, PAGES["Spectra"])
+                _toggle(page, "Fit power laws to layer")
+                t["layer ESD and fits"] = settle(page, PAGES["Spectra"] + 1, text="How to read this")
+                page.get_by_role("button", name="Fit every layer").click()
+                t["alpha of every layer"] = settle(page, PAGES["Spectra"] + 2, text="Does compression move α")
+                _check(page, f"{model.split('-')[0]}-spectra-heavy-tail")
+                _nav(page, "Outliers")
+                settle(page, PAGES["Outliers"])
+                _toggle(page, "Trace one input through")
+                t["massive activations"] = settle(page, PAGES["Outliers"] + 2, text="Intervention on block")
+                _check(page, f"{model.split('-')[0]}-outliers-massive")
+                if model == "minilm-l6":
+                    page.get_by_role("button", name="Run the intervention").click()
+                    t["intervention (first)"] = settle(page, PAGES["Outliers"] + 3, text="worsens by")
+                    _check(page, "minilm-outliers-intervention")
+        finally:
+            browser.close()
+    (SHOTS / "new-views.json").write_text(json.dumps(times, indent=1))
+    print("\nnew views, seconds from the click to the drawn view:",
+          json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in times.items()}))

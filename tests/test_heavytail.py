@@ -113,7 +113,7 @@ def test_the_sentence_reads_the_numbers():
     for r in rows:
         r["delta_alpha"] = r["alpha_compressed"] - r["alpha_dense"]
     s = ht.compression_effect(rows)
-    assert s.startswith("Yes: compression raises α in 8 of 8 layers")
+    assert s.startswith("Yes: compression raises α in 8 of 8 layers (sign test p = 0.0078; median Δα = +0.70")
     assert "most in the fc2 matrices (median +1.15)" in s and "least in fc1 (+0.25)" in s
     assert "blocks 0–1 +0.60 vs blocks 2–3 +0.80" in s
     assert ht.compression_effect([]).startswith("No layer has a power-law fit")
@@ -140,3 +140,12 @@ def test_fit_is_the_clauset_estimator_checked_against_scipy():
     assert f.xmin == cands[int(np.argmin(d))]
     assert f.ks == pytest.approx(d.min(), rel=1e-9)
     assert f.alpha == pytest.approx(mle(f.xmin), rel=1e-12)
+
+
+def test_sign_test_and_an_unclear_shift():
+    assert ht.sign_test(8, 8) == pytest.approx(2 / 256)
+    assert ht.sign_test(0, 8) == ht.sign_test(8, 8) and ht.sign_test(2, 4) == 1.0
+    rows = [{"layer": f"{b}.q", "block": b, "name": "q", "alpha_dense": 3.0, "alpha_compressed": 3.0 + d,
+             "alpha_se_dense": 0.3, "alpha_se_compressed": 0.3, "delta_alpha": d}
+            for b, d in enumerate([0.1, -0.05, 0.02, -0.1, 0.05, 0.03])]
+    assert ht.compression_effect(rows).startswith("Not clearly: compression raises α in 4 of 6 layers (sign test p = 0.69")

@@ -172,16 +172,17 @@ def massive_depth_figure(prof) -> go.Figure:
     """The three largest |h| of every block output, and its median, dense vs compressed (log scale)."""
     fig = go.Figure()
     for mode, p in prof.modes.items():
-        color = COLORS["dense"] if mode == "dense" else COLORS["both"]
+        color = "#b0b0b0" if mode == "dense" else COLORS["both"]
+        width = 6 if mode == "dense" else 2  # dense drawn wide underneath: both stay visible where they agree
         x = np.arange(p.top.shape[0])
         for r, dash in zip(range(p.top.shape[1]), ("solid", "dash", "dot")):
             fig.add_trace(go.Scatter(
                 x=x, y=p.top[:, r], mode="lines+markers", name=f"{MODE_NAMES.get(mode, mode)}: top-{r + 1}",
-                line=dict(color=color, dash=dash), customdata=[[prof.tokens[int(t)], int(c)] for t, c in
+                line=dict(color=color, dash=dash, width=width), customdata=[[prof.tokens[int(t)], int(c)] for t, c in
                                                                zip(p.top_token[:, r], p.top_channel[:, r])],
                 hovertemplate="block %{x}: |h| %{y:.3g}<br>token %{customdata[0]}, channel %{customdata[1]}<extra></extra>"))
         fig.add_trace(go.Scatter(x=x, y=p.median, mode="lines", name=f"{MODE_NAMES.get(mode, mode)}: median",
-                                 line=dict(color=color, dash="longdashdot", width=1)))
+                                 line=dict(color=color, dash="longdashdot", width=width / 2)))
     fig.update_xaxes(title_text="block (output)", dtick=1)
     fig.update_yaxes(title_text="activation magnitude |h| (log scale)", type="log")
     return _layout(fig, "Largest activation magnitudes along depth", height=440)

@@ -220,6 +220,14 @@ def alpha_table(run, progress: Callable[[int, int], None] | None = None) -> list
     return rows
 
 
+def sign_test(k: int, n: int) -> float:
+    """Two-sided sign test: the chance of a split at least as uneven as k of n under a fair coin."""
+    if n == 0:
+        return 1.0
+    k = max(k, n - k)
+    return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0 ** n)
+
+
 def compression_effect(rows: list[dict]) -> str:
     """One sentence, from the numbers: does compression move α, and where (by matrix name and depth)?"""
     both = [r for r in rows if r.get("delta_alpha") is not None]
@@ -241,9 +249,11 @@ def compression_effect(rows: list[dict]) -> str:
     half = blocks[len(blocks) // 2] if blocks else 0
     early = [r["delta_alpha"] for r in both if r["block"] < half]
     late = [r["delta_alpha"] for r in both if r["block"] >= half]
-    verdict = ("Yes" if abs(med) > se else "Barely") + f": compression {'raises' if med > 0 else 'lowers'} α"
+    moved = up if med > 0 else len(d) - up
+    p = sign_test(moved, len(d))
+    verdict = ("Yes" if p < 0.01 or abs(med) > se else "Not clearly") + f": compression {'raises' if med > 0 else 'lowers'} α"
     depth = (f"; blocks {blocks[0]}–{half - 1} {float(np.median(early)):+.2f} vs blocks {half}–{blocks[-1]} "
              f"{float(np.median(late)):+.2f}" if early and late else "")
-    return (f"{verdict} in {up if med > 0 else len(d) - up} of {len(d)} layers (median Δα = {med:+.2f}, median α "
-            f"{a0:.2f} → {a1:.2f}; a fit's typical uncertainty on Δα is ±{se:.2f}); most in the {most} matrices "
+    return (f"{verdict} in {moved} of {len(d)} layers (sign test p = {p:.2g}; median Δα = {med:+.2f}, median α "
+            f"{a0:.2f} → {a1:.2f}; one layer's Δα is uncertain by about ±{se:.2f}); most in the {most} matrices "
             f"(median {names[most]:+.2f}), least in {least} ({names[least]:+.2f}){depth}.")
