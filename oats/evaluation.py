@@ -421,6 +421,15 @@ def evaluate_model(model: nn.Module, loaded, *, quick: bool = False, text=None,
     return ev.metrics(model, _cached_reference(model, ev))
 
 
+def prepare_reference(model: nn.Module, loaded, *, quick: bool = False, text=None, image_folder=None) -> None:
+    """Compute (or find cached) the dense reference that fidelity metrics compare against, now.
+
+    Call it before changing what the model computes in a way its weights do not show (a
+    forward hook, e.g. ``oats.explain.activations.channel_intervention``): a reference computed
+    later, under the hook, would compare the changed model with itself."""
+    _cached_reference(model, _evaluator(loaded, quick, text, image_folder))
+
+
 def evaluation_tokens(loaded, *, quick: bool = False, text=None, image_folder=None) -> int:
     """Tokens one evaluation of one model feeds it (padding included), without running it."""
     return _evaluator(loaded, quick, text, image_folder).tokens_per_pass()

@@ -113,3 +113,26 @@ def test_bad_requests_are_one_clear_error(run):
     with pytest.raises(ConfigError, match="one value per channel"):
         with act.channel_intervention(act.blocks(run)[0], [1, 2], [0.0, 1.0, 2.0]):
             pass
+
+
+def test_a_lazily_computed_reference_is_taken_before_the_intervention(run):
+    """An evaluation that computes its dense reference on first use (as oats.evaluation does)
+    must not take it from the intervened model: prepare() runs before the hook."""
+    inp = act.make_input(run, text=TEXT)
+    chans, _ = act.massive_activations(run, inp).top_channels(1, 2)
+
+    def make():
+        cache = {}
+
+        def evaluate():
+            if "ref" not in cache:
+                with run.use_mode("dense"):
+                    cache["ref"] = logits(run, inp)
+            return {"diff": float((logits(run, inp) - cache["ref"]).abs().max())}
+        return evaluate
+
+    unprepared = make()
+    assert act.intervention(run, 1, chans, None, unprepared)[0]["diff"] == 0.0  # compared with itself
+    evaluate = make()
+    rows = act.intervention(run, 1, chans, None, evaluate, prepare=evaluate)
+    assert rows[0]["diff"] > 0 and rows[1]["diff"] > 0

@@ -535,9 +535,10 @@ def channel_intervention(path: str, mtime: float, block: int, channels: tuple[in
                          values: tuple[float, ...] | None) -> list[dict]:
     """The quick evaluation of the dense and compressed model with ``channels`` of ``block``'s
     input set to ``values`` (zero when None)."""
-    from oats.evaluation import evaluate_model
+    from oats.evaluation import evaluate_model, prepare_reference
     from oats.explain import activations
     run = _run(path, mtime)
     with MODEL_LOCK:
         return activations.intervention(run, block, list(channels), None if values is None else list(values),
-                                        lambda: evaluate_model(run.model, run.loaded, quick=True))
+                                        lambda: evaluate_model(run.model, run.loaded, quick=True),
+                                        prepare=lambda: prepare_reference(run.model, run.loaded, quick=True))

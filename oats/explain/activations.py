@@ -254,12 +254,20 @@ def massive_activations(run, inp: ModelInput, modes: Sequence[str] = MODES) -> M
 
 
 def intervention(run, block: int, channels: Sequence[int], values: Sequence[float] | None,
-                 evaluate: Callable[[], dict], modes: Sequence[str] = MODES) -> list[dict]:
+                 evaluate: Callable[[], dict], modes: Sequence[str] = MODES,
+                 prepare: Callable[[], None] | None = None) -> list[dict]:
     """``evaluate()`` (e.g. the quick evaluation) of each mode with the channels of ``block``'s
-    input set to ``values`` (zero when None). Modes are restored."""
+    input set to ``values`` (zero when None). Modes are restored.
+
+    ``prepare()`` runs first, without the intervention: give it whatever ``evaluate`` computes
+    once and caches, such as the dense reference of a fidelity metric
+    (``oats.evaluation.prepare_reference``), or that reference would be taken from the changed model.
+    """
     mods = blocks(run)
     if not 0 <= block < len(mods):
         raise ConfigError(f"block must be between 0 and {len(mods) - 1}, got {block}")
+    if prepare is not None:
+        prepare()
     rows = []
     for mode in modes:
         with run.use_mode(mode), channel_intervention(mods[block], channels, values):
