@@ -63,16 +63,33 @@ if run is not None:
                "(Sun et al., 2024), on a few tokens and channels. Which are they, does the compressed model keep them, "
                "and does it still depend on them?")
     if st.toggle("Trace one input through the dense and the compressed model (one forward pass each)", key="massive-on"):
-        from oats.data import bundled_images, evaluation_sentences
+        import hashlib
+
+        from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, bundled_images, check_upload, evaluation_sentences, load_image
         from oats.explain import activations
         from oats.explain.vit import is_vision_run
         text, image = None, None
         if is_vision_run(run):
             photos = bundled_images()
             names = sorted(photos)
-            pick = st.selectbox("Photo", names, index=names.index("chelsea") if "chelsea" in names else 0,
+            upload = "upload your own ..."
+            pick = st.selectbox("Photo", names + [upload], index=names.index("chelsea") if "chelsea" in names else 0,
                                 key="massive-photo")
-            image, input_key = photos[pick], f"photo:{pick}"
+            if pick != upload:
+                image, input_key = photos[pick], f"photo:{pick}"
+            else:
+                got = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)",
+                                       type=list(UPLOAD_TYPES["image"]), key="massive-upload")
+                if got is None:
+                    st.info("Upload an image to trace, or pick a bundled photo.")
+                    st.stop()
+                data = got.getvalue()
+                try:
+                    image = load_image(check_upload(got.name, data, "image"))
+                except OatsError as e:
+                    st.error(str(e))
+                    st.stop()
+                input_key = "upload:" + hashlib.sha1(data).hexdigest()
         else:
             samples = evaluation_sentences()[:8]
             own = "type your own ..."

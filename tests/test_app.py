@@ -468,3 +468,10 @@ def test_outliers_massive_activations_and_intervention(app, main_run):
     iv = chart(app, "Outlier-channel intervention: cosine")
     np.testing.assert_allclose(floats(trace(iv, "dense model")["y"])[[0, 3]], [dense[0], dense[0]])
     np.testing.assert_allclose(floats(trace(iv, "compressed model")["y"])[[0, 3]], [comp[0], comp[0]], rtol=1e-6)
+    # a text of one's own
+    app.selectbox(key="massive-sample").set_value("type your own ...").run()
+    app.text_input(key="massive-text").set_value("Paris is a big city.").run()
+    clean(app)
+    heat = chart(app, "Block 1 output")
+    assert list(_decode(heat["data"][0]["y"])) == ["0:[CLS]", "1:paris", "2:is", "3:a", "4:big", "5:city", "6:.",
+                                                   "7:[SEP]"]

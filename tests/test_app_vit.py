@@ -227,3 +227,24 @@ def test_outliers_page_traces_a_photo_through_a_vit(tiny_vit_runs, monkeypatch):
                                np.log10(np.maximum(prof.modes["dense"].magnitudes[1], 1e-6)), rtol=1e-5)
     # this run's manifest names no task: the intervention says why it cannot measure
     assert any("no metric to measure the intervention" in i.value for i in at.info)
+
+
+def test_outliers_page_traces_an_uploaded_photo_and_refuses_a_bad_one(tiny_vit_runs, monkeypatch):
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tiny_vit_runs))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.switch_page("pages/outliers.py")
+    at.run()
+    at.toggle(key="massive-on").set_value(True).run()
+    at.selectbox(key="massive-photo").set_value("upload your own ...").run()
+    assert not at.exception and any("Upload an image to trace" in i.value for i in at.info)
+    at.file_uploader(key="massive-upload").set_value(("holiday.png", b"not a picture", "image/png")).run()
+    assert not at.exception and len(at.error) == 1 and "holiday.png" in at.error[0].value
+    assert "\n" not in at.error[0].value.strip()
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    at.file_uploader(key="massive-upload").set_value(("noise.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    titles = [s["layout"]["title"]["text"] for s in _charts(at)]
+    assert "Largest activation magnitudes along depth" in titles and "Block 1 output: |h| per token and channel" in titles
