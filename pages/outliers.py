@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui.state import (ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
-                      evaluation_tokens, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
+                      evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
                       second_moments_by_input, table)
 from oats.explain import analysis
 from ui import figures
@@ -63,9 +63,7 @@ if run is not None:
                "(Sun et al., 2024), on a few tokens and channels. Which are they, does the compressed model keep them, "
                "and does it still depend on them?")
     if st.toggle("Trace one input through the dense and the compressed model (one forward pass each)", key="massive-on"):
-        import hashlib
-
-        from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, bundled_images, check_upload, evaluation_sentences, load_image
+        from oats.data import bundled_images, evaluation_sentences
         from oats.explain import activations
         from oats.explain.vit import is_vision_run
         text, image = None, None
@@ -78,18 +76,10 @@ if run is not None:
             if pick != upload:
                 image, input_key = photos[pick], f"photo:{pick}"
             else:
-                got = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)",
-                                       type=list(UPLOAD_TYPES["image"]), key="massive-upload")
+                got = image_upload("massive-upload", "trace")
                 if got is None:
-                    st.info("Upload an image to trace, or pick a bundled photo.")
                     st.stop()
-                data = got.getvalue()
-                try:
-                    image = load_image(check_upload(got.name, data, "image"))
-                except OatsError as e:
-                    st.error(str(e))
-                    st.stop()
-                input_key = "upload:" + hashlib.sha1(data).hexdigest()
+                image, input_key, _ = got
         else:
             samples = evaluation_sentences()[:8]
             own = "type your own ..."

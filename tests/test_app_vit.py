@@ -200,16 +200,20 @@ def test_dinov2_small_fills_the_page(tmp_path, monkeypatch):
     _check_overlap_table(at.dataframe[0].value, 9)
 
 
+def _outliers_traced(runs: Path, monkeypatch) -> AppTest:
+    """The Outliers page of the run in ``runs`` with its massive-activation view switched on."""
+    at = _open(runs, monkeypatch)
+    at.switch_page("pages/outliers.py")
+    at.run()
+    at.toggle(key="massive-on").set_value(True).run()
+    return at
+
+
 def test_outliers_page_traces_a_photo_through_a_vit(tiny_vit_runs, monkeypatch):
     from oats.data import bundled_images
     from oats.explain import activations
     from oats.runs.folders import load_run
-    monkeypatch.setenv("OATS_RUNS_DIR", str(tiny_vit_runs))
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page("pages/outliers.py")
-    at.run()
-    at.toggle(key="massive-on").set_value(True).run()
+    at = _outliers_traced(tiny_vit_runs, monkeypatch)
     assert not at.exception and not at.error
     specs = {s["layout"]["title"]["text"]: s for s in _charts(at)}
     heat = specs["Block 1 output: |h| per token and channel"]
@@ -230,12 +234,7 @@ def test_outliers_page_traces_a_photo_through_a_vit(tiny_vit_runs, monkeypatch):
 
 
 def test_outliers_page_traces_an_uploaded_photo_and_refuses_a_bad_one(tiny_vit_runs, monkeypatch):
-    monkeypatch.setenv("OATS_RUNS_DIR", str(tiny_vit_runs))
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page("pages/outliers.py")
-    at.run()
-    at.toggle(key="massive-on").set_value(True).run()
+    at = _outliers_traced(tiny_vit_runs, monkeypatch)
     at.selectbox(key="massive-photo").set_value("upload your own ...").run()
     assert not at.exception and any("Upload an image to trace" in i.value for i in at.info)
     at.file_uploader(key="massive-upload").set_value(("holiday.png", b"not a picture", "image/png")).run()

@@ -9,6 +9,7 @@ cached analyses below do exactly that, so pages stay thin).
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import os
 import threading
@@ -382,6 +383,24 @@ def table(rows, name: str, key: str | None = None, height: int | str = "auto", *
     st.download_button(f"Download {name}.csv", buf.getvalue(), file_name=f"{name}.csv", mime="text/csv",
                        key=key or f"csv-{name}", icon=":material/download:")
     return df
+
+
+def image_upload(key: str, what: str):
+    """A file uploader for one image, checked like every upload: (image (H, W, 3), cache key,
+    file name), or None with the reason drawn (nothing uploaded yet, or not an image)."""
+    from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload, load_image
+    upload = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)",
+                              type=list(UPLOAD_TYPES["image"]), key=key)
+    if upload is None:
+        st.info(f"Upload an image to {what}, or pick a bundled photo.")
+        return None
+    data = upload.getvalue()
+    try:
+        image = load_image(check_upload(upload.name, data, "image"))
+    except OatsError as e:
+        st.error(str(e))
+        return None
+    return image, "upload:" + hashlib.sha1(data).hexdigest(), upload.name
 
 
 def run_slug(path: str) -> str:
