@@ -365,6 +365,18 @@ class Evaluator:
             out["top1"] = float((logits.argmax(-1).numpy() == labels).mean())
         return out
 
+    def tokens_per_pass(self) -> int:
+        """Tokens one ``metrics`` call feeds the model (padding included): what an evaluation costs."""
+        if self.task == "causal-lm":
+            return int(self._windows.numel())
+        if self.task == "encoder":
+            return int(sum(b["input_ids"].numel() for b in self._batches))
+        ph, pw = patch_size(self.loaded.model, default=16)
+        images = sum(int(b["pixel_values"].shape[0]) * ((int(b["pixel_values"].shape[-2]) // ph)
+                                                        * (int(b["pixel_values"].shape[-1]) // pw) + 1)
+                     for b in self._img_batches)
+        return images + self._probe[1] * (PROBE_PATCHES * PROBE_PATCHES + 1)
+
     def key(self) -> tuple:
         return (self.task, self.quick, hashlib.sha1(repr(sorted(self.settings.items())).encode()).hexdigest())
 
@@ -407,6 +419,20 @@ def evaluate_model(model: nn.Module, loaded, *, quick: bool = False, text=None,
     """
     ev = _evaluator(loaded, quick, text, image_folder)
     return ev.metrics(model, _cached_reference(model, ev))
+
+
+def prepare_reference(model: nn.Module, loaded, *, quick: bool = False, text=None, image_folder=None) -> None:
+    """Compute (or find cached) the dense reference that fidelity metrics compare against, now.
+
+    Call it before changing what the model computes in a way its weights do not show (a
+    forward hook, e.g. ``oats.explain.activations.channel_intervention``): a reference computed
+    later, under the hook, would compare the changed model with itself."""
+    _cached_reference(model, _evaluator(loaded, quick, text, image_folder))
+
+
+def evaluation_tokens(loaded, *, quick: bool = False, text=None, image_folder=None) -> int:
+    """Tokens one evaluation of one model feeds it (padding included), without running it."""
+    return _evaluator(loaded, quick, text, image_folder).tokens_per_pass()
 
 
 def _check_modes(modes) -> tuple[str, ...]:

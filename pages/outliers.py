@@ -2,10 +2,12 @@
 
 import streamlit as st
 
-from ui.state import (chart, column_shares, current_path, current_run, second_moments_by_input, layer_picker, mask_density,
-                       run_mtime, table)
+from ui.state import (ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
+                      evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
+                      second_moments_by_input, table)
 from oats.explain import analysis
 from ui import figures
+from oats.errors import OatsError
 
 st.title("Outliers")
 st.caption("In transformers a few input channels often carry activations far larger than the rest. OATS scales each weight column by "
@@ -55,3 +57,110 @@ if run is not None:
     chart(figures.mask_figure(mask_density(path, mtime, q), rec.shape, q), key="mask")
     with st.expander("Per-channel table"):
         table(cs.rows(), f"channels-{q}", key="csv-columns", height=300)
+
+    st.subheader("Massive activations")
+    st.caption("A few activations in a transformer's residual stream are thousands of times larger than the rest "
+               "(Sun et al., 2024), on a few tokens and channels. Which are they, does the compressed model keep them, "
+               "and does it still depend on them?")
+    if st.toggle("Trace one input through the dense and the compressed model (one forward pass each)", key="massive-on"):
+        from oats.data import bundled_images, evaluation_sentences
+        from oats.explain import activations
+        from oats.explain.vit import is_vision_run
+        text, image = None, None
+        if is_vision_run(run):
+            photos = bundled_images()
+            names = sorted(photos)
+            upload = "upload your own ..."
+            pick = st.selectbox("Photo", names + [upload], index=names.index("chelsea") if "chelsea" in names else 0,
+                                key="massive-photo")
+            if pick != upload:
+                image, input_key = photos[pick], f"photo:{pick}"
+            else:
+                got = image_upload("massive-upload", "trace")
+                if got is None:
+                    st.stop()
+                image, input_key, _ = got
+        else:
+            samples = evaluation_sentences()[:8]
+            own = "type your own ..."
+            pick = st.selectbox("Text", samples + [own], key="massive-sample")
+            text = st.text_input("Your text", "The cat sat on the mat.", key="massive-text") if pick == own else pick
+            input_key = f"text:{text}"
+        try:
+            prof = massive_profile(path, mtime, input_key, text, image)
+        except OatsError as e:
+            st.error(str(e))
+            st.stop()
+        chart(figures.massive_depth_figure(prof), key="massive-depth")
+        nb = prof.n_blocks
+        if st.session_state.get("massive-block", 0) >= nb:  # another run with fewer blocks
+            st.session_state.pop("massive-block")
+        block = st.select_slider("Block", list(range(nb)), value=min(1, nb - 1),
+                                 key="massive-block", help="The block whose output is drawn below, and whose input "
+                                                           "the intervention changes.")
+        chart(figures.token_channel_figure(prof, block), key="massive-heat")
+        d, c = prof.modes["dense"], prof.modes["both"]
+        tok, ch = prof.tokens[int(d.top_token[block, 0])], int(d.top_channel[block, 0])
+        st.markdown(
+            f"**How to read this.** Top: the three largest magnitudes |h| of every block's output and its median "
+            f"(log scale), for this input ({prof.description}); a massive activation stands orders of magnitude above "
+            f"the median. Below: block {block}'s output, one row per token, one column per channel, colour log₁₀ |h| "
+            f"over four decades. Here the largest is **{d.top[block, 0]:.3g}** at token *{tok}*, channel **{ch}** in "
+            f"the dense model ({d.top[block, 0] / max(d.median[block], 1e-12):.0f}× its median) and "
+            f"**{c.top[block, 0]:.3g}** at token *{prof.tokens[int(c.top_token[block, 0])]}*, channel "
+            f"**{int(c.top_channel[block, 0])}** in the compressed one.")
+        with st.expander("The top activations of every block (table)"):
+            table(prof.rows(), "massive-activations", key="csv-massive", height=300)
+
+        st.markdown(f"**Intervention on block {block}'s input**")
+        pm = primary_metric(run_task(run_info(path)) or "")
+        if pm is None:
+            st.info("This run's manifest does not name its model's task, so there is no metric to measure the "
+                    "intervention with: compress it with the app or `oats compress`.")
+        else:
+            metric, higher = pm
+            c1, c2 = st.columns(2)
+            k = int(c1.number_input("k: outlier channels to change", 0, activations.KEEP_CHANNELS, 1, key="massive-k"))
+            how = c2.radio("Set them to", list(activations.HOW), horizontal=True, key="massive-how",
+                           help="zero, or the channel's mean over this input's tokens in the dense model")
+            chans, means = prof.top_channels(block, k)
+            values = None if how == "zero" else tuple(round(v, 6) for v in means)
+            tokens = evaluation_tokens(path, mtime)
+            seconds = activations.estimated_seconds(prof, tokens, 2)
+            st.caption(f"Channels {', '.join(map(str, chans)) or '(none: k = 0 changes nothing)'} — the k largest of "
+                       f"block {block}'s input in the dense model on this input — set to {how} at every token, in the "
+                       f"dense and in the compressed model. Cost: 2 quick evaluations ({tokens} tokens each), about "
+                       f"{seconds:.0f} s on this machine (estimated from the forward pass above), plus 2 for the "
+                       f"models without intervention the first time.")
+            done_key = f"intervened::{path}::{mtime}"
+            done = st.session_state.setdefault(done_key, [])
+            if st.button("Run the intervention", type="primary", icon=":material/science:", key="massive-go"):
+                bar = st.progress(0.0, text="dense and compressed model without intervention ...")
+                try:
+                    ablation_reference(path, mtime)
+                    bar.progress(0.5, text=f"block {block}: {k} channels set to {how} ...")
+                    channel_intervention(path, mtime, block, tuple(chans), values)
+                    if (block, tuple(chans), values) not in done:
+                        done.append((block, tuple(chans), values))
+                except OatsError as e:
+                    st.error(str(e))
+                bar.empty()
+            if done:
+                ref = ablation_reference(path, mtime)
+                rows = [{"intervention": "none", "model": "dense" if r["change"] == "dense model" else "compressed",
+                         **{m: v for m, v in r.items() if m not in ("block", "change")}} for r in ref]
+                for b, ch_, vals in done:
+                    label = f"block {b}: top {len(ch_)} → {'zero' if vals is None else 'mean'}"
+                    rows += [{"intervention": label, **r} for r in channel_intervention(path, mtime, b, ch_, vals)]
+                chart(figures.intervention_figure(rows, metric, higher), key="massive-intervention")
+                base = {r["model"]: r[metric] for r in rows if r["intervention"] == "none"}
+                last = [r for r in rows if r["intervention"] != "none"][-2:]
+                drop = {r["model"]: activations.worsening(base[r["model"]], r[metric], higher) for r in last}
+                st.info(f"{last[0]['intervention']} (channels {', '.join(map(str, done[-1][1])) or 'none'}): {metric} "
+                        f"worsens by {drop['dense']:.4g} in the dense model and by {drop['compressed']:.4g} in the "
+                        f"compressed one — "
+                        + ("the compressed model depends on these channels about as much as the dense one."
+                           if abs(drop['compressed'] - drop['dense']) <= 0.25 * max(abs(drop['dense']), 1e-9) else
+                           ("the compressed model depends on them more." if drop['compressed'] > drop['dense'] else
+                            "the compressed model depends on them less.")))
+                table(rows, "intervention", key="csv-intervention")

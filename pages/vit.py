@@ -3,16 +3,14 @@ models look. Thin: widgets, cached calls to ``oats.explain.vit``, figures from `
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import streamlit as st
 
-from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, run_mtime
+from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, image_upload, run_mtime
 from oats.explain import vit
-from oats.data import bundled_images, load_image
+from oats.data import bundled_images
 from oats.errors import OatsError
-from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload
 from ui.vit_figures import layers_figure, overlap_frame, overlay_figure
 
 IG_STEP_CHOICES = [8, 16, 32, 64]
@@ -63,19 +61,10 @@ with left:
                             key="vit_photo")
         image, image_key, image_name = photos[name], f"bundled:{name}", name
     else:
-        upload = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)",
-                                  type=list(UPLOAD_TYPES["image"]),
-                                  key="vit_upload")
-        if upload is None:
-            st.info("Upload an image to explain, or pick a bundled photo.")
+        got = image_upload("vit_upload", "explain")
+        if got is None:
             st.stop()
-        data = upload.getvalue()
-        try:
-            image = load_image(check_upload(upload.name, data, "image"))
-        except OatsError as exc:
-            st.error(str(exc))
-            st.stop()
-        image_key, image_name = "upload:" + hashlib.sha1(data).hexdigest(), upload.name
+        image, image_key, image_name = got
 with right:
     c1, c2, c3 = st.columns(3)
     head_fusion = c1.selectbox("Head fusion", list(vit.HEAD_FUSIONS), key="vit_fusion",

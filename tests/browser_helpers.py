@@ -77,6 +77,21 @@ def served_app(runs: Path, log_path: Path, with_pid: bool = False, env: dict | N
                 proc.kill()
 
 
+@contextlib.contextmanager
+def app_page(url: str):
+    """A headless Chromium page on the served app at ``url``, its sidebar drawn; closed afterwards."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def settle(page, min_charts: int = 0, timeout: float = 240.0, text: str | None = None) -> float:
     """Wait until the script has finished, no spinner is left and ``min_charts`` Plotly charts
     (and ``text``, if given) are drawn; returns the seconds it took."""

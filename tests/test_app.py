@@ -479,3 +479,95 @@ def test_pages_drawn_again_from_the_caches_are_the_same(app, capsys):
         assert drawn() == first[p], p
     with capsys.disabled():
         print("\npage switch (AppTest, warm):", ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
+
+
+def test_spectra_heavy_tail_views(app, main_run):
+    from oats.explain import heavytail
+    app.run()
+    go(app, "pages/spectra.py")
+    assert not [t for t in charts(app) if t.startswith(("Empirical spectral density", "Power-law exponent"))]
+    q = main_run.layers[0].qualname
+    app.toggle(key="esd-on").set_value(True).run()
+    clean(app)
+    esd = chart(app, f"Empirical spectral density of layer {q}")
+    w = main_run.factors(q)["weight"].double()
+    lam = torch.linalg.svdvals(w).numpy() ** 2
+    x, d = heavytail.log_density(lam)
+    t = [tr for tr in esd["data"] if tr["name"] == "ESD of W"][0]
+    np.testing.assert_allclose(floats(t["x"]), x, rtol=1e-6)
+    np.testing.assert_allclose(floats(t["y"]), d, rtol=1e-6)
+    assert [tr["name"] for tr in esd["data"]][:2] == ["ESD of W shuffled", "ESD of W"]
+    f = heavytail.fit_power_law(lam)
+    titles = [a["text"] for a in esd["layout"]["annotations"]]
+    assert titles[0].startswith(f"W: α = {f.alpha:.2f} ± {f.sigma:.2f}")
+    assert esd["layout"]["xaxis"]["type"] == "log" and esd["layout"]["yaxis"]["type"] == "log"
+    assert any("How to read this" in m.value for m in app.markdown)
+    # the whole model, behind its button
+    [b for b in app.button if b.label.startswith("Fit every layer")][0].click().run()
+    clean(app)
+    a = chart(app, "Power-law exponent α per layer")
+    dense = trace(a, "W (dense)")
+    assert list(_decode(dense["x"]))[0] == q
+    assert floats(dense["y"])[0] == pytest.approx(f.alpha)
+    comp = trace(a, "S + L (compressed)")
+    f1 = main_run.factors(q)
+    c = heavytail.fit_power_law(torch.linalg.svdvals(f1["sparse"].double() + f1["u"].double() @ f1["v"].double()).numpy() ** 2)
+    assert floats(comp["y"])[0] == pytest.approx(c.alpha)
+    assert any(i.value.startswith("**Does compression move α, and where?**") and "median Δα" in i.value for i in app.info)
+    df = [d.value for d in app.dataframe if "delta_alpha" in d.value.columns][0]
+    assert len(df) == len(main_run.layers)
+
+
+def test_outliers_massive_activations_and_intervention(app, main_run):
+    from oats.data import evaluation_sentences
+    from oats.explain import activations
+    app.run()
+    go(app, "pages/outliers.py")
+    assert "Largest activation magnitudes along depth" not in charts(app)
+    app.toggle(key="massive-on").set_value(True).run()
+    clean(app)
+    depth = chart(app, "Largest activation magnitudes along depth")
+    inp = activations.make_input(main_run, text=evaluation_sentences()[0])
+    with main_run.use_mode("dense"), torch.no_grad():
+        hs = main_run.model(**inp.kwargs, output_hidden_states=True).hidden_states  # BERT: block outputs
+    want = [float(h[0].abs().max()) for h in hs[1:]]
+    np.testing.assert_allclose(floats(trace(depth, "dense: top-1")["y"]), want, rtol=1e-5)
+    assert len(floats(trace(depth, "compressed: top-1")["y"])) == len(hs) - 1
+    heat = chart(app, "Block 1 output")
+    z = floats(heat["data"][0]["z"])
+    np.testing.assert_allclose(z, np.log10(np.maximum(hs[2][0].abs().numpy(), 1e-6)), rtol=1e-5)
+    assert len(heat["data"]) == 2 and list(_decode(heat["data"][0]["y"]))[0] == "0:[CLS]"
+    # the intervention: its cost is shown before the button; k = 1 zeroes block 1's largest input channel
+    cost = [c.value for c in app.caption if c.value.startswith("Channels ")][0]
+    top = int(np.argmax(hs[1][0].abs().amax(0).numpy()))
+    assert cost.startswith(f"Channels {top} ") and "2 quick evaluations" in cost
+    app.button(key="massive-go").click().run()
+    clean(app)
+    iv = chart(app, "Outlier-channel intervention: cosine")
+    dense = floats(trace(iv, "dense model")["y"])
+    comp = floats(trace(iv, "compressed model")["y"])
+    assert dense[0] == pytest.approx(1.0) and dense[1] < 0.999 and comp[1] < comp[0]
+    assert any("worsens by" in i.value for i in app.info)
+    # a model loaded again has no dense reference cached, while the page's reference row is: the
+    # intervention must still compare with the dense model, not with the intervened one
+    from oats import evaluation
+    evaluation._REFERENCES.clear()
+    app.number_input(key="massive-k").set_value(2).run()
+    app.button(key="massive-go").click().run()
+    clean(app)
+    iv = chart(app, "Outlier-channel intervention: cosine")
+    assert floats(trace(iv, "dense model")["y"])[2] < 0.999
+    # k = 0 changes nothing
+    app.number_input(key="massive-k").set_value(0).run()
+    app.button(key="massive-go").click().run()
+    clean(app)
+    iv = chart(app, "Outlier-channel intervention: cosine")
+    np.testing.assert_allclose(floats(trace(iv, "dense model")["y"])[[0, 3]], [dense[0], dense[0]])
+    np.testing.assert_allclose(floats(trace(iv, "compressed model")["y"])[[0, 3]], [comp[0], comp[0]], rtol=1e-6)
+    # a text of one's own
+    app.selectbox(key="massive-sample").set_value("type your own ...").run()
+    app.text_input(key="massive-text").set_value("Paris is a big city.").run()
+    clean(app)
+    heat = chart(app, "Block 1 output")
+    assert list(_decode(heat["data"][0]["y"])) == ["0:[CLS]", "1:paris", "2:is", "3:a", "4:big", "5:city", "6:.",
+                                                   "7:[SEP]"]

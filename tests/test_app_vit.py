@@ -198,3 +198,52 @@ def test_dinov2_small_fills_the_page(tmp_path, monkeypatch):
     for spec in charts[2:]:
         assert all(np.asarray(d["z"]).shape == (16, 16) for d in _heatmaps(spec))
     _check_overlap_table(at.dataframe[0].value, 9)
+
+
+def _outliers_traced(runs: Path, monkeypatch) -> AppTest:
+    """The Outliers page of the run in ``runs`` with its massive-activation view switched on."""
+    at = _open(runs, monkeypatch)
+    at.switch_page("pages/outliers.py")
+    at.run()
+    at.toggle(key="massive-on").set_value(True).run()
+    return at
+
+
+def test_outliers_page_traces_a_photo_through_a_vit(tiny_vit_runs, monkeypatch):
+    from oats.data import bundled_images
+    from oats.explain import activations
+    from oats.runs.folders import load_run
+    at = _outliers_traced(tiny_vit_runs, monkeypatch)
+    assert not at.exception and not at.error
+    specs = {s["layout"]["title"]["text"]: s for s in _charts(at)}
+    heat = specs["Block 1 output: |h| per token and channel"]
+    n = (IMAGE // PATCH) ** 2
+    assert list(heat["data"][0]["y"])[:2] == ["CLS", "patch 0,0"] and len(heat["data"][0]["y"]) == n + 1
+    run = load_run(tiny_vit_runs / "tiny-vit")
+    photo = sorted(bundled_images())[0] if "chelsea" not in bundled_images() else "chelsea"
+    prof = activations.massive_activations(run, activations.make_input(run, image=bundled_images()[photo]))
+    import base64
+    z = heat["data"][0]["z"]
+    if isinstance(z, dict):  # Plotly's binary array encoding
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"])).reshape(
+            [int(v) for v in str(z["shape"]).split(",")])
+    np.testing.assert_allclose(np.asarray(z, dtype=float),
+                               np.log10(np.maximum(prof.modes["dense"].magnitudes[1], 1e-6)), rtol=1e-5)
+    # this run's manifest names no task: the intervention says why it cannot measure
+    assert any("no metric to measure the intervention" in i.value for i in at.info)
+
+
+def test_outliers_page_traces_an_uploaded_photo_and_refuses_a_bad_one(tiny_vit_runs, monkeypatch):
+    at = _outliers_traced(tiny_vit_runs, monkeypatch)
+    at.selectbox(key="massive-photo").set_value("upload your own ...").run()
+    assert not at.exception and any("Upload an image to trace" in i.value for i in at.info)
+    at.file_uploader(key="massive-upload").set_value(("holiday.png", b"not a picture", "image/png")).run()
+    assert not at.exception and len(at.error) == 1 and "holiday.png" in at.error[0].value
+    assert "\n" not in at.error[0].value.strip()
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    at.file_uploader(key="massive-upload").set_value(("noise.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    titles = [s["layout"]["title"]["text"] for s in _charts(at)]
+    assert "Largest activation magnitudes along depth" in titles and "Block 1 output: |h| per token and channel" in titles

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
-from browser_helpers import CHROMIUM, LAUNCH_ARGS, SHOTS, requirements, screenshot, served_app, settle
+from browser_helpers import SHOTS, app_page, requirements, screenshot, served_app, settle
 
 pytestmark = pytest.mark.browser
 
@@ -75,47 +75,38 @@ def _nav(page, title: str) -> None:
 
 
 def test_walk_every_page(server):
-    from playwright.sync_api import sync_playwright
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
     SHOTS.mkdir(parents=True)
     times: dict[str, dict[str, float]] = {"first visit": {}, "switch back": {}}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(server)
-            page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
-            # the newest run is opened by default: pick the minilm-l6 main run through the model filter
-            _pick(page, "Model", "minilm-l6")
-            _pick(page, "Run", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0")
-            for title, n in PAGES.items():
-                _nav(page, title)
-                times["first visit"][title] = settle(page, n)
-                _check(page, f"minilm-{title.lower().replace(' ', '-')}")
-            # the per-block ablation, from its button
-            _nav(page, "Error budget")
-            settle(page, PAGES["Error budget"])
-            page.get_by_role("button", name="Measure").click()
-            settle(page, PAGES["Error budget"] + 1, text="Per-block ablation: cosine")
-            _check(page, "minilm-error-budget-ablation")
-            for title, n in PAGES.items():  # everything cached now: this is the switch time
-                _nav(page, title)
-                times["switch back"][title] = settle(page, n)
-                _check(page, f"minilm-{title.lower().replace(' ', '-')}-again")
-            assert page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count() == 1
-            _pick(page, "Model", "dinov2-small")
-            _nav(page, "ViT attention")
-            times["first visit"]["ViT attention"] = settle(page, 1)
-            _check(page, "dinov2-vit-attention")
-            _nav(page, "Spectra")
-            settle(page, PAGES["Spectra"])
-            _check(page, "dinov2-spectra")
-            _nav(page, "Heads")
-            times["first visit"]["Heads (dinov2-small)"] = settle(page, PAGES["Heads"])
-            _check(page, "dinov2-heads")
-        finally:
-            browser.close()
+    with app_page(server) as page:
+        # the newest run is opened by default: pick the minilm-l6 main run through the model filter
+        _open_run(page, "minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0")
+        for title, n in PAGES.items():
+            _nav(page, title)
+            times["first visit"][title] = settle(page, n)
+            _check(page, f"minilm-{title.lower().replace(' ', '-')}")
+        # the per-block ablation, from its button
+        _nav(page, "Error budget")
+        settle(page, PAGES["Error budget"])
+        page.get_by_role("button", name="Measure").click()
+        settle(page, PAGES["Error budget"] + 1, text="Per-block ablation: cosine")
+        _check(page, "minilm-error-budget-ablation")
+        for title, n in PAGES.items():  # everything cached now: this is the switch time
+            _nav(page, title)
+            times["switch back"][title] = settle(page, n)
+            _check(page, f"minilm-{title.lower().replace(' ', '-')}-again")
+        assert page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count() == 1
+        _pick(page, "Model", "dinov2-small")
+        _nav(page, "ViT attention")
+        times["first visit"]["ViT attention"] = settle(page, 1)
+        _check(page, "dinov2-vit-attention")
+        _nav(page, "Spectra")
+        settle(page, PAGES["Spectra"])
+        _check(page, "dinov2-spectra")
+        _nav(page, "Heads")
+        times["first visit"]["Heads (dinov2-small)"] = settle(page, PAGES["Heads"])
+        _check(page, "dinov2-heads")
     (SHOTS / "timings.json").write_text(json.dumps(times, indent=1))
     print("\nbrowser page times (s):", json.dumps({k: {p: round(v, 2) for p, v in d.items()} for k, d in times.items()}))
 
@@ -125,6 +116,18 @@ def _pick(page, label: str, option: str) -> None:
     page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name=label).click()
     page.get_by_role("option", name=option).first.click()
     settle(page, 0)
+
+
+def _open_run(page, model: str, run: str) -> None:
+    """Pick ``run`` of ``model`` in the sidebar and check that it is the one shown: a pick made
+    while the model filter's rerun is still drawing can be lost (the newest run stays)."""
+    box = page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Run")
+    for _ in range(3):
+        _pick(page, "Model", model)
+        _pick(page, "Run", run)
+        if box.input_value().startswith(run + " "):
+            return
+    raise AssertionError(f"the sidebar shows {box.input_value()!r}, not the run {run}")
 
 
 def _error_text(page, timeout: float = 60.0) -> str:
@@ -159,41 +162,70 @@ def _compress_error(page) -> str:
 
 def test_bad_input_in_the_browser(server):
     """A few cases of the bad-input table, typed into the real page: the same one line, no traceback."""
-    from playwright.sync_api import sync_playwright
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(server)
-            page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
-            _nav(page, "Compress")
-            settle(page, 0)
-            # 1. a misspelt preset typed as a model name
-            _choose(page, "Model", "other: a hub id or a local folder")
-            _type(page, "Hub id or local folder", "smolm2-135m")
-            assert _compress_error(page) == ("unknown model 'smolm2-135m': did you mean 'smollm2-135m'? presets are "
-                                             "smollm2-135m, minilm-l6, dinov2-small")
-            _check(page, "bad-input-model-name")
-            # 2. an N:M pattern with N >= M (the model typo fixed: a preset again)
-            _choose(page, "Model", "minilm-l6")
-            _choose(page, "Sparsity pattern", "N:M")
-            _type(page, "N:M", "3:2")
-            assert _compress_error(page) == ("sparsity pattern '3:2' is invalid: N:M needs 0 < N < M (keep N of every "
-                                             "M), e.g. '2:4'")
-            _check(page, "bad-input-pattern")
-            # 3. an upload that is not an image, on the ViT page (needs a ViT run)
-            assert page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count() == 1
-            _pick(page, "Model", "dinov2-small")
-            _nav(page, "ViT attention")
-            settle(page, 1)
-            page.locator('[data-testid="stMain"]').get_by_text("upload", exact=True).click()
-            settle(page, 0)
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-                files=[{"name": "cat.png", "mimeType": "image/png", "buffer": b"GIF89 not an image at all"}])
-            settle(page, 0)
-            assert _error_text(page) == ("upload 'cat.png' is not an image that can be read (corrupt or unknown "
-                                         "format): give a PNG or JPEG file")
-            _check(page, "bad-input-upload")
-        finally:
-            browser.close()
+    with app_page(server) as page:
+        _nav(page, "Compress")
+        settle(page, 0)
+        # 1. a misspelt preset typed as a model name
+        _choose(page, "Model", "other: a hub id or a local folder")
+        _type(page, "Hub id or local folder", "smolm2-135m")
+        assert _compress_error(page) == ("unknown model 'smolm2-135m': did you mean 'smollm2-135m'? presets are "
+                                         "smollm2-135m, minilm-l6, dinov2-small")
+        _check(page, "bad-input-model-name")
+        # 2. an N:M pattern with N >= M (the model typo fixed: a preset again)
+        _choose(page, "Model", "minilm-l6")
+        _choose(page, "Sparsity pattern", "N:M")
+        _type(page, "N:M", "3:2")
+        assert _compress_error(page) == ("sparsity pattern '3:2' is invalid: N:M needs 0 < N < M (keep N of every "
+                                         "M), e.g. '2:4'")
+        _check(page, "bad-input-pattern")
+        # 3. an upload that is not an image, on the ViT page (needs a ViT run)
+        assert page.locator('[data-testid="stSidebarNav"] a', has_text="ViT attention").count() == 1
+        _pick(page, "Model", "dinov2-small")
+        _nav(page, "ViT attention")
+        settle(page, 1)
+        page.locator('[data-testid="stMain"]').get_by_text("upload", exact=True).click()
+        settle(page, 0)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+            files=[{"name": "cat.png", "mimeType": "image/png", "buffer": b"GIF89 not an image at all"}])
+        settle(page, 0)
+        assert _error_text(page) == ("upload 'cat.png' is not an image that can be read (corrupt or unknown "
+                                     "format): give a PNG or JPEG file")
+        _check(page, "bad-input-upload")
+
+
+def _toggle(page, label: str) -> None:
+    """Switch on the main pane's toggle whose label starts with ``label``."""
+    page.locator('[data-testid="stMain"] [data-testid="stCheckbox"]', has_text=label).first.click()
+
+
+def test_heavy_tail_and_massive_activation_views(server):
+    """The Spectra page's power-law views and the Outliers page's massive activations and
+    intervention, on the minilm-l6 and dinov2-small runs: drawn, no exception element. The
+    seconds from the click to the drawn view go to artifacts/screenshots/new-views.json."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    times: dict[str, dict[str, float]] = {}
+    with app_page(server) as page:
+        for model, run in (("minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"),
+                           ("dinov2-small", "dinov2-small-oats-small")):
+            _open_run(page, model, run)
+            t = times.setdefault(model, {})
+            _nav(page, "Spectra")
+            settle(page, PAGES["Spectra"])
+            _toggle(page, "Fit power laws to layer")
+            t["layer ESD and fits"] = settle(page, PAGES["Spectra"] + 1, text="How to read this")
+            page.get_by_role("button", name="Fit every layer").click()
+            t["alpha of every layer"] = settle(page, PAGES["Spectra"] + 2, text="Does compression move α")
+            _check(page, f"{model.split('-')[0]}-spectra-heavy-tail")
+            _nav(page, "Outliers")
+            settle(page, PAGES["Outliers"])
+            _toggle(page, "Trace one input through")
+            t["massive activations"] = settle(page, PAGES["Outliers"] + 2, text="Intervention on block")
+            _check(page, f"{model.split('-')[0]}-outliers-massive")
+            if model == "minilm-l6":
+                page.get_by_role("button", name="Run the intervention").click()
+                t["intervention (first)"] = settle(page, PAGES["Outliers"] + 3, text="worsens by")
+                _check(page, "minilm-outliers-intervention")
+    (SHOTS / "new-views.json").write_text(json.dumps(times, indent=1))
+    print("\nnew views, seconds from the click to the drawn view:",
+          json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in times.items()}))

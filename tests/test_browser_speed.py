@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import skip_or_fail
-from browser_helpers import CHROMIUM, LAUNCH_ARGS, requirements, served_app, settle, wait_idle
+from browser_helpers import app_page, requirements, served_app, settle, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +29,6 @@ def test_app_compression_takes_about_the_cli_time(tmp_path):
     why = requirements()
     if why:
         skip_or_fail(why)
-    from playwright.sync_api import sync_playwright
 
     from oats.runs.folders import read_manifest
     from oats.models.zoo import PRESETS, load_model
@@ -44,36 +43,29 @@ def test_app_compression_takes_about_the_cli_time(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     with served_app(runs, tmp_path / "streamlit.log", with_pid=True) as (url, pid):
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1440, "height": 1000})
-                page.goto(url)
-                page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
-                settle(page, 0)
-                main = page.locator('[data-testid="stMain"]')
-                samples = main.get_by_role("spinbutton", name="Calibration samples")
-                samples.fill(str(SAMPLES))
-                samples.press("Enter")
-                settle(page, 0)
-                assert samples.input_value() == str(SAMPLES)
-                evaluate = main.get_by_role("checkbox", name="Evaluate when done")
-                main.get_by_text("Evaluate when done").click()
-                settle(page, 0)
-                assert not evaluate.is_checked()
-                wait_idle(pid)  # the app's start-up imports are done, as when a person fills the form
-                t0 = time.perf_counter()
-                main.locator('[data-testid="stBaseButton-primary"]', has_text="Compress").click()
-                done = page.locator('[data-testid="stAlertContentSuccess"]', has_text=f"{MODEL}: compressed")
-                progress_seen = False
-                while not done.count():
-                    assert time.perf_counter() - t0 < 600, "the app's compression did not finish in 600 s"
-                    assert page.locator('[data-testid="stException"]').count() == 0
-                    progress_seen |= page.get_by_text("blocks", exact=False).count() > 0
-                    page.wait_for_timeout(100)
-                app_s = time.perf_counter() - t0
-            finally:
-                browser.close()
+        with app_page(url) as page:
+            settle(page, 0)
+            main = page.locator('[data-testid="stMain"]')
+            samples = main.get_by_role("spinbutton", name="Calibration samples")
+            samples.fill(str(SAMPLES))
+            samples.press("Enter")
+            settle(page, 0)
+            assert samples.input_value() == str(SAMPLES)
+            evaluate = main.get_by_role("checkbox", name="Evaluate when done")
+            main.get_by_text("Evaluate when done").click()
+            settle(page, 0)
+            assert not evaluate.is_checked()
+            wait_idle(pid)  # the app's start-up imports are done, as when a person fills the form
+            t0 = time.perf_counter()
+            main.locator('[data-testid="stBaseButton-primary"]', has_text="Compress").click()
+            done = page.locator('[data-testid="stAlertContentSuccess"]', has_text=f"{MODEL}: compressed")
+            progress_seen = False
+            while not done.count():
+                assert time.perf_counter() - t0 < 600, "the app's compression did not finish in 600 s"
+                assert page.locator('[data-testid="stException"]').count() == 0
+                progress_seen |= page.get_by_text("blocks", exact=False).count() > 0
+                page.wait_for_timeout(100)
+            app_s = time.perf_counter() - t0
     assert progress_seen, "the page never showed the compression's progress"
     app_m, cli_m = read_manifest(next(runs.iterdir())), read_manifest(tmp_path / "cli")
     assert app_m["complete"] and cli_m["complete"]

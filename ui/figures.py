@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 from plotly.colors import hex_to_rgb, sequential
 
 from oats.explain.analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
+from oats.explain.heavytail import SHUFFLED, LayerESD, log_density
 
 
 def safe_colorscale(name: str) -> list[list]:
@@ -107,6 +108,118 @@ def ranks_figure(ov: SpectraOverview) -> go.Figure:
     fig.update_yaxes(title_text="rank (directions)", type="log", row=2, col=1)
     fig.update_xaxes(title_text="layer (block.name)", type="category", row=2, col=1)
     return _layout(fig, "Effective and stable rank per layer", height=620)
+
+
+# ----------------------------------------------------------------------------- heavy-tailed spectra
+
+ESD_COLORS = {"W": COLORS["W"], "S + L": COLORS["both"], "S": COLORS["sparse"], "L": COLORS["lowrank"],
+              SHUFFLED: "#bbbbbb"}
+
+
+def esd_figure(e: LayerESD) -> go.Figure:
+    """ESDs of W, S + L, S and L (one panel each) on log-log axes, each with its power-law fit
+    from x_min on; the shuffled W overlaid on W's panel."""
+    keys = ("W", "S + L", "S", "L")
+    titles = []
+    for k in keys:
+        f = e.fits.get(k)
+        titles.append(f"{k}: no fit (too few eigenvalues)" if f is None else
+                      f"{k}: α = {f.alpha:.2f} ± {f.sigma:.2f}, λ_min = {f.xmin:.3g}, KS D = {f.ks:.3f}")
+    fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.16)
+    for i, k in enumerate(keys):
+        row, col = i // 2 + 1, i % 2 + 1
+        panels = [SHUFFLED, k] if k == "W" else [k]
+        for key in panels:
+            x, d = log_density(e.eigenvalues[key])
+            if not len(x):
+                continue
+            fig.add_trace(go.Scatter(x=x, y=d, mode="lines+markers", name=f"ESD of {key}",
+                                     line=dict(color=ESD_COLORS[key], width=1.5), marker=dict(size=5),
+                                     legendgroup=key, showlegend=True), row=row, col=col)
+            f = e.fits.get(key)
+            if f is not None and key != SHUFFLED:
+                xs = np.geomspace(f.xmin, max(x[-1], f.xmin * 1.01), 40)
+                fig.add_trace(go.Scatter(x=xs, y=f.pdf(xs), mode="lines", name=f"power-law fit of {key}",
+                                         line=dict(color="black", dash="dash", width=1.5), legendgroup=key,
+                                         showlegend=i == 0), row=row, col=col)
+        fig.update_xaxes(type="log", title_text="eigenvalue λ of WᵀW" if row == 2 else None, row=row, col=col)
+        fig.update_yaxes(type="log", title_text="density p(λ)" if col == 1 else None, row=row, col=col)
+    fig.update_annotations(font_size=12)
+    return _layout(fig, f"Empirical spectral density of layer {e.qualname} ({e.shape[0]}×{e.shape[1]}), log-log",
+                   height=720)
+
+
+def alpha_figure(rows: list[dict]) -> go.Figure:
+    """α of every layer's W (dense) and S + L (compressed), with the fits' standard errors."""
+    fig = go.Figure()
+    for label, color, name in (("dense", COLORS["dense"], "W (dense)"), ("compressed", COLORS["both"], "S + L (compressed)")):
+        sub = [r for r in rows if r[f"alpha_{label}"] is not None]
+        fig.add_trace(go.Scatter(x=[r["layer"] for r in sub], y=[r[f"alpha_{label}"] for r in sub],
+                                 mode="markers", name=name, marker=dict(color=color, size=8),
+                                 error_y=dict(type="data", array=[r[f"alpha_se_{label}"] for r in sub], thickness=1,
+                                              width=2)))
+    fig.update_xaxes(title_text="layer (block.name)", type="category")
+    fig.update_yaxes(title_text="power-law exponent α of the ESD tail")
+    return _layout(fig, "Power-law exponent α per layer, dense vs compressed", height=440)
+
+
+# ----------------------------------------------------------------------------- massive activations
+
+MODE_NAMES = {"dense": "dense", "both": "compressed"}
+
+
+def massive_depth_figure(prof) -> go.Figure:
+    """The three largest |h| of every block output, and its median, dense vs compressed (log scale)."""
+    fig = go.Figure()
+    for mode, p in prof.modes.items():
+        color = "#b0b0b0" if mode == "dense" else COLORS["both"]
+        width = 6 if mode == "dense" else 2  # dense drawn wide underneath: both stay visible where they agree
+        x = np.arange(p.top.shape[0])
+        for r, dash in zip(range(p.top.shape[1]), ("solid", "dash", "dot")):
+            fig.add_trace(go.Scatter(
+                x=x, y=p.top[:, r], mode="lines+markers", name=f"{MODE_NAMES.get(mode, mode)}: top-{r + 1}",
+                line=dict(color=color, dash=dash, width=width), customdata=[[prof.tokens[int(t)], int(c)] for t, c in
+                                                               zip(p.top_token[:, r], p.top_channel[:, r])],
+                hovertemplate="block %{x}: |h| %{y:.3g}<br>token %{customdata[0]}, channel %{customdata[1]}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=x, y=p.median, mode="lines", name=f"{MODE_NAMES.get(mode, mode)}: median",
+                                 line=dict(color=color, dash="longdashdot", width=width / 2)))
+    fig.update_xaxes(title_text="block (output)", dtick=1)
+    fig.update_yaxes(title_text="activation magnitude |h| (log scale)", type="log")
+    return _layout(fig, "Largest activation magnitudes along depth", height=440)
+
+
+def token_channel_figure(prof, block: int) -> go.Figure:
+    """log10 |h| of one block's output, tokens x channels, dense and compressed side by side."""
+    modes = list(prof.modes)
+    fig = make_subplots(rows=1, cols=len(modes), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[MODE_NAMES.get(m, m) for m in modes])
+    hi = max(float(np.log10(max(prof.modes[m].magnitudes[block].max(), 1e-12))) for m in modes)
+    for i, m in enumerate(modes):
+        z = np.log10(np.maximum(prof.modes[m].magnitudes[block], 1e-6))
+        fig.add_trace(go.Heatmap(z=z, x=np.arange(z.shape[1]), y=prof.tokens, colorscale=INFERNO, zmin=hi - 4,
+                                 zmax=hi, showscale=i == len(modes) - 1,
+                                 colorbar=dict(title=dict(text="log₁₀ |h|")),
+                                 hovertemplate="token %{y}<br>channel %{x}<br>log₁₀ |h| %{z:.2f}<extra></extra>"),
+                      row=1, col=i + 1)
+        fig.update_xaxes(title_text="channel", row=1, col=i + 1)
+    fig.update_yaxes(autorange="reversed", type="category", tickfont=dict(size=9), row=1, col=1)
+    fig.update_yaxes(title_text="token", row=1, col=1)
+    return _layout(fig, f"Block {block} output: |h| per token and channel",
+                   height=min(900, max(380, 12 * len(prof.tokens) + 200)))
+
+
+def intervention_figure(rows: list[dict], metric: str, higher_is_better: bool) -> go.Figure:
+    """The metric of the dense and compressed model without and with each intervention."""
+    fig = go.Figure()
+    for model, color in (("dense", COLORS["dense"]), ("compressed", COLORS["both"])):
+        sub = [r for r in rows if r["model"] == model and metric in r]
+        fig.add_trace(go.Bar(x=[r["intervention"] for r in sub], y=[r[metric] for r in sub], name=f"{model} model",
+                             marker_color=color, text=[f"{r[metric]:.4g}" for r in sub], textposition="outside"))
+    better = "higher is better" if higher_is_better else "lower is better"
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="intervention on a block's input", type="category")
+    fig.update_yaxes(title_text=f"{metric} ({better})")
+    return _layout(fig, f"Outlier-channel intervention: {metric}", height=420)
 
 
 # ----------------------------------------------------------------------------- outliers

@@ -9,6 +9,7 @@ cached analyses below do exactly that, so pages stay thin).
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import os
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from oats.explain import analysis
+from oats.explain import analysis, heavytail
 from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.methods import registry
@@ -112,6 +113,7 @@ WARM_MODULES = (
     "transformers.modeling_utils", "transformers.models.bert.modeling_bert",
     "transformers.models.llama.modeling_llama", "transformers.models.dinov2.modeling_dinov2",
     "transformers.models.vit.modeling_vit", "oats.models.zoo", "oats.data", "oats.evaluation", "oats.explain.vit",
+    "oats.explain.activations",
     "oats.runner.sweep", "plotly.graph_objects", "scipy.stats",
 )
 """What pages and model loads import on first use: imported once per process by ``warm_up``."""
@@ -389,6 +391,24 @@ def table(rows, name: str, key: str | None = None, height: int | str = "auto", *
     return df
 
 
+def image_upload(key: str, what: str):
+    """A file uploader for one image, checked like every upload: (image (H, W, 3), cache key,
+    file name), or None with the reason drawn (nothing uploaded yet, or not an image)."""
+    from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_upload, load_image
+    upload = st.file_uploader(f"Your image (PNG, JPEG, ...; at most {MAX_UPLOAD_MB} MB)",
+                              type=list(UPLOAD_TYPES["image"]), key=key)
+    if upload is None:
+        st.info(f"Upload an image to {what}, or pick a bundled photo.")
+        return None
+    data = upload.getvalue()
+    try:
+        image = load_image(check_upload(upload.name, data, "image"))
+    except OatsError as e:
+        st.error(str(e))
+        return None
+    return image, "upload:" + hashlib.sha1(data).hexdigest(), upload.name
+
+
 def run_slug(path: str) -> str:
     return Path(path).name
 
@@ -502,3 +522,71 @@ def block_ablation(path: str, mtime: float, block: int) -> list[dict]:
     run = _run(path, mtime)
     with MODEL_LOCK:
         return analysis.block_ablation(run, block, lambda: evaluate_model(run.model, run.loaded, quick=True))
+
+
+# ----------------------------------------------------------------------------- heavy-tailed spectra
+
+
+@st.cache_data(show_spinner="Fitting power laws to this layer's spectra ...", max_entries=64)
+def layer_esd(path: str, mtime: float, qualname: str) -> heavytail.LayerESD:
+    return heavytail.layer_esd(_run(path, mtime), qualname)
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def layer_alpha(path: str, mtime: float, qualname: str) -> dict:
+    return heavytail.layer_alpha(_run(path, mtime), qualname)
+
+
+_ALPHA_DONE: set[tuple[str, float]] = set()
+"""Runs whose every layer's α has been fitted in this process (shown without asking again)."""
+
+
+def alpha_done(path: str, mtime: float) -> bool:
+    return (path, mtime) in _ALPHA_DONE
+
+
+def alpha_table(path: str, mtime: float, run) -> list[dict]:
+    """Every layer's α and stable rank, dense and compressed; each layer cached, a progress bar
+    while any is computed (for everyone who opens the run afterwards, it is there at once)."""
+    names = [r.qualname for r in run.layers]
+    if (path, mtime) in _ALPHA_DONE:
+        return [layer_alpha(path, mtime, q) for q in names]
+    bar = st.progress(0.0, text=f"Fitting power laws to {len(names)} layers (dense and compressed) ...")
+    rows = []
+    for i, q in enumerate(names):
+        rows.append(layer_alpha(path, mtime, q))
+        bar.progress((i + 1) / len(names), text=f"Fitting power laws: {i + 1}/{len(names)} layers ({q})")
+    bar.empty()
+    _ALPHA_DONE.add((path, mtime))
+    return rows
+
+
+# ----------------------------------------------------------------------------- massive activations
+
+
+@st.cache_data(show_spinner="One forward pass of the dense and of the compressed model ...", max_entries=16)
+def massive_profile(path: str, mtime: float, input_key: str, _text: str | None, _image=None):
+    from oats.explain import activations
+    run = _run(path, mtime)
+    with MODEL_LOCK:
+        return activations.massive_activations(run, activations.make_input(run, text=_text, image=_image))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def evaluation_tokens(path: str, mtime: float) -> int:
+    from oats.evaluation import evaluation_tokens as tokens
+    return tokens(_run(path, mtime).loaded, quick=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def channel_intervention(path: str, mtime: float, block: int, channels: tuple[int, ...],
+                         values: tuple[float, ...] | None) -> list[dict]:
+    """The quick evaluation of the dense and compressed model with ``channels`` of ``block``'s
+    input set to ``values`` (zero when None)."""
+    from oats.evaluation import evaluate_model, prepare_reference
+    from oats.explain import activations
+    run = _run(path, mtime)
+    with MODEL_LOCK:
+        return activations.intervention(run, block, list(channels), None if values is None else list(values),
+                                        lambda: evaluate_model(run.model, run.loaded, quick=True),
+                                        prepare=lambda: prepare_reference(run.model, run.loaded, quick=True))
