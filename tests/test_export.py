@@ -78,6 +78,8 @@ def test_sparse_low_rank_linear_computes_s_plus_uv_without_a_dense_s():
     x = torch.randn(2, 5, 40, generator=g)
     ref = x @ (s + u @ v).T + b
     assert _max_rel(m(x), ref) < 1e-6
+    one = x[:1, :1]  # one token: the matrix-vector path
+    assert m(one).shape == (1, 1, 24) and _max_rel(m(one), one @ (s + u @ v).T + b) < 1e-6
     assert all(t.shape != (24, 40) for t in m.buffers())  # no (d_out, d_in) tensor is held
     assert m.params == int((s != 0).sum()) + 3 * (24 + 40)
     # a fused matrix: two parts with their own rows and ranks
