@@ -19,6 +19,7 @@ pages = [
     st.Page("pages/walkthrough.py", title="Walkthrough", icon=":material/school:"),
     st.Page("pages/vit.py", title="ViT attention", icon=":material/visibility:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
 ]
 nav = st.navigation(pages)
 sidebar()

@@ -39,8 +39,10 @@ import torch
 from oats.compress.pipeline import compress_model
 from oats.config import OatsConfig
 from oats.data import calibration_batches, evaluation_sentences, evaluation_text, sentence_batches
-from oats.deploy.export import (SPARSE_FILE, block_linear_bytes, dense_linear_bytes, export_folder_bytes, export_run,
-                                load_compressed, sparse_modules)
+from oats.deploy.export import (block_linear_bytes, dense_linear_bytes, export_folder_bytes, export_run,
+                                load_compressed, size_report)
+from oats.deploy.speed import (decode_seconds, floor_seconds, forward_kwargs, machine_floors, median_time,
+                               weight_cost)
 from oats.models.zoo import load_model
 from oats.runs.folders import load_run, save_run
 from oats.runs.info import RunInfo
@@ -48,37 +50,6 @@ from oats.runs.info import RunInfo
 MODELS = ("smollm2-135m", "minilm-l6", "dinov2-small")
 CALIB = {"smollm2-135m": dict(n_samples=4, seq_len=256), "minilm-l6": dict(n_samples=32),
          "dinov2-small": dict(n_samples=8)}
-
-
-def status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
-
-
-def median_time(fn, rounds: int = 5) -> float:
-    fn()
-    ts = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
-# ----------------------------------------------------------------------------- the machine
-
-
-def machine_floors() -> dict:
-    x = torch.randn(64 * 2**20)  # 256 MB, far beyond any cache
-    y = torch.empty_like(x)
-    copy_s = median_time(lambda: y.copy_(x), 7)
-    bandwidth = 2 * x.numel() * 4 / copy_s
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    gemm_s = median_time(lambda: a @ b, 5)
-    return {"bandwidth": bandwidth, "gemm": 2 * 2048**3 / gemm_s}
-
-
-# ----------------------------------------------------------------------------- kernels
 
 
 def _numba_kernel():
@@ -179,25 +150,11 @@ def inputs(name: str, loaded) -> dict:
 
 
 def main_output(model, batch: dict) -> torch.Tensor:
-    kw = dict(batch)
-    if getattr(model.config, "use_cache", None) is not None:
-        kw["use_cache"] = False
-    out = model(**kw)
+    out = model(**forward_kwargs(model, batch))
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
 # ----------------------------------------------------------------------------- speed
-
-
-def decode(model, prompt: torch.Tensor, new: int) -> float:
-    """Seconds for ``new`` greedy tokens after the prompt, KV cache on (prefill not counted)."""
-    out = model(input_ids=prompt, use_cache=True)
-    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    t = time.perf_counter()
-    for _ in range(new):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return time.perf_counter() - t
 
 
 def interleaved(variants: dict, fn, rounds: int) -> dict:
@@ -219,48 +176,7 @@ def timed(f):
     return run
 
 
-# ----------------------------------------------------------------------------- floors
-
-
-def weights(model, paths) -> tuple[int, int]:
-    """(bytes read, multiply-adds) per token by the block linears (plus a causal LM's head)."""
-    sp = sparse_modules(model)
-    nbytes, macs = 0, 0
-    for p in paths:
-        if p in sp:
-            m = sp[p]
-            nbytes += m.nbytes()
-            macs += m.params
-        else:
-            w = model.get_submodule(p).weight
-            nbytes += w.numel() * 4
-            macs += w.numel()
-    head = getattr(model, "lm_head", None)
-    if head is not None:
-        nbytes += head.weight.numel() * 4
-        macs += head.weight.numel()
-    return nbytes, macs
-
-
-def floor_s(nbytes: int, flops: float, floors: dict) -> tuple[float, str]:
-    b, c = nbytes / floors["bandwidth"], flops / floors["gemm"]
-    return (b, "B") if b >= c else (c, "C")
-
-
 # ----------------------------------------------------------------------------- RSS in a fresh process
-
-
-def layer_disk_bytes(folder: Path, paths) -> int:
-    """Bytes the compressed layers take in the export file (16-bit column indices where they fit)."""
-    from safetensors import safe_open
-    prefixes = tuple(p + "." for p in paths)
-    total = 0
-    with safe_open(str(folder / SPARSE_FILE), "pt") as f:
-        for k in f.keys():
-            if k.startswith(prefixes):
-                t = f.get_tensor(k)
-                total += t.numel() * t.element_size()
-    return total
 
 
 def rss_child(kind: str, target: str, threads: int) -> dict:
@@ -339,13 +255,14 @@ def main() -> int:
             dense = dense_loaded.model
             feed = inputs(name, dense_loaded)
             check_batch = {"input_ids": feed["prefill"][:, :64]} if name == "smollm2-135m" else feed["b1"]
-            exports, paths = {}, None
+            exports, paths, sizes = {}, None, {}
             for method, rho in variants_meta:
                 run = ensure_run(root, name, method, rho, args.iterations)
                 with run.use_mode("both"):
                     ref = main_output(run.model, check_batch)
                 folder = export_run(run, root / "exports" / f"{name}-{method}-{rho}", "sparse", force=True)
                 paths = list(run.modules())
+                sizes[f"{method} {rho}"] = size_report(run)
                 del run
                 model = load_compressed(folder)
                 got = main_output(model, check_batch)
@@ -356,24 +273,25 @@ def main() -> int:
             for label, (folder, model) in exports.items():
                 if not args.no_rss:
                     rss[label] = rss_child("export", str(folder), args.threads)
+                assert block_linear_bytes(model) == sizes[label]["sparse_memory"]
                 mem_rows.append({"model": name, "variant": label, "linear_mb": block_linear_bytes(model) / 1e6,
-                                 "linear_disk_mb": layer_disk_bytes(folder, paths) / 1e6,
+                                 "linear_disk_mb": sizes[label]["sparse_disk"] / 1e6,
                                  "dense_mb": dense_bytes / 1e6, "disk_mb": export_folder_bytes(folder) / 1e6,
                                  "dense_disk_mb": sum(p.numel() * 4 for p in dense.parameters()) / 1e6,
                                  "rss": rss.get(label), "dense_rss": rss.get("dense")})
             variants = {"dense": dense, **{k: m for k, (_, m) in exports.items()}}
-            cost = {k: weights(m, paths) for k, m in variants.items()}
+            cost = {k: weight_cost(m, paths) for k, m in variants.items()}
             if name == "smollm2-135m":
                 n = args.new_tokens
-                dec = interleaved(variants, lambda m: decode(m, feed["prompt"], n), args.rounds)
+                dec = interleaved(variants, lambda m: decode_seconds(m, feed["prompt"], n), args.rounds)
                 speed_rows.append(("SmolLM2 decode, tok/s (batch 1, 32-token prompt, 64 new)",
-                                   {k: (n / s, n / (floor_s(cost[k][0], 2 * cost[k][1], floors)[0] * n),
-                                        floor_s(cost[k][0], 2 * cost[k][1], floors)[1]) for k, s in dec.items()}))
+                                   {k: (n / s, n / (floor_seconds(cost[k][0], 2 * cost[k][1], floors)[0] * n),
+                                        floor_seconds(cost[k][0], 2 * cost[k][1], floors)[1]) for k, s in dec.items()}))
                 L = feed["prefill"].shape[1]
                 pre = interleaved(variants, timed(lambda m: m(input_ids=feed["prefill"], use_cache=False)), args.rounds)
                 speed_rows.append((f"SmolLM2 prefill, tok/s ({L} tokens)",
-                                   {k: (L / s, L / floor_s(cost[k][0], 2 * cost[k][1] * L, floors)[0],
-                                        floor_s(cost[k][0], 2 * cost[k][1] * L, floors)[1]) for k, s in pre.items()}))
+                                   {k: (L / s, L / floor_seconds(cost[k][0], 2 * cost[k][1] * L, floors)[0],
+                                        floor_seconds(cost[k][0], 2 * cost[k][1] * L, floors)[1]) for k, s in pre.items()}))
             else:
                 unit = "sentences/s" if name == "minilm-l6" else "images/s"
                 for key in [k for k in feed]:
@@ -383,8 +301,8 @@ def main() -> int:
                               else items * (1 + (224 // 14) ** 2))
                     sec = interleaved(variants, timed(lambda m, b=batch: main_output(m, b)), args.rounds)
                     speed_rows.append((f"{'MiniLM' if name == 'minilm-l6' else 'DINOv2'} {unit}, batch {items}",
-                                       {k: (items / s, items / floor_s(cost[k][0], 2 * cost[k][1] * tokens, floors)[0],
-                                            floor_s(cost[k][0], 2 * cost[k][1] * tokens, floors)[1])
+                                       {k: (items / s, items / floor_seconds(cost[k][0], 2 * cost[k][1] * tokens, floors)[0],
+                                            floor_seconds(cost[k][0], 2 * cost[k][1] * tokens, floors)[1])
                                         for k, s in sec.items()}))
             for row in speed_rows[-2:]:
                 print(row[0], {k: f"{v[0]:.2f} (floor {v[1]:.1f} {v[2]})" for k, v in row[1].items()}, flush=True)

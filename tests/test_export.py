@@ -23,7 +23,7 @@ import oats
 from oats.cli import main as cli_main
 from oats.core.linear import OatsLinear
 from oats.deploy.export import (EXPORT_FILE, SPARSE_FILE, block_linear_bytes, export_run, load_compressed,
-                                sparse_modules)
+                                size_report, sparse_modules)
 from oats.deploy.linear import SparseLowRankLinear, pack_csr
 from oats.errors import ConfigError, RunError
 
@@ -115,6 +115,22 @@ def test_round_trip_equals_the_runs_sparse_plus_low_rank_mode(name, layout, expo
         dense_bytes = sum(m.weight.numel() * 4 + (m.bias.numel() * 4 if m.bias is not None else 0)
                           for m in c.run.modules().values())
         assert block_linear_bytes(model) < dense_bytes
+
+
+@pytest.mark.parametrize("name", ["llama", "phi3", "bert"])
+def test_size_report_is_what_the_export_holds(name, exports):
+    from safetensors import safe_open
+    c = compressed(name)
+    folder = exports[name, "sparse"]
+    sizes = size_report(c.run)
+    assert sizes["sparse_memory"] == block_linear_bytes(load_compressed(folder))
+    with safe_open(str(folder / SPARSE_FILE), "pt") as f:
+        prefixes = tuple(p + "." for p in c.run.modules())
+        on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                      if k.startswith(prefixes))
+    assert sizes["sparse_disk"] == on_disk < sizes["sparse_memory"] < sizes["dense"]
+    assert sizes["dense"] == sum(4 * (m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
+                                 for m in c.run.modules().values())
 
 
 @pytest.mark.parametrize("name", list(CASES))

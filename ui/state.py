@@ -473,3 +473,10 @@ def block_ablation(path: str, mtime: float, block: int) -> list[dict]:
     run = _run(path, mtime)
     with MODEL_LOCK:
         return analysis.block_ablation(run, block, lambda: evaluate_model(run.model, run.loaded, quick=True))
+
+
+@st.cache_data(show_spinner="Counting the run's bytes ...", max_entries=16)
+def deploy_sizes(path: str, mtime: float) -> dict:
+    """Bytes of the run's block linears dense, as a sparse export (memory, disk) and folded."""
+    from oats.deploy.export import size_report
+    return size_report(_run(path, mtime))

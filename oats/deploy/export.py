@@ -43,7 +43,7 @@ from oats.runs.info import RunInfo
 
 __all__ = ["EXPORT_FILE", "LAYOUTS", "SPARSE_FILE", "block_linear_bytes", "check_layout", "check_out_folder",
            "dense_linear_bytes", "export_folder_bytes", "export_run", "export_run_folder", "load_compressed",
-           "read_export_info", "sparse_modules"]
+           "read_export_info", "size_report", "sparse_modules"]
 
 EXPORT_FILE = "oats_export.json"
 SPARSE_FILE = "sparse_lowrank.safetensors"
@@ -417,6 +417,24 @@ def dense_linear_bytes(model: nn.Module, paths) -> int:
         mod = model.get_submodule(p)
         total += sum(t.numel() * t.element_size() for t in (mod.weight, getattr(mod, "bias", None)) if t is not None)
     return total
+
+
+def size_report(run: CompressionRun) -> dict:
+    """Bytes of the block linears of ``run`` as each form holds them, without writing anything:
+    ``dense`` (weights and biases), ``sparse_memory`` (a loaded sparse export: values, 32-bit
+    indices, factors, biases), ``sparse_disk`` (the export file: 16-bit column indices where
+    they fit), ``folded`` (= dense); plus ``params_dense`` and ``params_kept``."""
+    dense = memory = disk = 0
+    for path, m in oats_layers(run.model).items():
+        nnz = int(torch.count_nonzero(m.sparse))
+        us, _ = _parts(run, path, m)
+        rest = 4 * (m.out_features + 1) + 4 * (m.v.numel() + sum(u.numel() for u in us))
+        bias = 0 if m.bias is None else 4 * m.bias.numel()
+        dense += 4 * m.weight.numel() + bias
+        memory += nnz * (4 + 4) + rest + bias
+        disk += nnz * (4 + (2 if index_dtype_for(m.in_features) == "int16" else 4)) + rest + bias
+    return {"dense": dense, "folded": dense, "sparse_memory": memory, "sparse_disk": disk,
+            "params_dense": run.params_dense, "params_kept": run.params_kept}
 
 
 def export_folder_bytes(folder: str | Path) -> int:
