@@ -296,3 +296,32 @@ def test_a_damaged_sparse_export_is_refused(exports, tmp_path):
 def test_unknown_layout_in_the_library(exports):
     with pytest.raises(ConfigError, match="unknown export format"):
         export_run(compressed("llama").run, Path("/nonexistent/never"), "csr")
+
+
+# ----------------------------------------------------------------------------- speed helpers
+
+
+def test_floors_and_weight_costs(exports):
+    from oats.deploy.speed import floor_seconds, weight_cost
+    floors = {"bandwidth": 1e10, "gemm": 1e11}
+    assert floor_seconds(2e9, 1e9, floors) == (0.2, "B")
+    assert floor_seconds(1e6, 1e12, floors) == (10.0, "C")
+    c = compressed("llama")
+    model = load_compressed(exports["llama", "sparse"])
+    head = model.lm_head.weight.numel()
+    nbytes, macs = weight_cost(model, list(c.run.modules()))
+    assert (nbytes, macs) == (block_linear_bytes(model) + 4 * head, c.run.params_kept + head)
+    with c.run.use_mode("dense"):
+        assert weight_cost(c.run.model, []) == (4 * head, head)
+
+
+def test_compare_speed_reports_both_models_and_their_floors(run_folder):
+    from oats.deploy.speed import compare_speed
+    run = oats.load_run(run_folder)
+    seen = []
+    res = compare_speed(run, rounds=1, new_tokens=2, progress=lambda f, m: seen.append(f))
+    assert res["unit"].startswith("tokens/s") and res["threads"] == torch.get_num_threads()
+    for k in ("dense", "export"):
+        assert res[k] > 0 and res[f"floor_{k}"] > 0 and res[f"bound_{k}"] in ("B", "C")
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    assert all(m.mode == "both" for m in run.modules().values())  # left as it was

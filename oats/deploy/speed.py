@@ -9,6 +9,7 @@ fuller comparison is ``benchmarks/inference.py``.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import tempfile
 import time
@@ -74,13 +75,15 @@ def weight_cost(model: nn.Module, paths) -> tuple[int, int]:
 
 def decode_seconds(model: nn.Module, prompt: torch.Tensor, new: int) -> float:
     """Seconds for ``new`` greedy tokens after ``prompt`` with the KV cache (prefill not counted)."""
+    # transformers >= 5.2x names the key-value cache ``cache``; earlier versions ``past_key_values``
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = getattr(out, key), out.logits[:, -1:].argmax(-1)
         t = time.perf_counter()
         for _ in range(new):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, use_cache=True, **{key: past})
+            past, nxt = getattr(out, key), out.logits[:, -1:].argmax(-1)
         return time.perf_counter() - t
 
 
