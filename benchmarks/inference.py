@@ -112,6 +112,32 @@ def kernels(density: float, rounds: int) -> list[dict]:
     return rows
 
 
+def layer_pair(rho: float, rounds: int) -> list[dict]:
+    """µs per token of one SparseLowRankLinear as OATS fills it at ``rho`` (κ 0.25: S keeps
+    (1 - κ)(1 - ρ) of the entries, plus rank r) and as Wanda does (S keeps 1 - ρ, rank 0)."""
+    from oats.core.decompose import rank_budget
+    from oats.deploy.linear import SparseLowRankLinear, pack_csr
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for d_out, d_in in ((576, 576), (1536, 576), (576, 1536)):
+        w = torch.randn(d_out, d_in, generator=g)
+        x = torch.randn(1, d_in, generator=g)
+        r = rank_budget(d_out, d_in, OatsConfig(compression=rho, rank_ratio=0.25))
+        oats_s = w * (torch.rand(d_out, d_in, generator=g) < 0.75 * (1 - rho))
+        wanda_s = w * (torch.rand(d_out, d_in, generator=g) < (1 - rho))
+        layers = {"dense": torch.nn.Linear(d_in, d_out, bias=False),
+                  "OATS layer": SparseLowRankLinear(d_out, d_in, **pack_csr(oats_s), u=torch.randn(d_out, r),
+                                                    v=torch.randn(r, d_in)),
+                  "Wanda layer": SparseLowRankLinear(d_out, d_in, **pack_csr(wanda_s), u=torch.zeros(d_out, 0),
+                                                     v=torch.zeros(0, d_in)),
+                  "OATS sparse term alone": SparseLowRankLinear(d_out, d_in, **pack_csr(oats_s),
+                                                                u=torch.zeros(d_out, 0), v=torch.zeros(0, d_in))}
+        with torch.no_grad():
+            rows.append({"shape": f"{d_out}x{d_in}", "rank": r,
+                         **{k: median_time(lambda m=m: m(x), max(rounds * 20, 40)) * 1e6 for k, m in layers.items()}})
+    return rows
+
+
 # ----------------------------------------------------------------------------- runs and exports
 
 
@@ -246,6 +272,14 @@ def main() -> int:
             lines.append(f"| {r['shape']} | {r['batch']} | " + " | ".join(
                 f"{r[k]:.0f}" + ("" if k == "dense" else f" ({r[k] / r['dense']:.2f}×)") for k in names) + " |")
         print("\n".join(lines[-len(rows) - 4:]), flush=True)
+        pair = layer_pair(0.6, args.rounds)
+        names = [k for k in pair[0] if k not in ("shape", "rank")]
+        lines += ["", "One layer at ρ 0.6, one token (batch 1), as each method fills it, µs (× Wanda layer):", "",
+                  "| shape | rank | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for r in pair:
+            lines.append(f"| {r['shape']} | {r['rank']} | " + " | ".join(
+                f"{r[k]:.0f} ({r[k] / r['Wanda layer']:.2f}×)" for k in names) + " |")
+        print("\n".join(lines[-len(pair) - 4:]), flush=True)
 
     mem_rows, speed_rows, checks = [], [], []
     with torch.no_grad():
@@ -297,8 +331,8 @@ def main() -> int:
                 for key in [k for k in feed]:
                     batch = feed[key]
                     items = next(iter(batch.values())).shape[0]
-                    tokens = (int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                              else items * (1 + (224 // 14) ** 2))
+                    # every position is computed, padding included
+                    tokens = batch["input_ids"].numel() if "input_ids" in batch else items * (1 + (224 // 14) ** 2)
                     sec = interleaved(variants, timed(lambda m, b=batch: main_output(m, b)), args.rounds)
                     speed_rows.append((f"{'MiniLM' if name == 'minilm-l6' else 'DINOv2'} {unit}, batch {items}",
                                        {k: (items / s, items / floor_seconds(cost[k][0], 2 * cost[k][1] * tokens, floors)[0],

@@ -103,7 +103,7 @@ def _workload(run: CompressionRun, new_tokens: int):
         return "tokens/s (batch-1 greedy decode)", new_tokens, 1, lambda m: decode_seconds(m, prompt, new_tokens)
     if task == "encoder":
         batch = sentence_batches(loaded.tokenizer, evaluation_sentences()[:8], batch_size=8)[0]
-        items, tokens = 8, int(batch["attention_mask"].sum())
+        items, tokens = 8, batch["input_ids"].numel()  # padding is computed too
     else:
         size = getattr(loaded, "image_size", None) or 224
         batch = {"pixel_values": torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))}
