@@ -208,7 +208,8 @@ def run_folder(tmp_path_factory):
 def test_oats_export_writes_a_folder_that_loads(run_folder, tmp_path, capsys):
     out = tmp_path / "exp"
     assert cli_main(["export", str(run_folder), "--out", str(out)]) == 0
-    assert f"to {out}" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert f"to {out}" in cap.out and len(cap.out.splitlines()) == 1 and cap.err == ""
     info = json.loads((out / EXPORT_FILE).read_text())
     assert info["layout"] == "sparse" and info["run"]["model_name"] == str(run_folder.parent.parent / "llm")
     assert (out / "tokenizer.json").is_file() or (out / "tokenizer_config.json").is_file()
@@ -222,6 +223,7 @@ def test_oats_export_writes_a_folder_that_loads(run_folder, tmp_path, capsys):
     # --force replaces an export; without it a second export is refused and changes nothing
     before = (out / SPARSE_FILE).read_bytes()
     assert cli_main(["export", str(run_folder), "--out", str(out), "--format", "folded", "--force"]) == 0
+    assert capsys.readouterr().err == ""  # no progress bars of transformers' own
     assert not (out / SPARSE_FILE).exists() and json.loads((out / EXPORT_FILE).read_text())["layout"] == "folded"
     assert before and list(out.parent.glob(".exp.*")) == []
 

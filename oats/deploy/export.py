@@ -38,6 +38,7 @@ from oats.core.linear import OatsLinear, oats_layers
 from oats.deploy.linear import SparseLowRankLinear, index_dtype_for, pack_csr
 from oats.errors import ConfigError, RunError
 from oats.models.adapters import set_submodule
+from oats.models.loaded import quiet_transformers
 from oats.runs.folders import load_run
 from oats.runs.info import RunInfo
 
@@ -258,7 +259,7 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_transformers():
             body = _write_sparse(run, kind, tmp) if layout == "sparse" else _write_folded(model, kind, tmp)
         loaded = run.loaded
         extra = {}
@@ -394,7 +395,8 @@ def load_compressed(folder: str | Path) -> nn.Module:
         if cls is None:
             raise RunError(f"'{folder}': this transformers has no model class {m.get('class')!r}: upgrade transformers")
         kw = {"attn_implementation": m["attn_implementation"]} if m.get("attn_implementation") else {}
-        model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **kw)
+        with quiet_transformers():
+            model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **kw)
     return model.eval()
 
 
