@@ -184,13 +184,16 @@ def main_output(model, batch: dict) -> torch.Tensor:
 
 
 def interleaved(variants: dict, fn, rounds: int) -> dict:
-    """Median seconds of ``fn(model)`` per variant, each round timing every variant in turn."""
+    """Median seconds of ``fn(model)`` per variant, each round timing every variant in turn
+    (in an order rotated by one each round)."""
     for m in variants.values():
         fn(m)  # warm-up
     times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, m in variants.items():
-            times[k].append(fn(m))
+    order = list(variants)
+    for r in range(rounds):
+        # each round starts one variant later, so no variant always follows the same one
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            times[k].append(fn(variants[k]))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
