@@ -273,10 +273,14 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
                     "attn_implementation": attn, "load": _load_hint(layout, kind, type(model).__name__),
                     "run": _describe(run, info), **extra, **body}
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
+        if out.exists():  # --force: the old export goes only once the new one is in place
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
