@@ -23,6 +23,7 @@ from oats.core.linear import OatsLinear, set_mode, use_mode
 from oats.methods import BUDGET_NOTES, METHODS
 from oats.compress.pipeline import compress_model
 from oats.compress.records import CompressionRun
+from oats.deploy.export import export_run, export_run_folder, load_compressed
 from oats.evaluation import PRIMARY_METRIC, Evaluation, evaluate, evaluate_model, evaluate_run
 
 __version__ = "0.1.0"
@@ -32,5 +33,6 @@ __all__ = [
     "ConfigError", "DataError", "ModelLoadError", "OatsError", "ResourceError", "RunError", "UnsupportedModelError",
     "list_runs", "load_run", "save_run", "RunInfo", "OatsLinear", "set_mode", "use_mode", "METHODS",
     "CompressionRun", "compress_model", "BUDGET_NOTES",
+    "export_run", "export_run_folder", "load_compressed",
     "evaluate", "evaluate_model", "evaluate_run", "Evaluation", "PRIMARY_METRIC",
 ]

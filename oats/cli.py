@@ -1,4 +1,5 @@
-"""Command line: ``oats models``, ``oats compress``, ``oats runs``, ``oats evaluate``, ``oats sweep``.
+"""Command line: ``oats models``, ``oats compress``, ``oats runs``, ``oats evaluate``, ``oats export``,
+``oats sweep``.
 
 Every expected failure prints one line on stderr and exits with status 2.
 """
@@ -348,6 +349,23 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from oats.deploy.export import check_layout, check_out_folder, export_folder_bytes, export_run_folder
+    from oats.runs.folders import RunInfo
+
+    check_layout(args.format)
+    check_out_folder(args.out, args.force, protect=args.run_dir)
+    info = RunInfo.read(args.run_dir)
+    _STATUS.show(f"loading {info.model_name} and the run ...")
+    out = export_run_folder(args.run_dir, args.out, layout=args.format, force=args.force)
+    _STATUS.clear()
+    how = ("import oats; oats.load_compressed('{0}')" if args.format == "sparse" else
+           "no oats needed: see the 'load' line of {0}/oats_export.json").format(out)
+    print(f"exported {args.run_dir} as {args.format} to {out} ({export_folder_bytes(out) / 1e6:.1f} MB of weights); "
+          f"load it with: {how}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="oats", description="OATS: sparse + low-rank compression of transformer weights.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -392,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
     _eval_args(e)
     e.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("export", help="write a complete run as a deployable model folder")
+    x.add_argument("run_dir", help="a complete run folder")
+    x.add_argument("--out", required=True, help="the export folder (new, or empty; --force replaces it)")
+    x.add_argument("--format", default="sparse", help="sparse (default: S in CSR form + U, V; load with "
+                   "oats.load_compressed) or folded (one dense matrix per layer; plain transformers / timm loads it)")
+    x.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    x.set_defaults(fn=cmd_export)
 
     w = sub.add_parser("sweep", help="methods x compression rates on one model: one table (CSV, JSON)")
     w.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")

@@ -129,7 +129,7 @@ def test_every_page_has_an_empty_state(tmp_path, monkeypatch):
     at.run()
     clean(at)
     assert any("No run yet" in i.value for i in at.info)
-    for page in ("spectra", "outliers", "errors", "walkthrough", "compare"):
+    for page in ("spectra", "outliers", "errors", "walkthrough", "compare", "deploy"):
         go(at, f"pages/{page}.py")
         assert any("No run yet" in i.value for i in at.info), page
         assert not at.get("plotly_chart"), page
@@ -448,6 +448,28 @@ def test_compare_page(app, runs_dir):
     # the rank ratio each method really used: Wanda runs spend nothing on a low-rank term
     compared = [df for df in app.dataframe if "median_scaled_error" in df.value.columns][0].value
     assert {(r.method, r.rank_ratio) for r in compared.itertuples()} == {("oats", 0.25), ("wanda", 0.0)}
+
+
+def test_deploy_page(app, main_run, runs_dir):
+    from oats.deploy.export import size_report
+    go(app, "pages/deploy.py")
+    sizes = size_report(main_run)
+    metrics = {m.label: m for m in app.metric}
+    assert metrics["Block linears, dense"].value == f"{sizes['dense'] / 1e6:.1f} MB"
+    assert metrics["Sparse export, in memory"].value == f"{sizes['sparse_memory'] / 1e6:.1f} MB"
+    assert metrics["Sparse export, on disk"].value == f"{sizes['sparse_disk'] / 1e6:.1f} MB"
+    assert sizes["sparse_disk"] < sizes["sparse_memory"] < sizes["dense"]
+    code = app.code[0].value
+    assert code.startswith(f"oats export {runs_dir / MAIN} --out exports/{MAIN}") and "--format folded" in code
+    app.button(key="deploy-measure").click().run()
+    clean(app)
+    speed = app.dataframe[1].value
+    assert list(speed["model"]) == ["dense", "export"]
+    unit = next(c for c in speed.columns if c.startswith("sentences/s"))
+    assert (speed[unit] > 0).all() and (speed["floor"] > 0).all()
+    # measured can never beat the floor by much (noise aside): the floor is a real bound
+    assert (speed["share of floor"] < 1.5).all()
+    assert speed["× dense"].iloc[0] == pytest.approx(1.0)
 
 
 def test_vit_page_is_registered(app):

@@ -18,6 +18,7 @@ LAYERS = [
     ("oats.data",),
     ("oats.compress",),
     ("oats.runs",),
+    ("oats.deploy",),
     ("oats.evaluation",),
     ("oats.explain",),
     ("oats.runner",),

@@ -590,3 +590,10 @@ def channel_intervention(path: str, mtime: float, block: int, channels: tuple[in
         return activations.intervention(run, block, list(channels), None if values is None else list(values),
                                         lambda: evaluate_model(run.model, run.loaded, quick=True),
                                         prepare=lambda: prepare_reference(run.model, run.loaded, quick=True))
+
+
+@st.cache_data(show_spinner="Counting the run's bytes ...", max_entries=16)
+def deploy_sizes(path: str, mtime: float) -> dict:
+    """Bytes of the run's block linears dense, as a sparse export (memory, disk) and folded."""
+    from oats.deploy.export import size_report
+    return size_report(_run(path, mtime))

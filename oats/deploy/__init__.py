@@ -1,0 +1,1 @@
+"""Deployable exports of compressed runs: ``export_run_folder`` writes one, ``load_compressed`` reads it."""

@@ -1,0 +1,132 @@
+"""The deployable replacement of a compressed linear: y = x S^T + (x V^T) U^T + b, with S in
+compressed sparse row form and never expanded to a dense matrix.
+
+``pack_csr`` turns a dense sparse term into the layout stored on disk (int32 row pointers,
+column indices in the narrowest integer type that holds ``d_in``, values in row order);
+``SparseLowRankLinear`` holds that layout and multiplies with torch's sparse CSR kernel
+(MKL's sparse BLAS on x86 builds). torch's CSR kernels take 32- or 64-bit indices only, so
+16-bit column indices from disk are widened to 32 bits when the module is built.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+INDEX_DTYPES = {"int16": torch.int16, "int32": torch.int32}
+
+
+def index_dtype_for(d_in: int) -> str:
+    """The narrowest column-index type that holds every column of a matrix with ``d_in`` columns."""
+    return "int16" if d_in <= torch.iinfo(torch.int16).max + 1 else "int32"
+
+
+def pack_csr(s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(crow_indices int32, col_indices int16/int32, values) of a (d_out, d_in) matrix's non-zeros."""
+    s = s.detach().cpu()
+    mask = s != 0
+    counts = mask.sum(dim=1, dtype=torch.int64)
+    crow = torch.zeros(s.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=crow[1:])
+    cols = mask.nonzero(as_tuple=True)[1]
+    return {"crow_indices": crow.to(torch.int32), "col_indices": cols.to(INDEX_DTYPES[index_dtype_for(s.shape[1])]),
+            "values": s[mask].contiguous()}
+
+
+class SparseLowRankLinear(nn.Module):
+    """y = x S^T + (x V^T) U^T + b. S: CSR (crow_indices, col_indices, values); v (r, d_in); u (d_out, r),
+    or for a fused matrix one u per part (``part_rows``: each part's [start, stop) rows).
+
+    Holds no dense weight. Works in place of ``nn.Linear`` and of GPT-2's ``Conv1D`` (both
+    compute x W^T + b for a (d_out, d_in) W).
+    """
+
+    def __init__(self, d_out: int, d_in: int, crow_indices: torch.Tensor, col_indices: torch.Tensor,
+                 values: torch.Tensor, u: torch.Tensor | list[torch.Tensor], v: torch.Tensor,
+                 bias: torch.Tensor | None = None, part_rows: list[tuple[int, int]] | None = None):
+        super().__init__()
+        parts = [u] if isinstance(u, torch.Tensor) else list(u)
+        rows = [(0, d_out)] if part_rows is None else [tuple(map(int, r)) for r in part_rows]
+        ranks = [int(p.shape[1]) if p.ndim == 2 else -1 for p in parts]
+        if (crow_indices.shape != (d_out + 1,) or col_indices.shape != values.shape or values.ndim != 1
+                or len(rows) != len(parts) or v.ndim != 2 or v.shape[1] != d_in or sum(ranks) != v.shape[0]
+                or any(p.shape[0] != b - a or not 0 <= a <= b <= d_out for p, (a, b) in zip(parts, rows))
+                or (bias is not None and bias.shape != (d_out,))):
+            raise ValueError(f"sparse + low-rank factors do not fit a ({d_out}, {d_in}) layer")
+        self.in_features, self.out_features = d_in, d_out
+        dtype = values.dtype
+        self.register_buffer("crow_indices", crow_indices.to(torch.int32).contiguous())
+        self.register_buffer("col_indices", col_indices.to(torch.int32).contiguous())
+        self.register_buffer("values", values.contiguous())
+        # A fused matrix (Phi-3 qkv, GPT-2 c_attn) whose parts were decomposed separately keeps
+        # one U per part (its own rows, its own rank columns of V): no block-diagonal zeros.
+        for i, p in enumerate(parts):
+            self.register_buffer(f"u{i}", p.to(dtype).contiguous())
+        self.part_rows = rows
+        self._part_ranks = [(sum(ranks[:i]), sum(ranks[:i + 1])) for i in range(len(ranks))]
+        self.register_buffer("v", v.to(dtype).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype).contiguous(), requires_grad=False)
+        self._csr = None
+
+    @property
+    def u_parts(self) -> list[torch.Tensor]:
+        return [getattr(self, f"u{i}") for i in range(len(self.part_rows))]
+
+    @property
+    def rank(self) -> int:
+        return int(self.v.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def params(self) -> int:
+        """Parameters kept: nnz(S) + the factors' entries, r (d_out + d_in) for one part (indices and bias
+        not counted, as in the budgets)."""
+        return self.nnz + self.v.numel() + sum(u.numel() for u in self.u_parts)
+
+    def nbytes(self) -> int:
+        """Bytes held: values, indices, factors and bias."""
+        return sum(t.numel() * t.element_size() for t in (*self.buffers(), *self.parameters()))
+
+    def sparse_matrix(self) -> torch.Tensor:
+        """S as a torch sparse CSR tensor sharing this module's storage (built once)."""
+        csr = self._csr
+        if csr is None or csr.values().data_ptr() != self.values.data_ptr():
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": said once, not our user's concern
+                warnings.simplefilter("ignore", UserWarning)
+                csr = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
+                                              (self.out_features, self.in_features), check_invariants=False)
+            self._csr = csr
+        return csr
+
+    def _apply(self, fn, recurse=True):  # .to() / .half(): the CSR view is rebuilt from the new storage
+        self._csr = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.rank and len(self.part_rows) == 1 and self.part_rows[0] == (0, self.out_features):
+            y = nn.functional.linear(nn.functional.linear(x2, self.v), self.u0)
+        elif self.rank:
+            t = nn.functional.linear(x2, self.v)
+            y = x2.new_zeros(x2.shape[0], self.out_features)
+            for u, (a, b), (ra, rb) in zip(self.u_parts, self.part_rows, self._part_ranks):
+                y[:, a:b] = nn.functional.linear(t[:, ra:rb], u)
+        else:
+            y = x2.new_zeros(x2.shape[0], self.out_features)
+        if self.values.numel():
+            if x2.shape[0] == 1:  # one token (decoding): the CSR matrix-vector kernel, ~3x faster than mm here
+                y = y + torch.mv(self.sparse_matrix(), x2[0])
+            else:
+                y = y + torch.mm(self.sparse_matrix(), x2.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, nnz={self.nnz}"

@@ -1,0 +1,65 @@
+"""Deploy: how much smaller the selected run is as a deployable model, how fast it runs on this
+machine next to the dense model and the floor, and the command that exports it."""
+
+import shlex
+from pathlib import Path
+
+import streamlit as st
+
+from ui.state import MODEL_LOCK, current_path, current_run, deploy_sizes, run_mtime, table
+from oats.deploy.speed import compare_speed
+
+st.title("Deploy")
+st.markdown("A run folder keeps what the analysis needs (the original weights, the second moments). "
+            "`oats export` writes what a deployment needs and nothing else: **sparse** (S in compressed rows "
+            "plus U and V, loaded with `oats.load_compressed`) or **folded** (one dense matrix per layer, an "
+            "ordinary model folder that plain transformers or timm loads).")
+
+run = current_run()
+if run is not None:
+    path = current_path()
+    sizes = deploy_sizes(path, run_mtime(path))
+    dense = sizes["dense"]
+    c = st.columns(4)
+    c[0].metric("Block linears, dense", f"{dense / 1e6:.1f} MB")
+    c[1].metric("Sparse export, in memory", f"{sizes['sparse_memory'] / 1e6:.1f} MB",
+                f"{sizes['sparse_memory'] / dense:.2f}× dense", delta_color="off")
+    c[2].metric("Sparse export, on disk", f"{sizes['sparse_disk'] / 1e6:.1f} MB",
+                f"{sizes['sparse_disk'] / dense:.2f}× dense", delta_color="off")
+    c[3].metric("Folded export", f"{sizes['folded'] / 1e6:.1f} MB", "1.00× dense", delta_color="off")
+    table([{"form": "dense", "MB": dense / 1e6, "× dense": 1.0, "parameters": sizes["params_dense"]},
+           {"form": "sparse, in memory (32-bit indices)", "MB": sizes["sparse_memory"] / 1e6,
+            "× dense": sizes["sparse_memory"] / dense, "parameters": sizes["params_kept"]},
+           {"form": "sparse, on disk (16-bit column indices)", "MB": sizes["sparse_disk"] / 1e6,
+            "× dense": sizes["sparse_disk"] / dense, "parameters": sizes["params_kept"]},
+           {"form": "folded (S + U V as one dense matrix)", "MB": sizes["folded"] / 1e6, "× dense": 1.0,
+            "parameters": sizes["params_dense"]}],
+          f"deploy-sizes-{Path(path).name}", key="csv-sizes")
+    st.caption("Block linears only (weights, biases, values, indices, factors); embeddings, norms and heads are "
+               "the same in every form. Torch's sparse kernels take 32-bit indices, so a loaded export holds "
+               "wider indices than its file.")
+
+    st.subheader("Export it")
+    out = f"exports/{Path(path).name}"
+    st.code(f"oats export {shlex.quote(str(path))} --out {shlex.quote(out)}\n"
+            f"oats export {shlex.quote(str(path))} --out {shlex.quote(out + '-folded')} --format folded",
+            language="bash")
+
+    st.subheader("Throughput on this machine")
+    key = f"deploy-speed-{path}"
+    if st.button("Measure throughput", key="deploy-measure",
+                 help="Exports the run to a temporary folder, then times the dense model and the export "
+                      "in turn, three rounds (a few seconds to a minute)."):
+        bar = st.progress(0.0, text="starting")
+        with MODEL_LOCK:
+            st.session_state[key] = compare_speed(run, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+        bar.empty()
+    res = st.session_state.get(key)
+    if res:
+        table([{"model": k, res["unit"]: res[k], "floor": res[f"floor_{k}"],
+                "bound": "bandwidth" if res[f"bound_{k}"] == "B" else "GEMM rate",
+                "× dense": res[k] / res["dense"], "share of floor": res[k] / res[f"floor_{k}"]}
+               for k in ("dense", "export")], f"deploy-speed-{Path(path).name}", key="csv-speed")
+        st.caption(f"Median of three rounds, {res['threads']} threads. The floor is the time to stream the "
+                   "weights one step reads at this machine's measured bandwidth, or its linear-layer FLOPs at "
+                   "the measured GEMM rate, whichever is larger. Other work on the machine slows both alike.")
