@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.state import (ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
+from ui.state import (how_to_read, ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
                       evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
                       second_moments_by_input, table)
 from oats.explain import analysis
@@ -23,6 +23,12 @@ if run is not None:
     for width in mom.widths():
         labels, m2 = mom.matrix(width)
         chart(figures.moments_heatmap(labels, m2), key=f"moments-{width}")
+    how_to_read("One row per layer input (inputs shared by several matrices, such as q, k and v, appear once), one "
+                "column per input channel: the mean of x² over the calibration tokens, on a log colour scale. Bright "
+                "vertical stripes are outlier channels: a few features with far larger activations than the rest, in "
+                "every layer that reads the residual stream. OATS scales each weight column by sqrt of this value, so "
+                "the columns of these channels weigh most in its objective; the chart below counts, per layer, the "
+                "channels whose RMS exceeds the threshold times the median channel's.")
     rows = analysis.outlier_table(mom, threshold)
     chart(figures.outlier_counts_figure(rows, threshold), key="counts")
     c1, c2 = st.columns(2)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.state import (alpha_done, alpha_table, chart, current_path, current_run, layer_esd, layer_picker, layer_spectra,
+from ui.state import (how_to_read, alpha_done, alpha_table, chart, current_path, current_run, layer_esd, layer_picker, layer_spectra,
                       run_mtime, spectra_overview, table)
 from oats.explain import heavytail
 from ui import figures
@@ -18,6 +18,13 @@ if run is not None:
     q = layer_picker(run)
     sp = layer_spectra(path, mtime, q)
     chart(figures.spectrum_figure(sp), key="spectrum")
+    how_to_read("The singular values σ_k of four matrices of this layer, largest first, on a log axis: the weight W, "
+                "the scaled weight W D that OATS decomposes (D = sqrt(mean x²) of each input channel), W D − S (what "
+                "is left for the low-rank term once the sparse term has taken its entries: what the SVD step sees) and "
+                "the low-rank term L itself. The dashed line is the rank r the budget allows. A curve that drops "
+                "steeply before r can be held by a rank-r term; a flat one cannot. The legend gives the share of "
+                "‖·‖² in the top r values: compare W D's with W D − S's to see how much the sparse term changes what "
+                "the low-rank term has to fit.")
     st.caption(f"Layer {q}: the top r = {sp.rank} of {min(sp.shape)} singular values hold "
                f"{sp.captured['W']:.0%} of W's energy, {sp.captured['W D']:.0%} of W D's and "
                f"{sp.captured['W D - S']:.0%} of W D − S's; the low-rank term holds {sp.lowrank_share:.0%} of ‖W D‖². "
@@ -64,5 +71,5 @@ if run is not None:
               "alpha-per-layer", key="csv-alpha", height=300)
         st.caption("Click a column header to sort. Δα = α(S + L) − α(W); stable rank = Σλ / λ_max.")
     else:
-        st.caption(f"Two eigendecompositions and two fits per matrix: about 0.07 s a matrix on two cores "
-                   f"(computed once per run, shared by everyone who opens it).")
+        st.caption("Two eigendecompositions and two fits per matrix: about 0.07 s a matrix on two cores "
+                   "(computed once per run, shared by everyone who opens it).")
