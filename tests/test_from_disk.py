@@ -5,8 +5,6 @@ model does not fit in memory."""
 
 from __future__ import annotations
 
-import json
-import sys
 
 import pytest
 import torch
