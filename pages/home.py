@@ -331,7 +331,7 @@ TOUR = [
      "threshold; pick a flagged channel and see whether the sparse or the low-rank term keeps its weights."),
     ("pages/errors.py", "Error budget", ":material/stacked_bar_chart:",
      "Each bar is one layer's scaled error with both terms, the sparse term alone and the low-rank term alone: "
-     "neither alone is close. Press **Measure** for block 2 to see what turning one block's term off does to the "
+     "neither alone is close. Under Per-block ablation, pick block **2** and press **Measure** to see what turning one block's term off does to the "
      "model's cosine."),
     ("pages/walkthrough.py", "Walkthrough", ":material/school:",
      "Layer **0.q** again: move the iteration slider from 1 to the end and watch L and S settle and the residual "

@@ -35,7 +35,22 @@ def prepare_browser_runs(root: Path) -> Path:
         run = compress_model(loaded.model, calibration_batches(loaded, n_samples=4),
                              OatsConfig(compression=0.5, rank_ratio=0.2, iterations=5), model_name="dinov2-small")
         save_run(run, folder, extra={"task": loaded.task})
+    _small_run(root, "smollm2-135m", n_samples=4, seq_len=64)
     return root
+
+
+def _small_run(root: Path, model: str, **calibration) -> None:
+    """A quick OATS run of an embedded model (few calibration samples, three iterations)."""
+    folder = root / f"{model}-oats-small"
+    if (folder / "manifest.json").exists():
+        return
+    from oats import OatsConfig, compress_model, save_run
+    from oats.data import calibration_batches
+    from oats.models.zoo import load_model
+    loaded = load_model(model)
+    run = compress_model(loaded.model, calibration_batches(loaded, **calibration),
+                         OatsConfig(compression=0.5, rank_ratio=loaded.default_rank_ratio, iterations=3), model_name=model)
+    save_run(run, folder, extra={"task": loaded.task})
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +215,15 @@ def _toggle(page, label: str) -> None:
 
 
 def test_heavy_tail_and_massive_activation_views(server):
-    """The Spectra page's power-law views and the Outliers page's massive activations and
-    intervention, on the minilm-l6 and dinov2-small runs: drawn, no exception element. The
-    seconds from the click to the drawn view go to artifacts/screenshots/new-views.json."""
+    """The Spectra page's power-law views, the Outliers page's massive activations and
+    intervention and the Heads page, on the minilm-l6, smollm2-135m and dinov2-small runs:
+    drawn, no exception element. The seconds from the click to the drawn view go to
+    artifacts/screenshots/new-views.json."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict[str, float]] = {}
     with app_page(server) as page:
         for model, run in (("minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"),
-                           ("dinov2-small", "dinov2-small-oats-small")):
+                           ("smollm2-135m", "smollm2-135m-oats-small"), ("dinov2-small", "dinov2-small-oats-small")):
             _open_run(page, model, run)
             t = times.setdefault(model, {})
             _nav(page, "Spectra")
@@ -226,6 +242,9 @@ def test_heavy_tail_and_massive_activation_views(server):
                 page.get_by_role("button", name="Run the intervention").click()
                 t["intervention (first)"] = settle(page, PAGES["Outliers"] + 3, text="worsens by")
                 _check(page, "minilm-outliers-intervention")
+            _nav(page, "Heads")
+            t["heads"] = settle(page, PAGES["Heads"], text="changed most")
+            _check(page, f"{model.split('-')[0]}-heads")
     (SHOTS / "new-views.json").write_text(json.dumps(times, indent=1))
     print("\nnew views, seconds from the click to the drawn view:",
           json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in times.items()}))
