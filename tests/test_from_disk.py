@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_llama_folder
+from tiny_models import tiny_llama_folder, without_keys
 
 import oats.models.weights as weights_module
 from oats.cli import main as cli_main
@@ -34,11 +34,7 @@ def sharded(tmp_path_factory):
 
 
 def _strip(x):
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in TIME_KEYS and not k.endswith("_s")}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
+    return without_keys(x, TIME_KEYS)
 
 
 def _request(folder, method, **kw):

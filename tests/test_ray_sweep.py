@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
-from tiny_models import assert_cli_fails, tiny_llama_folder
+from tiny_models import assert_cli_fails, tiny_llama_folder, without_keys
 
 import oats.compress.pipeline
 from oats.cli import main as cli_main
@@ -77,12 +77,7 @@ def _runs(root: Path) -> dict[str, Path]:
 
 
 def _strip(x):
-    """A manifest without what differs between two runs of the same settings (times, paths)."""
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in TIME_KEYS and not k.endswith("_s")}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
+    return without_keys(x, TIME_KEYS)
 
 
 def _same_runs(a: Path, b: Path) -> None:

@@ -74,3 +74,13 @@ def tiny_text(words: int = 400, seed: int = 0) -> str:
     """Text of the tiny tokenizer's words, for calibration or evaluation."""
     g = torch.Generator().manual_seed(seed)
     return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (words,), generator=g))
+
+
+def without_keys(x, keys):
+    """``x`` (a manifest's JSON) without the entries named in ``keys`` or ending in ``_s``, at
+    any depth: what differs between two runs of the same settings (times, versions, paths)."""
+    if isinstance(x, dict):
+        return {k: without_keys(v, keys) for k, v in x.items() if k not in keys and not k.endswith("_s")}
+    if isinstance(x, list):
+        return [without_keys(v, keys) for v in x]
+    return x

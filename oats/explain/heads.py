@@ -28,7 +28,7 @@ from oats.errors import ConfigError, UnsupportedModelError
 from oats.explain import vit
 
 MODES = ("dense", "both", "sparse", "lowrank")
-MODE_LABELS = {"dense": "dense", "both": "compressed (S + L)", "sparse": "sparse-only", "lowrank": "low-rank-only"}
+MODE_LABELS = vit.MODE_LABELS  # one set of names for the variants, on every page
 MAX_TOKENS = 48
 """Text inputs are cut to this many tokens (the maps are T x T per head and layer)."""
 
