@@ -23,10 +23,10 @@ if run is not None:
     c = st.columns(4)
     c[0].metric("Block linears, dense", f"{dense / 1e6:.1f} MB")
     c[1].metric("Sparse export, in memory", f"{sizes['sparse_memory'] / 1e6:.1f} MB",
-                f"{sizes['sparse_memory'] / dense:.2f}× dense", delta_color="off")
+                f"{sizes['sparse_memory'] / dense:.2f}× dense", delta_color="off", delta_arrow="off")
     c[2].metric("Sparse export, on disk", f"{sizes['sparse_disk'] / 1e6:.1f} MB",
-                f"{sizes['sparse_disk'] / dense:.2f}× dense", delta_color="off")
-    c[3].metric("Folded export", f"{sizes['folded'] / 1e6:.1f} MB", "1.00× dense", delta_color="off")
+                f"{sizes['sparse_disk'] / dense:.2f}× dense", delta_color="off", delta_arrow="off")
+    c[3].metric("Folded export", f"{sizes['folded'] / 1e6:.1f} MB", "1.00× dense", delta_color="off", delta_arrow="off")
     table([{"form": "dense", "MB": dense / 1e6, "× dense": 1.0, "parameters": sizes["params_dense"]},
            {"form": "sparse, in memory (32-bit indices)", "MB": sizes["sparse_memory"] / 1e6,
             "× dense": sizes["sparse_memory"] / dense, "parameters": sizes["params_kept"]},
