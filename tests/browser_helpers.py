@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
+LOGS: list[Path] = []  # the served apps' logs, newest last: a page that does not settle quotes its tail
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run"]
 
@@ -50,6 +51,7 @@ def served_app(runs: Path, log_path: Path, with_pid: bool = False, env: dict | N
     """``streamlit run app.py`` on 127.0.0.1 with OATS_RUNS_DIR=runs; yields its URL once healthy
     (with ``with_pid``: the URL and the server's process id)."""
     port = free_port()
+    LOGS.append(Path(log_path))
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
@@ -94,18 +96,46 @@ def app_page(url: str):
 
 def settle(page, min_charts: int = 0, timeout: float = 240.0, text: str | None = None) -> float:
     """Wait until the script has finished, no spinner is left and ``min_charts`` Plotly charts
-    (and ``text``, if given) are drawn; returns the seconds it took."""
+    (and ``text``, if given) are drawn; returns the seconds it took. A finished script that
+    shows an exception fails at once with its text; a timeout says what the page showed."""
     t0 = time.perf_counter()
     page.wait_for_timeout(300)  # let the rerun start
     deadline = time.time() + timeout
+    errors_seen = 0
     while time.time() < deadline:
         running = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state") == "running"
         drawn = page.locator(".js-plotly-plot").count()
         seen = text is None or page.get_by_text(text).count() > 0
         if not running and drawn >= min_charts and seen and page.locator('[data-testid="stSpinner"]').count() == 0:
             return time.perf_counter() - t0
+        exc = page.locator('[data-testid="stException"]')
+        if not running and exc.count():
+            raise AssertionError(f"the page shows an exception: {exc.first.inner_text()[:800]}")
+        err = page.locator('[data-testid="stAlertContentError"]')
+        if not running and drawn < min_charts and err.count():
+            errors_seen += 1
+            if errors_seen >= 10:  # two seconds of a finished script showing an error instead of its charts
+                raise AssertionError(f"the page shows an error instead of {min_charts} charts: "
+                                     f"{' '.join(err.first.inner_text().split())[:800]}")
+        else:
+            errors_seen = 0
         page.wait_for_timeout(200)
-    raise AssertionError(f"page did not settle with {min_charts} charts in {timeout:.0f}s")
+    raise AssertionError(f"page did not settle with {min_charts} charts{f' and {text!r}' if text else ''} in "
+                         f"{timeout:.0f}s: {_page_state(page)}")
+
+
+def _page_state(page) -> str:
+    """What a page that did not settle shows: script state, charts, spinners, the main text."""
+    state = page.locator('[data-testid="stApp"]').first.get_attribute("data-test-script-state")
+    spinners = [page.locator('[data-testid="stSpinner"]').nth(i).inner_text()[:200]
+                for i in range(page.locator('[data-testid="stSpinner"]').count())]
+    main = page.locator('[data-testid="stMain"]')
+    body = " ".join(main.first.inner_text().split())[:1500] if main.count() else "(no main pane)"
+    tail = ""
+    if LOGS and LOGS[-1].exists():
+        tail = "\n".join(LOGS[-1].read_text(errors="replace").splitlines()[-40:])
+    return (f"url {page.url}, script state {state!r}, {page.locator('.js-plotly-plot').count()} charts, "
+            f"spinners {spinners}; main pane: {body}\nthe app's log ends:\n{tail}")
 
 
 def screenshot(page, name: str) -> Path:

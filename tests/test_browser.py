@@ -227,7 +227,7 @@ def test_heavy_tail_and_massive_activation_views(server):
             _open_run(page, model, run)
             t = times.setdefault(model, {})
             _nav(page, "Spectra")
-            settle(page, PAGES["Spectra"])
+            t["Spectra (first visit)"] = settle(page, PAGES["Spectra"])
             _toggle(page, "Fit power laws to layer")
             t["layer ESD and fits"] = settle(page, PAGES["Spectra"] + 1, text="How to read this")
             page.get_by_role("button", name="Fit every layer").click()

@@ -271,3 +271,35 @@ def test_a_folder_holding_another_models_run_is_never_handed_out(tmp_path, count
     assert calls["compress"].count("tiny-b") == 0
     # names that a slug would merge stay apart
     assert CompressRequest("./minilm-l6").folder_name() != CompressRequest("minilm-l6").folder_name()
+
+
+def test_models_are_built_one_at_a_time(monkeypatch, tmp_path):
+    """transformers patches process-wide state while it builds a model (default dtype, torch's
+    init functions, weight tying): two builds in two threads at once once left SmolLM2's tied
+    head on the meta device in the app. ``zoo.load_model`` builds one model at a time per
+    process, for every kind of name (a preset and a local folder here)."""
+    from oats.models import hub, zoo
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def slow_build(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.3)
+        with lock:
+            inside[0] -= 1
+        return "built"
+
+    folder = tmp_path / "local-model"
+    folder.mkdir()
+    monkeypatch.setattr(zoo, "check_model_name", lambda name, from_disk=False: "local" if "local" in name else "preset")
+    monkeypatch.setattr(zoo, "load_preset", slow_build)
+    monkeypatch.setattr(hub, "load_local", slow_build)
+    names = ["minilm-l6", "dinov2-small", str(folder), "smollm2-135m"]
+    out = []
+    threads = [threading.Thread(target=lambda n=n: out.append(zoo.load_model(n))) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == ["built"] * 4 and most[0] == 1

@@ -38,7 +38,7 @@ from oats.core.linear import OatsLinear, oats_layers
 from oats.deploy.linear import SparseLowRankLinear, index_dtype_for, pack_csr
 from oats.errors import ConfigError, RunError
 from oats.models.adapters import set_submodule
-from oats.models.loaded import quiet_transformers
+from oats.models.loaded import BUILD_LOCK, quiet_transformers
 from oats.runs.folders import load_run
 from oats.runs.info import RunInfo
 
@@ -388,19 +388,21 @@ def load_compressed(folder: str | Path) -> nn.Module:
     """
     folder = Path(folder)
     m = read_export_info(folder)
-    if m["layout"] == "sparse":
-        model = _load_sparse(folder, m)
-    elif m.get("kind") == "timm":
-        import timm
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-    else:
-        import transformers
-        cls = getattr(transformers, str(m.get("class")), None)
-        if cls is None:
-            raise RunError(f"'{folder}': this transformers has no model class {m.get('class')!r}: upgrade transformers")
-        kw = {"attn_implementation": m["attn_implementation"]} if m.get("attn_implementation") else {}
-        with quiet_transformers():
-            model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **kw)
+    with BUILD_LOCK:  # one model built at a time in this process
+        if m["layout"] == "sparse":
+            model = _load_sparse(folder, m)
+        elif m.get("kind") == "timm":
+            import timm
+            model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        else:
+            import transformers
+            cls = getattr(transformers, str(m.get("class")), None)
+            if cls is None:
+                raise RunError(f"'{folder}': this transformers has no model class {m.get('class')!r}: upgrade "
+                               "transformers")
+            kw = {"attn_implementation": m["attn_implementation"]} if m.get("attn_implementation") else {}
+            with quiet_transformers():
+                model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **kw)
     return model.eval()
 
 

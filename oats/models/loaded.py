@@ -7,6 +7,7 @@ evaluation need (tokenizer, image size and normalisation) and a default rank rat
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,14 @@ import torch
 TASKS = ("causal-lm", "encoder", "vision")
 DEFAULT_RANK_RATIO = {"causal-lm": 0.25, "encoder": 0.25, "vision": 0.20}
 """The paper's defaults: 0.25 for Phi-3 (0.30 for Llama-3), 0.20 for ViTs."""
+
+
+BUILD_LOCK = threading.RLock()
+"""Held while a model is built or read: one at a time per process. transformers'
+``from_pretrained`` (and accelerate's empty-weights context) patch process-wide state while
+they build a model: the default dtype, torch's init functions, weight tying. Two builds in
+two threads at once can leave one model with tied weights never tied (SmolLM2's head stayed on
+the meta device when the app loaded two runs at once)."""
 
 
 @dataclass

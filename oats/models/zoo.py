@@ -17,7 +17,7 @@ from pathlib import Path
 
 from oats.errors import ModelLoadError
 from oats.models import hub
-from oats.models.loaded import DEFAULT_RANK_RATIO, TASKS, LoadedModel, quiet_transformers
+from oats.models.loaded import BUILD_LOCK, DEFAULT_RANK_RATIO, TASKS, LoadedModel, quiet_transformers
 from oats.models.presets import (CACHE_ENV, PRESETS, Preset, cache_root, load_preset, preset_available,
                                  preset_names)
 from oats.models.timm_hub import check_timm_name, load_timm
@@ -69,19 +69,20 @@ def load_model(
     """
     kind = check_model_name(name, from_disk=from_disk)
     name = name.strip()
-    if from_disk:
-        if kind != "local":
-            raise ModelLoadError(f"compressing from disk needs a local model folder with .safetensors weights, not "
-                                 f"the {kind} {name!r}: save it with save_pretrained and give the folder")
-        return hub.load_local_from_disk(name, Path(name).expanduser())
-    with quiet_transformers():  # every kind: no progress bar of transformers' own on stderr
-        if kind == "preset":
-            return load_preset(PRESETS[name.lower()], name, cache_root(cache_dir))
-        if kind == "timm":
-            return load_timm(name, name[len("timm:") :].strip())
-        if kind == "local":
-            return hub.load_local(name, Path(name).expanduser(), trust_remote_code)
-        return hub.load_hub(name, trust_remote_code)
+    with BUILD_LOCK:  # one model built at a time in this process (see BUILD_LOCK)
+        if from_disk:
+            if kind != "local":
+                raise ModelLoadError(f"compressing from disk needs a local model folder with .safetensors weights, "
+                                     f"not the {kind} {name!r}: save it with save_pretrained and give the folder")
+            return hub.load_local_from_disk(name, Path(name).expanduser())
+        with quiet_transformers():  # every kind: no progress bar of transformers' own on stderr
+            if kind == "preset":
+                return load_preset(PRESETS[name.lower()], name, cache_root(cache_dir))
+            if kind == "timm":
+                return load_timm(name, name[len("timm:") :].strip())
+            if kind == "local":
+                return hub.load_local(name, Path(name).expanduser(), trust_remote_code)
+            return hub.load_hub(name, trust_remote_code)
 
 
 MODEL_KINDS = ("preset", "timm", "local", "hub")
