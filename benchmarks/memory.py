@@ -48,7 +48,9 @@ try:  # restart the peak here, so that a preset conversion's peak while loading 
 except OSError:
     pass
 t = time.perf_counter()
-run = compress_model(loaded.model, batches, OatsConfig(rank_ratio=loaded.default_rank_ratio), model_name=name)
+# an optional second argument: fewer iterations (the peak is the same; the tests use it to be quick)
+extra = {"iterations": int(sys.argv[2])} if len(sys.argv) > 2 else {}
+run = compress_model(loaded.model, batches, OatsConfig(rank_ratio=loaded.default_rank_ratio, **extra), model_name=name)
 print(json.dumps({"model": name, "peak_mb": status("VmHWM"), "after_load_mb": after_load, "weights_mb": size,
                   "seconds": time.perf_counter() - t, "tokens": run.calibration["tokens"],
                   "estimate_mb": estimate / 2**20}))

@@ -46,28 +46,3 @@ def heavy_imports_done():
     in-process, then other tests load models directly)."""
     from ui import state as app_state
     app_state._import_all()
-
-
-@pytest.fixture(scope="session")
-def smollm2_rho05():
-    """SmolLM2-135M at rho 0.5 with its default rank ratio, calibration and iterations: the
-    loaded model (left dense), its calibration batches, and the OATS and Wanda runs.
-
-    Computed once per session for the integration tests that need these runs (the held-out
-    perplexity order and the per-layer comparison of OATS with Wanda): compressing SmolLM2
-    is the slowest step of the suite.
-    """
-    import copy
-
-    from oats import OatsConfig, compress_model
-    from oats.data import calibration_batches
-    from oats.models.zoo import load_model, preset_available
-    ok, how = preset_available("smollm2-135m")
-    if not ok:
-        pytest.fail(f"smollm2-135m is not installed: {how}")
-    loaded = load_model("smollm2-135m")
-    batches = calibration_batches(loaded)
-    cfg = OatsConfig(compression=0.5, rank_ratio=loaded.default_rank_ratio)
-    runs = {m: compress_model(copy.deepcopy(loaded.model), batches, cfg, method=m, model_name="smollm2-135m")
-            for m in ("oats", "wanda")}
-    return {"loaded": loaded, "batches": batches, "config": cfg, "runs": runs}
