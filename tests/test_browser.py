@@ -230,8 +230,9 @@ def test_heavy_tail_and_massive_activation_views(server):
             t["Spectra (first visit)"] = settle(page, PAGES["Spectra"])
             _toggle(page, "Fit power laws to layer")
             t["layer ESD and fits"] = settle(page, PAGES["Spectra"] + 1, text="How to read this")
-            page.get_by_role("button", name="Fit every layer").click()
-            t["alpha of every layer"] = settle(page, PAGES["Spectra"] + 2, text="Does compression move α")
+            if model != "smollm2-135m":  # the same code on 210 matrices: 17 s of make test's time
+                page.get_by_role("button", name="Fit every layer").click()
+                t["alpha of every layer"] = settle(page, PAGES["Spectra"] + 2, text="Does compression move α")
             _check(page, f"{model.split('-')[0]}-spectra-heavy-tail")
             _nav(page, "Outliers")
             settle(page, PAGES["Outliers"])

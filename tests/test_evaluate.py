@@ -319,7 +319,7 @@ def test_cli_evaluate_reports_dense_and_the_three_modes(tmp_path):
     exe = Path(sys.executable).with_name("oats")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "oats.cli"]
     out = tmp_path / "run"
-    p = subprocess.run(cmd + ["compress", "minilm-l6", "--calib-samples", "32", "--iterations", "20", "--out", str(out),
+    p = subprocess.run(cmd + ["compress", "minilm-l6", "--calib-samples", "16", "--iterations", "10", "--out", str(out),
                               "--quiet"], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     p = subprocess.run(cmd + ["evaluate", str(out), "--quick"], capture_output=True, text=True, timeout=900)

