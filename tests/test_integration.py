@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import subprocess
@@ -92,19 +94,34 @@ def test_cli_compress_offline_end_to_end(name, tmp_path):
     assert lines[header + len(m["layers"]) + 1].strip() == ""
 
 
+SMOLLM2_BLOCKS = 12
+"""SmolLM2's per-layer comparison runs on its first 12 of 30 blocks (84 real layers)."""
+
+
+def _first_blocks(loaded, n: int):
+    """The loaded Llama cut to its first ``n`` decoder blocks (real weights, real inputs)."""
+    del loaded.model.model.layers[n:]
+    loaded.model.config.num_hidden_layers = n
+    if getattr(loaded.model.config, "layer_types", None):
+        loaded.model.config.layer_types = loaded.model.config.layer_types[:n]
+    return loaded
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_oats_beats_wanda_scaled_error_on_most_layers(name):
-    """Per layer at rho 0.5, on the same calibration batches (SmolLM2: 4 windows of 128 tokens
-    and 20 iterations, 204 of 210 layers measured better; benchmarks/quality.py checks its
-    held-out perplexity order at the default settings)."""
+    """Per layer at rho 0.5, on the same calibration batches (SmolLM2: its first 12 blocks,
+    4 windows of 128 tokens, 20 iterations; benchmarks/quality.py checks its held-out
+    perplexity order on the whole model at the default settings)."""
     need(name)
-    loaded = load_model(name)
     small = name == "smollm2-135m"
+    loaded = _first_blocks(load_model(name), SMOLLM2_BLOCKS) if small else load_model(name)
     batches = (calibration_batches(loaded, n_samples=4, seq_len=128) if small
                else calibration_batches(loaded, n_samples=16))
     cfg = OatsConfig(compression=0.5, rank_ratio=loaded.default_rank_ratio, iterations=20 if small else 30)
+    dense = copy.deepcopy(loaded.model)
     oats_run = compress_model(loaded.model, batches, cfg, model_name=name)
-    wanda = compress_model(load_model(name).model, batches, cfg, method="wanda", model_name=name)
+    wanda = compress_model(dense, batches, cfg, method="wanda", model_name=name)
+    assert len(oats_run.layers) == (7 * SMOLLM2_BLOCKS if small else len(oats_run.layers))
     better = [o.scaled_error < w.scaled_error for o, w in zip(oats_run.layers, wanda.layers)]
     assert sum(better) >= 0.9 * len(better), f"{sum(better)}/{len(better)}"
     assert sum(o.output_error < w.output_error for o, w in zip(oats_run.layers, wanda.layers)) > len(better) // 2
