@@ -20,6 +20,10 @@ It starts ``streamlit run app.py`` on 127.0.0.1 against a fresh runs folder and 
    loaded minilm-l6 run twice while one compression of dinov2-small runs: exception elements
    seen, page times p50 / p95 / max, the compression's time against the CLI's, and the peak
    resident memory of the app process and of the compression process.
+5. **A room of remote viewers.** The same visits by N sessions that speak Streamlit's
+   websocket protocol without a browser (``RemoteViewer``): the viewers' browsers run on
+   their own machines, as in a classroom, so this machine does only the app's work. Page
+   times are navigation to the end of the page's script as the server reports it.
 
 Preset conversions are done before anything is timed. Everything is printed as tables at the
 end (and written to artifacts/bench-app.json). Needs Chromium at /usr/bin/chromium and the
@@ -34,7 +38,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -272,6 +275,75 @@ async def exceptions(page) -> int:
     return await page.locator('[data-testid="stException"]').count()
 
 
+# ----------------------------------------------------------------------------- viewers without a browser
+
+
+class RemoteViewer:
+    """One app session driven through Streamlit's own websocket protocol, the messages a
+    browser sends and receives, with no rendering: a viewer whose browser runs on their own
+    machine, as in a classroom, costs this machine only what the app does for it.
+
+    ``visit(title)`` asks for a page (a ``rerun_script`` message carrying the page and the
+    sidebar's widget values, as the browser's navigation sends it) and returns the seconds
+    until the server reports that page's script finished (navigation to the script's end);
+    exception elements the script sent are counted. Fragment reruns that a browser on the
+    Compress page would ask for every second while a job runs are not sent (each viewer stays
+    on that page for a fraction of a second)."""
+
+    def __init__(self, url: str):
+        self.url = url.replace("http://", "ws://") + "/_stcore/stream"
+        self.pages: dict[str, str] = {}
+        self.selectboxes: dict[str, tuple[str, list[str]]] = {}
+        self.widgets: dict[str, str] = {}
+        self.exceptions = 0
+        self.ws = None
+
+    async def open(self) -> "RemoteViewer":
+        import websockets
+        self.ws = await websockets.connect(self.url, subprotocols=["streamlit"], max_size=None)
+        await self._run("")
+        return self
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def _run(self, page_hash: str) -> float:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+        msg = BackMsg()
+        msg.rerun_script.page_script_hash = page_hash
+        for wid, value in self.widgets.items():
+            w = msg.rerun_script.widget_states.widgets.add()
+            w.id, w.string_value = wid, value
+        t0 = time.perf_counter()
+        await self.ws.send(msg.SerializeToString())
+        while True:
+            fm = ForwardMsg()
+            fm.ParseFromString(await self.ws.recv())
+            kind = fm.WhichOneof("type")
+            if kind == "navigation":
+                self.pages = {p.page_name: p.page_script_hash for p in fm.navigation.app_pages}
+            elif kind == "delta" and fm.delta.WhichOneof("type") == "new_element":
+                el = fm.delta.new_element
+                if el.WhichOneof("type") == "selectbox":
+                    self.selectboxes[el.selectbox.label] = (el.selectbox.id, list(el.selectbox.options))
+                elif el.WhichOneof("type") == "exception":
+                    self.exceptions += 1
+            elif kind == "script_finished" and fm.script_finished in (fm.FINISHED_SUCCESSFULLY,
+                                                                       fm.FINISHED_WITH_COMPILE_ERROR):
+                return time.perf_counter() - t0
+
+    async def pick(self, label: str, starts_with: str) -> None:
+        """Choose the sidebar selectbox ``label``'s option that starts with ``starts_with``."""
+        wid, options = self.selectboxes[label]
+        self.widgets[wid] = next(o for o in options if o.startswith(starts_with))
+        await self._run(self.pages.get("Compress", ""))
+
+    async def visit(self, title: str) -> float:
+        return await self._run(self.pages[title])
+
+
 # ----------------------------------------------------------------------------- the benchmark
 
 
@@ -375,6 +447,37 @@ async def run_benchmark(url: str, runs: Path, pid: int, cli: dict[str, float], s
                            "worker_peak_rss": cpu.worker_peak_rss, **cpu.row(), "window": (w0, time.time())}
             print(f"  {sessions} sessions: {len(times)} page visits, p95 {pct(times, 0.95):.2f} s, "
                   f"{seen_exc} exceptions; compression {room_compression:.1f} s", flush=True)
+            for v in viewers[1:]:  # their tabs close: part 5 has this machine to the app
+                await v.context.close()
+
+            # 5. a room of viewers whose browsers are elsewhere (this script stands in for their
+            # network clients: back to the normal policy, so that it answers at once)
+            if os.sched_getscheduler(0) == os.SCHED_IDLE:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            remote = [await RemoteViewer(url).open() for _ in range(sessions)]
+            for v in remote:
+                await v.pick("Model", "minilm-l6")
+                await v.pick("Run", names["minilm-l6"] + " ")
+            r_times: list[float] = []
+
+            async def walk_remote(v) -> None:
+                for _ in range(2):
+                    for title in PAGES:
+                        r_times.append(await v.visit(title))
+
+            w0 = time.time()
+            with Usage(pid) as cpu:
+                task = asyncio.create_task(again("dinov2-small"))
+                await asyncio.gather(*(walk_remote(v) for v in remote))
+                remote_compression = await task
+            out["remote_room"] = {"sessions": sessions, "times": r_times,
+                                  "exceptions": sum(v.exceptions for v in remote),
+                                  "compression_s": remote_compression, "app_peak_rss": cpu.app_peak_rss,
+                                  "worker_peak_rss": cpu.worker_peak_rss, **cpu.row(), "window": (w0, time.time())}
+            for v in remote:
+                await v.close()
+            print(f"  {sessions} remote viewers: {len(r_times)} page visits, p95 {pct(r_times, 0.95):.2f} s, "
+                  f"{out['remote_room']['exceptions']} exceptions; compression {remote_compression:.1f} s", flush=True)
         finally:
             await browser.close()
     return out
@@ -393,7 +496,7 @@ def report(r: dict) -> str:
         cells = [f"{v['first_figure_s']:.2f} / {v['script_end_s']:.2f}" if v["first_figure_s"] is not None
                  else f"– / {v['script_end_s']:.2f}" for v in pages.values()]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    sw, room = r["switch_while_compressing"], r["room"]
+    sw, room, rr = r["switch_while_compressing"], r["room"], r.get("remote_room")
     dino = r["cli_s"]["dinov2-small"]
     lines += ["", "While dinov2-small compresses in the app (CLI: %.1f s; browser sessions: %s priority)"
               % (dino, r.get("browsers", "equal")), "",
@@ -405,6 +508,9 @@ def report(r: dict) -> str:
               f"| {room['sessions']} sessions, every page twice | {len(room['times'])} | {pct(room['times'], .5):.2f} | "
               f"{pct(room['times'], .95):.2f} | {max(room['times']):.2f} | {room['exceptions']} | "
               f"{room['compression_s']:.1f} | {room['compression_s'] / dino:.2f} |",
+              *([f"| {rr['sessions']} remote viewers (no browser here), every page twice | {len(rr['times'])} | "
+                 f"{pct(rr['times'], .5):.2f} | {pct(rr['times'], .95):.2f} | {max(rr['times']):.2f} | "
+                 f"{rr['exceptions']} | {rr['compression_s']:.1f} | {rr['compression_s'] / dino:.2f} |"] if rr else []),
               "", "The app's own part of those page visits (seconds its server spent on each script run, "
                   "from $OATS_PAGE_TIMINGS; the rest of a page time is the browser, on this same machine):", "",
               f"- one viewer: {len(sw['server_s'])} runs, p50 {pct(sw['server_s'], .5):.2f}, "
@@ -418,6 +524,13 @@ def report(r: dict) -> str:
               f"{room['other_cpu_s']:.1f}",
               "", f"Peak resident memory during the {room['sessions']} sessions: app process "
                   f"{room['app_peak_rss'] / 2**30:.2f} GB, compression process {room['worker_peak_rss'] / 2**30:.2f} GB"]
+    if rr:
+        lines += ["", f"The {rr['sessions']} remote viewers (Streamlit's websocket protocol, no rendering on this "
+                      f"machine): app process / compression process / everything else CPU s "
+                      f"{rr['app_cpu_s']:.1f} / {rr['worker_cpu_s']:.1f} / {rr['other_cpu_s']:.1f}; server time per "
+                      f"script run p50 {pct(rr['server_s'], .5):.2f}, p95 {pct(rr['server_s'], .95):.2f} s; peak "
+                      f"resident memory: app process {rr['app_peak_rss'] / 2**30:.2f} GB, compression process "
+                      f"{rr['worker_peak_rss'] / 2**30:.2f} GB"]
     return "\n".join(lines)
 
 
@@ -466,7 +579,9 @@ def main() -> int:
                 chromium = idle_chromium(work)
             result = asyncio.run(run_benchmark(url, runs, pid, cli, args.sessions, smol, args.room_only, chromium))
         script_times = [json.loads(line) for line in timings.read_text().splitlines()] if timings.exists() else []
-        for part in ("switch_while_compressing", "room"):
+        for part in ("switch_while_compressing", "room", "remote_room"):
+            if part not in result:
+                continue
             a, b = result[part]["window"]
             result[part]["server_s"] = [t["s"] for t in script_times if a <= t["end"] <= b and t["page"] in PAGES]
         result["browsers"] = args.browsers

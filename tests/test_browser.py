@@ -249,3 +249,36 @@ def test_heavy_tail_and_massive_activation_views(server):
     (SHOTS / "new-views.json").write_text(json.dumps(times, indent=1))
     print("\nnew views, seconds from the click to the drawn view:",
           json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in times.items()}))
+
+
+def test_remote_viewers_visit_every_page_at_once(server):
+    """Three sessions at once through Streamlit's websocket protocol (benchmarks/app.py's
+    RemoteViewer: the messages a browser sends, no rendering), each on the minilm-l6 run:
+    every page's script finishes, with no exception element, and the sidebar's pick holds."""
+    import asyncio
+    import importlib.util
+    from browser_helpers import ROOT
+    spec = importlib.util.spec_from_file_location("bench_app", ROOT / "benchmarks" / "app.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"
+
+    async def one() -> tuple[list[str], int, list[str]]:
+        v = await bench.RemoteViewer(server).open()
+        try:
+            await v.pick("Model", "minilm-l6")
+            await v.pick("Run", run + " ")
+            done = []
+            for title in PAGES:
+                assert await v.visit(title) > 0
+                done.append(title)
+            return done, v.exceptions, v.selectboxes["Layer"][1]
+        finally:
+            await v.close()
+
+    async def room():
+        return await asyncio.gather(*(one() for _ in range(3)))
+
+    for done, exceptions, layers in asyncio.run(room()):
+        assert done == list(PAGES) and exceptions == 0
+        assert layers[0].startswith("0.q  (attn, 384×384, rank 24)"), layers[0]  # ρ 0.5, κ 0.25: this run
