@@ -2,12 +2,13 @@
 
 For each embedded model and each rate ρ: an OATS run (κ at the model's default) and, for
 SmolLM2, a Wanda run of the same rate, each exported in the sparse layout (``oats export``,
-S in CSR + U, V) and loaded with ``oats.load_compressed``. Then, in this one process:
+S in CSR8 + U, V) and loaded with ``oats.load_compressed`` once per kernel (``--kernels``:
+oats's numba CSR8 kernel, the default, and torch's CSR). Then, in this one process:
 
 * the machine's floors: memory bandwidth (a large tensor copy) and fp32 GEMM rate;
 * the CPU sparse kernels on SmolLM2's layer shapes: dense, torch CSR (32/64-bit indices;
-  ``torch.mv`` for one token, ``torch.mm`` for a batch), torch BSR, and a numba CSR kernel
-  with 16-bit indices when numba is installed;
+  ``torch.mv`` for one token, ``torch.mm`` for a batch), torch BSR, and oats's CSR8 kernel
+  (hot cache: one matrix, called again and again);
 * memory: bytes of the block linears (values, indices, factors, biases all counted) and
   bytes on disk, dense vs export; peak and final RSS of a fresh process that loads the
   model and runs it once;
@@ -33,12 +34,22 @@ import sys
 import time
 from pathlib import Path
 
-import oats  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
+import os
+
+# Serving runs alone: OpenMP threads may spin a little (GOMP_SPINCOUNT, about a hundred µs
+# here) before they sleep, instead of sleeping at once as ``import oats`` makes them
+# (OMP_WAIT_POLICY=PASSIVE, for shared machines). Between two layers of a decoding step
+# the threads would otherwise be woken ~200 times per token; the README measures both.
+# Must be set before torch loads its OpenMP runtime; a value you set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+import oats  # noqa: E402, F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from oats.compress.pipeline import compress_model
 from oats.config import OatsConfig
 from oats.data import calibration_batches, evaluation_sentences, evaluation_text, sentence_batches
+from oats.deploy import kernels as csr8
 from oats.deploy.export import (block_linear_bytes, dense_linear_bytes, export_folder_bytes, export_run,
                                 load_compressed, size_report)
 from oats.deploy.speed import (decode_seconds, floor_seconds, forward_kwargs, machine_floors, median_time,
@@ -52,39 +63,10 @@ CALIB = {"smollm2-135m": dict(n_samples=4, seq_len=256), "minilm-l6": dict(n_sam
          "dinov2-small": dict(n_samples=8)}
 
 
-def _numba_kernel():
-    try:
-        import numba
-        import numpy as np
-    except ImportError:
-        return None
-
-    @numba.njit(parallel=True, fastmath=True, cache=False)
-    def spmm(crow, col, val, xt, out):  # out (d_out, n) = S @ xt, xt (d_in, n)
-        n = xt.shape[1]
-        if n == 1:
-            for r in numba.prange(crow.shape[0] - 1):
-                acc = np.float32(0.0)
-                for j in range(crow[r], crow[r + 1]):
-                    acc += val[j] * xt[col[j], 0]
-                out[r, 0] = acc
-            return
-        for r in numba.prange(crow.shape[0] - 1):
-            acc = np.zeros(n, dtype=np.float32)
-            for j in range(crow[r], crow[r + 1]):
-                v = val[j]
-                c = col[j]
-                for t in range(n):
-                    acc[t] += v * xt[c, t]
-            out[r, :] = acc
-    return spmm
-
-
-def kernels(density: float, rounds: int) -> list[dict]:
+def kernel_table(density: float, rounds: int) -> list[dict]:
     """µs per call of x S^T for SmolLM2's shapes, S unstructured at ``density``."""
     import warnings
     warnings.filterwarnings("ignore", category=UserWarning)
-    nb = _numba_kernel()
     rows = []
     g = torch.Generator().manual_seed(0)
     for d_out, d_in in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
@@ -101,18 +83,16 @@ def kernels(density: float, rounds: int) -> list[dict]:
                      "torch CSR int64": (lambda: torch.mv(c64, x[0])) if n == 1 else (lambda: torch.mm(c64, xt))}
             if bsr is not None:
                 cands["torch BSR 16x16"] = lambda: torch.mm(bsr, xt)
-            if nb is not None:
-                import numpy as np
-                crow, col = c32.crow_indices().numpy(), c32.col_indices().numpy().astype(np.int16)
-                val, xn, out = c32.values().numpy(), xt.numpy(), np.empty((d_out, n), np.float32)
-                nb(crow, col, val, xn, out)  # compile
-                cands["numba CSR int16"] = lambda: nb(crow, col, val, xn, out)
+            if csr8.available():
+                ptr, off = csr8.csr_to_csr8(c32.crow_indices(), c32.col_indices(), d_out, d_in)
+                vals = c32.values()
+                cands["oats CSR8 (numba)"] = lambda: csr8.csr8_matmul(ptr, off, vals, d_in, x)
             times = {k: median_time(f, max(rounds * 10, 20)) * 1e6 for k, f in cands.items()}
             rows.append({"shape": f"{d_out}x{d_in}", "batch": n, **times})
     return rows
 
 
-def layer_pair(rho: float, rounds: int) -> list[dict]:
+def layer_pair(rho: float, rounds: int, kernel_names: list[str]) -> list[dict]:
     """µs per token of one SparseLowRankLinear as OATS fills it at ``rho`` (κ 0.25: S keeps
     (1 - κ)(1 - ρ) of the entries, plus rank r) and as Wanda does (S keeps 1 - ρ, rank 0)."""
     from oats.core.decompose import rank_budget
@@ -125,13 +105,17 @@ def layer_pair(rho: float, rounds: int) -> list[dict]:
         r = rank_budget(d_out, d_in, OatsConfig(compression=rho, rank_ratio=0.25))
         oats_s = w * (torch.rand(d_out, d_in, generator=g) < 0.75 * (1 - rho))
         wanda_s = w * (torch.rand(d_out, d_in, generator=g) < (1 - rho))
-        layers = {"dense": torch.nn.Linear(d_in, d_out, bias=False),
-                  "OATS layer": SparseLowRankLinear(d_out, d_in, **pack_csr(oats_s), u=torch.randn(d_out, r),
-                                                    v=torch.randn(r, d_in)),
-                  "Wanda layer": SparseLowRankLinear(d_out, d_in, **pack_csr(wanda_s), u=torch.zeros(d_out, 0),
-                                                     v=torch.zeros(0, d_in)),
-                  "OATS sparse term alone": SparseLowRankLinear(d_out, d_in, **pack_csr(oats_s),
-                                                                u=torch.zeros(d_out, 0), v=torch.zeros(0, d_in))}
+        layers = {"dense": torch.nn.Linear(d_in, d_out, bias=False)}
+        for kern in kernel_names:
+            tag = "" if kern == kernel_names[0] else f" ({kern})"
+            layers.update({
+                f"OATS layer{tag}": SparseLowRankLinear(d_out, d_in, **pack_csr(oats_s), u=torch.randn(d_out, r),
+                                                        v=torch.randn(r, d_in), kernel=kern),
+                f"Wanda layer{tag}": SparseLowRankLinear(d_out, d_in, **pack_csr(wanda_s), u=torch.zeros(d_out, 0),
+                                                         v=torch.zeros(0, d_in), kernel=kern),
+                f"OATS sparse term alone{tag}": SparseLowRankLinear(d_out, d_in, **pack_csr(oats_s),
+                                                                    u=torch.zeros(d_out, 0), v=torch.zeros(0, d_in),
+                                                                    kernel=kern)})
         with torch.no_grad():
             rows.append({"shape": f"{d_out}x{d_in}", "rank": r,
                          **{k: median_time(lambda m=m: m(x), max(rounds * 20, 40)) * 1e6 for k, m in layers.items()}})
@@ -208,7 +192,7 @@ def timed(f):
 # ----------------------------------------------------------------------------- RSS in a fresh process
 
 
-def rss_child(kind: str, target: str, threads: int) -> dict:
+def rss_child(kind: str, target: str, threads: int, kernel: str = "auto") -> dict:
     code = (
         "import json, sys\n"
         "import oats, torch\n"
@@ -222,7 +206,7 @@ def rss_child(kind: str, target: str, threads: int) -> dict:
         "    from oats.models.zoo import load_model\n"
         "    model = load_model(target).model\n"
         "else:\n"
-        "    model = oats.load_compressed(target)\n"
+        f"    model = oats.load_compressed(target, kernel={kernel!r})\n"
         "with torch.no_grad():\n"
         "    if hasattr(model, 'lm_head') or hasattr(model, 'embeddings') and hasattr(model.embeddings, 'word_embeddings'):\n"
         "        model(input_ids=torch.ones(1, 32, dtype=torch.long))\n"
@@ -251,15 +235,21 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--root", default="runs/bench-inference")
-    ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--kernels", default="csr8,csr", help="SparseLowRankLinear kernels to time each export with")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the one-matrix kernel tables")
     ap.add_argument("--no-rss", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.root)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rates = [float(r) for r in args.rates.split(",")]
+    kernel_names = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if "csr8" in kernel_names and not csr8.available():
+        print("numba is not installed: the csr8 kernel is skipped", flush=True)
+        kernel_names = [k for k in kernel_names if k != "csr8"] or ["csr"]
     t_start = time.perf_counter()
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY=PASSIVE; "
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+             f"{os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; "
              f"runs: {args.iterations} iterations, calibration {json.dumps(CALIB)}; medians of {args.rounds} rounds"]
     floors = machine_floors()
     lines.append(f"machine: memory bandwidth {floors['bandwidth'] / 1e9:.1f} GB/s (copy of 256 MB), "
@@ -267,7 +257,7 @@ def main() -> int:
     print(lines[-2], lines[-1], sep="\n", flush=True)
 
     if not args.no_kernels:
-        rows = kernels(0.375, args.rounds)
+        rows = kernel_table(0.375, args.rounds)
         names = [k for k in rows[0] if k not in ("shape", "batch")]
         lines += ["", "Kernels, x S^T for S unstructured at 37.5% density (ρ 0.5, κ 0.25), µs (× dense):", "",
                   "| shape | batch | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -275,13 +265,14 @@ def main() -> int:
             lines.append(f"| {r['shape']} | {r['batch']} | " + " | ".join(
                 f"{r[k]:.0f}" + ("" if k == "dense" else f" ({r[k] / r['dense']:.2f}×)") for k in names) + " |")
         print("\n".join(lines[-len(rows) - 4:]), flush=True)
-        pair = layer_pair(0.6, args.rounds)
+        pair = layer_pair(0.6, args.rounds, kernel_names)
         names = [k for k in pair[0] if k not in ("shape", "rank")]
         lines += ["", "One layer at ρ 0.6, one token (batch 1), as each method fills it, µs (× Wanda layer):", "",
                   "| shape | rank | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for r in pair:
             lines.append(f"| {r['shape']} | {r['rank']} | " + " | ".join(
-                f"{r[k]:.0f} ({r[k] / r['Wanda layer']:.2f}×)" for k in names) + " |")
+                f"{r[k]:.0f} ({r[k] / r['Wanda layer' + k[k.index(' ('):] if k.endswith(')') else 'Wanda layer']:.2f}×)"
+                for k in names) + " |")
         print("\n".join(lines[-len(pair) - 4:]), flush=True)
 
     mem_rows, speed_rows, checks = [], [], []
@@ -301,22 +292,24 @@ def main() -> int:
                 paths = list(run.modules())
                 sizes[f"{method} {rho}"] = size_report(run)
                 del run
-                model = load_compressed(folder)
-                got = main_output(model, check_batch)
-                checks.append((name, method, rho, float((got - ref).abs().max() / ref.abs().max())))
-                exports[f"{method} {rho}"] = (folder, model)
+                for kern in kernel_names:
+                    label = f"{method} {rho}" + ("" if kern == kernel_names[0] else f" {kern}")
+                    model = load_compressed(folder, kernel=kern)
+                    got = main_output(model, check_batch)
+                    checks.append((name, f"{method} {kern}", rho, float((got - ref).abs().max() / ref.abs().max())))
+                    exports[label] = (folder, model, kern)
             dense_bytes = dense_linear_bytes(dense, paths)
             rss = {} if args.no_rss else {"dense": rss_child("dense", name, args.threads)}
-            for label, (folder, model) in exports.items():
+            for label, (folder, model, kern) in exports.items():
                 if not args.no_rss:
-                    rss[label] = rss_child("export", str(folder), args.threads)
-                assert block_linear_bytes(model) == sizes[label]["sparse_memory"]
+                    rss[label] = rss_child("export", str(folder), args.threads, kern)
+                assert block_linear_bytes(model) == sizes[" ".join(label.split()[:2])][f"sparse_{kern}"]
                 mem_rows.append({"model": name, "variant": label, "linear_mb": block_linear_bytes(model) / 1e6,
-                                 "linear_disk_mb": sizes[label]["sparse_disk"] / 1e6,
+                                 "linear_disk_mb": sizes[" ".join(label.split()[:2])]["sparse_disk"] / 1e6,
                                  "dense_mb": dense_bytes / 1e6, "disk_mb": export_folder_bytes(folder) / 1e6,
                                  "dense_disk_mb": sum(p.numel() * 4 for p in dense.parameters()) / 1e6,
                                  "rss": rss.get(label), "dense_rss": rss.get("dense")})
-            variants = {"dense": dense, **{k: m for k, (_, m) in exports.items()}}
+            variants = {"dense": dense, **{k: m for k, (_, m, _) in exports.items()}}
             cost = {k: weight_cost(m, paths) for k, m in variants.items()}
             if name == "smollm2-135m":
                 n = args.new_tokens
@@ -370,12 +363,13 @@ def main() -> int:
         lines.append("| measured [floor] | " + " | ".join(
             f"{fmt(v[0])}" + ("" if k == "dense" else f" ({v[0] / vals['dense'][0]:.2f}×)") + f" [{fmt(v[1])} {v[2]}]"
             for k, v in vals.items()) + " |")
-        if "wanda 0.6" in vals and "oats 0.6" in vals:
-            lines.append(f"| OATS / Wanda at ρ 0.6 | {vals['oats 0.6'][0] / vals['wanda 0.6'][0]:.2f}× |"
-                         + " |" * (len(keys) - 1))
-        if "wanda 0.5" in vals and "oats 0.5" in vals:
-            lines.append(f"| OATS / Wanda at ρ 0.5 | {vals['oats 0.5'][0] / vals['wanda 0.5'][0]:.2f}× |"
-                         + " |" * (len(keys) - 1))
+        for kern in kernel_names:
+            tag = "" if kern == kernel_names[0] else f" {kern}"
+            for rho in rates:
+                o, w = f"oats {rho}{tag}", f"wanda {rho}{tag}"
+                if o in vals and w in vals:
+                    lines.append(f"| OATS / Wanda at ρ {rho}, {kern} kernel | {vals[o][0] / vals[w][0]:.2f}× |"
+                                 + " |" * (len(keys) - 1))
         lines.append("")
     lines.append(f"total {time.perf_counter() - t_start:.0f} s")
     text = "\n".join(lines)

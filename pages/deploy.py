@@ -12,7 +12,7 @@ from oats.deploy.speed import compare_speed
 st.title("Deploy")
 st.markdown("A run folder keeps what the analysis needs (the original weights, the second moments). "
             "`oats export` writes what a deployment needs and nothing else: **sparse** (S in compressed rows "
-            "plus U and V, loaded with `oats.load_compressed`) or **folded** (one dense matrix per layer, an "
+            "with 8-bit column offsets, plus U and V, loaded with `oats.load_compressed`) or **folded** (one dense matrix per layer, an "
             "ordinary model folder that plain transformers or timm loads).")
 
 run = current_run()
@@ -23,21 +23,24 @@ if run is not None:
     c = st.columns(4)
     c[0].metric("Block linears, dense", f"{dense / 1e6:.1f} MB")
     c[1].metric("Sparse export, in memory", f"{sizes['sparse_memory'] / 1e6:.1f} MB",
-                f"{sizes['sparse_memory'] / dense:.2f}× dense", delta_color="off", delta_arrow="off")
+                f"{sizes['sparse_memory'] / dense:.2f}× dense", delta_color="off", delta_arrow="off",
+                help=f"as oats.load_compressed holds it here ({sizes['kernel']} kernel)")
     c[2].metric("Sparse export, on disk", f"{sizes['sparse_disk'] / 1e6:.1f} MB",
                 f"{sizes['sparse_disk'] / dense:.2f}× dense", delta_color="off", delta_arrow="off")
     c[3].metric("Folded export", f"{sizes['folded'] / 1e6:.1f} MB", "1.00× dense", delta_color="off", delta_arrow="off")
     table([{"form": "dense", "MB": dense / 1e6, "× dense": 1.0, "parameters": sizes["params_dense"]},
-           {"form": "sparse, in memory (32-bit indices)", "MB": sizes["sparse_memory"] / 1e6,
-            "× dense": sizes["sparse_memory"] / dense, "parameters": sizes["params_kept"]},
-           {"form": "sparse, on disk (16-bit column indices)", "MB": sizes["sparse_disk"] / 1e6,
-            "× dense": sizes["sparse_disk"] / dense, "parameters": sizes["params_kept"]},
+           {"form": "sparse, CSR8 (8-bit column offsets; the file, and memory with the csr8 kernel)",
+            "MB": sizes["sparse_csr8"] / 1e6, "× dense": sizes["sparse_csr8"] / dense,
+            "parameters": sizes["params_kept"]},
+           {"form": "sparse, torch CSR in memory (32-bit indices; kernel='csr')", "MB": sizes["sparse_csr"] / 1e6,
+            "× dense": sizes["sparse_csr"] / dense, "parameters": sizes["params_kept"]},
            {"form": "folded (S + U V as one dense matrix)", "MB": sizes["folded"] / 1e6, "× dense": 1.0,
             "parameters": sizes["params_dense"]}],
           f"deploy-sizes-{Path(path).name}", key="csv-sizes")
     st.caption("Block linears only (weights, biases, values, indices, factors); embeddings, norms and heads are "
-               "the same in every form. Torch's sparse kernels take 32-bit indices, so a loaded export holds "
-               "wider indices than its file.")
+               "the same in every form. An export's file holds S in CSR8 (5 bytes an entry); "
+               "`oats.load_compressed` keeps that layout and multiplies with oats's numba kernels, or, with "
+               "`kernel='csr'` (or without numba), widens the indices to 32 bits for torch's CSR kernels.")
 
     st.subheader("Export it")
     out = f"exports/{Path(path).name}"

@@ -458,7 +458,10 @@ def test_deploy_page(app, main_run, runs_dir):
     assert metrics["Block linears, dense"].value == f"{sizes['dense'] / 1e6:.1f} MB"
     assert metrics["Sparse export, in memory"].value == f"{sizes['sparse_memory'] / 1e6:.1f} MB"
     assert metrics["Sparse export, on disk"].value == f"{sizes['sparse_disk'] / 1e6:.1f} MB"
-    assert sizes["sparse_disk"] < sizes["sparse_memory"] < sizes["dense"]
+    assert sizes["sparse_disk"] == sizes["sparse_memory"] < sizes["sparse_csr"] < sizes["dense"]
+    shown = {r.form.split(",")[1].split("(")[0].strip(): r.MB for r in app.dataframe[0].value.itertuples()
+             if r.form.startswith("sparse")}
+    assert shown == pytest.approx({"CSR8": sizes["sparse_csr8"] / 1e6, "torch CSR in memory": sizes["sparse_csr"] / 1e6})
     code = app.code[0].value
     assert code.startswith(f"oats export {runs_dir / MAIN} --out exports/{MAIN}") and "--format folded" in code
     app.button(key="deploy-measure").click().run()

@@ -24,6 +24,7 @@ from oats.cli import main as cli_main
 from oats.core.linear import OatsLinear
 from oats.deploy.export import (EXPORT_FILE, SPARSE_FILE, block_linear_bytes, export_run, load_compressed,
                                 size_report, sparse_modules)
+from oats.deploy import kernels
 from oats.deploy.linear import SparseLowRankLinear, pack_csr
 from oats.errors import ConfigError, RunError
 
@@ -70,11 +71,54 @@ def test_csr_packing_is_exact_and_narrow():
     assert pack_csr(torch.ones(2, 40000))["col_indices"].dtype == torch.int32  # beyond int16
 
 
-def test_sparse_low_rank_linear_computes_s_plus_uv_without_a_dense_s():
+def test_csr8_layout_round_trips_and_is_five_bytes_an_entry():
+    g = torch.Generator().manual_seed(3)
+    for d_out, d_in in ((7, 300), (5, 256), (4, 1000), (3, 17)):
+        s = torch.randn(d_out, d_in, generator=g) * (torch.rand(d_out, d_in, generator=g) < 0.3)
+        s[1] = 0  # an empty row
+        s[0, -1] = 2.5  # the last column, in the last (partial) segment
+        p = pack_csr(s)
+        ptr, off = kernels.csr_to_csr8(p["crow_indices"], p["col_indices"], d_out, d_in)
+        nseg = -(-d_in // 256)
+        assert ptr.dtype == torch.int32 and off.dtype == torch.uint8 and ptr.shape == (d_out * nseg + 1,)
+        assert int(ptr[-1]) == p["values"].numel() and bool((ptr[1:] >= ptr[:-1]).all())
+        crow, col = kernels.csr8_to_csr(ptr, off, d_out, d_in)
+        assert torch.equal(crow, p["crow_indices"]) and torch.equal(col, p["col_indices"].int())
+        nnz = p["values"].numel()
+        assert kernels.csr8_bytes(d_out, d_in, nnz) == nnz * 5 + 4 * (d_out * nseg + 1)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="numba is not installed (a dependency of oats)")
+def test_csr8_kernel_equals_the_csr_kernel_at_every_batch_size():
+    g = torch.Generator().manual_seed(4)
+    for d_out, d_in in ((24, 40), (33, 600), (64, 512)):
+        s = torch.randn(d_out, d_in, generator=g) * (torch.rand(d_out, d_in, generator=g) < 0.35)
+        s[3] = 0
+        u, v = torch.randn(d_out, 4, generator=g), torch.randn(4, d_in, generator=g)
+        m8 = SparseLowRankLinear(d_out, d_in, **pack_csr(s), u=u, v=v, kernel="csr8")
+        mc = SparseLowRankLinear(d_out, d_in, **pack_csr(s), u=u, v=v, kernel="csr")
+        assert m8.kernel == "csr8" and mc.kernel == "csr" and m8.nbytes() < mc.nbytes()
+        assert {n for n, _ in m8.named_buffers()} >= {"segment_ptr", "col_offsets"}
+        assert not {n for n, _ in m8.named_buffers()} & {"crow_indices", "col_indices"}
+        for n in (1, 2, 7, 33):
+            x = torch.randn(n, d_in, generator=g)
+            ref = (x.double() @ (s + u @ v).double().T).float()
+            with torch.no_grad():
+                assert _max_rel(m8(x), ref) < 1e-6 and _max_rel(mc(x), ref) < 1e-6
+        # a forward that needs gradients runs torch's CSR product, and its gradient is right
+        x = torch.randn(3, d_in, generator=g, requires_grad=True)
+        m8(x).sum().backward()
+        assert _max_rel(x.grad, (s + u @ v).sum(0).expand(3, d_in)) < 1e-5
+
+
+@pytest.mark.parametrize("kernel", ["csr8", "csr"])
+def test_sparse_low_rank_linear_computes_s_plus_uv_without_a_dense_s(kernel):
+    if kernel == "csr8" and not kernels.available():
+        pytest.skip("numba is not installed (a dependency of oats)")
     g = torch.Generator().manual_seed(1)
     s = torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.4)
     u, v, b = torch.randn(24, 3, generator=g), torch.randn(3, 40, generator=g), torch.randn(24, generator=g)
-    m = SparseLowRankLinear(24, 40, **pack_csr(s), u=u, v=v, bias=b)
+    m = SparseLowRankLinear(24, 40, **pack_csr(s), u=u, v=v, bias=b, kernel=kernel)
     x = torch.randn(2, 5, 40, generator=g)
     ref = x @ (s + u @ v).T + b
     assert _max_rel(m(x), ref) < 1e-6
@@ -86,7 +130,8 @@ def test_sparse_low_rank_linear_computes_s_plus_uv_without_a_dense_s():
     u1, u2 = torch.randn(10, 2, generator=g), torch.randn(14, 1, generator=g)
     full_u = torch.zeros(24, 3)
     full_u[:10, :2], full_u[10:, 2:] = u1, u2
-    fused = SparseLowRankLinear(24, 40, **pack_csr(s), u=[u1, u2], v=v, part_rows=[(0, 10), (10, 24)])
+    fused = SparseLowRankLinear(24, 40, **pack_csr(s), u=[u1, u2], v=v, part_rows=[(0, 10), (10, 24)],
+                                kernel=kernel)
     assert _max_rel(fused(x), x @ (s + full_u @ v).T) < 1e-6
     assert fused.params == int((s != 0).sum()) + 10 * 2 + 14 + 3 * 40
     with pytest.raises(ValueError):
@@ -124,13 +169,45 @@ def test_size_report_is_what_the_export_holds(name, exports):
     folder = exports[name, "sparse"]
     sizes = size_report(c.run)
     assert sizes["sparse_memory"] == block_linear_bytes(load_compressed(folder))
+    assert sizes["sparse_csr"] == block_linear_bytes(load_compressed(folder, kernel="csr"))
     with safe_open(str(folder / SPARSE_FILE), "pt") as f:
         prefixes = tuple(p + "." for p in c.run.modules())
         on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
                       if k.startswith(prefixes))
-    assert sizes["sparse_disk"] == on_disk < sizes["sparse_memory"] < sizes["dense"]
+    assert sizes["sparse_disk"] == sizes["sparse_csr8"] == on_disk < sizes["sparse_csr"] < sizes["dense"]
+    if kernels.available():
+        assert sizes["kernel"] == "csr8" and sizes["sparse_memory"] == sizes["sparse_csr8"]
     assert sizes["dense"] == sum(4 * (m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
                                  for m in c.run.modules().values())
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_both_kernels_and_format_1_exports_load_to_the_same_outputs(name, exports, tmp_path):
+    """kernel="csr" gives the same model as the default; a format-1 export (S in CSR on disk, as
+    oats wrote before CSR8) still loads, to the same outputs."""
+    from safetensors.torch import load_file, save_file
+    c = compressed(name)
+    folder = exports[name, "sparse"]
+    with torch.no_grad():
+        ref = _output(load_compressed(folder), c.batch)
+        csr = load_compressed(folder, kernel="csr")
+        assert {m.kernel for m in sparse_modules(csr).values()} == {"csr"}
+        assert _max_rel(_output(csr, c.batch), ref) < 1e-6
+    old = tmp_path / "format1"
+    shutil.copytree(folder, old)
+    info = json.loads((old / EXPORT_FILE).read_text())
+    tensors = load_file(str(old / SPARSE_FILE))
+    for path, spec in info["layers"].items():
+        crow, col = kernels.csr8_to_csr(tensors.pop(f"{path}.segment_ptr"), tensors.pop(f"{path}.col_offsets"),
+                                        *spec["shape"])
+        tensors[f"{path}.crow_indices"], tensors[f"{path}.col_indices"] = crow, col.to(torch.int16)
+    save_file(tensors, str(old / SPARSE_FILE))
+    info["oats_export"] = 1
+    (old / EXPORT_FILE).write_text(json.dumps(info))
+    with torch.no_grad():
+        assert _max_rel(_output(load_compressed(old), c.batch), ref) < 1e-6
+    with pytest.raises(ConfigError, match="unknown kernel"):
+        load_compressed(folder, kernel="bsr")
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -10,8 +10,9 @@ Two layouts, both in one folder with ``oats_export.json`` (what it is, how to lo
              ``timm.create_model("local-dir:DIR", pretrained=True)``. Same quality, dense speed.
 ``sparse``   config.json (the architecture), the tokenizer, and ``sparse_lowrank.safetensors``
              holding every weight that stays dense (embeddings, norms, heads) plus, per replaced
-             layer, S in CSR form (int32 row pointers, int16 column indices where d_in allows,
-             values), U, V and the bias. ``load_compressed`` builds the architecture without
+             layer, S in CSR8 form (``oats/deploy/kernels.py``: int32 pointers per row and
+             256-column segment, 8-bit column offsets, values), U, V and the bias. Exports of
+             format 1 hold S in CSR (int32 row pointers, 16/32-bit column indices) and load too. ``load_compressed`` builds the architecture without
              allocating its linears (meta tensors) and puts ``SparseLowRankLinear`` modules in
              their place: no dense S and no original weight is ever held.
 
@@ -35,7 +36,8 @@ from torch import nn
 
 from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear, oats_layers
-from oats.deploy.linear import SparseLowRankLinear, index_dtype_for, pack_csr
+from oats.deploy import kernels
+from oats.deploy.linear import KERNELS, SparseLowRankLinear, default_kernel, pack_csr
 from oats.errors import ConfigError, RunError
 from oats.models.adapters import set_submodule
 from oats.models.loaded import BUILD_LOCK, quiet_transformers
@@ -48,7 +50,7 @@ __all__ = ["EXPORT_FILE", "LAYOUTS", "SPARSE_FILE", "block_linear_bytes", "check
 
 EXPORT_FILE = "oats_export.json"
 SPARSE_FILE = "sparse_lowrank.safetensors"
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: S in CSR8 (format 1: CSR)
 LAYOUTS = ("sparse", "folded")
 
 
@@ -186,7 +188,9 @@ def _write_sparse(run: CompressionRun, kind: str, folder: Path) -> dict:
     tensors: dict[str, torch.Tensor] = {}
     meta = {}
     for path, m in layers.items():
-        packed = pack_csr(m.sparse)
+        csr = pack_csr(m.sparse)
+        ptr, offsets = kernels.csr_to_csr8(csr["crow_indices"], csr["col_indices"], m.out_features, m.in_features)
+        packed = {"segment_ptr": ptr, "col_offsets": offsets, "values": csr["values"]}
         for k, t in packed.items():
             tensors[f"{path}.{k}"] = t
         us, rows = _parts(run, path, m)
@@ -196,8 +200,7 @@ def _write_sparse(run: CompressionRun, kind: str, folder: Path) -> dict:
         if m.bias is not None:
             tensors[f"{path}.bias"] = m.bias.detach().cpu().contiguous()
         meta[path] = {"shape": [m.out_features, m.in_features], "rank": m.rank, "nnz": int(packed["values"].numel()),
-                      "bias": m.bias is not None, "index_dtype": index_dtype_for(m.in_features),
-                      "part_rows": rows}
+                      "bias": m.bias is not None, "index": "csr8", "part_rows": rows}
     prefixes = tuple(p + "." for p in layers)
     rest = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     rest, aliases = _dedupe(rest)
@@ -349,7 +352,14 @@ def _skeleton(folder: Path, m: dict) -> nn.Module:
         return cls(config)
 
 
-def _load_sparse(folder: Path, m: dict) -> nn.Module:
+def _sparse_term(tensors: dict, path: str) -> dict:
+    """S of one layer as the export holds it: CSR8 (format 2) or CSR (format 1)."""
+    if f"{path}.segment_ptr" in tensors:
+        return {"segment_ptr": tensors.pop(f"{path}.segment_ptr"), "col_offsets": tensors.pop(f"{path}.col_offsets")}
+    return {"crow_indices": tensors.pop(f"{path}.crow_indices"), "col_indices": tensors.pop(f"{path}.col_indices")}
+
+
+def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
     try:
         tensors = load_file(str(folder / SPARSE_FILE))
     except (SafetensorError, OSError, Exception) as e:
@@ -362,9 +372,8 @@ def _load_sparse(folder: Path, m: dict) -> nn.Module:
             bias = tensors.pop(f"{path}.bias", None)
             rows = spec.get("part_rows")
             us = [tensors.pop(f"{path}.u{i}") for i in range(len(rows) if rows else 1)]
-            new = SparseLowRankLinear(d_out, d_in, tensors.pop(f"{path}.crow_indices"),
-                                      tensors.pop(f"{path}.col_indices"), tensors.pop(f"{path}.values"),
-                                      us, tensors.pop(f"{path}.v"), bias, part_rows=rows)
+            new = SparseLowRankLinear(d_out, d_in, tensors.pop(f"{path}.values"), us, tensors.pop(f"{path}.v"),
+                                      bias, part_rows=rows, kernel=kernel, **_sparse_term(tensors, path))
             model.get_submodule(path)  # the layer exists in this architecture
             set_submodule(model, path, new)
     except (KeyError, ValueError, AttributeError, TypeError):
@@ -380,17 +389,22 @@ def _load_sparse(folder: Path, m: dict) -> nn.Module:
     return model
 
 
-def load_compressed(folder: str | Path) -> nn.Module:
+def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
     """The model an export folder holds, in eval mode on the CPU, ready to run.
 
-    A sparse export gives the architecture with ``SparseLowRankLinear`` layers; a folded one
-    the plain model (as transformers or timm load it).
+    A sparse export gives the architecture with ``SparseLowRankLinear`` layers, their S held
+    for ``kernel`` ("auto": csr8 when numba is installed, "csr8", or "csr": torch's CSR); a
+    folded one the plain model (as transformers or timm load it).
     """
     folder = Path(folder)
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+    if kernel == "csr8" and not kernels.available():
+        raise ConfigError("the csr8 kernel needs numba: pip install numba, or use kernel 'csr'")
     m = read_export_info(folder)
     with BUILD_LOCK:  # one model built at a time in this process
         if m["layout"] == "sparse":
-            model = _load_sparse(folder, m)
+            model = _load_sparse(folder, m, kernel)
         elif m.get("kind") == "timm":
             import timm
             model = timm.create_model(f"local-dir:{folder}", pretrained=True)
@@ -429,19 +443,21 @@ def dense_linear_bytes(model: nn.Module, paths) -> int:
 
 def size_report(run: CompressionRun) -> dict:
     """Bytes of the block linears of ``run`` as each form holds them, without writing anything:
-    ``dense`` (weights and biases), ``sparse_memory`` (a loaded sparse export: values, 32-bit
-    indices, factors, biases), ``sparse_disk`` (the export file: 16-bit column indices where
-    they fit), ``folded`` (= dense); plus ``params_dense`` and ``params_kept``."""
-    dense = memory = disk = 0
+    ``dense`` (weights and biases), ``sparse_disk`` (the export file: S in CSR8),
+    ``sparse_csr8`` and ``sparse_csr`` (a loaded sparse export with either kernel's layout),
+    ``sparse_memory`` (as ``load_compressed`` holds it here: ``kernel``), ``folded`` (= dense);
+    plus ``params_dense`` and ``params_kept``. Values, indices, factors and biases all counted."""
+    dense = csr8 = csr = 0
     for path, m in oats_layers(run.model).items():
         nnz = int(torch.count_nonzero(m.sparse))
         us, _ = _parts(run, path, m)
-        rest = 4 * (m.out_features + 1) + 4 * (m.v.numel() + sum(u.numel() for u in us))
-        bias = 0 if m.bias is None else 4 * m.bias.numel()
-        dense += 4 * m.weight.numel() + bias
-        memory += nnz * (4 + 4) + rest + bias
-        disk += nnz * (4 + (2 if index_dtype_for(m.in_features) == "int16" else 4)) + rest + bias
-    return {"dense": dense, "folded": dense, "sparse_memory": memory, "sparse_disk": disk,
+        rest = 4 * (m.v.numel() + sum(u.numel() for u in us)) + (0 if m.bias is None else 4 * m.bias.numel())
+        dense += 4 * m.weight.numel() + (0 if m.bias is None else 4 * m.bias.numel())
+        csr8 += kernels.csr8_bytes(m.out_features, m.in_features, nnz) + rest
+        csr += nnz * (4 + 4) + 4 * (m.out_features + 1) + rest
+    kernel = default_kernel()
+    return {"dense": dense, "folded": dense, "sparse_csr8": csr8, "sparse_csr": csr, "sparse_disk": csr8,
+            "sparse_memory": csr8 if kernel == "csr8" else csr, "kernel": kernel,
             "params_dense": run.params_dense, "params_kept": run.params_kept}
 
 
