@@ -7,8 +7,9 @@ oats's numba CSR8 kernel, the default, and torch's CSR). Then, in this one proce
 
 * the machine's floors: memory bandwidth (a large tensor copy) and fp32 GEMM rate;
 * the CPU sparse kernels on SmolLM2's layer shapes: dense, torch CSR (32/64-bit indices;
-  ``torch.mv`` for one token, ``torch.mm`` for a batch), torch BSR, and oats's CSR8 kernel
-  (hot cache: one matrix, called again and again);
+  ``torch.mv`` for one token, ``torch.mm`` for a batch), torch BSR, scipy's CSR, ONNX
+  Runtime's sparse operator and OpenVINO with its sparse-weights option (each when
+  installed), and oats's CSR8 kernel (hot cache: one matrix, called again and again);
 * memory: bytes of the block linears (values, indices, factors, biases all counted) and
   bytes on disk, dense vs export; peak and final RSS of a fresh process that loads the
   model and runs it once;
@@ -63,8 +64,58 @@ CALIB = {"smollm2-135m": dict(n_samples=4, seq_len=256), "minilm-l6": dict(n_sam
          "dinov2-small": dict(n_samples=8)}
 
 
+def ort_sparse_matmul(s: torch.Tensor, threads: int):
+    """S x for x (d_in, n) by ONNX Runtime's CPU sparse operator (com.microsoft
+    SparseToDenseMatMul, S as an ORT CSR sparse tensor); None when onnxruntime is missing."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    d_out, d_in = s.shape
+    graph = helper.make_graph(
+        [helper.make_node("SparseToDenseMatMul", ["A", "B"], ["Y"], domain="com.microsoft")], "spmm",
+        [helper.make_sparse_tensor_value_info("A", TensorProto.FLOAT, [d_out, d_in]),
+         helper.make_tensor_value_info("B", TensorProto.FLOAT, [d_in, None])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [d_out, None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle ORT threads must not slow the others
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    c = s.to_sparse_csr()
+    a = ort.OrtValue.ort_value_from_sparse_tensor(ort.SparseTensor.sparse_csr_from_numpy(
+        np.array(s.shape, dtype=np.int64), c.values().numpy(), c.col_indices().numpy(), c.crow_indices().numpy(),
+        ort.OrtDevice.make("cpu", 0)))
+
+    def run(xt: torch.Tensor):
+        return sess.run_with_ort_values(["Y"], {"A": a, "B": ort.OrtValue.ortvalue_from_numpy(xt.numpy())})[0]
+    return run
+
+
+def openvino_matmul(s: torch.Tensor, n: int, threads: int):
+    """x S^T compiled by OpenVINO's CPU plugin with its sparse-weights option on
+    (CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE 0.5); None when openvino is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    lin = torch.nn.Linear(s.shape[1], s.shape[0], bias=False)
+    lin.weight.data = s
+    x = torch.zeros(n, s.shape[1])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(lin, example_input=x)
+    req = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                                                 "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.5}).create_infer_request()
+    return lambda xn: req.infer([xn])
+
+
 def kernel_table(density: float, rounds: int) -> list[dict]:
     """µs per call of x S^T for SmolLM2's shapes, S unstructured at ``density``."""
+    import scipy.sparse
     import warnings
     warnings.filterwarnings("ignore", category=UserWarning)
     rows = []
@@ -83,6 +134,15 @@ def kernel_table(density: float, rounds: int) -> list[dict]:
                      "torch CSR int64": (lambda: torch.mv(c64, x[0])) if n == 1 else (lambda: torch.mm(c64, xt))}
             if bsr is not None:
                 cands["torch BSR 16x16"] = lambda: torch.mm(bsr, xt)
+            sc = scipy.sparse.csr_matrix((c32.values().numpy(), c32.col_indices().numpy(), c32.crow_indices().numpy()),
+                                         shape=s.shape)
+            cands["scipy CSR (1 thread)"] = lambda: sc @ xt.numpy()
+            ort_mm = ort_sparse_matmul(s, torch.get_num_threads())
+            if ort_mm is not None:
+                cands["ONNX Runtime sparse"] = lambda: ort_mm(xt)
+            ov_mm = openvino_matmul(s, n, torch.get_num_threads())
+            if ov_mm is not None:
+                cands["OpenVINO, sparse weights on"] = lambda xn=x.numpy(): ov_mm(xn)
             if csr8.available():
                 ptr, off = csr8.csr_to_csr8(c32.crow_indices(), c32.col_indices(), d_out, d_in)
                 vals = c32.values()

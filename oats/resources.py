@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -82,6 +83,32 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def map_on_cores(fn, items, cost=None, device=None) -> list:
+    """``[fn(x) for x in items]``, the items spread over as many threads as torch has
+    (``torch.get_num_threads()``), each running torch on one thread (``one_thread``).
+
+    For the matrices of a block, decomposed independently: the results are the same as one at
+    a time (each matrix is computed exactly as alone), in the items' order. ``cost(x)`` orders
+    the work largest first so the threads finish together. On a GPU, or with one thread, one
+    at a time.
+    """
+    items = list(items)
+    workers = min(len(items), torch.get_num_threads())
+    on_gpu = device is not None and torch.device(device).type != "cpu"
+    if workers <= 1 or on_gpu:
+        return [fn(x) for x in items]
+
+    def run(i):
+        with one_thread():
+            return fn(items[i])
+    order = sorted(range(len(items)), key=(lambda i: -cost(items[i])) if cost else None)
+    out = [None] * len(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="oats-matrix") as pool:
+        for i, result in zip(order, pool.map(run, order)):
+            out[i] = result
+    return out
 
 
 M_MMAP_THRESHOLD = -3

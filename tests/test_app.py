@@ -351,7 +351,8 @@ def test_walkthrough_replays_a_gram_fitted_run(hassle_run, monkeypatch):
     from oats.runs.folders import load_run
     from ui.state import RUN_KEY
     run = load_run(hassle_run)
-    q = next(r.qualname for r in run.layers if r.block == 2 and r.rank > 0)  # through two compressed blocks
+    # through at least two compressed blocks (with 8 sentences most layers keep the rank-0 fallback)
+    q = next(r.qualname for r in run.layers if r.block >= 2 and r.rank > 0)
     rec = run.layer(q)
     monkeypatch.setenv("OATS_RUNS_DIR", str(hassle_run.parent))
     app = AppTest.from_file(APP, default_timeout=600)
@@ -364,12 +365,13 @@ def test_walkthrough_replays_a_gram_fitted_run(hassle_run, monkeypatch):
     metrics = {m.label: m.value for m in app.metric}
     obj = chart(app, "Objective per iteration")
     out = floats(trace(obj, "layer output error")["y"])
-    assert int(metrics["Alternations run"]) == len(out) == 3
+    from oats.methods.hassle import ALTERNATIONS
+    assert int(metrics["Alternations run"]) == len(out) == ALTERNATIONS
     assert metrics["Kept output error"] == f"{out.min():.4f}"
     assert out.min() == pytest.approx(rec.history["output_error"][-1], rel=1e-3)
     assert floats(trace(obj, "kept")["y"])[0] == out.min()
-    assert len(app.select_slider[0].options) == 3
-    assert chart(app, "Alternation 3 (scaled space")
+    assert len(app.select_slider[0].options) == ALTERNATIONS
+    assert chart(app, f"Alternation {ALTERNATIONS} (scaled space")
 
 
 def test_heads_page(app, main_run):
