@@ -14,9 +14,10 @@ INTRO_OATS = ("OATS alternates two projections on the scaled weight **W D**: the
               "**S**. Move the iteration slider to watch the terms settle; change ρ and κ to recompute this layer.")
 INTRO_GRAM = ("This run was fitted on each layer's full input Gram H = XᵀX / n. HASSLE-free alternates two steps "
               "on the layer's output error ‖(W − S − L) Xᵀ‖: **S** = SparseGPT(W − L; H) (mask and updates from the "
-              "inverse Hessian), then **L** = the best rank-r fit of W − S in the whitened space (H = C Cᵀ, a "
-              "truncated SVD of (W − S) C), starting from OATS's low-rank term; it keeps the alternation with the "
-              "lowest output error. At κ = 0 it is SparseGPT. The heat maps show the terms scaled as OATS sees them "
+              "inverse Hessian; in the last alternation its values are then refitted on that mask, the exact "
+              "least-squares values by conjugate gradients), then **L** = the best rank-r fit of W − S in the "
+              "whitened space (H = C Cᵀ, a truncated SVD of (W − S) C), starting from OATS's low-rank term; it keeps "
+              "the alternation with the lowest output error. At κ = 0 it is SparseGPT with its values refitted. The heat maps show the terms scaled as OATS sees them "
               "(× D). Change ρ and κ to recompute this layer on its Gram.")
 
 run = current_run()
@@ -67,9 +68,9 @@ else:
     else:
         c[3].metric("Final scaled error", f"{h['error'][-1]:.4f}")
     if on_gram and wt.fallback:
-        st.info("SparseGPT alone with the whole budget (rank 0) has a lower output error than every alternation "
-                "below: the low-rank term is not worth its parameters on this layer, and the method keeps SparseGPT's "
-                "sparse term.")
+        st.info("SparseGPT alone with the whole budget (rank 0, its values refitted on its mask) has a lower output "
+                "error than every alternation below: the low-rank term is not worth its parameters on this layer, and "
+                "the method keeps that sparse term.")
     elif on_gram and wt.kept is not None and len(its) > 1:
         st.caption(f"The method keeps alternation {wt.kept} (the lowest output error).")
     t = st.select_slider("Alternation" if on_gram else "Iteration", options=its, value=its[-1],
