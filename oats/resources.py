@@ -85,6 +85,12 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+def matrix_cost(weight: torch.Tensor) -> int:
+    """d_out * d_in^2: how the work of a decomposition on a (d_out, d_in) matrix with a
+    (d_in, d_in) Gram grows (its sweeps, products and factorisations), for ordering."""
+    return int(weight.shape[0]) * int(weight.shape[1]) ** 2
+
+
 def map_on_cores(fn, items, cost=None, device=None) -> list:
     """``[fn(x) for x in items]``, the items spread over as many threads as torch has
     (``torch.get_num_threads()``), each running torch on one thread (``one_thread``).

@@ -12,7 +12,8 @@ Two layouts, both in one folder with ``oats_export.json`` (what it is, how to lo
              holding every weight that stays dense (embeddings, norms, heads) plus, per replaced
              layer, S in CSR8 form (``oats/deploy/kernels.py``: int32 pointers per row and
              256-column segment, 8-bit column offsets, values), U, V and the bias. Exports of
-             format 1 hold S in CSR (int32 row pointers, 16/32-bit column indices) and load too. ``load_compressed`` builds the architecture without
+             format 1 hold S in CSR (int32 row pointers, 16/32-bit column indices) and load
+             too. ``load_compressed`` builds the architecture without
              allocating its linears (meta tensors) and puts ``SparseLowRankLinear`` modules in
              their place: no dense S and no original weight is ever held.
 

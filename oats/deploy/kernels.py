@@ -5,12 +5,14 @@ pointer per (row, segment) pair and one *8-bit* column offset per non-zero (its 
 the segment's first column), the values in row order as in CSR. An entry costs 4 + 1 bytes
 instead of CSR's 4 + 4 (torch's CSR kernels take 32- or 64-bit indices only); the pointers
 add 4 bytes per row and segment (under 1% at the embedded models' shapes). At OATS's rho 0.5,
-kappa 0.25 that puts the block linears at about 0.59x the dense bytes, against 0.88x for
-torch's CSR (measured by ``benchmarks/inference.py``).
+kappa 0.25 that puts the block linears at 0.60x the dense bytes, against 0.88x for torch's
+CSR (measured by ``benchmarks/inference.py``).
 
 No maintained CPU library multiplies such a layout, so the two kernels here are compiled by
-numba (``parallel=True`` over rows, ``fastmath`` so the gathers vectorise): ``matvec`` for one
-token, ``matmat`` for a batch (the batch in the innermost loop). ``cache=True`` keeps the
+numba (``parallel=True`` over rows, ``fastmath``): ``matvec`` for one token (four
+accumulators per row keep independent gathers in flight; numba's vectorised gathers were
+slower on this AMD EPYC), ``matmat`` for a batch (the batch in the innermost loop, which
+vectorises). ``cache=True`` keeps the
 compiled code on disk, so only a process's first call on a new machine compiles (~2 s).
 """
 

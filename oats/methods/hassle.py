@@ -17,8 +17,8 @@ rank(L) <= r (OATS's rank budget, ``rank_budget``), by alternating two steps:
   so its values are not the minimiser on their own mask; the refit is. Not in HASSLE-free
   as published (``refit=0`` runs it as published); measured below;
 - L-step: L = [(W - S) C]_r C^-1 with H + damp I = C C^T (Cholesky), the best rank-r fit
-  in the whitened space (a truncated SVD, through an fp64 eigendecomposition): the exact minimiser of the damped f over rank-r L
-  for the given S (the same L as [(W - S) H^(1/2)]_r H^(-1/2) with the symmetric root).
+  in the whitened space (a truncated SVD, through an fp64 eigendecomposition): the exact
+  minimiser of the damped f over rank-r L for the given S (the same L as [(W - S) H^(1/2)]_r H^(-1/2) with the symmetric root).
 
 Damping: as SparseGPT's, damp = percdamp * mean diag(H) with percdamp = 0.01, grown tenfold
 while H + damp I is numerically not positive definite (a Gram that stays singular after 8
@@ -36,7 +36,8 @@ Start, alternations and fallback, as measured on real layers at rho 0.5, kappa 0
 - alternations: ``ALTERNATIONS`` = 2 (``config.iterations`` when lower). From the OATS start
   the second alternation lowers the error by about 2-3%, the third by about 1%, later ones
   by well under 1% each; the third was dropped for time (SmolLM2 at rho 0.5, kappa 0.15,
-  with the refit: 139 s instead of 153 s, perplexity 17.81 instead of 17.39). Each costs one SparseGPT sweep plus one SVD: the decompositions
+  with the refit: 139 s instead of 153 s, perplexity 17.81 instead of 17.39). Each costs
+  one SparseGPT sweep plus one SVD: the decompositions
   take 5-7x SparseGPT's (over the benchmark's layers: MiniLM 19.7 s against 4.0 s, DINOv2
   42 s against 7.9 s, SmolLM2 44 s against 6.3 s), a whole compression (statistics and
   block passes included) 1.7-2.8x (``oats sweep`` of MiniLM and DINOv2 at rho 0.3-0.6).
@@ -84,7 +85,7 @@ from oats.core.decompose import (Decomposition, History, check_shape, decompose,
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
 from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram, sparsegpt
-from oats.resources import map_on_cores, one_thread
+from oats.resources import map_on_cores, matrix_cost, one_thread
 
 ALTERNATIONS = 2
 """Alternations (S-step then L-step) at most; ``config.iterations`` when that is lower."""
@@ -97,9 +98,6 @@ BLOCKSIZE = 128
 
 REFIT_ITERATIONS = 15
 """Conjugate-gradient steps of the refit of S on its mask in the last alternation (0: as published)."""
-
-START_ITERATIONS = 80
-"""OATS iterations at most for the starting low-rank term."""
 
 
 @dataclass
@@ -176,8 +174,7 @@ def refit_sparse(target: torch.Tensor, sparse: torch.Tensor, gram: torch.Tensor,
 
     On its mask M, row i's values solve the normal equations of the masked least squares,
     ((t_i - s_i) H)_M = 0: one SPD system per row (H_MM, H positive definite after damping).
-    All rows run conjugate gradients at once, each with its own
-    step sizes, the operator P -> P_M(P H) one (d_out, d_in) x (d_in, d_in) product a step,
+    All rows run conjugate gradients at once, each with its own step sizes, the operator P -> P_M(P H) one (d_out, d_in) x (d_in, d_in) product a step,
     preconditioned by diag(H) (Jacobi). Each step lowers every row's objective, so
     ``iterations`` steps from the sweep's values never make S worse. The support never grows.
     """
@@ -263,9 +260,9 @@ def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterati
         trace: callable(t, lowrank, sparse) after every alternation t = 1, 2, ... with that
             alternation's terms in the weight's units (every alternation, not only the kept
             ones; the Walkthrough page replays a layer with it).
-        refit: conjugate-gradient steps of the refit of S on its mask after every sweep
-            (``refit_sparse``; default ``REFIT_ITERATIONS``); 0 runs HASSLE-free as published
-            (and at rank 0 SparseGPT itself).
+        refit: conjugate-gradient steps of the refit of S on its mask in the last alternation
+            and of the rank-0 fallback (``refit_sparse``; default ``REFIT_ITERATIONS``); 0 runs
+            HASSLE-free as published (and at rank 0 SparseGPT itself).
 
     Returns the kept (lowest output error) iterate; see the module docstring for its fields.
     """
@@ -276,7 +273,7 @@ def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterati
                        trace, REFIT_ITERATIONS if refit is None else int(refit), threads)
 
 
-def _damped(g64: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+def _damped(chol: torch.Tensor) -> torch.Tensor:
     """H + damp I in fp32, as the Cholesky factor C (C C^T) was taken of it."""
     c = chol.to(torch.float32)
     return c @ c.T
@@ -316,7 +313,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
             g0 = gram.detach().to(device=w0.device, dtype=torch.float64)
             goal = w0.clone()
             goal[:, torch.diagonal(g0) <= 0] = 0.0
-            dec.sparse = refit_sparse(goal, dec.sparse, _damped(g0, damped_cholesky(g0, percdamp)), refit)
+            dec.sparse = refit_sparse(goal, dec.sparse, _damped(damped_cholesky(g0, percdamp)), refit)
             resid = (w0 - dec.sparse) * dec.scale
             a2 = max(float((w0 * dec.scale).square().sum()), 1e-30)
             dec.history.error[-1] = math.sqrt(float(resid.square().sum()) / a2)
@@ -332,7 +329,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     dead = diag <= 0
     u_chol = _inverse_cholesky(g64, percdamp).to(torch.float32)  # S-step: U with U^T U = (H + damp I)^-1
     chol = damped_cholesky(g64, percdamp)                          # L-step: C with C C^T = H + damp I
-    h_damped = _damped(g64, chol) if refit > 0 else None           # refit: H + damp I
+    h_damped = _damped(chol) if refit > 0 else None           # refit: H + damp I
     nm = config.nm
     if nm is not None:
         blocksize = max(nm[1], blocksize // nm[1] * nm[1])
@@ -351,8 +348,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         low = start.detach().to(device=dev, dtype=torch.float32)
     elif start == "oats":
         m2 = diag if second_moments is None else second_moments
-        low = decompose(w, m2, config.replace(iterations=min(config.iterations, START_ITERATIONS)),
-                        device=dev).lowrank()
+        low = decompose(w, m2, config, device=dev).lowrank()
     else:
         low = torch.zeros_like(w)
     for t in range(n_iter):
@@ -429,5 +425,4 @@ def own_rank_ratio(config) -> float:
 def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
     """HASSLE-free on every matrix of the block, each with its input Gram, on every core (``map_on_cores``)."""
     return map_on_cores(lambda a: hassle(a[0], a[2], config, device=device, second_moments=a[1]),
-                        zip(weights, second_moments, grams), cost=lambda a: a[0].shape[0] * a[0].shape[1] ** 2,
-                        device=device)
+                        zip(weights, second_moments, grams), cost=lambda a: matrix_cost(a[0]), device=device)

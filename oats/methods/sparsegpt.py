@@ -17,7 +17,7 @@ from oats.config import OatsConfig
 from oats.core.decompose import Decomposition, History, check_shape, input_scale, row_keep, sparse_budget
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
-from oats.resources import map_on_cores, one_thread
+from oats.resources import map_on_cores, matrix_cost, one_thread
 
 
 def _inverse_cholesky(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -193,4 +193,4 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
 def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
     """SparseGPT on every matrix of the block, each with its input Gram, on every core (``map_on_cores``)."""
     return map_on_cores(lambda a: sparsegpt(a[0], a[1], config, device=device), zip(weights, grams),
-                        cost=lambda a: a[0].shape[0] * a[0].shape[1] ** 2, device=device)
+                        cost=lambda a: matrix_cost(a[0]), device=device)
