@@ -91,7 +91,8 @@ else:
             row["output_error"] = h["output_error"][i]
         rows.append({**row, "scaled_error": h["error"][i], "sparse_energy": h["sparse_energy"][i],
                      "lowrank_energy": h["lowrank_energy"][i]})
-    table(rows, f"walkthrough-{q}-rho{rho:g}-kappa{kappa:g}", key="csv-walk", height=240)
+    table(rows, f"walkthrough-{q}-rho{rho:g}-kappa{kappa:g}", key="csv-walk",
+          height=min(240, 38 + 35 * len(rows)))  # no blank rows under a short history
     if runs_the_solver and (rho != run.config.compression or abs(kappa - kappa0) > 1e-9):
         rec = run.layer(q)
         out = rec.history.get("output_error") or []
