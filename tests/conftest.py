@@ -15,6 +15,24 @@ settings.register_profile("oats", derandomize=True, database=None, deadline=None
 settings.load_profile("oats")
 
 
+# What a full run writes under the temporary folder at its peak (model caches, runs, exports),
+# with room to spare: measured at about 1.4 GB.
+SUITE_DISK_BYTES = 2 * 1024**3
+
+
+def pytest_sessionstart(session):
+    """Refuse to start, in one line, when the temporary folder cannot hold what the suite
+    writes: otherwise dozens of tests fail later with 'No space left on device' tracebacks."""
+    import shutil
+    import tempfile
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if free < SUITE_DISK_BYTES:
+        pytest.exit(f"only {free / 1024**3:.1f} GB free in {folder}; the test suite writes up to "
+                    f"{SUITE_DISK_BYTES / 1024**3:.0f} GB there: free some space (or point TMPDIR at a "
+                    "larger disk) and run again", returncode=2)
+
+
 def skip_or_fail(reason: str):
     """Skip a test that cannot run here (a missing Chromium, embedded model package, app
     page); in CI (CI=true) the same is a failure, so a green CI run means everything ran."""
