@@ -3,13 +3,15 @@
 For each embedded model and each rate ρ: an OATS run (κ at the model's default) and, for
 SmolLM2, a Wanda run of the same rate, each exported in the sparse layout (``oats export``,
 S in CSR8 + U, V) and loaded with ``oats.load_compressed`` once per kernel (``--kernels``:
-oats's numba CSR8 kernel, the default, and torch's CSR). Then, in this one process:
+oats's CSR8 kernel, the default, on this machine's backend, and torch's CSR). Then, in this one
+process:
 
 * the machine's floors: memory bandwidth (a large tensor copy) and fp32 GEMM rate;
 * the CPU sparse kernels on SmolLM2's layer shapes: dense, torch CSR (32/64-bit indices;
   ``torch.mv`` for one token, ``torch.mm`` for a batch), torch BSR, scipy's CSR, ONNX
   Runtime's sparse operator and OpenVINO with its sparse-weights option (each when
-  installed), and oats's CSR8 kernel (hot cache: one matrix, called again and again);
+  installed), and oats's CSR8 kernel on each backend it has here, C and numba (hot cache: one
+  matrix, called again and again);
 * memory: bytes of the block linears (values, indices, factors, biases all counted) and
   bytes on disk, dense vs export; peak and final RSS of a fresh process that loads the
   model and runs it once;
@@ -118,6 +120,7 @@ def kernel_table(density: float, rounds: int) -> list[dict]:
     import scipy.sparse
     import warnings
     warnings.filterwarnings("ignore", category=UserWarning)
+    backends = [b for b in csr8.BACKENDS if b == csr8.backend() or (b == "numba" and csr8._numba_installed())]
     rows = []
     g = torch.Generator().manual_seed(0)
     for d_out, d_in in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
@@ -143,10 +146,10 @@ def kernel_table(density: float, rounds: int) -> list[dict]:
             ov_mm = openvino_matmul(s, n, torch.get_num_threads())
             if ov_mm is not None:
                 cands["OpenVINO, sparse weights on"] = lambda xn=x.numpy(): ov_mm(xn)
-            if csr8.available():
-                ptr, off = csr8.csr_to_csr8(c32.crow_indices(), c32.col_indices(), d_out, d_in)
-                vals = c32.values()
-                cands["oats CSR8 (numba)"] = lambda: csr8.csr8_matmul(ptr, off, vals, d_in, x)
+            ptr, off = csr8.csr_to_csr8(c32.crow_indices(), c32.col_indices(), d_out, d_in)
+            for name in backends:
+                cands[f"oats CSR8 ({'C' if name == 'c' else name})"] = \
+                    lambda name=name, vals=c32.values(): csr8.csr8_matmul(ptr, off, vals, d_in, x, using=name)
             times = {k: median_time(f, max(rounds * 10, 20)) * 1e6 for k, f in cands.items()}
             rows.append({"shape": f"{d_out}x{d_in}", "batch": n, **times})
     return rows
@@ -305,12 +308,13 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     kernel_names = [k.strip() for k in args.kernels.split(",") if k.strip()]
     if "csr8" in kernel_names and not csr8.available():
-        print("numba is not installed: the csr8 kernel is skipped", flush=True)
+        print(f"the csr8 kernel cannot run here ({csr8.backend_note()}): skipped", flush=True)
         kernel_names = [k for k in kernel_names if k != "csr8"] or ["csr"]
     t_start = time.perf_counter()
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
              f"{os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; "
-             f"runs: {args.iterations} iterations, calibration {json.dumps(CALIB)}; medians of {args.rounds} rounds"]
+             f"runs: {args.iterations} iterations, calibration {json.dumps(CALIB)}; medians of {args.rounds} rounds; "
+             f"CSR8 kernels: {csr8.backend_note()}"]
     floors = machine_floors()
     lines.append(f"machine: memory bandwidth {floors['bandwidth'] / 1e9:.1f} GB/s (copy of 256 MB), "
                  f"fp32 GEMM {floors['gemm'] / 1e9:.1f} GFLOP/s (2048^3)")

@@ -39,8 +39,9 @@ if run is not None:
           f"deploy-sizes-{Path(path).name}", key="csv-sizes")
     st.caption("Block linears only (weights, biases, values, indices, factors); embeddings, norms and heads are "
                "the same in every form. An export's file holds S in CSR8 (5 bytes an entry); "
-               "`oats.load_compressed` keeps that layout and multiplies with oats's numba kernels, or, with "
-               "`kernel='csr'` (or without numba), widens the indices to 32 bits for torch's CSR kernels.")
+               "`oats.load_compressed` keeps that layout and multiplies with oats's compiled kernels, or, with "
+               "`kernel='csr'` (or where those kernels cannot run), widens the indices to 32 bits for torch's "
+               f"CSR kernels. CSR8 kernels on this machine: {sizes['csr8_backend']}.")
 
     st.subheader("Export it")
     out = f"exports/{Path(path).name}"

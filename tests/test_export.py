@@ -88,19 +88,52 @@ def test_csr8_layout_round_trips_and_is_five_bytes_an_entry():
         assert kernels.csr8_bytes(d_out, d_in, nnz) == nnz * 5 + 4 * (d_out * nseg + 1)
 
 
-@pytest.mark.skipif(not kernels.available(), reason="numba is not installed (a dependency of oats)")
-def test_csr8_kernel_equals_the_csr_kernel_at_every_batch_size():
+def _backend_or_fail(name: str) -> None:
+    """Both backends must run where the suite runs (a C compiler and numba are on every machine
+    the project supports); a machine without one skips, CI fails (conftest.skip_or_fail)."""
+    from conftest import skip_or_fail
+    if name == "c":
+        try:
+            kernels.build_c_library()
+        except kernels.KernelBuildError as e:
+            skip_or_fail(f"the C backend cannot run here: {e}")
+    elif not kernels._numba_installed():
+        skip_or_fail("numba is not installed (a dependency of oats)")
+
+
+@pytest.mark.parametrize("backend", kernels.BACKENDS)
+def test_both_csr8_backends_equal_the_exact_product_at_every_batch_size(backend):
+    _backend_or_fail(backend)
     g = torch.Generator().manual_seed(4)
-    for d_out, d_in in ((24, 40), (33, 600), (64, 512)):
+    # widths with a partial last segment, exactly one segment and several; an empty row; batch
+    # sizes below, at and past the C kernel's 16-column tiles
+    for d_out, d_in in ((24, 40), (33, 600), (64, 512), (5, 256)):
         s = torch.randn(d_out, d_in, generator=g) * (torch.rand(d_out, d_in, generator=g) < 0.35)
         s[3] = 0
+        s[0, -1] = 1.5
+        p = pack_csr(s)
+        ptr, off = kernels.csr_to_csr8(p["crow_indices"], p["col_indices"], d_out, d_in)
+        for n in (1, 2, 7, 16, 17, 33, 64):
+            x = torch.randn(n, d_in, generator=g)
+            got = kernels.csr8_matmul(ptr, off, p["values"], d_in, x, using=backend)
+            assert got.shape == (n, d_out)
+            assert _max_rel(got, (x.double() @ s.double().T).float()) < 1e-6
+        # a non-contiguous input (a slice of a wider batch) gives the same numbers
+        xs = torch.randn(9, 2 * d_in, generator=g)[:, ::2]
+        assert _max_rel(kernels.csr8_matmul(ptr, off, p["values"], d_in, xs, using=backend), xs @ s.T) < 1e-6
+
+
+def test_csr8_module_equals_the_csr_module_and_keeps_only_its_layout():
+    g = torch.Generator().manual_seed(4)
+    for d_out, d_in in ((24, 40), (33, 600)):
+        s = torch.randn(d_out, d_in, generator=g) * (torch.rand(d_out, d_in, generator=g) < 0.35)
         u, v = torch.randn(d_out, 4, generator=g), torch.randn(4, d_in, generator=g)
         m8 = SparseLowRankLinear(d_out, d_in, **pack_csr(s), u=u, v=v, kernel="csr8")
         mc = SparseLowRankLinear(d_out, d_in, **pack_csr(s), u=u, v=v, kernel="csr")
         assert m8.kernel == "csr8" and mc.kernel == "csr" and m8.nbytes() < mc.nbytes()
         assert {n for n, _ in m8.named_buffers()} >= {"segment_ptr", "col_offsets"}
         assert not {n for n, _ in m8.named_buffers()} & {"crow_indices", "col_indices"}
-        for n in (1, 2, 7, 33):
+        for n in (1, 7):
             x = torch.randn(n, d_in, generator=g)
             ref = (x.double() @ (s + u @ v).double().T).float()
             with torch.no_grad():
@@ -111,10 +144,31 @@ def test_csr8_kernel_equals_the_csr_kernel_at_every_batch_size():
         assert _max_rel(x.grad, (s + u @ v).sum(0).expand(3, d_in)) < 1e-5
 
 
+def test_indices_out_of_range_are_refused_before_any_kernel_reads_them():
+    """The compiled kernels do not check bounds: a damaged file must be refused at construction."""
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(6, 300, generator=g) * (torch.rand(6, 300, generator=g) < 0.4)
+    p = pack_csr(s)
+    ptr, off = kernels.csr_to_csr8(p["crow_indices"], p["col_indices"], 6, 300)
+    u, v = torch.zeros(6, 0), torch.zeros(0, 300)
+    SparseLowRankLinear(6, 300, p["values"], u, v, segment_ptr=ptr, col_offsets=off, kernel="csr8")  # intact
+    bad = [dict(segment_ptr=ptr.clone().index_fill_(0, torch.tensor([len(ptr) - 1]), len(p["values"]) + 5),
+                col_offsets=off),  # the last pointer past the values
+           dict(segment_ptr=torch.flip(ptr, [0]), col_offsets=off),  # decreasing pointers
+           dict(segment_ptr=ptr, col_offsets=torch.full_like(off, 60))]  # columns 316 of 300 (last segment 44 wide)
+    for kw in bad:
+        with pytest.raises(ValueError, match="out of range"):
+            SparseLowRankLinear(6, 300, p["values"], u, v, kernel="csr8", **kw)
+    col = p["col_indices"].clone().to(torch.int32)
+    col[0] = 300
+    with pytest.raises(ValueError, match="out of range"):
+        SparseLowRankLinear(6, 300, p["values"], u, v, crow_indices=p["crow_indices"], col_indices=col, kernel="csr")
+
+
 @pytest.mark.parametrize("kernel", ["csr8", "csr"])
 def test_sparse_low_rank_linear_computes_s_plus_uv_without_a_dense_s(kernel):
-    if kernel == "csr8" and not kernels.available():
-        pytest.skip("numba is not installed (a dependency of oats)")
+    if kernel == "csr8":
+        _backend_or_fail(kernels.backend())
     g = torch.Generator().manual_seed(1)
     s = torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.4)
     u, v, b = torch.randn(24, 3, generator=g), torch.randn(3, 40, generator=g), torch.randn(24, generator=g)

@@ -394,14 +394,17 @@ def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
     """The model an export folder holds, in eval mode on the CPU, ready to run.
 
     A sparse export gives the architecture with ``SparseLowRankLinear`` layers, their S held
-    for ``kernel`` ("auto": csr8 when numba is installed, "csr8", or "csr": torch's CSR); a
+    for ``kernel`` ("auto": csr8 where its kernels run, "csr8", or "csr": torch's CSR); a
     folded one the plain model (as transformers or timm load it).
     """
     folder = Path(folder)
     if kernel not in KERNELS:
         raise ConfigError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
-    if kernel == "csr8" and not kernels.available():
-        raise ConfigError("the csr8 kernel needs numba: pip install numba, or use kernel 'csr'")
+    if kernel != "csr" and not kernels.available():  # here, not inside a layer: a bad OATS_CSR8_BACKEND is
+        if kernel == "auto":                           # one clear line, not a "damaged export"
+            kernel = "csr"
+        else:
+            raise ConfigError(f"the csr8 kernel cannot run here ({kernels.backend_note()}): use kernel 'csr'")
     m = read_export_info(folder)
     with BUILD_LOCK:  # one model built at a time in this process
         if m["layout"] == "sparse":
@@ -459,6 +462,7 @@ def size_report(run: CompressionRun) -> dict:
     kernel = default_kernel()
     return {"dense": dense, "folded": dense, "sparse_csr8": csr8, "sparse_csr": csr, "sparse_disk": csr8,
             "sparse_memory": csr8 if kernel == "csr8" else csr, "kernel": kernel,
+            "csr8_backend": kernels.backend_note(),
             "params_dense": run.params_dense, "params_kept": run.params_kept}
 
 

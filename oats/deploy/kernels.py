@@ -1,4 +1,4 @@
-"""CSR8: the sparse term's compact layout, and the numba kernels that multiply with it.
+"""CSR8: the sparse term's compact layout, and the compiled kernels that multiply with it.
 
 CSR8 is compressed sparse rows whose columns are cut into 256-wide segments: one int32
 pointer per (row, segment) pair and one *8-bit* column offset per non-zero (its column minus
@@ -8,32 +8,53 @@ add 4 bytes per row and segment (under 1% at the embedded models' shapes). At OA
 kappa 0.25 that puts the block linears at 0.60x the dense bytes, against 0.88x for torch's
 CSR (measured by ``benchmarks/inference.py``).
 
-No maintained CPU library multiplies such a layout, so the two kernels here are compiled by
-numba (``parallel=True`` over rows, ``fastmath``): ``matvec`` for one token (four
-accumulators per row keep independent gathers in flight; numba's vectorised gathers were
-slower on this AMD EPYC), ``matmat`` for a batch (the batch in the innermost loop, which
-vectorises). ``cache=True`` keeps the
-compiled code on disk, so only a process's first call on a new machine compiles (~2 s).
+No maintained CPU library multiplies such a layout, so oats carries two kernels, ``matvec``
+for one token (four sums per row keep independent gathers in flight) and ``matmat`` for a
+batch (tiles of 16 batch columns summed in registers), rows shared among torch's threads.
+Two backends compile them, chosen once per process (``backend()``):
+
+``c``      ``csr8.c`` beside this file, compiled on first use by the machine's C compiler
+           (``$CC``, else cc / gcc / clang; ``-O3 -march=native -fopenmp``) into
+           ``~/.cache/oats/kernels`` (``OATS_KERNEL_DIR``), once per machine (~0.3 s), then
+           loaded with ctypes. It uses the OpenMP runtime torch already loaded and adds about
+           1 MB to a process.
+``numba``  the same loops compiled by numba, where no C compiler works (a slim container).
+           Importing numba and loading its compiled code adds about 120 MB to a process, and
+           its kernels are slower (``benchmarks/inference.py`` times both).
+
+``OATS_CSR8_BACKEND=c|numba`` forces one. Neither is imported or built by ``import oats``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
 import numpy as np
 import torch
 
-try:
-    import numba
-except ImportError:  # numba is a dependency; without it SparseLowRankLinear uses torch's CSR kernel
-    numba = None
+from oats.errors import ConfigError
 
-__all__ = ["SEGMENT", "available", "csr8_bytes", "csr8_matmul", "csr8_to_csr", "csr_to_csr8", "segments"]
+__all__ = ["BACKENDS", "SEGMENT", "KernelBuildError", "available", "backend", "backend_note", "build_c_library",
+           "csr8_bytes", "csr8_matmul", "csr8_to_csr", "csr_to_csr8", "segments"]
 
 SEGMENT = 256
+BACKENDS = ("c", "numba")
+BACKEND_ENV = "OATS_CSR8_BACKEND"
+KERNEL_DIR_ENV = "OATS_KERNEL_DIR"
+SOURCE = Path(__file__).with_name("csr8.c")
+C_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
 
-def available() -> bool:
-    """Whether the CSR8 kernels can run here (numba importable)."""
-    return numba is not None
+class KernelBuildError(RuntimeError):
+    """The C kernels could not be compiled or loaded here (one line: why)."""
 
 
 def segments(d_in: int) -> int:
@@ -66,61 +87,157 @@ def csr8_to_csr(ptr: torch.Tensor, offsets: torch.Tensor, d_out: int, d_in: int)
     return ptr[::nseg].to(torch.int32), (seg * SEGMENT + offsets.to(torch.int64)).to(torch.int32)
 
 
-if numba is not None:
-    _U = np.uintp  # unsigned indices: numba skips its negative-index wraparound on each gather
 
-    @numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
-    def _matvec(ptr, off, val, x, out, nseg):  # out (d_out,) = S x
-        for r in numba.prange(out.shape[0]):
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for s in range(nseg):
-                base = _U(s * 256)
-                j, e = ptr[r * nseg + s], ptr[r * nseg + s + 1]
-                while j + 4 <= e:  # four accumulators: independent gathers in flight
-                    a0 += val[j] * x[base + _U(off[j])]
-                    a1 += val[j + 1] * x[base + _U(off[j + 1])]
-                    a2 += val[j + 2] * x[base + _U(off[j + 2])]
-                    a3 += val[j + 3] * x[base + _U(off[j + 3])]
-                    j += 4
-                while j < e:
-                    a0 += val[j] * x[base + _U(off[j])]
-                    j += 1
-            out[r] = a0 + a1 + a2 + a3
-
-    @numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
-    def _matmat(ptr, off, val, xt, out, nseg):  # out (d_out, n) = S xt, xt (d_in, n)
-        n = xt.shape[1]
-        for r in numba.prange(out.shape[0]):
-            acc = out[r]
-            acc[:] = 0.0
-            for s in range(nseg):
-                base = _U(s * 256)
-                for j in range(ptr[r * nseg + s], ptr[r * nseg + s + 1]):
-                    v = val[j]
-                    xr = xt[base + _U(off[j])]
-                    for t in range(n):
-                        acc[t] += v * xr[t]
+# ----------------------------------------------------------------------------- the C backend
 
 
-def _use_torch_threads() -> None:
-    """Run the kernels on as many threads as torch (``torch.set_num_threads``, ``--threads``)."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
+def kernel_dir() -> Path:
+    env = os.environ.get(KERNEL_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "oats" / "kernels"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc) or cc
+    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the machine's architecture, CPU model and flags
+    (a cache folder shared by several machines keeps one library per kind of CPU)."""
+    sig = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            sig += "".join(sorted({ln for ln in f if ln.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        sig += platform.processor()
+    return sig
+
+
+def build_c_library(folder: str | Path | None = None) -> Path:
+    """The compiled C kernels for this machine: built into ``folder`` (default ``kernel_dir()``)
+    unless a library for the same source, compiler, flags and CPU is there already. Raises
+    KernelBuildError (one line) when there is no compiler or it fails."""
+    cc = _compiler()
+    if cc is None:
+        raise KernelBuildError("no C compiler found (set CC, or install gcc or clang)")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelBuildError(f"the C compiler {cc!r} does not run: {e}") from None
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(C_FLAGS), _cpu_signature()])
+                         .encode()).hexdigest()[:16]
+    folder = kernel_dir() if folder is None else Path(folder).expanduser()
+    path = folder / f"csr8-{key}.so"
+    if path.is_file():
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".csr8-{key}-{os.getpid()}-{threading.get_ident()}.so"
+        proc = subprocess.run([cc, *C_FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                              timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelBuildError(f"could not compile the CSR8 kernels into {folder}: {e}") from None
+    if proc.returncode:
+        tmp.unlink(missing_ok=True)
+        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise KernelBuildError(f"{Path(cc).name} could not compile the CSR8 kernels: {why}")
+    os.replace(tmp, path)  # atomic: a concurrent process sees the whole library or none
+    return path
+
+
+def _load_c(path: Path):
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise KernelBuildError(f"could not load the compiled CSR8 kernels {path}: {e}") from None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.csr8_matvec.argtypes = [p, p, p, p, p, i64, i64, ctypes.c_int]
+    lib.csr8_matvec.restype = None
+    lib.csr8_matmat.argtypes = [p, p, p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.csr8_matmat.restype = None
+    return lib
+
+
+def _matmul_c(lib, ptr, off, val, x: torch.Tensor, d_out: int, nseg: int) -> torch.Tensor:
+    threads = torch.get_num_threads()
+    x = x.detach().contiguous()
+    if x.shape[0] == 1:
+        out = torch.empty(1, d_out)
+        lib.csr8_matvec(ptr.data_ptr(), off.data_ptr(), val.data_ptr(), x.data_ptr(), out.data_ptr(), d_out, nseg,
+                        threads)
+        return out
+    xt = x.t().contiguous()
+    out = torch.empty(d_out, x.shape[0])
+    lib.csr8_matmat(ptr.data_ptr(), off.data_ptr(), val.data_ptr(), xt.data_ptr(), out.data_ptr(), d_out, nseg,
+                    x.shape[0], threads)
+    return out.t()
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+_LOCK = threading.Lock()
+_CHOICE: dict = {}
+
+
+def _numba_installed() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def _resolve() -> dict:
+    """{"name": "c" | "numba" | None, "note": one line, "lib": the C library}: decided once."""
+    with _LOCK:
+        if _CHOICE:
+            return _CHOICE
+        forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+        if forced and forced not in BACKENDS:
+            raise ConfigError(f"{BACKEND_ENV}={forced!r} is not a CSR8 backend: use one of {', '.join(BACKENDS)}, "
+                              "or unset it")
+        why_not_c = f"{BACKEND_ENV}={forced}"
+        if forced in ("", "c"):
+            try:
+                path = build_c_library()
+                _CHOICE.update(name="c", lib=_load_c(path), note=f"C ({Path(_compiler()).name} {' '.join(C_FLAGS[:3])})")
+                return _CHOICE
+            except KernelBuildError as e:
+                why_not_c = str(e)
+        if forced in ("", "numba") and _numba_installed():
+            _CHOICE.update(name="numba", lib=None, note=f"numba (not C: {why_not_c})")
+        else:
+            _CHOICE.update(name=None, lib=None, note=f"none (not C: {why_not_c}; numba is not installed)")
+        return _CHOICE
+
+
+def backend() -> str | None:
+    """The backend the CSR8 kernels run on in this process: "c", "numba", or None (neither:
+    SparseLowRankLinear then uses torch's CSR kernel). The first call may compile (~0.3 s)."""
+    return _resolve()["name"]
+
+
+def backend_note() -> str:
+    """One line: the backend, and why not C when it is not."""
+    return _resolve()["note"]
+
+
+def available() -> bool:
+    """Whether the CSR8 kernels can run here."""
+    return backend() is not None
 
 
 def csr8_matmul(ptr: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, d_in: int,
-                x: torch.Tensor) -> torch.Tensor:
-    """x S^T for x (n, d_in) float32 on the CPU, S (d_out, d_in) in CSR8; (n, d_out). No autograd."""
-    _use_torch_threads()
+                x: torch.Tensor, *, using: str | None = None) -> torch.Tensor:
+    """x S^T for x (n, d_in) float32 on the CPU, S (d_out, d_in) in CSR8; (n, d_out). No
+    autograd. ``using`` picks a backend ("c" or "numba"; default: ``backend()``)."""
     nseg = segments(d_in)
     d_out = (ptr.shape[0] - 1) // nseg
-    xn = x.detach().contiguous().numpy()
-    p, o, v = ptr.numpy(), offsets.numpy(), values.numpy()
-    if xn.shape[0] == 1:
-        out = np.empty(d_out, dtype=np.float32)
-        _matvec(p, o, v, xn[0], out, nseg)
-        return torch.from_numpy(out)[None]
-    out = np.empty((d_out, xn.shape[0]), dtype=np.float32)
-    _matmat(p, o, v, np.ascontiguousarray(xn.T), out, nseg)
-    return torch.from_numpy(out).t()
+    choice = _resolve()
+    name = using or choice["name"]
+    if name == "c":
+        lib = choice["lib"] if choice["name"] == "c" else _load_c(build_c_library())
+        return _matmul_c(lib, ptr, offsets, values, x, d_out, nseg)
+    if name == "numba":
+        from oats.deploy import numba_kernels  # imported on first use only: ~60 MB, and LLVM's JIT
+        return numba_kernels.csr8_matmul(ptr, offsets, values, x, d_out, nseg)
+    raise RuntimeError(f"no CSR8 kernel here: {choice['note']}")

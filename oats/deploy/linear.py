@@ -3,9 +3,10 @@ compressed sparse layout and never expanded to a dense matrix.
 
 Two kernels, chosen when the module is built (``kernel=``):
 
-``csr8`` (the default when numba is installed, float32): S in CSR8 (``oats/deploy/kernels.py``:
-         8-bit column offsets within 256-column segments, 5 bytes per entry), multiplied by
-         numba kernels. The smallest layout; measured against ``csr`` in the README.
+``csr8`` (the default for float32 where its kernels run: a C compiler, or numba): S in CSR8
+         (``oats/deploy/kernels.py``: 8-bit column offsets within 256-column segments, 5 bytes
+         per entry), multiplied by oats's compiled kernels. The smallest layout, and the
+         fastest (measured against ``csr`` in the README).
 ``csr``  S as a torch sparse CSR tensor with 32-bit indices (MKL's sparse BLAS on x86 builds:
          ``torch.mv`` for one token, ``torch.mm`` for more), 8 bytes per entry. Also what a
          forward that needs gradients runs.
@@ -28,7 +29,7 @@ KERNELS = ("auto", "csr8", "csr")
 
 
 def default_kernel(dtype: torch.dtype = torch.float32) -> str:
-    """The kernel ``kernel="auto"`` picks: csr8 for float32 when numba is installed, else csr."""
+    """The kernel ``kernel="auto"`` picks: csr8 for float32 where its kernels run, else csr."""
     return "csr8" if kernels.available() and dtype == torch.float32 else "csr"
 
 
@@ -47,6 +48,26 @@ def pack_csr(s: torch.Tensor) -> dict[str, torch.Tensor]:
     cols = mask.nonzero(as_tuple=True)[1]
     return {"crow_indices": crow.to(torch.int32), "col_indices": cols.to(INDEX_DTYPES[index_dtype_for(s.shape[1])]),
             "values": s[mask].contiguous()}
+
+
+def _check_csr(crow: torch.Tensor, col: torch.Tensor, d_in: int, nnz: int) -> None:
+    """Indices that address only S's own entries and columns (the kernels do not check bounds)."""
+    crow = crow.to(torch.int64)
+    if (crow.numel() == 0 or int(crow[0]) != 0 or int(crow[-1]) != nnz or bool((crow[1:] < crow[:-1]).any())
+            or (col.numel() and (int(col.min()) < 0 or int(col.max()) >= d_in))):
+        raise ValueError("the sparse term's CSR indices are out of range")
+
+
+def _check_csr8(ptr: torch.Tensor, offsets: torch.Tensor, d_out: int, d_in: int) -> None:
+    """As ``_check_csr`` for CSR8: pointers from 0 to nnz, never decreasing, and the offsets of
+    each row's last, narrower segment inside the matrix."""
+    _check_csr(ptr, torch.zeros(0, dtype=torch.int64), d_in, offsets.numel())
+    nseg, width = kernels.segments(d_in), d_in - (kernels.segments(d_in) - 1) * kernels.SEGMENT
+    if width < kernels.SEGMENT and offsets.numel():
+        ptr = ptr.to(torch.int64)
+        last = torch.repeat_interleave(torch.arange(d_out * nseg) % nseg == nseg - 1, ptr[1:] - ptr[:-1])
+        if bool((offsets.to(torch.int64)[last] >= width).any()):
+            raise ValueError("the sparse term's CSR8 column offsets are out of range")
 
 
 class SparseLowRankLinear(nn.Module):
@@ -70,7 +91,7 @@ class SparseLowRankLinear(nn.Module):
             raise ValueError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
         kernel = default_kernel(values.dtype) if kernel == "auto" else kernel
         if kernel == "csr8" and not kernels.available():
-            raise ValueError("the csr8 kernel needs numba: pip install numba, or use kernel='csr'")
+            raise ValueError(f"the csr8 kernel cannot run here ({kernels.backend_note()}): use kernel='csr'")
         parts = [u] if isinstance(u, torch.Tensor) else list(u)
         rows = [(0, d_out)] if part_rows is None else [tuple(map(int, r)) for r in part_rows]
         ranks = [int(p.shape[1]) if p.ndim == 2 else -1 for p in parts]
@@ -84,6 +105,10 @@ class SparseLowRankLinear(nn.Module):
                 or any(p.shape[0] != b - a or not 0 <= a <= b <= d_out for p, (a, b) in zip(parts, rows))
                 or (bias is not None and bias.shape != (d_out,))):
             raise ValueError(f"sparse + low-rank factors do not fit a ({d_out}, {d_in}) layer")
+        if kernel == "csr8" and given_csr8:
+            _check_csr8(segment_ptr, col_offsets, d_out, d_in)
+        elif given_csr:
+            _check_csr(crow_indices, col_indices, d_in, values.numel())
         self.in_features, self.out_features = d_in, d_out
         self.kernel = kernel
         dtype = values.dtype

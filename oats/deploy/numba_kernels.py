@@ -1,0 +1,63 @@
+"""The CSR8 kernels compiled by numba: the fallback where no C compiler works (see
+``oats/deploy/kernels.py``). Imported on first use only: numba and LLVM's JIT add about
+120 MB to a process. ``cache=True`` keeps the compiled code on disk, so only a process's
+first call on a new machine compiles (~2 s)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+_U = np.uintp  # unsigned indices: numba skips its negative-index wraparound on each gather
+
+
+@numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _matvec(ptr, off, val, x, out, nseg):  # out (d_out,) = S x
+    for r in numba.prange(out.shape[0]):
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for s in range(nseg):
+            base = _U(s * 256)
+            j, e = ptr[r * nseg + s], ptr[r * nseg + s + 1]
+            while j + 4 <= e:  # four accumulators: independent gathers in flight
+                a0 += val[j] * x[base + _U(off[j])]
+                a1 += val[j + 1] * x[base + _U(off[j + 1])]
+                a2 += val[j + 2] * x[base + _U(off[j + 2])]
+                a3 += val[j + 3] * x[base + _U(off[j + 3])]
+                j += 4
+            while j < e:
+                a0 += val[j] * x[base + _U(off[j])]
+                j += 1
+        out[r] = a0 + a1 + a2 + a3
+
+
+@numba.njit(parallel=True, fastmath=True, nogil=True, cache=True)
+def _matmat(ptr, off, val, xt, out, nseg):  # out (d_out, n) = S xt, xt (d_in, n)
+    n = xt.shape[1]
+    for r in numba.prange(out.shape[0]):
+        acc = out[r]
+        acc[:] = 0.0
+        for s in range(nseg):
+            base = _U(s * 256)
+            for j in range(ptr[r * nseg + s], ptr[r * nseg + s + 1]):
+                v = val[j]
+                xr = xt[base + _U(off[j])]
+                for t in range(n):
+                    acc[t] += v * xr[t]
+
+
+def csr8_matmul(ptr: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+                d_out: int, nseg: int) -> torch.Tensor:
+    """x S^T, (n, d_out), on as many threads as torch (``torch.set_num_threads``)."""
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    xn = x.detach().contiguous().numpy()
+    p, o, v = ptr.numpy(), offsets.numpy(), values.numpy()
+    if xn.shape[0] == 1:
+        out = np.empty(d_out, dtype=np.float32)
+        _matvec(p, o, v, xn[0], out, nseg)
+        return torch.from_numpy(out)[None]
+    out = np.empty((d_out, xn.shape[0]), dtype=np.float32)
+    _matmat(p, o, v, np.ascontiguousarray(xn.T), out, nseg)
+    return torch.from_numpy(out).t()
