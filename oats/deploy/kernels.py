@@ -37,7 +37,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from oats.errors import ConfigError

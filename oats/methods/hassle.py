@@ -84,7 +84,7 @@ from oats.core.decompose import (Decomposition, History, check_shape, decompose,
                                  sparse_budget)
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
-from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram, sparsegpt
+from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram
 from oats.resources import map_on_cores, matrix_cost, one_thread
 
 ALTERNATIONS = 2
@@ -225,17 +225,6 @@ def _scaled_singular_values(u: torch.Tensor, v: torch.Tensor, d: torch.Tensor) -
     return torch.linalg.svdvals(ru @ rv.T)
 
 
-def _with_output_error(dec: Decomposition, weight: torch.Tensor, gram: torch.Tensor) -> Decomposition:
-    """A SparseGPT decomposition with its history as a ``GramHistory`` (the output error added)."""
-    w = weight.detach().to(device=dec.sparse.device, dtype=torch.float32)
-    g = gram.to(device=w.device, dtype=torch.float64)
-    ref = gram_objective(w, g)
-    out = math.sqrt(max(gram_objective(w - dec.sparse, g), 0.0) / ref) if ref > 0 else 0.0
-    h = dec.history
-    dec.history = GramHistory(list(h.error), list(h.sparse_energy), list(h.lowrank_energy), [out])
-    return dec
-
-
 @torch.no_grad()
 def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterations: int | None = None,
            percdamp: float = PERCDAMP, blocksize: int = BLOCKSIZE, device=None, start: str | torch.Tensor = "oats",
@@ -306,20 +295,6 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     if not isinstance(start, torch.Tensor) and start not in ("oats", "zero"):
         raise ConfigError(f"start must be 'oats', 'zero' or a (d_out, d_in) tensor, got {start!r}")
     r = rank_budget(d_out, d_in, config)
-    if r == 0:
-        dec = sparsegpt(weight, gram, config, blocksize, percdamp, device)
-        if refit > 0:
-            w0 = weight.detach().to(device=dec.sparse.device, dtype=torch.float32)
-            g0 = gram.detach().to(device=w0.device, dtype=torch.float64)
-            goal = w0.clone()
-            goal[:, torch.diagonal(g0) <= 0] = 0.0
-            dec.sparse = refit_sparse(goal, dec.sparse, _damped(damped_cholesky(g0, percdamp)), refit)
-            resid = (w0 - dec.sparse) * dec.scale
-            a2 = max(float((w0 * dec.scale).square().sum()), 1e-30)
-            dec.history.error[-1] = math.sqrt(float(resid.square().sum()) / a2)
-            dec.history.sparse_energy[-1] = float((dec.sparse * dec.scale).square().sum()) / a2
-        return _with_output_error(dec, weight, gram)
-
     dev = torch.device(device) if device is not None else weight.device
     w = weight.detach().to(device=dev, dtype=torch.float32).clone()
     if not torch.isfinite(w).all():
@@ -328,7 +303,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     diag = torch.diagonal(g64).to(torch.float32)
     dead = diag <= 0
     u_chol = _inverse_cholesky(g64, percdamp).to(torch.float32)  # S-step: U with U^T U = (H + damp I)^-1
-    chol = damped_cholesky(g64, percdamp)                          # L-step: C with C C^T = H + damp I
+    chol = damped_cholesky(g64, percdamp) if r > 0 or refit > 0 else None  # L-step: C with C C^T = H + damp I
     h_damped = _damped(chol) if refit > 0 else None           # refit: H + damp I
     nm = config.nm
     if nm is not None:
@@ -341,6 +316,36 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     g32 = g64.to(torch.float32)
     ref = _objective(w, g32)
     hist = GramHistory()
+
+    def record(sparse, low, obj):
+        resid = w - sparse if low is None else w - sparse - low
+        hist.error.append(math.sqrt(float((resid * scale).square().sum()) / a2))
+        hist.sparse_energy.append(float((sparse * scale).square().sum()) / a2)
+        hist.lowrank_energy.append(0.0 if low is None else float((low * scale).square().sum()) / a2)
+        hist.output_error.append(math.sqrt(max(obj, 0.0) / ref) if ref > 0 else 0.0)
+
+    def rank_zero():
+        """SparseGPT with the whole budget at rank 0 (the sweep and factor of ``sparsegpt()``),
+        its values refitted on its mask as the last S-step's: (config, S, objective)."""
+        cfg0 = config.replace(rank_ratio=0.0)
+        prune0 = d_out * d_in - sparse_budget(d_out, d_in, cfg0) if config.sparsity == "layer" \
+            else d_in - row_keep(d_in, cfg0)
+        goal = w.clone()
+        goal[:, dead] = 0.0
+        alone = torch.zeros_like(w)
+        _sweep(goal.clone(), alone, u_chol, cfg0, blocksize, prune0)
+        with _threads(threads):
+            alone = refit_sparse(goal, alone, h_damped, refit)
+        return cfg0, alone, _objective(w - alone, g32)
+
+    def sparse_only(cfg0, alone):
+        return Decomposition(sparse=alone, u=w.new_zeros(d_out, 0), v=w.new_zeros(0, d_in), scale=scale,
+                             singular_values=w.new_zeros(0), history=hist, config=cfg0)
+
+    if r == 0:  # no low-rank term to alternate with: SparseGPT (refitted unless refit=0)
+        cfg0, alone, obj = rank_zero()
+        record(alone, None, obj)
+        return sparse_only(cfg0, alone)
     best = None
     if isinstance(start, torch.Tensor):
         if tuple(start.shape) != (d_out, d_in):
@@ -365,35 +370,17 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         low = u @ v
         if trace is not None:
             trace(t + 1, low, sparse)
-        resid = w - sparse - low
-        obj = _objective(resid, g32)
-        hist.error.append(math.sqrt(float((resid * scale).square().sum()) / a2))
-        hist.sparse_energy.append(float((sparse * scale).square().sum()) / a2)
-        hist.lowrank_energy.append(float((low * scale).square().sum()) / a2)
-        hist.output_error.append(math.sqrt(max(obj, 0.0) / ref) if ref > 0 else 0.0)
+        obj = _objective(w - sparse - low, g32)
+        record(sparse, low, obj)
         if best is None or obj < best[0]:
             best = (obj, t, sparse, u, v)
     _, t_best, sparse, u, v = best
     hist.truncate(t_best + 1)
-    if fallback:  # SparseGPT with the whole budget at rank 0 (the same sweep and factor as sparsegpt())
-        cfg0 = config.replace(rank_ratio=0.0)
-        prune0 = d_out * d_in - sparse_budget(d_out, d_in, cfg0) if config.sparsity == "layer" \
-            else d_in - row_keep(d_in, cfg0)
-        goal = w.clone()
-        goal[:, dead] = 0.0
-        alone = torch.zeros_like(w)
-        _sweep(goal.clone(), alone, u_chol, cfg0, blocksize, prune0)
-        with _threads(threads):
-            alone = refit_sparse(goal, alone, h_damped, refit)
-        resid = w - alone
-        obj = _objective(resid, g32)
-        if obj < best[0]:  # the low-rank term is not worth its parameters here
-            hist.error.append(math.sqrt(float((resid * scale).square().sum()) / a2))
-            hist.sparse_energy.append(float((alone * scale).square().sum()) / a2)
-            hist.lowrank_energy.append(0.0)
-            hist.output_error.append(math.sqrt(max(obj, 0.0) / ref) if ref > 0 else 0.0)
-            return Decomposition(sparse=alone, u=w.new_zeros(d_out, 0), v=w.new_zeros(0, d_in), scale=scale,
-                                 singular_values=w.new_zeros(0), history=hist, config=cfg0)
+    if fallback:  # SparseGPT with the whole budget at rank 0, kept when the low-rank term is not worth its parameters
+        cfg0, alone, obj = rank_zero()
+        if obj < best[0]:
+            record(alone, None, obj)
+            return sparse_only(cfg0, alone)
     return Decomposition(sparse=sparse, u=u.contiguous(), v=v.contiguous(), scale=scale,
                          singular_values=_scaled_singular_values(u, v, scale), history=hist, config=config)
 
