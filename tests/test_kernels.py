@@ -114,3 +114,16 @@ def test_a_bad_backend_name_is_one_clear_error(tmp_path):
     """ % str(tmp_path)
     r = _child(code, OATS_CSR8_BACKEND="fortran")
     assert r["error"] == ("OATS_CSR8_BACKEND='fortran' is not a CSR8 backend: use one of c, numba, or unset it")
+
+
+def test_tensors_the_compiled_loops_would_misread_are_refused():
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(8, 300, generator=g) * (torch.rand(8, 300, generator=g) < 0.4)
+    p = pack_csr(s)
+    ptr, off = kernels.csr_to_csr8(p["crow_indices"], p["col_indices"], 8, 300)
+    x = torch.randn(3, 300, generator=g)
+    for args in ((ptr, off, p["values"], 300, x.double()), (ptr.long(), off, p["values"], 300, x),
+                 (ptr, off.int(), p["values"], 300, x), (ptr, off, p["values"].double(), 300, x),
+                 (ptr, off, p["values"], 300, x[:, :299]), (ptr, off, p["values"], 300, x[0])):
+        with pytest.raises(ValueError, match="float32 CPU tensors"):
+            kernels.csr8_matmul(*args)

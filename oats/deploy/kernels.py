@@ -229,6 +229,11 @@ def csr8_matmul(ptr: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, 
                 x: torch.Tensor, *, using: str | None = None) -> torch.Tensor:
     """x S^T for x (n, d_in) float32 on the CPU, S (d_out, d_in) in CSR8; (n, d_out). No
     autograd. ``using`` picks a backend ("c" or "numba"; default: ``backend()``)."""
+    if not (x.dtype == values.dtype == torch.float32 and ptr.dtype == torch.int32 and offsets.dtype == torch.uint8
+            and x.device.type == values.device.type == "cpu" and x.dim() == 2 and x.shape[1] == d_in
+            and ptr.is_contiguous() and offsets.is_contiguous() and values.is_contiguous()):
+        raise ValueError("csr8_matmul takes float32 CPU tensors: x (n, d_in), contiguous int32 pointers, uint8 "
+                         "offsets and float32 values")  # the compiled loops would read them as such
     nseg = segments(d_in)
     d_out = (ptr.shape[0] - 1) // nseg
     choice = _resolve()
