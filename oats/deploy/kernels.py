@@ -234,6 +234,13 @@ def csr8_matmul(ptr: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, 
             and ptr.is_contiguous() and offsets.is_contiguous() and values.is_contiguous()):
         raise ValueError("csr8_matmul takes float32 CPU tensors: x (n, d_in), contiguous int32 pointers, uint8 "
                          "offsets and float32 values")  # the compiled loops would read them as such
+    return matmul_checked(ptr, offsets, values, d_in, x, using)
+
+
+def matmul_checked(ptr, offsets, values, d_in: int, x: torch.Tensor, using: str | None = None) -> torch.Tensor:
+    """``csr8_matmul`` without its checks, for callers that made them once (SparseLowRankLinear:
+    its buffers at construction, x's dtype and device at each call): a decoding step makes ~200
+    calls, and the checks cost ~1-2 µs each."""
     nseg = segments(d_in)
     d_out = (ptr.shape[0] - 1) // nseg
     choice = _resolve()

@@ -175,9 +175,10 @@ class SparseLowRankLinear(nn.Module):
 
     def _sparse_product(self, x2: torch.Tensor) -> torch.Tensor:
         """x2 S^T, (n, d_out)."""
-        if (self.kernel == "csr8" and x2.dtype == torch.float32 and x2.device.type == "cpu"
-                and self.values.dtype == torch.float32 and not (torch.is_grad_enabled() and x2.requires_grad)):
-            return kernels.csr8_matmul(self.segment_ptr, self.col_offsets, self.values, self.in_features, x2)
+        if (self.kernel == "csr8" and x2.dtype == self.values.dtype == torch.float32
+                and x2.device.type == self.values.device.type == "cpu"
+                and not (torch.is_grad_enabled() and x2.requires_grad)):  # else torch's CSR (moved, cast, training)
+            return kernels.matmul_checked(self.segment_ptr, self.col_offsets, self.values, self.in_features, x2)
         if x2.shape[0] == 1:  # one token (decoding): the CSR matrix-vector kernel, ~3x faster than mm here
             return torch.mv(self.sparse_matrix(), x2[0])[None]
         return torch.mm(self.sparse_matrix(), x2.t()).t()
