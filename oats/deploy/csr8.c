@@ -33,30 +33,18 @@ void csr8_matvec(const int32_t *ptr, const uint8_t *off, const float *val, const
 /* out (d_out, n) = S xt for xt (d_in, n), both row-major: a batch. The batch is cut into
  * tiles of 16 columns whose sums stay in registers while a row's entries stream past (16
  * measured fastest here: 32 spills, two interleaved sets of 16 were slower); the last,
- * narrower tile has its own loop so that the full tiles' loop has a constant trip count.
+ * narrower tile has its own call so that the full tiles' loop has a constant trip count.
  * Against numba's loop (the whole batch per entry, sums in memory) this is 1.5x faster up to
  * about 100 columns and 10-25% slower past 250 (one layer on this machine; tried: chunks of
  * 256-1024 columns in memory, 2-3x slower here). */
 #define TILE 16
 
-static inline void row_tile(const int32_t *p, const uint8_t *off, const float *val, const float *xt,
-                            float *acc, int64_t nseg, int64_t n, int64_t t0) {
+/* One row's sums for batch columns t0 .. t0 + m - 1 (m <= TILE). Always inlined: called with
+ * m = TILE its loops have a constant trip count and the sums live in registers. */
+static inline __attribute__((always_inline)) void row_part(
+        const int32_t *p, const uint8_t *off, const float *val, const float *xt, float *acc,
+        int64_t nseg, int64_t n, int64_t t0, int64_t m) {
     float a[TILE] = {0};
-    for (int64_t s = 0; s < nseg; s++) {
-        const float *xs = xt + s * 256 * n + t0;
-        for (int64_t j = p[s]; j < p[s + 1]; j++) {
-            const float v = val[j];
-            const float *xr = xs + (int64_t)off[j] * n;
-            for (int t = 0; t < TILE; t++) a[t] += v * xr[t];
-        }
-    }
-    for (int t = 0; t < TILE; t++) acc[t0 + t] = a[t];
-}
-
-static inline void row_tail(const int32_t *p, const uint8_t *off, const float *val, const float *xt,
-                            float *acc, int64_t nseg, int64_t n, int64_t t0) {
-    float a[TILE] = {0};
-    const int64_t m = n - t0;
     for (int64_t s = 0; s < nseg; s++) {
         const float *xs = xt + s * 256 * n + t0;
         for (int64_t j = p[s]; j < p[s + 1]; j++) {
@@ -73,7 +61,7 @@ void csr8_matmat(const int32_t *ptr, const uint8_t *off, const float *val, const
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < d_out; r++) {
         int64_t t0 = 0;
-        for (; t0 + TILE <= n; t0 += TILE) row_tile(ptr + r * nseg, off, val, xt, out + r * n, nseg, n, t0);
-        if (t0 < n) row_tail(ptr + r * nseg, off, val, xt, out + r * n, nseg, n, t0);
+        for (; t0 + TILE <= n; t0 += TILE) row_part(ptr + r * nseg, off, val, xt, out + r * n, nseg, n, t0, TILE);
+        if (t0 < n) row_part(ptr + r * nseg, off, val, xt, out + r * n, nseg, n, t0, n - t0);
     }
 }
