@@ -78,8 +78,10 @@ FORWARD = """
     x = torch.randn(5, 300, generator=g)
     with torch.no_grad():
         err = max(float((m(x[i:i + n]) - x[i:i + n] @ s.T).abs().max()) for i, n in ((0, 1), (0, 5)))
+    layer = sys.modules["numba"].threading_layer() if "numba" in sys.modules else None
     print(json.dumps({"backend": kernels.backend(), "note": kernels.backend_note(), "kernel": m.kernel,
-                      "err": err, "numba_after_import": numba_after_import, "numba": "numba" in sys.modules}))
+                      "err": err, "numba_after_import": numba_after_import, "numba": "numba" in sys.modules,
+                      "layer": layer}))
 """
 
 
@@ -98,6 +100,7 @@ def test_without_a_working_compiler_numba_takes_over_and_says_why(tmp_path):
     r = _child(FORWARD, OATS_KERNEL_DIR=str(tmp_path), CC="false")
     assert r["backend"] == "numba" and r["kernel"] == "csr8" and r["err"] < 1e-4 and r["numba"]
     assert r["note"].startswith("numba (not C:") and "could not compile" in r["note"]
+    assert r["layer"] == "omp"  # torch's OpenMP runtime, not a second pool
     forced = _child(FORWARD, OATS_CSR8_BACKEND="numba")
     assert forced["backend"] == "numba" and forced["note"] == "numba (not C: OATS_CSR8_BACKEND=numba)"
 

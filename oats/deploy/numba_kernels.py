@@ -5,9 +5,17 @@ first call on a new machine compiles (~2 s)."""
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
+
+# OpenMP first: the runtime torch already loaded (numba's default order puts TBB first, which
+# brings a second thread pool when TBB happens to be installed, e.g. with OpenVINO). A layer the
+# user chose (NUMBA_THREADING_LAYER, or a priority of their own) wins.
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 _U = np.uintp  # unsigned indices: numba skips its negative-index wraparound on each gather
 
