@@ -29,12 +29,10 @@ LAYERS = [
 ]
 """Lowest first; the README's "Where things live" tells the same story."""
 
-LAZY_ALLOWED = {"oats.cli", "oats.deploy.kernels"}
-"""Inside ``oats``, only the CLI loads its own modules lazily, and the CSR8 kernels their numba
-fallback (``oats.deploy.numba_kernels``: numba's import and JIT add about 120 MB to a process,
-paid only where no C compiler works). The app's shell (``ui.state``) does too, on purpose: its
-first page paints before torch is imported, while a background thread imports the heavy
-modules."""
+LAZY_ALLOWED = {"oats.cli"}
+"""Inside ``oats``, only the CLI loads its own modules lazily. The app's shell (``ui.state``)
+does too, on purpose: its first page paints before torch is imported, while a background
+thread imports the heavy modules."""
 
 
 def _module_name(path: Path) -> str:

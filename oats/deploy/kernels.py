@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from oats.deploy import numba_kernels  # numba itself is imported on its first call only
 from oats.errors import ConfigError
 
 __all__ = ["BACKENDS", "SEGMENT", "KernelBuildError", "available", "backend", "backend_note", "build_c_library",
@@ -249,6 +250,5 @@ def matmul_checked(ptr, offsets, values, d_in: int, x: torch.Tensor, using: str 
         lib = choice["lib"] if choice["name"] == "c" else _load_c(build_c_library())
         return _matmul_c(lib, ptr, offsets, values, x, d_out, nseg)
     if name == "numba":
-        from oats.deploy import numba_kernels  # imported on first use only: ~60 MB, and LLVM's JIT
         return numba_kernels.csr8_matmul(ptr, offsets, values, x, d_out, nseg)
     raise RuntimeError(f"no CSR8 kernel here: {choice['note']}")
