@@ -68,8 +68,18 @@ def _gb(x: float) -> str:
 
 
 @contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch with ``n`` intra-op threads inside the block (the setting is per calling thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def one_thread():
-    """Run torch with one intra-op thread inside the block (the setting is per calling thread).
+    """Run torch with one intra-op thread inside the block (``torch_threads(1)``).
 
     Also a decorator: ``@one_thread()``. Many small operations pay a synchronisation per
     operation with several threads; on a busy 2-core machine that made SparseGPT's column sweep
@@ -77,12 +87,7 @@ def one_thread():
     matrices 5-47 s instead of 1.2-1.5 s (measured side by side). One thread loses little when
     the machine is idle.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 def matrix_cost(weight: torch.Tensor) -> int:

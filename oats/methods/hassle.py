@@ -85,7 +85,7 @@ from oats.core.decompose import (Decomposition, History, check_shape, decompose,
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
 from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram
-from oats.resources import map_on_cores, matrix_cost, one_thread
+from oats.resources import map_on_cores, matrix_cost, one_thread, torch_threads
 
 ALTERNATIONS = 2
 """Alternations (S-step then L-step) at most; ``config.iterations`` when that is lower."""
@@ -268,18 +268,6 @@ def _damped(chol: torch.Tensor) -> torch.Tensor:
     return c @ c.T
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    """torch's threads set to ``n`` inside: the few large products (the refit's, the SVD) run on
-    every thread the caller had, the column sweep's many small operations on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments,
             fallback, trace, refit, threads=1) -> Decomposition:
     if weight.dim() != 2:
@@ -334,7 +322,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         goal[:, dead] = 0.0
         alone = torch.zeros_like(w)
         _sweep(goal.clone(), alone, u_chol, cfg0, blocksize, prune0)
-        with _threads(threads):
+        with torch_threads(threads):
             alone = refit_sparse(goal, alone, h_damped, refit)
         return cfg0, alone, _objective(w - alone, g32)
 
@@ -363,9 +351,9 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         last = t == n_iter - 1
         _sweep(goal.clone() if last else goal, sparse, u_chol, config, blocksize, prune)  # it overwrites its target
         if last:  # the refit: S's values solved on the sweep's mask (the last alternation only: measured)
-            with _threads(threads):
+            with torch_threads(threads):
                 sparse = refit_sparse(goal, sparse, h_damped, refit)
-        with _threads(threads):
+        with torch_threads(threads):
             u, v, _ = lowrank_step(w - sparse, chol, r)
         low = u @ v
         if trace is not None:
