@@ -62,7 +62,8 @@ def _check_csr8(ptr: torch.Tensor, offsets: torch.Tensor, d_out: int, d_in: int)
     """As ``_check_csr`` for CSR8: pointers from 0 to nnz, never decreasing, and the offsets of
     each row's last, narrower segment inside the matrix."""
     _check_csr(ptr, torch.zeros(0, dtype=torch.int64), d_in, offsets.numel())
-    nseg, width = kernels.segments(d_in), d_in - (kernels.segments(d_in) - 1) * kernels.SEGMENT
+    nseg = kernels.segments(d_in)
+    width = d_in - (nseg - 1) * kernels.SEGMENT
     if width < kernels.SEGMENT and offsets.numel():
         ptr = ptr.to(torch.int64)
         last = torch.repeat_interleave(torch.arange(d_out * nseg) % nseg == nseg - 1, ptr[1:] - ptr[:-1])
