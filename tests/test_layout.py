@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAYERS = [
     ("oats.errors",),
-    ("oats.config", "oats.resources"),
+    ("oats.config", "oats.resources", "oats.untrusted"),
     ("oats.core",),
     ("oats.methods",),
     ("oats.models",),
