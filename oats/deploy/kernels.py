@@ -43,7 +43,7 @@ from oats.deploy import numba_kernels  # numba itself is imported on its first c
 from oats.errors import ConfigError
 
 __all__ = ["BACKENDS", "SEGMENT", "KernelBuildError", "available", "backend", "backend_note", "build_c_library",
-           "csr8_bytes", "csr8_matmul", "csr8_to_csr", "csr_to_csr8", "segments"]
+           "check_csr", "check_csr8", "csr8_bytes", "csr8_matmul", "csr8_to_csr", "csr_to_csr8", "segments"]
 
 SEGMENT = 256
 BACKENDS = ("c", "numba")
@@ -85,6 +85,91 @@ def csr8_to_csr(ptr: torch.Tensor, offsets: torch.Tensor, d_out: int, d_in: int)
     ptr = ptr.to(torch.int64)
     seg = torch.repeat_interleave(torch.arange(d_out * nseg) % nseg, ptr[1:] - ptr[:-1])
     return ptr[::nseg].to(torch.int32), (seg * SEGMENT + offsets.to(torch.int64)).to(torch.int32)
+
+
+# ----------------------------------------------------------------------------- checking indices
+#
+# The compiled loops and torch's CSR kernels (built with check_invariants=False) read memory at
+# whatever the indices say, so indices from a file are checked completely, once, before either
+# sees them: on their own values (an int32 offset of 10^9 or an int8 -1 must be refused, not
+# wrapped by the cast to the kernel's narrower type).
+
+INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+"""Integer types an index array may arrive in (the file's); the values must fit the layout."""
+
+MAX_NNZ = torch.iinfo(torch.int32).max
+"""The layouts hold int32 pointers."""
+
+
+def _integer(t: torch.Tensor, name: str, length: int) -> torch.Tensor:
+    """``t`` as int64 when it is a 1-D integer array of ``length`` entries; ValueError otherwise."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in INDEX_DTYPES:
+        kind = str(t.dtype).replace("torch.", "") if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} is {kind}, not an integer array")
+    if t.ndim != 1 or t.numel() != length:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, not ({length},)")
+    return t.to(torch.int64)
+
+
+def _pointers(ptr: torch.Tensor, name: str, length: int, nnz: int) -> torch.Tensor:
+    """Checked pointers as int64: from 0 to nnz, never decreasing."""
+    if nnz > MAX_NNZ:
+        raise ValueError(f"the sparse term holds {nnz} values, more than int32 pointers address")
+    p = _integer(ptr, name, length)
+    if int(p[0]) != 0 or int(p[-1]) != nnz:
+        raise ValueError(f"{name} is out of range (from {int(p[0])} to {int(p[-1])}, not from 0 to the {nnz} values)")
+    drop = (p[1:] < p[:-1]).nonzero()
+    if drop.numel():
+        raise ValueError(f"{name} is out of range (it decreases at entry {int(drop[0]) + 1})")
+    return p
+
+
+def _increasing(cols: torch.Tensor, starts: torch.Tensor, name: str, what: str) -> None:
+    """Columns strictly increasing within each run of entries that ``starts`` (int64 pointers) bound."""
+    if cols.numel() < 2:
+        return
+    same = torch.ones(cols.numel() - 1, dtype=torch.bool)
+    inner = starts[(starts > 0) & (starts < cols.numel())]
+    same[inner - 1] = False  # entry i-1 and entry i belong to different runs
+    bad = ((cols[1:] <= cols[:-1]) & same).nonzero()
+    if bad.numel():
+        raise ValueError(f"{name} is out of order (entry {int(bad[0]) + 1} does not follow entry {int(bad[0])} "
+                         f"within its {what})")
+
+
+def check_csr(crow: torch.Tensor, col: torch.Tensor, d_out: int, d_in: int, nnz: int) -> None:
+    """CSR indices that address only S's own entries: ``crow`` integer, d_out + 1 pointers from 0
+    to ``nnz``, never decreasing; ``col`` integer, ``nnz`` columns in [0, d_in), strictly
+    increasing within each row. ValueError (a short reason) otherwise."""
+    p = _pointers(crow, "crow_indices", d_out + 1, nnz)
+    c = _integer(col, "col_indices", nnz)
+    if nnz:
+        lo, hi = int(c.min()), int(c.max())
+        if lo < 0 or hi >= d_in:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"col_indices is out of range (column {bad} in a layer of {d_in} columns)")
+    _increasing(c, p, "col_indices", "row")
+
+
+def check_csr8(ptr: torch.Tensor, offsets: torch.Tensor, d_out: int, d_in: int, nnz: int) -> None:
+    """CSR8 indices that address only S's own entries: ``ptr`` integer, one pointer per (row,
+    segment) and one more, from 0 to ``nnz``, never decreasing; ``offsets`` integer, ``nnz``
+    offsets each below the width of its own segment (256, or the last, narrower one), strictly
+    increasing within a segment. The offsets are judged on their own values, whatever their
+    dtype, so a wider integer type is accepted only when every value fits. ValueError otherwise."""
+    nseg = segments(d_in)
+    p = _pointers(ptr, "segment_ptr", d_out * nseg + 1, nnz)
+    off = _integer(offsets, "col_offsets", nnz)
+    if not nnz:
+        return
+    seg = torch.repeat_interleave(torch.arange(d_out * nseg) % nseg, p[1:] - p[:-1])
+    width = torch.where(seg == nseg - 1, d_in - (nseg - 1) * SEGMENT, SEGMENT)
+    bad = ((off < 0) | (off >= width)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"col_offsets is out of range (offset {int(off[i])} at entry {i}, in a segment of "
+                         f"{int(width[i])} columns)")
+    _increasing(off, p, "col_offsets", "segment")
 
 
 

@@ -17,6 +17,7 @@ narrowest integer type that holds ``d_in``); the module takes CSR or CSR8 and co
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import torch
@@ -50,25 +51,72 @@ def pack_csr(s: torch.Tensor) -> dict[str, torch.Tensor]:
             "values": s[mask].contiguous()}
 
 
-def _check_csr(crow: torch.Tensor, col: torch.Tensor, d_in: int, nnz: int) -> None:
-    """Indices that address only S's own entries and columns (the kernels do not check bounds)."""
-    crow = crow.to(torch.int64)
-    if (crow.numel() == 0 or int(crow[0]) != 0 or int(crow[-1]) != nnz or bool((crow[1:] < crow[:-1]).any())
-            or (col.numel() and (int(col.min()) < 0 or int(col.max()) >= d_in))):
-        raise ValueError("the sparse term's CSR indices are out of range")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_csr8(ptr: torch.Tensor, offsets: torch.Tensor, d_out: int, d_in: int) -> None:
-    """As ``_check_csr`` for CSR8: pointers from 0 to nnz, never decreasing, and the offsets of
-    each row's last, narrower segment inside the matrix."""
-    _check_csr(ptr, torch.zeros(0, dtype=torch.int64), d_in, offsets.numel())
-    nseg = kernels.segments(d_in)
-    width = d_in - (nseg - 1) * kernels.SEGMENT
-    if width < kernels.SEGMENT and offsets.numel():
-        ptr = ptr.to(torch.int64)
-        last = torch.repeat_interleave(torch.arange(d_out * nseg) % nseg == nseg - 1, ptr[1:] - ptr[:-1])
-        if bool((offsets.to(torch.int64)[last] >= width).any()):
-            raise ValueError("the sparse term's CSR8 column offsets are out of range")
+def _floats(t, name: str, ndim: int) -> None:
+    """A finite float array of ``ndim`` dimensions (integer factors would be cast silently, a NaN
+    would spread through every output)."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
+        kind = str(t.dtype).replace("torch.", "") if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} is {kind}, not a float array")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} has {t.ndim} dimensions, not {ndim}")
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} holds NaN or infinite values")
+
+
+def validate_factors(d_out: int, d_in: int, values, u, v, bias=None, part_rows=None, *, crow_indices=None,
+                     col_indices=None, segment_ptr=None, col_offsets=None) -> tuple[list, list[tuple[int, int]]]:
+    """Check everything ``SparseLowRankLinear`` is given, whatever kernel will use it, before any
+    conversion or kernel reads it; ValueError with a short reason (one line) otherwise.
+
+    Returns (the U parts as a list, part_rows as (start, stop) pairs).
+    """
+    for name, n in (("d_out", d_out), ("d_in", d_in)):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+            raise ValueError(f"{name} {n!r} is not a positive size")
+    given_csr = crow_indices is not None or col_indices is not None
+    given_csr8 = segment_ptr is not None or col_offsets is not None
+    if given_csr == given_csr8:
+        raise ValueError("the sparse term needs either CSR (crow_indices, col_indices) or CSR8 (segment_ptr, "
+                         "col_offsets) indices")
+    _floats(values, "values", 1)
+    nnz = values.numel()
+    if given_csr:
+        kernels.check_csr(crow_indices, col_indices, d_out, d_in, nnz)
+    else:
+        kernels.check_csr8(segment_ptr, col_offsets, d_out, d_in, nnz)
+    parts = [u] if isinstance(u, torch.Tensor) else list(u) if isinstance(u, (list, tuple)) else [u]
+    for i, p in enumerate(parts):
+        _floats(p, "u" if len(parts) == 1 else f"u{i}", 2)
+    _floats(v, "v", 2)
+    if bias is not None:
+        _floats(bias, "bias", 1)
+        if bias.shape != (d_out,):
+            raise ValueError(f"bias has shape {tuple(bias.shape)}, not ({d_out},)")
+    if v.shape[1] != d_in:
+        raise ValueError(f"v has shape {tuple(v.shape)}: its {v.shape[1]} columns are not the layer's {d_in}")
+    if part_rows is None:
+        rows = [(0, d_out)]
+    else:
+        if not isinstance(part_rows, (list, tuple)) or not all(
+                isinstance(r, (list, tuple)) and len(r) == 2
+                and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in r) for r in part_rows):
+            raise ValueError("part_rows is not a list of [start, stop] row pairs")
+        rows = [(int(a), int(b)) for a, b in part_rows]
+        bad = [r for r in rows if not 0 <= r[0] <= r[1] <= d_out]
+        if bad:
+            raise ValueError(f"part_rows {list(bad[0])} is out of range for {d_out} rows")
+    if len(rows) != len(parts):
+        raise ValueError(f"{len(parts)} U parts for {len(rows)} row ranges")
+    for i, (p, (a, b)) in enumerate(zip(parts, rows)):
+        if p.shape[0] != b - a:
+            raise ValueError(f"u{i} has {p.shape[0]} rows, its part has {b - a}")
+    rank = sum(int(p.shape[1]) for p in parts)
+    if rank != v.shape[0]:
+        raise ValueError(f"the U parts have rank {rank}, v has {v.shape[0]} rows")
+    return parts, rows
 
 
 class SparseLowRankLinear(nn.Module):
@@ -90,26 +138,14 @@ class SparseLowRankLinear(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+        # Checked here, once, for every kernel: the per-call path trusts these buffers.
+        parts, rows = validate_factors(d_out, d_in, values, u, v, bias, part_rows, crow_indices=crow_indices,
+                                       col_indices=col_indices, segment_ptr=segment_ptr, col_offsets=col_offsets)
         kernel = default_kernel(values.dtype) if kernel == "auto" else kernel
         if kernel == "csr8" and not kernels.available():
             raise ValueError(f"the csr8 kernel cannot run here ({kernels.backend_note()}): use kernel='csr'")
-        parts = [u] if isinstance(u, torch.Tensor) else list(u)
-        rows = [(0, d_out)] if part_rows is None else [tuple(map(int, r)) for r in part_rows]
-        ranks = [int(p.shape[1]) if p.ndim == 2 else -1 for p in parts]
-        given_csr, given_csr8 = crow_indices is not None and col_indices is not None, segment_ptr is not None \
-            and col_offsets is not None
-        index = col_indices if given_csr else col_offsets
-        if (given_csr == given_csr8 or values.ndim != 1 or index.shape != values.shape
-                or (given_csr and crow_indices.shape != (d_out + 1,))
-                or (given_csr8 and segment_ptr.shape != (d_out * kernels.segments(d_in) + 1,))
-                or len(rows) != len(parts) or v.ndim != 2 or v.shape[1] != d_in or sum(ranks) != v.shape[0]
-                or any(p.shape[0] != b - a or not 0 <= a <= b <= d_out for p, (a, b) in zip(parts, rows))
-                or (bias is not None and bias.shape != (d_out,))):
-            raise ValueError(f"sparse + low-rank factors do not fit a ({d_out}, {d_in}) layer")
-        if kernel == "csr8" and given_csr8:
-            _check_csr8(segment_ptr, col_offsets, d_out, d_in)
-        elif given_csr:
-            _check_csr(crow_indices, col_indices, d_in, values.numel())
+        ranks = [int(p.shape[1]) for p in parts]
+        given_csr, given_csr8 = crow_indices is not None, segment_ptr is not None
         self.in_features, self.out_features = d_in, d_out
         self.kernel = kernel
         dtype = values.dtype
