@@ -4,11 +4,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import chart, complete_runs, how_to_read, current_path, primary_metric, run_info, run_task, table
+from ui.state import (chart, complete_runs, how_to_read, current_path, primary_metric, run_info, run_task,
+                      saved_evaluation, table)
+from ui.text import esc
 from oats.explain import analysis
 from ui import figures
 from oats.errors import OatsError
-from oats.runs.evaluations import read_evaluation
 from oats.runner.sweep import list_sweeps, load_results
 
 st.title("Compare")
@@ -24,12 +25,16 @@ else:
     folder = st.selectbox("Sweep", sweeps, index=len(sweeps) - 1, format_func=lambda p: Path(p).name)
     try:
         rows = load_results(folder)
+        metrics = analysis.metric_columns(rows)
     except OatsError as e:
-        st.error(str(e))
-        rows = []
-    metrics = analysis.metric_columns(rows)
+        st.error(esc(e))
+        rows, metrics = [], []
+    except Exception as e:  # noqa: BLE001 - a sweep folder is shared data: a damaged one is one line
+        st.error(f"sweep '{esc(Path(folder).name)}' cannot be read ({esc(type(e).__name__)}: {esc(e, 200)}): "
+                 "run the sweep again")
+        rows, metrics = [], []
     if rows and not metrics:
-        st.warning(f"Sweep '{Path(folder).name}' has no metric columns: run it again with evaluation.")
+        st.warning(f"Sweep '{esc(Path(folder).name)}' has no metric columns: run it again with evaluation.")
     elif rows:
         models = sorted({str(r.get("model", "")) for r in rows})
         model = st.selectbox("Model", models) if len(models) > 1 else models[0]
@@ -67,7 +72,7 @@ else:
         try:
             rows = analysis.layer_errors_from_manifests(chosen)
         except OatsError as e:
-            st.error(str(e))
+            st.error(esc(e))
             rows = []
         if rows:
             value = st.radio("Error", ["scaled_error", "output_error"], horizontal=True,
@@ -81,7 +86,7 @@ else:
                 row = {"run": Path(p).name, "model": info.model_name, "method": info.method,
                        "compression": round(s["compression"], 4), "rank_ratio": info.rank_ratio,
                        "median_scaled_error": round(s["median_scaled_error"], 5), "time_s": s["total_s"]}
-                ev = read_evaluation(p)
+                ev = saved_evaluation(p)
                 pm = primary_metric(run_task(info) or "")
                 if ev and pm and pm[0] in ev["results"].get("both", {}):
                     row[f"{pm[0]} (compressed)"] = ev["results"]["both"][pm[0]]

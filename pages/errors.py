@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from ui.text import esc
 from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation, chart, current_path, current_run,
                        layer_budget, primary_metric, run_info, run_mtime, run_task, table)
 from oats.explain import analysis
@@ -49,7 +50,7 @@ if run is not None:
         st.info("This run's manifest does not name its model's task (a run saved with oats.save_run), so there "
                 "is no metric to measure the per-block ablation with: compress it with the app or `oats compress`.")
     elif method is None or not method.two_terms:
-        st.info(f"This run has only one kind of term (method {run.method}): the per-block ablation needs a sparse "
+        st.info(f"This run has only one kind of term (method {esc(run.method)}): the per-block ablation needs a sparse "
                 f"and a low-rank term — open an OATS run.")
     else:
         metric, higher = pm
@@ -73,7 +74,7 @@ if run is not None:
                     if b not in done:
                         done.append(b)
             except OatsError as e:
-                st.error(str(e))
+                st.error(esc(e))
             bar.empty()
         if done:
             res = ablation_reference(path, mtime) + [r for b in sorted(done) for r in block_ablation(path, mtime, b)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.head_figures import entropy_figure, head_change_figure, heads_figure, token_maps_figure
+from ui.text import esc
 from ui.state import MODEL_LOCK, RUN_KEY, chart, current_run, run_mtime, table
 from oats.data import bundled_images, evaluation_sentences
 from oats.errors import OatsError
@@ -53,7 +54,7 @@ else:
 try:
     view = head_view(path, mtime, text, photo, run)
 except OatsError as e:
-    st.error(str(e))
+    st.error(esc(e))
     st.stop()
 
 st.markdown(heads.summary(view))
@@ -107,12 +108,12 @@ if not vision:
         with st.spinner("Integrated gradients for the four models ..." if with_ig else "Attention rollout ..."):
             ex = text_explanation(path, mtime, text, second, int(steps), with_ig, run)
     except OatsError as e:
-        st.error(str(e))
+        st.error(esc(e))
         st.stop()
     if not with_ig:
         st.info(f"Attention rollout is below. Integrated gradients take {steps} forward and backward passes per "
                 f"model, four models: press **Compute attributions**. Results are kept for this run and text.")
-    st.caption(f"Target: {ex.target}.")
+    st.caption(f"Target: {esc(ex.target)}.")
     chart(token_maps_figure(ex), key="heads-tokens")
     if ex.attributions:
         bad = text_explain.incomplete(ex)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import streamlit as st
 
 from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached,
-                       method_choices, method_help, primary_metric, run_info, run_mtime, run_task, table)
+                       method_choices, method_help, primary_metric, run_info, run_mtime, run_task, saved_evaluation,
+                       table)
+from ui.text import esc
 from oats.explain import analysis
 from ui import figures
 from oats.config import OatsConfig
-from oats.errors import OatsError
+from oats.errors import DataError, OatsError
 from oats.runs.folders import runs_root
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, request_from_manifest
 from oats.runner.sweep import load_meta, load_results
-from oats.runs.evaluations import read_evaluation
 from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
 from oats.models.zoo import available_models, check_model_name
 
@@ -35,13 +37,20 @@ st.caption("OATS splits every weight matrix of the transformer blocks, scaled by
 
 
 def _save_upload(upload) -> str:
-    """Keep an uploaded calibration text (checked first) under the runs folder; returns its path."""
+    """Keep an uploaded calibration text (checked first) under the runs folder; returns its path.
+    The file is named by its content's hash plus the upload's name kept to plain characters (the
+    name is the sender's: it may be long, hidden, or hold anything)."""
     data = check_upload(upload.name, upload.getvalue(), "text")
     folder = runs_root() / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha1(data).hexdigest()[:10]}-{Path(upload.name).name}"
-    if not path.exists():
-        path.write_bytes(data)
+    plain = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(upload.name).name)[-80:].lstrip("._") or "upload.txt"
+    path = folder / f"{hashlib.sha1(data).hexdigest()[:10]}-{plain}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_bytes(data)
+    except OSError as e:
+        raise DataError(f"the upload could not be kept in '{folder}' ({e.strerror or type(e).__name__}): "
+                        "free disk space or choose another runs folder") from None
     return str(path)
 
 
@@ -112,12 +121,16 @@ def new_compression() -> None:
             if source is not None and not isinstance(source, str):
                 source = _save_upload(source)
             check_calibration_source(source_kind, source)
+        req = CompressRequest(model=model, config=config, method=method, calib_source=source,
+                              calib_samples=int(samples) or None, evaluate=evaluate)
+        job = RUNNER.start(req)
     except OatsError as e:
-        st.error(str(e))
+        st.error(esc(e))
         return
-    req = CompressRequest(model=model, config=config, method=method, calib_source=source,
-                          calib_samples=int(samples) or None, evaluate=evaluate)
-    job = RUNNER.start(req)
+    except Exception as e:  # noqa: BLE001 - a path or upload nobody foresaw is one line, not a traceback
+        st.error(f"the compression could not start ({esc(type(e).__name__)}: {esc(e, 200)}): check the model "
+                 "name and the calibration data")
+        return
     st.session_state[JOB_KEY] = str(job.folder)
     st.session_state.pop("_job_opened", None)
 
@@ -128,20 +141,20 @@ def new_compression() -> None:
 def _draw_job(job) -> None:
     s = job.state()
     if s.active:
-        label = (f"Compressing {s.model}: {s.done}/{s.total} blocks" if s.total
-                 else f"{s.model}: {s.stage} ...")
+        label = (f"Compressing {esc(s.model)}: {s.done}/{s.total} blocks" if s.total
+                 else f"{esc(s.model)}: {esc(s.stage)} ...")
         box = st.status(label, state="running", expanded=True)  # not `with`: leaving it marks it complete
-        box.progress(s.fraction, text=f"{s.message}  ({s.elapsed:.0f} s)")
+        box.progress(s.fraction, text=f"{esc(s.message)}  ({s.elapsed:.0f} s)")
         for line in s.log[-8:]:
-            box.caption(line)
+            box.caption(esc(line))
         if box.button("Stop after this block", key=f"stop-{s.folder}"):
             job.cancel()
     elif s.status == "done":
-        st.success(f"{s.model}: {s.message}. Run folder: `{s.folder}`", icon=":material/check_circle:")
+        st.success(f"{esc(s.model)}: {esc(s.message)}. Run folder: {esc(s.folder)}", icon=":material/check_circle:")
     elif s.status == "cancelled":
-        st.warning(s.message)
+        st.warning(esc(s.message))
     else:
-        st.error(f"Compression of {s.model} failed: {s.error}")
+        st.error(f"Compression of {esc(s.model)} failed: {esc(s.error)}")
 
 
 LIVE_KEY = "_live_jobs"
@@ -194,7 +207,7 @@ def saved_runs() -> None:
     st.subheader("Saved runs")
     runs = all_runs()
     if not runs:
-        st.info(f"No run yet in `{runs_root()}` — compress a model above (or with `oats compress minilm-l6`).")
+        st.info(f"No run yet in {esc(runs_root())} — compress a model above (or with `oats compress minilm-l6`).")
         return
     cols = {"name": "name", "status": "status", "model": "model_name", "method": "method",
             "compression": "compression", "rank_ratio": "rank_ratio", "sparsity": "sparsity",
@@ -221,17 +234,18 @@ def saved_runs() -> None:
             try:
                 req = request_from_manifest(run_info(pick).to_manifest())
             except (OatsError, KeyError) as e:
-                st.error(f"Cannot resume '{r['name']}': {e}. Delete the folder and compress again.")
+                st.error(f"Cannot resume '{esc(r['name'])}': {esc(e)}. Delete the folder and compress again.")
                 return
             try:
                 job = RUNNER.start(req, folder=pick)
             except OatsError as e:
-                st.error(str(e))
+                st.error(esc(e))
                 return
             st.session_state[JOB_KEY] = str(job.folder)
             st.rerun()
     else:
         b.caption("damaged: delete the folder")
+        st.warning(f"{esc(r['name'], 120)}: {esc(r.get('problem') or 'its manifest cannot be read', 400)}")
 
 
 # ----------------------------------------------------------------------------- summary
@@ -244,12 +258,12 @@ def summary() -> None:
     try:
         info = run_info(path)
     except OatsError as e:
-        st.error(str(e))
+        st.error(esc(e))
         return
     s = analysis.run_summary(info)
     cfg = info.config
-    st.subheader(f"Summary: {Path(path).name}")
-    st.caption(f"{info.model_name} · {info.method} · ρ = {cfg.compression:g} (effective "
+    st.subheader(f"Summary: {esc(Path(path).name)}")
+    st.caption(f"{esc(info.model_name)} · {esc(info.method)} · ρ = {cfg.compression:g} (effective "
                f"{info.effective_compression:.3f}) · κ = {cfg.rank_ratio:g} · "
                f"{cfg.sparsity} · {cfg.solver} solver, ≤ {cfg.iterations} iterations · "
                f"{s['calibration_tokens'] or '?'} calibration tokens")
@@ -262,15 +276,15 @@ def summary() -> None:
     c[4].metric("Compression time", f"{s['total_s']:.1f} s" if s["total_s"] else "?")
 
     st.markdown("**Evaluation: dense vs compressed vs sparse-only vs low-rank-only**")
-    ev = read_evaluation(path)
+    ev = saved_evaluation(path)
     if ev is None and info.sweep:  # evaluated by the sweep that made it
         try:
             res = analysis.sweep_evaluation(load_results(info.sweep), Path(path).name)
             quick = bool(load_meta(info.sweep).get("quick"))
-        except (OatsError, AttributeError):
+        except Exception:  # noqa: BLE001 - a sweep table that cannot be read only means no evaluation to show
             res, quick = None, None
         if res:
-            ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(info.sweep).name}'"}
+            ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(str(info.sweep)).name}'"}
     task = run_task(info)
     if ev is None:
         st.caption("Not evaluated yet (runs made by the app are evaluated when they finish).")
@@ -281,10 +295,10 @@ def summary() -> None:
                 with st.spinner("Evaluating dense, both, sparse-only and low-rank-only ..."), MODEL_LOCK:
                     note = evaluate_and_save(run, path)
             except OatsError as e:
-                st.error(str(e))
+                st.error(esc(e))
                 return
             if note:
-                st.error(note.strip(" ()"))
+                st.error(esc(note.strip(" ()")))
             else:
                 st.rerun()
     else:
@@ -299,7 +313,7 @@ def summary() -> None:
                         "and the low-rank term alone (every sparse term zeroed). The compressed bar should sit close "
                         "to dense; the two single-term bars show how much each term carries on its own: usually "
                         "neither does, because the method fitted them together.")
-        st.caption(("Quick evaluation set" if ev.get("quick") else "Evaluation set") + f" ({ev.get('created', '')}). "
+        st.caption(("Quick evaluation set" if ev.get("quick") else "Evaluation set") + f" ({esc(ev.get('created', ''))}). "
                    "Fidelity metrics compare each variant with the dense model on held-out data.")
 
     left, right = st.columns(2)

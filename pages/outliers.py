@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from ui.text import esc
 from ui.state import (how_to_read, ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
                       evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
                       second_moments_by_input, table)
@@ -52,11 +53,11 @@ if run is not None:
     if not s["outlier_channels"]:
         most = max(rows, key=lambda r: r["outliers"])
         if most["outliers"]:
-            st.info(f"{q}'s input has no channel above {threshold:g}× the median. Pick a layer reading "
-                    f"**{most['input']}** ({most['outliers']} outlier channels) to see where outlier columns go.")
+            st.info(f"{esc(q)}'s input has no channel above {threshold:g}× the median. Pick a layer reading "
+                    f"**{esc(most['input'])}** ({most['outliers']} outlier channels) to see where outlier columns go.")
     else:
         more = "low-rank" if s["sparse_share_outliers"] < s["sparse_share_others"] else "sparse"
-        st.info(f"In {q}, the outlier columns sit mostly in the **{more} term** (sparse share "
+        st.info(f"In {esc(q)}, the outlier columns sit mostly in the **{more} term** (sparse share "
                 f"{s['sparse_share_outliers']:.0%} vs {s['sparse_share_others']:.0%} elsewhere; the sparse term keeps "
                 f"{s['sparse_nonzeros_outliers']:.0f} vs {s['sparse_nonzeros_others']:.0f} entries per column).")
     rec = run.layer(q)
@@ -95,7 +96,7 @@ if run is not None:
         try:
             prof = massive_profile(path, mtime, input_key, text, image)
         except OatsError as e:
-            st.error(str(e))
+            st.error(esc(e))
             st.stop()
         chart(figures.massive_depth_figure(prof), key="massive-depth")
         nb = prof.n_blocks
@@ -109,11 +110,11 @@ if run is not None:
         tok, ch = prof.tokens[int(d.top_token[block, 0])], int(d.top_channel[block, 0])
         st.markdown(
             f"**How to read this.** Top: the three largest magnitudes |h| of every block's output and its median "
-            f"(log scale), for this input ({prof.description}); a massive activation stands orders of magnitude above "
+            f"(log scale), for this input ({esc(prof.description)}); a massive activation stands orders of magnitude above "
             f"the median. Below: block {block}'s output, one row per token, one column per channel, colour log₁₀ |h| "
-            f"over four decades. Here the largest is **{d.top[block, 0]:.3g}** at token *{tok}*, channel **{ch}** in "
+            f"over four decades. Here the largest is **{d.top[block, 0]:.3g}** at token *{esc(tok, 80)}*, channel **{ch}** in "
             f"the dense model ({d.top[block, 0] / max(d.median[block], 1e-12):.0f}× its median) and "
-            f"**{c.top[block, 0]:.3g}** at token *{prof.tokens[int(c.top_token[block, 0])]}*, channel "
+            f"**{c.top[block, 0]:.3g}** at token *{esc(prof.tokens[int(c.top_token[block, 0])], 80)}*, channel "
             f"**{int(c.top_channel[block, 0])}** in the compressed one.")
         with st.expander("The top activations of every block (table)"):
             table(prof.rows(), "massive-activations", key="csv-massive", height=300)
@@ -149,7 +150,7 @@ if run is not None:
                     if (block, tuple(chans), values) not in done:
                         done.append((block, tuple(chans), values))
                 except OatsError as e:
-                    st.error(str(e))
+                    st.error(esc(e))
                 bar.empty()
             if done:
                 ref = ablation_reference(path, mtime)

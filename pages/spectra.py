@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from ui.text import esc
 from ui.state import (how_to_read, alpha_done, alpha_table, chart, current_path, current_run, layer_esd, layer_picker, layer_spectra,
                       run_mtime, spectra_overview, table)
 from oats.explain import heavytail
@@ -25,7 +26,7 @@ if run is not None:
                 "steeply before r can be held by a rank-r term; a flat one cannot. The legend gives the share of "
                 "‖·‖² in the top r values: compare W D's with W D − S's to see how much the sparse term changes what "
                 "the low-rank term has to fit.")
-    st.caption(f"Layer {q}: the top r = {sp.rank} of {min(sp.shape)} singular values hold "
+    st.caption(f"Layer {esc(q)}: the top r = {sp.rank} of {min(sp.shape)} singular values hold "
                f"{sp.captured['W']:.0%} of W's energy, {sp.captured['W D']:.0%} of W D's and "
                f"{sp.captured['W D - S']:.0%} of W D − S's; the low-rank term holds {sp.lowrank_share:.0%} of ‖W D‖². "
                f"A flat spectrum (large effective rank) is poorly served by a low-rank term, a steep one well.")
@@ -42,7 +43,7 @@ if run is not None:
     st.caption(f"The empirical spectral density (ESD) of WᵀW: the eigenvalues λ = σ² of the weight as the model uses "
                f"it. Fit of its tail p(λ) ∝ λ^(−α) for λ ≥ λ_min: {heavytail.METHOD}; at least {heavytail.MIN_TAIL} "
                f"eigenvalues in the tail; ± is the standard error (α − 1)/√n.")
-    if st.toggle(f"Fit power laws to layer {q}'s spectra (W, S + L, S, L and a shuffled W)", key="esd-on"):
+    if st.toggle(f"Fit power laws to layer {esc(q)}'s spectra (W, S + L, S, L and a shuffled W)", key="esd-on"):
         e = layer_esd(path, mtime, q)
         chart(figures.esd_figure(e), key="esd")
         fw, fc = e.fits.get("W"), e.fits.get("S + L")
@@ -65,7 +66,7 @@ if run is not None:
     if alpha_done(path, mtime) or st.button(f"Fit every layer ({n} matrices, dense and compressed)", key="alpha-go",
                                             icon=":material/query_stats:"):
         rows = alpha_table(path, mtime, run)
-        st.info("**Does compression move α, and where?** " + heavytail.compression_effect(rows))
+        st.info("**Does compression move α, and where?** " + esc(heavytail.compression_effect(rows), 2000))
         chart(figures.alpha_figure(rows), key="alpha")
         table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
               "alpha-per-layer", key="csv-alpha", height=300)

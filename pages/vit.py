@@ -7,6 +7,7 @@ import re
 
 import streamlit as st
 
+from ui.text import esc
 from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, image_upload, run_mtime
 from oats.explain import vit
 from oats.data import bundled_images
@@ -43,7 +44,7 @@ if run is None:
 if not vit.is_vision_run(run):
     task = getattr(run.loaded, "task", None) or run.family
     st.info(
-        f"The selected run compresses **{run.model_name or 'a model'}**, a {task} model, not a vision "
+        f"The selected run compresses **{esc(run.model_name or 'a model')}**, a {esc(task)} model, not a vision "
         "transformer: this page explains vision transformers. Pick a dinov2-small run in the sidebar, or "
         "compress dinov2-small on the Compress page (or `oats compress dinov2-small`), then come back.")
     st.stop()
@@ -77,7 +78,7 @@ with right:
 try:
     maps = attention_cached(path, mtime, image_key, head_fusion, float(discard_ratio), run, image)
 except OatsError as exc:
-    st.error(str(exc))
+    st.error(esc(exc))
     st.stop()
 gh, gw = maps.grid
 k = vit.default_k(gh * gw, topk_share / 100)
@@ -133,7 +134,7 @@ if pressed or st.session_state.get("vit_attr_key") == attr_key:
             attr_maps.setdefault(method, {})[mode] = res.maps[method][mode]
             seconds.setdefault(method, {})[mode] = res.seconds[method][mode]
     except OatsError as exc:
-        st.error(str(exc))
+        st.error(esc(exc))
         st.stop()
     if bar is not None:
         bar.empty()

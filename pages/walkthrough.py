@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from ui.text import esc
 from ui.state import (chart, current_path, current_run, how_to_read, layer_gram, layer_picker, replays_on_gram, run_info, run_mtime,
                       table, walkthrough)
 from ui import figures
@@ -33,14 +34,14 @@ else:
     method = registry.find(run.method)
     runs_the_solver = method is not None and (method.thresholding or on_gram)  # the walkthrough replays it
     if not runs_the_solver:
-        st.caption(f"This run used {run.method}; the walkthrough runs OATS on the layer (κ = 0 is Wanda's mask).")
+        st.caption(f"This run used {esc(run.method)}; the walkthrough runs OATS on the layer (κ = 0 is Wanda's mask).")
     if on_gram:
         try:
             with st.spinner("Recomputing this layer's input Gram: the run's calibration data through the "
                             "compressed blocks before it (a run folder keeps second moments, not Grams) ..."):
                 layer_gram(path, mtime, q)
         except OatsError as e:
-            st.error(str(e))
+            st.error(esc(e))
             st.stop()
         if not (run_info(path).calibration_request or {}):
             st.caption("This run's manifest does not record its calibration data: the Gram is recomputed on the "
@@ -53,7 +54,7 @@ else:
     try:
         wt = walkthrough(path, mtime, q, rho, kappa)
     except ConfigError as e:
-        st.error(str(e))
+        st.error(esc(e))
         st.stop()
     its = wt.iterations
     h = wt.history

@@ -12,6 +12,7 @@ import gc
 import hashlib
 import io
 import os
+import re
 import threading
 import time
 import weakref
@@ -26,6 +27,7 @@ from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.methods import registry
 from oats.runs.folders import MANIFEST, RunInfo, list_runs, load_run, runs_root
+from ui.text import esc, one_line, plain_figure
 
 RUN_KEY = "run_path"      # non-widget keys: they survive page switches
 MODEL_KEY = "model_filter"
@@ -54,8 +56,12 @@ def method_help() -> str:
 
 
 def run_mtime(path: str | Path) -> float:
-    p = Path(path) / MANIFEST
-    return p.stat().st_mtime if p.exists() else 0.0
+    """The manifest's mtime (0 when there is none or it cannot be stat'ed): the cache key of a run.
+    Only ``stat``: the manifest may be a folder, a FIFO or a link, and is never opened here."""
+    try:
+        return os.stat(Path(path) / MANIFEST).st_mtime
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _runs_signature(root: str) -> tuple:
@@ -66,9 +72,11 @@ def _runs_signature(root: str) -> tuple:
         return ()
     out = []
     for e in entries:
-        m = os.path.join(e.path, MANIFEST)
-        if e.is_dir() and os.path.exists(m):
-            out.append((e.path, os.stat(m).st_mtime))
+        try:
+            if e.is_dir():
+                out.append((e.path, os.stat(os.path.join(e.path, MANIFEST)).st_mtime))
+        except OSError:  # no manifest (not a run folder), or one that cannot be stat'ed
+            continue
     return tuple(out)
 
 
@@ -78,9 +86,43 @@ def _list_runs(root: str, signature: tuple) -> list[dict]:
 
 
 def all_runs() -> list[dict]:
-    """Every run folder under runs_root() (complete, unfinished, damaged), cached on mtimes."""
+    """Every run folder under runs_root() (complete, unfinished, damaged), cached on mtimes.
+
+    ``list_runs`` reports a damaged folder as a row of its own; should it fail as a whole all
+    the same, every page still draws: one line in the sidebar, and no runs."""
     root = str(runs_root())
-    return _list_runs(root, _runs_signature(root))
+    try:
+        return _list_runs(root, _runs_signature(root))
+    except Exception as e:  # noqa: BLE001 - the sidebar is on every page: a failure here must not end them
+        st.sidebar.error(f"The runs folder '{esc(root)}' could not be listed ({esc(type(e).__name__)}: "
+                         f"{esc(e)}): move the damaged run folder out of it")
+        return []
+
+
+def damaged_runs() -> list[dict]:
+    """The run folders under runs_root() whose manifest cannot be read, with their ``problem``."""
+    return [r for r in all_runs() if r["status"] == "damaged"]
+
+
+def saved_evaluation(path: str) -> dict | None:
+    """The run's saved evaluation ({"quick", "created", "results": {mode: {metric: number}}}), or
+    None when there is none or it is not that: the file is the run folder's, so it is only read
+    when it is a regular file (a FIFO in its place would block the page) and its shape is checked."""
+    from oats.runs.evaluations import EVALUATION_FILE, read_evaluation
+    from oats.untrusted import regular_file
+    try:
+        regular_file(Path(path) / EVALUATION_FILE)
+        ev = read_evaluation(path)
+    except Exception:  # noqa: BLE001 - missing, not a file, or not JSON: no evaluation to show
+        return None
+    if not isinstance(ev, dict) or not isinstance(ev.get("results"), dict):
+        return None
+    results = ev["results"]
+    if not all(isinstance(m, str) and isinstance(v, dict) and
+               all(isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool) for k, x in v.items())
+               for m, v in results.items()):
+        return None
+    return ev
 
 
 def complete_runs() -> list[dict]:
@@ -303,7 +345,9 @@ def sidebar() -> None:
         active = RUNNER.active()
         for job in active:
             s = job.state()
-            st.caption(f":material/hourglass_top: compressing **{s.model}**: {s.done}/{s.total or '?'} blocks — {s.message}")
+            st.caption(f":material/hourglass_top: compressing **{esc(s.model)}**: {s.done}/{s.total or '?'} blocks — "
+                       f"{esc(s.message)}")
+        _damaged_list()
         if not runs:
             st.caption("No finished run yet — compress a model on the Compress page.")
             st.session_state.pop(RUN_KEY, None)
@@ -322,12 +366,22 @@ def sidebar() -> None:
         paths = [r["path"] for r in shown]
         labels = {r["path"]: f"{r['name']} ({r['method']}, ρ={r['compression']:g}, "
                              f"κ={r['info'].rank_ratio:g})" for r in shown}
-        newest = max(range(len(shown)), key=lambda i: shown[i].get("created", ""))
+        newest = max(range(len(shown)), key=lambda i: str(shown[i].get("created") or ""))
         index = paths.index(current) if current in paths else newest
         choice = st.selectbox("Run", paths, index=index, format_func=labels.get,
-                              help="Every page shows this run. Runs live in " + str(runs_root()))
+                              help="Every page shows this run. Runs live in " + esc(runs_root()))
         st.session_state[RUN_KEY] = choice
     RUNS.prefetch(choice, run_mtime(choice))  # the pages that need the model rarely wait for it
+
+
+def _damaged_list() -> None:
+    """One line per damaged run folder, folded away: a shared runs folder may hold many."""
+    damaged = damaged_runs()
+    if not damaged:
+        return
+    with st.expander(f"{len(damaged)} damaged run folder{'s' * (len(damaged) > 1)}", icon=":material/warning:"):
+        for r in damaged:
+            st.caption(f"**{esc(r['name'], 120)}**: {esc(r.get('problem') or 'damaged', 400)}")
 
 
 def current_path() -> str | None:
@@ -344,12 +398,12 @@ def current_run():
         mtime = run_mtime(path)
         if RUNS.ready(path, mtime):
             return load_run_cached(path, mtime)
-        with st.spinner(f"Loading the model of {Path(path).name} ..."):
+        with st.spinner(f"Loading the model of {esc(Path(path).name)} ..."):
             return load_run_cached(path, mtime)
     except OatsError as e:
-        st.error(str(e))
+        st.error(esc(e))
     except Exception as e:  # noqa: BLE001 - a page shows one line, never a traceback
-        st.error(f"run '{Path(path).name}' could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+        st.error(f"run '{esc(Path(path).name)}' could not be loaded ({esc(type(e).__name__)}: {esc(e, 200)}): "
                  f"delete the folder and compress again")
     return None
 
@@ -359,7 +413,8 @@ def layer_picker(run, label: str = "Layer", key: str = "layer_pick", help: str |
     names = [r.qualname for r in run.layers]
     wanted = st.session_state.get(LAYER_KEY)
     index = names.index(wanted) if wanted in names else 0
-    shapes = {r.qualname: f"{r.qualname}  ({r.kind}, {r.shape[0]}×{r.shape[1]}, rank {r.rank})" for r in run.layers}
+    shapes = {r.qualname: one_line(f"{r.qualname}  ({r.kind}, {r.shape[0]}×{r.shape[1]}, rank {r.rank})")
+              for r in run.layers}
     choice = st.selectbox(label, names, index=index, format_func=shapes.get, key=key,
                           help=help or "Layers are named block.name (q, k, v, o, fc1, fc2, gate, up, down, ...).")
     st.session_state[LAYER_KEY] = choice
@@ -371,7 +426,7 @@ def layer_picker(run, label: str = "Layer", key: str = "layer_pick", help: str |
 
 def chart(fig, key: str | None = None) -> None:
     """A Plotly chart, full width, with the toolbar's PNG download."""
-    st.plotly_chart(fig, width="stretch", config=CHART_CONFIG, key=key)
+    st.plotly_chart(plain_figure(fig), width="stretch", config=CHART_CONFIG, key=key)
 
 
 def how_to_read(text: str) -> None:
@@ -381,13 +436,15 @@ def how_to_read(text: str) -> None:
 
 
 def table(rows, name: str, key: str | None = None, height: int | str = "auto", **kw) -> pd.DataFrame:
-    """A table plus a CSV download button for it."""
+    """A table plus a CSV download button for it (``name`` may hold a run's or model's name:
+    its label is escaped, its file name kept to plain characters)."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     st.dataframe(df, width="stretch", hide_index=True, height=height, **kw)
     buf = io.StringIO()
     df.to_csv(buf, index=False)
-    st.download_button(f"Download {name}.csv", buf.getvalue(), file_name=f"{name}.csv", mime="text/csv",
-                       key=key or f"csv-{name}", icon=":material/download:")
+    file_name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", one_line(name, 120)).strip("._") or "table"
+    st.download_button(f"Download {esc(file_name)}.csv", buf.getvalue(), file_name=f"{file_name}.csv",
+                       mime="text/csv", key=key or f"csv-{name}", icon=":material/download:")
     return df
 
 
@@ -404,7 +461,11 @@ def image_upload(key: str, what: str):
     try:
         image = load_image(check_upload(upload.name, data, "image"))
     except OatsError as e:
-        st.error(str(e))
+        st.error(esc(e))
+        return None
+    except Exception as e:  # noqa: BLE001 - a decoder's own error about a hostile file is one line too
+        st.error(f"'{esc(upload.name, 120)}' could not be read as an image ({esc(type(e).__name__)}: {esc(e, 200)}): "
+                 f"upload a PNG or JPEG photo")
         return None
     return image, "upload:" + hashlib.sha1(data).hexdigest(), upload.name
 
@@ -498,7 +559,7 @@ def run_task(info: RunInfo) -> str | None:
     runs, the preset's task)."""
     from oats.models.zoo import PRESETS
     if info.task:
-        return info.task
+        return info.task if isinstance(info.task, str) else None  # the manifest's word: any JSON value
     preset = PRESETS.get(info.model_name)
     return preset.task if preset else None
 
@@ -555,7 +616,7 @@ def alpha_table(path: str, mtime: float, run) -> list[dict]:
     rows = []
     for i, q in enumerate(names):
         rows.append(layer_alpha(path, mtime, q))
-        bar.progress((i + 1) / len(names), text=f"Fitting power laws: {i + 1}/{len(names)} layers ({q})")
+        bar.progress((i + 1) / len(names), text=f"Fitting power laws: {i + 1}/{len(names)} layers ({esc(q)})")
     bar.empty()
     _ALPHA_DONE.add((path, mtime))
     return rows
