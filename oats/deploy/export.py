@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,11 +40,15 @@ from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear, oats_layers
 from oats.deploy import kernels
 from oats.deploy.linear import KERNELS, SparseLowRankLinear, default_kernel, pack_csr
-from oats.errors import ConfigError, RunError
+from oats.errors import ConfigError, ModelLoadError, OatsError, ResourceError, RunError
 from oats.models.adapters import set_submodule
+from oats.models.guard import MAX_DIMENSION, check_config_memory
 from oats.models.loaded import BUILD_LOCK, quiet_transformers
-from oats.runs.folders import load_run
+from oats.models.weights import check_safetensors_file
+from oats.resources import check_memory
+from oats.runs.folders import check_run_folder, load_run, write_error
 from oats.runs.info import RunInfo
+from oats.untrusted import BadFile, inside, read_json, regular_file
 
 __all__ = ["EXPORT_FILE", "LAYOUTS", "SPARSE_FILE", "block_linear_bytes", "check_layout", "check_out_folder",
            "dense_linear_bytes", "export_folder_bytes", "export_run", "export_run_folder", "load_compressed",
@@ -69,6 +74,8 @@ def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = 
     """The export folder, refused when it is a file, holds files (unless ``force``), or would
     replace ``protect`` (the run folder) or a folder above it."""
     out = Path(out)
+    # (runs) a name too long, a file, a parent that cannot be made or written: one line before any loading
+    check_run_folder(out, "--out", "export folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export folder '{out}' is a file: choose a folder for --out")
     if protect is not None:
@@ -78,6 +85,12 @@ def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = 
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"export folder '{out}' exists and is not empty: choose another --out, or pass --force "
                           "to replace it")
+    # (runs) --force replaces an earlier export, never a run or a folder of someone's files
+    if out.is_dir() and (out / "manifest.json").exists():
+        raise ConfigError(f"export folder '{out}' holds a run folder (manifest.json): choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
+        raise ConfigError(f"export folder '{out}' holds files but no oats export ({EXPORT_FILE}): --force replaces "
+                          "only an earlier export; choose another --out")
     return out
 
 
@@ -259,16 +272,23 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
     kind = _kind(model)
     if not oats_layers(model):
         raise RunError("this model has no compressed layers: nothing to export")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)
+    # ---- (runs) the write section: a full disk or an unwritable folder is one line, "export again"
+    writing = out
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, 0o755)
+    except OSError as e:
+        raise write_error(e, writing, "export again") from None
+    try:
+        writing = out / (SPARSE_FILE if layout == "sparse" else "model.safetensors")
         with torch.no_grad(), quiet_transformers():
             body = _write_sparse(run, kind, tmp) if layout == "sparse" else _write_folded(model, kind, tmp)
         loaded = run.loaded
         extra = {}
         if loaded is not None:
             if loaded.tokenizer is not None:
+                writing = out / "the tokenizer files"
                 loaded.tokenizer.save_pretrained(tmp)
             extra = {"task": loaded.task, "image_size": loaded.image_size,
                      "image_mean": loaded.image_mean, "image_std": loaded.image_std}
@@ -276,7 +296,9 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
         manifest = {"oats_export": EXPORT_FORMAT, "layout": layout, "kind": kind, "class": type(model).__name__,
                     "attn_implementation": attn, "load": _load_hint(layout, kind, type(model).__name__),
                     "run": _describe(run, info), **extra, **body}
+        writing = out / EXPORT_FILE
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1))
+        writing = out
         if out.exists():  # --force: the old export goes only once the new one is in place
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -288,8 +310,14 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except Exception as e:
+        err = write_error(e, writing, "export again")
+        if err is None:
+            raise
+        raise err from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # ---- (runs) end of the write section
     return out
 
 
@@ -307,25 +335,118 @@ def export_run_folder(run_folder: str | Path, out: str | Path, layout: str = "sp
 
 
 # ----------------------------------------------------------------------------- reading
+#
+# An export is a folder someone else made (downloaded, mailed, put on a class drive): every
+# file, name, number and array in it is checked before anything is built from it, and every
+# refusal is one RunError line naming the folder. The arrays of the compressed layers are
+# checked by SparseLowRankLinear itself (``linear.validate_factors``), for every kernel.
+
+MAX_EXPORT_JSON = 16 * 1024**2
+"""oats_export.json and config.json of the largest model this project targets are a few kB;
+16 MB leaves room and still refuses a file that would fill memory."""
+
+KINDS = ("transformers", "timm")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+"""transformers' own attention implementations; a name of a Hub kernel would be downloaded code."""
+
+_MODULE_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_CLASS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_EXPORT_HINT = "export the run again"
+
+
+def _show(x, n: int = 60) -> str:
+    """A value from a file, quoted and short, for a one-line message."""
+    return repr(x)[:n]
+
+
+def _damaged(folder: Path, what: str) -> RunError:
+    return RunError(f"'{folder}': {what}: {_EXPORT_HINT}")
+
+
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_layer_spec(path, spec, sparse: bool) -> str | None:
+    """What is wrong with one entry of the manifest's ``layers`` (None: nothing)."""
+    if not isinstance(path, str) or not _MODULE_PATH.fullmatch(path):
+        return f"layer name {_show(path)} is not a module path"
+    if not isinstance(spec, dict):
+        return f"layer '{path}' is not described by a table"
+    shape = spec.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_count(n) and 0 < n <= MAX_DIMENSION for n in shape)):
+        return f"layer '{path}' has shape {_show(shape)}, not two sizes from 1 to {MAX_DIMENSION}"
+    d_out, d_in = shape
+    rank, nnz = spec.get("rank"), spec.get("nnz")
+    if not (_count(rank) and 0 <= rank <= min(shape)):
+        return f"layer '{path}' has rank {_show(rank)}, not a count from 0 to {min(shape)}"
+    if not (_count(nnz) and 0 <= nnz <= d_out * d_in):
+        return f"layer '{path}' has nnz {_show(nnz)}, not a count from 0 to {d_out * d_in}"
+    if not sparse:
+        return None
+    if not isinstance(spec.get("bias"), bool):
+        return f"layer '{path}' has bias {_show(spec.get('bias'))}, not true or false"
+    rows = spec.get("part_rows")
+    if rows is not None and not (isinstance(rows, list) and rows and all(
+            isinstance(r, list) and len(r) == 2 and all(_count(a) for a in r) and 0 <= r[0] <= r[1] <= d_out
+            for r in rows)):
+        return f"layer '{path}' has part_rows {_show(rows)}, not row ranges [start, stop] within its {d_out} rows"
+    return None
+
+
+def _check_manifest(folder: Path, m) -> None:
+    """Refuse (RunError, one line) a manifest whose fields are not what an export writes."""
+    def bad(what: str):
+        raise _damaged(folder, f"{EXPORT_FILE} is damaged ({what})")
+
+    if not isinstance(m, dict):
+        bad("not a JSON object")
+    fmt = m.get("oats_export")
+    if not (_count(fmt) and fmt >= 1):
+        bad(f"oats_export {_show(fmt)} is not a format number")
+    if fmt > EXPORT_FORMAT:
+        raise RunError(f"'{folder}' was exported by a newer oats (format {fmt}): upgrade oats")
+    if not (isinstance(m.get("layout"), str) and m["layout"] in LAYOUTS):
+        bad(f"layout {_show(m.get('layout'))} is not one of {', '.join(LAYOUTS)}")
+    if not (isinstance(m.get("kind"), str) and m["kind"] in KINDS):
+        bad(f"kind {_show(m.get('kind'))} is not one of {', '.join(KINDS)}")
+    cls = m.get("class")
+    if not (isinstance(cls, str) and (_CLASS_NAME.fullmatch(cls) or m["kind"] == "timm")):
+        bad(f"class {_show(cls)} is not a class name")
+    attn = m.get("attn_implementation")
+    if attn is not None and not (isinstance(attn, str) and attn in ATTN_IMPLEMENTATIONS):
+        bad(f"attn_implementation {_show(attn)} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    sparse = m["layout"] == "sparse"
+    layers = m.get("layers")
+    if not isinstance(layers, dict) or (sparse and not layers):
+        bad("it names no compressed layers")
+    for path, spec in layers.items():
+        what = _check_layer_spec(path, spec, sparse)
+        if what:
+            bad(what)
+    aliases = m.get("aliases", {})
+    if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+        bad("aliases is not a table of tensor names")
 
 
 def read_export_info(folder: str | Path) -> dict:
-    """The ``oats_export.json`` of an export folder; RunError (one line) when it is not one."""
+    """The ``oats_export.json`` of an export folder, read with a size cap and strict JSON and its
+    fields checked; RunError (one line) when it is not one or is damaged."""
     folder = Path(folder)
     hint = "export a run with 'oats export RUN --out DIR'"
     if not folder.is_dir():
         raise RunError(f"'{folder}' is not a folder: {hint}")
     f = folder / EXPORT_FILE
-    if not f.is_file():
+    if not f.exists() and not f.is_symlink():
         raise RunError(f"'{folder}' is not an oats export (no {EXPORT_FILE}): {hint}")
     try:
-        m = json.loads(f.read_text())
-    except (OSError, ValueError):
-        raise RunError(f"'{folder}': {EXPORT_FILE} is damaged: export the run again") from None
-    if not isinstance(m, dict) or not isinstance(m.get("oats_export"), int) or m.get("layout") not in LAYOUTS:
-        raise RunError(f"'{folder}': {EXPORT_FILE} is damaged: export the run again")
-    if m["oats_export"] > EXPORT_FORMAT:
-        raise RunError(f"'{folder}' was exported by a newer oats (format {m['oats_export']}): upgrade oats")
+        inside(folder, f)
+        m = read_json(f, MAX_EXPORT_JSON)
+    except BadFile as e:
+        raise _damaged(folder, f"{EXPORT_FILE} is damaged ({e})") from None
+    except OSError as e:
+        raise _damaged(folder, f"{EXPORT_FILE} cannot be read ({e.strerror or type(e).__name__})") from None
+    _check_manifest(folder, m)
     return m
 
 
@@ -337,56 +458,221 @@ def _empty_weights():
         yield
 
 
-def _skeleton(folder: Path, m: dict) -> nn.Module:
-    if m.get("kind") == "timm":
-        import timm
+def _read_config(folder: Path) -> dict:
+    """The export's config.json, read safely, and refused when the model it declares would not
+    fit in memory (before transformers or timm allocates anything from it)."""
+    f = folder / "config.json"
+    try:
+        inside(folder, f)
+        cfg = read_json(f, MAX_EXPORT_JSON)
+    except FileNotFoundError:
+        raise _damaged(folder, "config.json is missing") from None
+    except BadFile as e:
+        raise _damaged(folder, f"config.json is damaged ({e})") from None
+    except OSError as e:
+        raise _damaged(folder, f"config.json cannot be read ({e.strerror or type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise _damaged(folder, "config.json is damaged (not a JSON object)")
+    what = f"the export '{folder}'"
+    try:
+        check_config_memory(cfg, what)
+        if isinstance(cfg.get("model_args"), dict):  # timm keeps the architecture's sizes here
+            check_config_memory(cfg["model_args"], what)
+    except ModelLoadError as e:
+        raise RunError(f"'{folder}': {e}") from None
+    return cfg
+
+
+def _model_class(folder: Path, m: dict) -> type:
+    """The transformers model class the manifest names: only a class of transformers itself."""
+    import transformers
+    name = m["class"]
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise RunError(f"'{folder}': this transformers has no model class {name!r}: upgrade transformers")
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise _damaged(folder, f"{EXPORT_FILE} names {name!r}, which is not a transformers model class")
+    return cls
+
+
+def _transformers_config(folder: Path, cfg: dict, cls: type):
+    """The config object, never running the folder's own code (an ``auto_map`` is ignored where
+    transformers knows the architecture, refused where it does not: no prompt, no import)."""
+    import transformers
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # transformers' ValueError/OSError/KeyError texts are many lines
+        if isinstance(cfg.get("auto_map"), dict):
+            raise _damaged(folder, "config.json needs the folder's own code (auto_map), which oats never runs") \
+                from None
+        raise _damaged(folder, f"transformers cannot read its config.json ({type(e).__name__})") from None
+    if not isinstance(config, cls.config_class):
+        raise _damaged(folder, f"config.json describes a {type(config).__name__}, not the config of {cls.__name__}")
+    return config
+
+
+def _timm_model(folder: Path, pretrained: bool) -> nn.Module:
+    import timm
+    try:
+        if pretrained:
+            return timm.create_model(f"local-dir:{folder}", pretrained=True)
         with _empty_weights():
             return timm.create_model(f"local-dir:{folder}", pretrained=False)
-    import transformers
-    cls = getattr(transformers, str(m.get("class")), None)
-    if cls is None:
-        raise RunError(f"'{folder}': this transformers has no model class {m.get('class')!r}: upgrade transformers")
-    config = transformers.AutoConfig.from_pretrained(folder)
+    except OatsError:
+        raise
+    except Exception as e:
+        raise _damaged(folder, f"timm cannot build the model from its files ({type(e).__name__})") from None
+
+
+def _skeleton(folder: Path, m: dict) -> nn.Module:
+    cfg = _read_config(folder)
+    if m["kind"] == "timm":
+        return _timm_model(folder, pretrained=False)
+    cls = _model_class(folder, m)
+    config = _transformers_config(folder, cfg, cls)
     if m.get("attn_implementation"):
         config._attn_implementation = m["attn_implementation"]
     with _empty_weights():
         return cls(config)
 
 
-def _sparse_term(tensors: dict, path: str) -> dict:
-    """S of one layer as the export holds it: CSR8 (format 2) or CSR (format 1)."""
-    if f"{path}.segment_ptr" in tensors:
-        return {"segment_ptr": tensors.pop(f"{path}.segment_ptr"), "col_offsets": tensors.pop(f"{path}.col_offsets")}
-    return {"crow_indices": tensors.pop(f"{path}.crow_indices"), "col_indices": tensors.pop(f"{path}.col_indices")}
+def _weights_file(folder: Path, name: str) -> Path:
+    """A safetensors file of the export: a regular file inside the folder with a sound header,
+    and small enough to load here."""
+    f = folder / name
+    try:
+        real = inside(folder, f)
+        size = regular_file(real).st_size
+    except BadFile as e:
+        raise _damaged(folder, f"{name} is refused ({e})") from None
+    except OSError:
+        raise _damaged(folder, f"{name} is missing or unreadable") from None
+    try:
+        check_safetensors_file(real, name)
+    except ModelLoadError:
+        raise _damaged(folder, f"{name} is missing or unreadable (not a sound safetensors file: damaged, truncated "
+                               "or another format)") from None
+    check_memory({"weights": size}, what=f"the export '{folder}'")
+    return real
+
+
+def _take(folder: Path, tensors: dict, path: str, key: str) -> torch.Tensor:
+    t = tensors.pop(f"{path}.{key}", None)
+    if t is None:
+        raise _damaged(folder, f"layer '{path}': {SPARSE_FILE} has no tensor '{path}.{key}'")
+    return t
+
+
+def _sparse_layer(folder: Path, model: nn.Module, tensors: dict, path: str, spec: dict, kernel: str) -> nn.Module:
+    """One compressed layer, its arrays checked against the manifest and the architecture."""
+    d_out, d_in = spec["shape"]
+    bias = _take(folder, tensors, path, "bias") if spec["bias"] else None
+    rows = spec.get("part_rows")
+    us = [_take(folder, tensors, path, f"u{i}") for i in range(len(rows) if rows else 1)]
+    if f"{path}.segment_ptr" in tensors or f"{path}.crow_indices" not in tensors:
+        index = {k: _take(folder, tensors, path, k) for k in ("segment_ptr", "col_offsets")}
+    else:  # format 1: S in CSR
+        index = {k: _take(folder, tensors, path, k) for k in ("crow_indices", "col_indices")}
+    values, v = _take(folder, tensors, path, "values"), _take(folder, tensors, path, "v")
+    if values.numel() != spec["nnz"]:
+        raise _damaged(folder, f"layer '{path}': {values.numel()} values, the manifest says {spec['nnz']}")
+    if v.ndim != 2 or v.shape[0] != spec["rank"]:
+        raise _damaged(folder, f"layer '{path}': v has shape {tuple(v.shape)}, the manifest says rank {spec['rank']}")
+    try:
+        old = model.get_submodule(path)
+    except AttributeError:
+        raise _damaged(folder, f"layer '{path}' is not in the {type(model).__name__} architecture") from None
+    w = getattr(old, "weight", None)
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) not in ((d_out, d_in), (d_in, d_out)):
+        raise _damaged(folder, f"layer '{path}' is ({d_out}, {d_in}) in the manifest, not a linear of that shape in "
+                               "the architecture")
+    try:
+        return SparseLowRankLinear(d_out, d_in, values, us, v, bias, part_rows=rows, kernel=kernel, **index)
+    except ValueError as e:
+        raise _damaged(folder, f"layer '{path}': {e}") from None
+
+
+def _check_tensors(folder: Path, model: nn.Module, tensors: dict, file: str, skip: tuple[str, ...] = ()) -> None:
+    """Every tensor a place in the model of its shape and kind, finite; none missing."""
+    expected = model.state_dict(keep_vars=True)
+    for k, t in tensors.items():
+        e = expected.get(k)
+        if e is None or k.startswith(skip):
+            raise _damaged(folder, f"{file} holds tensor {_show(k)}, which the {type(model).__name__} architecture "
+                                   "has no place for")
+        if tuple(t.shape) != tuple(e.shape):
+            raise _damaged(folder, f"tensor '{k}' has shape {tuple(t.shape)}, the architecture's is {tuple(e.shape)}")
+        if t.dtype != e.dtype:
+            raise _damaged(folder, f"tensor '{k}' is {str(t.dtype)[6:]}, the architecture's is {str(e.dtype)[6:]}")
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise _damaged(folder, f"tensor '{k}' holds NaN or infinite values")
 
 
 def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
+    path = _weights_file(folder, SPARSE_FILE)
     try:
-        tensors = load_file(str(folder / SPARSE_FILE))
-    except (SafetensorError, OSError, Exception) as e:
-        raise RunError(f"'{folder}': {SPARSE_FILE} is missing or unreadable ({type(e).__name__}): export the run "
-                       "again") from None
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _damaged(folder, f"{SPARSE_FILE} is missing or unreadable ({type(e).__name__})") from None
     model = _skeleton(folder, m)
-    try:
-        for path, spec in m["layers"].items():
-            d_out, d_in = spec["shape"]
-            bias = tensors.pop(f"{path}.bias", None)
-            rows = spec.get("part_rows")
-            us = [tensors.pop(f"{path}.u{i}") for i in range(len(rows) if rows else 1)]
-            new = SparseLowRankLinear(d_out, d_in, tensors.pop(f"{path}.values"), us, tensors.pop(f"{path}.v"),
-                                      bias, part_rows=rows, kernel=kernel, **_sparse_term(tensors, path))
-            model.get_submodule(path)  # the layer exists in this architecture
-            set_submodule(model, path, new)
-    except (KeyError, ValueError, AttributeError, TypeError):
-        raise RunError(f"'{folder}': the factors of the compressed layers are damaged: export the run again") from None
+    for p, spec in m["layers"].items():
+        set_submodule(model, p, _sparse_layer(folder, model, tensors, p, spec, kernel))
     for alias, first in m.get("aliases", {}).items():
-        if first in tensors:
-            tensors[alias] = tensors[first]
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+        if alias in tensors or first not in tensors:
+            raise _damaged(folder, f"alias {_show(alias)} of {_show(first)} does not match the tensors of "
+                                   f"{SPARSE_FILE}")
+        tensors[alias] = tensors[first]
+    _check_tensors(folder, model, tensors, SPARSE_FILE, skip=tuple(p + "." for p in m["layers"]))
+    model.load_state_dict(tensors, strict=False, assign=True)
     on_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if unexpected or on_meta:
-        what = (unexpected or on_meta)[0]
-        raise RunError(f"'{folder}': weights and architecture disagree ({what}): export the run again")
+    if on_meta:
+        raise _damaged(folder, f"{SPARSE_FILE} has no tensor '{on_meta[0]}'")
+    return model
+
+
+def _folded_files(folder: Path) -> None:
+    """The folded model's weight files: the shards an index names, or model.safetensors."""
+    index = folder / "model.safetensors.index.json"
+    if not index.exists() and not index.is_symlink():
+        _weights_file(folder, "model.safetensors")
+        return
+    try:
+        inside(folder, index)
+        shards = read_json(index, MAX_EXPORT_JSON).get("weight_map")
+    except (BadFile, OSError, AttributeError):
+        shards = None
+    if not isinstance(shards, dict) or not all(isinstance(v, str) and "/" not in v for v in shards.values()):
+        raise _damaged(folder, f"{index.name} is damaged")
+    for name in sorted(set(shards.values())):
+        _weights_file(folder, name)
+
+
+def _load_folded(folder: Path, m: dict) -> nn.Module:
+    cfg = _read_config(folder)
+    _folded_files(folder)
+    if m["kind"] == "timm":
+        model = _timm_model(folder, pretrained=True)
+    else:
+        cls = _model_class(folder, m)
+        config = _transformers_config(folder, cfg, cls)
+        kw = {"attn_implementation": m["attn_implementation"]} if m.get("attn_implementation") else {}
+        with quiet_transformers():
+            model, info = cls.from_pretrained(folder, config=config, dtype=torch.float32, use_safetensors=True,
+                                              trust_remote_code=False, local_files_only=True,
+                                              output_loading_info=True, **kw)
+        # transformers fills a weight the file lacks with random values and only logs it
+        tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+        missing = sorted(set(info.get("missing_keys") or ()) - tied)
+        if missing:
+            raise _damaged(folder, f"model.safetensors has no tensor '{missing[0]}'")
+        for key in ("unexpected_keys", "mismatched_keys"):
+            if info.get(key):
+                first = sorted(info[key], key=str)[0]
+                raise _damaged(folder, f"model.safetensors holds tensor {_show(first)}, which the "
+                                       f"{cls.__name__} architecture has no place for")
+    for k, t in model.state_dict().items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise _damaged(folder, f"tensor '{k}' holds NaN or infinite values")
     return model
 
 
@@ -395,7 +681,9 @@ def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
 
     A sparse export gives the architecture with ``SparseLowRankLinear`` layers, their S held
     for ``kernel`` ("auto": csr8 where its kernels run, "csr8", or "csr": torch's CSR); a
-    folded one the plain model (as transformers or timm load it).
+    folded one the plain model (as transformers or timm load it). Everything in the folder
+    is checked first: a damaged or hostile folder is a RunError of one line (ResourceError
+    when it declares more than fits in memory), never a crash or code of the folder's own.
     """
     folder = Path(folder)
     if kernel not in KERNELS:
@@ -405,23 +693,18 @@ def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
             kernel = "csr"
         else:
             raise ConfigError(f"the csr8 kernel cannot run here ({kernels.backend_note()}): use kernel 'csr'")
-    m = read_export_info(folder)
-    with BUILD_LOCK:  # one model built at a time in this process
-        if m["layout"] == "sparse":
-            model = _load_sparse(folder, m, kernel)
-        elif m.get("kind") == "timm":
-            import timm
-            model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-        else:
-            import transformers
-            cls = getattr(transformers, str(m.get("class")), None)
-            if cls is None:
-                raise RunError(f"'{folder}': this transformers has no model class {m.get('class')!r}: upgrade "
-                               "transformers")
-            kw = {"attn_implementation": m["attn_implementation"]} if m.get("attn_implementation") else {}
-            with quiet_transformers():
-                model = cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True, **kw)
-    return model.eval()
+    try:
+        m = read_export_info(folder)
+        with BUILD_LOCK:  # one model built at a time in this process
+            model = _load_sparse(folder, m, kernel) if m["layout"] == "sparse" else _load_folded(folder, m)
+        return model.eval()
+    except OatsError:
+        raise
+    except MemoryError:
+        raise ResourceError(f"'{folder}' needs more memory than this machine has: load it on a larger machine") \
+            from None
+    except Exception as e:  # the last resort: whatever a damaged folder breaks is still one line
+        raise RunError(f"'{folder}' is a damaged export ({type(e).__name__}): {_EXPORT_HINT}") from None
 
 
 # ----------------------------------------------------------------------------- sizes
