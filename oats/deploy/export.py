@@ -46,7 +46,7 @@ from oats.models.guard import MAX_DIMENSION, check_config_memory
 from oats.models.loaded import BUILD_LOCK, quiet_transformers
 from oats.models.weights import check_safetensors_file
 from oats.resources import check_memory
-from oats.runs.folders import check_run_folder, load_run, write_error
+from oats.runs.folders import load_run
 from oats.runs.info import RunInfo
 from oats.untrusted import BadFile, inside, read_json, regular_file
 
@@ -74,8 +74,6 @@ def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = 
     """The export folder, refused when it is a file, holds files (unless ``force``), or would
     replace ``protect`` (the run folder) or a folder above it."""
     out = Path(out)
-    # (runs) a name too long, a file, a parent that cannot be made or written: one line before any loading
-    check_run_folder(out, "--out", "export folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export folder '{out}' is a file: choose a folder for --out")
     if protect is not None:
@@ -85,12 +83,6 @@ def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = 
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"export folder '{out}' exists and is not empty: choose another --out, or pass --force "
                           "to replace it")
-    # (runs) --force replaces an earlier export, never a run or a folder of someone's files
-    if out.is_dir() and (out / "manifest.json").exists():
-        raise ConfigError(f"export folder '{out}' holds a run folder (manifest.json): choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
-        raise ConfigError(f"export folder '{out}' holds files but no oats export ({EXPORT_FILE}): --force replaces "
-                          "only an earlier export; choose another --out")
     return out
 
 
@@ -272,23 +264,16 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
     kind = _kind(model)
     if not oats_layers(model):
         raise RunError("this model has no compressed layers: nothing to export")
-    # ---- (runs) the write section: a full disk or an unwritable folder is one line, "export again"
-    writing = out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        os.chmod(tmp, 0o755)
-    except OSError as e:
-        raise write_error(e, writing, "export again") from None
-    try:
-        writing = out / (SPARSE_FILE if layout == "sparse" else "model.safetensors")
         with torch.no_grad(), quiet_transformers():
             body = _write_sparse(run, kind, tmp) if layout == "sparse" else _write_folded(model, kind, tmp)
         loaded = run.loaded
         extra = {}
         if loaded is not None:
             if loaded.tokenizer is not None:
-                writing = out / "the tokenizer files"
                 loaded.tokenizer.save_pretrained(tmp)
             extra = {"task": loaded.task, "image_size": loaded.image_size,
                      "image_mean": loaded.image_mean, "image_std": loaded.image_std}
@@ -296,9 +281,7 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
         manifest = {"oats_export": EXPORT_FORMAT, "layout": layout, "kind": kind, "class": type(model).__name__,
                     "attn_implementation": attn, "load": _load_hint(layout, kind, type(model).__name__),
                     "run": _describe(run, info), **extra, **body}
-        writing = out / EXPORT_FILE
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1))
-        writing = out
         if out.exists():  # --force: the old export goes only once the new one is in place
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -310,14 +293,8 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    except Exception as e:
-        err = write_error(e, writing, "export again")
-        if err is None:
-            raise
-        raise err from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    # ---- (runs) end of the write section
     return out
 
 
