@@ -296,7 +296,7 @@ def test_job_compresses_in_the_background_once(tmp_path, fake_zoo):
     req = CompressRequest("tiny", CFG, evaluate=False)
     job = runner.start(req, root=tmp_path)
     assert runner.start(req, root=tmp_path) is job  # the same request while running: the same job
-    s = job.wait(120)
+    s = job.wait(600)  # a hang guard: a loaded machine is slow, not broken
     assert s.status == "done", s.error
     assert (s.done, s.total) == (2, 2) and len(s.log) == 3 and s.log[-1].startswith("block 1: output error")
     m = read_manifest(job.folder)
@@ -309,15 +309,15 @@ def test_job_compresses_in_the_background_once(tmp_path, fake_zoo):
 
 def test_job_errors_are_one_line_and_cancel_stops(tmp_path, fake_zoo):
     runner = JobRunner()
-    bad = runner.start(CompressRequest("nope", CFG, evaluate=False), root=tmp_path).wait(60)
+    bad = runner.start(CompressRequest("nope", CFG, evaluate=False), root=tmp_path).wait(600)
     assert bad.status == "failed" and bad.error == "unknown model 'nope': use a preset" and "\n" not in bad.error
-    odd = runner.start(CompressRequest("tiny", CFG, method="svdllm", evaluate=False), root=tmp_path).wait(60)
+    odd = runner.start(CompressRequest("tiny", CFG, method="svdllm", evaluate=False), root=tmp_path).wait(600)
     assert odd.status == "failed" and "unknown method 'svdllm'" in odd.error
     with runner._compute:  # another compression is running: the new one queues
         job = runner.start(CompressRequest("tiny", CFG.replace(compression=0.6), evaluate=False), root=tmp_path)
         assert job.state().status == "queued"
         job.cancel()
-    s = job.wait(60)
+    s = job.wait(600)
     assert s.status == "cancelled" and "resume" in s.message
     assert not runner.active()
 

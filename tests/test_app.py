@@ -125,7 +125,7 @@ def go(at, page: str):
 def test_every_page_has_an_empty_state(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=600)
     at.run()
     clean(at)
     assert any("No run yet" in i.value for i in at.info)

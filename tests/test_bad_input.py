@@ -355,7 +355,7 @@ def test_the_table_is_large_and_covers_every_surface():
 def test_cli_as_a_real_process_shows_no_traceback(case, files, tmp_path):
     env = dict(os.environ, OATS_RUNS_DIR=str(tmp_path), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **case.env)
     p = subprocess.run([sys.executable, "-m", "oats.cli", *[_fmt(a, files) for a in case.cli]],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and p.stdout == ""
     assert p.stderr.splitlines() == ["oats: error: " + _fmt(case.message, files)]
@@ -403,7 +403,7 @@ def test_app_compress_form_shows_the_same_message(case_id, files, offline, monke
     case = next(c for c in CASES if c.id == case_id)
     form = APP_CASES[case_id]
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.run()
     if "model" in form:
         [s for s in at.selectbox if s.label == "Model"][0].set_value("other: a hub id or a local folder").run()
@@ -490,8 +490,8 @@ def test_import_oats_makes_idle_openmp_threads_sleep():
     """Set before torch loads (a fresh process); a value the user chose is kept."""
     code = "import os, oats, torch; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert out.stdout.strip() == "PASSIVE", out.stderr
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert out.stdout.strip() == "ACTIVE", out.stderr

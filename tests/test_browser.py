@@ -82,7 +82,7 @@ def _nav(page, title: str) -> None:
     for attempt in range(2):
         page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
         try:
-            heading.first.wait_for(timeout=60_000)
+            heading.first.wait_for(timeout=600_000)
             return
         except Exception:
             if attempt:
@@ -145,7 +145,7 @@ def _open_run(page, model: str, run: str) -> None:
     raise AssertionError(f"the sidebar shows {box.input_value()!r}, not the run {run}")
 
 
-def _error_text(page, timeout: float = 60.0) -> str:
+def _error_text(page, timeout: float = 600.0) -> str:
     """The text of the one st.error on the page (waits for it)."""
     box = page.locator('[data-testid="stAlertContentError"]')
     box.first.wait_for(timeout=timeout * 1000)

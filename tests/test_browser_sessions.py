@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 SESSIONS = {"A": "minilm-l6", "B": "dinov2-small"}
 ITERATIONS = 4
 SAMPLES = 8
-TIMEOUT = 480.0  # both compressions, preset conversions included, on a busy 2-core machine
+TIMEOUT = 1800.0  # a hang guard, no speed asserted: both compressions, preset conversions included, on a busy 2-core machine
 EVALUATE_LABEL = "Evaluate when done"
 
 
@@ -38,7 +38,7 @@ def app_server(tmp_path_factory):
         yield url, runs
 
 
-def _settle(page, timeout: float = 120.0) -> None:
+def _settle(page, timeout: float = 600.0) -> None:
     settle(page, 0, timeout)
 
 
@@ -96,7 +96,7 @@ def test_two_sessions_compress_different_models_at_once(app_server):
                 context = browser.new_context(viewport={"width": 1440, "height": 1000})  # its own session
                 page = context.new_page()
                 page.goto(url)
-                page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
+                page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=600_000)
                 _settle(page)
                 _fill_form(page, model)
                 pages[s] = page
@@ -123,7 +123,7 @@ def test_two_sessions_compress_different_models_at_once(app_server):
                 folder = requests[s].folder_name()
                 _settle(page)
                 # each session opened its own run (Summary of its folder), and nothing raised
-                page.get_by_text(f"Summary: {folder}").first.wait_for(timeout=60_000)
+                page.get_by_text(f"Summary: {folder}").first.wait_for(timeout=600_000)
                 assert page.get_by_text(f"Summary: {requests['B' if s == 'A' else 'A'].folder_name()}").count() == 0
                 done = page.locator('[data-testid="stAlertContentSuccess"]', has_text=f"{SESSIONS[s]}: compressed")
                 assert folder in done.first.inner_text(), done.first.inner_text()

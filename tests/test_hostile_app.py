@@ -63,7 +63,7 @@ def runs(tmp_path, monkeypatch):
     return folder
 
 
-def _app(timeout: int = 300):
+def _app(timeout: int = 600):
     from streamlit.testing.v1 import AppTest
     return AppTest.from_file(APP, default_timeout=timeout)
 
@@ -161,7 +161,7 @@ def test_a_damaged_evaluation_file_is_no_evaluation(runs):
 def _compress_with(tmp_path, monkeypatch, kind: str, path: str) -> list[str]:
     from oats.runner.jobs import RUNNER
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path / "runs"))
-    at = _app(timeout=120)
+    at = _app(timeout=600)
     at.run()
     at.radio[0].set_value(kind).run()
     label = "… or a path" if kind == "text file" else "Path to a folder"

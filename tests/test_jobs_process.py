@@ -99,7 +99,7 @@ def test_a_stopped_worker_leaves_a_run_that_resumes_to_the_same_result(tmp_path,
 def test_worker_failures_are_one_line(tmp_path, vit_folder):
     runner = JobRunner(isolation="process")
     missing = tmp_path / "no-such-model"
-    bad = runner.start(_request(str(missing)), root=tmp_path).wait(120)
+    bad = runner.start(_request(str(missing)), root=tmp_path).wait(600)
     assert bad.status == "failed" and "\n" not in bad.error
     assert str(missing) in bad.error and "ended unexpectedly" not in bad.error, bad.error
 
@@ -108,7 +108,7 @@ def test_worker_failures_are_one_line(tmp_path, vit_folder):
     while job._proc is None and time.time() < deadline:
         time.sleep(0.02)
     job._proc.kill()  # the compression process dies (out of memory, killed by hand, ...)
-    s = job.wait(120)
+    s = job.wait(600)
     assert s.status == "failed" and "\n" not in s.error
     assert s.error.startswith("the compression process ended unexpectedly (killed by signal 9)"), s.error
     assert not runner.active()
