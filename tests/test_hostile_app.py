@@ -244,3 +244,36 @@ def test_an_image_upload_that_cannot_be_used_is_one_line(case, vit_runs, monkeyp
         assert "12000" in error and "pixel" in error, error
     else:
         assert "not an image" in error, error
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.browser
+def test_markdown_in_a_run_makes_the_browser_fetch_nothing(tmp_path):
+    """The served app with the hostile run open: the Compress page (sidebar, run list, summary)
+    and the Spectra page (whose model cannot load here: an error line quoting the name) draw,
+    and the browser asks for no URL a name holds."""
+    from conftest import skip_or_fail
+    from browser_helpers import app_page, requirements, served_app, settle
+    why = requirements()
+    if why:
+        skip_or_fail(why)
+    runs = hostile_runs(tmp_path)  # the server's working directory is the repository: the model is not found
+    asked: list[str] = []
+    with served_app(runs, tmp_path / "streamlit.log") as base:
+        with app_page(base) as page:
+            page.on("request", lambda r: asked.append(r.url))
+            page.reload()
+            settle(page, 0, text="Summary:")
+            main = page.locator('[data-testid="stMain"]')
+            assert main.get_by_text(f"{MODEL} · oats", exact=False).count() == 1  # shown as written
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Spectra").first.click()
+            error = page.locator('[data-testid="stAlertContentError"]')
+            error.first.wait_for(timeout=600_000)
+            assert MODEL in error.first.inner_text()
+            assert page.locator('[data-testid="stException"]').count() == 0
+            page.wait_for_timeout(1000)  # late image loads
+    assert asked and all(u.startswith((base, "data:", "blob:")) for u in asked), asked
+    fetched = [u for u in asked if "pixel.png" in u or "127.0.0.1:9/" in u or "javascript:" in u]
+    assert not fetched, fetched
