@@ -6,11 +6,13 @@ for large files, and nothing in the file is executed.
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import stat
 import struct
 from pathlib import Path
 
+from oats import untrusted
 from oats.errors import ModelLoadError
 
 _MAX_HEADER = 100 * 1024 * 1024
@@ -20,18 +22,30 @@ def check_safetensors_file(path: str | Path, what: str | None = None) -> dict:
     """Read and return the header of a safetensors file, or raise a one-line error.
 
     Only the header is read (8-byte little-endian length, then JSON), so this is cheap even
-    for large files; nothing in the file is executed.
+    for large files; nothing in the file is executed. The file must be a regular file (a FIFO
+    named ``model.safetensors`` would block the open, a link to ``/dev/zero`` never ends), the
+    header strict JSON (``oats.untrusted.parse_json``), and every entry a dtype, a shape of
+    whole numbers and offsets that lie inside the file.
     """
     p = Path(path)
     what = what or f"'{p}'"
     try:
-        size = p.stat().st_size
-        with open(p, "rb") as fh:
+        if p.is_dir():
+            raise IsADirectoryError(str(p))
+        size = untrusted.regular_file(p).st_size
+        # O_NONBLOCK: a FIFO swapped in after the check does not block the open
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise untrusted.BadFile("it is not a regular file")
             head = fh.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             if not 2 <= n <= min(_MAX_HEADER, size - 8):
                 raise ValueError("bad header length")
-            header = json.loads(fh.read(n).decode("utf-8"))
+            try:
+                header = untrusted.parse_json(fh.read(n))
+            except untrusted.BadFile as exc:  # a damaged header, worded as every other damage
+                raise ValueError(str(exc)) from None
         if not isinstance(header, dict):
             raise ValueError("header is not a table")
         end = 0
@@ -39,19 +53,32 @@ def check_safetensors_file(path: str | Path, what: str | None = None) -> dict:
             if key == "__metadata__":
                 continue
             start, stop = entry["data_offsets"]
-            end = max(end, int(stop))
+            shape = entry["shape"]
+            if not isinstance(entry["dtype"], str) or not isinstance(shape, list) or not all(
+                    type(d) is int and d >= 0 for d in shape) or not all(
+                    type(o) is int for o in (start, stop)) or not 0 <= start <= stop:
+                raise ValueError(f"bad entry {key!r}")
+            end = max(end, stop)
         if 8 + n + end > size:
             raise ValueError("truncated")
     except FileNotFoundError:
         raise ModelLoadError(f"{what} does not exist: check the path") from None
     except IsADirectoryError:
         raise ModelLoadError(f"{what} is a folder, not a safetensors file: give a .safetensors file") from None
+    except untrusted.BadFile as exc:
+        raise ModelLoadError(f"{what} is not a weights file ({exc}): replace it with the model's own .safetensors "
+                             "weights") from None
     except OSError as exc:
         raise ModelLoadError(f"cannot read {what} ({exc.strerror or exc}): check its permissions") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error):
         raise ModelLoadError(f"{what} is not a valid safetensors file (damaged, truncated or another format): "
                              "replace it with the model's own .safetensors weights") from None
     return header
+
+
+def tensor_count(header: dict) -> int:
+    """The number of tensors a safetensors header lists."""
+    return sum(1 for k in header if k != "__metadata__")
 
 
 def safetensors_numel(header: dict) -> int:
