@@ -18,12 +18,15 @@ from urllib.parse import urlparse
 
 import torch
 
-from oats.errors import ModelLoadError
+from oats import untrusted
+from oats.errors import ModelLoadError, OatsError
+from oats.models.guard import _LAYERS as LAYER_FIELDS  # the keys config_parameters reads as the block count
+from oats.models.guard import check_config_memory, config_parameters
 from oats.models.loaded import DEFAULT_RANK_RATIO, LoadedModel, finish, one_line, quiet_transformers
 from oats.models.presets import preset_names
 from oats.models.vision import IMAGENET_MEAN, IMAGENET_STD, is_vision_config
 from oats.models.adapters import get_adapter
-from oats.models.weights import DiskWeights, check_safetensors_file, safetensors_numel
+from oats.models.weights import DiskWeights, check_safetensors_file, safetensors_numel, tensor_count
 from oats.resources import check_memory
 
 _HUB_PROBE_TIMEOUT_S = 4.0
@@ -40,25 +43,88 @@ def hub_cached(name: str) -> bool:
     return isinstance(found, str)
 
 
-def check_local_folder(name: str, path: Path, from_disk: bool = False) -> None:
-    """A model folder has config.json, sound safetensors files, and fits in memory in fp32
-    (from_disk: it is compressed block by block from its files, so it need not fit)."""
-    if not (path / "config.json").is_file():
+MAX_CONFIG_BYTES = 16 * 1024**2
+"""config.json is a few KB; the largest real ones (ImageNet-22k label names) are about 1 MB."""
+
+
+def read_config(name: str, path: Path) -> dict:
+    """A model folder's config.json as a dict, read as untrusted input (``oats.untrusted``):
+    a regular file of at most ``MAX_CONFIG_BYTES``, strict JSON; one-line ModelLoadError otherwise."""
+    file = path / "config.json"
+    if not os.path.lexists(file):
         raise ModelLoadError(
             f"folder {name!r} has no config.json: give a folder saved with save_pretrained "
             "(config.json plus model.safetensors)"
         )
+    try:
+        config = untrusted.read_json(file, max_bytes=MAX_CONFIG_BYTES)
+    except FileNotFoundError:  # a dangling link
+        raise ModelLoadError(f"config.json in folder {name!r} is a broken link: save the model again with "
+                             "save_pretrained") from None
+    except untrusted.BadFile as exc:
+        raise ModelLoadError(f"config.json in folder {name!r} cannot be used ({exc}): fix it, or save the model "
+                             "again with save_pretrained") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read config.json in folder {name!r} ({exc.strerror or exc}): check its "
+                             "permissions") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"config.json in folder {name!r} is not a JSON object: fix it, or save the model "
+                             "again with save_pretrained")
+    return config
+
+
+def _one_block(config: Any) -> dict:
+    """``config`` (a dict or a transformers config) as a dict that declares a single block: what
+    the from-disk mode holds in memory at once (embeddings, one block, position buffers)."""
+    d = dict(config) if isinstance(config, dict) else config.to_dict()
+    for cfg in (d, d.get("text_config")):
+        if isinstance(cfg, dict):
+            for key in LAYER_FIELDS:
+                if key in cfg:
+                    cfg[key] = 1
+    return d
+
+
+def check_config_fits(name: str, config: Any, from_disk: bool = False) -> None:
+    """Refuse, before anything is allocated, a config that declares more than fits in memory.
+
+    In memory: every weight the config declares, in fp32. From disk (block by block): the
+    embeddings, one block and the position buffers, the most the mode holds at once (the head
+    is not counted: it is often tied to the embeddings). Sizes that are not plausible numbers
+    (negative, text, over 2^31) are refused by ``config_parameters`` itself.
+    """
+    if from_disk:
+        config_parameters(config)  # every declared size checked, the block count included
+        check_config_memory(_one_block(config), f"compressing {name!r} from disk (one block and the embeddings "
+                                                "in fp32, as its config.json declares them)")
+    else:
+        check_config_memory(config, f"loading {name!r} in fp32 (as its config.json declares it)")
+
+
+def check_local_folder(name: str, path: Path, from_disk: bool = False) -> None:
+    """A model folder has a sound config.json, sound safetensors files that hold tensors, and
+    fits in memory in fp32 (from_disk: it is compressed block by block from its files, so only
+    one block and the embeddings need to fit). Nothing is allocated and no code of the folder
+    runs: config.json and the safetensors headers are read as untrusted files."""
+    config = read_config(name, path)
+    config_parameters(config)  # every size it declares is a plausible number
     numel = 0
     for f in sorted(path.glob("*.safetensors")):
-        header = check_safetensors_file(f, what=f"weights file '{f.name}' in folder {name!r}")
+        what = f"weights file '{f.name}' in folder {name!r}"
+        header = check_safetensors_file(f, what=what)
+        if not tensor_count(header):
+            # transformers would build the model from random values and say nothing
+            raise ModelLoadError(f"{what} holds no tensors: replace it with the model's own .safetensors weights")
         numel += safetensors_numel(header)
     if from_disk:
+        check_config_fits(name, config, from_disk=True)
         if not numel:
             raise ModelLoadError(f"folder {name!r} has no .safetensors weights: compressing from disk reads only "
                                  "safetensors files")
         return
     # the model is loaded in fp32: 4 bytes a parameter, whatever the file's dtype
     check_memory({"weights": 4 * numel}, what=f"loading {name!r} in fp32")
+    check_config_fits(name, config)
 
 
 def task_for(config) -> str:
@@ -109,16 +175,20 @@ def _image_settings(source: str, config, local_only: bool) -> tuple[int, tuple, 
 
 
 def _from_transformers(name: str, source: str, trust_remote_code: bool, local_only: bool) -> LoadedModel:
-    """Load config, weights and tokenizer with transformers; exceptions propagate."""
+    """Load config, weights and tokenizer with transformers; exceptions propagate.
+
+    ``trust_remote_code`` is always passed, False unless the user set it: left unset,
+    transformers asks y/N on the terminal for a config with ``auto_map`` (and runs the folder's
+    code on "y", or hangs where nobody can answer).
+    """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
-    common: dict[str, Any] = {"local_files_only": local_only}
-    if trust_remote_code:
-        common["trust_remote_code"] = True
+    common: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": bool(trust_remote_code)}
     config = AutoConfig.from_pretrained(source, **common)
+    check_config_fits(name, config)  # before from_pretrained allocates what the config declares
     task = task_for(config)
     archs = list(getattr(config, "architectures", None) or [])
-    kwargs: dict[str, Any] = dict(common, dtype=torch.float32)
+    kwargs: dict[str, Any] = dict(common, dtype=torch.float32, output_loading_info=True)
     if task == "causal-lm":
         auto = AutoModelForCausalLM
     elif task == "vision":
@@ -131,12 +201,13 @@ def _from_transformers(name: str, source: str, trust_remote_code: bool, local_on
     else:
         auto = AutoModel
     try:
-        model = auto.from_pretrained(source, use_safetensors=True, **kwargs)
+        model, info = auto.from_pretrained(source, use_safetensors=True, **kwargs)
     except OSError as exc:
         if "safetensors" not in str(exc):
             raise
         # No safetensors file: transformers then reads the .bin with torch.load(weights_only=True).
-        model = auto.from_pretrained(source, use_safetensors=False, weights_only=True, **kwargs)
+        model, info = auto.from_pretrained(source, use_safetensors=False, weights_only=True, **kwargs)
+    check_loading_info(name, model, info)
 
     loaded = LoadedModel(name=name, model=finish(model), task=task, default_rank_ratio=DEFAULT_RANK_RATIO[task])
     if task == "vision":
@@ -144,6 +215,29 @@ def _from_transformers(name: str, source: str, trust_remote_code: bool, local_on
     else:
         _attach_tokenizer(loaded, name, source, common)
     return loaded
+
+
+# A pooler is what AutoModel adds to BERT-style encoders; checkpoints trained for another head
+# (roberta-base, every masked-LM checkpoint) lack it, and oats neither compresses nor reads it.
+_MAY_BE_MISSING = ("pooler",)
+
+
+def check_loading_info(name: str, model, info: dict) -> None:
+    """Refuse a model that ``from_pretrained`` completed with random values: weights of the
+    architecture the files lack (tied weights and buffers the model computes itself are not
+    reported missing) or hold with another shape. Compressing random weights would give a run
+    that looks fine and means nothing."""
+    missing = sorted(k for k in info.get("missing_keys", ()) if not set(k.split(".")) & set(_MAY_BE_MISSING))
+    mismatched = list(info.get("mismatched_keys", ()))
+    if missing:
+        total = len(model.state_dict())
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelLoadError(f"the weight files of {name!r} lack {len(missing)} of the model's {total} weights "
+                             f"({shown}), which would start random: use the model's complete weight files")
+    if mismatched:
+        first = mismatched[0][0] if isinstance(mismatched[0], (tuple, list)) else mismatched[0]
+        raise ModelLoadError(f"{len(mismatched)} weights of {name!r} do not have the shape config.json declares "
+                             f"(first: {first}): use the model's own config.json and weight files")
 
 
 def _attach_tokenizer(loaded: LoadedModel, name: str, source: str, common: dict) -> None:
@@ -160,7 +254,7 @@ def _attach_tokenizer(loaded: LoadedModel, name: str, source: str, common: dict)
     loaded.tokenizer = tokenizer
 
 
-def load_local_from_disk(name: str, path: Path) -> LoadedModel:
+def load_local_from_disk(name: str, path: Path, trust_remote_code: bool = False) -> LoadedModel:
     """A text model folder for the larger-than-memory mode: the model is built on the meta
     device; embeddings, final norm and head are read from the safetensors files now, every
     transformer block stays on disk (``loaded.disk`` reads one when its turn comes)."""
@@ -168,9 +262,11 @@ def load_local_from_disk(name: str, path: Path) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                            trust_remote_code=bool(trust_remote_code))
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(_explain(name, exc, f"from folder {path}") + ": check config.json") from exc
+        raise ModelLoadError(_explain(name, exc, f"from folder {path}", "check config.json")) from exc
+    check_config_fits(name, config, from_disk=True)  # before the architecture's buffers are allocated
     task = task_for(config)
     if task == "vision":
         raise ModelLoadError(f"{name!r} is a vision model: compressing from disk supports text models (causal LMs "
@@ -179,13 +275,13 @@ def load_local_from_disk(name: str, path: Path) -> LoadedModel:
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModel
     try:
         with quiet_transformers(), init_empty_weights(include_buffers=False):
-            model = auto.from_config(config, dtype=torch.float32)
+            model = auto.from_config(config, dtype=torch.float32, trust_remote_code=bool(trust_remote_code))
         model.eval()
         block_paths = [p for p, _ in get_adapter(model).blocks(model)]
-    except ModelLoadError:
+    except OatsError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(_explain(name, exc, f"from folder {path}") + ": check the files in that folder") from exc
+        raise ModelLoadError(_explain(name, exc, f"from folder {path}")) from exc
     tied = bool(getattr(config, "tie_word_embeddings", False)) and model.get_output_embeddings() is not None
     head = model.get_output_embeddings() if tied else None
     for mpath, module in model.named_modules():
@@ -196,11 +292,13 @@ def load_local_from_disk(name: str, path: Path) -> LoadedModel:
         head.weight = model.get_input_embeddings().weight
     loaded = LoadedModel(name=name, model=model, task=task, default_rank_ratio=DEFAULT_RANK_RATIO[task],
                          source=f"local folder {path.resolve()} (blocks read from disk one at a time)", disk=disk)
-    _attach_tokenizer(loaded, name, str(path), {"local_files_only": True})
+    _attach_tokenizer(loaded, name, str(path), {"local_files_only": True,
+                                               "trust_remote_code": bool(trust_remote_code)})
     return loaded
 
 
-def _explain(name: str, exc: BaseException, where: str) -> str:
+def _explain(name: str, exc: BaseException, where: str, hint: str = "check the files in that folder") -> str:
+    """One line for an exception transformers raised while loading ``name``."""
     text = one_line(exc)
     if "trust_remote_code" in str(exc):
         return (
@@ -209,17 +307,17 @@ def _explain(name: str, exc: BaseException, where: str) -> str:
         )
     if "safetensors" in str(exc) and "weights_only" not in str(exc):
         return f"{name!r} has no weights that load safely ({text}): provide model.safetensors"
-    return f"could not load {name!r} {where} ({text})"
+    return f"could not load {name!r} {where} ({text})" + (f": {hint}" if hint else "")
 
 
 def load_local(name: str, path: Path, trust_remote_code: bool) -> LoadedModel:
     """A folder that passed ``check_local_folder`` (via ``oats.models.zoo.check_model_name``)."""
     try:
         loaded = _from_transformers(name, str(path), trust_remote_code, local_only=True)
-    except ModelLoadError:
+    except OatsError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(_explain(name, exc, f"from folder {path}") + ": check the files in that folder") from exc
+        raise ModelLoadError(_explain(name, exc, f"from folder {path}")) from exc
     loaded.source = f"local folder {path.resolve()}"
     return loaded
 
@@ -269,16 +367,16 @@ def load_hub(name: str, trust_remote_code: bool) -> LoadedModel:
             loaded = _from_transformers(name, name, trust_remote_code, local_only=True)
         loaded.source = f"Hugging Face hub {name} (local cache)"
         return loaded
-    except ModelLoadError:
+    except OatsError:
         raise
     except Exception as exc:  # noqa: BLE001
         if "trust_remote_code" in str(exc):
-            raise ModelLoadError(_explain(name, exc, "")) from exc
+            raise ModelLoadError(_explain(name, exc, "", "")) from exc
     if not hub_reachable():
         raise ModelLoadError(offline_message(name))
     try:
         loaded = _from_transformers(name, name, trust_remote_code, local_only=False)
-    except ModelLoadError:
+    except OatsError:
         raise
     except Exception as exc:  # noqa: BLE001
         text = str(exc)
@@ -289,6 +387,6 @@ def load_hub(name: str, trust_remote_code: bool) -> LoadedModel:
             ) from exc
         if "connect" in text.lower() or "timed out" in text.lower():
             raise ModelLoadError(offline_message(name)) from exc
-        raise ModelLoadError(_explain(name, exc, "from the Hugging Face hub")) from exc
+        raise ModelLoadError(_explain(name, exc, "from the Hugging Face hub", "")) from exc
     loaded.source = f"Hugging Face hub {name}"
     return loaded

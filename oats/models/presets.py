@@ -260,8 +260,9 @@ def _smollm2(preset: Preset, gguf: Path, folder: Path, version: str) -> LoadedMo
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     def load(path: Path):
-        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-        return model, AutoTokenizer.from_pretrained(path)
+        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=False)
+        return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
     model, tokenizer = _cached(folder, _cache_stamp(preset, gguf, version),
                                lambda tmp: llama_folder_from_gguf(gguf, tmp, preset.pip_command), load)
@@ -279,8 +280,9 @@ def _minilm(preset: Preset, weights: Path, folder: Path, version: str) -> Loaded
     from transformers import AutoModel, AutoTokenizer
 
     model_dir = weights.parent
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # trust_remote_code=False: never a y/N prompt, whatever a (tampered) package folder's config says
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     return LoadedModel(
         name=preset.name,
         model=model,
@@ -298,7 +300,7 @@ def _dinov2(preset: Preset, onnx_path: Path, folder: Path, version: str) -> Load
         # transformers 5 maps hub names (attention.attention.query) to its own modules only
         # inside from_pretrained; eager attention so that attention maps are returned.
         return Dinov2Model.from_pretrained(
-            path, attn_implementation="eager", dtype=torch.float32, use_safetensors=True
+            path, attn_implementation="eager", dtype=torch.float32, use_safetensors=True, trust_remote_code=False
         )
 
     model = _cached(folder, _cache_stamp(preset, onnx_path, version),

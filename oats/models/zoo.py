@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 from pathlib import Path
 
 from oats.errors import ModelLoadError
@@ -60,7 +61,8 @@ def load_model(
 
     ``cache_dir`` is the root of the preset caches (default ``$OATS_CACHE_DIR`` or
     ``~/.cache/oats/models``); hub and timm downloads use the usual Hugging Face cache.
-    ``trust_remote_code`` is passed to transformers only when the caller sets it.
+    ``trust_remote_code`` is always passed to transformers, False unless the caller sets it: a
+    folder whose config asks for its own code is refused in one line, never prompted for.
     Weights are read from safetensors, or else by ``torch.load(weights_only=True)``.
 
     ``from_disk``: the larger-than-memory mode, for a local folder of safetensors weights: only
@@ -74,18 +76,40 @@ def load_model(
             if kind != "local":
                 raise ModelLoadError(f"compressing from disk needs a local model folder with .safetensors weights, "
                                      f"not the {kind} {name!r}: save it with save_pretrained and give the folder")
-            return hub.load_local_from_disk(name, Path(name).expanduser())
+            return hub.load_local_from_disk(name, _user_path(name), trust_remote_code)
         with quiet_transformers():  # every kind: no progress bar of transformers' own on stderr
             if kind == "preset":
                 return load_preset(PRESETS[name.lower()], name, cache_root(cache_dir))
             if kind == "timm":
                 return load_timm(name, name[len("timm:") :].strip())
             if kind == "local":
-                return hub.load_local(name, Path(name).expanduser(), trust_remote_code)
+                return hub.load_local(name, _user_path(name), trust_remote_code)
             return hub.load_hub(name, trust_remote_code)
 
 
 MODEL_KINDS = ("preset", "timm", "local", "hub")
+
+_MAX_NAME = 4096
+"""Longer than any path Linux opens (PATH_MAX) and any hub id: a paste gone wrong."""
+
+
+def _user_path(name: str) -> Path:
+    """``name`` as a path, ``~`` expanded where there is such a home folder."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # "~nobody/x": no such user, so the name is taken literally
+        return Path(name)
+
+
+def _path_kind(name: str, path: Path) -> str | None:
+    """"folder" or "file" for an existing path, None for a name that is no path here."""
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        raise ModelLoadError(f"cannot open {name!r} (permission denied): check its permissions") from None
+    except (OSError, ValueError):  # missing, a NUL byte, a name too long, a loop of links
+        return None
+    return "folder" if stat.S_ISDIR(st.st_mode) else "file"
 
 
 def check_model_name(name: str, from_disk: bool = False) -> str:
@@ -100,6 +124,9 @@ def check_model_name(name: str, from_disk: bool = False) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"no model name given: use a preset ({preset_names()}), a local folder or a hub id")
     name = name.strip()
+    if len(name) > _MAX_NAME:
+        raise ModelLoadError(f"the model name is {len(name)} characters long, longer than any folder path or hub "
+                             "id: check what was typed or pasted")
     key = name.lower()
     if key in PRESETS:
         preset = PRESETS[key]
@@ -110,11 +137,12 @@ def check_model_name(name: str, from_disk: bool = False) -> str:
     if key.startswith("timm:"):
         check_timm_name(name[len("timm:") :].strip())
         return "timm"
-    path = Path(name).expanduser()
-    if path.is_dir():
+    path = _user_path(name)
+    found = _path_kind(name, path)
+    if found == "folder":
         hub.check_local_folder(name, path, from_disk=from_disk)
         return "local"
-    if path.exists():
+    if found == "file":
         raise ModelLoadError(
             f"{name!r} is a file, not a model folder: give a folder saved with save_pretrained "
             "(config.json plus model.safetensors)"
