@@ -26,8 +26,9 @@ def llama_folder_from_gguf(gguf: Path, out: Path, reinstall: str) -> None:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
     # transformers 5 refuses save_pretrained on a GGUF-loaded model: rebuild a plain
     # one from the same config, minus the quantization entry.
     settings = quantized.config.to_dict()
@@ -124,7 +125,8 @@ def dinov2_folder_from_onnx(onnx_path: Path, out: Path, reinstall: str) -> None:
     Dinov2Config(**DINOV2_SMALL).save_pretrained(out)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     # Check before the folder is trusted: every parameter must come from the graph.
-    _, info = Dinov2Model.from_pretrained(out, output_loading_info=True, use_safetensors=True)
+    _, info = Dinov2Model.from_pretrained(out, output_loading_info=True, use_safetensors=True,
+                                          trust_remote_code=False)
     if info["missing_keys"] or info["unexpected_keys"]:
         raise ModelLoadError(
             f"the ONNX backbone does not fit Dinov2Model (missing {sorted(info['missing_keys'])[:3]}, "
