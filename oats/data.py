@@ -24,7 +24,9 @@ import functools
 import io
 import os
 import re
+import stat
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from oats import untrusted
 from oats.errors import ConfigError, DataError
 from oats.models.weights import check_safetensors_file
 from oats.models.zoo import LoadedModel
@@ -163,26 +166,65 @@ def text_batches(
     ]
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    """The contents of a UTF-8 text file; DataError if missing, unreadable, binary or empty."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"text file {str(p)!r} does not exist: check the path")
-    if p.is_dir():
-        raise DataError(f"{str(p)!r} is a folder, not a text file: give the path of a UTF-8 text file")
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {str(p)!r} ({exc.strerror or exc}): check its permissions") from exc
+MAX_TEXT_BYTES = 32 * 1024**2
+"""The largest text file read for calibration or evaluation. The built-in calibration text is
+0.3 MB and the default calibration needs 4k tokens, so 32 MB (a few novels) is far more than
+any run uses; tokenizing it takes about a minute and a few hundred MB for the token list,
+which keeps a path typed into the app (or ``--calib-source /dev/zero``) from eating the
+machine's memory."""
+
+
+def _text_from_bytes(raw: bytes, what: str) -> str:
+    """``raw`` as UTF-8 text (a BOM allowed), or a one-line DataError naming ``what``."""
     if b"\x00" in raw[:65536]:
-        raise DataError(f"{str(p)!r} looks binary, not text: give a UTF-8 text file")
+        raise DataError(f"{what} looks binary, not text: give a UTF-8 text file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise DataError(f"{str(p)!r} is not UTF-8 text: convert it to UTF-8 or give another file") from None
+        raise DataError(f"{what} is not UTF-8 text: convert it to UTF-8 or give another file") from None
     if not text.strip():
-        raise DataError(f"{str(p)!r} is empty: give a text file with some prose in it")
+        raise DataError(f"{what} is empty: give a text file with some prose in it")
     return text
+
+
+def _read_user_file(p: Path, what: str, max_bytes: int, noun: str, kind: str, hint: str) -> bytes:
+    """The bytes of a file the user named: a regular file of at most ``max_bytes``, read with
+    ``oats.untrusted.read_capped`` (no FIFO that blocks, no device that never ends); DataError
+    otherwise. ``noun`` ("text file"), ``kind`` ("a text file") and ``hint`` word the refusals."""
+    try:
+        untrusted.regular_file(p)
+    except FileNotFoundError:
+        raise DataError(f"{noun} {what} does not exist: check the path") from None
+    except PermissionError:
+        raise DataError(f"cannot read {what} (permission denied): check its permissions") from None
+    except untrusted.BadFile as exc:
+        if p.is_dir():
+            raise DataError(f"{what} is a folder, not {kind}: {hint}") from None
+        raise DataError(f"{what} is not {kind} ({exc}): {hint}") from None
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a loop of links
+        raise DataError(f"{what} cannot be opened ({getattr(exc, 'strerror', None) or exc}): check the path") from None
+    try:
+        return untrusted.read_capped(p, max_bytes)
+    except untrusted.BadFile as exc:
+        raise DataError(f"{what} is too large ({exc}): give a smaller file") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {what} ({exc.strerror or exc}): check its permissions") from None
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The contents of a UTF-8 text file; DataError if missing, unreadable, binary, empty, not a
+    regular file (a folder, FIFO, device or socket) or larger than ``MAX_TEXT_BYTES``."""
+    p = _user_path(path)
+    raw = _read_user_file(p, repr(str(p)), MAX_TEXT_BYTES, "text file", "a text file",
+                          "give the path of a UTF-8 text file")
+    return _text_from_bytes(raw, repr(str(p)))
+
+
+def _user_path(path: str | os.PathLike) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "~nobody/x": no such user, so the path is taken literally
+        return Path(path)
 
 
 # Sentences: prose paragraphs only (indented blocks are code or grammar), split after . ! ?
@@ -349,48 +391,110 @@ def _describe(src: Any) -> str:
     return "the given data"
 
 
-def load_image(src: str | os.PathLike | bytes | io.IOBase) -> np.ndarray:
-    """Read one image (path, bytes or binary file object) as RGB uint8 of shape (H, W, 3)."""
-    from PIL import Image, UnidentifiedImageError
+MAX_IMAGE_BYTES = 64 * 1024**2
+"""The largest image file read: a 36-megapixel JPEG is about 15 MB, a PNG of it under 100 MB
+at worst; the pixel cap below is what bounds the memory, this only bounds the read."""
 
-    what = _describe(src)
+MAX_IMAGE_PIXELS = 36_000_000
+"""The most pixels an image may have (6000 x 6000, or a 24-megapixel camera's 6000 x 4000 with
+room to spare). Decoded, an image costs 3 bytes a pixel as RGB and up to three copies while it
+is converted (about 330 MB at this cap); calibration crops it down to 224 px anyway. A
+12000 x 12000 PNG of one colour is 140 KB on disk and would take 430 MB as RGB, 1.3 GB with its
+copies: it is refused from its header, before any pixel is decoded."""
+
+MAX_FOLDER_ENTRIES = 100_000
+"""The most entries (files and folders) an image folder scan visits; ImageNet's validation
+set is 50k files. A scan that reaches it stops and says so instead of walking ``/`` or ``/proc``."""
+
+
+def load_image(src: str | os.PathLike | bytes | io.IOBase, what: str | None = None) -> np.ndarray:
+    """Read one image (path, bytes or binary file object) as RGB uint8 of shape (H, W, 3).
+
+    A path must be a regular file of at most ``MAX_IMAGE_BYTES``; every image is refused
+    (DataError, one line) when its header declares more than ``MAX_IMAGE_PIXELS`` pixels,
+    before any pixel is decoded. ``what`` names the image in messages (default: its path).
+    """
+    from PIL import Image
+
+    what = what or _describe(src)
     if isinstance(src, (str, os.PathLike)):
-        p = Path(src).expanduser()
-        if not p.exists():
-            raise DataError(f"image {what} does not exist: check the path")
-        if p.is_dir():
-            raise DataError(f"{what} is a folder, not an image: give a PNG or JPEG file")
-        fh: Any = p
+        p = _user_path(src)
+        fh: Any = io.BytesIO(_read_user_file(p, what, MAX_IMAGE_BYTES, "image", "an image", "give a PNG or JPEG file"))
     elif isinstance(src, (bytes, bytearray, memoryview)):
         fh = io.BytesIO(bytes(src))
     else:
         fh = src
+    unreadable = f"{what} is not an image that can be read (corrupt or unknown format): give a PNG or JPEG file"
     try:
-        with Image.open(fh) as img:
+        with warnings.catch_warnings():
+            # Pillow warns (on stderr) from 89 megapixels; the stricter cap below refuses in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fh)  # reads the header only
+        with img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DataError(f"{what} is {w} x {h} pixels, over the limit of {MAX_IMAGE_PIXELS // 1_000_000} "
+                                "megapixels: downscale it (2048 px on the long side is plenty) and try again")
             img.load()
             rgb = img.convert("RGB")
+    except DataError:
+        raise
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{what} has too many pixels to decode safely: give an image under "
-                        f"{Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{what} is not an image that can be read (corrupt or unknown format): give a PNG or JPEG file") from exc
+        raise DataError(f"{what} has too many pixels to decode safely: downscale it to under "
+                        f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file trips any of Pillow's decoders (struct.error, ...)
+        raise DataError(unreadable) from exc
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def image_files(path: str | os.PathLike) -> list[Path]:
-    """The image files under ``path`` (by suffix, sorted); DataError if there is no such folder or no image."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise DataError(f"image folder {str(root)!r} does not exist: check the path")
-    if not root.is_dir():
-        raise DataError(f"{str(root)!r} is not a folder: give a folder of images (or use the bundled images)")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under ``path`` (by suffix, sorted); DataError if there is no such folder or no image.
+
+    The walk never follows links to folders, skips what is not a regular file (FIFOs, devices,
+    sockets, links to them) and entries that cannot be read or vanish while it runs, and stops
+    with a DataError after ``MAX_FOLDER_ENTRIES`` entries.
+    """
+    root = _user_path(path)
+    shown = repr(str(root))
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        raise DataError(f"image folder {shown} does not exist: check the path") from None
+    except PermissionError:
+        raise DataError(f"cannot read image folder {shown} (permission denied): check its permissions") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"image folder {shown} cannot be opened ({getattr(exc, 'strerror', None) or exc}): "
+                        "check the path") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{shown} is not a folder: give a folder of images (or use the bundled images)")
+    errors: list[OSError] = []
+    files: list[Path] = []
+    seen = 0
+    for folder, dirs, names in os.walk(root, onerror=errors.append, followlinks=False):
+        seen += len(dirs) + len(names)
+        if seen > MAX_FOLDER_ENTRIES:
+            raise DataError(f"folder {shown} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: give a "
+                            "smaller folder of images (a few hundred are plenty for calibration)")
+        for n in names:
+            if not n.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            f = Path(folder) / n
+            try:
+                if stat.S_ISREG(os.stat(f).st_mode):
+                    files.append(f)
+            except (OSError, ValueError):  # vanished, unreadable, a dangling link
+                continue
+    if not files and errors and Path(errors[0].filename or "") == root:
+        raise DataError(f"cannot read image folder {shown} ({errors[0].strerror or errors[0]}): check its "
+                        "permissions")
     if not files:
         raise DataError(
-            f"folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)}): "
+            f"folder {shown} has no images ({', '.join(IMAGE_SUFFIXES)}): "
             "put some there, or use the bundled images"
         )
-    return files
+    return sorted(files)
 
 
 def load_image_folder(
@@ -553,7 +657,7 @@ def calibration_batches(
         n = VISION_N_SAMPLES if n_samples is None else n_samples
         if source is None:
             images = bundled_images()
-        elif Path(source).expanduser().is_file():
+        elif _user_path(source).is_file():
             images = {Path(source).name: load_image(source)}
         else:
             images = load_image_folder(source, max_images=max(n, 1), seed=seed)
@@ -584,21 +688,11 @@ def check_upload(filename: str, data: bytes, kind: str, max_mb: float = MAX_UPLO
         raise DataError(f"upload '{name}' is {size_mb:.1f} MB, over the {max_mb:g} MB limit: give a smaller file")
     if not data:
         raise DataError(f"upload '{name}' is empty: give a file with something in it")
+    # the same checks as a file named by its path: the pixel cap before decoding, strict UTF-8
     if kind == "image":
-        try:
-            load_image(bytes(data))
-        except DataError:
-            raise DataError(f"upload '{name}' is not an image that can be read (corrupt or unknown format): "
-                            "give a PNG or JPEG file") from None
+        load_image(bytes(data), what=f"upload '{name}'")
     elif kind == "text":
-        if b"\x00" in data[:65536]:
-            raise DataError(f"upload '{name}' looks binary, not text: give a UTF-8 text file")
-        try:
-            text = bytes(data).decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise DataError(f"upload '{name}' is not UTF-8 text: convert it to UTF-8 or give another file") from None
-        if not text.strip():
-            raise DataError(f"upload '{name}' is empty: give a text file with some prose in it")
+        _text_from_bytes(bytes(data), f"upload '{name}'")
     else:
         with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
             tmp.write(data)
