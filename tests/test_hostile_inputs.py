@@ -542,3 +542,21 @@ def test_a_sound_folder_still_loads_and_calibrates_from_a_text_file(f):
     loaded = zoo.load_model(str(f["llm"]))
     batches = data.calibration_batches(loaded, n_samples=2, seq_len=8, source=f["text"])
     assert len(batches) == 1 and tuple(batches[0]["input_ids"].shape) == (2, 8)
+
+
+def test_an_image_that_vanishes_during_the_scan_is_skipped(f, monkeypatch):
+    """Between listing a folder and looking at an entry, the entry may go (or stop being readable)."""
+    real = os.stat
+
+    def stat(path, *a, **kw):
+        if Path(path).name == "gone.png":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path, *a, **kw)
+    (f["images"] / "gone.png").write_bytes(b"")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(os, "stat", stat)
+            files = no_hang(lambda: data.image_files(f["images"]), release=f["images"] / "pipe.png")
+    finally:
+        (f["images"] / "gone.png").unlink()
+    assert [p.name for p in files] == ["good.png"]
