@@ -86,7 +86,7 @@ def cmd_compress(args) -> int:
     from oats.models import zoo
     from oats.runner.execute import execute
     from oats.runner.request import CompressRequest, request_from_manifest, slug
-    from oats.runs.folders import check_resumable, check_run_model
+    from oats.runs.folders import check_resumable, check_run_folder, check_run_model
     from oats.runs.info import RunInfo
 
     out = Path(args.out) if args.out else None
@@ -95,6 +95,8 @@ def cmd_compress(args) -> int:
     options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False,
                    from_disk=from_disk)
     resumed = 0
+    if out is not None:
+        check_run_folder(out)  # a file, a name too long, no write access: one line before any loading
     if args.resume:
         if out is None:
             return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
@@ -119,6 +121,7 @@ def cmd_compress(args) -> int:
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = runs_root() / slug(f"{args.model}-{request.method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
+            check_run_folder(out, flag="OATS_RUNS_DIR")
         if (out / "manifest.json").exists() and not args.overwrite:
             return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
                          f"--overwrite to replace it, or another --out")

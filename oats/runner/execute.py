@@ -20,7 +20,7 @@ from oats.evaluation import evaluate_run, run_modes
 from oats.models import zoo
 from oats.runner.request import CompressRequest
 from oats.runs.evaluations import save_evaluation
-from oats.runs.folders import MANIFEST, RunWriter, clear_run_folder, load_run, read_manifest
+from oats.runs.folders import MANIFEST, RunWriter, check_run_folder, clear_run_folder, load_run, read_manifest
 
 IF_EXISTS = ("resume", "replace")
 """What ``execute`` does with a folder that already holds files: continue or reuse the same run
@@ -58,9 +58,14 @@ def _quiet(**_fields) -> None:
 
 def folder_state(request: CompressRequest, folder: Path, if_exists: str = "resume") -> str:
     """"new", "resume" or "reuse" for ``request`` in ``folder``; RunError (one line) when the
-    folder holds another run and ``if_exists`` is "resume"."""
+    folder holds another run and ``if_exists`` is "resume", or cannot be a run folder at all
+    (``check_run_folder``: a file, a name too long, not writable, someone else's files).
+
+    The one place a request's folder is judged: everything here is decided before the model loads.
+    """
     if if_exists not in IF_EXISTS:
         raise ValueError(f"if_exists must be one of {IF_EXISTS}, not {if_exists!r}")
+    check_run_folder(folder)
     if not (folder / MANIFEST).exists():
         return "new"
     if if_exists == "replace":

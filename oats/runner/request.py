@@ -122,7 +122,7 @@ class CompressRequest:
         """Whether a run folder's manifest records this request's run."""
         try:
             other = request_from_manifest(manifest)
-        except (OatsError, KeyError, TypeError, ValueError):
+        except (OatsError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
             return False
         return other.identity() == self.identity()
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oats import data
+from oats import data, untrusted
 from oats.compress.allocation import Owl, parse_allocation
 from oats.config import OatsConfig
 from oats.errors import ConfigError, RunError
@@ -35,7 +35,8 @@ from oats.methods import registry
 from oats.models import zoo
 from oats.runner.execute import execute, replace_model
 from oats.runner.request import CompressRequest, slug
-from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, run_dir, runs_root
+from oats.runs.folders import MANIFEST, atomic_write_bytes, check_run_folder, read_manifest, run_dir, runs_root
+from oats.runs.info import finite_json
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
@@ -186,6 +187,10 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     log = log or (lambda line: None)
     owl = parse_allocation(allocation, owl_lambda, owl_m)
     root = Path(root) if root is not None else runs_root()
+    # both folders are checked before anything loads: a long sweep must not fail at its last write
+    check_run_folder(root, "--root", "runs folder")
+    folder = Path(out) if out is not None else root / SWEEPS_DIR / slug(model)
+    check_run_folder(folder, "--out", "table folder")
     if loaded is None:
         kappa0 = zoo.PRESETS[model].default_rank_ratio if model in zoo.PRESETS else None
     else:
@@ -201,7 +206,6 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     kappas = rank_ratios if rank_ratios is not None else [loaded.default_rank_ratio]
     specs = plan(model, methods, compression, kappas, **specs_args)
     statuses = {s.folder_name(): _status(s, run_dir(root, s.folder_name())) for s in specs}
-    folder = Path(out) if out is not None else root / SWEEPS_DIR / slug(model)
 
     batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed)
     dense = copy.deepcopy(loaded.model)  # pristine: every run starts from a copy of it
@@ -311,7 +315,7 @@ def write_results(folder: str | Path, rows: list[dict], meta: dict | None = None
     clean = [{c: _json_safe(r.get(c)) for c in cols} for r in rows]
     atomic_write_bytes(folder / RESULTS_JSON, json.dumps(clean, indent=1).encode())
     if meta is not None:
-        atomic_write_bytes(folder / SWEEP_JSON, json.dumps(meta, indent=1, default=str).encode())
+        atomic_write_bytes(folder / SWEEP_JSON, json.dumps(finite_json(meta), indent=1, default=str).encode())
     return folder
 
 
@@ -330,11 +334,12 @@ def load_results(folder: str | Path) -> list[dict]:
     if not p.is_file():
         raise RunError(f"'{folder}' holds no sweep results ({RESULTS_JSON}): run 'oats sweep MODEL' first")
     try:
-        rows = json.loads(p.read_text())
+        rows = untrusted.read_json(p)
         if not isinstance(rows, list) or not all(isinstance(r, dict) and "method" in r and "mode" in r for r in rows):
             raise ValueError("not a list of rows")
-    except (ValueError, OSError) as e:
-        raise RunError(f"sweep results '{p}' are damaged ({e}): run the sweep again") from None
+    except (ValueError, OSError) as e:  # BadFile is a ValueError
+        raise RunError(f"sweep results '{p}' are damaged ({' '.join(str(e).split())[:160]}): run the sweep "
+                       "again") from None
     return rows
 
 
@@ -342,9 +347,10 @@ def load_meta(folder: str | Path) -> dict:
     """The sweep's settings and timings (sweep.json), or {} when absent."""
     p = Path(folder) / SWEEP_JSON
     try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except ValueError:
+        meta = untrusted.read_json(p) if p.is_file() else {}
+    except (ValueError, OSError):
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def markdown_table(rows: list[dict], metrics: list[str] | None = None, digits: int = 4) -> str:

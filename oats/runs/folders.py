@@ -13,7 +13,9 @@ Dense weights are not stored: loading a run rebuilds the base model and applies 
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
 import tempfile
@@ -21,19 +23,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from oats import untrusted
 from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear
-from oats.errors import OatsError, RunError
+from oats.errors import ModelLoadError, OatsError, RunError
 from oats.models import zoo
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
-from oats.runs.info import FORMAT, MANIFEST, RunInfo, read_json
+from oats.models.weights import check_safetensors_file
+from oats.runs.info import FORMAT, MANIFEST, RunInfo, finite_json, read_json
 
 __all__ = ["FORMAT", "MANIFEST", "RUNS_ENV", "RunInfo", "RunWriter", "apply_factors", "atomic_save_tensors",
            "atomic_write_bytes", "block_tensors", "check_run_model", "list_runs", "load_run", "manifest_dict",
-           "read_manifest", "runs_root", "save_run", "run_dir", "check_resumable", "clear_run_folder"]
+           "read_manifest", "runs_root", "save_run", "run_dir", "check_resumable", "clear_run_folder", "check_run_folder",
+           "read_block", "disk_full", "write_error", "MAX_NAME_BYTES"]
 
 RUNS_ENV = "OATS_RUNS_DIR"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -61,32 +65,112 @@ def run_dir(root: str | Path, name: str) -> Path:
     return folder
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+MAX_NAME_BYTES = 255
+"""The longest file or folder name (in bytes) the common file systems (ext4, APFS, NTFS) allow."""
+
+_RUN_FILE = re.compile(r"^(manifest\.json|evaluation\.json|block_\d+\.safetensors|\..*\.tmp)$")
+"""What a run folder holds (``.*.tmp``: a write in progress or killed)."""
+
+
+def check_run_folder(folder: str | Path, flag: str = "--out", what: str = "run folder") -> Path:
+    """``folder`` when a run can be written there; RunError (one line) before anything is
+    loaded or written when it cannot: a name over 255 bytes, a path that is a file, a parent
+    that is a file or not writable, or a folder holding someone's files and no run.
+
+    Nothing is created here (the folder appears with the first finished block)."""
+    folder = Path(folder)
+    for part in folder.parts:
+        n = len(os.fsencode(part))
+        if n > MAX_NAME_BYTES:
+            raise RunError(f"{what} name '{part[:40]}...' in {flag} is {n} bytes long, over the {MAX_NAME_BYTES} a "
+                           f"file system allows: choose a shorter {flag}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        if folder.exists() and not folder.is_dir():
+            raise RunError(f"{what} '{folder}' is a file: choose a folder for {flag}")
+        if folder.is_dir() and not (folder / MANIFEST).exists() and what == "run folder":
+            other = sorted(p.name for p in folder.iterdir() if not _RUN_FILE.match(p.name))
+            if other:
+                raise RunError(f"{what} '{folder}' holds other files ('{other[0][:60]}', ...) and no run: choose a new "
+                               f"or empty folder for {flag}")
+        p = Path(os.path.abspath(folder))
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            raise RunError(f"{what} '{folder}' cannot be made: '{p}' is a file: choose another {flag}")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise RunError(f"{what} '{folder}' cannot be written: '{p}' is not writable for you: choose another {flag}")
+    except OSError as e:
+        raise RunError(f"{what} '{folder}' cannot be used ({e.strerror or type(e).__name__}): choose another "
+                       f"{flag}") from None
+    return folder
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full: an OSError, or the
+    SafetensorError safetensors raises with the OS message inside."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    text = str(exc)
+    return any(m in text for m in ("No space left on device", "Disk quota exceeded", "StorageFull",
+                                   "FilesystemQuotaExceeded"))
+
+
+def write_error(exc: BaseException, path: Path, then: str) -> RunError | None:
+    """The one-line RunError for a failed write of ``path`` (``then``: what to do once there
+    is space, e.g. "resume with ..."), or None for an error that is not about the disk or the
+    file system (a bug: it keeps its traceback)."""
+    where = f"{path.name} in '{path.parent}'"
+    if disk_full(exc):
+        return RunError(f"no space left on device while writing {where}: free some space, then {then}")
+    if isinstance(exc, OSError):
+        return RunError(f"cannot write {where} ({exc.strerror or type(exc).__name__}): {then} once it is writable")
+    return None
+
+
+def _mkstemp(path: Path, then: str) -> str:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(e, path, then) from None
+    os.close(fd)
+    return tmp
+
+
+def _atomic(path: Path, then: str, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then the rename: ``path`` is the old
+    file or the whole new one, never a part, and a failure leaves no temporary file."""
+    tmp = _mkstemp(path, then)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        err = write_error(e, path, then) if isinstance(e, Exception) else None
+        if err is not None:
+            raise err from None
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, then: str = "try again") -> None:
+    """Write ``data`` to ``path`` atomically; RunError (one line) when the disk is full or the
+    folder not writable, ``then`` saying what to do afterwards."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic(Path(path), then, write)
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None,
+                        then: str = "try again") -> None:
+    """``safetensors`` ``save_file`` to ``path`` atomically; errors as ``atomic_write_bytes``."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(Path(path), then, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _pack_sparse(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,16 +178,6 @@ def _pack_sparse(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = s != 0
     bits = np.packbits(mask.cpu().numpy().reshape(-1))
     return s[mask].contiguous(), torch.from_numpy(bits)
-
-
-def _unpack_sparse(values: torch.Tensor, bits: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    n = shape[0] * shape[1]
-    mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).reshape(shape)
-    if int(mask.sum()) != values.numel():
-        raise ValueError("mask and values disagree")
-    out = torch.zeros(shape, dtype=values.dtype)
-    out[mask] = values
-    return out
 
 
 def block_tensors(run: CompressionRun, block: int) -> dict[str, torch.Tensor]:
@@ -133,31 +207,45 @@ class RunWriter:
     def __init__(self, folder: str | Path, extra: dict | None = None):
         self.folder = Path(folder)
         self.extra = extra or {}
-        # Half-written files of a writer that was killed (atomic writes never expose them as blocks).
-        for stale in self.folder.glob(".*.tmp") if self.folder.is_dir() else ():
-            stale.unlink(missing_ok=True)
+        # Half-written files of a writer that was killed (atomic writes never expose them as blocks);
+        # only the names this writer makes, so nothing of anyone else's goes.
+        if self.folder.is_dir():
+            for stale in self.folder.glob(".*.tmp"):
+                if stale.name.startswith((".block_", f".{MANIFEST}.")) and stale.is_file():
+                    stale.unlink(missing_ok=True)
+
+    def _then(self, run: CompressionRun) -> str:
+        return f"resume with 'oats compress {run.model_name} --out {self.folder} --resume'"
 
     def block_done(self, run: CompressionRun, block: int) -> None:
         # The folder appears with the first finished block: a run that fails its checks leaves nothing.
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_save_tensors(block_tensors(run, block), self.folder / f"block_{block:03d}.safetensors")
+        self._mkdir(run)
+        atomic_save_tensors(block_tensors(run, block), self.folder / f"block_{block:03d}.safetensors",
+                            then=self._then(run))
         self._manifest(run, complete=False)
 
     def finish(self, run: CompressionRun) -> None:
         self._manifest(run, complete=True)
 
+    def _mkdir(self, run: CompressionRun) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(e, self.folder / MANIFEST, self._then(run)) from None
+
     def _manifest(self, run: CompressionRun, complete: bool) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(manifest_dict(run, complete, self.extra), indent=1).encode()
-        atomic_write_bytes(self.folder / MANIFEST, data)
+        self._mkdir(run)
+        # strict JSON: a NaN error (a zero matrix) is written as null, which every reader accepts
+        data = json.dumps(finite_json(manifest_dict(run, complete, self.extra)), indent=1, allow_nan=False).encode()
+        atomic_write_bytes(self.folder / MANIFEST, data, then=self._then(run))
 
 
 def save_run(run: CompressionRun, folder: str | Path, extra: dict | None = None) -> Path:
     """Write a finished run to ``folder`` (created if missing)."""
     w = RunWriter(folder, extra)
-    w.folder.mkdir(parents=True, exist_ok=True)
+    w._mkdir(run)
     for b in sorted({r.block for r in run.layers}):
-        atomic_save_tensors(block_tensors(run, b), w.folder / f"block_{b:03d}.safetensors")
+        atomic_save_tensors(block_tensors(run, b), w.folder / f"block_{b:03d}.safetensors", then="save it again")
     w.finish(run)
     return w.folder
 
@@ -178,21 +266,115 @@ def check_resumable(folder: str | Path) -> dict:
     return m
 
 
-def apply_factors(model: torch.nn.Module, folder: str | Path, info: RunInfo) -> None:
-    """Replace the model's linears with OatsLinear modules holding the run's factors."""
+def _block_file(folder: Path, block: int) -> Path:
+    """The block file of a run folder, resolved: a regular file inside the folder (not a link
+    to a file elsewhere, which an export would copy out) with a sound safetensors header."""
+    f = folder / f"block_{block:03d}.safetensors"
+    if not os.path.lexists(f):
+        raise RunError(f"run folder '{folder}' is missing {f.name}: the run is damaged, compress again")
+    try:
+        real = untrusted.inside(folder, f)
+        untrusted.regular_file(real)
+        check_safetensors_file(real, f.name)
+    except untrusted.BadFile as e:
+        raise RunError(f"run folder '{folder}': {f.name} is refused ({e}): the run is damaged or tampered with, "
+                       "compress again") from None
+    except FileNotFoundError:
+        raise RunError(f"run folder '{folder}' is missing {f.name} (a broken link): the run is damaged, compress "
+                       "again") from None
+    except (ModelLoadError, OSError):
+        raise RunError(f"run folder '{folder}': {f.name} is unreadable (SafetensorError): compress again") from None
+    return real
+
+
+def _problem(t: torch.Tensor | None, shape: tuple, dtype: str = "float") -> str | None:
+    """Why ``t`` is not a factor of ``shape`` (``dtype``: "float" or "uint8"), None when it is."""
+    if dtype == "uint8" and t.dtype != torch.uint8:
+        return f"{str(t.dtype).replace('torch.', '')} values, not uint8 bits"
+    if dtype == "float" and not t.dtype.is_floating_point:
+        return f"{str(t.dtype).replace('torch.', '')} values, not floats"
+    if tuple(t.shape) != tuple(shape):
+        return f"shape {tuple(t.shape)}, not {tuple(shape)}"
+    if dtype == "float" and t.numel() and not bool(torch.isfinite(t).all()):
+        return "NaN or infinite values"
+    return None
+
+
+def read_block(folder: str | Path, block: int, info: RunInfo) -> dict[str, torch.Tensor]:
+    """The tensors of one block file of a run folder, every one checked against the manifest.
+
+    The one reader of block files: the file must be a regular file inside the folder with a
+    sound header; per replaced layer ``sparse_values`` (float, finite), ``sparse_mask``
+    (uint8, ceil(d_out * d_in / 8) bytes, as many set bits as values), ``u`` (d_out, rank) and
+    ``v`` (rank, d_in) (float, finite, the manifest's rank); per matrix ``m2`` (d_in,) (float,
+    finite, non-negative). RunError (one line, naming the file and the layer) otherwise.
+    Returns the tensors by their names, the mask unpacked as ``<path>.sparse`` (d_out, d_in).
+    """
     folder = Path(folder)
+    name = f"block_{block:03d}.safetensors"
+    real = _block_file(folder, block)
+    try:
+        tensors = load_file(str(real))
+    except Exception as e:  # the header was sound, the data is not (SafetensorError, OSError)
+        raise RunError(f"run folder '{folder}': {name} is unreadable ({type(e).__name__}): compress again") from None
+
+    def refuse(path: str, factor: str, why: str | None = None):
+        if why is None:
+            return RunError(f"run folder '{folder}': {name} has no {factor} for layer '{path}': the run is damaged, "
+                            "compress again")
+        return RunError(f"run folder '{folder}': {name} holds a damaged {factor} for layer '{path}' ({why}): the run "
+                        "is damaged, compress again")
+
+    out: dict[str, torch.Tensor] = {}
+    records = [r for r in info.layers if r.block == block]
+    for path in dict.fromkeys(r.path for r in records):
+        mod = info.modules.get(path)
+        if mod is None:
+            raise RunError(f"run folder '{folder}' has a damaged manifest (no shape for layer '{path}'): delete it "
+                           "and compress again")
+        (d_out, d_in), rank = mod.shape, mod.rank
+        n = d_out * d_in
+        want = {"sparse_values": None, "sparse_mask": ((n + 7) // 8,), "u": (d_out, rank), "v": (rank, d_in)}
+        got = {}
+        for factor, shape in want.items():
+            t = tensors.get(f"{path}.{factor}")
+            if t is None:
+                raise refuse(path, factor)
+            if factor == "sparse_values":
+                shape = (t.numel(),) if t.dim() == 1 else ("n",)
+            why = _problem(t, shape, "uint8" if factor == "sparse_mask" else "float")
+            if why is not None:
+                raise refuse(path, factor, why)
+            got[factor] = t
+        mask = torch.from_numpy(np.unpackbits(got["sparse_mask"].numpy(), count=n).astype(bool)).reshape(d_out, d_in)
+        kept = int(mask.sum())
+        if kept != got["sparse_values"].numel():
+            raise refuse(path, "sparse_values", f"{got['sparse_values'].numel()} values for the {kept} the mask marks")
+        sparse = torch.zeros((d_out, d_in), dtype=got["sparse_values"].dtype)
+        sparse[mask] = got["sparse_values"]
+        out[f"{path}.sparse"] = sparse
+        out[f"{path}.u"], out[f"{path}.v"] = got["u"], got["v"]
+    for r in records:
+        key = f"{r.qualname}.m2"
+        t = tensors.get(key)
+        if t is None:
+            raise refuse(r.path, f"m2 ({r.qualname})")
+        d_in = info.modules[r.path].shape[1]
+        why = _problem(t, (d_in,)) or (None if bool((t >= 0).all()) else "negative values")
+        if why is not None:
+            raise refuse(r.path, f"m2 ({r.qualname})", why)
+        out[key] = t
+    return out
+
+
+def _apply_blocks(model: torch.nn.Module, folder: Path, info: RunInfo) -> dict[str, torch.Tensor]:
+    """Put the factors of every finished block into ``model``; the second moments by qualname."""
     get_adapter(model, allow_generic=info.family == "generic")  # fails clearly on a foreign model
+    m2: dict[str, torch.Tensor] = {}
     for b in info.blocks_done:
-        f = folder / f"block_{b:03d}.safetensors"
-        if not f.is_file():
-            raise RunError(f"run folder '{folder}' is missing {f.name}: the run is damaged, compress again")
-        try:
-            tensors = load_file(str(f))
-        except (SafetensorError, OSError, Exception) as e:
-            raise RunError(f"run folder '{folder}': {f.name} is unreadable ({type(e).__name__}): compress again") from None
-        for path, mod in info.modules.items():
-            if f"{path}.u" not in tensors:
-                continue
+        tensors = read_block(folder, b, info)
+        for path in dict.fromkeys(r.path for r in info.layers if r.block == b):
+            mod = info.modules[path]
             try:
                 old = model.get_submodule(path)
             except AttributeError:
@@ -202,13 +384,17 @@ def apply_factors(model: torch.nn.Module, folder: str | Path, info: RunInfo) -> 
             if list(w.shape) != list(mod.shape):
                 raise RunError(f"run folder '{folder}' was made for '{info.model_name}': layer '{path}' "
                                f"is {tuple(mod.shape)} there but {tuple(w.shape)} in this model")
-            try:
-                sparse = _unpack_sparse(tensors[f"{path}.sparse_values"], tensors[f"{path}.sparse_mask"], tuple(w.shape))
-            except (KeyError, ValueError):
-                raise RunError(f"run folder '{folder}': the factors of '{path}' are damaged: compress again") from None
-            new = OatsLinear(w, bias_of(old), sparse.to(w.dtype), tensors[f"{path}.u"].to(w.dtype),
+            new = OatsLinear(w, bias_of(old), tensors[f"{path}.sparse"].to(w.dtype), tensors[f"{path}.u"].to(w.dtype),
                              tensors[f"{path}.v"].to(w.dtype))
             set_submodule(model, path, new.to(w.device))
+        m2.update({k[:-3]: v for k, v in tensors.items() if k.endswith(".m2")})
+    return m2
+
+
+def apply_factors(model: torch.nn.Module, folder: str | Path, info: RunInfo) -> None:
+    """Replace the model's linears with OatsLinear modules holding the run's factors (every
+    block file checked by ``read_block`` first)."""
+    _apply_blocks(model, Path(folder), info)
 
 
 def check_run_model(folder: str | Path, info: RunInfo, model_name: str) -> None:
@@ -236,11 +422,7 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
     if model is None:
         loaded = zoo.load_model(info.model_name)
         model = loaded.model
-    apply_factors(model, folder, info)
-    m2: dict[str, torch.Tensor] = {}
-    for b in info.blocks_done:
-        t = load_file(str(folder / f"block_{b:03d}.safetensors"))
-        m2.update({k[:-3]: v for k, v in t.items() if k.endswith(".m2")})
+    m2 = _apply_blocks(model, folder, info)
     return CompressionRun(
         model=model, model_name=info.model_name, family=info.family, method=info.method, config=info.config,
         layers=list(info.layers), blocks=list(info.blocks), second_moments=m2, calibration=dict(info.calibration),
@@ -253,33 +435,41 @@ def list_runs(root: str | Path) -> list[dict]:
     damaged), and for a readable run its ``info`` (``RunInfo``) plus the settings as columns
     (model_name, method, compression, rank_ratio as configured, sparsity, blocks_done, created).
 
-    A damaged folder is reported by name with its ``problem``; the others still list.
+    A damaged folder is reported by name with its ``problem`` (one line); the others still
+    list. Nothing one folder holds makes this raise: the app lists runs on every page.
     """
     root = Path(root)
     out = []
-    if not root.is_dir():
+    try:
+        entries = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    except OSError:
         return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not (d / MANIFEST).exists():
-            continue
+    for d in entries:
         try:
+            if not os.path.lexists(d / MANIFEST):
+                continue
             info = RunInfo.read(d)
-        except OatsError as e:
-            out.append({"name": d.name, "path": str(d), "status": "damaged", "problem": str(e), "info": None})
-            continue
-        cfg = info.config
-        out.append({"name": d.name, "path": str(d), "status": info.status, "model_name": info.model_name,
-                    "method": info.method, "compression": cfg.compression, "rank_ratio": cfg.rank_ratio,
-                    "sparsity": cfg.sparsity, "blocks_done": len(info.blocks_done), "created": info.created,
-                    "info": info})
+            cfg = info.config
+            row = {"name": d.name, "path": str(d), "status": info.status, "model_name": info.model_name,
+                   "method": info.method, "compression": cfg.compression, "rank_ratio": cfg.rank_ratio,
+                   "sparsity": cfg.sparsity, "blocks_done": len(info.blocks_done), "created": info.created,
+                   "info": info}
+        except Exception as e:  # noqa: BLE001 - one folder's damage is that row's problem, never the list's
+            problem = str(e) if isinstance(e, OatsError) else \
+                f"run folder '{d}' cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+            row = {"name": d.name, "path": str(d), "status": "damaged", "problem": " ".join(problem.split()),
+                   "info": None}
+        out.append(row)
     return out
 
 
 def clear_run_folder(folder: str | Path) -> None:
-    """Remove the run files a folder holds (manifest and block factors), nothing else."""
+    """Remove the run files (manifest and block factors) of a folder that holds a run; a folder
+    without a manifest is left as it is (its files are not a run's to remove)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or not os.path.lexists(folder / MANIFEST):
         return
     for p in folder.glob("block_*.safetensors"):
-        p.unlink()
+        if _RUN_FILE.match(p.name):
+            p.unlink()
     (folder / MANIFEST).unlink(missing_ok=True)

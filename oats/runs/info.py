@@ -8,24 +8,31 @@ one line (``RunError``). ``RunInfo.to_manifest`` gives back the JSON object that
 
 from __future__ import annotations
 
-import json
+import math
+import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from oats import untrusted
 from oats.config import OatsConfig
 from oats.errors import ConfigError, RunError
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.methods.registry import BUDGET_NOTES, used_rank_ratio
+from oats.models.guard import MAX_DIMENSION
 
 FORMAT = 1
 """The manifest format this code writes."""
 READABLE = (1,)
 """The manifest formats this code reads."""
 MANIFEST = "manifest.json"
+
+MAX_BLOCKS = 100_000
+"""No model this project targets has more transformer blocks; a larger block index is damage."""
 
 _REQUIRED = ("model_name", "config", "layers", "blocks", "method")
 _KNOWN = frozenset(("format", "complete", "model_name", "family", "method", "config", "effective_compression",
@@ -125,28 +132,38 @@ class RunInfo:
             for key in _REQUIRED:
                 if key not in m:
                     raise ValueError(f"missing {key}")
-            config = OatsConfig(**m["config"])
-            params = m.get("params") or {}
+            config = m["config"]
+            if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+                raise ValueError("config is not an object")
+            config = OatsConfig(**config)
+            params = _obj(m.get("params"), "params")
             rates = m.get("block_rates")
+            if rates is not None and (not isinstance(rates, list) or not all(_is_num(r) for r in rates)):
+                raise ValueError("block_rates is not a list of numbers")
             return cls(
-                model_name=str(m["model_name"]), method=str(m["method"]), config=config,
-                layers=tuple(LayerRecord.from_dict(d) for d in m["layers"]),
-                blocks=tuple(BlockRecord(**d) for d in m["blocks"]),
-                complete=bool(m.get("complete", False)), format=m["format"], family=m.get("family") or "",
-                budget_note=m.get("budget_note") or "",
+                model_name=_text(m["model_name"], "model_name", empty=False), method=_text(m["method"], "method",
+                                                                                           empty=False),
+                config=config,
+                layers=tuple(_layer(d, i) for i, d in enumerate(_list(m["layers"], "layers"))),
+                blocks=tuple(_block(d, i) for i, d in enumerate(_list(m["blocks"], "blocks"))),
+                complete=_flag(m.get("complete", False), "complete"), format=m["format"],
+                family=_text(m.get("family"), "family"), budget_note=_text(m.get("budget_note"), "budget_note"),
                 block_rates=tuple(float(r) for r in rates) if rates is not None else None,
-                allocation=m.get("allocation"), created=m.get("created") or "",
-                versions=dict(m.get("versions") or {}), calibration=dict(m.get("calibration") or {}),
-                timings=dict(m.get("timings") or {}),
-                params_dense=int(params.get("dense", 0)), params_kept=int(params.get("kept", 0)),
-                blocks_done=tuple(int(b) for b in m.get("blocks_done", ())),
-                modules={p: ModuleInfo(shape=tuple(d["shape"]), rank=int(d["rank"]))
-                         for p, d in (m.get("modules") or {}).items()},
-                calibration_request=m.get("calibration_request"), model_source=m.get("model_source"),
-                task=m.get("task"), sweep=m.get("sweep"),
+                allocation=_obj(m.get("allocation"), "allocation", none=True), created=_text(m.get("created"), "created"),
+                versions=_obj(m.get("versions"), "versions"), calibration=_obj(m.get("calibration"), "calibration"),
+                timings=_obj(m.get("timings"), "timings"),
+                params_dense=_count(params.get("dense", 0), "params.dense"),
+                params_kept=_count(params.get("kept", 0), "params.kept"),
+                blocks_done=tuple(_count(b, "blocks_done", MAX_BLOCKS) for b in _list(m.get("blocks_done", []),
+                                                                                      "blocks_done")),
+                modules={_text(p, "modules", empty=False): _module(p, d)
+                         for p, d in _obj(m.get("modules"), "modules").items()},
+                calibration_request=_obj(m.get("calibration_request"), "calibration_request", none=True),
+                model_source=_text(m.get("model_source"), "model_source", none=True),
+                task=_text(m.get("task"), "task", none=True), sweep=_text(m.get("sweep"), "sweep", none=True),
                 extra={k: v for k, v in m.items() if k not in _KNOWN})
-        except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as e:
-            raise RunError(f"{where} has a damaged manifest ({e}): delete it and compress again") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError, ConfigError) as e:
+            raise RunError(f"{where} has a damaged manifest ({_short(e)}): delete it and compress again") from None
 
     @classmethod
     def read(cls, folder: str | Path) -> RunInfo:
@@ -202,15 +219,166 @@ class RunInfo:
 
 
 def read_json(folder: str | Path) -> dict:
-    """The JSON object in a run folder's manifest, unchecked; RunError (one line) when the folder
-    or its manifest is missing or the file is not JSON."""
+    """The JSON object in a run folder's manifest, not yet checked as a manifest; RunError (one
+    line) when the folder or its manifest is missing, or the file is not strict JSON of a sane
+    size (``oats.untrusted.read_json``: no FIFO or device, no NaN, no 100k nested brackets)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise RunError(f"run folder '{folder}' does not exist: give the folder written by 'oats compress --out'")
     p = folder / MANIFEST
-    if not p.is_file():
-        raise RunError(f"'{folder}' is not a run folder (no {MANIFEST}): give the folder written by 'oats compress --out'")
+    hint = "give the folder written by 'oats compress --out'"
     try:
-        return json.loads(p.read_text())
-    except (ValueError, OSError) as e:
-        raise RunError(f"run folder '{folder}' has a damaged manifest ({e}): delete it and compress again") from None
+        if not folder.is_dir():
+            raise RunError(f"run folder '{folder}' does not exist: {hint}")
+        if not os.path.lexists(p):
+            raise RunError(f"'{folder}' is not a run folder (no {MANIFEST}): {hint}")
+        untrusted.regular_file(p)
+        untrusted.inside(folder, p)
+        return untrusted.read_json(p)
+    except untrusted.BadFile as e:
+        raise RunError(f"run folder '{folder}' has a damaged manifest ({_short(e)}): delete it and compress "
+                       "again") from None
+    except FileNotFoundError:  # a link to nowhere
+        raise RunError(f"run folder '{folder}' has a damaged manifest ({MANIFEST} is a broken link): delete it "
+                       "and compress again") from None
+    except OSError as e:
+        raise RunError(f"run folder '{folder}' cannot be read ({e.strerror or type(e).__name__}): {hint}, "
+                       "readable by you") from None
+
+
+_NOT_JSON = re.compile(r"it is not valid JSON \((.*)\)")
+
+
+def _short(e: BaseException) -> str:
+    """An exception as a few words inside the one-line message (the parser's own words for bad JSON)."""
+    text = " ".join(str(e).split())[:160] or type(e).__name__
+    if "integer string conversion" in text:  # Python's advice to programmers is no help here
+        return "it holds a whole number of more than 4300 digits"
+    found = _NOT_JSON.fullmatch(text)
+    return found.group(1) if found else text
+
+
+# ----------------------------------------------------------------------------- manifest fields
+# Each check names the field, so the one line says where the damage is; the values then have
+# the types the dataclasses promise (no int() of a float infinity, no str of a nested list).
+
+
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _text(x, what: str, none: bool = False, empty: bool = True):
+    if x is None and none:
+        return None
+    if x is None and empty:
+        return ""
+    if not isinstance(x, str) or (not empty and not x) or len(x) > 100_000:
+        raise ValueError(f"{what} is not a text")
+    return x
+
+
+def _flag(x, what: str) -> bool:
+    if not isinstance(x, bool):
+        raise ValueError(f"{what} is not true or false")
+    return x
+
+
+def _shown(x) -> str:
+    text = str(x)
+    return repr(text if len(text) <= 30 else text[:27] + "...")
+
+
+def _count(x, what: str, bound: int = 2**62) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= bound:
+        raise ValueError(f"{what} holds {_shown(x)}, not a whole number in [0, {bound}]")
+    return x
+
+
+def _num(x, what: str, none: bool = False):
+    """A finite number; None (what a writer puts for a non-finite one) reads as NaN unless ``none``."""
+    if x is None:
+        return None if none else float("nan")
+    if not _is_num(x):
+        raise ValueError(f"{what} holds {_shown(x)}, not a number")
+    return float(x)
+
+
+def _list(x, what: str) -> list:
+    if not isinstance(x, list):
+        raise ValueError(f"{what} is not a list")
+    return x
+
+
+def _obj(x, what: str, none: bool = False):
+    if x is None:
+        return None if none else {}
+    if not isinstance(x, dict):
+        raise ValueError(f"{what} is not an object")
+    return dict(x)
+
+
+def _shape(x, what: str) -> tuple[int, int]:
+    if not isinstance(x, list) or len(x) != 2 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIMENSION for d in x):
+        raise ValueError(f"{what} is not two whole numbers in [1, {MAX_DIMENSION}]")
+    return int(x[0]), int(x[1])
+
+
+def _layer(d, i: int) -> LayerRecord:
+    what = f"layers[{i}]"
+    d = _obj(d, what)
+    optional = ("history", "output_error", "rows")
+    missing = [k for k in LayerRecord.__dataclass_fields__ if k not in d and k not in optional]
+    if missing:
+        raise ValueError(f"{what} has no {missing[0]}")
+    shape = _shape(d["shape"], f"{what}.shape")
+    rows = d.get("rows")
+    if rows is not None:
+        rows = _list(rows, f"{what}.rows")
+        if len(rows) != 2 or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows) \
+                or not 0 <= rows[0] < rows[1] <= shape[0] * MAX_BLOCKS:
+            raise ValueError(f"{what}.rows is not a row range")
+        rows = (rows[0], rows[1])
+    rank = _count(d["rank"], f"{what}.rank", min(shape))
+    return LayerRecord(
+        block=_count(d["block"], f"{what}.block", MAX_BLOCKS), name=_text(d["name"], f"{what}.name", empty=False),
+        path=_text(d["path"], f"{what}.path", empty=False), kind=_text(d["kind"], f"{what}.kind"), rows=rows,
+        shape=shape, rank=rank, nnz=_count(d["nnz"], f"{what}.nnz"), params=_count(d["params"], f"{what}.params"),
+        budget=_count(d["budget"], f"{what}.budget"), scaled_error=_num(d["scaled_error"], f"{what}.scaled_error"),
+        output_error=_num(d.get("output_error"), f"{what}.output_error", none=True),
+        iterations=_count(d["iterations"], f"{what}.iterations"), time_s=_num(d["time_s"], f"{what}.time_s"),
+        history=_obj(d.get("history"), f"{what}.history"))
+
+
+def _block(d, i: int) -> BlockRecord:
+    what = f"blocks[{i}]"
+    d = _obj(d, what)
+    unknown = set(d) - set(BlockRecord.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{what} has an unknown entry {sorted(unknown)[0]!r}")
+    missing = [k for k in BlockRecord.__dataclass_fields__ if k not in d]
+    if missing:
+        raise ValueError(f"{what} has no {missing[0]}")
+    return BlockRecord(index=_count(d["index"], f"{what}.index", MAX_BLOCKS), path=_text(d["path"], f"{what}.path"),
+                       output_error=_num(d["output_error"], f"{what}.output_error"),
+                       stats_time_s=_num(d["stats_time_s"], f"{what}.stats_time_s"),
+                       decompose_time_s=_num(d["decompose_time_s"], f"{what}.decompose_time_s"))
+
+
+def _module(path, d) -> ModuleInfo:
+    what = f"modules[{str(path)[:80]!r}]"
+    d = _obj(d, what)
+    if "shape" not in d or "rank" not in d:
+        raise ValueError(f"{what} needs a shape and a rank")
+    shape = _shape(d["shape"], f"{what}.shape")
+    return ModuleInfo(shape=shape, rank=_count(d["rank"], f"{what}.rank", min(shape)))
+
+
+def finite_json(x):
+    """``x`` with every non-finite float replaced by None: what a manifest writer must write,
+    since a strict reader refuses NaN and Infinity (they are not JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_json(v) for v in x]
+    return x
