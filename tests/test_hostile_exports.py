@@ -511,6 +511,9 @@ CASES: dict[str, Case] = {
     "folded_valid": Case("folded", None, None),
     "folded_weight_nan": Case("folded", _edit_tensors(_set(f"{DOWN}.weight", 0, float("nan")), "model.safetensors"),
                               "RunError", _bad(f"tensor '{DOWN}.weight' holds NaN or infinite values")),
+    "folded_weight_integer": Case("folded", _edit_tensors(lambda t: t.__setitem__(
+        f"{DOWN}.weight", (t[f"{DOWN}.weight"] * 100).to(torch.int32)), "model.safetensors"), "RunError",
+        _bad(f"tensor '{DOWN}.weight' is I32 in the weights file, not a float type")),
     "folded_weight_missing": Case("folded", _edit_tensors(_drop(f"{DOWN}.weight"),
                                                           "model.safetensors"), "RunError",
                                   _bad(f"model.safetensors has no tensor '{DOWN}.weight'")),
