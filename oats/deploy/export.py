@@ -46,7 +46,7 @@ from oats.models.guard import MAX_DIMENSION, check_config_memory
 from oats.models.loaded import BUILD_LOCK, quiet_transformers
 from oats.models.weights import check_safetensors_file
 from oats.resources import check_memory
-from oats.runs.folders import load_run
+from oats.runs.folders import check_run_folder, load_run, write_error
 from oats.runs.info import RunInfo
 from oats.untrusted import BadFile, inside, read_json, regular_file
 
@@ -74,6 +74,8 @@ def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = 
     """The export folder, refused when it is a file, holds files (unless ``force``), or would
     replace ``protect`` (the run folder) or a folder above it."""
     out = Path(out)
+    # (runs) a name too long, a file, a parent that cannot be made or written: one line before any loading
+    check_run_folder(out, "--out", "export folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export folder '{out}' is a file: choose a folder for --out")
     if protect is not None:
@@ -83,6 +85,12 @@ def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = 
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"export folder '{out}' exists and is not empty: choose another --out, or pass --force "
                           "to replace it")
+    # (runs) --force replaces an earlier export, never a run or a folder of someone's files
+    if out.is_dir() and (out / "manifest.json").exists():
+        raise ConfigError(f"export folder '{out}' holds a run folder (manifest.json): choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
+        raise ConfigError(f"export folder '{out}' holds files but no oats export ({EXPORT_FILE}): --force replaces "
+                          "only an earlier export; choose another --out")
     return out
 
 
@@ -264,16 +272,23 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
     kind = _kind(model)
     if not oats_layers(model):
         raise RunError("this model has no compressed layers: nothing to export")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)
+    # ---- (runs) the write section: a full disk or an unwritable folder is one line, "export again"
+    writing = out
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, 0o755)
+    except OSError as e:
+        raise write_error(e, writing, "export again") from None
+    try:
+        writing = out / (SPARSE_FILE if layout == "sparse" else "model.safetensors")
         with torch.no_grad(), quiet_transformers():
             body = _write_sparse(run, kind, tmp) if layout == "sparse" else _write_folded(model, kind, tmp)
         loaded = run.loaded
         extra = {}
         if loaded is not None:
             if loaded.tokenizer is not None:
+                writing = out / "the tokenizer files"
                 loaded.tokenizer.save_pretrained(tmp)
             extra = {"task": loaded.task, "image_size": loaded.image_size,
                      "image_mean": loaded.image_mean, "image_std": loaded.image_std}
@@ -281,7 +296,9 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
         manifest = {"oats_export": EXPORT_FORMAT, "layout": layout, "kind": kind, "class": type(model).__name__,
                     "attn_implementation": attn, "load": _load_hint(layout, kind, type(model).__name__),
                     "run": _describe(run, info), **extra, **body}
+        writing = out / EXPORT_FILE
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1))
+        writing = out
         if out.exists():  # --force: the old export goes only once the new one is in place
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -293,8 +310,14 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except Exception as e:
+        err = write_error(e, writing, "export again")
+        if err is None:
+            raise
+        raise err from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # ---- (runs) end of the write section
     return out
 
 
@@ -513,9 +536,9 @@ def _skeleton(folder: Path, m: dict) -> nn.Module:
         return cls(config)
 
 
-def _weights_file(folder: Path, name: str) -> dict:
-    """The header of a safetensors file of the export, refused unless it is a regular file
-    inside the folder with a sound header, small enough to load here."""
+def _weights_file(folder: Path, name: str) -> Path:
+    """A safetensors file of the export: a regular file inside the folder with a sound header,
+    and small enough to load here."""
     f = folder / name
     try:
         real = inside(folder, f)
@@ -525,12 +548,12 @@ def _weights_file(folder: Path, name: str) -> dict:
     except OSError:
         raise _damaged(folder, f"{name} is missing or unreadable") from None
     try:
-        header = check_safetensors_file(real, name)
+        check_safetensors_file(real, name)
     except ModelLoadError:
         raise _damaged(folder, f"{name} is missing or unreadable (not a sound safetensors file: damaged, truncated "
                                "or another format)") from None
     check_memory({"weights": size}, what=f"the export '{folder}'")
-    return header
+    return real
 
 
 def _take(folder: Path, tensors: dict, path: str, key: str) -> torch.Tensor:
@@ -586,9 +609,9 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict, file: str, ski
 
 
 def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
-    _weights_file(folder, SPARSE_FILE)
+    path = _weights_file(folder, SPARSE_FILE)
     try:
-        tensors = load_file(str(inside(folder, folder / SPARSE_FILE)))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise _damaged(folder, f"{SPARSE_FILE} is missing or unreadable ({type(e).__name__})") from None
     model = _skeleton(folder, m)
@@ -607,15 +630,12 @@ def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
     return model
 
 
-_FLOAT_CODES = ("F16", "BF16", "F32", "F64")
-
-
-def _folded_files(folder: Path) -> dict[str, str]:
-    """The folded model's weight files (the shards an index names, or model.safetensors)
-    checked; {tensor name: safetensors dtype code} of what they hold."""
+def _folded_files(folder: Path) -> None:
+    """The folded model's weight files: the shards an index names, or model.safetensors."""
     index = folder / "model.safetensors.index.json"
     if not index.exists() and not index.is_symlink():
-        return _dtypes(_weights_file(folder, "model.safetensors"))
+        _weights_file(folder, "model.safetensors")
+        return
     try:
         inside(folder, index)
         shards = read_json(index, MAX_EXPORT_JSON).get("weight_map")
@@ -623,19 +643,13 @@ def _folded_files(folder: Path) -> dict[str, str]:
         shards = None
     if not isinstance(shards, dict) or not all(isinstance(v, str) and "/" not in v for v in shards.values()):
         raise _damaged(folder, f"{index.name} is damaged")
-    dtypes = {}
     for name in sorted(set(shards.values())):
-        dtypes.update(_dtypes(_weights_file(folder, name)))
-    return dtypes
-
-
-def _dtypes(header: dict) -> dict[str, str]:
-    return {k: str(e.get("dtype")) for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)}
+        _weights_file(folder, name)
 
 
 def _load_folded(folder: Path, m: dict) -> nn.Module:
     cfg = _read_config(folder)
-    dtypes = _folded_files(folder)
+    _folded_files(folder)
     if m["kind"] == "timm":
         model = _timm_model(folder, pretrained=True)
     else:
@@ -657,9 +671,6 @@ def _load_folded(folder: Path, m: dict) -> nn.Module:
                 raise _damaged(folder, f"model.safetensors holds tensor {_show(first)}, which the "
                                        f"{cls.__name__} architecture has no place for")
     for k, t in model.state_dict().items():
-        # transformers and timm cast an integer tensor of the file to the model's float type silently
-        if t.is_floating_point() and dtypes.get(k, "F32") not in _FLOAT_CODES:
-            raise _damaged(folder, f"tensor '{k}' is {dtypes[k]} in the weights file, not a float type")
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise _damaged(folder, f"tensor '{k}' holds NaN or infinite values")
     return model
