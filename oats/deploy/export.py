@@ -536,9 +536,9 @@ def _skeleton(folder: Path, m: dict) -> nn.Module:
         return cls(config)
 
 
-def _weights_file(folder: Path, name: str) -> Path:
-    """A safetensors file of the export: a regular file inside the folder with a sound header,
-    and small enough to load here."""
+def _weights_file(folder: Path, name: str) -> dict:
+    """The header of a safetensors file of the export, refused unless it is a regular file
+    inside the folder with a sound header, small enough to load here."""
     f = folder / name
     try:
         real = inside(folder, f)
@@ -548,12 +548,12 @@ def _weights_file(folder: Path, name: str) -> Path:
     except OSError:
         raise _damaged(folder, f"{name} is missing or unreadable") from None
     try:
-        check_safetensors_file(real, name)
+        header = check_safetensors_file(real, name)
     except ModelLoadError:
         raise _damaged(folder, f"{name} is missing or unreadable (not a sound safetensors file: damaged, truncated "
                                "or another format)") from None
     check_memory({"weights": size}, what=f"the export '{folder}'")
-    return real
+    return header
 
 
 def _take(folder: Path, tensors: dict, path: str, key: str) -> torch.Tensor:
@@ -609,9 +609,9 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict, file: str, ski
 
 
 def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
-    path = _weights_file(folder, SPARSE_FILE)
+    _weights_file(folder, SPARSE_FILE)
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(inside(folder, folder / SPARSE_FILE)))
     except (SafetensorError, OSError, ValueError) as e:
         raise _damaged(folder, f"{SPARSE_FILE} is missing or unreadable ({type(e).__name__})") from None
     model = _skeleton(folder, m)
@@ -630,12 +630,15 @@ def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
     return model
 
 
-def _folded_files(folder: Path) -> None:
-    """The folded model's weight files: the shards an index names, or model.safetensors."""
+_FLOAT_CODES = ("F16", "BF16", "F32", "F64")
+
+
+def _folded_files(folder: Path) -> dict[str, str]:
+    """The folded model's weight files (the shards an index names, or model.safetensors)
+    checked; {tensor name: safetensors dtype code} of what they hold."""
     index = folder / "model.safetensors.index.json"
     if not index.exists() and not index.is_symlink():
-        _weights_file(folder, "model.safetensors")
-        return
+        return _dtypes(_weights_file(folder, "model.safetensors"))
     try:
         inside(folder, index)
         shards = read_json(index, MAX_EXPORT_JSON).get("weight_map")
@@ -643,13 +646,19 @@ def _folded_files(folder: Path) -> None:
         shards = None
     if not isinstance(shards, dict) or not all(isinstance(v, str) and "/" not in v for v in shards.values()):
         raise _damaged(folder, f"{index.name} is damaged")
+    dtypes = {}
     for name in sorted(set(shards.values())):
-        _weights_file(folder, name)
+        dtypes.update(_dtypes(_weights_file(folder, name)))
+    return dtypes
+
+
+def _dtypes(header: dict) -> dict[str, str]:
+    return {k: str(e.get("dtype")) for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)}
 
 
 def _load_folded(folder: Path, m: dict) -> nn.Module:
     cfg = _read_config(folder)
-    _folded_files(folder)
+    dtypes = _folded_files(folder)
     if m["kind"] == "timm":
         model = _timm_model(folder, pretrained=True)
     else:
@@ -671,6 +680,9 @@ def _load_folded(folder: Path, m: dict) -> nn.Module:
                 raise _damaged(folder, f"model.safetensors holds tensor {_show(first)}, which the "
                                        f"{cls.__name__} architecture has no place for")
     for k, t in model.state_dict().items():
+        # transformers and timm cast an integer tensor of the file to the model's float type silently
+        if t.is_floating_point() and dtypes.get(k, "F32") not in _FLOAT_CODES:
+            raise _damaged(folder, f"tensor '{k}' is {dtypes[k]} in the weights file, not a float type")
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise _damaged(folder, f"tensor '{k}' holds NaN or infinite values")
     return model
