@@ -141,15 +141,15 @@ class RunInfo:
             if rates is not None and (not isinstance(rates, list) or not all(_is_num(r) for r in rates)):
                 raise ValueError("block_rates is not a list of numbers")
             return cls(
-                model_name=_text(m["model_name"], "model_name", empty=False), method=_text(m["method"], "method",
-                                                                                           empty=False),
-                config=config,
+                model_name=_text(m["model_name"], "model_name", empty=False),
+                method=_text(m["method"], "method", empty=False), config=config,
                 layers=tuple(_layer(d, i) for i, d in enumerate(_list(m["layers"], "layers"))),
                 blocks=tuple(_block(d, i) for i, d in enumerate(_list(m["blocks"], "blocks"))),
                 complete=_flag(m.get("complete", False), "complete"), format=m["format"],
                 family=_text(m.get("family"), "family"), budget_note=_text(m.get("budget_note"), "budget_note"),
                 block_rates=tuple(float(r) for r in rates) if rates is not None else None,
-                allocation=_obj(m.get("allocation"), "allocation", none=True), created=_text(m.get("created"), "created"),
+                allocation=_obj(m.get("allocation"), "allocation", none=True),
+                created=_text(m.get("created"), "created"),
                 versions=_obj(m.get("versions"), "versions"), calibration=_obj(m.get("calibration"), "calibration"),
                 timings=_obj(m.get("timings"), "timings"),
                 params_dense=_count(params.get("dense", 0), "params.dense"),
@@ -162,7 +162,8 @@ class RunInfo:
                 model_source=_text(m.get("model_source"), "model_source", none=True),
                 task=_text(m.get("task"), "task", none=True), sweep=_text(m.get("sweep"), "sweep", none=True),
                 extra={k: v for k, v in m.items() if k not in _KNOWN})
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError, ConfigError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError, MemoryError,
+                ConfigError) as e:
             raise RunError(f"{where} has a damaged manifest ({_short(e)}): delete it and compress again") from None
 
     @classmethod
@@ -242,6 +243,9 @@ def read_json(folder: str | Path) -> dict:
     except OSError as e:
         raise RunError(f"run folder '{folder}' cannot be read ({e.strerror or type(e).__name__}): {hint}, "
                        "readable by you") from None
+    except MemoryError:  # 64 MB of JSON can still be more objects than this process may hold
+        raise RunError(f"run folder '{folder}' has a manifest too large to read in the memory left: delete it and "
+                       "compress again") from None
 
 
 _NOT_JSON = re.compile(r"it is not valid JSON \((.*)\)")
