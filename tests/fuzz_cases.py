@@ -47,13 +47,15 @@ OPS = {"sparse": ("csr8", "csr", "auto"), "csr": ("csr8", "csr", "auto"), "folde
        "run": ("info", "list", "load_run")}
 FOLDER = {"sparse": "export", "csr": "export", "folded": "export", "run": "run"}
 GOOD = ("loaded", "refused")
-FAILURES = ("raw", "silent", "multiline", "crash", "hang", "code_ran")
+FAILURES = ("raw", "silent", "multiline", "crash", "hang", "oom", "code_ran")
 OUTCOMES = GOOD + FAILURES
 SEVERITY = ("same", "lenient", "suspect", "invalid")
 TOLERANCE = 1e-5
+MEMORY_CAP = 6 * 1024**3  # the worker's address space: an allocation past it is reported as "oom"
 
 DTYPES = ("int8", "int16", "int32", "int64", "uint8", "float16", "float64", "bool", "float32", "bfloat16")
-INDEX_VALUES = ("-1", "255", "256", "300", "1e9", "2^31-1", "d_in", "nnz+1", "decrease", "0", "2^63-1")
+INDEX_VALUES = ("-1", "255", "256", "300", "1e9", "2^31-1", "d_in", "nnz+1", "decrease", "0", "2^63-1",
+                "shift", "swap", "dup")  # the last three keep the arrays plausible: pointers monotone, values in range
 HEADER_LENGTHS = ("0", "1", "7", "2^64-1", "2^63", "size", "size+1", "1e9", "header-1", "header+1")
 JSON_OPS = ("wrong_type", "missing", "huge_float", "huge_int", "int_2^63", "infinity", "nan", "deep", "root",
             "huge_string", "corrupt", "negative", "empty_container", "bool", "small_int", "large_int", "swap",
@@ -77,7 +79,8 @@ DIRECTED = {
                       ("layers", 0, "rank"), ("layers", 0, "path"), ("config",), ("config", "compression"),
                       ("config", "rank_ratio"), ("config", "iterations"), ("blocks",), ("params",)],
 }
-FS_OPS = ("delete", "dir", "fifo", "symlink_out", "symlink_devzero", "symlink_devnull", "empty")
+FS_OPS = ("delete", "dir", "fifo", "symlink_out", "symlink_devzero", "symlink_devnull", "empty", "grow")
+GROW_TO = 2**36  # a sparse file: 64 GiB that take no disk
 SHAPES = ("short", "long", "transposed", "extra_dim", "flat", "empty", "scalar")
 
 
@@ -202,7 +205,12 @@ def cases_strategy(inv: dict):
 
 
 FAMILIES = ("dtype", "shape", "index", "nonfinite", "drop", "extra", "truncate", "header_len", "header_bytes",
-            "header_edit", "json", "fs", "remote_code")
+            "header_edit", "json", "fs", "remote_code", "folder")
+FOLDER_OPS = ("rename", "rename", "delete", "fifo", "empty", "symlink_devzero", "symlink_out")
+FOLDER_NAMES = ("run\nTraceback (most recent call last):", "a b", "ü-run", "-r", "x" * 200, "run'\"",
+                "![x](http:example.invalid%2Fx.png)", "run\r", "run\x1b[31m")
+ODD_NAMES = ("evil\nname", "a" * 5000, "model.layers.0.mlp.down_proj.values\r", "../../etc/passwd", "\u202eevil",
+             "", "__metadata__x", "model.layers.0.mlp.down_proj.values.values")
 
 
 def _index_tensors(tensors: dict) -> list[str]:
@@ -215,6 +223,8 @@ def gen_mutation(ch, files: dict) -> dict:
     st_files = sorted(f for f, v in files.items() if v != "json")
     json_files = sorted(f for f, v in files.items() if v == "json")
     fam = ch.choice(FAMILIES)
+    if fam == "folder":
+        return {"fam": fam, "file": ".", "op": ch.choice(FOLDER_OPS), "name": ch.choice(FOLDER_NAMES)}
     if fam == "remote_code" and "config.json" in files:
         return {"fam": fam, "file": "config.json", "auto": ch.choice(("AutoConfig", "AutoModelForCausalLM", "both")),
                 "model_type": ch.choice(("llama", "fuzz-remote"))}
@@ -250,8 +260,9 @@ def gen_mutation(ch, files: dict) -> dict:
     if fam == "extra":
         layer_paths = sorted({n.rsplit(".", 1)[0] for n in layer}) or ["model"]
         suffix = ch.choice(("crow_indices", "col_indices", "segment_ptr", "col_offsets", "u1", "bias", "junk",
-                            "values", "u", "sparse_mask"))
-        return {"fam": fam, "file": f, "tensor": f"{ch.choice(layer_paths)}.{suffix}",
+                            "values", "u", "sparse_mask", "odd"))
+        name = ch.choice(ODD_NAMES) if suffix == "odd" else f"{ch.choice(layer_paths)}.{suffix}"
+        return {"fam": fam, "file": f, "tensor": name,
                 "dtype": ch.choice(("int32", "float32", "uint8")), "n": ch.choice((0, 1, 7, 300))}
     if fam == "truncate":
         return {"fam": fam, "file": f, "at": ch.unit()}
@@ -261,7 +272,7 @@ def gen_mutation(ch, files: dict) -> dict:
         return {"fam": fam, "file": f, "at": ch.unit(), "byte": ch.integer(0, 255), "n": ch.choice((1, 1, 4, 64))}
     return {"fam": "header_edit", "file": f, "tensor": pick,
             "field": ch.choice(("dtype", "shape", "offsets_past_end", "offsets_overlap", "offsets_reversed",
-                                "shape_huge", "shape_negative")),
+                                "shape_huge", "shape_negative", "duplicate", "metadata", "shape_float", "newline_key")),
             "dtype": ch.choice(("I8", "U8", "I16", "I32", "I64", "F16", "F64", "BOOL", "BF16", "F32", "XX"))}
 
 
@@ -308,12 +319,37 @@ KNOWN = [
 ]
 
 
+REGRESSIONS = [
+    # what the campaigns found (/work/notes/fuzz_findings.md F1-F4), kept so they stay fixed
+    {"kind": "folded", "muts": [{"fam": "dtype", "file": "model.safetensors", "tensor": "lm_head.weight",
+                                 "dtype": "bool"}]},  # F1: an integer weight of a folded export, cast silently
+    {"kind": "folded", "muts": [{"fam": "dtype", "file": "model.safetensors",
+                                 "tensor": "model.layers.0.input_layernorm.weight", "dtype": "int64"}]},
+    {"kind": "sparse", "muts": [{"fam": "dtype", "file": _F, "tensor": "model.layers.0.self_attn.v_proj.values",
+                                 "dtype": "float16"}]},  # F2: half values load, the forward raises
+    {"kind": "sparse", "muts": [{"fam": "dtype", "file": _F, "tensor": f"{_Q}.values", "dtype": "bfloat16"}]},
+    {"kind": "run", "muts": [{"fam": "json", "file": _M, "op": "empty_container", "at": 0.5, "size": 1,
+                              "key": ["blocks_done"]}]},  # F3: a complete run of no blocks: the dense model
+    {"kind": "run", "muts": [{"fam": "fs", "file": "block_000.safetensors", "op": "grow"}]},  # F4: read whole
+    {"kind": "run", "muts": [{"fam": "json", "file": _M, "op": "missing", "at": 0.3604, "size": 3,
+                              "key": ["layers", 0]}]},  # F3: a layer record gone: its factors skipped
+    {"kind": "sparse", "muts": [{"fam": "dtype", "file": _F, "tensor": f"{_DOWN}.values", "dtype": "float64"}]},
+    # F5: a folder name with a newline, quoted raw in the error: two lines
+    {"kind": "run", "muts": [{"fam": "folder", "file": ".", "op": "rename", "name": FOLDER_NAMES[0]},
+                             {"fam": "drop", "file": "block_000.safetensors", "tensor": f"{_Q}.v"}]},
+    {"kind": "folded", "muts": [{"fam": "folder", "file": ".", "op": "rename", "name": FOLDER_NAMES[0]},
+                                {"fam": "fs", "file": "model.safetensors", "op": "delete"}]},
+]
+
+
 def random_cases(seed: int, n: int, inv: dict):
-    """``n`` cases: the ``KNOWN`` ones, then cases drawn from ``seed`` (the long campaign's generator)."""
+    """``n`` cases: the ``KNOWN`` and ``REGRESSIONS`` ones, then cases drawn from ``seed`` (the long
+    campaign's generator)."""
     rng = random.Random(seed)
     ch = RandomChooser(rng)
+    fixed = KNOWN + REGRESSIONS
     for i in range(n):
-        yield copy.deepcopy(KNOWN[i]) if i < len(KNOWN) else gen_case(ch, inv)
+        yield copy.deepcopy(fixed[i]) if i < len(fixed) else gen_case(ch, inv)
 
 
 # ----------------------------------------------------------------------------- mutating
@@ -401,7 +437,19 @@ def _mutate_tensor(seed_folder: Path, folder: Path, kind: str, mut: dict) -> Non
             if not t.numel():
                 return
             i = min(t.numel() - 1, int(mut["at"] * t.numel()))
-            if mut["value"] == "decrease":
+            flat = t.reshape(-1)
+            if mut["value"] in ("shift", "swap", "dup"):
+                if t.numel() < 3:
+                    return
+                i = min(max(1, i), t.numel() - 2)
+                if mut["value"] == "shift":  # a pointer moved between its neighbours: entries change rows
+                    lo, hi = int(flat[i - 1]), int(flat[i + 1])
+                    flat[i] = lo + (hi - lo) * (int(mut["at"] * 1000) % 7) // 6
+                elif mut["value"] == "swap":
+                    flat[i], flat[i + 1] = flat[i + 1].clone(), flat[i].clone()
+                else:
+                    flat[i] = flat[i - 1]
+            elif mut["value"] == "decrease":
                 if t.numel() >= 2:
                     i = max(1, i)
                     t.reshape(-1)[i] = t.reshape(-1)[i - 1] - 1 if int(t.reshape(-1)[i - 1]) > 0 else 0
@@ -458,6 +506,22 @@ def _mutate_bytes(folder: Path, mut: dict) -> None:
             entry["shape"] = [2**40] + entry["shape"][1:]
         elif field == "shape_negative":
             entry["shape"] = [-1] + entry["shape"][1:]
+        elif field == "shape_float":
+            entry["shape"] = [d + 0.5 for d in entry["shape"]] or [0.5]
+        elif field == "metadata":
+            header["__metadata__"] = {"format": ["pt"], "evil": {"a": 1}}
+        elif field in ("duplicate", "newline_key"):
+            # JSON text that a dict cannot say: the same key twice (the second another tensor's
+            # entry), or a tensor name with a newline in it
+            other = next((k for k in header if k not in ("__metadata__", mut["tensor"])), mut["tensor"])
+            text = json.dumps(header)
+            dup = json.dumps(mut["tensor"] if field == "duplicate" else mut["tensor"] + "\nTraceback")
+            text = text[:-1] + f", {dup}: {json.dumps(header[other])}}}"
+            if field == "newline_key":
+                text = text.replace(json.dumps(mut["tensor"]) + ":", dup + ":", 1)
+            raw = text.encode()
+            path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+            return
         elif field == "offsets_past_end":
             entry["data_offsets"] = [entry["data_offsets"][0], len(body) + 4096]
         elif field == "offsets_overlap":
@@ -576,6 +640,10 @@ def _mutate_fs(folder: Path, outside: Path, mut: dict) -> None:
         path.unlink()
         path.symlink_to(target)
         return
+    if op == "grow":
+        if path.is_file():
+            os.truncate(path, GROW_TO)
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -590,6 +658,30 @@ def _mutate_fs(folder: Path, outside: Path, mut: dict) -> None:
         path.symlink_to("/dev/null")
     elif op == "empty":
         path.write_bytes(b"")
+
+
+def _mutate_folder(folder: Path, outside: Path, mut: dict) -> Path:
+    """The case's folder itself renamed (odd names), or replaced; returns where it now is."""
+    if not folder.is_dir() or folder.is_symlink():
+        return folder
+    op = mut["op"]
+    if op == "rename":
+        new = folder.parent / mut["name"]
+        os.rename(folder, new)
+        return new
+    if op == "symlink_out":
+        outside.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder), str(outside / folder.name))
+        folder.symlink_to(outside / folder.name)
+        return folder
+    shutil.rmtree(folder)
+    if op == "fifo":
+        os.mkfifo(folder)
+    elif op == "empty":
+        folder.write_bytes(b"")
+    elif op == "symlink_devzero":
+        folder.symlink_to("/dev/zero")
+    return folder
 
 
 REMOTE_CODE = """import pathlib
@@ -633,6 +725,12 @@ def make_case(seeds: str | Path, case: dict, work: str | Path) -> Path:
     shutil.copytree(seeds / kind / FOLDER[kind], folder)
     for mut in case["muts"]:
         fam = mut["fam"]
+        if fam == "folder":
+            try:
+                folder = _mutate_folder(folder, work / "outside", mut)
+            except OSError:
+                pass
+            continue
         path = folder / mut.get("file", "")
         if fam not in ("fs",) and not (path.is_file() and not path.is_symlink()):
             continue  # an earlier mutation deleted or replaced the file
@@ -683,6 +781,8 @@ def _strict_json(path: Path):
 
 
 def _json_severity(seed: Path, path: Path, name: str, kind: str) -> str:
+    if path.stat().st_size > 64 * 1024**2:
+        return "invalid"
     obj = _strict_json(path)
     if obj is None or not isinstance(obj, dict):
         return "invalid"
@@ -707,6 +807,8 @@ def _json_severity(seed: Path, path: Path, name: str, kind: str) -> str:
         return "same"
     if name == "generation_config.json":
         return "same"
+    if name == "manifest.json":
+        return "suspect"  # no manifest edit may change what load_run builds: refused, or the same model
     return "lenient"
 
 
@@ -835,6 +937,10 @@ def op_severity(kind: str, op: str, files: dict) -> str:
 def classify(report: dict, severity: str) -> tuple[str, str]:
     """(outcome, why) of one operation, from the worker's report and the files' severity."""
     r = report.get("result")
+    if r in ("refused", "raw") and (report["type"] == "MemoryError" or "MemoryError" in report["message"]):
+        # the worker's address-space cap stopped an allocation: without it, the OOM killer's turn
+        return "oom", f"tried to allocate past the worker's {MEMORY_CAP / 1024**3:.0f} GB cap ({report['type']}: " \
+                      f"{report['message'][:200]})"
     if r == "refused":
         if "\n" in report["message"].strip() or not report["message"].strip():
             return "multiline", f"{report['type']}: {report['message'][:300]!r}"
@@ -913,7 +1019,7 @@ def worker_main(seeds: str) -> None:
     import resource
     # a tampered config or header may ask for any amount of memory: fail inside this process
     # (a MemoryError, reported as raw) instead of pushing the shared machine into swap
-    limit = int(os.environ.get("OATS_FUZZ_MEMORY", 6 * 1024**3))
+    limit = MEMORY_CAP
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import warnings
     warnings.filterwarnings("ignore")

@@ -21,7 +21,7 @@ import fuzz_cases as fz
 
 # A fixed sequence (the conftest profile derandomizes), sized for about a minute on two cores:
 # each case is one to three loads of a one-block model through the one worker process.
-CASES = 300
+CASES = 500
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +54,15 @@ def _failures(results) -> list[str]:
             for case, r in results if r["outcome"] in fz.FAILURES]
 
 
-def test_the_issues_own_cases_end_clean(seeds, worker, tmp_path):
+def test_the_issues_own_cases_and_earlier_findings_end_clean(seeds, worker, tmp_path):
     """The reported ones (fz.KNOWN): CSR column 1e9 under kernel csr, int8 -1 and int16 300 CSR8
     offsets, NaN values, integer factors, a config naming its own code, hidden size 10^7, 100k
     brackets and Infinity in a manifest, a block linked from outside, a float mask, a short or
-    missing factor, FIFOs, a link to /dev/zero."""
-    results = [(case, r) for n, case in enumerate(fz.KNOWN)
-               for r in fz.run_case(worker, seeds, case, tmp_path / "w", n)]
+    missing factor, FIFOs, a link to /dev/zero; then what the campaigns found (fz.REGRESSIONS):
+    integer weights in a folded export, half-precision values, a complete run of no blocks, a
+    64 GiB block file."""
+    cases = fz.KNOWN + fz.REGRESSIONS
+    results = [(case, r) for n, case in enumerate(cases) for r in fz.run_case(worker, seeds, case, tmp_path / "w", n)]
     assert Counter(r["outcome"] for _, r in results)["refused"] >= len(fz.KNOWN)
     failed = _failures(results)
     assert not failed, "\n".join(failed)
