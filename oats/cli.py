@@ -118,6 +118,8 @@ def cmd_compress(args) -> int:
         if owl is not None:
             request = replace(request, allocation=owl)
             request.check()
+        # a misspelt or absurd name is its own error, not a folder-name one (the folder is named after it)
+        zoo.check_model_name(request.model, from_disk=from_disk)
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = runs_root() / slug(f"{args.model}-{request.method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
@@ -128,7 +130,8 @@ def cmd_compress(args) -> int:
     request.check()
     from oats.compress.pipeline import resolve_device
     resolve_device(args.device)  # a bad device fails before the model loads
-    zoo.check_model_name(request.model, from_disk=from_disk)  # so does a misspelt name, before any output
+    if args.resume:  # a resumed run's model name comes from its manifest: checked here, before any output
+        zoo.check_model_name(request.model, from_disk=from_disk)
     bars: list = []  # the bar appears with the first block, after the model passed its checks
 
     def update(stage=None, message=None, **_):

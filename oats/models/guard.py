@@ -15,13 +15,14 @@ from typing import Any
 from oats.errors import ModelLoadError
 from oats.resources import check_memory
 
-__all__ = ["MAX_DIMENSION", "check_config_memory", "config_parameters"]
+__all__ = ["LAYER_KEYS", "MAX_DIMENSION", "check_config_memory", "config_parameters"]
 
 MAX_DIMENSION = 2**31 - 1
 """No size a config declares may exceed torch's 32-bit index range."""
 
 _HIDDEN = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim")
-_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "depth", "n_layers")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "depth", "n_layers")
+"""The config keys read as the number of blocks (the first one set counts)."""
 _INNER = ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "mlp_dim")
 _POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len")
 
@@ -51,7 +52,7 @@ def config_parameters(config: Any) -> int:
     if sub is not None and _field(config, _HIDDEN, "width") is None:
         config = sub
     hidden = _field(config, _HIDDEN, "width") or 0
-    layers = _field(config, _LAYERS, "number of blocks") or 0
+    layers = _field(config, LAYER_KEYS, "number of blocks") or 0
     inner = _field(config, _INNER, "MLP width")
     if inner is None:
         ratio = config.get("mlp_ratio") if isinstance(config, dict) else getattr(config, "mlp_ratio", None)

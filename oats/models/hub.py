@@ -20,7 +20,7 @@ import torch
 
 from oats import untrusted
 from oats.errors import ModelLoadError, OatsError
-from oats.models.guard import _LAYERS as LAYER_FIELDS  # the keys config_parameters reads as the block count
+from oats.models.guard import LAYER_KEYS as LAYER_FIELDS
 from oats.models.guard import check_config_memory, config_parameters
 from oats.models.loaded import DEFAULT_RANK_RATIO, LoadedModel, finish, one_line, quiet_transformers
 from oats.models.presets import preset_names
