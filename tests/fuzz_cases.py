@@ -59,7 +59,9 @@ INDEX_VALUES = ("-1", "255", "256", "300", "1e9", "2^31-1", "d_in", "nnz+1", "de
 HEADER_LENGTHS = ("0", "1", "7", "2^64-1", "2^63", "size", "size+1", "1e9", "header-1", "header+1")
 JSON_OPS = ("wrong_type", "missing", "huge_float", "huge_int", "int_2^63", "infinity", "nan", "deep", "root",
             "huge_string", "corrupt", "negative", "empty_container", "bool", "small_int", "large_int", "swap",
-            "float")
+            "float", "string", "alias")
+STRINGS = ("eager", "flash_attention_2", "sdpa", "timm", "LlamaModel", "LlamaForSequenceClassification", "folded",
+           "sparse", "csr", "csr8", "generic", "../x", "", "os.system", "transformers")
 SMALL_INTS = (0, 1, 2, -1, 5, 63, 64, 65, 256, 272)
 LARGE_INTS = (10**5, 10**7, 10**9, 2**31, 2**40)
 # keys the loaders build from, aimed at directly half the time ("*": one of that object's keys)
@@ -69,7 +71,7 @@ DIRECTED = {
                     ("head_dim",), ("model_type",), ("architectures",), ("auto_map",), ("torch_dtype",),
                     ("tie_word_embeddings",), ("rope_scaling",), ("rms_norm_eps",)],
     "oats_export.json": [("oats_export",), ("layout",), ("kind",), ("class",), ("attn_implementation",),
-                         ("aliases",), ("layers",), ("layers", "*"), ("layers", "*", "shape"),
+                         ("aliases",), ("aliases",), ("layers",), ("layers", "*"), ("layers", "*", "shape"),
                          ("layers", "*", "shape", 0), ("layers", "*", "shape", 1), ("layers", "*", "rank"),
                          ("layers", "*", "nnz"), ("layers", "*", "bias"), ("layers", "*", "index"),
                          ("layers", "*", "part_rows")],
@@ -205,7 +207,8 @@ def cases_strategy(inv: dict):
 
 
 FAMILIES = ("dtype", "shape", "index", "nonfinite", "drop", "extra", "truncate", "header_len", "header_bytes",
-            "header_edit", "json", "fs", "remote_code", "folder")
+            "header_edit", "json", "fs", "remote_code", "folder", "edge")
+EDGE_OPS = ("zero_nnz", "zero_rank", "one_row", "empty_rows")
 FOLDER_OPS = ("rename", "rename", "delete", "fifo", "empty", "symlink_devzero", "symlink_out")
 FOLDER_NAMES = ("run\nTraceback (most recent call last):", "a b", "ü-run", "-r", "x" * 200, "run'\"",
                 "![x](http:example.invalid%2Fx.png)", "run\r", "run\x1b[31m")
@@ -225,6 +228,13 @@ def gen_mutation(ch, files: dict) -> dict:
     fam = ch.choice(FAMILIES)
     if fam == "folder":
         return {"fam": fam, "file": ".", "op": ch.choice(FOLDER_OPS), "name": ch.choice(FOLDER_NAMES)}
+    if fam == "edge":
+        layers = sorted({n.rsplit(".", 1)[0] for n in (files.get("sparse_lowrank.safetensors") or
+                                                         files.get("block_000.safetensors") or {})
+                         if n.startswith("model.layers.") and n.endswith((".values", ".sparse_values"))})
+        if layers:
+            return {"fam": fam, "layer": ch.choice(layers), "op": ch.choice(EDGE_OPS)}
+        fam = "json"
     if fam == "remote_code" and "config.json" in files:
         return {"fam": fam, "file": "config.json", "auto": ch.choice(("AutoConfig", "AutoModelForCausalLM", "both")),
                 "model_type": ch.choice(("llama", "fuzz-remote"))}
@@ -617,6 +627,13 @@ def _mutate_json(folder: Path, mut: dict) -> None:
         parent[key] = LARGE_INTS[min(len(LARGE_INTS) - 1, int(mut["at"] * len(LARGE_INTS)))]
     elif op == "swap":
         parent[key] = list(reversed(old)) if isinstance(old, list) else old
+    elif op == "string":
+        parent[key] = STRINGS[min(len(STRINGS) - 1, int(mut["at"] * len(STRINGS)))]
+    elif op == "alias":  # one weight read in place of another (both are in the file)
+        pairs = [("lm_head.weight", "model.embed_tokens.weight"), ("model.embed_tokens.weight", "lm_head.weight"),
+                 ("model.norm.weight", "model.layers.0.input_layernorm.weight")]
+        a, b = pairs[min(2, int(mut["at"] * 3))]
+        parent[key] = {a: b}
     elif op == "float":
         parent[key] = (old + 0.5) if isinstance(old, (int, float)) and not isinstance(old, bool) else 0.5
     if raw is None:
@@ -658,6 +675,76 @@ def _mutate_fs(folder: Path, outside: Path, mut: dict) -> None:
         path.symlink_to("/dev/null")
     elif op == "empty":
         path.write_bytes(b"")
+
+
+def _mutate_edge(folder: Path, kind: str, mut: dict) -> None:
+    """A valid layer at an edge the kernels must handle: no non-zeros, rank 0, every entry in one
+    row, or the first rows empty. Tensors and manifest are changed together."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    layer, op = mut["layer"], mut["op"]
+    if kind == "run":
+        f, man = folder / "block_000.safetensors", folder / "manifest.json"
+        t, m = load_file(str(f)), json.loads(man.read_text())
+        d_out, d_in = m["modules"][layer]["shape"]
+        import numpy as np
+        mask = np.unpackbits(t[f"{layer}.sparse_mask"].numpy(), count=d_out * d_in).reshape(d_out, d_in)
+        s = torch.zeros(d_out, d_in)
+        s[torch.from_numpy(mask.astype(bool))] = t[f"{layer}.sparse_values"]
+        s = _edge_dense(s, op)
+        if op == "zero_rank":
+            t[f"{layer}.u"], t[f"{layer}.v"] = torch.zeros(d_out, 0), torch.zeros(0, d_in)
+            m["modules"][layer]["rank"] = 0
+        keep = s != 0
+        t[f"{layer}.sparse_values"] = s[keep].contiguous()
+        t[f"{layer}.sparse_mask"] = torch.from_numpy(np.packbits(keep.numpy().reshape(-1)))
+        save_file(t, str(f))
+        man.write_text(json.dumps(m, indent=1))
+        return
+    from oats.deploy import kernels
+    from oats.deploy.linear import pack_csr
+    f, man = folder / "sparse_lowrank.safetensors", folder / "oats_export.json"
+    t, m = load_file(str(f)), json.loads(man.read_text())
+    spec = m["layers"][layer]
+    d_out, d_in = spec["shape"]
+    if f"{layer}.segment_ptr" in t:
+        crow, col = kernels.csr8_to_csr(t.pop(f"{layer}.segment_ptr"), t.pop(f"{layer}.col_offsets"), d_out, d_in)
+        csr8 = True
+    else:
+        crow, col = t.pop(f"{layer}.crow_indices"), t.pop(f"{layer}.col_indices")
+        csr8 = False
+    import warnings
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        s = torch.sparse_csr_tensor(crow.long(), col.long(), t[f"{layer}.values"], (d_out, d_in)).to_dense()
+    s = _edge_dense(s, op)
+    p = pack_csr(s)
+    if csr8:
+        t[f"{layer}.segment_ptr"], t[f"{layer}.col_offsets"] = kernels.csr_to_csr8(p["crow_indices"],
+                                                                                    p["col_indices"], d_out, d_in)
+    else:
+        t[f"{layer}.crow_indices"], t[f"{layer}.col_indices"] = p["crow_indices"], p["col_indices"]
+    t[f"{layer}.values"] = p["values"]
+    spec["nnz"] = int(p["values"].numel())
+    if op == "zero_rank":
+        t[f"{layer}.u0"], t[f"{layer}.v"] = torch.zeros(d_out, 0), torch.zeros(0, d_in)
+        spec["rank"] = 0
+    save_file({k: v.contiguous() for k, v in t.items()}, str(f))
+    man.write_text(json.dumps(m, indent=1))
+
+
+def _edge_dense(s, op: str):
+    import torch
+    if op == "zero_nnz":
+        return torch.zeros_like(s)
+    if op == "one_row":  # every entry of S in the last row, every column of it set
+        out = torch.zeros_like(s)
+        out[-1] = torch.linspace(-1, 1, s.shape[1]) + 0.01
+        return out
+    if op == "empty_rows":
+        s = s.clone()
+        s[: s.shape[0] // 2] = 0
+    return s
 
 
 def _mutate_folder(folder: Path, outside: Path, mut: dict) -> Path:
@@ -732,13 +819,15 @@ def make_case(seeds: str | Path, case: dict, work: str | Path) -> Path:
                 pass
             continue
         path = folder / mut.get("file", "")
-        if fam not in ("fs",) and not (path.is_file() and not path.is_symlink()):
+        if fam not in ("fs", "edge") and not (path.is_file() and not path.is_symlink()):
             continue  # an earlier mutation deleted or replaced the file
         try:
             if fam == "json":
                 _mutate_json(folder, mut)
             elif fam == "remote_code":
                 _remote_code(folder, marker(work), mut)
+            elif fam == "edge":
+                _mutate_edge(folder, kind, mut)
             elif fam == "fs":
                 _mutate_fs(folder, work / "outside", mut)
             elif fam in ("truncate", "header_len", "header_bytes", "header_edit"):
@@ -780,13 +869,22 @@ def _strict_json(path: Path):
     return obj if depth(obj) <= 32 else None
 
 
-def _json_severity(seed: Path, path: Path, name: str, kind: str) -> str:
+def _json_severity(seed: Path, path: Path, name: str, kind: str, case: dict) -> str:
     if path.stat().st_size > 64 * 1024**2:
         return "invalid"
     obj = _strict_json(path)
     if obj is None or not isinstance(obj, dict):
         return "invalid"
     orig = json.loads(seed.read_text())
+    for mut in case["muts"]:  # what an "edge" case changed on purpose, with its tensors, is no tampering
+        if mut["fam"] == "edge":
+            where = "modules" if name == "manifest.json" else "layers"
+            try:
+                for k in ("nnz", "rank"):
+                    if k in orig.get(where, {}).get(mut["layer"], {}):
+                        orig[where][mut["layer"]][k] = obj[where][mut["layer"]][k]
+            except (KeyError, TypeError):
+                pass
     if obj == orig:
         return "same"
     if name == "config.json" and "auto_map" in obj:
@@ -822,7 +920,7 @@ def _int_ok(t) -> bool:
     return not t.is_floating_point() and not t.is_complex() and str(t.dtype) != "torch.bool" and t.ndim == 1
 
 
-def _tensors_severity(seed: Path, path: Path, name: str, kind: str, seed_folder: Path) -> str:
+def _tensors_severity(seed: Path, path: Path, name: str, kind: str, seed_folder: Path, folder: Path) -> str:
     import torch
     from safetensors.torch import load_file
     try:
@@ -834,9 +932,22 @@ def _tensors_severity(seed: Path, path: Path, name: str, kind: str, seed_folder:
         return "same"
     if set(orig) - set(got):
         return "invalid"  # a tensor the model needs is gone
+    # the arrays are judged against the case's own manifest where it is sound (an "edge" case
+    # changes both consistently), else against the seed's
+    man = "manifest.json" if kind == "run" else "oats_export.json"
+    m = _strict_json(folder / man) if (folder / man).is_file() and not (folder / man).is_symlink() else None
+    if not isinstance(m, dict):
+        m = json.loads((seed_folder / man).read_text())
+    try:
+        return _arrays_severity(got, orig, kind, m)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return "invalid"
+
+
+def _arrays_severity(got: dict, orig: dict, kind: str, m: dict) -> str:
+    import torch
     severity = "lenient"
     if kind == "run":
-        m = json.loads((seed_folder / "manifest.json").read_text())
         for layer, spec in m["modules"].items():
             d_out, d_in = spec["shape"]
             r = spec["rank"]
@@ -851,7 +962,6 @@ def _tensors_severity(seed: Path, path: Path, name: str, kind: str, seed_folder:
             if int(bits.sum()) != vals.numel():
                 return "invalid"
         return severity
-    m = json.loads((seed_folder / "oats_export.json").read_text())
     for k, t in orig.items():  # the dense weights (and, for folded, every weight)
         if any(k.startswith(p + ".") for p in m.get("layers", {})) and kind != "folded":
             continue
@@ -866,9 +976,15 @@ def _tensors_severity(seed: Path, path: Path, name: str, kind: str, seed_folder:
         if not (_float_ok(vals) and vals.ndim == 1):
             return "invalid"
         nnz = vals.numel()
+        r = spec["rank"]
         for k in orig:  # the factors and bias
             if k.startswith(layer + ".") and (k.endswith((".v", ".bias")) or k.rsplit(".", 1)[1].startswith("u")):
-                if not _float_ok(got[k], orig[k].shape):
+                want = orig[k].shape
+                if not spec.get("part_rows") and k.endswith(".v"):
+                    want = (r, d_in)
+                elif not spec.get("part_rows") and k.endswith(".u0"):
+                    want = (d_out, r)
+                if not _float_ok(got[k], want):
                     return "invalid"
         if kind == "sparse":
             ptr, off = got[f"{layer}.segment_ptr"], got[f"{layer}.col_offsets"]
@@ -916,9 +1032,9 @@ def judge(seeds: str | Path, case: dict, folder: str | Path) -> dict:
             out[name] = "lenient" if optional else "invalid"
             continue
         if seed.suffix == ".json":
-            out[name] = _json_severity(seed, p, name, kind)
+            out[name] = _json_severity(seed, p, name, kind, case)
         else:
-            out[name] = _tensors_severity(seed, p, name, kind, seed_folder)
+            out[name] = _tensors_severity(seed, p, name, kind, seed_folder, folder)
         if optional and out[name] == "invalid":
             out[name] = "lenient"
     return out
@@ -1002,7 +1118,7 @@ def _perform(kind: str, op: str, folder: Path, refs: dict | None) -> dict:
     model = _load(kind, op, folder)
     a, b = _forward(model), _forward(model)
     out = {"result": "loaded", "finite": bool(torch.isfinite(a).all() and torch.isfinite(b).all()),
-           "deterministic": bool(torch.equal(a, b))}
+           "deterministic": bool(torch.equal(a, b)), "output": a.reshape(-1).tolist()}
     if refs is not None and (kind, op) in refs:
         ref = refs[kind, op]
         if a.shape == ref.shape and out["finite"]:
@@ -1154,7 +1270,7 @@ def run_case(worker: Worker, seeds: str | Path, case: dict, work: str | Path, n:
     (op, outcome, why, severity)."""
     folder = make_case(seeds, case, work)
     files = judge(seeds, case, folder)
-    out = []
+    out, outputs = [], {}
     for i, op in enumerate(OPS[case["kind"]]):
         rep = worker.run(n * 10 + i, case["kind"], op, folder)
         sev = op_severity(case["kind"], op, files)
@@ -1163,6 +1279,19 @@ def run_case(worker: Worker, seeds: str | Path, case: dict, work: str | Path, n:
             marker(work).unlink()
             outcome, why = "code_ran", f"the folder's own code ran ({rep.get('result')}: {why})"
         out.append({"op": op, "outcome": outcome, "why": why, "severity": sev})
+        outputs[op] = rep.get("output") if outcome == "loaded" and rep.get("finite") else None
+    # the kernels of one export must agree with each other, whatever the case holds
+    loaded = {op: o for op, o in outputs.items() if o is not None}
+    if len(loaded) > 1:
+        import torch
+        first, ref = next(iter(loaded.items()))
+        ref = torch.tensor(ref)
+        for r in out:
+            o = loaded.get(r["op"])
+            if o is not None and r["op"] != first:
+                diff = float((torch.tensor(o) - ref).abs().max()) if len(o) == len(ref) else float("inf")
+                if diff > 1e-4 * max(1.0, float(ref.abs().max())):
+                    r["outcome"], r["why"] = "silent", f"kernel {r['op']} and kernel {first} disagree (max diff {diff})"
     shutil.rmtree(work, ignore_errors=True)
     return out
 

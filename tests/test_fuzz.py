@@ -21,7 +21,7 @@ import fuzz_cases as fz
 
 # A fixed sequence (the conftest profile derandomizes), sized for about a minute on two cores:
 # each case is one to three loads of a one-block model through the one worker process.
-CASES = 500
+CASES = 800
 
 
 @pytest.fixture(scope="module")
