@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     results: dict[int, list[dict]] = {}
     lock = threading.Lock()
     restarts = Counter()
+    harness_errors: list[tuple[int, str]] = []
     start = time.monotonic()
 
     def progress():
@@ -76,7 +77,12 @@ def main(argv=None) -> int:
                     n = todo.get_nowait()
                 except queue.Empty:
                     return
-                res = fz.run_case(w, seeds, cases[n], work / f"w{i}", n)
+                try:
+                    res = fz.run_case(w, seeds, cases[n], work / f"w{i}", n)
+                except Exception as e:  # a fault of this harness, not of oats: say so, go on
+                    with lock:
+                        harness_errors.append((n, f"{type(e).__name__}: {e}"))
+                    continue
                 with lock:
                     results[n] = res
                     progress()
@@ -127,11 +133,14 @@ def main(argv=None) -> int:
             print("    " + fz.reproduction(cases[n], r["op"]).replace("\n", "\n    "))
     else:
         print("no failures")
+    if harness_errors:
+        print(f"{len(harness_errors)} cases not run (harness errors), e.g. case {harness_errors[0][0]}: "
+              f"{harness_errors[0][1]}")
     if args.json:
         Path(args.json).write_text(json.dumps([{"n": n, "case": cases[n], **r} for n, r in failures], indent=1))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if failures or harness_errors else 0
 
 
 if __name__ == "__main__":

@@ -17,10 +17,15 @@ Pieces (used by ``tests/test_fuzz.py`` and ``benchmarks/fuzz.py``):
                         one request per line; it prints ``starting N`` before each, so a dead
                         worker ("crash") or a silent one ("hang") is pinned to its case.
 ``classify``            the worker's report and the severity as one outcome: loaded, refused
-                        (good), or raw, silent, multiline, crash, hang (failures).
+                        (good), or raw (any other exception), silent (a wrong load), multiline
+                        (an OatsError of more than one line), crash, hang, oom (an allocation
+                        past the worker's address-space cap) and code_ran (the folder's own
+                        Python ran: it writes a marker file) (failures).
+``KNOWN``, ``REGRESSIONS``  the issue's reported cases and what the campaigns found, run first.
 
 A load that succeeds is followed by two forward passes on a fixed input: a silent
-out-of-bounds read shows up as outputs that differ between the two, or are not finite.
+out-of-bounds read shows up as outputs that differ between the two, or are not finite; the
+kernels of one export (csr8, csr, auto) must agree with each other.
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ DIRECTED = {
                       ("layers", 0, "rank"), ("layers", 0, "path"), ("config",), ("config", "compression"),
                       ("config", "rank_ratio"), ("config", "iterations"), ("blocks",), ("params",)],
 }
-FS_OPS = ("delete", "dir", "fifo", "symlink_out", "symlink_devzero", "symlink_devnull", "empty", "grow")
+FS_OPS = ("delete", "dir", "fifo", "symlink_out", "symlink_devzero", "symlink_devnull", "empty", "grow",
+          "symlink_loop")
 GROW_TO = 2**36  # a sparse file: 64 GiB that take no disk
 SHAPES = ("short", "long", "transposed", "extra_dim", "flat", "empty", "scalar")
 
@@ -209,7 +215,7 @@ def cases_strategy(inv: dict):
 FAMILIES = ("dtype", "shape", "index", "nonfinite", "drop", "extra", "truncate", "header_len", "header_bytes",
             "header_edit", "json", "fs", "remote_code", "folder", "edge")
 EDGE_OPS = ("zero_nnz", "zero_rank", "one_row", "empty_rows")
-FOLDER_OPS = ("rename", "rename", "delete", "fifo", "empty", "symlink_devzero", "symlink_out")
+FOLDER_OPS = ("rename", "rename", "delete", "fifo", "empty", "symlink_devzero", "symlink_out", "symlink_loop")
 FOLDER_NAMES = ("run\nTraceback (most recent call last):", "a b", "ü-run", "-r", "x" * 200, "run'\"",
                 "![x](http:example.invalid%2Fx.png)", "run\r", "run\x1b[31m")
 ODD_NAMES = ("evil\nname", "a" * 5000, "model.layers.0.mlp.down_proj.values\r", "../../etc/passwd", "\u202eevil",
@@ -349,6 +355,8 @@ REGRESSIONS = [
                              {"fam": "drop", "file": "block_000.safetensors", "tensor": f"{_Q}.v"}]},
     {"kind": "folded", "muts": [{"fam": "folder", "file": ".", "op": "rename", "name": FOLDER_NAMES[0]},
                                 {"fam": "fs", "file": "model.safetensors", "op": "delete"}]},
+    # F6: a block file that links to itself (Path.resolve raises RuntimeError on 3.11)
+    {"kind": "run", "muts": [{"fam": "fs", "file": "block_000.safetensors", "op": "symlink_loop"}]},
 ]
 
 
@@ -673,8 +681,14 @@ def _mutate_fs(folder: Path, outside: Path, mut: dict) -> None:
         path.symlink_to("/dev/zero")
     elif op == "symlink_devnull":
         path.symlink_to("/dev/null")
+    elif op == "symlink_loop":  # a link to itself: ELOOP on every open
+        path.symlink_to(path.name)
     elif op == "empty":
         path.write_bytes(b"")
+
+
+def _grown(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() and p.stat().st_size > 64 * 1024**2 for p in folder.iterdir())
 
 
 def _mutate_edge(folder: Path, kind: str, mut: dict) -> None:
@@ -768,6 +782,8 @@ def _mutate_folder(folder: Path, outside: Path, mut: dict) -> Path:
         folder.write_bytes(b"")
     elif op == "symlink_devzero":
         folder.symlink_to("/dev/zero")
+    elif op == "symlink_loop":
+        folder.symlink_to(folder.name)
     return folder
 
 
@@ -821,6 +837,8 @@ def make_case(seeds: str | Path, case: dict, work: str | Path) -> Path:
         path = folder / mut.get("file", "")
         if fam not in ("fs", "edge") and not (path.is_file() and not path.is_symlink()):
             continue  # an earlier mutation deleted or replaced the file
+        if fam != "fs" and _grown(folder):
+            continue  # an earlier mutation grew a file to GROW_TO: reading it here would take that much memory
         try:
             if fam == "json":
                 _mutate_json(folder, mut)
@@ -853,6 +871,8 @@ def _strict_json(path: Path):
             raise ValueError("inf")
         return x
     try:
+        if path.stat().st_size > 64 * 1024**2:  # a grown file: never read whole here either
+            return None
         text = path.read_bytes()
         if text.count(b"[") + text.count(b"{") > 10_000:
             return None
