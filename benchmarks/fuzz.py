@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     lock = threading.Lock()
     restarts = Counter()
     harness_errors: list[tuple[int, str]] = []
+    took: dict[int, float] = {}
     start = time.monotonic()
 
     def progress():
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
                     n = todo.get_nowait()
                 except queue.Empty:
                     return
+                t0 = time.monotonic()
                 try:
                     res = fz.run_case(w, seeds, cases[n], work / f"w{i}", n)
                 except Exception as e:  # a fault of this harness, not of oats: say so, go on
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
                     continue
                 with lock:
                     results[n] = res
+                    took[n] = time.monotonic() - t0
                     progress()
         finally:
             restarts[i] = w.restarts
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
             print("    " + fz.reproduction(cases[n], r["op"]).replace("\n", "\n    "))
     else:
         print("no failures")
+    slow = sorted(took, key=took.get, reverse=True)[:3]
+    print("slowest cases: " + ", ".join(f"{n} [{fz.family(cases[n])}] {took[n]:.1f} s" for n in slow))
     if harness_errors:
         print(f"{len(harness_errors)} cases not run (harness errors), e.g. case {harness_errors[0][0]}: "
               f"{harness_errors[0][1]}")
