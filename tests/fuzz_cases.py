@@ -213,8 +213,11 @@ def cases_strategy(inv: dict):
 
 
 FAMILIES = ("dtype", "shape", "index", "nonfinite", "drop", "extra", "truncate", "header_len", "header_bytes",
-            "header_edit", "json", "fs", "remote_code", "folder", "edge")
+            "header_edit", "json", "fs", "remote_code", "folder", "edge", "shard_index")
 EDGE_OPS = ("zero_nnz", "zero_rank", "one_row", "empty_rows")
+# a folded export's shard index (model.safetensors.index.json), and how a loader must take it
+SHARD_OPS = {"self": "same", "split": "same", "outside": "invalid", "absolute": "invalid", "missing": "invalid",
+             "partial": "suspect", "dtype_shard": "invalid", "dotdot": "invalid"}
 FOLDER_OPS = ("rename", "rename", "delete", "fifo", "empty", "symlink_devzero", "symlink_out", "symlink_loop")
 FOLDER_NAMES = ("run\nTraceback (most recent call last):", "a b", "ü-run", "-r", "x" * 200, "run'\"",
                 "![x](http:example.invalid%2Fx.png)", "run\r", "run\x1b[31m")
@@ -234,6 +237,10 @@ def gen_mutation(ch, files: dict) -> dict:
     fam = ch.choice(FAMILIES)
     if fam == "folder":
         return {"fam": fam, "file": ".", "op": ch.choice(FOLDER_OPS), "name": ch.choice(FOLDER_NAMES)}
+    if fam == "shard_index" and "model.safetensors" in files:
+        return {"fam": fam, "op": ch.choice(sorted(SHARD_OPS))}
+    if fam == "shard_index":
+        fam = "edge"
     if fam == "edge":
         layers = sorted({n.rsplit(".", 1)[0] for n in (files.get("sparse_lowrank.safetensors") or
                                                          files.get("block_000.safetensors") or {})
@@ -296,7 +303,9 @@ def gen_case(ch, inv: dict) -> dict:
     """A case: a seed kind and one to three mutations (JSON: it reproduces itself)."""
     kind = ch.choice(KINDS)
     n = ch.choice((1, 1, 1, 2, 3))
-    return {"kind": kind, "muts": [gen_mutation(ch, inv[kind]) for _ in range(n)]}
+    muts = [gen_mutation(ch, inv[kind]) for _ in range(n)]
+    shard = [m for m in muts if m["fam"] == "shard_index"]
+    return {"kind": kind, "muts": shard[:1] or muts}  # a shard index is judged alone (see judge)
 
 
 _F, _M = "sparse_lowrank.safetensors", "manifest.json"
@@ -690,6 +699,33 @@ def _mutate_fs(folder: Path, outside: Path, mut: dict) -> None:
         path.write_bytes(b"")
 
 
+def _shard_index(folder: Path, outside: Path, mut: dict) -> None:
+    """A model.safetensors.index.json beside model.safetensors, naming shards in or out of the folder."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    t = load_file(str(folder / "model.safetensors"))
+    names = sorted(t)
+    op = mut["op"]
+    if op in ("split", "dtype_shard"):
+        half = len(names) // 2
+        a, b = {k: t[k] for k in names[:half]}, {k: t[k] for k in names[half:]}
+        if op == "dtype_shard":
+            b[names[-1]] = b[names[-1]].to(torch.int8)
+        save_file(a, str(folder / "model-00001-of-00002.safetensors"))
+        save_file(b, str(folder / "model-00002-of-00002.safetensors"))
+        wm = {k: "model-00001-of-00002.safetensors" for k in a} | {k: "model-00002-of-00002.safetensors" for k in b}
+    elif op == "outside":
+        outside.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "model.safetensors", outside / "model.safetensors")
+        wm = {k: "../../outside/model.safetensors" for k in names}
+    else:
+        target = {"self": "model.safetensors", "absolute": "/dev/zero", "missing": "model-00009.safetensors",
+                  "partial": "model.safetensors", "dotdot": ".."}[op]
+        wm = {k: target for k in (names[: len(names) // 2] if op == "partial" else names)}
+    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in t.values())}, "weight_map": wm}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
 def _grown(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_file() and p.stat().st_size > 64 * 1024**2 for p in folder.iterdir())
 
@@ -838,7 +874,7 @@ def make_case(seeds: str | Path, case: dict, work: str | Path) -> Path:
                 pass
             continue
         path = folder / mut.get("file", "")
-        if fam not in ("fs", "edge") and not (path.is_file() and not path.is_symlink()):
+        if fam not in ("fs", "edge", "shard_index") and not (path.is_file() and not path.is_symlink()):
             continue  # an earlier mutation deleted or replaced the file
         if fam != "fs" and _grown(folder):
             continue  # an earlier mutation grew a file to GROW_TO: reading it here would take that much memory
@@ -849,6 +885,8 @@ def make_case(seeds: str | Path, case: dict, work: str | Path) -> Path:
                 _remote_code(folder, marker(work), mut)
             elif fam == "edge":
                 _mutate_edge(folder, kind, mut)
+            elif fam == "shard_index":
+                _shard_index(folder, work / "outside", mut)
             elif fam == "fs":
                 _mutate_fs(folder, work / "outside", mut)
             elif fam in ("truncate", "header_len", "header_bytes", "header_edit"):
@@ -1060,6 +1098,9 @@ def judge(seeds: str | Path, case: dict, folder: str | Path) -> dict:
             out[name] = _tensors_severity(seed, p, name, kind, seed_folder, folder)
         if optional and out[name] == "invalid":
             out[name] = "lenient"
+    for mut in case["muts"]:
+        if mut["fam"] == "shard_index":
+            out["model.safetensors.index.json"] = SHARD_OPS[mut["op"]]
     return out
 
 
