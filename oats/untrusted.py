@@ -17,6 +17,7 @@ error (``RunError``, ``DataError``, ``ModelLoadError``) that says what to do, in
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -52,7 +53,12 @@ def regular_file(path: str | os.PathLike) -> os.stat_result:
 
     FileNotFoundError and PermissionError pass through: callers word those themselves.
     """
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link to itself, or a chain of links too long to follow
+            raise BadFile("it is a loop of symbolic links") from None
+        raise
     if not stat.S_ISREG(st.st_mode):
         raise BadFile(f"it is {_kind(st.st_mode)}, not a file")
     return st
@@ -152,8 +158,11 @@ def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES, max_dept
 
 def inside(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
     """``path`` resolved (symlinks followed), refused with BadFile when it leads outside ``folder``."""
-    root = Path(folder).resolve()
-    real = Path(path).resolve()
+    try:
+        root = Path(folder).resolve()
+        real = Path(path).resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a link loop, later ones OSError
+        raise BadFile(f"'{Path(path).name}' is a loop of symbolic links") from None
     if real != root and root not in real.parents:
         raise BadFile(f"'{Path(path).name}' leads outside the folder (a link to {real})")
     return real

@@ -366,6 +366,11 @@ CASES: dict[str, Case] = {
     "values_integer": Case("sparse", _edit_tensors(lambda t: t.__setitem__(
         f"{DOWN}.values", (t[f"{DOWN}.values"] * 100).to(torch.int32))), "RunError",
         _layer_error(DOWN, "values is int32, not a float array")),
+    "values_float16": Case("sparse", _edit_tensors(lambda t: t.__setitem__(
+        f"{DOWN}.values", t[f"{DOWN}.values"].to(torch.float16))), "RunError",
+        _layer_error(DOWN, "values is float16, the architecture's weights are float32")),
+    "factor_v_float64": Case("sparse", _edit_tensors(lambda t: t.__setitem__(f"{Q}.v", t[f"{Q}.v"].double())),
+        "RunError", _layer_error(Q, "v is float64, the architecture's weights are float32")),
     "factors_integer": Case("sparse", _edit_tensors(lambda t: t.__setitem__(
         f"{DOWN}.u0", (t[f"{DOWN}.u0"] * 100).to(torch.int64))), "RunError",
         _layer_error(DOWN, "u is int64, not a float array")),

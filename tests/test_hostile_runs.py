@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from oats.cli import main as cli_main
 from oats.config import OatsConfig
 from oats.deploy import export as export_mod
-from oats.errors import ConfigError, RunError
+from oats.errors import ConfigError, ResourceError, RunError
 from oats.models import zoo
 from oats.runner.execute import execute
 from oats.runner.request import CompressRequest
@@ -201,6 +201,20 @@ def _huge_manifest(folder: Path, base: dict) -> None:
         fh.truncate(65 * 1024**2)
 
 
+def _block_never_written(folder: Path, base: dict) -> None:
+    def f(m):
+        m["blocks_done"].append(7)
+        m["blocks"].append(dict(m["blocks"][-1], index=7))
+    _set(folder, f)
+
+
+def _forget_layer(folder: Path, base: dict) -> None:
+    def f(m):
+        m["layers"] = [r for r in m["layers"] if r["path"] != Q]
+        del m["modules"][Q]
+    _set(folder, f)
+
+
 CASES = [
     # --- the manifest: strict JSON of a sane size, a regular file inside the folder
     Case("100k nested brackets", lambda f, b: (f / MANIFEST).write_text("[" * 100_000),
@@ -262,7 +276,24 @@ CASES = [
     Case("missing block file", lambda f, b: (f / "block_001.safetensors").unlink(),
          "run folder '{run}' is missing block_001.safetensors: the run is damaged, compress again", "block"),
     Case("blocks_done names a block never written", lambda f, b: _set(f, lambda m: m.update(blocks_done=[0, 1, 7])),
+         _damaged("blocks_done [0, 1, 7] does not match the block records [0, 1]")),
+    Case("blocks_done and a block record name a block never written", _block_never_written,
          "run folder '{run}' is missing block_007.safetensors: the run is damaged, compress again", "block"),
+    # --- the manifest's lists drive loading: one left short would leave layers dense, silently
+    Case("a complete run whose blocks_done is empty", lambda f, b: _set(f, lambda m: m.update(blocks_done=[])),
+         _damaged("blocks_done [] does not match the block records [0, 1]")),
+    Case("a complete run without blocks_done or block records",
+         lambda f, b: _set(f, lambda m: (m.pop("blocks_done"), m.update(blocks=[]))),
+         _damaged(f"layer '{Q}' is in block 0, which blocks_done does not list")),
+    Case("a layer record removed", lambda f, b: _set(f, lambda m: m.update(layers=[r for r in m["layers"]
+                                                                                 if r["path"] != Q])),
+         _damaged(f"the layer records and the modules disagree on '{Q}'")),
+    Case("a layer record and its module removed", _forget_layer,
+         "run folder '{run}': block_000.safetensors holds '0.q.m2', which the manifest does not name: the run is "
+         "damaged, compress again", "block"),
+    Case("block is a symlink to itself", lambda f, b: _link(f / "block_000.safetensors", "block_000.safetensors"),
+         "run folder '{run}': block_000.safetensors is refused ('block_000.safetensors' is a loop of symbolic links): "
+         "the run is damaged or tampered with, compress again", "block"),
     Case("truncated block file", lambda f, b: _truncate(f, b),
          "run folder '{run}': block_001.safetensors is unreadable (SafetensorError): compress again", "block"),
     Case("float mask", lambda f, b: _block(f, 0, lambda t: t.update({f"{Q}.sparse_mask": t[f"{Q}.sparse_mask"].float()})),
@@ -580,3 +611,32 @@ def test_a_killed_writers_temporaries_go_but_nobody_elses(base, run):
     (run / ".my-editor-swap.tmp").write_text("mine")
     folders.RunWriter(run)
     assert sorted(p.name for p in run.glob(".*")) == [".my-editor-swap.tmp"]
+
+
+def test_a_block_file_declaring_more_than_memory_is_refused_before_it_is_read(base, run):
+    """A block file whose header declares 64 GiB (a sparse file: no disk used) is refused from its size,
+    not read whole until the machine runs out of memory."""
+    import struct
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2**34], "data_offsets": [0, 2**36]}}).encode()
+    header += b" " * (-len(header) % 8)
+    f = run / "block_000.safetensors"
+    with open(f, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(8 + len(header) + 2**36)
+    with pytest.raises(ResourceError) as e:
+        load_run(run, model=_model(base))
+    text = str(e.value)
+    assert text.startswith(f"reading block_000.safetensors of run folder '{run}' needs about 137 GB of memory")
+    assert "\n" not in text
+
+
+def test_a_folder_name_with_a_line_break_stays_one_line(base, run):
+    """A name a shared archive can carry ("run\\nTraceback ...") cannot make an error two lines."""
+    odd = run.parent / "r\nTraceback (most recent call last):"
+    run.rename(odd)
+    (odd / MANIFEST).write_text("[" * 1000)
+    with pytest.raises(RunError) as e:
+        RunInfo.read(odd)
+    assert "\n" not in str(e.value) and "r\\nTraceback" in str(e.value)
+    rows = list_runs(odd.parent)
+    assert rows[0]["status"] == "damaged" and "\n" not in rows[0]["problem"]

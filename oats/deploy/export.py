@@ -586,6 +586,12 @@ def _sparse_layer(folder: Path, model: nn.Module, tensors: dict, path: str, spec
     if not isinstance(w, torch.Tensor) or tuple(w.shape) not in ((d_out, d_in), (d_in, d_out)):
         raise _damaged(folder, f"layer '{path}' is ({d_out}, {d_in}) in the manifest, not a linear of that shape in "
                                "the architecture")
+    # the layer computes in its values' dtype: one of another width than the architecture's (float16 values
+    # in a float32 model) loads, then fails at the first forward
+    for name, t in (("values", values), *((f"u{i}", u) for i, u in enumerate(us)), ("v", v), ("bias", bias)):
+        if t is not None and t.is_floating_point() and t.dtype != w.dtype:
+            raise _damaged(folder, f"layer '{path}': {name} is {str(t.dtype)[6:]}, the architecture's weights are "
+                                   f"{str(w.dtype)[6:]}")
     try:
         return SparseLowRankLinear(d_out, d_in, values, us, v, bias, part_rows=rows, kernel=kernel, **index)
     except ValueError as e:

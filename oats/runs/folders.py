@@ -32,6 +32,7 @@ from oats.errors import ModelLoadError, OatsError, RunError
 from oats.models import zoo
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 from oats.models.weights import check_safetensors_file
+from oats.resources import check_memory
 from oats.runs.info import FORMAT, MANIFEST, RunInfo, finite_json, read_json
 
 __all__ = ["FORMAT", "MANIFEST", "RUNS_ENV", "RunInfo", "RunWriter", "apply_factors", "atomic_save_tensors",
@@ -276,6 +277,7 @@ def _block_file(folder: Path, block: int) -> Path:
         real = untrusted.inside(folder, f)
         untrusted.regular_file(real)
         check_safetensors_file(real, f.name)
+        size = real.stat().st_size
     except untrusted.BadFile as e:
         raise RunError(f"run folder '{folder}': {f.name} is refused ({e}): the run is damaged or tampered with, "
                        "compress again") from None
@@ -284,6 +286,8 @@ def _block_file(folder: Path, block: int) -> Path:
                        "again") from None
     except (ModelLoadError, OSError):
         raise RunError(f"run folder '{folder}': {f.name} is unreadable (SafetensorError): compress again") from None
+    # the file is read whole: one declaring (sparse, on disk nearly nothing) tens of GB is refused before that
+    check_memory({"block file": size}, what=f"reading {f.name} of run folder '{folder}'")
     return real
 
 
@@ -327,6 +331,12 @@ def read_block(folder: str | Path, block: int, info: RunInfo) -> dict[str, torch
 
     out: dict[str, torch.Tensor] = {}
     records = [r for r in info.layers if r.block == block]
+    named = {f"{r.path}.{f}" for r in records for f in ("sparse_values", "sparse_mask", "u", "v")}
+    named |= {f"{r.qualname}.m2" for r in records}
+    stray = sorted(set(tensors) - named)
+    if stray:  # factors of a layer the manifest no longer names would be dropped: that layer loads dense
+        raise RunError(f"run folder '{folder}': {name} holds {stray[0]!r}, which the manifest does not name: the run "
+                       "is damaged, compress again")
     for path in dict.fromkeys(r.path for r in records):
         mod = info.modules.get(path)
         if mod is None:

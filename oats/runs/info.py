@@ -140,7 +140,7 @@ class RunInfo:
             rates = m.get("block_rates")
             if rates is not None and (not isinstance(rates, list) or not all(_is_num(r) for r in rates)):
                 raise ValueError("block_rates is not a list of numbers")
-            return cls(
+            return _consistent(cls(
                 model_name=_text(m["model_name"], "model_name", empty=False),
                 method=_text(m["method"], "method", empty=False), config=config,
                 layers=tuple(_layer(d, i) for i, d in enumerate(_list(m["layers"], "layers"))),
@@ -161,7 +161,7 @@ class RunInfo:
                 calibration_request=_obj(m.get("calibration_request"), "calibration_request", none=True),
                 model_source=_text(m.get("model_source"), "model_source", none=True),
                 task=_text(m.get("task"), "task", none=True), sweep=_text(m.get("sweep"), "sweep", none=True),
-                extra={k: v for k, v in m.items() if k not in _KNOWN})
+                extra={k: v for k, v in m.items() if k not in _KNOWN}))
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError, MemoryError,
                 ConfigError) as e:
             raise RunError(f"{where} has a damaged manifest ({_short(e)}): delete it and compress again") from None
@@ -277,6 +277,26 @@ def _text(x, what: str, none: bool = False, empty: bool = True):
     if not isinstance(x, str) or (not empty and not x) or len(x) > 100_000:
         raise ValueError(f"{what} is not a text")
     return x
+
+
+def _consistent(info: RunInfo) -> RunInfo:
+    """The manifest's lists agree with each other (ValueError otherwise). Loading is driven by
+    them: a layer record removed, or a block left out of ``blocks_done``, would otherwise leave
+    those layers dense and load the run as if nothing were wrong."""
+    done = set(info.blocks_done)
+    recorded = {b.index for b in info.blocks}
+    if info.blocks and recorded != done:
+        raise ValueError(f"blocks_done {sorted(done)[:8]} does not match the block records {sorted(recorded)[:8]}")
+    for r in info.layers:
+        if r.block not in done:
+            raise ValueError(f"layer '{r.path}' is in block {r.block}, which blocks_done does not list")
+    paths = {r.path for r in info.layers}
+    if paths != set(info.modules):
+        odd = sorted(paths ^ set(info.modules))[0]
+        raise ValueError(f"the layer records and the modules disagree on '{odd}'")
+    if info.complete and not info.layers:
+        raise ValueError("a complete run with no compressed layer")
+    return info
 
 
 def _flag(x, what: str) -> bool:
