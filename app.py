@@ -8,7 +8,8 @@ from ui.state import log_script_time, sidebar, warm_up
 
 started = time.perf_counter()
 
-st.set_page_config(page_title="OATS Explorer", layout="wide")
+# A local favicon: without it the browser asks a font server on the internet for each page icon
+st.set_page_config(page_title="OATS Explorer", page_icon="assets/favicon.png", layout="wide")
 warm_up()
 
 pages = [

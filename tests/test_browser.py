@@ -281,4 +281,4 @@ def test_remote_viewers_visit_every_page_at_once(server):
 
     for done, exceptions, layers in asyncio.run(room()):
         assert done == list(PAGES) and exceptions == 0
-        assert layers[0].startswith("0.q  (attn, 384×384, rank 24)"), layers[0]  # ρ 0.5, κ 0.25: this run
+        assert layers[0].startswith("0.q (attn, 384×384, rank 24)"), layers[0]  # ρ 0.5, κ 0.25: this run

@@ -274,6 +274,6 @@ def test_markdown_in_a_run_makes_the_browser_fetch_nothing(tmp_path):
             assert MODEL in error.first.inner_text()
             assert page.locator('[data-testid="stException"]').count() == 0
             page.wait_for_timeout(1000)  # late image loads
-    assert asked and all(u.startswith((base, "data:", "blob:")) for u in asked), asked
+    assert asked and all(u.startswith((base, "data:", "blob:")) for u in asked), [u for u in asked if not u.startswith((base, "data:", "blob:"))]
     fetched = [u for u in asked if "pixel.png" in u or "127.0.0.1:9/" in u or "javascript:" in u]
     assert not fetched, fetched

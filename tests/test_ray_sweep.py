@@ -177,9 +177,18 @@ def test_missing_ray_says_how_to_install(capsys, model, monkeypatch):
         RayEngine().check()
 
 
-def test_runs_folder_workers_cannot_write_is_one_line(cluster, model, tmp_path, capsys, no_local_compression):
+def test_runs_folder_workers_cannot_write_is_one_line(cluster, model, tmp_path, capsys, no_local_compression,
+                                                     monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
+    # this machine's own check of --root speaks first, before Ray is even started ...
+    assert cli_main(["sweep", model, *FLAGS, "--engine", "ray", "--root", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"oats: error: runs folder '{blocker / 'runs'}' cannot be made: '{blocker}' is a file: choose "
+                   "another --root"]
+    # ... and where it passes (storage this machine can write but a worker cannot), the worker's probe does
+    from oats.runner import sweep as sweep_mod
+    monkeypatch.setattr(sweep_mod, "check_run_folder", lambda *a, **k: None)
     assert cli_main(["sweep", model, *FLAGS, "--engine", "ray", "--root", str(blocker / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("oats: error: a Ray worker cannot write into the runs folder")
