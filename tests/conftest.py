@@ -64,3 +64,15 @@ def heavy_imports_done():
     in-process, then other tests load models directly)."""
     from ui import state as app_state
     app_state._import_all()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: one intra-op thread for the module. With two OpenMP threads on a busy 2-core
+    machine a batched SVD can take seconds instead of milliseconds (threads spin-waiting).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

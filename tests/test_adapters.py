@@ -37,14 +37,7 @@ IMAGE = 32
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These matrices are tiny: one intra-op thread. With two OpenMP threads on a busy 2-core
-    machine a batched SVD can take seconds instead of milliseconds (threads spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- tiny models

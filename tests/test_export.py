@@ -29,12 +29,7 @@ from oats.deploy.linear import SparseLowRankLinear, pack_csr
 from oats.errors import ConfigError, RunError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
