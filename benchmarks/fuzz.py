@@ -45,6 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--show", type=int, default=10, help="failures printed with their reproduction")
     ap.add_argument("--json", default=None, help="write every failure (case, op, outcome, why) to this file")
     args = ap.parse_args(argv)
+    # a fault of this harness that reads without end must fail here, not push the shared machine into
+    # the OOM killer (the workers cap themselves lower: fuzz_cases.MEMORY_CAP)
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (16 * 1024**3, 16 * 1024**3))
 
     work = Path(args.work or tempfile.mkdtemp(prefix="oats-fuzz-"))
     seeds = work / "seeds"

@@ -726,6 +726,10 @@ def _shard_index(folder: Path, outside: Path, mut: dict) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
+def _plain(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
 def _grown(folder: Path) -> bool:
     return folder.is_dir() and any(p.is_file() and p.stat().st_size > 64 * 1024**2 for p in folder.iterdir())
 
@@ -873,9 +877,13 @@ def make_case(seeds: str | Path, case: dict, work: str | Path) -> Path:
             except OSError:
                 pass
             continue
-        path = folder / mut.get("file", "")
-        if fam not in ("fs", "edge", "shard_index") and not (path.is_file() and not path.is_symlink()):
-            continue  # an earlier mutation deleted or replaced the file
+        # an earlier mutation deleted the file or put a FIFO, a link or a folder in its place: reading
+        # it here could block (FIFO) or never end (/dev/zero)
+        needs = {"edge": ("sparse_lowrank.safetensors", "oats_export.json") if kind != "run"
+                 else ("block_000.safetensors", "manifest.json"),
+                 "shard_index": ("model.safetensors",), "fs": ()}.get(fam, (mut.get("file", ""),))
+        if not all(_plain(folder / n) for n in needs):
+            continue
         if fam != "fs" and _grown(folder):
             continue  # an earlier mutation grew a file to GROW_TO: reading it here would take that much memory
         try:
@@ -1101,6 +1109,9 @@ def judge(seeds: str | Path, case: dict, folder: str | Path) -> dict:
     for mut in case["muts"]:
         if mut["fam"] == "shard_index":
             out["model.safetensors.index.json"] = SHARD_OPS[mut["op"]]
+    if any(m["fam"] == "edge" for m in case["muts"]):
+        # an edge case changes the outputs on purpose: "loads only to the untampered outputs" no longer holds
+        out = {k: "lenient" if v in ("suspect", "same") else v for k, v in out.items()}
     return out
 
 
