@@ -773,7 +773,8 @@ def _mutate_edge(folder: Path, kind: str, mut: dict) -> None:
     import warnings
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
-        s = torch.sparse_csr_tensor(crow.long(), col.long(), t[f"{layer}.values"], (d_out, d_in)).to_dense()
+        s = torch.sparse_csr_tensor(crow.long(), col.long(), t[f"{layer}.values"], (d_out, d_in),
+                                    check_invariants=True).to_dense()
     s = _edge_dense(s, op)
     p = pack_csr(s)
     if csr8:
