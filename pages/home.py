@@ -212,7 +212,12 @@ def saved_runs() -> None:
     cols = {"name": "name", "status": "status", "model": "model_name", "method": "method",
             "compression": "compression", "rank_ratio": "rank_ratio", "sparsity": "sparsity",
             "blocks_done": "blocks_done", "created": "created", "problem": "problem"}
-    rows = [{c: r.get(key) for c, key in cols.items()} for r in runs]  # None, not "": a column keeps one type
+    if not any(r["status"] == "damaged" for r in runs):
+        del cols["problem"]
+    # a damaged row has no settings: None in the number columns, "" in the text ones (a column keeps one
+    # type, and no "None" is shown)
+    texts = ("name", "status", "model", "method", "sparsity", "created", "problem")
+    rows = [{c: ("" if r.get(key) is None and c in texts else r.get(key)) for c, key in cols.items()} for r in runs]
     for row, r in zip(rows, runs):  # the rank ratio the method actually used (0 for sparse-only methods)
         if r["info"] is not None:
             row["rank_ratio"] = r["info"].rank_ratio

@@ -139,6 +139,7 @@ def test_sweep_resumes_an_unfinished_run(tmp_path, monkeypatch):
     m["complete"] = False
     m["blocks_done"], m["blocks"] = m["blocks_done"][:1], m["blocks"][:1]
     m["layers"] = [r for r in m["layers"] if r["block"] == 0]
+    m["modules"] = {p: v for p, v in m["modules"].items() if p in {r["path"] for r in m["layers"]}}
     (folder / "manifest.json").write_text(json.dumps(m))
     (folder / "block_001.safetensors").unlink()
     logs = []

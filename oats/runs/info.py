@@ -13,7 +13,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -140,7 +140,7 @@ class RunInfo:
             rates = m.get("block_rates")
             if rates is not None and (not isinstance(rates, list) or not all(_is_num(r) for r in rates)):
                 raise ValueError("block_rates is not a list of numbers")
-            return _consistent(cls(
+            return _consistent("blocks_done" in m, cls(
                 model_name=_text(m["model_name"], "model_name", empty=False),
                 method=_text(m["method"], "method", empty=False), config=config,
                 layers=tuple(_layer(d, i) for i, d in enumerate(_list(m["layers"], "layers"))),
@@ -279,19 +279,23 @@ def _text(x, what: str, none: bool = False, empty: bool = True):
     return x
 
 
-def _consistent(info: RunInfo) -> RunInfo:
+def _consistent(has_done: bool, info: RunInfo) -> RunInfo:
     """The manifest's lists agree with each other (ValueError otherwise). Loading is driven by
     them: a layer record removed, or a block left out of ``blocks_done``, would otherwise leave
-    those layers dense and load the run as if nothing were wrong."""
-    done = set(info.blocks_done)
+    those layers dense and load the run as if nothing were wrong. A manifest without
+    ``blocks_done`` (an optional key) has done the blocks it holds records of; one without
+    ``modules`` cannot be loaded (``read_block`` says so), only listed."""
     recorded = {b.index for b in info.blocks}
+    if not has_done:
+        info = replace(info, blocks_done=tuple(sorted(recorded)))
+    done = set(info.blocks_done)
     if info.blocks and recorded != done:
         raise ValueError(f"blocks_done {sorted(done)[:8]} does not match the block records {sorted(recorded)[:8]}")
     for r in info.layers:
         if r.block not in done:
             raise ValueError(f"layer '{r.path}' is in block {r.block}, which blocks_done does not list")
     paths = {r.path for r in info.layers}
-    if paths != set(info.modules):
+    if info.modules and paths != set(info.modules):
         odd = sorted(paths ^ set(info.modules))[0]
         raise ValueError(f"the layer records and the modules disagree on '{odd}'")
     if info.complete and not info.layers:
