@@ -20,6 +20,12 @@ INTRO_GRAM = ("This run was fitted on each layer's full input Gram H = XᵀX / n
               "whitened space (H = C Cᵀ, a truncated SVD of (W − S) C), starting from OATS's low-rank term; it keeps "
               "the alternation with the lowest output error. At κ = 0 it is SparseGPT with its values refitted. The heat maps show the terms scaled as OATS sees them "
               "(× D). Change ρ and κ to recompute this layer on its Gram.")
+ONE_STEP = ("At κ = 0 there is no low-rank term, so there is nothing to alternate: the sparse term is the largest "
+            "entries of W D kept once (a single hard threshold, Wanda's mask), which is one iteration, so there is no "
+            "iteration slider or objective curve; the heat maps and the table below show that one step.")
+ONE_STEP_GRAM = ("At κ = 0 there is no low-rank term, so there is nothing to alternate: SparseGPT runs once and its "
+                 "values are refitted on its mask, which is one step, so there is no alternation slider or objective "
+                 "curve; the heat maps and the table below show that one step.")
 
 run = current_run()
 if run is None:
@@ -74,6 +80,11 @@ else:
                 "the method keeps that sparse term.")
     elif on_gram and wt.kept is not None and len(its) > 1:
         st.caption(f"The method keeps alternation {wt.kept} (the lowest output error).")
+    single = len(h["error"]) <= 1
+    if single:  # no slider and no one-point objective chart: say why instead
+        st.info(ONE_STEP_GRAM if on_gram and wt.rank == 0 else ONE_STEP if wt.rank == 0 else
+                "This layer's decomposition stopped after one " + ("alternation" if on_gram else "iteration") +
+                ", so there is nothing to step through: the heat maps below show that single step.")
     t = st.select_slider("Alternation" if on_gram else "Iteration", options=its, value=its[-1],
                          key=f"wt-iter-{q}-{rho}-{kappa}") if len(its) > 1 else its[0]
     snap = wt.at(t)
@@ -84,7 +95,8 @@ else:
                 "residual darken as the slider moves: the two terms share the work. Rows or columns that stay bright "
                 "in |L| are structure spread over a whole row or input channel; isolated bright dots in |S| are "
                 "single large entries that a low-rank term would need many directions for.")
-    chart(figures.objective_figure(h, snap.iteration, kept=wt.kept), key="objective")
+    if not single:
+        chart(figures.objective_figure(h, snap.iteration, kept=wt.kept), key="objective")
     rows = []
     for i in range(len(h["error"])):
         row = {"iteration": i + 1}

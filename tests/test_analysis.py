@@ -259,6 +259,55 @@ def test_sweep_series():
     ppl = {"oats · both": ([0.3, 0.5], [14.2, 22.0]), "oats · sparse": ([0.3, 0.5], [1.2e8, 6.9e7])}
     fig = figures.sweep_figure(ppl, "perplexity", False)
     assert fig.layout.yaxis.type == "log" and "log scale" in fig.layout.yaxis.title.text
+    assert fig.layout.yaxis.ticktext and all(t not in ("2", "5") for t in fig.layout.yaxis.ticktext)
+
+
+def _minor_digit_free(ticktext) -> bool:
+    """No bare 2 or 5 between powers of ten on a wide log axis (Plotly's '2, 10k, 5')."""
+    return all(not t.startswith(("2", "5")) for t in ticktext)
+
+
+def test_evaluation_chart_is_log_when_values_span_decades():
+    """SmolLM2's numbers: dense and compressed stay readable beside collapsed variants, each value
+    printed on its bar; a narrow span stays linear."""
+    smol = {"dense": {"perplexity": 13.46}, "both": {"perplexity": 21.33}, "sparse": {"perplexity": 9.2e7},
+            "lowrank": {"perplexity": 5.8e8}}
+    fig = figures.evaluation_figure(smol, "perplexity", False)
+    y = fig.layout.yaxis
+    assert y.type == "log" and "log scale" in y.title.text and "lower is better" in y.title.text
+    assert list(fig.data[0].text) == ["13.46", "21.33", "9.2×10⁷", "5.8×10⁸"]
+    assert fig.data[0].textposition == "outside"
+    lo, hi = y.range  # log10 units: the smallest bar rises above the floor, the tallest has room for its label
+    assert lo < np.log10(13.46) - 0.3 and hi > np.log10(5.8e8)
+    assert y.tickmode == "array" and len(y.tickvals) == len(y.ticktext) <= 8 and _minor_digit_free(y.ticktext)
+    assert all(np.log10(v) == round(np.log10(v)) for v in y.tickvals)  # powers of ten only
+    narrow = {"dense": {"perplexity": 13.46}, "both": {"perplexity": 21.33}, "sparse": {"perplexity": 48.0}}
+    fig = figures.evaluation_figure(narrow, "perplexity", False)
+    assert fig.layout.yaxis.type != "log" and "log" not in fig.layout.yaxis.title.text
+    assert list(fig.data[0].text) == ["13.46", "21.33", "48"]
+    acc = {"dense": {"accuracy": 0.0}, "both": {"accuracy": 0.8}}  # a zero never makes a log axis
+    assert figures.evaluation_figure(acc, "accuracy", True).layout.yaxis.type != "log"
+
+
+def test_log_axes_label_every_tick_in_full():
+    """One helper for every log axis: within two decades 1-2-5 steps written out ('20', '50'),
+    wider spans powers of ten only ('10⁴'), never bare minor digits."""
+    vals, text = figures.log_ticks([13.46, 21.33, 40.0])
+    assert text == ["10", "20", "50", "100"] and vals == [10.0, 20.0, 50.0, 100.0]
+    vals, text = figures.log_ticks([1e-12, 5.0, float("nan"), -1, None])
+    assert len(vals) <= 8 and _minor_digit_free(text) and text[0] == "10⁻¹²" and "1" in text
+    import plotly.graph_objects as go
+    fig = go.Figure(go.Scatter(x=[1, 2, 3], y=[3e2, 2e4, 7e6]))
+    figures.log_axis(fig, title_text="y")
+    assert fig.layout.yaxis.type == "log" and list(fig.layout.yaxis.ticktext) == ["100", "1000", "10⁴", "10⁵", "10⁶", "10⁷"]
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=2, cols=1)
+    fig.add_trace(go.Scatter(x=[1, 2], y=[1, 2]), 1, 1)
+    fig.add_trace(go.Scatter(x=[1, 2], y=[1e-3, 1e3]), 2, 1)
+    figures.log_axis(fig, row=2, col=1)
+    assert fig.layout.yaxis.type != "log" and fig.layout.yaxis2.type == "log"
+    assert list(fig.layout.yaxis2.ticktext) == ["0.001", "0.01", "0.1", "1", "10", "100", "1000"]
+    figures.log_axis(go.Figure(), title_text="empty")  # no data: Plotly's powers of ten, no failure
 
 
 def test_request_folder_names_are_deterministic():

@@ -332,6 +332,24 @@ def test_walkthrough_page(app, main_run):
     assert chart(app, "Iteration 1 ")
 
 
+def test_walkthrough_at_kappa_zero_says_one_iteration(app, main_run):
+    """κ = 0 is one hard threshold: the page says so in a sentence instead of a one-point objective
+    chart, and the missing iteration slider is explained."""
+    app.run()
+    go(app, "pages/walkthrough.py")
+    app.slider(key=f"wt-kappa-{app.session_state['run_path']}").set_value(0.0).run()
+    clean(app)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Rank r"] == "0" and int(metrics["Iterations run"]) == 1
+    assert any("At κ = 0 there is no low-rank term" in i.value and "one iteration" in i.value for i in app.info)
+    assert not app.select_slider  # nothing to step through, and the sentence says why
+    assert "Objective per iteration" not in charts(app)
+    assert chart(app, "Iteration 1 ")  # the heat maps of that one step stay
+    app.slider(key=f"wt-kappa-{app.session_state['run_path']}").set_value(0.25).run()
+    clean(app)
+    assert not any("At κ = 0" in i.value for i in app.info) and chart(app, "Objective per iteration")
+
+
 @pytest.fixture(scope="session")
 def hassle_run(runs_dir):
     """A small HASSLE-free run of minilm-l6 (32 calibration sentences: with fewer, the refitted

@@ -52,6 +52,73 @@ def _layout(fig: go.Figure, title: str, height: int = 420, **kw) -> go.Figure:
     return fig
 
 
+# ----------------------------------------------------------------------------- log axes
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _tick_label(v: float) -> str:
+    """A tick value as plain digits between 0.001 and 9999, else (m×)10ⁿ."""
+    if 1e-3 <= v < 1e4:
+        return f"{v:g}"
+    e = int(np.floor(np.log10(v) + 1e-9))
+    m = round(v / 10.0 ** e)
+    power = "10" + str(e).translate(_SUPERSCRIPT)
+    return power if m == 1 else f"{m}×{power}"
+
+
+def log_ticks(values) -> tuple[list[float], list[str]]:
+    """Tick values and labels for a log axis over the positive finite ``values``.
+
+    Within two decades: 1, 2, 5 times the powers of ten; up to six decades: the powers of
+    ten; wider: every k-th power of ten (at most about seven ticks). Every tick is labelled in
+    full ("20", "1000", "10⁷"), never Plotly's bare minor digits ("2, 10k, 5").
+    """
+    v = []
+    for x in np.ravel(np.asarray(values, dtype=object)) if values is not None else []:
+        try:
+            f = float(x)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(f) and f > 0:
+            v.append(f)
+    if not v:
+        return [], []
+    lo = int(np.floor(np.log10(min(v)) + 1e-9))
+    hi = int(np.ceil(np.log10(max(v)) - 1e-9))
+    hi = max(hi, lo + 1)
+    decades = hi - lo
+    if decades <= 2:
+        ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in (1, 2, 5)]
+        ticks = [t for t in ticks if t <= 10.0 ** hi * 1.0001]
+    else:
+        step = 1 if decades <= 6 else int(np.ceil(decades / 6))
+        ticks = [10.0 ** e for e in range(lo - lo % step, hi + step, step)]
+    return ticks, [_tick_label(t) for t in ticks]
+
+
+def log_axis(fig: go.Figure, axis: str = "y", values=None, row: int | None = None, col: int | None = None,
+             secondary_y: bool | None = None, **kw) -> go.Figure:
+    """Make one axis logarithmic with readable ticks (``log_ticks``); every log axis of the app uses this.
+
+    ``values`` defaults to the ``axis`` data of the traces already on that subplot, so call it
+    after the traces are added.
+    """
+    where = {k: w for k, w in (("row", row), ("col", col), ("secondary_y", secondary_y)) if w is not None}
+    if values is None:
+        sel = {k: w for k, w in where.items() if k != "secondary_y"}
+        traces = fig.select_traces(**sel) if sel else fig.data
+        values = [x for t in traces if getattr(t, axis, None) is not None
+                  for x in np.ravel(np.asarray(getattr(t, axis), dtype=object))]
+    ticks, text = log_ticks(values)
+    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
+    if ticks:
+        update(type="log", tickmode="array", tickvals=ticks, ticktext=text, **where, **kw)
+    else:
+        update(type="log", dtick=1, exponentformat="power", **where, **kw)
+    return fig
+
+
 # ----------------------------------------------------------------------------- spectra
 
 
@@ -72,7 +139,7 @@ def spectrum_figure(sp: LayerSpectra) -> go.Figure:
         fig.add_vline(x=sp.rank, line=dict(color="black", dash="dash", width=1),
                       annotation_text=f"rank r = {sp.rank}", annotation_position="top right")
     fig.update_xaxes(title_text="singular value index k")
-    fig.update_yaxes(title_text="singular value σ_k (log scale)", type="log")
+    log_axis(fig, title_text="singular value σ_k (log scale)")
     return _layout(fig, f"Spectra of layer {sp.qualname} ({sp.shape[0]}×{sp.shape[1]})", height=460)
 
 
@@ -105,7 +172,7 @@ def ranks_figure(ov: SpectraOverview) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=[r["rank"] for r in ov.rows], mode="lines", name="chosen rank r",
                              line=dict(color=COLORS["L"], dash="dash")), row=1, col=1)
     fig.update_yaxes(title_text="rank (directions)", row=1, col=1)
-    fig.update_yaxes(title_text="rank (directions)", type="log", row=2, col=1)
+    log_axis(fig, row=2, col=1, title_text="rank (directions)")
     fig.update_xaxes(title_text="layer (block.name)", type="category", row=2, col=1)
     return _layout(fig, "Effective and stable rank per layer", height=620)
 
@@ -142,8 +209,8 @@ def esd_figure(e: LayerESD) -> go.Figure:
                 fig.add_trace(go.Scatter(x=xs, y=f.pdf(xs), mode="lines", name=f"power-law fit of {key}",
                                          line=dict(color="black", dash="dash", width=1.5), legendgroup=key,
                                          showlegend=i == 0), row=row, col=col)
-        fig.update_xaxes(type="log", title_text="eigenvalue λ of WᵀW" if row == 2 else None, row=row, col=col)
-        fig.update_yaxes(type="log", title_text="density p(λ)" if col == 1 else None, row=row, col=col)
+        log_axis(fig, "x", row=row, col=col, title_text="eigenvalue λ of WᵀW" if row == 2 else None)
+        log_axis(fig, "y", row=row, col=col, title_text="density p(λ)" if col == 1 else None)
     fig.update_annotations(font_size=12)
     return _layout(fig, f"Empirical spectral density of layer {e.qualname} ({e.shape[0]}×{e.shape[1]}), log-log",
                    height=720)
@@ -184,7 +251,7 @@ def massive_depth_figure(prof) -> go.Figure:
         fig.add_trace(go.Scatter(x=x, y=p.median, mode="lines", name=f"{MODE_NAMES.get(mode, mode)}: median",
                                  line=dict(color=color, dash="longdashdot", width=width / 2)))
     fig.update_xaxes(title_text="block (output)", dtick=1)
-    fig.update_yaxes(title_text="activation magnitude |h| (log scale)", type="log")
+    log_axis(fig, title_text="activation magnitude |h| (log scale)")
     return _layout(fig, "Largest activation magnitudes along depth", height=440)
 
 
@@ -270,7 +337,7 @@ def column_figure(cs: ColumnShares, threshold: float) -> go.Figure:
     fig.add_trace(go.Bar(x=x, y=1 - cs.sparse_share, name="low-rank term", marker_color=COLORS["lowrank"],
                          marker_line_width=0), 3, 1)
     fig.update_layout(barmode="stack", bargap=0)
-    fig.update_yaxes(title_text="D_j (log)", type="log", row=1, col=1)
+    log_axis(fig, row=1, col=1, title_text="D_j (log)")
     fig.update_yaxes(title_text="‖W[:, j]‖₂", row=2, col=1)
     fig.update_yaxes(title_text="share (0–1)", range=[0, 1], row=3, col=1)
     fig.update_xaxes(title_text="input channel j", row=3, col=1)
@@ -421,7 +488,8 @@ def objective_figure(history: dict, iteration: int | None = None, kept: int | No
     if iteration is not None:
         fig.add_vline(x=iteration, line=dict(color="#ff7f0e", width=2),
                       annotation_text=f"t = {iteration}", annotation_position="top right")
-    fig.update_xaxes(title_text="alternation t" if out else "iteration t", dtick=1 if len(err) <= 12 else None)
+    fig.update_xaxes(title_text="alternation t" if out else "iteration t", dtick=1 if len(err) <= 12 else None,
+                     range=[0.5, 1.5] if len(err) == 1 else None)  # one step: not a lone dot on 0..2
     fig.update_yaxes(title_text="relative error", secondary_y=False)
     fig.update_yaxes(title_text="energy share of ‖W D‖²", tickformat=".2f", secondary_y=True)
     return _layout(fig, "Objective per iteration", height=380)
@@ -447,12 +515,48 @@ def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: b
     """One bar per model variant (dense, both, sparse-only, low-rank-only) for one metric."""
     names = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
     modes = [m for m in ("dense", "both", "sparse", "lowrank") if m in results and metric in results[m]]
-    fig = go.Figure(go.Bar(x=[names[m] for m in modes], y=[results[m][metric] for m in modes],
-                           marker_color=[COLORS[m] for m in modes],
-                           text=[f"{results[m][metric]:.4g}" for m in modes], textposition="outside"))
+    ys = [results[m][metric] for m in modes]
+    fig = go.Figure(go.Bar(x=[names[m] for m in modes], y=ys, marker_color=[COLORS[m] for m in modes],
+                           text=[_bar_label(v) for v in ys], textposition="outside", cliponaxis=False))
     fig.update_xaxes(title_text="model variant")
-    fig.update_yaxes(title_text=f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    title = f"{metric} ({'higher' if higher_is_better else 'lower'} is better)"
+    fin = [f for f in (_number(v) for v in ys) if f is not None and np.isfinite(f)]
+    if fin and min(fin) > 0 and max(fin) / min(fin) > EVAL_LOG_SPAN:
+        # a collapsed variant (sparse-only perplexity 1e8) flattens dense vs compressed to nothing
+        lo, hi = np.log10(min(fin)), np.log10(max(fin))
+        # bars rise from the axis floor: put it well below the smallest bar, and leave room above
+        # the tallest for its printed value
+        log_axis(fig, values=fin, title_text=f"{title}, log scale",
+                 range=[np.floor(lo) - 0.5, hi + 0.12 * max(hi - lo + 1, 1)])
+    else:
+        fig.update_yaxes(title_text=title)
     return _layout(fig, f"Evaluation: {metric}", height=360)
+
+
+EVAL_LOG_SPAN = 10.0
+"""An evaluation chart whose positive values span more than this factor gets a log y axis."""
+
+
+def _number(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bar_label(v) -> str:
+    f = _number(v)
+    if f is None:
+        return str(v)
+    if not np.isfinite(f):
+        return str(f)
+    if f == 0 or 1e-3 <= abs(f) < 1e4:
+        return f"{f:.4g}"
+    e = int(np.floor(np.log10(abs(f))))
+    m = f"{f / 10.0 ** e:.3g}"
+    if abs(float(m)) >= 10:  # 9.995 rounds up to 10.0
+        e, m = e + 1, f"{f / 10.0 ** (e + 1):.3g}"
+    return f"{m}×10" + str(e).translate(_SUPERSCRIPT)
 
 
 LOG_SPAN = 100.0
@@ -473,7 +577,7 @@ def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str
     ys = [v for _, y in series.values() for v in y if v is not None and np.isfinite(v)]
     if ys and min(ys) > 0 and max(ys) / min(ys) > LOG_SPAN:
         # a collapsed variant (perplexity 1e7) would flatten every other line to zero
-        fig.update_yaxes(type="log", title_text=f"{metric}{note}, log scale")
+        log_axis(fig, values=ys, title_text=f"{metric}{note}, log scale")
     return _layout(fig, f"{metric} against compression rate", height=440)
 
 
