@@ -20,16 +20,32 @@ if run is not None:
     mtime = run_mtime(path)
     rows = layer_budget(path, mtime)
     med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in ("both", "sparse_only", "lowrank_only")}
-    st.markdown(f"Median scaled error over the {len(rows)} layers: **{med['both']:.3f}** with both terms, "
-                f"{med['sparse_only']:.3f} with the sparse term alone, {med['lowrank_only']:.3f} with the low-rank "
-                f"term alone.")
-    chart(figures.error_budget_figure(rows), key="budget")
-    how_to_read("One group of bars per layer, each the layer's scaled error ‖W D − approximation‖ / ‖W D‖ (D: the "
-                "input scale sqrt(mean x²), so errors on busy input channels count more): with both terms, with the "
-                "sparse term alone and with the low-rank term alone. 0 is exact, 1 is as far as zeroing the layer. "
-                "When both terms are far better than either alone, the method needed the pair: the sparse term took "
-                "the large entries, the low-rank term the spread-out structure. The energy chart below says how "
-                "‖W D‖² splits between them.")
+    variants = registry.run_variants(run)  # a term alone only where the run's method has both terms
+    if "sparse" in variants and "lowrank" in variants:
+        st.markdown(f"Median scaled error over the {len(rows)} layers: **{med['both']:.3f}** with both terms, "
+                    f"{med['sparse_only']:.3f} with the sparse term alone, {med['lowrank_only']:.3f} with the "
+                    f"low-rank term alone.")
+    else:
+        st.markdown(f"Median scaled error over the {len(rows)} layers: **{med['both']:.3f}** with the "
+                    f"{esc(registry.terms(run.method, run.config))} term (method {esc(run.method)} has one kind "
+                    "of term).")
+    budget = figures.error_budget_figure(rows)
+    if "sparse" in variants and "lowrank" in variants:
+        chart(budget, key="budget")
+        how_to_read("One group of bars per layer, each the layer's scaled error ‖W D − approximation‖ / ‖W D‖ (D: "
+                    "the input scale sqrt(mean x²), so errors on busy input channels count more): with both terms, "
+                    "with the sparse term alone and with the low-rank term alone. 0 is exact, 1 is as far as zeroing "
+                    "the layer. When both terms are far better than either alone, the method needed the pair: the "
+                    "sparse term took the large entries, the low-rank term the spread-out structure. The energy "
+                    "chart below says how ‖W D‖² splits between them.")
+    else:  # one kind of term: its bar alone (the other term's would be the all-zero model, error 1)
+        budget.data = [t for t in budget.data if t.name == "sparse + low-rank"]
+        budget.data[0].name = f"{registry.terms(run.method, run.config)} term"
+        chart(budget, key="budget")
+        how_to_read("One bar per layer, the layer's scaled error ‖W D − approximation‖ / ‖W D‖ (D: the input scale "
+                    "sqrt(mean x²), so errors on busy input channels count more) with the run's one kind of term. "
+                    "0 is exact, 1 is as far as zeroing the layer. The energy chart below says how much of ‖W D‖² "
+                    "the term holds.")
     chart(figures.energy_split_figure(rows), key="energy")
     st.caption("S and L are not orthogonal: when both reach into the same entries the cross terms are negative, "
                "and ‖S‖² + ‖L‖² can exceed ‖W D‖².")

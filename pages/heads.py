@@ -74,7 +74,7 @@ chart(entropy_figure(view), key="heads-entropy")
 st.subheader("Heads that changed most")
 table(heads.changed_heads(view, top=60), f"heads-{run.model_name}", key="csv-heads", height=320)
 st.caption("Seconds per variant (forward pass and statistics): " +
-           ", ".join(f"{heads.MODE_LABELS[m]} {s:.2f}" for m, s in view.seconds.items()))
+           ", ".join(f"{view.labels[m]} {s:.2f}" for m, s in view.seconds.items()))
 
 if not vision:
     st.header("Which tokens matter (Section 5, for text)")
@@ -118,12 +118,12 @@ if not vision:
     if ex.attributions:
         bad = text_explain.incomplete(ex)
         if bad:
-            st.warning("Integrated gradients miss completeness for " + ", ".join(heads.MODE_LABELS[m] for m in bad)
+            st.warning("Integrated gradients miss completeness for " + ", ".join(view.labels[m] for m in bad)
                        + ": their sum is more than a tenth of f(text) − f(baseline) away from it (captum's delta, "
                        "below). The model's output jumps along the straight path from the baseline, so more steps "
                        "help little; read those rows with care, and lean on the token ablation row, which needs no "
                        "path.")
-        table([{"model": heads.MODE_LABELS[m], "f(text)": ex.value[m][0], "f(baseline)": ex.value[m][1],
+        table([{"model": view.labels[m], "f(text)": ex.value[m][0], "f(baseline)": ex.value[m][1],
                 "sum of attributions": float(ex.attributions[m].sum()), "captum delta": ex.delta[m]}
                for m in ex.attributions], f"ig-completeness-{run.model_name}", key="csv-ig-complete")
     st.subheader("Overlap between the maps")

@@ -15,6 +15,7 @@ from ui.text import esc
 from oats.explain import analysis
 from ui import figures
 from oats.config import OatsConfig
+from oats.methods import registry
 from oats.errors import DataError, OatsError
 from oats.runs.folders import runs_root
 from oats.runner.execute import evaluate_and_save
@@ -26,6 +27,12 @@ from oats.models.zoo import available_models, check_model_name
 
 OTHER = "other: a hub id or a local folder"
 VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
+
+
+def variant_names(info) -> dict[str, str]:
+    """The variants the run has (``registry.run_variants``), named after its method's terms."""
+    return {m: registry.terms(info.method, info.config) if m == "both" else VARIANTS[m]
+            for m in registry.run_variants(info)}
 
 st.title("Compress a model")
 st.caption("OATS splits every weight matrix of the transformer blocks, scaled by the RMS of its inputs, into a "
@@ -86,12 +93,17 @@ def new_compression() -> None:
                                                  "follows from (N/M)/(1 − κ), so the compression rate is derived.")
         rho = a.slider("Compression rate ρ", 0.05, 0.95, 0.5, 0.05, disabled=sparsity == "N:M",
                        help="Fraction of each matrix's parameters removed (index storage not counted).")
-        kappa = b.slider("Rank ratio κ", 0.0, 0.9, float(default_kappa), 0.05, key=f"kappa-{choice}",
-                         help="Share of the kept parameters spent on the low-rank term; κ = 0 is Wanda.")
-        iterations = a.number_input("Iterations", 1, 500, 80,
-                                    help="Alternating-thresholding iterations (the fast solver stops earlier "
-                                         "once the error stops improving).")
-        solver = b.selectbox("Solver", ["fast", "exact"], help="exact: a full SVD every iteration (Algorithm 1).")
+        record = registry.find(method)  # κ, iterations and solver only for a method that reads them
+        kappa, iterations, solver = float(default_kappa), 80, "fast"
+        if record is not None and record.uses_rank_ratio:
+            kappa = b.slider("Rank ratio κ", 0.0, 0.9, float(default_kappa), 0.05, key=f"kappa-{choice}",
+                             help="Share of the kept parameters spent on the low-rank term; κ = 0 is Wanda.")
+        if record is not None and record.iterative:
+            iterations = a.number_input("Iterations", 1, 500, 80,
+                                        help="Alternating-thresholding iterations (the fast solver stops earlier "
+                                             "once the error stops improving).")
+            solver = b.selectbox("Solver", ["fast", "exact"],
+                                 help="exact: a full SVD every iteration (Algorithm 1).")
     c3, c4 = st.columns([2, 3])
     with c3:
         source_kind = st.radio("Calibration data", ["built-in", "text file", "image folder"], horizontal=True,
@@ -107,7 +119,10 @@ def new_compression() -> None:
         elif source_kind == "image folder":
             source = st.text_input("Path to a folder of images", placeholder="/data/images").strip() or None
         samples = st.number_input("Calibration samples (0: the default for the task)", 0, 4096, 0)
-        evaluate = st.checkbox("Evaluate when done (dense, compressed, sparse-only, low-rank-only)", value=True,
+        shown = registry.variants(method)
+        evaluate = st.checkbox("Evaluate when done (" + ", ".join(
+                                   {"dense": "dense", "both": "compressed", "sparse": "sparse-only",
+                                    "lowrank": "low-rank-only"}[m] for m in shown) + ")", value=True,
                                help="Takes about as long as the compression itself on the embedded models.")
 
     if not st.button("Compress", type="primary", icon=":material/play_arrow:"):
@@ -268,9 +283,12 @@ def summary() -> None:
     s = analysis.run_summary(info)
     cfg = info.config
     st.subheader(f"Summary: {esc(Path(path).name)}")
+    record = registry.find(info.method)  # only the settings the run's method reads, κ as it really used it
+    kappa = f"κ = {info.rank_ratio:g} · " if record is not None and record.uses_rank_ratio else ""
+    solver = (f" · {cfg.solver} solver, ≤ {cfg.iterations} iterations" if record is not None and record.iterative
+              else "")
     st.caption(f"{esc(info.model_name)} · {esc(info.method)} · ρ = {cfg.compression:g} (effective "
-               f"{info.effective_compression:.3f}) · κ = {cfg.rank_ratio:g} · "
-               f"{cfg.sparsity} · {cfg.solver} solver, ≤ {cfg.iterations} iterations · "
+               f"{info.effective_compression:.3f}) · {kappa}{cfg.sparsity}{solver} · "
                f"{s['calibration_tokens'] or '?'} calibration tokens")
     c = st.columns(5)
     c[0].metric("Block-linear parameters, dense", f"{s['params_dense'] / 1e6:.2f} M")
@@ -280,7 +298,8 @@ def summary() -> None:
     c[3].metric("Median scaled error", f"{s['median_scaled_error']:.4f}")
     c[4].metric("Compression time", f"{s['total_s']:.1f} s" if s["total_s"] else "?")
 
-    st.markdown("**Evaluation: dense vs compressed vs sparse-only vs low-rank-only**")
+    names = variant_names(info)
+    st.markdown("**Evaluation: " + " vs ".join(esc(n) for n in names.values()) + "**")
     ev = saved_evaluation(path)
     if ev is None and info.sweep:  # evaluated by the sweep that made it
         try:
@@ -293,11 +312,11 @@ def summary() -> None:
     task = run_task(info)
     if ev is None:
         st.caption("Not evaluated yet (runs made by the app are evaluated when they finish).")
-        if st.button("Evaluate the four variants", icon=":material/speed:"):
+        if st.button(f"Evaluate the {len(names)} variants", icon=":material/speed:"):
             try:
                 run = load_run_cached(path, run_mtime(path))
                 # the cached run is shared by every session: switch its modes under the lock
-                with st.spinner("Evaluating dense, both, sparse-only and low-rank-only ..."), MODEL_LOCK:
+                with st.spinner("Evaluating " + ", ".join(names.values()) + " ..."), MODEL_LOCK:
                     note = evaluate_and_save(run, path)
             except OatsError as e:
                 st.error(esc(e))
@@ -308,7 +327,8 @@ def summary() -> None:
                 st.rerun()
     else:
         results = ev["results"]
-        rows = [{"variant": VARIANTS.get(mode, mode), "mode": mode, **vals} for mode, vals in results.items()]
+        rows = [{"variant": names.get(mode, VARIANTS.get(mode, mode)), "mode": mode, **vals}
+                for mode, vals in results.items() if mode in names]
         table(rows, f"{Path(path).name}-evaluation", key="csv-eval")
         pm = primary_metric(task) if task else None
         if pm and any(pm[0] in v for v in results.values()):

@@ -50,6 +50,12 @@ if not vit.is_vision_run(run):
     st.stop()
 path = st.session_state[RUN_KEY]
 mtime = run_mtime(path)
+labels = vit.mode_labels(run)  # the models this run has (vit.run_modes), named after its method's terms
+
+
+def named(by_mode: dict) -> dict:
+    """``by_mode`` keyed by this run's labels (the figures title each panel by its key)."""
+    return {labels.get(m, m): v for m, v in by_mode.items()}
 
 # ------------------------------------------------------------------ image
 left, right = st.columns([2, 3])
@@ -89,7 +95,7 @@ st.markdown(
     f"Per layer: fuse the heads ({head_fusion}), zero the lowest {discard_ratio:.0%} of the fused map's "
     "entries (never CLS→CLS), add the identity for the residual path, renormalise the rows, multiply over "
     f"the layers; the CLS row over the {gh}×{gw} patches is the map. Colours are rescaled within each panel.")
-st.plotly_chart(overlay_figure(maps.image, maps.rollout, value_name="rollout"), config=CHART_CONFIG, theme=None,
+st.plotly_chart(overlay_figure(maps.image, named(maps.rollout), value_name="rollout"), config=CHART_CONFIG, theme=None,
                 key="vit_rollout_chart")
 with st.expander("How to read this", icon=":material/help:"):
     st.markdown("The photo as the model saw it, overlaid with where the CLS token's information comes from after all "
@@ -99,12 +105,12 @@ with st.expander("How to read this", icon=":material/help:"):
                 "without the other term; a diffuse or scattered map means that term alone lost it. The overlap table "
                 "at the bottom puts numbers on it (rank correlation and top-k overlap with dense).")
 st.caption("Rollout, seconds per model (forward pass + rollout): "
-           + ", ".join(f"{vit.MODE_LABELS[m]} {s:.2f}" for m, s in maps.seconds.items()))
+           + ", ".join(f"{labels[m]} {s:.2f}" for m, s in maps.seconds.items()))
 
 view = st.radio("Per-layer view", ["each layer's CLS attention", "rollout up to each layer"], horizontal=True,
                 key="vit_layer_view")
 stack = maps.layer_attention if view.startswith("each") else maps.layer_rollout
-st.plotly_chart(layers_figure(stack), config=CHART_CONFIG, theme=None, key="vit_layers_chart")
+st.plotly_chart(layers_figure(named(stack)), config=CHART_CONFIG, theme=None, key="vit_layers_chart")
 
 # ------------------------------------------------------------------ attributions
 st.subheader("Attributions (captum)")
@@ -123,13 +129,13 @@ pressed = a3.button("Compute attributions", type="primary", key="vit_attr_button
 
 attr_maps: dict[str, dict] = {}
 if pressed or st.session_state.get("vit_attr_key") == attr_key:
-    jobs = [(m, mode) for m in ("ig", second) for mode in vit.MODES]
+    jobs = [(m, mode) for m in ("ig", second) for mode in vit.run_modes(run)]
     bar = st.progress(0.0, text="Attributions ...") if pressed else None
     seconds: dict[str, dict[str, float]] = {}
     try:
         for i, (method, mode) in enumerate(jobs):
             if bar is not None:
-                bar.progress(i / len(jobs), text=f"{vit.ATTRIBUTION_METHODS[method]}, {vit.MODE_LABELS[mode]} ...")
+                bar.progress(i / len(jobs), text=f"{vit.ATTRIBUTION_METHODS[method]}, {labels[mode]} ...")
             res = attribution_cached(path, mtime, image_key, method, mode, int(steps), run, image)
             attr_maps.setdefault(method, {})[mode] = res.maps[method][mode]
             seconds.setdefault(method, {})[mode] = res.seconds[method][mode]
@@ -140,11 +146,11 @@ if pressed or st.session_state.get("vit_attr_key") == attr_key:
         bar.empty()
     st.session_state["vit_attr_key"] = attr_key
     for method, by_mode in attr_maps.items():
-        st.plotly_chart(overlay_figure(maps.image, by_mode, title=vit.ATTRIBUTION_METHODS[method],
+        st.plotly_chart(overlay_figure(maps.image, named(by_mode), title=vit.ATTRIBUTION_METHODS[method],
                                        value_name="attribution"),
                         config=CHART_CONFIG, theme=None, key=f"vit_attr_chart_{method}")
         st.caption(f"{vit.ATTRIBUTION_METHODS[method]}, seconds per model: "
-                   + ", ".join(f"{vit.MODE_LABELS[m]} {s:.1f}" for m, s in seconds[method].items()))
+                   + ", ".join(f"{labels[m]} {s:.1f}" for m, s in seconds[method].items()))
 else:
     st.info(f"Integrated Gradients ({steps} steps) and {vit.ATTRIBUTION_METHODS[second]} for the three models "
             "take a while on a CPU: press **Compute attributions**. Results are kept for this run and image.")

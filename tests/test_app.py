@@ -616,3 +616,47 @@ def test_outliers_massive_activations_and_intervention(app, main_run):
     heat = chart(app, "Block 1 output")
     assert list(_decode(heat["data"][0]["y"])) == ["0:[CLS]", "1:paris", "2:is", "3:a", "4:big", "5:city", "6:.",
                                                    "7:[SEP]"]
+
+
+def test_a_wanda_run_offers_no_low_rank_only_variant_and_names_no_kappa(app, runs_dir):
+    """A Wanda run (rank 0) has dense and its compressed (sparse) model only, on every page; its
+    summary names none of the settings Wanda ignores; the form hides them for Wanda. The OATS
+    run beside it keeps all four variants and its kappa, solver and iterations."""
+    from ui.state import RUN_KEY
+    app.run()
+    clean(app)
+    cap = next(c.value for c in app.caption if " · oats · " in c.value)
+    assert "κ = 0.25" in cap and "fast solver, ≤ 6 iterations" in cap
+    assert any(m.value == "**Evaluation: dense vs sparse + low-rank vs sparse only vs low-rank only**"
+               for m in app.markdown)
+    labels = lambda: {w.label for kind in ("slider", "number_input", "selectbox") for w in app.get(kind)}
+    assert {"Rank ratio κ", "Iterations", "Solver"} <= labels()
+    next(s for s in app.selectbox if s.label == "Method").set_value("wanda").run()
+    clean(app)
+    assert not {"Rank ratio κ", "Iterations", "Solver"} & labels()
+    assert any(c.label == "Evaluate when done (dense, compressed)" for c in app.checkbox)
+
+    wanda = sorted(p.name for p in runs_dir.iterdir() if p.name.startswith("minilm-l6-wanda-c0.5"))[0]
+    app.session_state[RUN_KEY] = str(runs_dir / wanda)
+    app.run()
+    clean(app)
+    cap = next(c.value for c in app.caption if " · wanda · " in c.value)
+    assert "κ" not in cap and "solver" not in cap and "iteration" not in cap
+    assert any(m.value == "**Evaluation: dense vs sparse**" for m in app.markdown)
+    for d in app.dataframe:
+        if "variant" in d.value.columns and "mode" in d.value.columns:
+            assert list(d.value["mode"]) == ["dense", "both"] and list(d.value["variant"]) == ["dense", "sparse"]
+
+    go(app, "pages/heads.py")
+    assert len(chart(app, "Layer 3: every head")["data"]) == 2 * 12  # dense and the compressed model
+    assert len(chart(app, "How far each head moved")["data"]) == 1
+    assert [t["name"] for t in chart(app, "Head entropy per layer")["data"]] == ["dense", "compressed (sparse)"]
+    table = next(d.value for d in app.dataframe if "js_to_dense_bits" in d.value.columns)
+    assert set(table["variant"]) == {"compressed (sparse)"}
+    shown = " ".join(m.value for m in app.markdown) + " ".join(c.value for c in app.caption)
+    assert "low-rank-only" not in shown and "sparse-only" not in shown
+    assert "compressed (sparse)" in shown
+
+    go(app, "pages/errors.py")
+    assert [t["name"] for t in chart(app, "Scaled error per layer")["data"]] == ["sparse term"]
+    assert not any("low-rank term alone" in m.value for m in app.markdown)

@@ -194,3 +194,18 @@ def test_encoder_attribution_needs_a_second_sentence_and_explains_similarity():
     np.testing.assert_allclose(ex.rollout["dense"].sum(), 1.0, rtol=1e-5)
     with pytest.raises(Exception, match="language models"):
         text_explain.explain_text(types.SimpleNamespace(loaded=types.SimpleNamespace(task="vision")), "a")
+
+
+def test_a_one_term_run_has_no_single_term_variants(llama_run):
+    """A Wanda run (rank 0) has no low-rank-only model: the heads view, its table and summary
+    list dense and the compressed model only, named after the sparse term."""
+    run = copy.copy(llama_run)  # the same model, recorded as a Wanda run
+    run.method = "wanda"
+    view = heads.explain_heads(run, text="a b c d e f")
+    assert list(view.maps) == ["dense", "both"]
+    assert {r["variant"] for r in heads.changed_heads(view)} == {"compressed (sparse)"}
+    text = heads.summary(view)
+    assert "low-rank" not in text and "sparse-only" not in text and text.startswith(
+        "Median Jensen-Shannon divergence of a head to its dense self (bits): compressed (sparse) ")
+    # the OATS run itself still has all four
+    assert list(heads.explain_heads(llama_run, text="a b c d e f").maps) == ["dense", "both", "sparse", "lowrank"]

@@ -258,3 +258,35 @@ def test_only_oats_is_replayed_by_the_walkthrough():
     is iterative too but cannot be replayed from a run folder, and the page must say so."""
     assert [m.name for m in registry.all_methods() if m.thresholding] == ["oats"]
     assert registry.get("hassle").iterative and not registry.get("hassle").thresholding
+
+
+def test_variants_follow_the_method_record_and_the_rank_it_really_used():
+    """One notion of a run's variants: a one-term method (rank 0, or no sparse term) has dense and
+    the compressed model only; a two-term method has all four unless its kappa left a term empty."""
+    import types
+    from oats.explain import vit
+    for name in ("wanda", "magnitude", "sparsegpt", "lowrank"):
+        assert registry.variants(name) == ("dense", "both"), name
+        assert registry.variants(name, OatsConfig(rank_ratio=0.25)) == ("dense", "both"), name
+    for name in ("oats", "hassle"):
+        assert registry.variants(name, OatsConfig(rank_ratio=0.25)) == ("dense", "both", "sparse", "lowrank")
+        assert registry.variants(name, OatsConfig(rank_ratio=0.0)) == ("dense", "both")  # no low-rank term
+    assert registry.variants("not-a-method") == ("dense", "both")
+    assert [registry.terms(n, OatsConfig(rank_ratio=0.25)) for n in ("oats", "wanda", "lowrank")] == \
+        ["sparse + low-rank", "sparse", "low-rank"]
+    wanda = types.SimpleNamespace(method="wanda", config=OatsConfig(rank_ratio=0.25))
+    oats_run = types.SimpleNamespace(method="oats", config=OatsConfig(rank_ratio=0.25))
+    assert registry.run_variants(wanda) == ("dense", "both")
+    # the ViT page: each term alone for a two-term run, else dense against the compressed model
+    assert vit.run_modes(oats_run) == ("dense", "sparse", "lowrank")
+    assert vit.run_modes(wanda) == ("dense", "both")
+    assert vit.mode_labels(wanda)["both"] == "compressed (sparse)"
+    assert vit.mode_labels(oats_run)["both"] == "compressed (S + L)"
+
+
+def test_the_settings_a_method_reads_are_in_its_record():
+    """The Compress form shows kappa, iterations and solver from these fields only."""
+    uses = {m.name: (m.uses_rank_ratio, m.iterative) for m in registry.all_methods() if m.name in METHODS}
+    assert uses["oats"] == (True, True) and uses["hassle"] == (True, True)
+    for name in ("wanda", "magnitude", "sparsegpt", "lowrank"):
+        assert uses[name] == (False, False), name

@@ -456,3 +456,15 @@ def test_layers_figure_small_multiples():
     np.testing.assert_allclose(np.asarray(fig.data[4].customdata), stacks["sparse"][1])
     assert len(layers_figure(stacks, layers=[2]).data) == 3
     _check_no_placeholder_colours(fig)
+
+
+def test_a_one_term_run_is_explained_dense_against_its_compressed_model(tiny_run):
+    """A Wanda run has no low-rank-only model: by default its maps are dense and the compressed
+    (sparse) model, and the single-term variants of a two-term run are still drawn for OATS."""
+    run, _ = tiny_run
+    wanda = copy.copy(run)  # the same model, recorded as a Wanda run
+    wanda.method = "wanda"
+    maps = vit.explain(wanda, _photo())
+    assert list(maps.rollout) == ["dense", "both"]
+    assert vit.mode_labels(wanda)["both"] == "compressed (sparse)"
+    assert list(vit.explain(run, _photo()).rollout) == ["dense", "sparse", "lowrank"]

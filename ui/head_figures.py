@@ -19,7 +19,7 @@ def heads_figure(view: HeadView, layer: int, modes=("dense", "both", "sparse", "
     n_heads = view.heads
     titles = [f"head {h}" if i == 0 else "" for i in range(len(modes)) for h in range(n_heads)]
     fig = make_subplots(rows=len(modes), cols=n_heads, subplot_titles=titles, horizontal_spacing=0.008,
-                        vertical_spacing=0.03, row_titles=[MODE_LABELS[m] for m in modes])
+                        vertical_spacing=0.03, row_titles=[view.labels.get(m, MODE_LABELS[m]) for m in modes])
     hover_text = None
     if view.kind == "text":
         t = view.tokens
@@ -49,7 +49,7 @@ def head_change_figure(view: HeadView) -> go.Figure:
     the dense model's, one panel per variant on one colour scale."""
     modes = [m for m in ("both", "sparse", "lowrank") if m in view.distance]
     zmax = max(float(view.distance[m].max()) for m in modes) if modes else 1.0
-    fig = make_subplots(rows=1, cols=len(modes), subplot_titles=[MODE_LABELS[m] for m in modes],
+    fig = make_subplots(rows=1, cols=len(modes), subplot_titles=[view.labels.get(m, MODE_LABELS[m]) for m in modes],
                         horizontal_spacing=0.05, shared_yaxes=True)
     for i, mode in enumerate(modes, start=1):
         d = view.distance[mode]
@@ -74,10 +74,10 @@ def entropy_figure(view: HeadView) -> go.Figure:
         layers = np.repeat(np.arange(e.shape[0]), e.shape[1])
         heads_ = np.tile(np.arange(e.shape[1]), e.shape[0])
         fig.add_trace(go.Scatter(x=layers + (list(view.entropy).index(mode) - 1.5) * 0.12, y=e.ravel(), mode="markers",
-                                 name=MODE_LABELS[mode], marker=dict(color=color, symbol=symbol, size=6),
+                                 name=view.labels.get(mode, MODE_LABELS[mode]), marker=dict(color=color, symbol=symbol, size=6),
                                  customdata=np.stack([layers, heads_], axis=1),
                                  hovertemplate="layer %{customdata[0]}, head %{customdata[1]}<br>entropy %{y:.3f} "
-                                               "nats<extra>" + MODE_LABELS[mode] + "</extra>"))
+                                               "nats<extra>" + view.labels.get(mode, MODE_LABELS[mode]) + "</extra>"))
     fig.update_xaxes(title_text="layer", dtick=1 if view.layers <= 32 else None)
     fig.update_yaxes(title_text="mean row entropy (nats)")
     return _layout(fig, "Head entropy per layer: low = focused heads, high = diffuse heads", height=380)

@@ -26,6 +26,7 @@ from torch import nn
 
 from oats.errors import ConfigError, UnsupportedModelError
 from oats.explain import vit
+from oats.methods import registry
 
 MODES = ("dense", "both", "sparse", "lowrank")
 MODE_LABELS = vit.MODE_LABELS  # one set of names for the variants, on every page
@@ -52,6 +53,8 @@ class HeadView:
     grid: tuple[int, int] | None = None
     image: np.ndarray | None = None
     """Vision: the (S, S, 3) uint8 crop the model saw."""
+    labels: dict[str, str] = field(default_factory=lambda: dict(MODE_LABELS))
+    """mode -> its name for this run (the compressed model named after the method's terms)."""
 
     @property
     def layers(self) -> int:
@@ -124,10 +127,11 @@ def _check_modes(modes) -> list[str]:
     return ["dense"] + [m for m in modes if m != "dense"]
 
 
-def explain_heads(run, text: str | None = None, image: np.ndarray | None = None, modes=MODES) -> HeadView:
+def explain_heads(run, text: str | None = None, image: np.ndarray | None = None, modes=None) -> HeadView:
     """Every head of ``run``'s model in each variant for one text (language models) or one
-    RGB image (vision transformers). The run's modes are restored afterwards."""
-    modes = _check_modes(modes)
+    RGB image (vision transformers). ``modes``: by default the variants the run has
+    (``oats.methods.registry.run_variants``). The run's modes are restored afterwards."""
+    modes = _check_modes(registry.run_variants(run) if modes is None else modes)
     loaded = getattr(run, "loaded", None)
     vision = vit.is_vision_run(run)
     if vision:
@@ -141,6 +145,7 @@ def explain_heads(run, text: str | None = None, image: np.ndarray | None = None,
             raise ConfigError("this run has no loaded model to run a text through")
         batch, tokens = tokenize(loaded, text or "")
         view = HeadView(kind="text", tokens=tokens)
+    view.labels = vit.mode_labels(run)
     dense_rows: list[np.ndarray] | None = None
     for mode in modes:
         t0 = time.perf_counter()
@@ -175,7 +180,7 @@ def changed_heads(view: HeadView, top: int | None = None) -> list[dict]:
         d = view.distance[mode]
         for layer in range(d.shape[0]):
             for head in range(d.shape[1]):
-                rows.append({"variant": MODE_LABELS[mode], "layer": layer, "head": head,
+                rows.append({"variant": view.labels.get(mode, MODE_LABELS[mode]), "layer": layer, "head": head,
                              "js_to_dense_bits": float(d[layer, head]),
                              "entropy_dense_nats": float(view.entropy["dense"][layer, head]),
                              "entropy_variant_nats": float(view.entropy[mode][layer, head])})
@@ -189,7 +194,7 @@ def summary(view: HeadView) -> str:
     parts = []
     for mode in ("both", "sparse", "lowrank"):
         if mode in view.distance:
-            parts.append(f"{MODE_LABELS[mode]} {np.median(view.distance[mode]):.3f}")
+            parts.append(f"{view.labels.get(mode, MODE_LABELS[mode])} {np.median(view.distance[mode]):.3f}")
     if not parts:
         return ""
     text = "Median Jensen-Shannon divergence of a head to its dense self (bits): " + ", ".join(parts) + "."

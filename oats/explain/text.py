@@ -40,6 +40,7 @@ from torch import nn
 
 from oats.errors import ConfigError, UnsupportedModelError
 from oats.explain.heads import MODE_LABELS, MODES, text_attentions, tokenize
+from oats.methods import registry
 
 TASKS = ("causal-lm", "encoder")
 IG_STEPS = 16
@@ -116,11 +117,12 @@ def _forward_fn(model: nn.Module, task: str, reference):
     return f
 
 
-def explain_text(run, text: str, second: str | None = None, *, modes=MODES, steps: int = IG_STEPS,
+def explain_text(run, text: str, second: str | None = None, *, modes=None, steps: int = IG_STEPS,
                  attributions: bool = True) -> TextExplanation:
     """Rollout (and, with ``attributions``, integrated gradients) of ``text`` for each variant
     of a language-model run. ``second``: the sentence a sentence encoder's similarity is
-    measured to. The run's modes are restored afterwards."""
+    measured to. ``modes``: by default the variants the run has
+    (``oats.methods.registry.run_variants``). The run's modes are restored afterwards."""
     from captum.attr import FeatureAblation, LayerIntegratedGradients
 
     loaded = getattr(run, "loaded", None)
@@ -130,7 +132,7 @@ def explain_text(run, text: str, second: str | None = None, *, modes=MODES, step
                                     f"not a {task or 'unknown'} model: the ViT attention page explains vision runs")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
         raise ConfigError(f"Integrated Gradients steps must be a whole number of at least 2, got {steps!r}")
-    modes = [m for m in MODES if m in modes]
+    modes = [m for m in MODES if m in (registry.run_variants(run) if modes is None else modes)]
     if "dense" not in modes:
         raise ConfigError(f"modes must include dense and be among {', '.join(MODES)}")
     model = run.model

@@ -44,11 +44,27 @@ from torch import nn
 
 from oats.data import image_batches
 from oats.errors import ConfigError, DataError, UnsupportedModelError
+from oats.methods import registry
 from oats.models.vision import is_hf_vit, is_timm_vit, own_image_settings, patch_size
 
 MODES = ("dense", "sparse", "lowrank")
 """The three models compared, as ``OatsLinear`` modes."""
 MODE_LABELS = {"dense": "dense", "sparse": "sparse-only", "lowrank": "low-rank-only", "both": "compressed (S + L)"}
+
+
+def mode_labels(run) -> dict[str, str]:
+    """``MODE_LABELS`` for ``run``: its compressed model named after the terms its method has."""
+    terms = registry.terms(getattr(run, "method", None), getattr(run, "config", None))
+    both = {"sparse + low-rank": "compressed (S + L)", "sparse": "compressed (sparse)",
+            "low-rank": "compressed (low-rank)"}[terms]
+    return {**MODE_LABELS, "both": both}
+
+
+def run_modes(run) -> tuple[str, ...]:
+    """The models this page explains for ``run``: dense and each term alone when the run's method
+    has two terms (``registry.run_variants``), else dense and the compressed model."""
+    alone = tuple(m for m in registry.run_variants(run) if m in ("sparse", "lowrank"))
+    return ("dense", *alone) if alone else ("dense", "both")
 HEAD_FUSIONS = ("mean", "max", "min")
 DISCARD_RATIO = 0.4
 """The paper's default share of the lowest fused attentions dropped per layer."""
@@ -490,22 +506,25 @@ class AttributionMaps:
     """method -> mode -> wall-clock seconds."""
 
 
-def _check_modes(modes: Sequence[str]) -> list[str]:
-    modes = list(modes)
-    bad = [m for m in modes if m not in MODES]
+def _check_modes(modes: Sequence[str] | None, run) -> list[str]:
+    """``modes`` (by default ``run_modes(run)``), each among ``MODES`` or, for a run with one kind
+    of term, its compressed model "both"."""
+    allowed = tuple(MODES) + tuple(m for m in run_modes(run) if m not in MODES)
+    modes = list(run_modes(run) if modes is None else modes)
+    bad = [m for m in modes if m not in allowed]
     if bad or not modes:
-        raise ConfigError(f"modes must be among {', '.join(MODES)}, got {modes!r}")
+        raise ConfigError(f"modes must be among {', '.join(allowed)}, got {modes!r}")
     return modes
 
 
 def explain(run, image: np.ndarray, *, head_fusion: str = "mean", discard_ratio: float = DISCARD_RATIO,
-            spec=None, modes: Sequence[str] = MODES) -> AttentionMaps:
+            spec=None, modes: Sequence[str] | None = None) -> AttentionMaps:
     """Attention rollout and per-layer CLS attention of the run's dense, sparse-only and
     low-rank-only models for one RGB image (H, W, 3). One forward pass per model; the run's
     modes are restored afterwards. ``spec``: see ``image_spec``."""
     require_vision(run)
     _check_settings(head_fusion, discard_ratio)
-    modes = _check_modes(modes)
+    modes = _check_modes(modes, run)
     px, crop = prepare_image(image, image_spec(run, spec))
     grid = patch_grid(run.model, px)
     out = AttentionMaps(image=crop, grid=grid, head_fusion=head_fusion, discard_ratio=float(discard_ratio))
@@ -522,7 +541,7 @@ def explain(run, image: np.ndarray, *, head_fusion: str = "mean", discard_ratio:
 
 def explain_attributions(run, image: np.ndarray, *, methods: Sequence[str] = ("ig", "saliency"),
                          target: str = "cls-direction", steps: int = IG_STEPS, internal_batch_size: int = IG_BATCH,
-                         spec=None, modes: Sequence[str] = MODES,
+                         spec=None, modes: Sequence[str] | None = None,
                          progress: Callable[[int, int, str], None] | None = None) -> AttributionMaps:
     """captum attributions of the three models for one RGB image (H, W, 3).
 
@@ -531,7 +550,7 @@ def explain_attributions(run, image: np.ndarray, *, methods: Sequence[str] = ("i
     message)`` is called after each (method, model). The run's modes are restored afterwards.
     """
     require_vision(run)
-    modes = _check_modes(modes)
+    modes = _check_modes(modes, run)
     methods = list(methods)
     for m in methods:
         if m not in ATTRIBUTION_METHODS:

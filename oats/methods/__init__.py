@@ -6,7 +6,8 @@ sparsegpt, magnitude, lowrank, hassle. A new method is one new file with one dec
 """
 
 from oats.methods.registry import (BUDGET_NOTES, METHODS, Method, all_methods, find, get, names, register,
-                                   run_modes, unregister, used_rank_ratio)
+                                   run_modes, run_variants, terms, unregister, used_rank_ratio,
+                                   variants)
 from oats.methods import oats as _oats
 from oats.methods import wanda as _wanda
 from oats.methods import sparsegpt as _sparsegpt
@@ -18,4 +19,4 @@ BUILTINS = (_oats, _wanda, _sparsegpt, _magnitude, _lowrank, _hassle)
 """The modules of the built-in methods (importing each registers its method)."""
 
 __all__ = ["BUDGET_NOTES", "BUILTINS", "METHODS", "Method", "all_methods", "find", "get", "names", "register",
-           "run_modes", "unregister", "used_rank_ratio"]
+           "run_modes", "run_variants", "terms", "unregister", "used_rank_ratio", "variants"]

@@ -176,6 +176,42 @@ def run_modes(name: str) -> tuple[str, ...]:
     return method.run_modes if method is not None else ONE_TERM_MODES
 
 
+def variants(name: str, config=None) -> tuple[str, ...]:
+    """The variants a run of method ``name`` has: dense, "both" (the compressed model) and, for a
+    method with a sparse and a low-rank term, "sparse" (sparse-only) and "lowrank" (low-rank-only).
+
+    The one answer every page, figure and summary asks. With the run's ``config``, a two-term
+    method that really spent kappa = 0 (no low-rank term) or 1 (no sparse term) has one term too:
+    its single-term variants would repeat the compressed model or be an all-zero one.
+    """
+    modes = run_modes(name)
+    if config is not None and len(modes) > len(ONE_TERM_MODES):
+        try:
+            kappa = float(used_rank_ratio(name, config))
+        except Exception:  # noqa: BLE001 - a config the method cannot read keeps the method's variants
+            return modes
+        if kappa <= 0.0 or kappa >= 1.0:
+            return ONE_TERM_MODES
+    return modes
+
+
+def run_variants(run) -> tuple[str, ...]:
+    """``variants`` of a run (a CompressionRun or a RunInfo: anything with ``method`` and ``config``)."""
+    return variants(getattr(run, "method", None), getattr(run, "config", None))
+
+
+def terms(name: str, config=None) -> str:
+    """What the compressed model of a run of ``name`` is made of: "sparse + low-rank", "sparse"
+    or "low-rank" (labels that follow the method, for its "both" variant)."""
+    if "sparse" in variants(name, config):
+        return "sparse + low-rank"
+    try:
+        kappa = float(used_rank_ratio(name, config if config is not None else OatsConfig()))
+    except Exception:  # noqa: BLE001 - a config the method cannot read: the usual one-term method
+        kappa = 0.0
+    return "low-rank" if kappa >= 1.0 else "sparse"
+
+
 class _Field(Mapping):
     """A live read-only mapping name -> one field of every registered method."""
 
