@@ -209,17 +209,9 @@ def _too_big_for_memory(name: str):
 
 def _dump_json(obj) -> str:
     import json
-    import math
 
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-    return json.dumps(clean(obj), indent=1)
+    from oats.runs.info import finite_json  # NaN/inf as null: what every strict JSON reader accepts
+    return json.dumps(finite_json(obj), indent=1)
 
 
 def _eval_source(args):
