@@ -81,8 +81,10 @@ _TOKEN_CACHE: dict[tuple, list[int]] = {}
 def _domain_ids(tokenizer, domain: str, part: str) -> list[int]:
     """Token ids of a built-in domain part, tokenized once per tokenizer (a few hundred
     thousand tokens take a second or two)."""
-    key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", None) or id(tokenizer),
-           len(tokenizer) if hasattr(tokenizer, "__len__") else None, domain, part)
+    name = getattr(tokenizer, "name_or_path", None)
+    if not name:  # no name to know it by again: tokenize every time
+        return _tokenize(tokenizer, corpora.text(domain, part))
+    key = (type(tokenizer).__name__, name, len(tokenizer) if hasattr(tokenizer, "__len__") else None, domain, part)
     if key not in _TOKEN_CACHE:
         if len(_TOKEN_CACHE) > 64:
             _TOKEN_CACHE.clear()

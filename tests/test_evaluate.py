@@ -109,23 +109,53 @@ def test_perplexity_is_exp_of_mean_next_token_nll():
     assert got["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
 
 
-def test_default_text_is_the_evaluation_split_never_calibration(monkeypatch):
-    import oats.data as data
+def test_default_text_is_each_domains_evaluation_part_never_calibration(monkeypatch):
+    from oats import corpora
+    real = corpora.text
+    asked = []
+
+    def text(domain, part):
+        assert part == "evaluation", "evaluation read a calibration part"
+        asked.append(domain)
+        return real(domain, part)
+
+    monkeypatch.setattr(corpora, "text", text)
     loaded = tiny_lm()
-    monkeypatch.setattr(data, "calibration_text", lambda: pytest.fail("evaluation read the calibration text"))
     ev = Evaluator(loaded, quick=False)
-    assert ev.settings["windows"] == 16 and ev.settings["seq_len"] == 256
-    full = CharTokenizer().ids(data.evaluation_text())
-    at: dict[tuple, list[int]] = {}
-    for i in range(len(full) - 256 + 1):
-        at.setdefault(tuple(full[i:i + 16]), []).append(i)
-    found = []
-    for w in ev._windows.tolist():
-        hits = [i for i in at.get(tuple(w[:16]), []) if full[i:i + 256] == w]
-        assert hits  # a window of the evaluation text
-        found.append(hits[0])
-    assert len(set(map(tuple, ev._windows.tolist()))) == 16
-    assert max(found) > len(full) // 2  # spread over the text, not only its start
+    assert list(ev._windows) == list(corpora.TEXT_DOMAINS) == ev.settings["domains"] == sorted(set(asked), key=asked.index)
+    assert ev.settings["windows"] == 8 * len(corpora.TEXT_DOMAINS) and ev.settings["seq_len"] == 256
+    for domain, windows in ev._windows.items():
+        full = CharTokenizer().ids(real(domain, "evaluation"))
+        at: dict[tuple, list[int]] = {}
+        for i in range(len(full) - 256 + 1):
+            at.setdefault(tuple(full[i:i + 16]), []).append(i)
+        found = []
+        for w in windows.tolist():
+            hits = [i for i in at.get(tuple(w[:16]), []) if full[i:i + 256] == w]
+            assert hits  # a window of this domain's evaluation text
+            found.append(hits[0])
+        assert len(set(map(tuple, windows.tolist()))) == 8
+        assert max(found) > len(full) // 2  # spread over the text, not only its start
+
+
+def test_perplexity_per_domain_and_its_mean():
+    from oats import corpora
+    loaded = tiny_lm()
+    ev = Evaluator(loaded, quick=True)
+    got = ev.metrics(loaded.model, None)
+    nlls = []
+    for domain, windows in ev._windows.items():
+        with torch.no_grad():
+            logits = loaded.model(input_ids=windows).logits
+        nll = float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), windows[:, 1:].reshape(-1)))
+        nlls.append(nll)
+        assert got[f"nll@{domain}"] == pytest.approx(nll, rel=1e-5)
+        assert got[f"perplexity@{domain}"] == pytest.approx(math.exp(nll), rel=1e-5)
+    assert got["nll"] == pytest.approx(np.mean(nlls), rel=1e-6)
+    assert got["perplexity"] == pytest.approx(math.exp(np.mean(nlls)), rel=1e-6)  # the geometric mean
+    assert set(oats.evaluation.per_domain(got, "perplexity")) == set(corpora.TEXT_DOMAINS)
+    assert oats.evaluation.split_key("perplexity@verse") == ("perplexity", "verse")
+    assert oats.evaluation.split_key("perplexity") == ("perplexity", None)
 
 
 def test_evaluate_run_modes_are_restored_and_per_layer_modes_respected():
@@ -214,7 +244,8 @@ def test_dense_reference_is_cached_until_weights_change(monkeypatch):
 def test_vision_cls_fidelity_and_probe():
     loaded = tiny_vit()
     dense = evaluate_model(loaded.model, loaded, quick=True)
-    assert set(dense) == {"cls_cosine", "probe_acc"}
+    domains = list(oats.corpora.IMAGE_DOMAINS)
+    assert set(dense) == {"cls_cosine", "probe_acc"} | {f"cls_cosine@{d}" for d in domains}
     assert dense["cls_cosine"] == pytest.approx(1.0)
     assert dense["probe_acc"] > 0.3  # ten classes: chance is 0.1
     calib = image_batches(loaded, oats.data.bundled_images(), 8, seed=0)
@@ -223,6 +254,8 @@ def test_vision_cls_fidelity_and_probe():
     res = evaluate_run(run, quick=True)
     assert res["dense"] == pytest.approx(dense)
     assert res["both"]["cls_cosine"] < 0.9999
+    per = oats.evaluation.per_domain(res["both"], "cls_cosine")
+    assert list(per) == domains and res["both"]["cls_cosine"] == pytest.approx(np.mean(list(per.values())))
     assert res["both"]["cls_cosine"] > res["lowrank"]["cls_cosine"] or res["both"]["cls_cosine"] > res["sparse"]["cls_cosine"]
 
 

@@ -23,7 +23,7 @@ import torch
 import transformers  # noqa: E402  (a dependency: missing is an error, not a skip)
 
 from conftest import skip_or_fail  # noqa: E402
-from oats import data
+from oats import corpora, data
 from oats.models import hub, vision, zoo  # noqa: E402
 from oats.models import presets as preset_sources  # noqa: E402
 from oats.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
@@ -69,22 +69,80 @@ def paragraphs(text: str) -> set[str]:
 # ----------------------------------------------------------------------------- text
 
 
-def test_text_split_is_disjoint_and_balanced():
-    calib, evaluation = data.calibration_text(), data.evaluation_text()
-    assert calib == data.calibration_text()  # deterministic
+@pytest.mark.parametrize("domain", list(corpora.TEXT_DOMAINS))
+def test_each_text_domain_splits_disjoint_and_balanced(domain):
+    calib, evaluation = data.calibration_text(domain), data.evaluation_text(domain)
+    assert calib == data.calibration_text(domain)  # deterministic
     assert not paragraphs(calib) & paragraphs(evaluation)
+    split = corpora.text_split(domain)
+    assert not set(split.calibration_units) & set(split.evaluation_units)  # no unit in both
     n_cal, n_eval = len(calib.split()), len(evaluation.split())
-    assert n_cal > 20_000 and n_eval > 5_000
-    assert 0.15 < n_eval / (n_cal + n_eval) <= data.EVAL_SHARE + 1e-9
+    assert n_cal > 30_000 and n_eval > 10_000  # words: over 30k and 10k tokens with any sub-word tokenizer
+    assert 0.15 < n_eval / (n_cal + n_eval) <= corpora.EVAL_SHARE + 1e-9
 
 
-def test_sentences_are_disjoint_and_reasonable():
-    cal, ev = data.calibration_sentences(), data.evaluation_sentences()
+def test_the_domains_are_different_kinds_of_text():
+    # a crude fingerprint of each kind: code has brackets and "def", verse has short lines,
+    # the manual names Python, the speeches address Congress
+    code, verse = data.calibration_text("code"), data.calibration_text("verse")
+    assert code.count("def ") > 200 and code.count("(") > 0.02 * len(code.split())
+    lines = [ln for ln in verse.splitlines() if ln.strip()]
+    assert np.median([len(ln.split()) for ln in lines]) < 10
+    assert "Python" in data.calibration_text("manual")
+    assert "Congress" in data.calibration_text("speeches")
+
+
+def test_split_units_rule_on_a_toy_corpus():
+    units = [(f"u{i}", f"para {i} a b c\n\nshared paragraph\n\nend {i} x y") for i in range(8)]
+    split = corpora.split_units(units, max_words=10**6, unit_words=10**6, eval_share=0.25)
+    assert len(split.calibration) + len(split.evaluation) == 8
+    assert split.calibration_units[0] == "u0" and len(split.evaluation) == 2
+    assert sum("shared paragraph" in u for u in split.calibration + split.evaluation) == 1  # first seen only
+
+
+@pytest.mark.parametrize("domain", list(corpora.TEXT_DOMAINS))
+def test_sentences_are_disjoint_and_reasonable(domain):
+    cal, ev = data.calibration_sentences(domain), data.evaluation_sentences(domain)
     assert len(cal) > 300 and len(ev) > 100
     assert not set(cal) & set(ev)
     for s in cal + ev:
         assert data.MIN_SENTENCE_WORDS <= len(s.split()) <= data.MAX_SENTENCE_WORDS
-        assert "\n" not in s
+        if corpora.TEXT_DOMAINS[domain].kind == "prose":
+            assert "\n" not in s
+
+
+@pytest.mark.parametrize("domain", list(corpora.IMAGE_DOMAINS))
+def test_image_domains_hold_out_whole_images(domain):
+    cal, ev = data.domain_images(domain, "calibration"), data.domain_images(domain, "evaluation")
+    assert len(cal) >= 2 and len(ev) >= 1 and not set(cal) & set(ev)
+    assert set(cal) | set(ev) == set(data.domain_images(domain))
+    for a in list(cal.values()) + list(ev.values()):
+        assert a.ndim == 3 and a.shape[-1] == 3 and a.dtype == np.uint8
+
+
+class _Chars:
+    """One id per character (enough of a tokenizer for the window draw)."""
+
+    def __call__(self, text, add_special_tokens=False, verbose=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_mixed_calibration_takes_an_equal_share_of_every_domain():
+    tok = _Chars()
+    batches = data.domain_text_batches(tok, None, 8, 64, seed=0, batch_size=8)
+    windows = batches[0]["input_ids"].tolist()
+    assert len(windows) == 8
+
+    def source(w):
+        piece = "".join(map(chr, w))
+        return [d for d in corpora.TEXT_DOMAINS if piece in data.calibration_text(d)]
+
+    found = [source(w) for w in windows]
+    assert [f[0] for f in found] == [d for d in corpora.TEXT_DOMAINS for _ in range(2)]
+    one = data.domain_text_batches(tok, "verse", 3, 64, seed=0)[0]["input_ids"].tolist()
+    assert all(source(w) == ["verse"] for w in one)
+    with pytest.raises(ConfigError, match="unknown calibration domain"):
+        data.domain_text_batches(tok, "poetry", 3, 64)
 
 
 def test_split_sentences_skips_code_and_headings():
