@@ -110,7 +110,7 @@ def cmd_compress(args) -> int:
             preset = zoo.PRESETS.get(args.model)
             rank_ratio = preset.default_rank_ratio if preset else 0.25
         config = OatsConfig(compression=args.compression, rank_ratio=rank_ratio, iterations=args.iterations,
-                            sparsity=args.sparsity, solver=args.solver)
+                            sparsity=args.sparsity, solver=args.solver, shrink=args.shrink)
         request = CompressRequest(args.model, config, args.method, calib_source=args.calib_source,
                                   calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed, **options)
         request.check()
@@ -301,7 +301,7 @@ def cmd_sweep(args) -> int:
         if engine is not None:
             engine.open()
         res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
-                    solver=args.solver, root=args.root, out=args.out, quick=args.quick, text=text,
+                    solver=args.solver, shrink=args.shrink, root=args.root, out=args.out, quick=args.quick, text=text,
                     image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
                     allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
                     progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr), engine=engine,
@@ -364,6 +364,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _shrink_arg(parser) -> None:
+    """--shrink: the Gram shrinkage of the methods that read it (``OatsConfig.shrink``)."""
+    from oats.config import OatsConfig
+    readers = " and ".join(m.name for m in registry.all_methods() if m.uses_shrink) or "no method"
+    parser.add_argument("--shrink", default=OatsConfig().shrink,
+                        help=f"Gram shrinkage lambda in [0, 1], read by {readers}: they solve with (1 - lambda) H + "
+                             f"lambda diag(H), 0 the full Gram, 1 its diagonal (default {OatsConfig().shrink:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="oats", description="OATS: sparse + low-rank compression of transformer weights.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -380,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--iterations", default=80, help="alternating-thresholding iterations (maximum for the fast solver)")
     c.add_argument("--sparsity", default="row", help="row, layer, or N:M (keep N of every M; compression then derived)")
     c.add_argument("--solver", default="fast", help="fast (default) or exact (a full SVD every iteration)")
+    _shrink_arg(c)
     c.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
     c.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
     c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on")
@@ -426,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sparsity", default="row", help="row, layer or N:M")
     w.add_argument("--iterations", default=80, help="alternating-thresholding iterations (OATS)")
     w.add_argument("--solver", default="fast", help="fast (default) or exact")
+    _shrink_arg(w)
     w.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
     w.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
     w.add_argument("--seed", type=int, default=0)

@@ -87,6 +87,12 @@ class OatsConfig:
     tol: float = 1e-3
     """Fast solver: stop once the relative decrease of the scaled error over one iteration
     falls below tol (after a few iterations). Ignored by the exact solver."""
+    shrink: float = 0.0
+    """lambda in [0, 1]: the Gram-aware methods (SparseGPT, HASSLE-free) solve with
+    H_lambda = (1 - lambda) H + lambda diag(H) instead of the calibration inputs' Gram H:
+    lambda = 0 is the full Gram, lambda = 1 its diagonal (OATS's scaling). Shrinking toward the
+    diagonal trusts the calibration inputs' correlations less, for text unlike them. Ignored
+    by the methods that read no Gram."""
 
     def __post_init__(self):
         rho = _number("compression", self.compression, "in (0, 1)")
@@ -112,12 +118,16 @@ class OatsConfig:
         tol = _number("tol", self.tol, ">= 0")
         if tol < 0:
             raise ConfigError(f"tol must be at least 0, got {self.tol!r}")
+        shrink = _number("shrink", self.shrink, "in [0, 1]")
+        if not 0.0 <= shrink <= 1.0:
+            raise ConfigError(f"shrink must be in [0, 1] (0: the full Gram, 1: its diagonal), got {self.shrink!r}")
         nm = parse_nm(str(self.sparsity).strip())
         object.__setattr__(self, "compression", rho)
         object.__setattr__(self, "rank_ratio", kappa)
         object.__setattr__(self, "iterations", int(it_f))
         object.__setattr__(self, "eps", eps)
         object.__setattr__(self, "tol", tol)
+        object.__setattr__(self, "shrink", shrink)
         object.__setattr__(self, "sparsity", str(self.sparsity).strip() if nm is None else f"{nm[0]}:{nm[1]}")
         if nm is not None and Fraction(nm[0], nm[1]) / (1 - exact_rate(kappa)) >= 1:
             raise ConfigError(
@@ -157,3 +167,15 @@ class OatsConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OatsConfig:
+        """The configuration a run recorded (``to_dict``); a field the record lacks because it
+        predates the field takes the value such runs used (``RECORDED_BEFORE``), not today's
+        default."""
+        return cls(**{**RECORDED_BEFORE, **d})
+
+
+RECORDED_BEFORE = {"shrink": 0.0}
+"""Fields added after runs were first recorded, with the value every run before them used
+(runs before ``shrink`` solved with the full Gram)."""

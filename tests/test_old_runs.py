@@ -165,7 +165,9 @@ def test_old_run_reads_as_run_info(old_run):
     assert (info.params_dense, info.params_kept) == (4608, 2144)
     assert info.calibration_request == {"samples": 4, "seq_len": 16, "seed": 0, "source": "calib.txt"}
     assert info.modules["model.layers.1.self_attn.k_proj"].shape == (8, 16)
-    assert json.loads(json.dumps(info.to_manifest())) == json.loads((old_run / MANIFEST).read_text())
+    old = json.loads((old_run / MANIFEST).read_text())
+    # written back, it names the settings it predates at the values it used (no Gram shrinkage)
+    assert json.loads(json.dumps(info.to_manifest())) == {**old, "config": {**old["config"], "shrink": 0.0}}
     (row,) = list_runs(old_run.parent)
     assert (row["name"], row["status"], row["model_name"], row["info"]) == ("old_run_v1", "complete", MODEL, info)
 

@@ -25,6 +25,20 @@ while H + damp I is numerically not positive definite (a Gram that stays singula
 such steps, or NaN/inf statistics, is a one-line ``ConfigError``). The damped H is what the
 two steps solve with; the recorded output error uses H itself.
 
+Gram shrinkage (``config.shrink`` = lambda in [0, 1], default 0): every step (S-step sweep,
+refit, L-step) and the choice of the kept iterate and of the rank-0 fallback use
+H_lambda = (1 - lambda) H + lambda diag(H) (``oats.methods.sparsegpt.shrunk_gram``; its
+diagonal is H's, so the damping and D are the same for every lambda) in place of H: the method
+minimises f_lambda(S, L) = tr((W - S - L) H_lambda (W - S - L)^T). lambda = 0 is the full Gram
+(the method as above, bit for bit); lambda = 1 leaves ||(W - S - L) D||_F^2 with D^2 = diag(H),
+OATS's diagonal-scaled objective (the sweep then makes no OBS updates, the refit keeps S = W - L
+on its mask, and the L-step is the truncated SVD of (W - S) (D^2 + damp)^(1/2)). A full Gram from a few thousand
+tokens of one kind of text fits those inputs' correlations closely, and text of another kind
+has other correlations; shrinking trusts them less. The recorded ``output_error`` stays the
+output error on the calibration inputs, measured on the unshrunk H, for every lambda (so
+runs at different lambda are read on one axis; with lambda > 0 it is not the objective
+minimised, and may be above lambda = 0's).
+
 Start, alternations and fallback, as measured on real layers at rho 0.5, kappa 0.25
 (``benchmarks/hassle_layers.py --starts``; output error on the calibration inputs):
 
@@ -68,7 +82,7 @@ What the ``Decomposition`` holds: ``sparse`` S and ``u @ v`` = L in the weight's
   run's ``scaled_error`` reads as OATS's);
 - ``sparse_energy`` / ``lowrank_energy``: ||S D||_F^2 and ||L D||_F^2 over ||W D||_F^2;
 - ``output_error``: the layer output error sqrt(f(S, L) / f(0, 0)) on the calibration inputs,
-  the objective this method minimises.
+  on the unshrunk H: the objective this method minimises at lambda = 0 (see Gram shrinkage).
 """
 
 from __future__ import annotations
@@ -84,7 +98,7 @@ from oats.core.decompose import (Decomposition, History, check_shape, decompose,
                                  sparse_budget)
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
-from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram
+from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram, shrunk_gram
 from oats.resources import map_on_cores, matrix_cost, one_thread, torch_threads
 
 ALTERNATIONS = 2
@@ -237,6 +251,7 @@ def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterati
         gram: (d_in, d_in) mean over calibration tokens of x x^T.
         config: compression, rank ratio and pattern; the budgets are OATS's (rank_budget,
             sparse_budget), or SparseGPT's whole budget when the rank budget is 0.
+            ``config.shrink``: the steps solve with ``shrunk_gram(gram, config.shrink)``.
         iterations: alternations at most (default: min(config.iterations, ALTERNATIONS)).
         percdamp: damping, as a fraction of the mean diagonal of H.
         blocksize: columns per lazy-update block of the S-step.
@@ -290,8 +305,9 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     g64 = gram.detach().to(device=dev, dtype=torch.float64)
     diag = torch.diagonal(g64).to(torch.float32)
     dead = diag <= 0
-    u_chol = _inverse_cholesky(g64, percdamp).to(torch.float32)  # S-step: U with U^T U = (H + damp I)^-1
-    chol = damped_cholesky(g64, percdamp) if r > 0 or refit > 0 else None  # L-step: C with C C^T = H + damp I
+    h64 = shrunk_gram(g64, config.shrink)  # H_lambda, what the steps solve with (g64 itself at lambda 0)
+    u_chol = _inverse_cholesky(h64, percdamp).to(torch.float32)  # S-step: U with U^T U = (H + damp I)^-1
+    chol = damped_cholesky(h64, percdamp) if r > 0 or refit > 0 else None  # L-step: C with C C^T = H + damp I
     h_damped = _damped(chol) if refit > 0 else None           # refit: H + damp I
     nm = config.nm
     if nm is not None:
@@ -302,8 +318,14 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
     scale = input_scale(diag, d_in, config.eps, device=dev)
     a2 = max(float((w * scale).square().sum()), 1e-30)
     g32 = g64.to(torch.float32)
+    h32 = g32 if h64 is g64 else h64.to(torch.float32)
     ref = _objective(w, g32)
     hist = GramHistory()
+
+    def objectives(e):
+        """(f_lambda, the objective minimised; f on H, the output error's): one product at lambda 0."""
+        obj = _objective(e, h32)
+        return obj, (obj if h32 is g32 else _objective(e, g32))
 
     def record(sparse, low, obj):
         resid = w - sparse if low is None else w - sparse - low
@@ -314,7 +336,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
 
     def rank_zero():
         """SparseGPT with the whole budget at rank 0 (the sweep and factor of ``sparsegpt()``),
-        its values refitted on its mask as the last S-step's: (config, S, objective)."""
+        its values refitted on its mask as the last S-step's: (config, S, (f_lambda, f))."""
         cfg0 = config.replace(rank_ratio=0.0)
         prune0 = d_out * d_in - sparse_budget(d_out, d_in, cfg0) if config.sparsity == "layer" \
             else d_in - row_keep(d_in, cfg0)
@@ -324,14 +346,14 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         _sweep(goal.clone(), alone, u_chol, cfg0, blocksize, prune0)
         with torch_threads(threads):
             alone = refit_sparse(goal, alone, h_damped, refit)
-        return cfg0, alone, _objective(w - alone, g32)
+        return cfg0, alone, objectives(w - alone)
 
     def sparse_only(cfg0, alone):
         return Decomposition(sparse=alone, u=w.new_zeros(d_out, 0), v=w.new_zeros(0, d_in), scale=scale,
                              singular_values=w.new_zeros(0), history=hist, config=cfg0)
 
     if r == 0:  # no low-rank term to alternate with: SparseGPT (refitted unless refit=0)
-        cfg0, alone, obj = rank_zero()
+        cfg0, alone, (_, obj) = rank_zero()
         record(alone, None, obj)
         return sparse_only(cfg0, alone)
     best = None
@@ -358,16 +380,16 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         low = u @ v
         if trace is not None:
             trace(t + 1, low, sparse)
-        obj = _objective(w - sparse - low, g32)
-        record(sparse, low, obj)
+        obj, on_h = objectives(w - sparse - low)
+        record(sparse, low, on_h)
         if best is None or obj < best[0]:
             best = (obj, t, sparse, u, v)
     _, t_best, sparse, u, v = best
     hist.truncate(t_best + 1)
     if fallback:  # SparseGPT with the whole budget at rank 0, kept when the low-rank term is not worth its parameters
-        cfg0, alone, obj = rank_zero()
+        cfg0, alone, (obj, on_h) = rank_zero()
         if obj < best[0]:
-            record(alone, None, obj)
+            record(alone, None, on_h)
             return sparse_only(cfg0, alone)
     return Decomposition(sparse=sparse, u=u.contiguous(), v=v.contiguous(), scale=scale,
                          singular_values=_scaled_singular_values(u, v, scale), history=hist, config=config)
@@ -394,6 +416,7 @@ def own_rank_ratio(config) -> float:
     run_modes=("dense", "both", "sparse", "lowrank"),
     iterative=True,
     uses_rank_ratio=True,
+    uses_shrink=True,
     decompose_config=own_config,
     rank_ratio=own_rank_ratio,
 ))

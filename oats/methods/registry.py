@@ -11,7 +11,8 @@ A method is everything the rest of the package needs to know about it, as data:
   ``ConfigError`` for settings it cannot run); ``rank_ratio(config)``: the share of the
   kept parameters it really spends on the low-rank term;
 - ``run_modes``: the evaluation modes worth measuring for its runs;
-- ``iterative`` and ``uses_rank_ratio``: which settings shape its result, for sweeps;
+- ``iterative``, ``uses_rank_ratio`` and ``uses_shrink``: which settings shape its result, for
+  sweeps and run identities;
 - ``compress``: the per-block function
   ``compress(weights, second_moments, grams, config, device) -> list[Decomposition]``.
 
@@ -75,6 +76,9 @@ class Method:
     them in the run name and match a reused run on the whole configuration)."""
     uses_rank_ratio: bool = False
     """Reads the user's rank ratio kappa (sweeps run it once per rank ratio; others once)."""
+    uses_shrink: bool = False
+    """Solves with the shrunk Gram H_lambda = (1 - lambda) H + lambda diag(H) (``config.shrink``
+    shapes its result: part of its runs' identity and folder name; ignored for the others)."""
     thresholding: bool = False
     """Its result is OATS's alternating thresholding on the scaled weight (``decompose``), which
     the app's Walkthrough replays layer by layer from a run's weights and second moments."""

@@ -5,6 +5,14 @@ Same budget accounting as OATS: each row keeps d_in - floor(d_in rho) entries ("
 matrix keeps the same total ("layer"), or each row keeps N of every M inputs ("N:M"). The
 history holds the *scaled* error ||(W - W') D||_F / ||W D||_F (D from the Gram's diagonal)
 so it is read on the same axis as OATS.
+
+Gram shrinkage (``config.shrink`` = lambda, default 0): the sweep solves with
+H_lambda = (1 - lambda) H + lambda diag(H) (``shrunk_gram``) instead of H. lambda = 0 is SparseGPT
+as published; lambda = 1 leaves only the diagonal, so the OBS updates vanish (H^-1 is diagonal)
+and each column block prunes, row by row, its share of the smallest w_ij^2 (H_jj + damp):
+Wanda's score |w_ij| ||X_j||, up to the damping and the per-block shares. Between the two, the
+calibration inputs' correlations count less, for inputs of another kind than the calibration's.
+The scale D of the history is sqrt(diag H), the same for every lambda.
 """
 
 from __future__ import annotations
@@ -44,6 +52,22 @@ def _inverse_cholesky(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
                           "damping: check the calibration data for NaN or inf")
     hinv = torch.cholesky_inverse(chol)
     return torch.linalg.cholesky(hinv, upper=True)
+
+
+def shrunk_gram(gram: torch.Tensor, shrink: float) -> torch.Tensor:
+    """H_lambda = (1 - lambda) H + lambda diag(H): the Gram a Gram-aware method solves with.
+
+    ``gram`` itself when lambda = 0 (the full Gram, bit for bit); otherwise fp64, its
+    off-diagonal entries (1 - lambda) H_ij and its diagonal exactly H's (so lambda = 1 gives
+    diag(H) exactly, and D = sqrt(diag H) is the same for every lambda).
+    """
+    shrink = float(shrink)
+    if shrink == 0.0:
+        return gram
+    h = gram.detach().to(torch.float64)
+    out = h * (1.0 - shrink)
+    out.diagonal().copy_(h.diagonal())
+    return out
 
 
 def _cumulative_share(total: int, start: int, stop: int, width: int) -> int:
@@ -121,7 +145,8 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, bloc
         weight: (d_out, d_in).
         gram: (d_in, d_in) mean over calibration tokens of x x^T (any positive multiple
             works: the damping is relative). Its diagonal gives the scale D of the history.
-        config: compression and pattern; the rank ratio is ignored (rank 0).
+        config: compression, pattern and Gram shrinkage (``shrink``: the sweep uses
+            ``shrunk_gram(gram, config.shrink)``); the rank ratio is ignored (rank 0).
         blocksize: columns per lazy-update block (rounded down to a multiple of M for N:M).
         percdamp: damping, as a fraction of the mean diagonal of the Gram matrix.
 
@@ -161,7 +186,7 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
     w0 = w.clone()
     # An input that never fires: its weights do nothing, so they score 0 and are pruned first.
     w[:, torch.diagonal(gram).to(dev) <= 0] = 0.0
-    u_chol = _inverse_cholesky(gram.to(dev), percdamp).to(torch.float32)
+    u_chol = _inverse_cholesky(shrunk_gram(gram.to(dev), cfg.shrink), percdamp).to(torch.float32)
 
     nm = cfg.nm
     if nm is not None:
@@ -189,6 +214,7 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
                 "blocks by cumulative rounding and chosen by w^2 / [H^-1]_jj, kept weights updated by OBS "
                 "(per matrix for 'layer'; N of every M for N:M)",
     statistics="gram",
+    uses_shrink=True,
 ))
 def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
     """SparseGPT on every matrix of the block, each with its input Gram, on every core (``map_on_cores``)."""

@@ -77,7 +77,7 @@ class CompressRequest:
         """A readable, deterministic run folder name: the same settings give the same folder,
         so the app, sweeps and repeated requests find each other's runs.
 
-        ``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-it<n>][-<solver>][-owl...][-cal...]``; a
+        ``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-it<n>][-<solver>][-sh<lambda>][-owl...][-cal...]``; a
         calibration file or folder, or non-default eps / tol, add a short hash of themselves.
         """
         c = self.config
@@ -90,6 +90,8 @@ class CompressRequest:
             parts.append(f"it{c.iterations}")
         if iterative and c.solver != OatsConfig().solver:
             parts.append(c.solver)
+        if self._reads_shrink() and c.shrink != OatsConfig().shrink:
+            parts.append(f"sh{c.shrink:g}")
         if self.allocation is not None:
             parts.append(f"owl{self.allocation.lam:g}m{self.allocation.threshold:g}")
         if self.calib_samples is not None or self.seq_len is not None or self.seed:
@@ -107,13 +109,16 @@ class CompressRequest:
         method = registry.find(self.method)
         return method is not None and method.iterative
 
+    def _reads_shrink(self) -> bool:
+        """Whether the Gram shrinkage ``config.shrink`` shapes the run (the method record's ``uses_shrink``)."""
+        method = registry.find(self.method)
+        return method is not None and method.uses_shrink
+
     def identity(self) -> tuple:
         """What decides the result: two requests with equal identities make the same run."""
         c = self.config
-        if self._iterative():
-            cfg = tuple(sorted(c.to_dict().items()))
-        else:
-            cfg = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ITERATIVE_FIELDS))
+        ignored = (() if self._iterative() else ITERATIVE_FIELDS) + (() if self._reads_shrink() else ("shrink",))
+        cfg = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ignored))
         alloc = None if self.allocation is None else (self.allocation.lam, self.allocation.threshold)
         cal = (self.calib_samples, self.seq_len, self.seed or 0, self.calib_source or None)
         return (self.model, self.method, cfg, alloc, cal)
@@ -154,7 +159,7 @@ def request_from_manifest(manifest: dict, **options) -> CompressRequest:
     """
     cal = manifest.get("calibration_request") or {}
     alloc = manifest.get("allocation") or {}
-    return CompressRequest(model=manifest["model_name"], config=OatsConfig(**manifest["config"]),
+    return CompressRequest(model=manifest["model_name"], config=OatsConfig.from_dict(manifest["config"]),
                            method=manifest["method"], allocation=_owl(alloc) if alloc.get("name") == "owl" else None,
                            calib_source=cal.get("source"), calib_samples=cal.get("samples"),
                            seq_len=cal.get("seq_len"), seed=cal.get("seed") or 0, **options)

@@ -90,12 +90,14 @@ class SweepResult:
 
 
 def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
-         solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0)) -> list[CompressRequest]:
+         solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0),
+         shrink: float | None = None) -> list[CompressRequest]:
     """The runs of a sweep, in order: methods outer, rates inner; a method that reads the rank
     ratio (OATS) once per rank ratio, the others once.
 
     Raises ConfigError (one line) for an unknown method, a rate outside (0, 1), a rank ratio
-    outside [0, 1), or a combination a method cannot run.
+    outside [0, 1), or a combination a method cannot run. ``shrink``: the Gram shrinkage of every
+    run (None: ``OatsConfig``'s default; read by the methods whose record ``uses_shrink``).
     """
     methods = parse_list(methods, "methods", methods=True)
     rates = parse_list(rates, "compression rates", unit_open=True)
@@ -107,7 +109,7 @@ def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iter
             record = registry.get(method)
             for kappa in (rank_ratios if record.uses_rank_ratio else rank_ratios[:1]):
                 cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
-                                 solver=solver)
+                                 solver=solver, shrink=OatsConfig().shrink if shrink is None else shrink)
                 req = CompressRequest(model, cfg, method, allocation=owl, calib_samples=samples, seq_len=seq_len,
                                       seed=seed or 0, evaluate=False)
                 req.check()
@@ -154,7 +156,7 @@ def _row(spec: CompressRequest | None, model: str, mode: str, metrics: dict, com
 def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None, *,
           sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
           quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
-          seq_len: int | None = None, seed: int = 0, allocation=None, owl_lambda: float | None = None,
+          seq_len: int | None = None, seed: int = 0, shrink: float | None = None, allocation=None, owl_lambda: float | None = None,
           owl_m: float | None = None, loaded=None,
           progress: Callable[[str, int, int, str], None] | None = None,
           log: Callable[[str], None] | None = None, engine=None,
@@ -171,6 +173,8 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
             (default ``<root>/sweeps/<model>``).
         quick, text, image_folder: the evaluation (``oats.evaluation``).
         calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``).
+        shrink: the Gram shrinkage lambda of the runs of the methods that read it (``OatsConfig.shrink``;
+            None: its default).
         allocation, owl_lambda, owl_m: "uniform" or "owl" for every run.
         loaded: an already loaded model (``oats.zoo.load_model(model)``), left dense.
         progress: callable(run name, done blocks, total blocks, message) while compressing.
@@ -196,7 +200,7 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     else:
         kappa0 = loaded.default_rank_ratio
     specs_args = dict(sparsity=sparsity, iterations=iterations, solver=solver, owl=owl,
-                      calibration=(calib_samples, seq_len, seed))
+                      calibration=(calib_samples, seq_len, seed), shrink=shrink)
     # validate everything (and every existing folder) before any expensive work
     for s in plan(model, methods, compression, rank_ratios if rank_ratios is not None else [kappa0 or 0.25],
                   **specs_args):
@@ -271,7 +275,8 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
         "model": model, "methods": list(dict.fromkeys(s.method for s in specs)),
         "compression": parse_list(compression, "compression rates", unit_open=True),
         "rank_ratios": [float(k) for k in kappas], "sparsity": sparsity, "iterations": iterations,
-        "solver": solver, "allocation": None if owl is None else owl.to_dict(), "quick": quick,
+        "solver": solver, "shrink": specs[0].config.shrink if specs else shrink,
+        "allocation": None if owl is None else owl.to_dict(), "quick": quick,
         "evaluation": evaluator.settings, "calibration": calib_request, "root": str(root),
         "runs_computed": result.computed, "runs_reused": result.reused, "timings": result.timings,
         "engine": "local" if engine is None else "ray", "runs_failed": failed,

@@ -135,7 +135,7 @@ class RunInfo:
             config = m["config"]
             if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
                 raise ValueError("config is not an object")
-            config = OatsConfig(**config)
+            config = OatsConfig.from_dict(config)
             params = _obj(m.get("params"), "params")
             rates = m.get("block_rates")
             if rates is not None and (not isinstance(rates, list) or not all(_is_num(r) for r in rates)):
