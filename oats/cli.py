@@ -111,8 +111,10 @@ def cmd_compress(args) -> int:
             rank_ratio = preset.default_rank_ratio if preset else 0.25
         config = OatsConfig(compression=args.compression, rank_ratio=rank_ratio, iterations=args.iterations,
                             sparsity=args.sparsity, solver=args.solver, shrink=args.shrink)
+        _check_calibration_args(args)
         request = CompressRequest(args.model, config, args.method, calib_source=args.calib_source,
-                                  calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed, **options)
+                                  calib_domain=args.calib_domain, calib_samples=args.calib_samples,
+                                  seq_len=args.seq_len, seed=args.seed, **options)
         request.check()
         owl = parse_allocation(args.allocation, args.owl_lambda, args.owl_m)
         if owl is not None:
@@ -186,8 +188,15 @@ def cmd_compress(args) -> int:
           f"(+{t_load:.1f}s loading)")
     if run.block_rates is not None:
         print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
+    print(f"calibrated on: {RunInfo.read(out).calibrated_on()}")
     print(f"saved to {out}")
     return 0
+
+
+def _check_calibration_args(args) -> None:
+    """The built-in domain and the user's own data exclude each other (one line)."""
+    if getattr(args, "calib_source", None) and args.calib_domain not in (None, "mix"):
+        raise ConfigError("give either --calib-domain (the built-in data) or --calib-source (your own), not both")
 
 
 def _too_big_for_memory(name: str):
@@ -270,6 +279,8 @@ def cmd_sweep(args) -> int:
     rates = parse_list(args.compression, "--compression", unit_open=True)
     kappas = parse_list(args.rank_ratio, "--rank-ratio") if args.rank_ratio else None
     text, image_folder = _eval_source(args)
+    from oats.runner.request import check_calib_domain, data_kind
+    check_calib_domain(args.calib_domain, data_kind(args.model))  # the wrong kind: one line before anything loads
     engine = _engine(args)  # a bad engine setting, or Ray missing, is one line before anything loads
     from oats.models import zoo
     zoo.check_model_name(args.model)
@@ -303,6 +314,7 @@ def cmd_sweep(args) -> int:
         res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
                     solver=args.solver, shrink=args.shrink, root=args.root, out=args.out, quick=args.quick, text=text,
                     image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
+                    calib_domain=args.calib_domain,
                     allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
                     progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr), engine=engine,
                     on_task=on_task)
@@ -392,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     _shrink_arg(c)
     c.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
     c.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
-    c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on")
+    _calib_domain_arg(c)
+    c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on "
+                   "instead of the built-in data")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, help="cpu or cuda: where the blocks and the decompositions run")
     c.add_argument("--out", default=None, help="run folder (default: runs/<model>-<method>-...)")
@@ -440,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
     w.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
     w.add_argument("--seed", type=int, default=0)
+    _calib_domain_arg(w)
     w.add_argument("--root", default=None, help="runs root where runs are made and reused (default: $OATS_RUNS_DIR or ./runs)")
     w.add_argument("--out", default=None, help="table folder (default: <root>/sweeps/<model>)")
     w.add_argument("--engine", default="local", choices=["local", "ray"],
@@ -459,6 +474,25 @@ def _method_choices(default: str) -> str:
     """The registered methods as words, read when the parser is built: "a (default), b or c"."""
     words = [f"{n} (default)" if n == default else n for n in registry.names()]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+CALIB_DOMAIN_HELP = {
+    "manual": "the Python reference manual", "code": "Python standard-library source",
+    "verse": "Shakespeare's plays and poems", "speeches": "State of the Union addresses",
+    "photos": "bundled sample photos", "drawings": "line art, text and synthetic figures",
+    "textures": "brick, grass, gravel and cell photographs"}
+
+
+def _calib_domain_arg(p) -> None:
+    from oats import corpora
+
+    def words(names):
+        return ", ".join(f"{n} ({CALIB_DOMAIN_HELP.get(n, corpora.title(n))})" for n in names)
+    p.add_argument("--calib-domain", default=None, metavar="DOMAIN",
+                   choices=[corpora.MIX, *corpora.TEXT_DOMAINS, *corpora.IMAGE_DOMAINS],
+                   help=f"the built-in calibration data: {corpora.MIX} (the default: an equal share of every domain of "
+                        f"the model's kind) or one domain; text models: {words(corpora.TEXT_DOMAINS)}; vision models: "
+                        f"{words(corpora.IMAGE_DOMAINS)}")
 
 
 def _allocation_args(p) -> None:

@@ -14,13 +14,14 @@ from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart
 from ui.text import esc
 from oats.explain import analysis
 from ui import figures
+from oats import corpora
 from oats.config import OatsConfig
 from oats.methods import registry
 from oats.errors import DataError, OatsError
 from oats.runs.folders import runs_root
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
-from oats.runner.request import CompressRequest, request_from_manifest
+from oats.runner.request import CompressRequest, data_kind, request_from_manifest
 from oats.runner.sweep import load_meta, load_results
 from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
 from oats.models.zoo import available_models, check_model_name
@@ -59,6 +60,17 @@ def _save_upload(upload) -> str:
         raise DataError(f"the upload could not be kept in '{folder}' ({e.strerror or type(e).__name__}): "
                         "free disk space or choose another runs folder") from None
     return str(path)
+
+
+def _calib_domains(kind: str | None) -> tuple[str, ...]:
+    """The built-in calibration domains the form offers for a model of ``kind`` (all when unknown)."""
+    return corpora.domains(kind) if kind else corpora.domains("text") + corpora.domains("images")
+
+
+def _calib_label(choice: str) -> str:
+    if choice == corpora.MIX:
+        return "mix of every domain (default)"
+    return f"{choice}: {corpora.title(choice)}"
 
 
 def new_compression() -> None:
@@ -104,14 +116,22 @@ def new_compression() -> None:
                                              "once the error stops improving).")
             solver = b.selectbox("Solver", ["fast", "exact"],
                                  help="exact: a full SVD every iteration (Algorithm 1).")
+    kind = data_kind(model, presets[choice]["task"] if choice in presets else None)  # None: not known yet
     c3, c4 = st.columns([2, 3])
     with c3:
         source_kind = st.radio("Calibration data", ["built-in", "text file", "image folder"], horizontal=True,
-                               help="Built-in: prose from Python's documentation (text models) or bundled "
-                                    "photos (vision models).")
-    source = None
+                               help="Built-in: the project's own text (the Python manual, Python code, "
+                                    "Shakespeare, State of the Union addresses) or images (photos, drawings, "
+                                    "textures), a mix of every domain or one of them; or your own data.")
+    source, domain = None, None
     with c4:
-        if source_kind == "text file":
+        if source_kind == "built-in":
+            domain = st.selectbox("Built-in calibration data", [corpora.MIX, *_calib_domains(kind)],
+                                  key=f"calib-domain-{kind}", format_func=_calib_label,
+                                  help="mix (the default): an equal share of every domain of the model's kind; "
+                                       "one domain: calibrate on that text or those images only.")
+            domain = None if domain == corpora.MIX else domain
+        elif source_kind == "text file":
             upload = st.file_uploader(f"Upload a text file (at most {MAX_UPLOAD_MB} MB)",
                                       type=list(UPLOAD_TYPES["text"]))
             typed_path = st.text_input("… or a path to a text file on this machine")
@@ -137,7 +157,8 @@ def new_compression() -> None:
                 source = _save_upload(source)
             check_calibration_source(source_kind, source)
         req = CompressRequest(model=model, config=config, method=method, calib_source=source,
-                              calib_samples=int(samples) or None, evaluate=evaluate)
+                              calib_domain=domain, calib_samples=int(samples) or None, evaluate=evaluate)
+        req.check()
         job = RUNNER.start(req)
     except OatsError as e:
         st.error(esc(e))
@@ -289,7 +310,7 @@ def summary() -> None:
               else "")
     st.caption(f"{esc(info.model_name)} · {esc(info.method)} · ρ = {cfg.compression:g} (effective "
                f"{info.effective_compression:.3f}) · {kappa}{cfg.sparsity}{solver} · "
-               f"{s['calibration_tokens'] or '?'} calibration tokens")
+               f"calibrated on {esc(info.calibrated_on())}")
     c = st.columns(5)
     c[0].metric("Block-linear parameters, dense", f"{s['params_dense'] / 1e6:.2f} M")
     c[1].metric("… after compression", f"{s['params_kept'] / 1e6:.2f} M", f"-{s['compression']:.1%}",

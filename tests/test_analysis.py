@@ -312,7 +312,7 @@ def test_log_axes_label_every_tick_in_full():
 
 def test_request_folder_names_are_deterministic():
     a = CompressRequest("minilm-l6", OatsConfig())
-    assert a.folder_name() == CompressRequest("minilm-l6", OatsConfig()).folder_name() == "minilm-l6-oats-c0.5-k0.25-row"
+    assert a.folder_name() == CompressRequest("minilm-l6", OatsConfig()).folder_name() == "minilm-l6-oats-c0.5-k0.25-row-mix"
     # the name a sweep gives the same run, so each reuses the other's
     assert a.folder_name() == plan("minilm-l6", "oats", "0.5", "0.25")[0].folder_name()
     names = {a.folder_name(), CompressRequest("minilm-l6", OatsConfig(compression=0.6)).folder_name(),

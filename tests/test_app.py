@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-MAIN = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"
+MAIN = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0-mix"
 
 
 # ----------------------------------------------------------------------------- prepared runs
@@ -207,7 +207,7 @@ def test_compress_runs_in_the_background_and_opens_the_run(tmp_path, monkeypatch
     assert seen_progress
     m = read_manifest(folder)
     assert m["complete"] and m["config"]["iterations"] == 2 and m["calibration_request"]["samples"] == 8
-    assert folder.name == "minilm-l6-oats-c0.5-k0.25-row-it2-cal8xds0"
+    assert folder.name == "minilm-l6-oats-c0.5-k0.25-row-it2-cal8xds0-mix"
     assert any("minilm-l6" in s.value and "compressed 6 blocks" in s.value for s in at.success)
     assert chart(at, "Time per block")
 

@@ -96,7 +96,7 @@ def test_walk_every_page(server):
     times: dict[str, dict[str, float]] = {"first visit": {}, "switch back": {}}
     with app_page(server) as page:
         # the newest run is opened by default: pick the minilm-l6 main run through the model filter
-        _open_run(page, "minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0")
+        _open_run(page, "minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0-mix")
         for title, n in PAGES.items():
             _nav(page, title)
             times["first visit"][title] = settle(page, n)
@@ -222,7 +222,7 @@ def test_heavy_tail_and_massive_activation_views(server):
     SHOTS.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict[str, float]] = {}
     with app_page(server) as page:
-        for model, run in (("minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"),
+        for model, run in (("minilm-l6", "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0-mix"),
                            ("smollm2-135m", "smollm2-135m-oats-small"), ("dinov2-small", "dinov2-small-oats-small")):
             _open_run(page, model, run)
             t = times.setdefault(model, {})
@@ -261,7 +261,7 @@ def test_remote_viewers_visit_every_page_at_once(server):
     spec = importlib.util.spec_from_file_location("bench_app", ROOT / "benchmarks" / "app.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    run = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0"
+    run = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0-mix"
 
     async def one() -> tuple[list[str], int, list[str]]:
         v = await bench.RemoteViewer(server).open()

@@ -221,14 +221,15 @@ def test_sweep_plans_and_runs_a_registered_method(halfzero, tmp_path):
         ("halfzero", 0.4, 0.0), ("halfzero", 0.6, 0.0)]
     # not iterative: iterations and solver are not part of its run name, nor of the match
     spec = CompressRequest("tiny-lm", CFG.replace(iterations=5, solver="exact"), "halfzero")
-    assert spec.folder_name() == "tiny-lm-halfzero-c0.5-k0-row"
-    assert spec.same_run({"method": "halfzero", "model_name": "tiny-lm", "config": CFG.to_dict()})
+    assert spec.folder_name() == "tiny-lm-halfzero-c0.5-k0-row-mix"
+    assert spec.same_run({"method": "halfzero", "model_name": "tiny-lm", "config": CFG.to_dict(),
+                          "calibration_request": {"domain": "mix"}})
     assert plan("m", registry.names(), "0.5", "0.25")[-1].method == "halfzero"
     # a folder name for any method name, registered or not (the app names a job before it validates)
-    assert CompressRequest("m", CFG.replace(iterations=5), "svdllm").folder_name() == "m-svdllm-c0.5-k0-row"
+    assert CompressRequest("m", CFG.replace(iterations=5), "svdllm").folder_name() == "m-svdllm-c0.5-k0-row-mix"
 
     res = sweep("tiny-lm", "halfzero", [0.5], [0.25], root=tmp_path, loaded=tiny_loaded(), **KW)
-    assert res.computed == ["tiny-lm-halfzero-c0.5-k0-row-cal4x32s0"]
+    assert res.computed == ["tiny-lm-halfzero-c0.5-k0-row-cal4x32s0-mix"]
     dense, half = res.rows
     assert (half["method"], half["mode"], half["rank_ratio"], half["compression"]) == ("halfzero", "both", 0.0, 0.5)
     assert math.isfinite(half["perplexity"]) and half["perplexity"] != dense["perplexity"]

@@ -50,7 +50,7 @@ def _factors(folder):
 def test_same_run_compares_what_decides_the_result():
     req = CompressRequest("m", CFG, "oats", calib_samples=8)
     m = {"model_name": "m", "method": "oats", "config": CFG.to_dict(),
-         "calibration_request": {"samples": 8, "seq_len": None, "seed": 0, "source": None}}
+         "calibration_request": {"samples": 8, "seq_len": None, "seed": 0, "source": None, "domain": "mix"}}
     assert req.same_run(m)
     assert not req.same_run({**m, "config": CFG.replace(iterations=5).to_dict()})  # OATS: iterations matter
     assert not req.same_run({**m, "calibration_request": {"samples": 16}})          # other calibration

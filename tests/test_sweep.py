@@ -74,7 +74,7 @@ def test_sweep_table_runs_and_reuse(tmp_path, monkeypatch):
     assert list_sweeps(tmp_path) == [res.folder]
     runs = {r["name"]: r for r in list_runs(tmp_path)}
     assert set(runs) == set(res.computed) and all(r["status"] == "complete" for r in runs.values())
-    assert "tiny-lm-oats-c0.4-k0.25-row-it5-cal4x32s0" in runs
+    assert "tiny-lm-oats-c0.4-k0.25-row-it5-cal4x32s0-mix" in runs
 
     # a repeated sweep compresses nothing and reproduces the table
     monkeypatch.setattr(oats.compress.pipeline, "compress_model", lambda *a, **k: pytest.fail("a run was recompressed"))
@@ -113,12 +113,12 @@ def _name(model, method, cfg):
 
 def test_run_names_are_deterministic_and_specific():
     cfg = OatsConfig(compression=0.5, rank_ratio=0.25)
-    assert _name("smollm2-135m", "oats", cfg) == "smollm2-135m-oats-c0.5-k0.25-row"
-    assert _name("smollm2-135m", "wanda", cfg) == "smollm2-135m-wanda-c0.5-k0-row"
-    assert _name("smollm2-135m", "lowrank", cfg) == "smollm2-135m-lowrank-c0.5-k1-row"
+    assert _name("smollm2-135m", "oats", cfg) == "smollm2-135m-oats-c0.5-k0.25-row-mix"
+    assert _name("smollm2-135m", "wanda", cfg) == "smollm2-135m-wanda-c0.5-k0-row-mix"
+    assert _name("smollm2-135m", "lowrank", cfg) == "smollm2-135m-lowrank-c0.5-k1-row-mix"
     # a name that the slug changes gets a short hash of itself: 'org/model' and 'org-model' differ
-    assert _name("org/model", "oats", cfg.replace(sparsity="2:4")) == "org-model-f070b1-oats-c0.5-k0.25-2of4"
-    assert _name("org-model", "oats", cfg) == "org-model-oats-c0.5-k0.25-row"
+    assert _name("org/model", "oats", cfg.replace(sparsity="2:4")) == "org-model-f070b1-oats-c0.5-k0.25-2of4-mix"
+    assert _name("org-model", "oats", cfg) == "org-model-oats-c0.5-k0.25-row-mix"
     assert _name("./minilm-l6", "oats", cfg) != _name("minilm-l6", "oats", cfg)
     specs = plan("m", "oats,wanda", "0.3,0.5", "0.2,0.3")
     assert [(s.method, s.config.compression, s.rank_ratio) for s in specs] == [
@@ -169,7 +169,7 @@ def test_cli_sweep_refuses_a_run_folder_of_another_model(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     run = compress_model(loaded.model, [{"input_ids": torch.randint(0, 64, (2, 8), generator=g)}],
                          OatsConfig(iterations=2), method="wanda", model_name="smollm2-135m")
-    save_run(run, tmp_path / "minilm-l6-wanda-c0.5-k0-row")
+    save_run(run, tmp_path / "minilm-l6-wanda-c0.5-k0-row-mix")
     code = cli_main(["sweep", "minilm-l6", "--methods", "wanda", "--compression", "0.5", "--root", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1

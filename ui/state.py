@@ -534,9 +534,11 @@ def layer_gram(path: str, mtime: float, qualname: str):
     run's own calibration data (the default data when its manifest does not record it)."""
     from oats.data import calibration_batches
     run = _run(path, mtime)
-    cal = run_info(path).calibration_request or {}
+    info = run_info(path)
+    cal = info.calibration_request or {}
     batches = calibration_batches(run.loaded, n_samples=cal.get("samples"), seq_len=cal.get("seq_len"),
-                                  source=cal.get("source"), seed=cal.get("seed") or 0)
+                                  source=cal.get("source"), seed=cal.get("seed") or 0,
+                                  domain=info.calibration_domain)
     with MODEL_LOCK:
         return analysis.layer_gram(run, qualname, batches)
 

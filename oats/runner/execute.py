@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from oats import data
+import torch
+
+from oats import corpora, data
 from oats.compress import pipeline
 from oats.compress.pipeline import resolve_device
 from oats.compress.records import CompressionRun
 from oats.errors import OatsError, RunError
 from oats.evaluation import evaluate_run, run_modes
 from oats.models import zoo
-from oats.runner.request import CompressRequest
+from oats.runner.request import CompressRequest, check_calib_domain, data_kind
 from oats.runs.evaluations import save_evaluation
 from oats.runs.folders import MANIFEST, RunWriter, check_run_folder, clear_run_folder, load_run, read_manifest
 
@@ -114,10 +116,13 @@ def execute(request: CompressRequest, folder: str | Path, *,
         run = load_run(folder, model=loaded.model)
         run.loaded = loaded
         return Outcome(run=run, folder=folder, status="reused", load_s=time.perf_counter() - t0)
+    if request.calib_source is None:  # a domain of the other kind is one line, before any work
+        check_calib_domain(request.calib_domain, data_kind(request.model, getattr(loaded, "task", None)))
     if batches is None:
         update(stage="calibration data", message="preparing calibration data")
         batches = data.calibration_batches(loaded, n_samples=request.calib_samples, seq_len=request.seq_len,
-                                           source=request.calib_source, seed=request.seed)
+                                           source=request.calib_source, seed=request.seed,
+                                           domain=request.calib_domain)
     t_load = time.perf_counter() - t0
     resume = None
     if state == "resume":
@@ -129,6 +134,7 @@ def execute(request: CompressRequest, folder: str | Path, *,
                                       "model_source": loaded.source, "task": loaded.task, **(extra or {})})
     update(stage="compressing", message="capturing calibration inputs")
     run = _compress(request, loaded, batches, progress, writer, resume)
+    run.calibration.update(calibration_record(request, loaded, batches))
     run.timings["load_s"] = t_load
     writer.finish(run)
     run.loaded = loaded
@@ -143,11 +149,41 @@ def execute(request: CompressRequest, folder: str | Path, *,
     return outcome
 
 
+def calibration_record(request: CompressRequest, loaded, batches: list[dict]) -> dict:
+    """What the manifest's ``calibration`` says about the data, beside the batches and tokens
+    the pipeline counted: its ``domain`` ("mix" or one domain; None for the user's own data),
+    the ``domains`` it drew from, the user's ``source``, and the ``samples`` (sequences,
+    sentences or images) in the batches."""
+    kind = data_kind(request.model, getattr(loaded, "task", None))
+    domain = request.domain
+    if domain is None:
+        domains = []
+    elif domain == corpora.MIX:
+        domains = list(corpora.domains(kind or "text"))
+    else:
+        domains = [domain]
+    samples = 0
+    for b in batches:
+        t = b.get("input_ids", b.get("pixel_values")) if isinstance(b, dict) else None
+        if t is None and isinstance(b, dict):
+            t = next((v for v in b.values() if isinstance(v, torch.Tensor)), None)
+        samples += int(t.shape[0]) if isinstance(t, torch.Tensor) and t.dim() else 0
+    return {"domain": domain, "domains": domains, "source": request.calib_source, "samples": samples,
+            "kind": kind}
+
+
 def _compress(request: CompressRequest, loaded, batches, progress, writer, resume) -> CompressionRun:
-    """``compress_model`` with the request's settings, saving every block through ``writer``."""
+    """``compress_model`` with the request's settings, saving every block through ``writer``
+    (each manifest written on the way already names the calibration data)."""
+    described = calibration_record(request, loaded, batches)
+
+    def block_done(run: CompressionRun, block: int) -> None:
+        run.calibration.update(described)
+        writer.block_done(run, block)
+
     return pipeline.compress_model(loaded.model, batches, request.config, method=request.method, progress=progress,
                           model_name=request.model, device=request.device, allow_generic=request.generic,
-                          on_block_done=writer.block_done, resume=resume, allocation=request.allocation,
+                          on_block_done=block_done, resume=resume, allocation=request.allocation,
                           disk=loaded.disk)
 
 

@@ -11,14 +11,58 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from oats import corpora
 from oats.compress.allocation import Owl
 from oats.config import OatsConfig
-from oats.errors import OatsError
+from oats.errors import ConfigError, OatsError
 from oats.methods import registry
 
 ITERATIVE_FIELDS = ("rank_ratio", "iterations", "solver")
 """Config fields that change the result only for a method whose record is ``iterative`` (OATS);
 for the others compression rate and sparsity pattern decide it."""
+
+
+LEGACY_DOMAINS = {"text": "manual", "images": "photos"}
+"""The built-in data a run recorded before calibration domains existed was calibrated on: the
+Python manual (text models) or the bundled photos (vision models). Such a run is never taken
+for a run of the default mix."""
+
+
+def data_kind(model: str, task: str | None = None) -> str | None:
+    """"text" or "images": the built-in data a model (or a loaded model's ``task``) takes;
+    None when the name alone does not say (a hub id or a local folder before it loads)."""
+    if task is not None:
+        return "images" if task == "vision" else "text"
+    from oats.models.presets import PRESETS
+    preset = PRESETS.get(model)
+    if preset is not None:
+        return "images" if preset.task == "vision" else "text"
+    if str(model).strip().startswith("timm:"):
+        return "images"
+    return None
+
+
+def check_calib_domain(name: str | None, kind: str | None) -> str:
+    """``name`` (None: the mix) checked against the domains of ``kind``, or against every domain
+    name when the kind is not known yet; ConfigError (one line) listing the choices otherwise."""
+    if kind is not None:
+        other = "images" if kind == "text" else "text"
+        if name in corpora.domains(other):
+            raise ConfigError(f"calibration domain {name!r} is for {'vision' if other == 'images' else 'text'} "
+                              f"models, and this model takes {kind}: choose {corpora.MIX} or one of "
+                              f"{', '.join(corpora.domains(kind))}")
+        return corpora.check_domain(name, kind)
+    if name is None or name == corpora.MIX:
+        return corpora.MIX
+    names = corpora.domains("text") + corpora.domains("images")
+    if name not in names:
+        raise ConfigError(f"unknown calibration domain {name!r}: choose {corpora.MIX} or one of {', '.join(names)}")
+    return name
+
+
+def legacy_domain(model: str, task: str | None = None) -> str:
+    """The calibration domain of a run whose manifest does not record one (``LEGACY_DOMAINS``)."""
+    return LEGACY_DOMAINS[data_kind(model, task) or "text"]
 
 
 def slug(s: str) -> str:
@@ -41,6 +85,10 @@ class CompressRequest:
     """OWL-style per-block rates; None: every block at the configured rate."""
     calib_source: str | None = None
     """A text file (text models) or an image folder (vision models); None: the built-in data."""
+    calib_domain: str | None = None
+    """The built-in calibration data: a domain of ``oats.corpora`` (text: manual, code, verse,
+    speeches; images: photos, drawings, textures), or None / "mix" for an equal share of every
+    domain of the model's kind (the default). Ignored when ``calib_source`` is given."""
     calib_samples: int | None = None
     """Calibration sequences or images; None: the data module's default for the task."""
     seq_len: int | None = None
@@ -58,11 +106,27 @@ class CompressRequest:
     """Larger-than-memory mode: read each block from the weight files when its turn comes
     (``oats.models.zoo.load_model(..., from_disk=True)``). The run is the same as in memory."""
 
+    def __post_init__(self):
+        if self.calib_domain == corpora.MIX:  # one spelling of the default, so equal requests compare equal
+            object.__setattr__(self, "calib_domain", None)
+
     def check(self) -> None:
         """Raise ConfigError (one line) for a combination that cannot run, before anything loads."""
         registry.get(self.method).decompose_config(self.config)
         if self.allocation is not None:
             self.allocation.check(self.config)
+        if self.calib_domain is not None and not isinstance(self.calib_domain, str):
+            raise ConfigError(f"the calibration domain must be a name, not {type(self.calib_domain).__name__}")
+        if self.calib_source is None:
+            check_calib_domain(self.calib_domain, data_kind(self.model))
+
+    @property
+    def domain(self) -> str | None:
+        """The built-in calibration domain used: a domain name or "mix"; None with the user's
+        own data (``calib_source``)."""
+        if self.calib_source:
+            return None
+        return corpora.MIX if self.calib_domain is None else self.calib_domain
 
     @property
     def rank_ratio(self) -> float:
@@ -71,14 +135,21 @@ class CompressRequest:
 
     def calibration_request(self) -> dict:
         """The manifest's record of the calibration data."""
-        return {"samples": self.calib_samples, "seq_len": self.seq_len, "seed": self.seed, "source": self.calib_source}
+        return {"samples": self.calib_samples, "seq_len": self.seq_len, "seed": self.seed, "source": self.calib_source,
+                "domain": self.domain}
 
     def folder_name(self) -> str:
         """A readable, deterministic run folder name: the same settings give the same folder,
         so the app, sweeps and repeated requests find each other's runs.
 
-        ``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-it<n>][-<solver>][-sh<lambda>][-owl...][-cal...]``; a
-        calibration file or folder, or non-default eps / tol, add a short hash of themselves.
+        ``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-it<n>][-<solver>][-sh<lambda>][-owl...][-cal...]-<data>``
+        where ``<data>`` is ``mix`` for the default calibration (an equal share of every domain)
+        or ``cal<domain>`` for one built-in domain; a calibration file or folder (no data tag),
+        or non-default eps / tol, add a short hash of themselves.
+
+        Folders named before calibration domains existed have no data tag and hold runs
+        calibrated on the Python manual alone (``LEGACY_DOMAINS``): no name this method gives
+        with the built-in data is one of theirs, so a new run never lands in an old folder.
         """
         c = self.config
         model = slug(self.model) or "model"
@@ -96,6 +167,9 @@ class CompressRequest:
             parts.append(f"owl{self.allocation.lam:g}m{self.allocation.threshold:g}")
         if self.calib_samples is not None or self.seq_len is not None or self.seed:
             parts.append(f"cal{self.calib_samples or 'd'}x{self.seq_len or 'd'}s{self.seed}")
+        domain = self.domain
+        if domain is not None:
+            parts.append(domain if domain == corpora.MIX else "cal" + slug(domain))
         name = "-".join(parts)
         default = OatsConfig()
         if self.calib_source or c.eps != default.eps or c.tol != default.tol:
@@ -120,7 +194,7 @@ class CompressRequest:
         ignored = (() if self._iterative() else ITERATIVE_FIELDS) + (() if self._reads_shrink() else ("shrink",))
         cfg = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ignored))
         alloc = None if self.allocation is None else (self.allocation.lam, self.allocation.threshold)
-        cal = (self.calib_samples, self.seq_len, self.seed or 0, self.calib_source or None)
+        cal = (self.calib_samples, self.seq_len, self.seed or 0, self.calib_source or None, self.domain)
         return (self.model, self.method, cfg, alloc, cal)
 
     def same_run(self, manifest: dict) -> bool:
@@ -134,7 +208,8 @@ class CompressRequest:
     def to_json(self) -> str:
         body = {"model": self.model, "config": self.config.to_dict(), "method": self.method,
                 "allocation": None if self.allocation is None else self.allocation.to_dict(),
-                "calib_source": self.calib_source, "calib_samples": self.calib_samples, "seq_len": self.seq_len,
+                "calib_source": self.calib_source, "calib_domain": self.calib_domain,
+                "calib_samples": self.calib_samples, "seq_len": self.seq_len,
                 "seed": self.seed, "device": self.device, "generic": self.generic,
                 "trust_remote_code": self.trust_remote_code, "evaluate": self.evaluate, "from_disk": self.from_disk}
         return json.dumps(body)
@@ -155,11 +230,20 @@ def request_from_manifest(manifest: dict, **options) -> CompressRequest:
     """The request that produced a run folder (to resume or re-evaluate it).
 
     ``options``: the fields a manifest does not record (device, generic, trust_remote_code,
-    evaluate).
+    evaluate). A manifest written before calibration domains existed (no "domain" in its
+    calibration request) was calibrated on the Python manual, or the bundled photos for a
+    vision model: its request names that domain (``legacy_domain``), never the mix.
     """
     cal = manifest.get("calibration_request") or {}
     alloc = manifest.get("allocation") or {}
+    domain = cal["domain"] if "domain" in cal else legacy_domain(manifest["model_name"], _task(manifest))
     return CompressRequest(model=manifest["model_name"], config=OatsConfig.from_dict(manifest["config"]),
                            method=manifest["method"], allocation=_owl(alloc) if alloc.get("name") == "owl" else None,
-                           calib_source=cal.get("source"), calib_samples=cal.get("samples"),
+                           calib_source=cal.get("source"), calib_domain=None if cal.get("source") else domain,
+                           calib_samples=cal.get("samples"),
                            seq_len=cal.get("seq_len"), seed=cal.get("seed") or 0, **options)
+
+
+def _task(manifest: dict) -> str | None:
+    task = manifest.get("task")
+    return task if isinstance(task, str) else None

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oats import data, untrusted
+from oats import corpora, data, untrusted
 from oats.compress.allocation import Owl, parse_allocation
 from oats.config import OatsConfig
 from oats.errors import ConfigError, RunError
@@ -34,7 +34,7 @@ from oats.evaluation import Evaluator, run_modes
 from oats.methods import registry
 from oats.models import zoo
 from oats.runner.execute import execute, replace_model
-from oats.runner.request import CompressRequest, slug
+from oats.runner.request import CompressRequest, check_calib_domain, data_kind, slug
 from oats.runs.folders import MANIFEST, atomic_write_bytes, check_run_folder, read_manifest, run_dir, runs_root
 from oats.runs.info import finite_json
 
@@ -91,13 +91,14 @@ class SweepResult:
 
 def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iterations: int = 80,
          solver: str = "fast", owl: Owl | None = None, calibration=(None, None, 0),
-         shrink: float | None = None) -> list[CompressRequest]:
+         calib_domain: str | None = None, shrink: float | None = None) -> list[CompressRequest]:
     """The runs of a sweep, in order: methods outer, rates inner; a method that reads the rank
     ratio (OATS) once per rank ratio, the others once.
 
     Raises ConfigError (one line) for an unknown method, a rate outside (0, 1), a rank ratio
-    outside [0, 1), or a combination a method cannot run. ``shrink``: the Gram shrinkage of every
-    run (None: ``OatsConfig``'s default; read by the methods whose record ``uses_shrink``).
+    outside [0, 1), a combination a method cannot run, or a calibration domain the model does
+    not take. ``shrink``: the Gram shrinkage of every run (None: ``OatsConfig``'s default; read
+    by the methods whose record ``uses_shrink``).
     """
     methods = parse_list(methods, "methods", methods=True)
     rates = parse_list(rates, "compression rates", unit_open=True)
@@ -111,7 +112,7 @@ def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iter
                 cfg = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
                                  solver=solver, shrink=OatsConfig().shrink if shrink is None else shrink)
                 req = CompressRequest(model, cfg, method, allocation=owl, calib_samples=samples, seq_len=seq_len,
-                                      seed=seed or 0, evaluate=False)
+                                      seed=seed or 0, calib_domain=calib_domain, evaluate=False)
                 req.check()
                 requests.append(req)
     return requests
@@ -156,8 +157,9 @@ def _row(spec: CompressRequest | None, model: str, mode: str, metrics: dict, com
 def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None, *,
           sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
           quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
-          seq_len: int | None = None, seed: int = 0, shrink: float | None = None, allocation=None, owl_lambda: float | None = None,
-          owl_m: float | None = None, loaded=None,
+          seq_len: int | None = None, seed: int = 0, calib_domain: str | None = None, shrink: float | None = None,
+          allocation=None,
+          owl_lambda: float | None = None, owl_m: float | None = None, loaded=None,
           progress: Callable[[str, int, int, str], None] | None = None,
           log: Callable[[str], None] | None = None, engine=None,
           on_task: Callable[..., None] | None = None) -> SweepResult:
@@ -170,9 +172,12 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
         rank_ratios: kappa values for OATS (default: the model's); other methods have a
             fixed one (0 for the sparse-only methods, 1 for low-rank only).
         root: the runs root (default ``oats.io.runs_root()``); out: the table folder
-            (default ``<root>/sweeps/<model>``).
+            (default ``<root>/sweeps/<model>``, ``<root>/sweeps/<model>-cal<domain>`` when
+            calibrated on one domain).
         quick, text, image_folder: the evaluation (``oats.evaluation``).
         calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``).
+        calib_domain: the built-in calibration data: a domain (``oats.corpora``) or None /
+            "mix" for an equal share of every domain of the model's kind.
         shrink: the Gram shrinkage lambda of the runs of the methods that read it (``OatsConfig.shrink``;
             None: its default).
         allocation, owl_lambda, owl_m: "uniform" or "owl" for every run.
@@ -193,25 +198,30 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     root = Path(root) if root is not None else runs_root()
     # both folders are checked before anything loads: a long sweep must not fail at its last write
     check_run_folder(root, "--root", "runs folder")
-    folder = Path(out) if out is not None else root / SWEEPS_DIR / slug(model)
+    calib_domain = None if calib_domain in (None, corpora.MIX) else calib_domain
+    # a sweep calibrated on one domain keeps its table beside the default (mix) one, not over it
+    default_out = slug(model) + ("" if calib_domain is None else "-cal" + slug(calib_domain))
+    folder = Path(out) if out is not None else root / SWEEPS_DIR / default_out
     check_run_folder(folder, "--out", "table folder")
     if loaded is None:
         kappa0 = zoo.PRESETS[model].default_rank_ratio if model in zoo.PRESETS else None
     else:
         kappa0 = loaded.default_rank_ratio
     specs_args = dict(sparsity=sparsity, iterations=iterations, solver=solver, owl=owl,
-                      calibration=(calib_samples, seq_len, seed), shrink=shrink)
+                      calibration=(calib_samples, seq_len, seed), calib_domain=calib_domain, shrink=shrink)
     # validate everything (and every existing folder) before any expensive work
     for s in plan(model, methods, compression, rank_ratios if rank_ratios is not None else [kappa0 or 0.25],
                   **specs_args):
         _status(s, run_dir(root, s.folder_name()))
     if loaded is None:
         loaded = zoo.load_model(model)
+    check_calib_domain(calib_domain, data_kind(model, getattr(loaded, "task", None)))
     kappas = rank_ratios if rank_ratios is not None else [loaded.default_rank_ratio]
     specs = plan(model, methods, compression, kappas, **specs_args)
     statuses = {s.folder_name(): _status(s, run_dir(root, s.folder_name())) for s in specs}
 
-    batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed)
+    batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed,
+                                       domain=calib_domain)
     dense = copy.deepcopy(loaded.model)  # pristine: every run starts from a copy of it
     evaluator = Evaluator(loaded, quick=quick, text=text, image_folder=image_folder)
     t0 = time.perf_counter()
@@ -221,7 +231,8 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     log("dense: " + ", ".join(f"{k} {v:.4g}" for k, v in dense_metrics.items()))
     result = SweepResult(folder=folder, rows=rows)
     t_compress = t_eval = 0.0
-    calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None}
+    calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None,
+                     "domain": calib_domain or corpora.MIX}
     extra = {"sweep": str(folder)}
     remote = {}
     if engine is not None:

@@ -111,6 +111,41 @@ class RunInfo:
         return "complete" if self.complete else "unfinished"
 
     @property
+    def calibration_domain(self) -> str | None:
+        """The built-in data the run was calibrated on: "mix" or one domain of ``oats.corpora``;
+        None for the user's own data. A manifest from before calibration domains were recorded
+        says the legacy domain (``oats.runner.request.legacy_domain``: the Python manual)."""
+        from oats.runner.request import request_from_manifest
+        try:
+            return request_from_manifest(self.to_manifest()).domain
+        except (ConfigError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def calibrated_on(self) -> str:
+        """What the run was calibrated on, in words: "mix of manual, code, verse, speeches,
+        4,096 tokens", "verse, 4,096 tokens", "your data 'notes.txt', 2,048 tokens",
+        "mix of photos, drawings, textures, 64 images (16,448 tokens)"."""
+        from oats import corpora
+        cal = self.calibration
+        source = (self.calibration_request or {}).get("source") or cal.get("source")
+        domain = self.calibration_domain
+        if source:
+            what = f"your data '{Path(str(source)).name}'"
+        elif domain == corpora.MIX:
+            kind = "images" if self.task == "vision" or cal.get("kind") == "images" else "text"
+            names = cal.get("domains") or corpora.domains(kind)
+            what = "mix of " + ", ".join(map(str, names))
+        else:
+            what = str(domain)
+            if "domain" not in (self.calibration_request or {}):
+                what += " (recorded before calibration domains)"
+        tokens, samples = cal.get("tokens"), cal.get("samples")
+        size = f"{int(tokens):,} tokens" if _is_num(tokens) else "? tokens"
+        if _is_num(samples) and (self.task == "vision" or cal.get("kind") == "images"):
+            size = f"{int(samples):,} images ({size})"
+        return f"{what}, {size}"
+
+    @property
     def compression_achieved(self) -> float:
         """1 - kept / dense block-linear parameters (NaN before any block is done)."""
         return 1 - self.params_kept / self.params_dense if self.params_dense else float("nan")
