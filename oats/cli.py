@@ -262,10 +262,23 @@ def cmd_evaluate(args) -> int:
     ev = evaluate(run, loaded, modes=modes, quick=args.quick, text=text, image_folder=image_folder)
     _STATUS.clear()
     cfg = info.config
-    print(_dump_json({"run": str(folder), "model": info.model_name, "method": info.method,
-                      "compression": cfg.compression, "rank_ratio": cfg.rank_ratio, "sparsity": cfg.sparsity,
-                      "task": ev.task, "primary_metric": ev.primary, "higher_is_better": ev.higher_is_better,
-                      "metrics": ev.metrics, "settings": ev.settings, "time_s": round(ev.time_s, 2)}))
+    from oats.explain import quality
+    from oats.evaluation import per_domain
+    domains = quality.domains_of(ev.metrics.values(), ev.primary)
+    measured_on = quality.describe(ev.settings, domains, ev.task)
+    if args.json:
+        print(_dump_json({"run": str(folder), "model": info.model_name, "method": info.method,
+                          "compression": cfg.compression, "rank_ratio": cfg.rank_ratio, "sparsity": cfg.sparsity,
+                          "task": ev.task, "primary_metric": ev.primary, "higher_is_better": ev.higher_is_better,
+                          "measured_on": measured_on, "domains": domains,
+                          "per_domain": {mode: per_domain(m, ev.primary) for mode, m in ev.metrics.items()},
+                          "metrics": ev.metrics, "settings": ev.settings, "time_s": round(ev.time_s, 2)}))
+        return 0
+    record = registry.find(info.method)  # κ only for a method that reads it, as the run used it
+    kappa = f" · κ {info.rank_ratio:g}" if record is None or record.uses_rank_ratio else ""
+    print(f"{folder}: {info.model_name} · {info.method} · ρ {cfg.compression:g}{kappa} · {cfg.sparsity}")
+    print(quality.evaluation_markdown(ev.metrics, ev.primary, ev.higher_is_better, ev.settings, ev.task))
+    print(f"evaluated in {ev.time_s:.1f}s" + (" (quick set)" if args.quick else "") + "; --json for every metric")
     return 0
 
 
@@ -323,9 +336,19 @@ def cmd_sweep(args) -> int:
             bar.close()
         if engine is not None:
             engine.close()
+    from oats.explain import quality
+    from oats.evaluation import split_key
+    from oats.runner.sweep import domain_table, load_meta
+    settings = load_meta(res.folder).get("evaluation")
     metrics = [k for k in res.rows[0] if k not in FIRST_COLUMNS + LAST_COLUMNS]
-    for metric in metrics:
-        print(f"\n{metric}\n" + pivot_table(res.rows, metric))
+    means = quality.ordered_metrics([k for k in metrics if split_key(k)[1] is None])
+    text = quality.describe(settings, quality.domains_of(res.rows))
+    for metric in means:  # the means, by rate; then the primary metric per domain with the ranks there
+        mean = "mean over the domains, " if quality.domains_of(res.rows, metric) else ""
+        print(f"\n{metric}: {mean}on {text}\n" + pivot_table(res.rows, metric))
+    per_domain = domain_table(res.rows, settings=settings)
+    if per_domain:
+        print("\n" + per_domain)
     wall = time.perf_counter() - t0
     print(f"\n{len(res.computed)} runs compressed, {len(res.reused)} reused; compression {res.timings['compress_s']:.1f}s, "
           f"evaluation {res.timings['evaluate_s']:.1f}s, wall {wall:.1f}s")
@@ -424,12 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--root", default=None, help="runs folder (default: $OATS_RUNS_DIR or ./runs)")
     r.set_defaults(fn=cmd_runs)
 
-    e = sub.add_parser("evaluate", help="evaluate a run folder (dense and each mode), print JSON")
+    e = sub.add_parser("evaluate", help="evaluate a run folder (dense and each mode): a table of the primary "
+                       "metric's mean and its value per domain, or JSON with --json")
     e.add_argument("run_dir", help="a complete run folder")
     e.add_argument("--modes", default=None, help="comma-separated among dense,both,sparse,lowrank "
                    "(default: all four for OATS, dense,both otherwise)")
     e.add_argument("--model", default=None, help="the base model (default: the run's own; must be the same)")
     e.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
+    e.add_argument("--json", action="store_true", help="print every metric (per domain too) as JSON instead of the table")
     _eval_args(e)
     e.set_defaults(fn=cmd_evaluate)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import streamlit as st
 
 from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached,
-                       method_choices, method_help, primary_metric, run_info, run_mtime, run_task, saved_evaluation,
-                       table)
+                       method_choices, method_help, primary_metric, run_info, run_mtime, run_task, table)
 from ui.text import esc
 from oats.explain import analysis
-from ui import figures
+from ui import evaluations, figures
+from oats.explain import quality
 from oats import corpora
 from oats.config import OatsConfig
 from oats.methods import registry
@@ -22,7 +22,6 @@ from oats.runs.folders import runs_root
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, data_kind, request_from_manifest
-from oats.runner.sweep import load_meta, load_results
 from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
 from oats.models.zoo import available_models, check_model_name
 
@@ -321,15 +320,7 @@ def summary() -> None:
 
     names = variant_names(info)
     st.markdown("**Evaluation: " + " vs ".join(esc(n) for n in names.values()) + "**")
-    ev = saved_evaluation(path)
-    if ev is None and info.sweep:  # evaluated by the sweep that made it
-        try:
-            res = analysis.sweep_evaluation(load_results(info.sweep), Path(path).name)
-            quick = bool(load_meta(info.sweep).get("quick"))
-        except Exception:  # noqa: BLE001 - a sweep table that cannot be read only means no evaluation to show
-            res, quick = None, None
-        if res:
-            ev = {"results": res, "quick": quick, "created": f"from sweep '{Path(str(info.sweep)).name}'"}
+    ev = evaluations.run_evaluation(path, info)  # its own, or its row of the sweep that made it
     task = run_task(info)
     if ev is None:
         st.caption("Not evaluated yet (runs made by the app are evaluated when they finish).")
@@ -348,19 +339,34 @@ def summary() -> None:
                 st.rerun()
     else:
         results = ev["results"]
-        rows = [{"variant": names.get(mode, VARIANTS.get(mode, mode)), "mode": mode, **vals}
-                for mode, vals in results.items() if mode in names]
+        pm = (primary_metric(task) if task else None) or quality.primary_of(k for v in results.values() for k in v)
+        doms = quality.domains_of(results.values(), pm[0]) if pm else []
+        measured_on = quality.describe(ev.get("settings"), doms, task)
+        if pm:  # the primary metric's mean, then its value on each domain, then the other metrics
+            rows = evaluations.evaluation_rows(results, pm[0], names)
+        else:
+            rows = [{"variant": names[mode], "mode": mode, **vals} for mode, vals in results.items() if mode in names]
         table(rows, f"{Path(path).name}-evaluation", key="csv-eval")
-        pm = primary_metric(task) if task else None
         if pm and any(pm[0] in v for v in results.values()):
-            chart(figures.evaluation_figure(results, *pm), key="eval-chart")
+            shown = {m: v for m, v in results.items() if m in names}
+            mean = ("mean over the domains, " if doms else "") + f"on {measured_on}"
+            chart(figures.evaluation_figure(shown, *pm, measured_on=mean), key="eval-chart")
+            if doms:
+                chart(figures.domain_evaluation_figure(shown, *pm, doms, evaluations.titles(doms), names,
+                                                       measured_on=f"on {measured_on}"), key="eval-domain-chart")
             how_to_read("One bar per variant of the same model, on held-out data: dense (the original weights), "
                         "sparse + low-rank (the compressed model), the sparse term alone (every low-rank term zeroed) "
                         "and the low-rank term alone (every sparse term zeroed). The compressed bar should sit close "
                         "to dense; the two single-term bars show how much each term carries on its own: usually "
-                        "neither does, because the method fitted them together.")
-        st.caption(("Quick evaluation set" if ev.get("quick") else "Evaluation set") + f" ({esc(ev.get('created', ''))}). "
-                   "Fidelity metrics compare each variant with the dense model on held-out data.")
+                        "neither does, because the method fitted them together."
+                        + (" The second chart splits the first by domain: the held-out part of each kind of data, "
+                           "none of it seen in calibration. A method can keep one domain close to dense and lose "
+                           "another; the first chart's bar is their " + ("geometric " if pm[0] == "perplexity" else "")
+                           + "mean." if doms else ""))
+        st.caption(("Quick evaluation set" if ev.get("quick") else "Evaluation set") + f" ({esc(ev.get('created', ''))}), "
+                   f"measured on {esc(measured_on)}"
+                   + (f"; {esc(quality.mean_note(pm[0]))}" if pm and doms else "")
+                   + ". Fidelity metrics compare each variant with the dense model on held-out data.")
 
     left, right = st.columns(2)
     with left:

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 MAIN = "minilm-l6-oats-c0.5-k0.25-row-it6-cal16xds0-mix"
+DOMAIN_TITLES = {"manual": "Python manual", "code": "Python code", "verse": "Shakespeare",
+                 "speeches": "State of the Union"}
 
 
 # ----------------------------------------------------------------------------- prepared runs
@@ -154,6 +156,20 @@ def test_compress_page_summary(app, main_run, runs_dir):
     assert list(_decode(e["data"][0]["x"])) == ["dense", "sparse + low-rank", "sparse only", "low-rank only"]
     np.testing.assert_allclose(floats(e["data"][0]["y"]), [ev[k]["cosine"] for k in ("dense", "both", "sparse", "lowrank")])
     assert ev["dense"]["cosine"] == pytest.approx(1.0) and ev["both"]["cosine"] > ev["sparse"]["cosine"]
+    assert e["layout"]["title"]["subtitle"]["text"].startswith("mean over the domains, on held-out text of 4 domains")
+    # ... and on each domain's held-out part: a group per domain, a bar per variant, the saved values
+    d = chart(app, "Evaluation per domain: cosine")
+    assert [t["name"] for t in d["data"]] == ["dense", "sparse + low-rank", "sparse only", "low-rank only"]
+    assert list(_decode(d["data"][1]["x"])) == list(DOMAIN_TITLES.values())
+    np.testing.assert_allclose(floats(d["data"][1]["y"]), [ev["both"][f"cosine@{k}"] for k in DOMAIN_TITLES])
+    assert "Python manual, Python code, Shakespeare, State of the Union" in d["layout"]["title"]["subtitle"]["text"]
+    # the table: the mean, then a column per domain, then the other metric
+    table = [df.value for df in app.dataframe if "variant" in df.value.columns][0]
+    assert list(table.columns) == ["variant", "mode", "cosine (mean)", *(f"cosine · {t}" for t in DOMAIN_TITLES.values()),
+                                   "spearman"]
+    both = table[table["mode"] == "both"].iloc[0]
+    assert both["cosine · Shakespeare"] == pytest.approx(ev["both"]["cosine@verse"])
+    assert any("measured on held-out text of 4 domains" in c.value for c in app.caption)
     metrics = {mt.label: mt.value for mt in app.metric}
     assert metrics["… after compression"] == f"{main_run.params_kept / 1e6:.2f} M"
     assert metrics["Block-linear parameters, dense"] == f"{main_run.params_dense / 1e6:.2f} M"
@@ -460,6 +476,23 @@ def test_compare_page(app, runs_dir):
     t = trace(s, "wanda · both")
     assert list(zip(floats(t["x"]), floats(t["y"]))) == want
     assert "higher is better" in s["layout"]["yaxis"]["title"]["text"]
+    assert s["layout"]["title"]["subtitle"]["text"].startswith("mean over the domains, on held-out text of 4 domains")
+    # one domain: the same chart on that domain's values, and its subtitle names it
+    app.selectbox(key="sweep-domain").set_value("verse").run()
+    clean(app)
+    s = chart(app, "cosine against compression rate")
+    assert s["layout"]["title"]["subtitle"]["text"] == "on the held-out part of Shakespeare"
+    want = sorted((r["compression"], r["cosine@verse"]) for r in rows if r["method"] == "wanda" and r["mode"] == "both")
+    t = trace(s, "wanda · both")
+    assert list(zip(floats(t["x"]), floats(t["y"]))) == want
+    # the methods ranked per domain at ρ = 0.5: a column per domain, the best in bold, its rank
+    ranked = [m.value for m in app.markdown if m.value.startswith("| method | rank ratio | cosine (mean) |")]
+    assert len(ranked) == 1
+    at_half = {(r["method"], r["mode"]): r for r in rows if r["compression"] == 0.5}
+    best = max(("oats", "wanda"), key=lambda m: at_half[(m, "both")]["cosine@verse"])
+    line = [l for l in ranked[0].splitlines() if l.startswith(f"| {best} |")][0]
+    assert line.split(" | ")[5] == f"**{at_half[(best, 'both')]['cosine@verse']:.4g} (#1)**"
+    assert ranked[0].splitlines()[0].endswith(" | ".join(DOMAIN_TITLES.values()) + " |")
     lay = chart(app, "Per-layer error, run by run")
     assert len(lay["data"]) == 4  # the four runs of the selected run's model
     main = trace(lay, MAIN)
@@ -468,6 +501,93 @@ def test_compare_page(app, runs_dir):
     # the rank ratio each method really used: Wanda runs spend nothing on a low-rank term
     compared = [df for df in app.dataframe if "median_scaled_error" in df.value.columns][0].value
     assert {(r.method, r.rank_ratio) for r in compared.itertuples()} == {("oats", 0.25), ("wanda", 0.0)}
+    # every run's compressed model on each domain beside the mean (the sweep's runs from the sweep's table)
+    assert [f"cosine · {t}" for t in DOMAIN_TITLES.values()] == [c for c in compared.columns if c.startswith("cosine · ")]
+    by_run = {r["run"]: r for r in rows if r["mode"] == "both"}
+    for r in compared.to_dict("records"):
+        assert r["cosine (compressed, mean)"] == pytest.approx(by_run[r["run"]]["cosine"])
+        assert r["cosine · Python code"] == pytest.approx(by_run[r["run"]]["cosine@code"])
+    # and ranked per domain
+    runs_ranked = [m.value for m in app.markdown if m.value.startswith("| run | method | cosine (mean) |")]
+    assert len(runs_ranked) == 1 and len(runs_ranked[0].splitlines()) == 2 + 4
+    assert sum(l.count("(#1)**") for l in runs_ranked[0].splitlines()) >= 5  # a best per column, in bold
+
+
+def _sweep_rows(per_domain: bool) -> list[dict]:
+    """A hand-made sweep table: oats best on the mean and on verse, wanda on the manual, code, speeches."""
+    values = {"oats": (0.80, 0.70, 0.99, 0.75), "wanda": (0.85, 0.80, 0.60, 0.80)}
+    rows = []
+    for method, v in values.items():
+        row = {"model": "minilm-l6", "method": method, "compression": 0.5, "rank_ratio": 0.25 if method == "oats" else 0.0,
+               "sparsity": "row", "allocation": "uniform", "mode": "both", "cosine": float(np.mean(v)),
+               "spearman": 0.9, "compress_time_s": 1.0, "eval_time_s": 1.0, "run": f"r-{method}"}
+        if per_domain:
+            row.update({f"cosine@{d}": x for d, x in zip(DOMAIN_TITLES, v)})
+        rows.append(row)
+    return rows
+
+
+def test_compare_page_says_when_the_best_method_differs_between_domains(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from oats.runner.sweep import write_results
+    write_results(tmp_path / "sweeps" / "minilm-l6", _sweep_rows(True), meta={"evaluation": {"domains": list(DOMAIN_TITLES)}})
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.switch_page("pages/compare.py")
+    at.run()
+    clean(at)
+    (ranked,) = [m.value for m in at.markdown if m.value.startswith("| method |")]
+    assert ranked.splitlines()[2] == "| oats | 0.25 | **0.81 (#1)** | 0.8 (#2) | 0.7 (#2) | **0.99 (#1)** | 0.75 (#2) |"
+    assert [i.value for i in at.info if "differs" in i.value] == [
+        "The best method by cosine differs between domains: wanda on Python manual, Python code and State of the "
+        "Union; oats on Shakespeare."]
+    assert {o for o in at.selectbox(key="sweep-domain").options} >= {"Shakespeare (held-out part)"}
+
+
+def test_compare_page_shows_an_old_sweep_with_the_mean_only(tmp_path, monkeypatch):
+    """A sweep made before domains: its means, labelled with its text, no domain box, no ranking per domain."""
+    from streamlit.testing.v1 import AppTest
+
+    from oats.runner.sweep import write_results
+    old_text = "built-in evaluation split (stdlib prose, disjoint from calibration)"
+    write_results(tmp_path / "sweeps" / "minilm-l6", _sweep_rows(False), meta={"evaluation": {"text": old_text}})
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.switch_page("pages/compare.py")
+    at.run()
+    clean(at)
+    s = chart(at, "cosine against compression rate")
+    assert s["layout"]["title"]["subtitle"]["text"] == \
+        "on the Python manual's held-out split (measured before evaluation per domain)"
+    assert [sb.label for sb in at.selectbox] == ["Sweep", "Metric"]  # no Text box
+    assert not [m for m in at.markdown if m.value.startswith("| method |")]
+    assert not [i for i in at.info if "differs" in i.value]
+
+
+def test_compress_page_shows_an_old_evaluation_with_the_mean_only(runs_dir, tmp_path, monkeypatch):
+    """An evaluation.json written before domains (no metric@domain): the means, no domain chart or column."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from oats.runs.evaluations import read_evaluation, save_evaluation
+    from ui.state import RUN_KEY
+    folder = tmp_path / MAIN
+    shutil.copytree(runs_dir / MAIN, folder)
+    ev = read_evaluation(folder)["results"]
+    save_evaluation(folder, {m: {k: v for k, v in r.items() if "@" not in k} for m, r in ev.items()}, quick=True)
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.session_state[RUN_KEY] = str(folder)
+    at.run()
+    clean(at)
+    e = chart(at, "Evaluation: cosine")
+    np.testing.assert_allclose(floats(e["data"][0]["y"]), [ev[k]["cosine"] for k in ("dense", "both", "sparse", "lowrank")])
+    assert "unrecorded text" in e["layout"]["title"]["subtitle"]["text"]
+    assert "Evaluation per domain: cosine" not in charts(at)
+    table = [df.value for df in at.dataframe if "variant" in df.value.columns][0]
+    assert list(table.columns) == ["variant", "mode", "cosine", "spearman"]
 
 
 def test_deploy_page(app, main_run, runs_dir):

@@ -355,11 +355,14 @@ def test_cli_evaluate_reports_dense_and_the_three_modes(tmp_path):
     p = subprocess.run(cmd + ["compress", "minilm-l6", "--calib-samples", "16", "--iterations", "10", "--out", str(out),
                               "--quiet"], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
-    p = subprocess.run(cmd + ["evaluate", str(out), "--quick"], capture_output=True, text=True, timeout=900)
+    p = subprocess.run(cmd + ["evaluate", str(out), "--quick", "--json"], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout)
     m = res["metrics"]
     assert list(m) == ["dense", "both", "sparse", "lowrank"] and res["primary_metric"] == "cosine"
+    # the mean beside each domain's held-out part, named
+    assert res["domains"] == ["manual", "code", "verse", "speeches"] and res["measured_on"].startswith("held-out text")
+    assert res["per_domain"]["both"] == {d: m["both"][f"cosine@{d}"] for d in res["domains"]}
     assert m["dense"]["cosine"] == pytest.approx(1.0)
     assert 0.5 < m["both"]["cosine"] < 0.9999
     assert m["both"]["cosine"] > m["sparse"]["cosine"] and m["both"]["cosine"] > m["lowrank"]["cosine"]

@@ -175,7 +175,7 @@ def test_old_run_reads_as_run_info(old_run):
 @pytest.mark.parametrize("model_flag", [[], ["--model", MODEL]])
 def test_old_run_evaluates_through_the_cli(old_run, tmp_path, capsys, model_flag):
     (tmp_path / "eval.txt").write_text(tiny_text(300, seed=1))
-    argv = ["evaluate", str(old_run), *model_flag, "--text", "eval.txt", "--quick"]
+    argv = ["evaluate", str(old_run), *model_flag, "--text", "eval.txt", "--quick", "--json"]
     assert cli_main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["model"], out["method"], out["compression"], out["rank_ratio"]) == (MODEL, "oats", 0.5, 0.25)

@@ -189,6 +189,11 @@ def test_cli_sweep_on_minilm_then_rerun_only_evaluates(tmp_path):
     first = subprocess.run(cmd + args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "4 runs compressed, 0 reused" in first.stdout
+    # the means by rate, naming the text, then the primary metric per domain with each method's rank there
+    assert "cosine: mean over the domains, on held-out text of 4 domains (Python manual, Python code, " in first.stdout
+    assert "| method | rank ratio | cosine (mean) | Python manual | Python code | Shakespeare | State of the Union |" \
+        in first.stdout.splitlines()
+    assert "ρ = 0.4" in first.stdout and "ρ = 0.6" in first.stdout and "(#1)**" in first.stdout
     second = subprocess.run(cmd + args, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "0 runs compressed, 4 reused" in second.stdout

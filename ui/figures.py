@@ -6,6 +6,8 @@ are any) and never computes anything heavier than a sort. Heatmaps arrive alread
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -14,6 +16,7 @@ from plotly.subplots import make_subplots
 from plotly.colors import hex_to_rgb, sequential
 
 from oats.explain.analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
+from oats.evaluation import metric_key
 from oats.explain.heavytail import SHUFFLED, LayerESD, log_density
 
 
@@ -43,12 +46,14 @@ SPECTRUM_NAMES = {"W": "W (weight)", "W D": "W D (scaled weight)", "L": "L (low-
                   "W D - S": "W D − S (what the SVD sees)"}
 
 
-def _layout(fig: go.Figure, title: str, height: int = 420, **kw) -> go.Figure:
+def _layout(fig: go.Figure, title: str, height: int = 420, subtitle: str | None = None, **kw) -> go.Figure:
     # the legend sits at the bottom of the whole figure, below the axis title however tall
     # the (possibly rotated) tick labels are
     fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
                       margin=dict(l=70, r=30, t=60, b=90),
                       legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=0.0), **kw)
+    if subtitle:  # what the figure holds for (the text it was measured on): literal, never HTML
+        fig.update_layout(title_subtitle_text=html.escape(subtitle, quote=False), margin_t=84)
     return fig
 
 
@@ -511,15 +516,11 @@ def block_time_figure(rows: list[dict]) -> go.Figure:
     return _layout(fig, "Time per block", height=360)
 
 
-def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: bool) -> go.Figure:
-    """One bar per model variant (dense, both, sparse-only, low-rank-only) for one metric."""
-    names = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
-    modes = [m for m in ("dense", "both", "sparse", "lowrank") if m in results and metric in results[m]]
-    ys = [results[m][metric] for m in modes]
-    fig = go.Figure(go.Bar(x=[names[m] for m in modes], y=ys, marker_color=[COLORS[m] for m in modes],
-                           text=[_bar_label(v) for v in ys], textposition="outside", cliponaxis=False))
-    fig.update_xaxes(title_text="model variant")
-    title = f"{metric} ({'higher' if higher_is_better else 'lower'} is better)"
+VARIANT_NAMES = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
+
+
+def _eval_axis(fig: go.Figure, ys, title: str) -> None:
+    """The y axis of an evaluation bar chart: log when the values span over EVAL_LOG_SPAN."""
     fin = [f for f in (_number(v) for v in ys) if f is not None and np.isfinite(f)]
     if fin and min(fin) > 0 and max(fin) / min(fin) > EVAL_LOG_SPAN:
         # a collapsed variant (sparse-only perplexity 1e8) flattens dense vs compressed to nothing
@@ -530,7 +531,42 @@ def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: b
                  range=[np.floor(lo) - 0.5, hi + 0.12 * max(hi - lo + 1, 1)])
     else:
         fig.update_yaxes(title_text=title)
-    return _layout(fig, f"Evaluation: {metric}", height=360)
+
+
+def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: bool,
+                      measured_on: str | None = None) -> go.Figure:
+    """One bar per model variant (dense, both, sparse-only, low-rank-only) for one metric (its
+    mean over the domains when there are several); ``measured_on``, its subtitle, names the text
+    or images ("on ...")."""
+    modes = [m for m in ("dense", "both", "sparse", "lowrank") if m in results and metric in results[m]]
+    ys = [results[m][metric] for m in modes]
+    fig = go.Figure(go.Bar(x=[VARIANT_NAMES[m] for m in modes], y=ys, marker_color=[COLORS[m] for m in modes],
+                           text=[_bar_label(v) for v in ys], textposition="outside", cliponaxis=False))
+    fig.update_xaxes(title_text="model variant")
+    _eval_axis(fig, ys, f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    return _layout(fig, f"Evaluation: {metric}", height=360, subtitle=measured_on)
+
+
+def domain_evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: bool,
+                             domains: list[str], titles: dict[str, str], variants: dict[str, str] | None = None,
+                             measured_on: str | None = None) -> go.Figure:
+    """The metric on each domain's held-out part, one group per domain and one bar per model
+    variant (``variants``: mode -> its name; the run's own names)."""
+    variants = variants or VARIANT_NAMES
+    fig = go.Figure()
+    ys_all = []
+    for mode in (m for m in ("dense", "both", "sparse", "lowrank") if m in results):
+        ys = [results[mode].get(metric_key(metric, d)) for d in domains]
+        if all(v is None for v in ys):
+            continue
+        ys_all += [v for v in ys if v is not None]
+        fig.add_trace(go.Bar(x=[titles.get(d, d) for d in domains], y=ys, name=variants.get(mode, mode),
+                             marker_color=COLORS[mode], text=[_bar_label(v) for v in ys], textposition="outside",
+                             cliponaxis=False))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="domain (held-out part)", type="category")
+    _eval_axis(fig, ys_all, f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    return _layout(fig, f"Evaluation per domain: {metric}", height=400, subtitle=measured_on)
 
 
 EVAL_LOG_SPAN = 10.0
@@ -564,8 +600,10 @@ LOG_SPAN = 100.0
 
 
 def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str,
-                 higher_is_better: bool | None = None) -> go.Figure:
-    """Metric against compression rate, one line per method and model variant."""
+                 higher_is_better: bool | None = None, measured_on: str | None = None) -> go.Figure:
+    """Metric against compression rate, one line per method and model variant; ``measured_on``,
+    the subtitle, names the text or images the values hold for (the mean over the domains, or one
+    domain)."""
     fig = go.Figure()
     for name, (x, y) in series.items():
         dense = name == "dense"
@@ -578,7 +616,7 @@ def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str
     if ys and min(ys) > 0 and max(ys) / min(ys) > LOG_SPAN:
         # a collapsed variant (perplexity 1e7) would flatten every other line to zero
         log_axis(fig, values=ys, title_text=f"{metric}{note}, log scale")
-    return _layout(fig, f"{metric} against compression rate", height=440)
+    return _layout(fig, f"{metric} against compression rate", height=440, subtitle=measured_on)
 
 
 def layer_compare_figure(rows: list[dict], value: str = "scaled_error") -> go.Figure:

@@ -9,8 +9,11 @@ Each run goes through ``oats.runner.execute.execute``, like ``oats compress`` an
 
 The table (``results.csv`` and ``results.json``, a list of row dicts) has one row per
 evaluated (run, mode), plus one dense row per model, with columns: model, method,
-compression, rank_ratio, sparsity, allocation, mode, the task's metrics (perplexity, nll |
-cosine, spearman | cls_cosine, probe_acc[, top1]), compress_time_s, eval_time_s, run.
+compression, rank_ratio, sparsity, allocation, mode, the task's metrics, compress_time_s,
+eval_time_s, run. The metrics come primary first: its mean over the domains, its value on the
+held-out part of each domain (``perplexity@verse``, ...), then the other metrics (nll, nll@...
+| spearman | probe_acc[, top1]); on the user's own text there are no per-domain columns.
+``domain_table`` lays out the primary metric per domain with each method's rank there.
 It goes to ``<root>/sweeps/<model>/`` unless another folder is given.
 """
 
@@ -37,6 +40,7 @@ from oats.runner.execute import execute, replace_model
 from oats.runner.request import CompressRequest, check_calib_domain, data_kind, slug
 from oats.runs.folders import MANIFEST, atomic_write_bytes, check_run_folder, read_manifest, run_dir, runs_root
 from oats.runs.info import finite_json
+from oats.explain import quality
 
 SWEEPS_DIR = "sweeps"
 RESULTS_CSV = "results.csv"
@@ -303,12 +307,14 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
 
 
 def _columns(rows: list[dict]) -> list[str]:
+    """Settings, then the metrics (the primary mean, the primary per domain, the other metrics:
+    ``oats.explain.quality.ordered_metrics``), then the bookkeeping."""
     metrics = []
     for r in rows:
         for k in r:
             if k not in FIRST_COLUMNS and k not in LAST_COLUMNS and k not in metrics:
                 metrics.append(k)
-    return FIRST_COLUMNS + metrics + LAST_COLUMNS
+    return FIRST_COLUMNS + quality.ordered_metrics(metrics) + LAST_COLUMNS
 
 
 def _json_safe(x):
@@ -408,4 +414,51 @@ def pivot_table(rows: list[dict], metric: str, digits: int = 4) -> str:
             break
     for m, k, mode in keys:
         out.append(f"| {m} | {k:g} | {mode} | " + " | ".join(fmt(cell.get((m, k, mode, x))) for x in rates) + " |")
+    return "\n".join(out)
+
+
+def domain_table(rows: list[dict], metric: str | None = None, higher_is_better: bool | None = None,
+                 settings: dict | None = None, digits: int = 4) -> str:
+    """The primary metric (or ``metric``) on each domain's held-out part beside its mean, as
+    Markdown: a line naming the text, the dense model's values, then for each compression rate a
+    table of the compressed models (one line per method and rank ratio) with each one's rank
+    among them on each domain (#1 is the best, in bold), and a sentence when the best differs
+    between domains. "" when the rows hold no per-domain values (the user's own text, or a
+    sweep made before domains existed)."""
+    keys = [k for r in rows for k in r if k not in FIRST_COLUMNS and k not in LAST_COLUMNS]
+    found = quality.primary_of(keys)
+    metric = metric or (found[0] if found else None)
+    if metric is None:
+        return ""
+    if higher_is_better is None:
+        higher_is_better = found[1] if found and found[0] == metric else False
+    doms = quality.domains_of(rows, metric)
+    if not doms:
+        return ""
+    better = "higher" if higher_is_better else "lower"
+    out = [f"{metric} per domain ({better} is better), on {quality.describe(settings, doms)}; "
+           f"{quality.mean_note(metric)}; (#k) is the rank among the methods at that rate"]
+    dense = next((r for r in rows if r.get("method") == "dense"), None)
+    if dense is not None:
+        vals = quality.domain_values(dense, metric)
+        out.append("dense: " + " · ".join(f"{'mean' if d == quality.MEAN else corpora.title(d)} "
+                                          f"{quality.fmt(vals.get(d), digits)}" for d in [quality.MEAN] + doms))
+    compressed = [r for r in rows if r.get("method") != "dense" and r.get("mode") == "both"]
+    kappas: dict[str, set] = {}
+    for r in compressed:
+        kappas.setdefault(r["method"], set()).add(r.get("rank_ratio"))
+
+    def name(key):
+        m, k = key
+        return m if len(kappas.get(m, ())) < 2 else f"{m} (κ {k:g})"
+
+    for rate in sorted({r["compression"] for r in compressed}):
+        table = {(r["method"], r.get("rank_ratio")): r for r in compressed if r["compression"] == rate}
+        out += ["", f"ρ = {rate:g}",
+                quality.ranking_markdown(table, metric, higher_is_better, doms, label=lambda n: n[0],
+                                         head=("method", "rank ratio"),
+                                         extra=lambda n: ("" if n[1] is None else f"{n[1]:g}",), digits=digits)]
+        sentence = quality.ranking_sentence(table, metric, higher_is_better, doms, label=name, what="method")
+        if len(table) > 1 and sentence:
+            out.append(sentence)
     return "\n".join(out)

@@ -1,0 +1,67 @@
+"""A run's evaluation as the pages show it: where it comes from (the run's ``evaluation.json``,
+or the table of the sweep that made the run), the text it holds for, the primary metric's mean
+beside its value on each domain, and rankings per domain (``oats.explain.quality``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from oats import corpora
+from oats.explain import analysis, quality
+from oats.runner.sweep import load_meta, load_results
+from ui.state import saved_evaluation
+from ui.text import esc
+
+
+def run_evaluation(path: str, info) -> dict | None:
+    """{"results": {mode: {metric: value}}, "settings": the evaluation's settings or None,
+    "quick", "created"} of a run: its saved evaluation, else its row of the sweep that made it
+    (with that sweep's evaluation settings); None when it has neither."""
+    ev = saved_evaluation(path)
+    if ev is not None:
+        settings = ev.get("settings")
+        return {**ev, "settings": settings if isinstance(settings, dict) else None}
+    if not info.sweep:
+        return None
+    try:
+        res = analysis.sweep_evaluation(load_results(info.sweep), Path(path).name)
+        meta = load_meta(info.sweep)
+    except Exception:  # noqa: BLE001 - a sweep table that cannot be read only means no evaluation to show
+        return None
+    if not res:
+        return None
+    settings = meta.get("evaluation")
+    return {"results": res, "quick": bool(meta.get("quick")), "settings": settings if isinstance(settings, dict) else None,
+            "created": f"from sweep '{Path(str(info.sweep)).name}'"}
+
+
+def titles(domains) -> dict[str, str]:
+    return {d: corpora.title(d) for d in domains}
+
+
+def evaluation_rows(results: dict, primary: str, variants: dict[str, str]) -> list[dict]:
+    """A row per variant (those in ``variants``: mode -> name), the columns: the primary
+    metric's mean, its value on each domain, then the other metrics' means. Without domains
+    (the user's own text, an evaluation made before domains) the means alone, under their names."""
+    doms = quality.domains_of(results.values(), primary)
+    cols = quality.shown_metrics([k for m in results.values() for k in m], primary)
+    return [{"variant": variants[mode], "mode": mode,
+             **{quality.column_label(c, bool(doms) and c == primary): vals.get(c) for c in cols}}
+            for mode, vals in results.items() if mode in variants]
+
+
+def ranking(table: dict, metric: str, higher_is_better: bool, label, head: tuple[str, ...], extra=None,
+            what: str = "run") -> None:
+    """``table`` ({name: metrics}) ranked on the mean and on each domain, as a Markdown table
+    (the best of each column in bold, every value with its rank), and a sentence saying who is
+    best where: an info box when the best differs between domains."""
+    doms = quality.domains_of(table.values(), metric)
+    st.markdown(quality.ranking_markdown(table, metric, higher_is_better, doms, label=label, head=head, extra=extra,
+                                         text=esc))
+    sentence = quality.ranking_sentence(table, metric, higher_is_better, doms, label=label, what=what, text=esc)
+    if sentence and quality.best_differs(table, metric, higher_is_better, doms):
+        st.info(sentence, icon=":material/swap_vert:")
+    elif sentence:
+        st.caption(sentence)
