@@ -21,6 +21,7 @@ pages = [
     st.Page("pages/heads.py", title="Heads", icon=":material/grid_view:"),
     st.Page("pages/vit.py", title="ViT attention", icon=":material/visibility:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/calibration.py", title="Calibration", icon=":material/tune:"),
     st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
 ]
 nav = st.navigation(pages)
