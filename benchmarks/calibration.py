@@ -48,8 +48,9 @@ DEFAULT_SIZES = {"causal-lm": (4, 16, 64, 256), "encoder": (32, 128, 512), "visi
 """Calibration sizes of the tokens curve, in samples (windows, sentences, crops)."""
 DEFAULT_METHODS = ("oats", "sparsegpt", "hassle")
 IDENTITY = ("study", "version", "model", "task", "metric", "higher_is_better", "compression", "rank_ratio",
-            "seq_len", "seed", "matrix_samples", "quick", "evaluation")
-"""Header fields that decide every cell's numbers: a file made with other values is not resumed."""
+            "seq_len", "seed", "matrix_samples", "quick", "evaluation", "config")
+"""Header fields that decide every cell's numbers: a file made with other values is not resumed
+(``config``, the full ``OatsConfig`` the methods ran with, is checked where the file has it)."""
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -94,6 +95,8 @@ def mismatch(old: dict, new: dict) -> str | None:
     """The first identity field (``IDENTITY``) on which a saved study differs from the one asked
     for, as "field: saved X, asked Y"; None when the file can be resumed."""
     for f in IDENTITY:
+        if f == "config" and f not in old:  # written by a version that did not record it
+            continue
         if old.get(f) != new.get(f):
             return f"{f}: saved {old.get(f)!r}, asked {new.get(f)!r}"
     return None
@@ -331,11 +334,12 @@ def run(args, command: str) -> int:
             "vision": "crops"}[task]
     metric, higher = PRIMARY_METRIC[task]
     evaluator = Evaluator(loaded, quick=args.quick)
+    cfg = OatsConfig(compression=args.compression, rank_ratio=loaded.default_rank_ratio)
     header = {"study": STUDY, "version": VERSION, "model": args.model, "task": task, "metric": metric,
               "higher_is_better": higher, "compression": args.compression,
               "rank_ratio": loaded.default_rank_ratio, "seq_len": seq_len, "seed": 0, "matrix_samples": matrix_n,
               "quick": bool(args.quick), "evaluation": evaluator.settings, "unit": unit,
-              "eval_domains": list(evaluator.domains)}
+              "eval_domains": list(evaluator.domains), "config": cfg.to_dict()}
     if study is not None:
         why = mismatch(study, json.loads(json.dumps(header)))
         if why:
@@ -382,7 +386,6 @@ def run(args, command: str) -> int:
             batches_cache[(domain, n)] = data.calibration_batches(loaded, n_samples=n, domain=domain)
         batches = batches_cache[(domain, n)]
         tokens = count_tokens(batches, loaded.model)
-        cfg = OatsConfig(compression=args.compression, rank_ratio=loaded.default_rank_ratio)
         t0 = time.perf_counter()
         compressed = compress_model(copy.deepcopy(dense), batches, cfg, method=method, model_name=args.model)
         compress_s = time.perf_counter() - t0

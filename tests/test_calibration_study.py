@@ -91,6 +91,9 @@ def test_a_saved_study_of_other_settings_is_not_resumed():
     why = bench.mismatch(study, {**study, "compression": 0.6})
     assert why.startswith("compression") and "0.5" in why and "0.6" in why
     assert bench.mismatch(study, {**study, "matrix_samples": 64}).startswith("matrix_samples")
+    with_config = {**study, "config": {"shrink": 0.0}}
+    assert bench.mismatch(with_config, {**with_config, "config": {"shrink": 0.5}}).startswith("config")
+    assert bench.mismatch(study, with_config) is None  # a file from before configs were recorded
     # the methods, domains and sizes asked may differ: they only add cells
     assert bench.mismatch(study, {**study, "cells": [], "sessions": []}) is None
 
@@ -185,6 +188,7 @@ def test_the_benchmark_writes_every_cell_and_a_rerun_skips_them(tmp_path, monkey
     for c in study["cells"]:
         assert set(c["per_domain"]) == set(study["eval_domains"]) and 0 < c["mean"] <= 1
         assert c["calib_tokens"] > c["calib_samples"]
+    assert study["config"]["compression"] == 0.5 and "iterations" in study["config"]
     assert study["cpu"] == bench.cpu_name() and study["sessions"][0]["command"].endswith(str(out))
     assert "Calibration matrix" in capsys.readouterr().out
     before = out.read_text()
