@@ -403,9 +403,10 @@ def _shrink_arg(parser) -> None:
     """--shrink: the Gram shrinkage of the methods that read it (``OatsConfig.shrink``)."""
     from oats.config import OatsConfig
     readers = " and ".join(m.name for m in registry.all_methods() if m.uses_shrink) or "no method"
+    defaults = ", ".join(f"{m.name} {m.default_shrink:g}" for m in registry.all_methods() if m.uses_shrink)
     parser.add_argument("--shrink", default=OatsConfig().shrink,
                         help=f"Gram shrinkage lambda in [0, 1], read by {readers}: they solve with (1 - lambda) H + "
-                             f"lambda diag(H), 0 the full Gram, 1 its diagonal (default {OatsConfig().shrink:g})")
+                             f"lambda diag(H), 0 the full Gram, 1 its diagonal (default: the method's own, {defaults})")
 
 
 def build_parser() -> argparse.ArgumentParser:

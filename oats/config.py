@@ -87,12 +87,13 @@ class OatsConfig:
     tol: float = 1e-3
     """Fast solver: stop once the relative decrease of the scaled error over one iteration
     falls below tol (after a few iterations). Ignored by the exact solver."""
-    shrink: float = 0.0
+    shrink: float | None = None
     """lambda in [0, 1]: the Gram-aware methods (SparseGPT, HASSLE-free) solve with
     H_lambda = (1 - lambda) H + lambda diag(H) instead of the calibration inputs' Gram H:
     lambda = 0 is the full Gram, lambda = 1 its diagonal (OATS's scaling). Shrinking toward the
-    diagonal trusts the calibration inputs' correlations less, for text unlike them. Ignored
-    by the methods that read no Gram."""
+    diagonal trusts the calibration inputs' correlations less, for text unlike them. None: the
+    method's own default (``Method.default_shrink``: SparseGPT 0, as published; HASSLE-free
+    ``oats.methods.hassle.DEFAULT_SHRINK``). Ignored by the methods that read no Gram."""
 
     def __post_init__(self):
         rho = _number("compression", self.compression, "in (0, 1)")
@@ -118,8 +119,8 @@ class OatsConfig:
         tol = _number("tol", self.tol, ">= 0")
         if tol < 0:
             raise ConfigError(f"tol must be at least 0, got {self.tol!r}")
-        shrink = _number("shrink", self.shrink, "in [0, 1]")
-        if not 0.0 <= shrink <= 1.0:
+        shrink = None if self.shrink is None else _number("shrink", self.shrink, "in [0, 1]")
+        if shrink is not None and not 0.0 <= shrink <= 1.0:
             raise ConfigError(f"shrink must be in [0, 1] (0: the full Gram, 1: its diagonal), got {self.shrink!r}")
         nm = parse_nm(str(self.sparsity).strip())
         object.__setattr__(self, "compression", rho)

@@ -159,7 +159,8 @@ def test_old_run_reads_as_run_info(old_run):
     info = RunInfo.read(old_run)
     assert (info.format, info.model_name, info.method, info.family, info.task) == (1, MODEL, "oats", "llama",
                                                                                   "causal-lm")
-    assert info.config == OatsConfig(compression=0.5, rank_ratio=0.25, iterations=8)
+    # recorded before the Gram shrinkage existed: read as the full Gram it was (lambda 0)
+    assert info.config == OatsConfig(compression=0.5, rank_ratio=0.25, iterations=8, shrink=0.0)
     assert info.complete and info.blocks_done == (0, 1) and info.rank_ratio == 0.25
     assert len(info.layers) == 14 and {r.block for r in info.layers} == {0, 1}
     assert (info.params_dense, info.params_kept) == (4608, 2144)

@@ -139,17 +139,24 @@ def test_a_run_at_lambda_is_the_run_on_the_shrunk_gram(lam, sparsity):
         assert abs(on_h / on_hl - 1) > 1e-3
 
 
-def test_lambda_zero_is_the_default_path_bit_for_bit():
+def test_no_setting_is_each_methods_own_default_bit_for_bit():
+    """shrink None: SparseGPT solves with the full Gram (lambda 0, as published), HASSLE-free with
+    its DEFAULT_SHRINK; both the same bits as the value given explicitly."""
+    from oats.methods.hassle import DEFAULT_SHRINK
+    assert registry.get("sparsegpt").default_shrink == 0.0 and registry.get("hassle").default_shrink == DEFAULT_SHRINK
+    assert 0.0 < DEFAULT_SHRINK < 1.0
     w, h = problem(40, 48, seed=2)
     for cfg in (CFG, CFG.replace(sparsity="layer"), CFG.replace(rank_ratio=0.0)):
-        assert cfg.shrink == 0.0
+        assert cfg.shrink is None
         for gram in (h, h.float()):
-            a, b = hassle(w, gram, cfg), hassle(w, gram, cfg.replace(shrink=0))
+            a, b = hassle(w, gram, cfg), hassle(w, gram, cfg.replace(shrink=DEFAULT_SHRINK))
             assert torch.equal(a.sparse, b.sparse) and torch.equal(a.u, b.u) and torch.equal(a.v, b.v)
             assert a.history.to_dict() == b.history.to_dict()
             assert torch.equal(sparsegpt(w, gram, cfg).sparse, sparsegpt(w, gram, cfg.replace(shrink=0.0)).sparse)
     # and shrinking does change the result
-    assert not torch.equal(hassle(w, h, CFG).sparse, hassle(w, h, CFG.replace(shrink=0.3)).sparse)
+    assert not torch.equal(hassle(w, h, CFG).sparse, hassle(w, h, CFG.replace(shrink=0.0)).sparse)
+    assert registry.used_shrink("hassle", CFG) == DEFAULT_SHRINK and registry.used_shrink("oats", CFG) == 0.0
+    assert registry.used_shrink("hassle", CFG.replace(shrink=0.1)) == 0.1
 
 
 def test_sparsegpt_at_one_is_wanda_with_the_damped_diagonal():
@@ -195,7 +202,7 @@ def test_hassle_at_one_fits_the_diagonally_scaled_residual():
 # ----------------------------------------------------------------------------- the setting
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0001, 2, float("nan"), float("inf"), "x", True, None])
+@pytest.mark.parametrize("bad", [-0.1, 1.0001, 2, float("nan"), float("inf"), "x", True])
 def test_out_of_range_is_one_config_error_line(bad):
     with pytest.raises(ConfigError) as e:
         OatsConfig(shrink=bad)
@@ -204,7 +211,7 @@ def test_out_of_range_is_one_config_error_line(bad):
 
 def test_the_setting_reads_numbers_and_old_records():
     assert OatsConfig(shrink="0.25").shrink == 0.25 and OatsConfig(shrink=1).shrink == 1.0
-    assert OatsConfig().shrink == 0.0
+    assert OatsConfig().shrink is None  # the method's own default
     old = OatsConfig().to_dict()
     del old["shrink"]  # a run recorded before the setting existed solved with the full Gram
     assert RECORDED_BEFORE == {"shrink": 0.0} and OatsConfig.from_dict(old).shrink == 0.0
@@ -224,14 +231,20 @@ def test_it_is_part_of_the_identity_only_for_its_readers():
         assert (a.identity() != b.identity()) == reads, method
         assert (a.folder_name() != b.folder_name()) == reads, method
         assert ("-sh0.1" in b.folder_name()) == reads and "-sh" not in a.folder_name()
+        # the method's default given explicitly is the same run as no setting
+        c = CompressRequest("smollm2-135m", CFG.replace(shrink=registry.get(method).default_shrink), method)
+        assert c.identity() == a.identity() and c.folder_name() == a.folder_name()
     # a manifest recorded before the setting reads as lambda = 0
     config = CFG.to_dict()
     del config["shrink"]
     m = {"model_name": "smollm2-135m", "method": "hassle", "config": config,
          "calibration_request": {"samples": None, "seq_len": None, "seed": 0, "source": None, "domain": "mix"}}
     req = request_from_manifest(m)
-    assert req.config.shrink == 0.0 and req.same_run({**m, "config": CFG.to_dict()})
+    assert req.config.shrink == 0.0 and req.same_run({**m, "config": CFG.replace(shrink=0.0).to_dict()})
     assert not CompressRequest("smollm2-135m", CFG.replace(shrink=0.1), "hassle").same_run(m)
+    # hassle's default is no longer the full Gram: a run recorded at lambda 0 is not today's default run
+    assert not CompressRequest("smollm2-135m", CFG, "hassle").same_run(m)
+    assert CompressRequest("smollm2-135m", CFG, "sparsegpt").same_run({**m, "method": "sparsegpt"})
 
 
 def test_a_run_records_it_and_uses_it():
@@ -241,6 +254,9 @@ def test_a_run_records_it_and_uses_it():
         model = tiny_llama(layers=1)
         runs[lam] = compress_model(model, data, CFG.replace(shrink=lam, rank_ratio=0.0), method="sparsegpt")
         assert runs[lam].config.shrink == lam
+    # no setting: the run records the value it used
+    assert compress_model(tiny_llama(layers=1), data, CFG, method="hassle").config.shrink == registry.get(
+        "hassle").default_shrink
     from oats.runs.folders import manifest_dict
     assert manifest_dict(runs[0.5], complete=True)["config"]["shrink"] == 0.5
     q0, q5 = (runs[lam].factors("0.q")["sparse"] for lam in (0.0, 0.5))

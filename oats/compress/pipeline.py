@@ -238,8 +238,10 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
-    config = config or OatsConfig()
-    registry.get(method).decompose_config(config)  # validates the method and its settings before any work
+    record = registry.get(method)
+    # the settings left to the method filled in (the run records what it really used)
+    config = record.resolved(config or OatsConfig())
+    record.decompose_config(config)  # validates the method and its settings before any work
     owl = parse_allocation(allocation)
     if owl is not None and block_rates is not None:
         raise ConfigError("give either block_rates or an allocation, not both")

@@ -79,6 +79,8 @@ class Method:
     uses_shrink: bool = False
     """Solves with the shrunk Gram H_lambda = (1 - lambda) H + lambda diag(H) (``config.shrink``
     shapes its result: part of its runs' identity and folder name; ignored for the others)."""
+    default_shrink: float = 0.0
+    """The Gram shrinkage it uses when ``config.shrink`` is None (only if ``uses_shrink``)."""
     thresholding: bool = False
     """Its result is OATS's alternating thresholding on the scaled weight (``decompose``), which
     the app's Walkthrough replays layer by layer from a run's weights and second moments."""
@@ -105,6 +107,22 @@ class Method:
         """Whether it scales the weights by the inputs (D = sqrt of the second moments)."""
         return self.statistics != "none"
 
+    def shrink(self, config) -> float:
+        """The Gram shrinkage lambda a run of this method with ``config`` uses (0 for a method
+        that reads no Gram)."""
+        if not self.uses_shrink:
+            return 0.0
+        value = getattr(config, "shrink", None)
+        return float(self.default_shrink if value is None else value)
+
+    def resolved(self, config):
+        """``config`` with the settings left to the method (``shrink`` None) filled in as it runs
+        them: what a run records, so that a later change of a default cannot change what a
+        recorded run means."""
+        if self.uses_shrink and config.shrink is None:
+            return config.replace(shrink=self.shrink(config))
+        return config
+
     @property
     def two_terms(self) -> bool:
         """Whether its runs have both a sparse and a low-rank term worth looking at apart."""
@@ -121,6 +139,8 @@ class Method:
         if self.compress is None:
             raise ValueError(f"method {self.name!r} has no compress function: register it with @register(...)")
         dconfig = self.decompose_config(config)
+        if self.uses_shrink:
+            dconfig = dconfig.replace(shrink=self.shrink(config))
         moments = list(second_moments) if self.scaled else [None] * len(weights)
         return list(self.compress(list(weights), moments, list(grams), dconfig, device))
 
@@ -172,6 +192,12 @@ def used_rank_ratio(name: str, config) -> float:
     """The rank ratio a run of method ``name`` really used (0 for a method not registered here)."""
     method = find(name)
     return method.rank_ratio(config) if method is not None else 0.0
+
+
+def used_shrink(name: str, config) -> float:
+    """The Gram shrinkage a run of method ``name`` really used (0 for a method not registered here)."""
+    method = find(name)
+    return method.shrink(config) if method is not None else 0.0
 
 
 def run_modes(name: str) -> tuple[str, ...]:

@@ -186,7 +186,7 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
     w0 = w.clone()
     # An input that never fires: its weights do nothing, so they score 0 and are pruned first.
     w[:, torch.diagonal(gram).to(dev) <= 0] = 0.0
-    u_chol = _inverse_cholesky(shrunk_gram(gram.to(dev), cfg.shrink), percdamp).to(torch.float32)
+    u_chol = _inverse_cholesky(shrunk_gram(gram.to(dev), cfg.shrink or 0.0), percdamp).to(torch.float32)
 
     nm = cfg.nm
     if nm is not None:

@@ -16,30 +16,11 @@ from oats.compress.allocation import Owl
 from oats.config import OatsConfig
 from oats.errors import ConfigError, OatsError
 from oats.methods import registry
+from oats.runs.info import data_kind, recorded_domain
 
 ITERATIVE_FIELDS = ("rank_ratio", "iterations", "solver")
 """Config fields that change the result only for a method whose record is ``iterative`` (OATS);
 for the others compression rate and sparsity pattern decide it."""
-
-
-LEGACY_DOMAINS = {"text": "manual", "images": "photos"}
-"""The built-in data a run recorded before calibration domains existed was calibrated on: the
-Python manual (text models) or the bundled photos (vision models). Such a run is never taken
-for a run of the default mix."""
-
-
-def data_kind(model: str, task: str | None = None) -> str | None:
-    """"text" or "images": the built-in data a model (or a loaded model's ``task``) takes;
-    None when the name alone does not say (a hub id or a local folder before it loads)."""
-    if task is not None:
-        return "images" if task == "vision" else "text"
-    from oats.models.presets import PRESETS
-    preset = PRESETS.get(model)
-    if preset is not None:
-        return "images" if preset.task == "vision" else "text"
-    if str(model).strip().startswith("timm:"):
-        return "images"
-    return None
 
 
 def check_calib_domain(name: str | None, kind: str | None) -> str:
@@ -58,11 +39,6 @@ def check_calib_domain(name: str | None, kind: str | None) -> str:
     if name not in names:
         raise ConfigError(f"unknown calibration domain {name!r}: choose {corpora.MIX} or one of {', '.join(names)}")
     return name
-
-
-def legacy_domain(model: str, task: str | None = None) -> str:
-    """The calibration domain of a run whose manifest does not record one (``LEGACY_DOMAINS``)."""
-    return LEGACY_DOMAINS[data_kind(model, task) or "text"]
 
 
 def slug(s: str) -> str:
@@ -148,8 +124,9 @@ class CompressRequest:
         or non-default eps / tol, add a short hash of themselves.
 
         Folders named before calibration domains existed have no data tag and hold runs
-        calibrated on the Python manual alone (``LEGACY_DOMAINS``): no name this method gives
-        with the built-in data is one of theirs, so a new run never lands in an old folder.
+        calibrated on the Python manual alone (``oats.runs.info.LEGACY_DOMAINS``): no name this
+        method gives with the built-in data is one of theirs, so a new run never lands in an old
+        folder.
         """
         c = self.config
         model = slug(self.model) or "model"
@@ -161,8 +138,9 @@ class CompressRequest:
             parts.append(f"it{c.iterations}")
         if iterative and c.solver != OatsConfig().solver:
             parts.append(c.solver)
-        if self._reads_shrink() and c.shrink != OatsConfig().shrink:
-            parts.append(f"sh{c.shrink:g}")
+        method = registry.find(self.method)
+        if method is not None and method.uses_shrink and method.shrink(c) != method.default_shrink:
+            parts.append(f"sh{method.shrink(c):g}")
         if self.allocation is not None:
             parts.append(f"owl{self.allocation.lam:g}m{self.allocation.threshold:g}")
         if self.calib_samples is not None or self.seq_len is not None or self.seed:
@@ -191,6 +169,9 @@ class CompressRequest:
     def identity(self) -> tuple:
         """What decides the result: two requests with equal identities make the same run."""
         c = self.config
+        method = registry.find(self.method)
+        if method is not None:
+            c = method.resolved(c)  # shrink None and the method's default are the same run
         ignored = (() if self._iterative() else ITERATIVE_FIELDS) + (() if self._reads_shrink() else ("shrink",))
         cfg = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ignored))
         alloc = None if self.allocation is None else (self.allocation.lam, self.allocation.threshold)
@@ -232,18 +213,14 @@ def request_from_manifest(manifest: dict, **options) -> CompressRequest:
     ``options``: the fields a manifest does not record (device, generic, trust_remote_code,
     evaluate). A manifest written before calibration domains existed (no "domain" in its
     calibration request) was calibrated on the Python manual, or the bundled photos for a
-    vision model: its request names that domain (``legacy_domain``), never the mix.
+    vision model: its request names that domain (``oats.runs.info.recorded_domain``), never
+    the mix.
     """
     cal = manifest.get("calibration_request") or {}
     alloc = manifest.get("allocation") or {}
-    domain = cal["domain"] if "domain" in cal else legacy_domain(manifest["model_name"], _task(manifest))
+    domain = recorded_domain(manifest)
     return CompressRequest(model=manifest["model_name"], config=OatsConfig.from_dict(manifest["config"]),
                            method=manifest["method"], allocation=_owl(alloc) if alloc.get("name") == "owl" else None,
                            calib_source=cal.get("source"), calib_domain=None if cal.get("source") else domain,
                            calib_samples=cal.get("samples"),
                            seq_len=cal.get("seq_len"), seed=cal.get("seed") or 0, **options)
-
-
-def _task(manifest: dict) -> str | None:
-    task = manifest.get("task")
-    return task if isinstance(task, str) else None
