@@ -115,6 +115,13 @@ def new_compression() -> None:
                                              "once the error stops improving).")
             solver = b.selectbox("Solver", ["fast", "exact"],
                                  help="exact: a full SVD every iteration (Algorithm 1).")
+        shrink = None  # the method's own default
+        if record is not None and record.uses_shrink:
+            shrink = a.slider("Gram shrinkage λ", 0.0, 1.0, float(record.default_shrink), 0.05,
+                              key=f"shrink-{method}",
+                              help="Solve with (1 − λ) H + λ diag(H) instead of the calibration inputs' Gram H: "
+                                   "0 trusts their correlations fully, 1 keeps only their second moments (OATS's "
+                                   f"scaling). This method's default: {record.default_shrink:g}.")
     kind = data_kind(model, presets[choice]["task"] if choice in presets else None)  # None: not known yet
     c3, c4 = st.columns([2, 3])
     with c3:
@@ -149,7 +156,7 @@ def new_compression() -> None:
     # The library's own checks, in the CLI's order, before a job starts: one line, nothing lost.
     try:
         config = OatsConfig(compression=rho, rank_ratio=kappa, iterations=int(iterations),
-                            sparsity=nm if sparsity == "N:M" else sparsity, solver=solver)
+                            sparsity=nm if sparsity == "N:M" else sparsity, solver=solver, shrink=shrink)
         check_model_name(model)
         if source_kind != "built-in":
             if source is not None and not isinstance(source, str):
@@ -307,6 +314,8 @@ def summary() -> None:
     kappa = f"κ = {info.rank_ratio:g} · " if record is not None and record.uses_rank_ratio else ""
     solver = (f" · {cfg.solver} solver, ≤ {cfg.iterations} iterations" if record is not None and record.iterative
               else "")
+    if record is not None and record.uses_shrink:
+        solver += f" · Gram shrinkage λ = {record.shrink(cfg):g}"
     st.caption(f"{esc(info.model_name)} · {esc(info.method)} · ρ = {cfg.compression:g} (effective "
                f"{info.effective_compression:.3f}) · {kappa}{cfg.sparsity}{solver} · "
                f"calibrated on {esc(info.calibrated_on())}")

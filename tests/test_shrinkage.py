@@ -266,3 +266,38 @@ def test_a_run_records_it_and_uses_it():
 def test_the_cli_rejects_it_in_one_line(capsys):
     assert_cli_fails(["compress", "smollm2-135m", "--method", "hassle", "--shrink", "1.5"], "shrink", capsys)
     assert_cli_fails(["sweep", "smollm2-135m", "--methods", "hassle", "--shrink", "-1"], "shrink", capsys)
+
+
+def test_the_compress_form_offers_shrinkage_only_to_its_readers(tmp_path, monkeypatch):
+    """A method that reads the Gram gets a λ slider at its own default; the request carries the
+    value; a method that reads none gets no slider."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from oats.errors import RunError
+    from oats.runner.jobs import RUNNER
+    started = []
+
+    def start(request, *a, **k):
+        started.append(request)
+        raise RunError("stopped by the test")
+
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(RUNNER, "start", start)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.run()
+    [s for s in at.selectbox if s.label == "Model"][0].set_value("minilm-l6").run()
+
+    def sliders():
+        return [s for s in at.slider if s.label == "Gram shrinkage λ"]
+
+    assert not sliders()  # OATS reads no Gram
+    for method in ("hassle", "sparsegpt"):
+        [s for s in at.selectbox if s.label == "Method"][0].set_value(method).run()
+        (lam,) = sliders()
+        assert lam.value == pytest.approx(registry.get(method).default_shrink)
+    lam.set_value(0.5).run()
+    [b for b in at.button if b.label == "Compress"][0].click().run()
+    assert started[-1].method == "sparsegpt" and started[-1].config.shrink == pytest.approx(0.5)
+    assert started[-1].folder_name().endswith("-sh0.5-mix")
