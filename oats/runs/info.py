@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from oats import untrusted
+from oats import corpora, untrusted
 from oats.config import OatsConfig
 from oats.errors import ConfigError, RunError
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.methods.registry import BUDGET_NOTES, used_rank_ratio
 from oats.models.guard import MAX_DIMENSION
+from oats.models.presets import PRESETS
 
 FORMAT = 1
 """The manifest format this code writes."""
@@ -39,6 +40,46 @@ _KNOWN = frozenset(("format", "complete", "model_name", "family", "method", "con
                     "budget_note", "block_rates", "allocation", "created", "versions", "calibration", "timings",
                     "params", "blocks_done", "blocks", "layers", "modules", "calibration_request",
                     "model_source", "task", "sweep"))
+
+
+LEGACY_DOMAINS = {"text": "manual", "images": "photos"}
+"""The built-in data a run recorded before calibration domains existed was calibrated on: the
+Python manual (text models) or the bundled photos (vision models). Such a run is never taken
+for a run of the default mix."""
+
+
+def data_kind(model: str, task: str | None = None) -> str | None:
+    """"text" or "images": the built-in data a model (or a loaded model's ``task``) takes;
+    None when the name alone does not say (a hub id or a local folder before it loads)."""
+    if task is not None:
+        return "images" if task == "vision" else "text"
+    preset = PRESETS.get(model)
+    if preset is not None:
+        return "images" if preset.task == "vision" else "text"
+    if str(model).strip().startswith("timm:"):
+        return "images"
+    return None
+
+
+def legacy_domain(model: str, task: str | None = None) -> str:
+    """The calibration domain of a run whose manifest does not record one (``LEGACY_DOMAINS``)."""
+    return LEGACY_DOMAINS[data_kind(model, task) or "text"]
+
+
+def recorded_domain(manifest: dict) -> str | None:
+    """The built-in data a manifest says its run was calibrated on: "mix" (the default) or one
+    domain of ``oats.corpora``; None for the user's own data (a calibration ``source``). A
+    manifest written before calibration domains existed (no "domain" in its calibration
+    request) says the legacy domain (``legacy_domain``), never the mix."""
+    cal = manifest.get("calibration_request") or {}
+    if not isinstance(cal, dict):
+        return None
+    if cal.get("source"):
+        return None
+    task = manifest.get("task")
+    domain = cal["domain"] if "domain" in cal else legacy_domain(manifest.get("model_name"),
+                                                                   task if isinstance(task, str) else None)
+    return corpora.MIX if domain is None else domain
 
 
 def _versions() -> dict:
@@ -114,10 +155,9 @@ class RunInfo:
     def calibration_domain(self) -> str | None:
         """The built-in data the run was calibrated on: "mix" or one domain of ``oats.corpora``;
         None for the user's own data. A manifest from before calibration domains were recorded
-        says the legacy domain (``oats.runner.request.legacy_domain``: the Python manual)."""
-        from oats.runner.request import request_from_manifest
+        says the legacy domain (``legacy_domain``: the Python manual)."""
         try:
-            return request_from_manifest(self.to_manifest()).domain
+            return recorded_domain(self.to_manifest())
         except (ConfigError, ValueError, TypeError, KeyError, AttributeError):
             return None
 
@@ -125,7 +165,6 @@ class RunInfo:
         """What the run was calibrated on, in words: "mix of manual, code, verse, speeches,
         4,096 tokens", "verse, 4,096 tokens", "your data 'notes.txt', 2,048 tokens",
         "mix of photos, drawings, textures, 64 images (16,448 tokens)"."""
-        from oats import corpora
         cal = self.calibration
         source = (self.calibration_request or {}).get("source") or cal.get("source")
         domain = self.calibration_domain
