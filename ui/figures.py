@@ -328,7 +328,7 @@ def outlier_counts_figure(rows: list[dict], threshold: float) -> go.Figure:
 def column_figure(cs: ColumnShares, threshold: float) -> go.Figure:
     """Per input channel of one matrix: D, column norm of W, and the sparse vs low-rank share."""
     x = np.arange(len(cs.scale))
-    out = cs.ratio > threshold
+    out = cs.outliers(threshold)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=("input scale D_j = RMS of x_j", "column norm ‖W[:, j]‖",
                                         "share of the column's kept scaled energy: sparse vs low-rank"))

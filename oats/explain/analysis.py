@@ -247,20 +247,33 @@ def second_moments_by_input(run) -> SecondMomentsByInput:
 
 
 def outlier_ratio(m2) -> np.ndarray:
-    """Each channel's RMS input over the median channel's: sqrt(m2_j) / median_k sqrt(m2_k)."""
+    """Each channel's RMS input over the median channel's: sqrt(m2_j) / median_k sqrt(m2_k).
+
+    The one definition every outlier count of the project uses (``outliers``): float64 from
+    the recorded second moments (fp32 in memory and in the run folder alike), and the median
+    of an even number of channels is the mean of the two middle ones (numpy's; ``torch.median``
+    would take the lower one, and a channel near the threshold then counts on one side only)."""
     rms = np.sqrt(np.maximum(np.asarray(m2, dtype=np.float64), 0.0))
-    med = np.median(rms)
+    med = np.median(rms) if rms.size else 0.0
     return rms / med if med > 0 else np.zeros_like(rms)
+
+
+def outliers(ratio, threshold: float) -> np.ndarray:
+    """Which channels are outliers: the boolean mask of ``ratio`` (``outlier_ratio``) strictly
+    above ``threshold``. The one place that decides it: the outlier table, the per-channel
+    table, a layer's column shares and their charts all ask here."""
+    if not threshold > 0:
+        raise ValueError("threshold must be positive (a multiple of the median RMS input)")
+    return np.asarray(ratio, dtype=np.float64) > float(threshold)
 
 
 def outlier_table(moments: SecondMomentsByInput, threshold: float) -> list[dict]:
     """Per input row: how many channels have an RMS above ``threshold`` x the median, which."""
-    if threshold <= 0:
-        raise ValueError("threshold must be positive (a multiple of the median RMS input)")
+    outliers(np.zeros(0), threshold)  # a bad threshold fails even without rows
     out = []
     for label, quals, v in zip(moments.labels, moments.qualnames, moments.m2):
         ratio = outlier_ratio(v)
-        idx = np.nonzero(ratio > threshold)[0]
+        idx = np.nonzero(outliers(ratio, threshold))[0]
         idx = idx[np.argsort(-ratio[idx])]
         out.append({"input": label, "block": int(label.split(".")[0]), "width": len(v),
                     "outliers": int(idx.size), "max_ratio": float(ratio.max()) if ratio.size else 0.0,
@@ -276,7 +289,7 @@ def outlier_channels(moments: SecondMomentsByInput, threshold: float) -> list[di
     agg: dict[tuple[int, int], dict] = {}
     for label, v in zip(moments.labels, moments.m2):
         ratio = outlier_ratio(v)
-        for j in np.nonzero(ratio > threshold)[0]:
+        for j in np.nonzero(outliers(ratio, threshold))[0]:
             row = agg.setdefault((len(v), int(j)), {"width": len(v), "channel": int(j), "inputs": 0,
                                                     "max_ratio": 0.0, "first": label})
             row["inputs"] += 1
@@ -291,7 +304,9 @@ class ColumnShares:
     scale = D_j; weight_norm = ||W[:, j]||; energy = ||(W D)[:, j]||^2;
     sparse_energy = ||S[:, j]||^2 and lowrank_energy = ||L[:, j]||^2 (scaled terms);
     sparse_share = sparse_energy / (sparse_energy + lowrank_energy), the share of what the
-    two terms hold in that column that sits in the sparse term; ratio = D_j / median(D).
+    two terms hold in that column that sits in the sparse term; ratio = the channel's RMS input
+    over the median channel's (``outlier_ratio`` of the recorded second moments: the numbers the
+    outlier table counts, so a layer's count here is that table's).
     """
 
     qualname: str
@@ -304,9 +319,13 @@ class ColumnShares:
     ratio: np.ndarray
     kept_per_column: np.ndarray  # non-zeros of the sparse term in each column
 
+    def outliers(self, threshold: float) -> np.ndarray:
+        """The outlier channels' mask (``outliers``: ratio above ``threshold``)."""
+        return outliers(self.ratio, threshold)
+
     def summary(self, threshold: float) -> dict:
         """Mean sparse share over outlier channels (ratio > threshold) vs all other channels."""
-        out = self.ratio > threshold
+        out = self.outliers(threshold)
         return {"outlier_channels": int(out.sum()),
                 "sparse_share_outliers": float(self.sparse_share[out].mean()) if out.any() else float("nan"),
                 "sparse_share_others": float(self.sparse_share[~out].mean()) if (~out).any() else float("nan"),
@@ -329,9 +348,10 @@ def column_shares(run, qualname: str) -> ColumnShares:
     le = t["L"].double().square().sum(0).numpy()
     both = se + le
     share = np.divide(se, both, out=np.zeros_like(se), where=both > 0)
-    med = np.median(d)
+    m2 = (run.second_moments or {}).get(qualname)
+    ratio = outlier_ratio(d ** 2 if m2 is None else m2.detach().cpu().numpy())  # no statistics: D = 1, ratio 1
     return ColumnShares(qualname, d, t["W"].double().norm(dim=0).numpy(), t["A"].double().square().sum(0).numpy(),
-                        se, le, share, d / med if med > 0 else np.zeros_like(d),
+                        se, le, share, ratio,
                         (t["S"] != 0).sum(0).numpy().astype(np.int64))
 
 
