@@ -13,6 +13,7 @@ from oats.data import bundled_images, evaluation_sentences
 from oats.errors import OatsError
 from oats.explain import heads, vit
 from oats.explain import text as text_explain
+from oats.methods import registry
 
 
 @st.cache_data(max_entries=12, show_spinner="Running the input through the dense model and its three variants ...")
@@ -25,8 +26,9 @@ def head_view(path: str, mtime: float, text: str | None, photo: str | None, _run
 @st.cache_data(max_entries=24, show_spinner=False)
 def text_explanation(path: str, mtime: float, text: str, second: str | None, steps: int, with_ig: bool,
                      _run) -> text_explain.TextExplanation:
-    with MODEL_LOCK:
-        return text_explain.explain_text(_run, text, second, steps=steps, attributions=with_ig)
+    with MODEL_LOCK:  # steps double for a variant whose attributions miss completeness (to IG_MAX_STEPS)
+        return text_explain.explain_text(_run, text, second, steps=steps, attributions=with_ig,
+                                         max_steps=max(steps, text_explain.IG_MAX_STEPS))
 
 
 st.title("Heads")
@@ -96,8 +98,10 @@ if not vision:
                                key="heads_second", max_chars=400)
     c1, c2 = st.columns([3, 1])
     steps = c1.select_slider("Integrated Gradients steps", options=[8, 16, 32, 64], value=16, key="heads_ig_steps",
-                             help="Points on the path from the baseline; the table below reports how far the "
-                                  "attributions are from summing to f(text) − f(baseline).")
+                             help="Points on the path from the baseline, at first. A model whose attributions miss "
+                                  "summing to f(text) − f(baseline) by more than a tenth of it gets twice as many, "
+                                  f"up to {text_explain.IG_MAX_STEPS}, while that halves the gap; the table below "
+                                  "gives each model's steps and the gap left (captum's delta).")
     c2.write("")
     asked = c2.button("Compute attributions", type="primary", key="heads_ig_go")
     done_key = f"heads-ig::{path}::{mtime}::{text}::{second}::{steps}"
@@ -112,19 +116,28 @@ if not vision:
         st.stop()
     if not with_ig:
         st.info(f"Attention rollout is below. Integrated gradients take {steps} forward and backward passes per "
-                f"model, four models: press **Compute attributions**. Results are kept for this run and text.")
+                f"model (more, up to {text_explain.IG_MAX_STEPS}, for a model they are not complete for), "
+                f"{len(registry.run_variants(run))} models: press **Compute attributions**. Results are kept for this "
+                "run and text.")
     st.caption(f"Target: {esc(ex.target)}.")
     chart(token_maps_figure(ex), key="heads-tokens")
     if ex.attributions:
         bad = text_explain.incomplete(ex)
         if bad:
-            st.warning("Integrated gradients miss completeness for " + ", ".join(view.labels[m] for m in bad)
+            st.warning("Integrated gradients miss completeness for "
+                       + ", ".join(f"{view.labels[m]} (at {ex.steps_used.get(m, ex.steps)} steps)" for m in bad)
                        + ": their sum is more than a tenth of f(text) − f(baseline) away from it (captum's delta, "
-                       "below). The model's output jumps along the straight path from the baseline, so more steps "
-                       "help little; read those rows with care, and lean on the token ablation row, which needs no "
-                       "path.")
+                       f"below), after doubling the steps while that halved the gap (up to {text_explain.IG_MAX_STEPS})."
+                       " The model's output jumps along the straight path from the baseline, so more steps help "
+                       "little; read those rows with care, and lean on the token ablation row, which needs no path.")
+        more = [m for m in ex.attributions if ex.steps_used.get(m, ex.steps) > ex.steps]
+        if more:
+            st.caption(f"Integrated gradients took more than {ex.steps} steps for "
+                       + ", ".join(f"{view.labels[m]} ({ex.steps_used[m]})" for m in more)
+                       + f": at {ex.steps} their sum missed f(text) − f(baseline) by more than a tenth of it.")
         table([{"model": view.labels[m], "f(text)": ex.value[m][0], "f(baseline)": ex.value[m][1],
-                "sum of attributions": float(ex.attributions[m].sum()), "captum delta": ex.delta[m]}
+                "sum of attributions": float(ex.attributions[m].sum()), "captum delta": ex.delta[m],
+                "steps": ex.steps_used.get(m, ex.steps)}
                for m in ex.attributions], f"ig-completeness-{run.model_name}", key="csv-ig-complete")
     st.subheader("Overlap between the maps")
     st.caption("Spearman rank correlation of the per-token values and the intersection over union of the top-k "

@@ -453,6 +453,15 @@ def test_heads_page(app, main_run):
     np.testing.assert_allclose(complete["sum of attributions"] - (complete["f(text)"] - complete["f(baseline)"]),
                                complete["captum delta"], atol=1e-4)
     assert (complete["captum delta"].abs() < 0.1 * (complete["f(text)"] - complete["f(baseline)"]).abs() + 1e-3).all()
+    # the page took the steps completeness needed: the slider's 16 at least, more only where 16 missed it
+    from oats.explain import text as text_explain
+    steps = dict(zip(complete["model"], complete["steps"]))
+    assert all(16 <= n <= text_explain.IG_MAX_STEPS for n in steps.values())
+    at16 = text_explain.explain_text(main_run, "The river froze early that winter.",
+                                     app.text_input(key="heads_second").value, steps=16)
+    short = {view.labels[m] for m in text_explain.incomplete(at16)}
+    assert {m for m, n in steps.items() if n > 16} == short
+    assert not [w for w in app.warning if "miss completeness" in w.value]
     overlap = next(d.value for d in app.dataframe if "topk_iou" in d.value.columns)
     assert len(overlap) == 3 * 6  # three kinds of map, six pairs of models
     app.text_input(key="heads_text").set_value("   ").run()

@@ -209,3 +209,28 @@ def test_a_one_term_run_has_no_single_term_variants(llama_run):
         "Median Jensen-Shannon divergence of a head to its dense self (bits): compressed (sparse) ")
     # the OATS run itself still has all four
     assert list(heads.explain_heads(llama_run, text="a b c d e f").maps) == ["dense", "both", "sparse", "lowrank"]
+
+
+def test_integrated_gradients_double_their_steps_until_complete(llama_run):
+    """With max_steps, a variant whose attributions miss completeness at the steps asked for gets
+    twice as many (up to max_steps); a complete one keeps its steps and its numbers."""
+    run = llama_run
+    run.loaded = types.SimpleNamespace(name="tiny", tokenizer=_SpecialTokenizer(), task="causal-lm")
+    few = text_explain.explain_text(run, "a b c d e f", steps=2)
+    assert set(few.steps_used.values()) == {2}
+    short = text_explain.incomplete(few)
+    assert short, {m: (few.delta[m], few.value[m]) for m in few.delta}  # two points on the path are too few
+    more = text_explain.explain_text(run, "a b c d e f", steps=2, max_steps=64)
+    assert more.steps == 2
+    for mode in few.delta:
+        n = more.steps_used[mode]
+        if mode in short:
+            assert n > 2 and (text_explain.complete(more.delta[mode], *more.value[mode]) or n == 64)
+            assert abs(more.delta[mode]) < abs(few.delta[mode])
+        else:
+            assert n == 2 and more.delta[mode] == pytest.approx(few.delta[mode], abs=1e-7)
+    assert text_explain.incomplete(more) == [m for m in short if more.steps_used[m] == 64]
+    # the rule itself: within a tenth of f(text) - f(baseline)
+    assert text_explain.complete(0.1, 1.0, 0.0) and not text_explain.complete(0.11, 1.0, 0.0)
+    with pytest.raises(ConfigError, match="at least 4"):
+        text_explain.explain_text(run, "a b c", steps=4, max_steps=2)

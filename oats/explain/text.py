@@ -20,7 +20,12 @@ Two maps per variant, one value per token:
   convergence delta (kept per variant). On SmolLM2 the model's output along that straight
   path jumps (measured on one sentence: f between -7.4 and -1.2 over 32 points, f(text) -
   f(baseline) = 1.2), so the delta stays large even at 128 steps (14): the page says so
-  whenever |delta| exceeds a tenth of f(text) - f(baseline);
+  whenever |delta| exceeds a tenth of f(text) - f(baseline) (``incomplete``). Where the path
+  is smooth, a target that barely moves (f(text) - f(baseline) of a few thousandths, as
+  MiniLM's similarity to an unrelated second sentence) needs more steps than 16 to meet that
+  tolerance: with ``max_steps`` the steps double for each variant until its attributions
+  are complete, until ``max_steps``, or until doubling stops halving the delta (a jumping
+  path), and ``steps_used`` says how many each variant took;
 - **token ablation** (captum's ``FeatureAblation``): f(text) - f(text with that one token
   replaced by the baseline's token), one forward pass per token, no path and no delta: the
   check on the integrated gradients that needs no convergence.
@@ -44,6 +49,12 @@ from oats.methods import registry
 
 TASKS = ("causal-lm", "encoder")
 IG_STEPS = 16
+IG_MAX_STEPS = 128
+"""The most steps the Heads page lets integrated gradients double to (``explain_text``'s
+``max_steps``) for a variant whose attributions miss completeness."""
+COMPLETENESS_SHARE = 0.1
+"""Integrated gradients are complete when captum's |delta| is at most this share of
+|f(text) - f(baseline)| (plus 1e-6 for a target that does not move)."""
 
 
 @dataclass
@@ -65,6 +76,10 @@ class TextExplanation:
     value: dict[str, tuple[float, float]] = field(default_factory=dict)
     """mode -> (f(text), f(baseline))."""
     steps: int = IG_STEPS
+    """The steps asked for (the first try of every variant)."""
+    steps_used: dict[str, int] = field(default_factory=dict)
+    """mode -> the steps its attributions (and ``delta``) were computed with: ``steps``, or more
+    where ``max_steps`` let them double towards completeness."""
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -118,11 +133,17 @@ def _forward_fn(model: nn.Module, task: str, reference):
 
 
 def explain_text(run, text: str, second: str | None = None, *, modes=None, steps: int = IG_STEPS,
-                 attributions: bool = True) -> TextExplanation:
+                 attributions: bool = True, max_steps: int | None = None) -> TextExplanation:
     """Rollout (and, with ``attributions``, integrated gradients) of ``text`` for each variant
     of a language-model run. ``second``: the sentence a sentence encoder's similarity is
     measured to. ``modes``: by default the variants the run has
-    (``oats.methods.registry.run_variants``). The run's modes are restored afterwards."""
+    (``oats.methods.registry.run_variants``). The run's modes are restored afterwards.
+
+    ``steps``: the integrated gradients' points on the path. ``max_steps``: where a variant's
+    attributions miss completeness (``complete``) at ``steps``, double them, up to
+    ``max_steps``, until they are complete or doubling no longer halves captum's delta (the
+    output jumps along the path: more steps would not help); ``steps_used`` records the steps
+    of each variant. None: ``steps`` only."""
     from captum.attr import FeatureAblation, LayerIntegratedGradients
 
     loaded = getattr(run, "loaded", None)
@@ -132,6 +153,10 @@ def explain_text(run, text: str, second: str | None = None, *, modes=None, steps
                                     f"not a {task or 'unknown'} model: the ViT attention page explains vision runs")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
         raise ConfigError(f"Integrated Gradients steps must be a whole number of at least 2, got {steps!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
+                                  or max_steps < steps):
+        raise ConfigError(f"the most Integrated Gradients steps must be a whole number of at least {steps}, "
+                          f"got {max_steps!r}")
     modes = [m for m in MODES if m in (registry.run_variants(run) if modes is None else modes)]
     if "dense" not in modes:
         raise ConfigError(f"modes must include dense and be among {', '.join(MODES)}")
@@ -161,13 +186,22 @@ def explain_text(run, text: str, second: str | None = None, *, modes=None, steps
             if attributions:
                 f = _forward_fn(model, task, reference)
                 lig = LayerIntegratedGradients(f, emb)
-                with torch.enable_grad():
-                    attr, delta = lig.attribute(ids, baselines=base, additional_forward_args=(mask,),
-                                                n_steps=int(steps), return_convergence_delta=True)
                 with torch.no_grad():
-                    out.value[mode] = (float(f(ids, mask)[0]), float(f(base, mask)[0]))
+                    fx, fb = float(f(ids, mask)[0]), float(f(base, mask)[0])
+                out.value[mode] = (fx, fb)
+                n, before = int(steps), None
+                while True:
+                    with torch.enable_grad():
+                        attr, delta = lig.attribute(ids, baselines=base, additional_forward_args=(mask,),
+                                                    n_steps=n, return_convergence_delta=True)
+                    d = float(delta[0])
+                    if (complete(d, fx, fb) or max_steps is None or 2 * n > max_steps
+                            or (before is not None and abs(d) > 0.5 * abs(before))):
+                        break
+                    n, before = 2 * n, d
                 out.attributions[mode] = attr[0].sum(-1).detach().float().numpy()
-                out.delta[mode] = float(delta[0])
+                out.delta[mode] = d
+                out.steps_used[mode] = n
                 with torch.no_grad():
                     abl = FeatureAblation(f).attribute(ids, baselines=base, additional_forward_args=(mask,),
                                                        perturbations_per_eval=8)
@@ -186,10 +220,17 @@ def overlap_maps(ex: TextExplanation) -> dict[str, dict[str, np.ndarray]]:
     return maps
 
 
-def incomplete(ex: TextExplanation, share: float = 0.1) -> list[str]:
+def complete(delta: float, f_text: float, f_baseline: float, share: float = COMPLETENESS_SHARE) -> bool:
+    """Whether attributions with captum's ``delta`` sum to f(text) - f(baseline) within
+    ``share`` of it (and 1e-6): the one completeness rule of the explanation and the page."""
+    return abs(delta) <= share * abs(f_text - f_baseline) + 1e-6
+
+
+def incomplete(ex: TextExplanation, share: float = COMPLETENESS_SHARE) -> list[str]:
     """Modes whose integrated gradients miss completeness by more than ``share`` of
     |f(text) - f(baseline)| (captum's delta)."""
-    return [m for m, d in ex.delta.items() if abs(d) > share * abs(ex.value[m][0] - ex.value[m][1]) + 1e-6]
+    return [m for m, d in ex.delta.items() if not complete(d, *ex.value[m], share=share)]
 
 
-__all__ = ["MODE_LABELS", "TextExplanation", "baseline_ids", "explain_text", "incomplete", "overlap_maps", "text_rollout"]
+__all__ = ["COMPLETENESS_SHARE", "IG_MAX_STEPS", "MODE_LABELS", "TextExplanation", "baseline_ids", "complete",
+           "explain_text", "incomplete", "overlap_maps", "text_rollout"]
