@@ -18,7 +18,7 @@ from oats.compress import pipeline
 from oats.compress.pipeline import resolve_device
 from oats.compress.records import CompressionRun
 from oats.errors import OatsError, RunError
-from oats.evaluation import evaluate_run, run_modes
+from oats.evaluation import evaluate, run_modes
 from oats.models import zoo
 from oats.runner.request import CompressRequest, check_calib_domain, data_kind
 from oats.runs.evaluations import save_evaluation
@@ -189,12 +189,13 @@ def _compress(request: CompressRequest, loaded, batches, progress, writer, resum
 
 def evaluate_and_save(run: CompressionRun, folder: str | Path, quick: bool = False) -> str:
     """Evaluate the variants of ``run`` its method has (``run_modes``) and write
-    ``evaluation.json``; returns a note for the job message ("" on success)."""
+    ``evaluation.json`` with what it was measured on (the evaluation's settings: text or images,
+    domains, windows, sentences); returns a note for the job message ("" on success)."""
     try:
-        results = evaluate_run(run, run.loaded, modes=run_modes(run.method), quick=quick)
+        ev = evaluate(run, run.loaded, modes=run_modes(run.method), quick=quick)
     except OatsError as e:
         return f" (evaluation failed: {one_line(e)})"
-    save_evaluation(folder, results, quick)
+    save_evaluation(folder, ev.metrics, quick, settings=ev.settings)
     return ""
 
 
