@@ -5,10 +5,21 @@ import streamlit as st
 from ui.text import esc
 from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation, chart, current_path, current_run,
                        layer_budget, primary_metric, run_info, run_mtime, run_task, table)
-from oats.explain import analysis
-from ui import figures
+from oats.explain import analysis, quality
+from ui import evaluations, figures
 from oats.errors import OatsError
 from oats.methods import registry
+
+
+def _ablation_rows(rows: list[dict], metric: str) -> list[dict]:
+    """The ablation table: block and change, then the primary metric's mean and its value on each
+    domain (columns named after the domain), then the other metrics' means."""
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("block", "change")))
+    doms = quality.domains_of(rows, metric)
+    cols = quality.shown_metrics(keys, metric)
+    return [{"block": r["block"], "change": r["change"],
+             **{quality.column_label(c, bool(doms) and c == metric): r.get(c) for c in cols}} for r in rows]
+
 
 st.title("Error budget")
 st.caption("How far is each term alone, and both together, from the scaled weight W D — and what does each "
@@ -71,9 +82,13 @@ if run is not None:
     else:
         metric, higher = pm
         blocks = sorted({r.block for r in run.layers})
+        task = run_task(run_info(path))
+        settings = evaluations.quick_settings(path, mtime, run.loaded)
+        planned = quality.describe(settings, (settings or {}).get("domains") or (), task)
+        size = quality.size_note(settings)
         st.caption(f"Turn off the low-rank terms (sparse only) or the sparse terms (low-rank only) of one block, keep "
-                   f"every other block compressed, and measure {metric} on the quick evaluation set. "
-                   f"Each block takes a few seconds.")
+                   f"every other block compressed, and measure {metric} on the quick evaluation set: "
+                   f"{esc(planned)}" + (f" ({esc(size)})" if size else "") + ". Each block takes a few seconds.")
         done_key = f"ablated::{path}::{mtime}"
         done = st.session_state.setdefault(done_key, [])
         c1, c2 = st.columns([3, 1])
@@ -94,7 +109,21 @@ if run is not None:
             bar.empty()
         if done:
             res = ablation_reference(path, mtime) + [r for b in sorted(done) for r in block_ablation(path, mtime, b)]
-            chart(figures.ablation_figure(res, metric, higher), key="ablation")
-            table(res, "ablation", key="csv-ablation")
+            doms = quality.domains_of(res, metric)
+            chart(figures.ablation_figure(res, metric, higher, measured_on=evaluations.quick_measured_on(
+                settings, doms, task, mean=True)), key="ablation")
+            if doms:  # the same evaluations, each domain's held-out part apart: no extra cost
+                compressed = next(r for r in res if r["block"] is None and r["change"] == "compressed model")
+                names = [r["change"] if r["block"] is None else f"block {r['block']}: {r['change']}" for r in res]
+                chart(figures.domain_change_figure(
+                    names, res, [compressed] * len(res), metric, higher, doms, evaluations.titles(doms),
+                    f"Per-block ablation per domain: {metric}", "the compressed model",
+                    measured_on=evaluations.quick_measured_on(settings, doms, task)), key="ablation-domains")
+                how_to_read(f"The same measurements as the chart above, each domain's held-out part apart: one row per "
+                            f"model, the value of {esc(metric)} in each cell, coloured by how much worse it is than the "
+                            f"compressed model on that domain (red worse, blue better; in percent of the compressed "
+                            f"model's value). A block whose term matters for one kind of text and not another shows a "
+                            f"red cell in one column only. {esc(quality.mean_note(metric))}.")
+            table(_ablation_rows(res, metric), "ablation", key="csv-ablation")
         else:
             st.info("No block measured yet: pick blocks and press Measure.")

@@ -6,8 +6,8 @@ from ui.text import esc
 from ui.state import (how_to_read, ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
                       evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
                       second_moments_by_input, table)
-from oats.explain import analysis
-from ui import figures
+from oats.explain import analysis, quality
+from ui import evaluations, figures
 from oats.errors import OatsError
 
 st.title("Outliers")
@@ -134,11 +134,14 @@ if run is not None:
             values = None if how == "zero" else tuple(round(v, 6) for v in means)
             tokens = evaluation_tokens(path, mtime)
             seconds = activations.estimated_seconds(prof, tokens, 2)
+            task = run_task(run_info(path))
+            settings = evaluations.quick_settings(path, mtime, run.loaded)
+            planned = quality.describe(settings, (settings or {}).get("domains") or (), task)
             st.caption(f"Channels {', '.join(map(str, chans)) or '(none: k = 0 changes nothing)'} — the k largest of "
                        f"block {block}'s input in the dense model on this input — set to {how} at every token, in the "
-                       f"dense and in the compressed model. Cost: 2 quick evaluations ({tokens} tokens each), about "
-                       f"{seconds:.0f} s on this machine (estimated from the forward pass above), plus 2 for the "
-                       f"models without intervention the first time.")
+                       f"dense and in the compressed model. Cost: 2 quick evaluations ({tokens} tokens each, "
+                       f"{esc(planned)}), about {seconds:.0f} s on this machine (estimated from the forward pass "
+                       f"above), plus 2 for the models without intervention the first time.")
             done_key = f"intervened::{path}::{mtime}"
             done = st.session_state.setdefault(done_key, [])
             if st.button("Run the intervention", type="primary", icon=":material/science:", key="massive-go"):
@@ -159,13 +162,23 @@ if run is not None:
                 for b, ch_, vals in done:
                     label = f"block {b}: top {len(ch_)} → {'zero' if vals is None else 'mean'}"
                     rows += [{"intervention": label, **r} for r in channel_intervention(path, mtime, b, ch_, vals)]
-                chart(figures.intervention_figure(rows, metric, higher), key="massive-intervention")
+                doms = quality.domains_of(rows, metric)
+                chart(figures.intervention_figure(rows, metric, higher, measured_on=evaluations.quick_measured_on(
+                    settings, doms, task, mean=True)), key="massive-intervention")
+                if doms:  # the same evaluations, each domain's held-out part apart: no extra cost
+                    base_rows = {r["model"]: r for r in rows if r["intervention"] == "none"}
+                    chart(figures.domain_change_figure(
+                        [f"{r['intervention']} · {r['model']}" for r in rows], rows,
+                        [base_rows[r["model"]] for r in rows], metric, higher, doms, evaluations.titles(doms),
+                        f"Outlier-channel intervention per domain: {metric}", "the same model without intervention",
+                        measured_on=evaluations.quick_measured_on(settings, doms, task)),
+                        key="massive-intervention-domains")
                 base = {r["model"]: r[metric] for r in rows if r["intervention"] == "none"}
                 last = [r for r in rows if r["intervention"] != "none"][-2:]
                 drop = {r["model"]: activations.worsening(base[r["model"]], r[metric], higher) for r in last}
-                st.info(f"{last[0]['intervention']} (channels {', '.join(map(str, done[-1][1])) or 'none'}): {metric} "
-                        f"worsens by {drop['dense']:.4g} in the dense model and by {drop['compressed']:.4g} in the "
-                        f"compressed one — "
+                st.info(f"{last[0]['intervention']} (channels {', '.join(map(str, done[-1][1])) or 'none'}): {metric}"
+                        f"{' (mean over the domains)' if doms else ''} worsens by {drop['dense']:.4g} in the dense "
+                        f"model and by {drop['compressed']:.4g} in the compressed one — "
                         + ("the compressed model depends on these channels about as much as the dense one."
                            if abs(drop['compressed'] - drop['dense']) <= 0.25 * max(abs(drop['dense']), 1e-9) else
                            ("the compressed model depends on them more." if drop['compressed'] > drop['dense'] else

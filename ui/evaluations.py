@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from oats import corpora
+from oats.evaluation import Evaluator
 from oats.explain import analysis, quality
 from oats.runner.sweep import load_meta, load_results
 from ui.state import saved_evaluation
@@ -65,3 +66,30 @@ def ranking(table: dict, metric: str, higher_is_better: bool, label, head: tuple
         st.info(sentence, icon=":material/swap_vert:")
     elif sentence:
         st.caption(sentence)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def quick_settings(path: str, mtime: float, _loaded) -> dict | None:
+    """The settings of the quick evaluation the app measures ablations and interventions with
+    (``oats.evaluation.Evaluator(quick=True)``: the text or images, their domains, how many
+    windows or sentences); None when the run's model has no evaluation."""
+    try:
+        return dict(Evaluator(_loaded, quick=True).settings)
+    except Exception:  # noqa: BLE001 - no evaluation for this model: the label says it is not recorded
+        return None
+
+
+def quick_measured_on(settings: dict | None, domains, task: str | None = None, mean: bool = False) -> str:
+    """What a quick evaluation's numbers hold for, short enough for a chart's subtitle: "quick
+    evaluation, 32 sentences (up to 8 per domain), on held-out text of Python manual, Python code,
+    Shakespeare, State of the Union" (``quality.describe`` without domains: the user's text, or
+    that it is not recorded); ``mean``: the numbers are the mean over those domains, said first."""
+    doms = list(domains)
+    size = quality.size_note(settings)
+    if doms:
+        kind = "images" if quality.kind_of(doms, settings) == "images" or task == "vision" else "text"
+        what = f"held-out {kind} of " + ", ".join(corpora.title(d) for d in doms)
+    else:
+        what = quality.describe(settings, doms, task)
+    head = "mean over the domains; " if mean and doms else ""
+    return f"{head}quick evaluation" + (f", {size}," if size else "") + f" on {what}"

@@ -280,8 +280,10 @@ def token_channel_figure(prof, block: int) -> go.Figure:
                    height=min(900, max(380, 12 * len(prof.tokens) + 200)))
 
 
-def intervention_figure(rows: list[dict], metric: str, higher_is_better: bool) -> go.Figure:
-    """The metric of the dense and compressed model without and with each intervention."""
+def intervention_figure(rows: list[dict], metric: str, higher_is_better: bool,
+                        measured_on: str | None = None) -> go.Figure:
+    """The metric of the dense and compressed model without and with each intervention;
+    ``measured_on``, its subtitle, names the text or images the metric holds for."""
     fig = go.Figure()
     for model, color in (("dense", COLORS["dense"]), ("compressed", COLORS["both"])):
         sub = [r for r in rows if r["model"] == model and metric in r]
@@ -291,7 +293,7 @@ def intervention_figure(rows: list[dict], metric: str, higher_is_better: bool) -
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="intervention on a block's input", type="category")
     fig.update_yaxes(title_text=f"{metric} ({better})")
-    return _layout(fig, f"Outlier-channel intervention: {metric}", height=420)
+    return _layout(fig, f"Outlier-channel intervention: {metric}", height=420, subtitle=measured_on)
 
 
 # ----------------------------------------------------------------------------- outliers
@@ -422,8 +424,9 @@ def convergence_figure(histories: dict[str, dict], highlight: str | None = None)
     return fig
 
 
-def ablation_figure(rows: list[dict], metric: str, higher_is_better: bool) -> go.Figure:
-    """The metric with one block's sparse or low-rank terms off, against dense and compressed."""
+def ablation_figure(rows: list[dict], metric: str, higher_is_better: bool, measured_on: str | None = None) -> go.Figure:
+    """The metric with one block's sparse or low-rank terms off, against dense and compressed;
+    ``measured_on``, its subtitle, names the text or images the metric holds for."""
     ref = {r["change"]: r[metric] for r in rows if r["block"] is None and metric in r}
     blocks = [r for r in rows if r["block"] is not None and metric in r]
     fig = go.Figure()
@@ -439,7 +442,37 @@ def ablation_figure(rows: list[dict], metric: str, higher_is_better: bool) -> go
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="block whose term is turned off", type="category")
     fig.update_yaxes(title_text=f"{metric} ({better})")
-    return _layout(fig, f"Per-block ablation: {metric}", height=420)
+    return _layout(fig, f"Per-block ablation: {metric}", height=420, subtitle=measured_on)
+
+
+def domain_change_figure(labels: list[str], rows: list[dict], references: list[dict], metric: str,
+                         higher_is_better: bool, domains: list[str], titles: dict[str, str], title: str,
+                         reference_name: str, measured_on: str | None = None) -> go.Figure:
+    """One row per entry of ``rows`` (named by ``labels``), one column for the mean of ``metric``
+    and one per domain: each cell the value (as text), coloured by how much worse it is than the
+    row's reference (``references``, parallel to ``rows``) on that column, in percent of the
+    reference (red worse, blue better). A change can hit one domain and spare another."""
+    cols = [metric] + [metric_key(metric, d) for d in domains]
+    z, text = [], []
+    for row, ref in zip(rows, references):
+        zr, tr = [], []
+        for c in cols:
+            v, r = _number(row.get(c)), _number(ref.get(c))
+            ok = v is not None and r is not None and np.isfinite(v) and np.isfinite(r) and r != 0
+            zr.append(100.0 * ((r - v) if higher_is_better else (v - r)) / abs(r) if ok else None)
+            tr.append("" if row.get(c) is None else _bar_label(row.get(c)))
+        z.append(zr)
+        text.append(tr)
+    span = max([abs(v) for zr in z for v in zr if v is not None] + [1e-9])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=["mean"] + [titles.get(d, d) for d in domains], y=labels, text=text, texttemplate="%{text}",
+        colorscale="RdBu_r", zmid=0, zmin=-span, zmax=span,
+        colorbar=dict(title=dict(text=f"% worse than<br>{html.escape(reference_name, quote=False)}")),
+        hovertemplate="%{y}<br>%{x}: " + html.escape(metric, quote=False) + " %{text}<br>%{z:+.3g}% worse than "
+                      + html.escape(reference_name, quote=False) + "<extra></extra>"))
+    fig.update_xaxes(title_text="mean, then each domain's held-out part", type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return _layout(fig, title, height=max(300, 30 * len(labels) + 200), subtitle=measured_on)
 
 
 # ----------------------------------------------------------------------------- walkthrough
