@@ -25,7 +25,8 @@ while H + damp I is numerically not positive definite (a Gram that stays singula
 such steps, or NaN/inf statistics, is a one-line ``ConfigError``). The damped H is what the
 two steps solve with; the recorded output error uses H itself.
 
-Gram shrinkage (``config.shrink`` = lambda in [0, 1], default 0): every step (S-step sweep,
+Gram shrinkage (``config.shrink`` = lambda in [0, 1]; when not given, ``DEFAULT_SHRINK`` = 0.3,
+chosen end to end on SmolLM2's four text domains: README, "A method robust to the shift"): every step (S-step sweep,
 refit, L-step) and the choice of the kept iterate and of the rank-0 fallback use
 H_lambda = (1 - lambda) H + lambda diag(H) (``oats.methods.sparsegpt.shrunk_gram``; its
 diagonal is H's, so the damping and D are the same for every lambda) in place of H: the method

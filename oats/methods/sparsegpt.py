@@ -6,7 +6,7 @@ matrix keeps the same total ("layer"), or each row keeps N of every M inputs ("N
 history holds the *scaled* error ||(W - W') D||_F / ||W D||_F (D from the Gram's diagonal)
 so it is read on the same axis as OATS.
 
-Gram shrinkage (``config.shrink`` = lambda, default 0): the sweep solves with
+Gram shrinkage (``config.shrink`` = lambda; when not given, 0: SparseGPT as published): the sweep solves with
 H_lambda = (1 - lambda) H + lambda diag(H) (``shrunk_gram``) instead of H. lambda = 0 is SparseGPT
 as published; lambda = 1 leaves only the diagonal, so the OBS updates vanish (H^-1 is diagonal)
 and each column block prunes, row by row, its share of the smallest w_ij^2 (H_jj + damp):
