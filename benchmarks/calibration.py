@@ -48,7 +48,7 @@ DEFAULT_SIZES = {"causal-lm": (4, 16, 64, 256), "encoder": (32, 128, 512), "visi
 """Calibration sizes of the tokens curve, in samples (windows, sentences, crops)."""
 DEFAULT_METHODS = ("oats", "sparsegpt", "hassle")
 IDENTITY = ("study", "version", "model", "task", "metric", "higher_is_better", "compression", "rank_ratio",
-            "seq_len", "seed", "matrix_samples", "quick", "evaluation", "config")
+            "seq_len", "seed", "matrix_samples", "quick", "evaluation", "config", "method_configs")
 """Header fields that decide every cell's numbers: a file made with other values is not resumed
 (``config``, the full ``OatsConfig`` the methods ran with, is checked where the file has it)."""
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -95,7 +95,7 @@ def mismatch(old: dict, new: dict) -> str | None:
     """The first identity field (``IDENTITY``) on which a saved study differs from the one asked
     for, as "field: saved X, asked Y"; None when the file can be resumed."""
     for f in IDENTITY:
-        if f == "config" and f not in old:  # written by a version that did not record it
+        if f in ("config", "method_configs") and f not in old:  # written by a version that did not record it
             continue
         if old.get(f) != new.get(f):
             return f"{f}: saved {old.get(f)!r}, asked {new.get(f)!r}"
@@ -339,7 +339,9 @@ def run(args, command: str) -> int:
               "higher_is_better": higher, "compression": args.compression,
               "rank_ratio": loaded.default_rank_ratio, "seq_len": seq_len, "seed": 0, "matrix_samples": matrix_n,
               "quick": bool(args.quick), "evaluation": evaluator.settings, "unit": unit,
-              "eval_domains": list(evaluator.domains), "config": cfg.to_dict()}
+              "eval_domains": list(evaluator.domains), "config": cfg.to_dict(),
+              # what each method really ran with (its own defaults filled in, e.g. the Gram shrinkage)
+              "method_configs": {m: registry.get(m).resolved(cfg).to_dict() for m in methods}}
     if study is not None:
         why = mismatch(study, json.loads(json.dumps(header)))
         if why:
