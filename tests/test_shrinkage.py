@@ -156,7 +156,7 @@ def test_no_setting_is_each_methods_own_default_bit_for_bit():
     # and shrinking does change the result
     assert not torch.equal(hassle(w, h, CFG).sparse, hassle(w, h, CFG.replace(shrink=0.0)).sparse)
     assert registry.used_shrink("hassle", CFG) == DEFAULT_SHRINK and registry.used_shrink("oats", CFG) == 0.0
-    assert registry.used_shrink("hassle", CFG.replace(shrink=0.1)) == 0.1
+    assert registry.used_shrink("hassle", CFG.replace(shrink=0.2)) == 0.2
 
 
 def test_sparsegpt_at_one_is_wanda_with_the_damped_diagonal():
@@ -226,11 +226,11 @@ def test_records_say_which_methods_read_it():
 def test_it_is_part_of_the_identity_only_for_its_readers():
     for method in ("hassle", "sparsegpt", "oats", "wanda"):
         a = CompressRequest("smollm2-135m", CFG, method)
-        b = CompressRequest("smollm2-135m", CFG.replace(shrink=0.1), method)
+        b = CompressRequest("smollm2-135m", CFG.replace(shrink=0.2), method)
         reads = registry.get(method).uses_shrink
         assert (a.identity() != b.identity()) == reads, method
         assert (a.folder_name() != b.folder_name()) == reads, method
-        assert ("-sh0.1" in b.folder_name()) == reads and "-sh" not in a.folder_name()
+        assert ("-sh0.2" in b.folder_name()) == reads and "-sh" not in a.folder_name()
         # the method's default given explicitly is the same run as no setting
         c = CompressRequest("smollm2-135m", CFG.replace(shrink=registry.get(method).default_shrink), method)
         assert c.identity() == a.identity() and c.folder_name() == a.folder_name()
@@ -241,7 +241,7 @@ def test_it_is_part_of_the_identity_only_for_its_readers():
          "calibration_request": {"samples": None, "seq_len": None, "seed": 0, "source": None, "domain": "mix"}}
     req = request_from_manifest(m)
     assert req.config.shrink == 0.0 and req.same_run({**m, "config": CFG.replace(shrink=0.0).to_dict()})
-    assert not CompressRequest("smollm2-135m", CFG.replace(shrink=0.1), "hassle").same_run(m)
+    assert not CompressRequest("smollm2-135m", CFG.replace(shrink=0.2), "hassle").same_run(m)
     # hassle's default is no longer the full Gram: a run recorded at lambda 0 is not today's default run
     assert not CompressRequest("smollm2-135m", CFG, "hassle").same_run(m)
     assert CompressRequest("smollm2-135m", CFG, "sparsegpt").same_run({**m, "method": "sparsegpt"})
