@@ -215,22 +215,16 @@ def report(study: dict) -> str:
 
 
 def save_study(path: str | Path, study: dict) -> None:
-    """Write ``study`` as strict JSON (NaN and infinities as null), atomically."""
+    """Write ``study`` as strict JSON (NaN and infinities as null, as a manifest), atomically."""
+    from oats.runs.info import finite_json
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(study), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(finite_json(study), indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def load_study(path: str | Path) -> dict | None:

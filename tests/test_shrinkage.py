@@ -26,6 +26,7 @@ from oats.methods import registry
 from oats.methods import sparsegpt as sparsegpt_module
 from oats.methods.hassle import PERCDAMP, gram_objective, hassle
 from oats.methods.sparsegpt import shrunk_gram, sparsegpt
+from test_hassle import problem as hassle_problem  # noqa: E402
 from oats.methods.wanda import wanda
 from oats.runner.request import CompressRequest, request_from_manifest
 
@@ -34,14 +35,10 @@ LAMBDAS = (0.0, 0.05, 0.3, 1.0)
 
 
 def problem(m: int, n: int, tokens: int = 512, seed: int = 0):
-    """A weight (m, n) and the fp64 Gram of correlated inputs with uneven channel scales."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(m, n, generator=g) / math.sqrt(n)
-    mix = torch.randn(n, n, generator=g) / math.sqrt(n) + torch.eye(n)
-    scale = torch.exp(0.5 * torch.randn(n, generator=g))
-    scale[:2] *= 8.0
-    x = (torch.randn(tokens, n, generator=g) @ mix) * scale
-    return w, (x.T @ x / tokens).double()
+    """A weight (m, n) and the fp64 Gram of correlated inputs with uneven channel scales
+    (test_hassle's problem, its Gram in fp64)."""
+    w, gram, _ = hassle_problem(m, n, tokens, seed)
+    return w, gram.double()
 
 
 def diagonal_of(h: torch.Tensor) -> torch.Tensor:
