@@ -32,7 +32,7 @@ except ImportError:  # make test installs the [cluster] extra; in CI a missing R
     ray = None
 
 TESTS = Path(__file__).resolve().parent
-FLAGS = ["--methods", "oats,wanda", "--compression", "0.4,0.6", "--iterations", "5", "--calib-samples", "4",
+FLAGS = ["--methods", "oats,hassle,wanda", "--compression", "0.4,0.6", "--iterations", "5", "--calib-samples", "4",
          "--seq-len", "16", "--quick"]
 KILLED_RUN_RATE = "c0.6"
 TIME_KEYS = {"created", "timings", "sweep", "versions"}
@@ -106,9 +106,9 @@ def test_ray_sweep_matches_local_engine(cluster, model, local_root, tmp_path, ca
     assert cli_main(["sweep", model, *FLAGS, "--engine", "ray", "--root", str(root),
                      "--out", str(tmp_path / "table")]) == 0
     err = capsys.readouterr().err
-    assert "sweep tasks" in err and "4/4" in err  # the bar counts tasks
+    assert "sweep tasks" in err and "6/6" in err  # the bar counts tasks
     local, remote = _runs(local_root), _runs(root)
-    assert len(local) == 4 and set(local) == set(remote)
+    assert len(local) == 6 and set(local) == set(remote)
     for name in local:
         _same_runs(local[name], remote[name])
     assert _table(tmp_path / "table") == _table(local_root / "table")
@@ -133,7 +133,7 @@ def test_killed_worker_resumes_its_run(cluster, faults, model, local_root, tmp_p
     for name, mtime in killed["blocks"].items():
         assert (root / victim / name).stat().st_mtime_ns == mtime
     meta = json.loads((tmp_path / "table" / "sweep.json").read_text())
-    assert len(meta["runs_computed"]) == 4 and not meta["runs_failed"]
+    assert len(meta["runs_computed"]) == 6 and not meta["runs_failed"]
     err = capsys.readouterr().err
     assert f"{victim}: resumed after 2 blocks" in err
     # the full table, equal to the local engine's, and the resumed run equal to an uninterrupted one
@@ -152,7 +152,7 @@ def test_failed_task_keeps_the_others(cluster, faults, model, local_root, tmp_pa
         (faults / "target.json").unlink()
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "oats: error: 1 of 4 runs failed" in err[-1] and "injected failure" in err[-1]
+    assert "oats: error: 1 of 6 runs failed" in err[-1] and "injected failure" in err[-1]
     assert "Traceback" not in "\n".join(err)
     rows = load_results(tmp_path / "table")
     assert {r["run"] for r in rows if r["run"]} == set(_runs(local_root)) - {victim}

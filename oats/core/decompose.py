@@ -7,6 +7,7 @@ minimising ||A - S - L||_F, then unscales: S' = S D^-1, L' = L D^-1.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -16,6 +17,7 @@ import torch
 
 from oats.config import OatsConfig, exact_rate
 from oats.errors import ConfigError
+from oats.resources import map_on_cores, one_thread
 
 # Fast solver: extra columns carried by the subspace iteration beyond the rank.
 _OVERSAMPLE = 8
@@ -103,24 +105,42 @@ def input_scale(second_moments: torch.Tensor | None, d_in: int, eps: float,
 # ----------------------------------------------------------------------------- projections
 
 
+def top_k_mask(mag: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+    """Bool mask of the k largest (or smallest) entries of each slice along the last dim.
+
+    Exactly k per slice; ties at the threshold go to the lowest indices. Only the k-th value
+    comes from topk (a value, the same whatever the algorithm or thread count), the rest
+    from comparisons and a running count, so the mask is a function of the values alone.
+    """
+    n = mag.shape[-1]
+    if k <= 0:
+        return torch.zeros_like(mag, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(mag, dtype=torch.bool)
+    vals = mag.topk(k, dim=-1, largest=largest, sorted=False).values
+    thr = vals.amin(-1, keepdim=True) if largest else vals.amax(-1, keepdim=True)
+    strict = mag > thr if largest else mag < thr
+    tied = mag == thr
+    need = k - strict.sum(-1, keepdim=True)
+    return strict | (tied & (tied.cumsum(-1) <= need))
+
+
 def hard_threshold(r: torch.Tensor, config: OatsConfig) -> torch.Tensor:
     """Keep the largest-magnitude entries of r (..., d_out, d_in) allowed by the budget.
 
-    Exact counts even with ties (indices come from topk, never from a value comparison).
+    Exact counts even with ties, which go to the lowest index (``top_k_mask``), so the
+    result depends on the values only: never on the thread count or the selection algorithm.
     """
     d_out, d_in = r.shape[-2:]
     nm = config.nm
     if nm is not None:
         n, m = nm
         g = r.reshape(*r.shape[:-1], d_in // m, m)
-        idx = g.abs().topk(n, dim=-1, sorted=False).indices
-        out = torch.zeros_like(g).scatter_(-1, idx, g.gather(-1, idx))
-        return out.reshape(r.shape)
+        return (g * top_k_mask(g.abs(), n)).reshape(r.shape)
     if config.sparsity == "layer":
         k = sparse_budget(d_out, d_in, config)
         flat = r.reshape(*r.shape[:-2], d_out * d_in)
-        idx = flat.abs().topk(k, dim=-1, sorted=False).indices
-        return torch.zeros_like(flat).scatter_(-1, idx, flat.gather(-1, idx)).reshape(r.shape)
+        return (flat * top_k_mask(flat.abs(), k)).reshape(r.shape)
     k = row_keep(d_in, config)
     if k >= d_in:
         return r.clone()
@@ -128,11 +148,7 @@ def hard_threshold(r: torch.Tensor, config: OatsConfig) -> torch.Tensor:
         return torch.zeros_like(r)
     if r.device.type == "cpu" and r.dtype == torch.float32:
         return _row_threshold_cpu(r, k)
-    if 2 * k > d_in:  # cheaper to select what is dropped
-        idx = r.abs().topk(d_in - k, dim=-1, largest=False, sorted=False).indices
-        return r.scatter(-1, idx, 0.0)
-    idx = r.abs().topk(k, dim=-1, sorted=False).indices
-    return torch.zeros_like(r).scatter_(-1, idx, r.gather(-1, idx))
+    return r * top_k_mask(r.abs(), k)
 
 
 def _row_threshold_cpu(r: torch.Tensor, k: int) -> torch.Tensor:
@@ -140,7 +156,8 @@ def _row_threshold_cpu(r: torch.Tensor, k: int) -> torch.Tensor:
 
     np.partition finds each row's k-th largest |r| several times faster than torch.topk
     here; a comparison then builds the mask. Rows with ties at the threshold (more than k
-    entries >= it) are redone with argpartition so every row keeps exactly k.
+    entries >= it) keep the entries above it and, of those equal to it, the lowest-indexed
+    (as ``top_k_mask``), so each row keeps exactly k.
     """
     d_in = r.shape[-1]
     mag_t = r.detach().abs()
@@ -150,10 +167,10 @@ def _row_threshold_cpu(r: torch.Tensor, k: int) -> torch.Tensor:
     mask = mask_t.numpy().reshape(-1, d_in)
     tied = np.nonzero(np.count_nonzero(mask, axis=1) != k)[0]
     if tied.size:
-        keep = np.argpartition(mag[tied], d_in - k, axis=1)[:, d_in - k:]
-        fixed = np.zeros((tied.size, d_in), dtype=bool)
-        np.put_along_axis(fixed, keep, True, axis=1)
-        mask[tied] = fixed
+        m, t = mag[tied], thr[tied]
+        above, equal = m > t, m == t
+        need = k - np.count_nonzero(above, axis=1)[:, None]
+        mask[tied] = above | (equal & (np.cumsum(equal, axis=1) <= need))
     return r * mask_t  # (several times faster than torch.where here)
 
 
@@ -297,7 +314,18 @@ def _solve(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
     the error's relative decrease per iteration, averaged over the last three, is below tol.
 
     Returns (S, U*s, Vh, s, histories). ``trace`` (optional) receives (iteration, L, S).
+
+    On the CPU it runs on one thread: the SVD, QR and eigendecomposition of the library round
+    differently with a different thread count, and hard thresholding turns a rounding
+    difference into a different mask, so a decomposition is defined as its one-thread result
+    (parallelism comes from solving several matrices at once, ``decompose_many``).
     """
+    with one_thread() if a.device.type == "cpu" else contextlib.nullcontext():
+        return _alternate(a, r, config, trace)
+
+
+def _alternate(a: torch.Tensor, r: int, config: OatsConfig, trace=None):
+    """The body of ``_solve``, on the threads the caller gives it."""
     bsz, m, n = a.shape
     hists = [History() for _ in range(bsz)]
     a_norm2 = _sq(a)
@@ -359,6 +387,10 @@ def decompose_many(weights: list[torch.Tensor], second_moments: list[torch.Tenso
 
     ``batched``: solve same-shape matrices as one batch (True) or one at a time (False);
     default (None): batched on a GPU, one at a time on the CPU.
+
+    On the CPU every matrix (or batch) is solved on one thread, and the matrices are spread
+    over the threads torch has (``map_on_cores``): the result is the same whatever the
+    thread count, the engine or the machine's load (see ``_solve``).
     """
     if len(weights) != len(second_moments):
         raise ValueError("weights and second_moments must have the same length")
@@ -368,33 +400,47 @@ def decompose_many(weights: list[torch.Tensor], second_moments: list[torch.Tenso
         if w.dim() != 2:
             raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(w.shape)}")
         groups.setdefault(tuple(w.shape), []).append(i)
+    chunks: list[list[int]] = []
+    devs: list[torch.device] = []
     for (d_out, d_in), idxs in groups.items():
         check_shape(d_out, d_in, config)
         dev = torch.device(device) if device is not None else weights[idxs[0]].device
         # Batching same-shape matrices pays on a GPU; on the CPU the batch would wait for its
         # slowest member, so matrices go one at a time there.
         batch = dev.type != "cpu" if batched is None else batched
-        chunks = [idxs] if batch else [[i] for i in idxs]
-        for chunk in chunks:
-            w = torch.stack([weights[i].detach().to(device=dev, dtype=torch.float32) for i in chunk])
-            if not torch.isfinite(w).all():
-                raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
-            d = torch.stack([input_scale(second_moments[i], d_in, config.eps, device=dev) for i in chunk])
-            a = w * d.unsqueeze(-2)
-            r = rank_budget(d_out, d_in, config)
-            s, us, vh, sv, hists = _solve(a, r, config)
-            inv = (1.0 / d).unsqueeze(-2)
-            for j, i in enumerate(chunk):
-                out[i] = Decomposition(
-                    sparse=(s[j] * inv[j]).contiguous(),
-                    u=us[j].contiguous(),
-                    v=(vh[j] * inv[j]).contiguous(),
-                    scale=d[j],
-                    singular_values=sv[j].contiguous(),
-                    history=hists[j],
-                    config=config,
-                )
+        for chunk in ([idxs] if batch else [[i] for i in idxs]):
+            chunks.append(chunk)
+            devs.append(dev)
+
+    def solve(j: int) -> list[Decomposition]:
+        chunk, dev = chunks[j], devs[j]
+        d_out, d_in = weights[chunk[0]].shape
+        w = torch.stack([weights[i].detach().to(device=dev, dtype=torch.float32) for i in chunk])
+        if not torch.isfinite(w).all():
+            raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
+        d = torch.stack([input_scale(second_moments[i], d_in, config.eps, device=dev) for i in chunk])
+        a = w * d.unsqueeze(-2)
+        r = rank_budget(d_out, d_in, config)
+        s, us, vh, sv, hists = _solve(a, r, config)
+        inv = (1.0 / d).unsqueeze(-2)
+        return [Decomposition(sparse=(s[j] * inv[j]).contiguous(), u=us[j].contiguous(),
+                              v=(vh[j] * inv[j]).contiguous(), scale=d[j], singular_values=sv[j].contiguous(),
+                              history=hists[j], config=config) for j in range(len(chunk))]
+
+    on_cpu = all(dev.type == "cpu" for dev in devs)
+    order = range(len(chunks))
+    results = (map_on_cores(solve, order, cost=lambda j: len(chunks[j]) * _cost(weights[chunks[j][0]]))
+               if on_cpu else [solve(j) for j in order])
+    for chunk, decs in zip(chunks, results):
+        for i, dec in zip(chunk, decs):
+            out[i] = dec
     return out  # type: ignore[return-value]
+
+
+def _cost(w: torch.Tensor) -> int:
+    """m n min(m, n): how a decomposition's work grows with the matrix (its SVD-like steps)."""
+    m, n = int(w.shape[0]), int(w.shape[1])
+    return m * n * min(m, n)
 
 
 def decompose(weight: torch.Tensor, second_moments: torch.Tensor | None,

@@ -66,14 +66,14 @@ Start, alternations and fallback, as measured on real layers at rho 0.5, kappa 0
   one (0.0691 with a refit in every alternation, at twice the refits' cost); SparseGPT's
   from 0.0895 to 0.0712 with the same refit after its sweep (kappa 0.25). 10 steps give most
   of it (0.0710 with 2 alternations), 15 a little more (0.0697); each step is one
-  (d_out, d_in) x (d_in, d_in) product, on every thread the caller has. With the refit the
+  (d_out, d_in) x (d_in, d_in) product. With the refit the
   rank-0 fallback is kept on more layers (6 of those 14), as a refitted sparse term is
   harder to beat. End to end, MiniLM's embedding cosine at rho 0.5 went from 0.940 (as
   published) to 0.951 (SparseGPT: 0.931), SmolLM2's perplexity at rho 0.5, kappa 0.15 from
   18.48 to 17.73 (SparseGPT: 19.52).
 - speed: a block's matrices are decomposed two (or as many as torch has threads) at a time
-  (``oats.resources.map_on_cores``, as SparseGPT's); the bookkeeping objective's product
-  runs in fp32.
+  (``oats.resources.map_on_cores``, as SparseGPT's), each on one thread, so the result does
+  not depend on the thread count; the bookkeeping objective's product runs in fp32.
 
 What the ``Decomposition`` holds: ``sparse`` S and ``u @ v`` = L in the weight's own units,
 ``scale`` D = sqrt(diag H) (floored as OATS's), ``singular_values`` those of L D. Its history
@@ -100,7 +100,7 @@ from oats.core.decompose import (Decomposition, History, check_shape, decompose,
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
 from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram, shrunk_gram
-from oats.resources import map_on_cores, matrix_cost, one_thread, torch_threads
+from oats.resources import map_on_cores, matrix_cost, one_thread
 
 ALTERNATIONS = 2
 """Alternations (S-step then L-step) at most; ``config.iterations`` when that is lower."""
@@ -272,10 +272,9 @@ def hassle(weight: torch.Tensor, gram: torch.Tensor, config: OatsConfig, iterati
     Returns the kept (lowest output error) iterate; see the module docstring for its fields.
     """
     on_cpu = (torch.device(device) if device is not None else weight.device).type == "cpu"
-    threads = torch.get_num_threads()
     with one_thread() if on_cpu else contextlib.nullcontext():
         return _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments, fallback,
-                       trace, REFIT_ITERATIONS if refit is None else int(refit), threads)
+                       trace, REFIT_ITERATIONS if refit is None else int(refit))
 
 
 def _damped(chol: torch.Tensor) -> torch.Tensor:
@@ -285,7 +284,7 @@ def _damped(chol: torch.Tensor) -> torch.Tensor:
 
 
 def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments,
-            fallback, trace, refit, threads=1) -> Decomposition:
+            fallback, trace, refit) -> Decomposition:
     if weight.dim() != 2:
         raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
@@ -345,8 +344,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         goal[:, dead] = 0.0
         alone = torch.zeros_like(w)
         _sweep(goal.clone(), alone, u_chol, cfg0, blocksize, prune0)
-        with torch_threads(threads):
-            alone = refit_sparse(goal, alone, h_damped, refit)
+        alone = refit_sparse(goal, alone, h_damped, refit)
         return cfg0, alone, objectives(w - alone)
 
     def sparse_only(cfg0, alone):
@@ -374,10 +372,8 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         last = t == n_iter - 1
         _sweep(goal.clone() if last else goal, sparse, u_chol, config, blocksize, prune)  # it overwrites its target
         if last:  # the refit: S's values solved on the sweep's mask (the last alternation only: measured)
-            with torch_threads(threads):
-                sparse = refit_sparse(goal, sparse, h_damped, refit)
-        with torch_threads(threads):
-            u, v, _ = lowrank_step(w - sparse, chol, r)
+            sparse = refit_sparse(goal, sparse, h_damped, refit)
+        u, v, _ = lowrank_step(w - sparse, chol, r)
         low = u @ v
         if trace is not None:
             trace(t + 1, low, sparse)

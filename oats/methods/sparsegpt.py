@@ -22,7 +22,7 @@ import contextlib
 import torch
 
 from oats.config import OatsConfig
-from oats.core.decompose import Decomposition, History, check_shape, input_scale, row_keep, sparse_budget
+from oats.core.decompose import Decomposition, History, check_shape, input_scale, row_keep, sparse_budget, top_k_mask
 from oats.errors import ConfigError
 from oats.methods.registry import Method, register
 from oats.resources import map_on_cores, matrix_cost, one_thread
@@ -76,13 +76,9 @@ def _cumulative_share(total: int, start: int, stop: int, width: int) -> int:
     return total * stop // width - total * start // width
 
 
-def _smallest(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
-    """Bool mask of the k smallest entries along ``dim`` (exact count, ties broken by topk)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k <= 0:
-        return mask
-    idx = scores.topk(k, dim=dim, largest=False, sorted=False).indices
-    return mask.scatter_(dim, idx, True)
+def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k smallest entries along the last dim (exact count, ties to the lowest index)."""
+    return top_k_mask(scores, k, largest=False)
 
 
 def _sweep(w: torch.Tensor, q_all: torch.Tensor, u_chol: torch.Tensor, cfg: OatsConfig, blocksize: int,
@@ -108,11 +104,11 @@ def _sweep(w: torch.Tensor, q_all: torch.Tensor, u_chol: torch.Tensor, cfg: Oats
             k = _cumulative_share(prune, i1, i2, d_in)
             pruned = _smallest(scores.reshape(-1), k).reshape(w1.shape)
         else:
-            pruned = _smallest(scores, _cumulative_share(prune, i1, i2, d_in), dim=1)
+            pruned = _smallest(scores, _cumulative_share(prune, i1, i2, d_in))
         for i in range(cnt):
             if nm is not None and i % nm[1] == 0:
                 group = w1[:, i:i + nm[1]].square() / d1[i:i + nm[1]].square().unsqueeze(0)
-                pruned[:, i:i + nm[1]] = _smallest(group, nm[1] - nm[0], dim=1)
+                pruned[:, i:i + nm[1]] = _smallest(group, nm[1] - nm[0])
             col = w1[:, i]
             q = col.masked_fill(pruned[:, i], 0.0)
             e = (col - q) / u1[i, i]
