@@ -34,7 +34,6 @@ import gc
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -58,15 +57,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor name elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    """``oats.resources.cpu_name``, imported when called (--help stays free of torch)."""
+    from oats.resources import cpu_name as name
+    return name()
 
 
 def cell_key(cell: dict) -> tuple[str, str, int]:

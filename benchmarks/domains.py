@@ -21,23 +21,13 @@ Run: .venv/bin/python benchmarks/domains.py [--models smollm2-135m,minilm-l6,din
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 
+from oats.resources import cpu_name
+
 METHODS = ("oats", "sparsegpt", "hassle")
 BEST = "hassle"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def margins(rows: list[dict], primary: str, higher: bool, domains: list[str]) -> dict[str, dict]:

@@ -65,21 +65,10 @@ from oats.data import LM_N_SAMPLES, LM_SEQ_LEN, calibration_batches, text_batche
 from oats.methods.hassle import gram_objective, hassle  # noqa: E402
 from oats.methods.sparsegpt import sparsegpt  # noqa: E402
 from oats.models.zoo import load_model  # noqa: E402
-from oats.resources import one_thread  # noqa: E402
+from oats.resources import cpu_name, one_thread  # noqa: E402
 
 MODEL = "smollm2-135m"
 LAMBDAS = (0.0, 0.01, 0.05, 0.1, 0.3, 1.0)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown CPU"
 
 
 def layer_stats(loaded, batches, blocks) -> dict:

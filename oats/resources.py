@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -61,6 +62,35 @@ def check_memory(parts: dict, available: float | None = None, what: str = "this 
         raise ResourceError(f"{what} needs about {_gb(need)} of memory ({biggest} {_gb(parts[biggest])}) but "
                             f"{_gb(free)} is available: {hint}")
     return need
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The first value of ``name`` in /proc/cpuinfo ("" off Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(name):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor name elsewhere): every
+    speed figure the project prints names it."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "neon",
+                     "asimd", "sve")
+"""The CPU flags that decide which kernels the libraries run (and so their rounding)."""
+
+
+def vector_extensions() -> list[str]:
+    """Those of ``VECTOR_EXTENSIONS`` this CPU has (from /proc/cpuinfo's flags or Features)."""
+    flags = set((_cpuinfo_field("flags") or _cpuinfo_field("features")).split())
+    return [f for f in VECTOR_EXTENSIONS if f in flags]
 
 
 def _gb(x: float) -> str:
