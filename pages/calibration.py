@@ -46,10 +46,11 @@ else:
         chart(cf.matrix_figure(study, method), key="calibration-matrix")
         if not study["higher_is_better"]:  # a fidelity metric is 1 for the dense model by definition
             st.caption(esc(cf.dense_line(study), 600))
+        kind = "images" if study.get("task") == "vision" else "text"
         how_to_read(
-            "One row per calibration text (one domain's calibration part, or the mix of all of them), one column per "
-            "domain whose held-out evaluation part the model was measured on, then the mean over the domains. The "
-            "diagonal is in-domain: calibrated and evaluated on the same kind of text. A row that is good only on its "
+            f"One row per calibration set (one domain's calibration part, or the mix of all of them), one column per "
+            f"domain whose held-out evaluation part the model was measured on, then the mean over the domains. The "
+            f"diagonal is in-domain: calibrated and evaluated on the same kind of {kind}. A row that is good only on its "
             "own column is a calibration the method over-fits; the best row of each column is in bold. "
             + ("Colour: the perplexity divided by the dense model's on that column, on a log scale (the domains' own "
                "perplexities differ by 10×, so raw values would colour the domain, not the calibration)."
@@ -58,7 +59,9 @@ else:
         chart(cf.curve_figure(study), key="calibration-curve")
         how_to_read(
             f"One panel per method, calibrated on the mix at several sizes ({esc(study.get('unit', 'samples'))}); the "
-            "x axis counts calibration tokens on a log scale, one line per evaluation domain and a dashed black one "
+            "x axis counts calibration tokens on a log scale"
+            + (" (a crop is the ViT's patch tokens plus its CLS token)" if study.get("task") == "vision" else "")
+            + ", one line per evaluation domain and a dashed black one "
             "for the mean. Where a line stops improving, more calibration of that kind no longer helps that domain; "
             "hover a point for the dense model's value.")
         stem = Path(path).stem

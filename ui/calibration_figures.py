@@ -353,8 +353,11 @@ def curve_figure(study: dict) -> go.Figure:
                                + (f" (dense {d:.4g})" if d is not None else "") + "<extra></extra>")),
                 row=1, col=k)
             ys_all += [v for v in by_col[c] if v is not None]
-        if tokens:
+        if tokens:  # ticks at the measured sizes, each with its count of samples
             log_axis(fig, "x", row=1, col=k, title_text="calibration tokens")
+            fig.update_xaxes(tickmode="array", tickvals=list(tokens),
+                             ticktext=[f"{t:,}<br>{n} {study.get('unit', 'samples')}" for t, n in zip(tokens, samples)],
+                             row=1, col=k)
     better = "higher" if higher else "lower"
     ytitle = f"{metric} ({better} is better)"
     positive = [v for v in ys_all if v > 0]
