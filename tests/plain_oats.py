@@ -67,7 +67,22 @@ def _project(res: torch.Tensor, keep: int | None, pattern: str) -> torch.Tensor:
 
 def plain_oats(w: torch.Tensor, m2: torch.Tensor | None, rho: float, kappa: float, iterations: int,
                pattern: str = "row", eps: float = 1e-4) -> Plain:
-    """Alternating thresholding: L = best rank-r of (A - S), S = threshold(A - L), N times."""
+    """Alternating thresholding: L = best rank-r of (A - S), S = threshold(A - L), N times.
+
+    On one torch thread, as the package computes every decomposition: the SVD rounds
+    differently on another thread count, and over 80 thresholding steps a rounding difference
+    becomes another mask (3.5e-4 relative in the error of a MiniLM layer), which would compare
+    the rounding, not the algorithm.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _plain_oats(w, m2, rho, kappa, iterations, pattern, eps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _plain_oats(w, m2, rho, kappa, iterations, pattern, eps) -> Plain:
     m, n = w.shape
     d = plain_scale(m2, n, eps)
     a = w.float() * d
