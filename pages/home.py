@@ -359,15 +359,19 @@ def summary() -> None:
         if pm and any(pm[0] in v for v in results.values()):
             shown = {m: v for m, v in results.items() if m in names}
             mean = ("mean over the domains, " if doms else "") + f"on {measured_on}"
-            chart(figures.evaluation_figure(shown, *pm, measured_on=mean), key="eval-chart")
+            chart(figures.evaluation_figure(shown, *pm, measured_on=mean, variants=names), key="eval-chart")
             if doms:
                 chart(figures.domain_evaluation_figure(shown, *pm, doms, evaluations.titles(doms), names,
                                                        measured_on=f"on {measured_on}"), key="eval-domain-chart")
-            how_to_read("One bar per variant of the same model, on held-out data: dense (the original weights), "
-                        "sparse + low-rank (the compressed model), the sparse term alone (every low-rank term zeroed) "
-                        "and the low-rank term alone (every sparse term zeroed). The compressed bar should sit close "
-                        "to dense; the two single-term bars show how much each term carries on its own: usually "
-                        "neither does, because the method fitted them together."
+            how_to_read(("One bar per variant of the same model, on held-out data: dense (the original weights), "
+                         "sparse + low-rank (the compressed model), the sparse term alone (every low-rank term zeroed) "
+                         "and the low-rank term alone (every sparse term zeroed). The compressed bar should sit close "
+                         "to dense; the two single-term bars show how much each term carries on its own: usually "
+                         "neither does, because the method fitted them together."
+                         if "sparse" in names else
+                         f"One bar per model, on held-out data: dense (the original weights) and the compressed model "
+                         f"({esc(names.get('both', 'compressed'))}: this method keeps one term, so there is no "
+                         f"single-term variant to show). The compressed bar should sit close to dense.")
                         + (" The second chart splits the first by domain: the held-out part of each kind of data, "
                            "none of it seen in calibration. A method can keep one domain close to dense and lose "
                            "another; the first chart's bar is their " + ("geometric " if pm[0] == "perplexity" else "")

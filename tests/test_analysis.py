@@ -287,6 +287,10 @@ def test_evaluation_chart_is_log_when_values_span_decades():
     assert list(fig.data[0].text) == ["13.46", "21.33", "48"]
     acc = {"dense": {"accuracy": 0.0}, "both": {"accuracy": 0.8}}  # a zero never makes a log axis
     assert figures.evaluation_figure(acc, "accuracy", True).layout.yaxis.type != "log"
+    # a one-term run's compressed bar is named after its term, not "sparse + low-rank"
+    wanda = {"dense": {"perplexity": 13.46}, "both": {"perplexity": 19.1}}
+    fig = figures.evaluation_figure(wanda, "perplexity", False, variants={"dense": "dense", "both": "sparse"})
+    assert list(fig.data[0].x) == ["dense", "sparse"]
 
 
 def test_log_axes_label_every_tick_in_full():

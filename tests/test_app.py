@@ -786,6 +786,7 @@ def test_a_wanda_run_offers_no_low_rank_only_variant_and_names_no_kappa(app, run
     for d in app.dataframe:
         if "variant" in d.value.columns and "mode" in d.value.columns:
             assert list(d.value["mode"]) == ["dense", "both"] and list(d.value["variant"]) == ["dense", "sparse"]
+    assert list(_decode(chart(app, "Evaluation: cosine")["data"][0]["x"])) == ["dense", "sparse"]
 
     go(app, "pages/heads.py")
     assert len(chart(app, "Layer 3: every head")["data"]) == 2 * 12  # dense and the compressed model

@@ -567,13 +567,15 @@ def _eval_axis(fig: go.Figure, ys, title: str) -> None:
 
 
 def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: bool,
-                      measured_on: str | None = None) -> go.Figure:
+                      measured_on: str | None = None, variants: dict[str, str] | None = None) -> go.Figure:
     """One bar per model variant (dense, both, sparse-only, low-rank-only) for one metric (its
     mean over the domains when there are several); ``measured_on``, its subtitle, names the text
-    or images ("on ...")."""
+    or images ("on ..."); ``variants``: mode -> its name for this run (a Wanda run's compressed
+    model is "sparse", not "sparse + low-rank")."""
+    names = variants or VARIANT_NAMES
     modes = [m for m in ("dense", "both", "sparse", "lowrank") if m in results and metric in results[m]]
     ys = [results[m][metric] for m in modes]
-    fig = go.Figure(go.Bar(x=[VARIANT_NAMES[m] for m in modes], y=ys, marker_color=[COLORS[m] for m in modes],
+    fig = go.Figure(go.Bar(x=[names.get(m, VARIANT_NAMES[m]) for m in modes], y=ys, marker_color=[COLORS[m] for m in modes],
                            text=[_bar_label(v) for v in ys], textposition="outside", cliponaxis=False))
     fig.update_xaxes(title_text="model variant")
     _eval_axis(fig, ys, f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
