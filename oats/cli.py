@@ -250,7 +250,8 @@ def cmd_evaluate(args) -> int:
                      f"--resume' first")
     name = args.model or info.model_name
     check_run_model(folder, info, name)
-    modes = tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes else run_modes(info.method)
+    modes = (tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes
+             else run_modes(info.method, info.config))
     from oats.evaluation import _check_modes
     _check_modes(modes)
     text, image_folder = _eval_source(args)
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "metric's mean and its value per domain, or JSON with --json")
     e.add_argument("run_dir", help="a complete run folder")
     e.add_argument("--modes", default=None, help="comma-separated among dense,both,sparse,lowrank "
-                   "(default: all four for OATS, dense,both otherwise)")
+                   "(default: the variants the run has: all four for a sparse + low-rank run, dense,both otherwise)")
     e.add_argument("--model", default=None, help="the base model (default: the run's own; must be the same)")
     e.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
     e.add_argument("--json", action="store_true", help="print every metric (per domain too) as JSON instead of the table")

@@ -81,11 +81,12 @@ an 8x8 digit has no more detail, and the forward is cheap."""
 EVAL_SEED = 1234
 """Seed of the evaluation crops and the digits split (calibration uses seed 0)."""
 
-def run_modes(method: str) -> tuple[str, ...]:
-    """The modes worth evaluating for a run of ``method`` (its registry record says; dense and
-    both for a method not registered here). A sparse-only method's "sparse" mode is its
-    "both", and its "lowrank" mode is an empty model."""
-    return registry.run_modes(method)
+def run_modes(method: str, config=None) -> tuple[str, ...]:
+    """The modes worth evaluating for a run of ``method`` with ``config``: the variants the run
+    has (``registry.variants``: its method record says, and a two-term method that spent
+    kappa = 0 or 1 has one term). A sparse-only method's "sparse" mode is its "both", and its
+    "lowrank" mode is an empty model, so neither is measured."""
+    return registry.variants(method, config)
 
 
 def metric_key(metric: str, domain: str) -> str:
@@ -566,7 +567,7 @@ def evaluate(target, loaded=None, *, modes=None, quick: bool = False, text=None,
     if isinstance(target, CompressionRun):
         model, name = target.model, target.model_name
         loaded = loaded if loaded is not None else target.loaded
-        default = run_modes(target.method)
+        default = run_modes(target.method, target.config)
     elif hasattr(target, "model") and hasattr(target, "task"):
         model, loaded, name = target.model, target, target.name
         default = MODES if oats_layers(model) else ("dense",)

@@ -15,7 +15,7 @@ from tiny_models import assert_cli_fails  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import oats.compress.pipeline
-from oats import OatsConfig, compress_model, list_runs, save_run
+from oats import OatsConfig, compress_model, evaluation, list_runs, save_run
 from oats.cli import main as cli_main
 from oats.runner.request import CompressRequest
 from oats.errors import ConfigError, RunError
@@ -88,6 +88,16 @@ def test_sweep_table_runs_and_reuse(tmp_path, monkeypatch):
             elif k != "eval_time_s":
                 assert a[k] == b[k], k
     assert "| oats | 0.4 | 0.25 | sparse |" in markdown_table(again.rows)
+
+
+def test_oats_at_kappa_0_is_evaluated_as_the_one_term_model_it_is(tmp_path):
+    """OATS with no low-rank term: its "sparse" variant would repeat the compressed model and its
+    "lowrank" one be all zeros, so the sweep measures dense and the compressed model only."""
+    res = sweep("tiny-lm", ["oats"], [0.4], [0.0], root=tmp_path, loaded=tiny_loaded(), **KW)
+    assert [(r["method"], r["mode"]) for r in res.rows] == [("dense", "dense"), ("oats", "both")]
+    assert evaluation.run_modes("oats", OatsConfig(rank_ratio=0.0)) == ("dense", "both")
+    assert evaluation.run_modes("oats", OatsConfig(rank_ratio=0.25)) == ("dense", "both", "sparse", "lowrank")
+    assert evaluation.run_modes("wanda", OatsConfig(rank_ratio=0.25)) == ("dense", "both")
 
 
 def test_sweep_redoes_unfinished_runs_and_refuses_foreign_folders(tmp_path):

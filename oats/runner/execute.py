@@ -192,7 +192,7 @@ def evaluate_and_save(run: CompressionRun, folder: str | Path, quick: bool = Fal
     ``evaluation.json`` with what it was measured on (the evaluation's settings: text or images,
     domains, windows, sentences); returns a note for the job message ("" on success)."""
     try:
-        ev = evaluate(run, run.loaded, modes=run_modes(run.method), quick=quick)
+        ev = evaluate(run, run.loaded, modes=run_modes(run.method, run.config), quick=quick)
     except OatsError as e:
         return f" (evaluation failed: {one_line(e)})"
     save_evaluation(folder, ev.metrics, quick, settings=ev.settings)

@@ -273,7 +273,7 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
             result.computed.append(name)
             how = (f"resumed after {outcome.resumed_blocks} blocks, " if outcome.status == "resumed" else "") + \
                 f"compressed in {compress_s:.1f}s"
-        for mode in run_modes(spec.method)[1:]:  # dense is the shared dense row
+        for mode in run_modes(spec.method, run.config)[1:]:  # dense is the shared dense row
             t0 = time.perf_counter()
             with run.use_mode(mode):
                 metrics = evaluator.metrics(run.model, ref)
