@@ -218,8 +218,6 @@ def save_study(path: str | Path, study: dict) -> None:
     os.replace(tmp, path)
 
 
-
-
 def load_study(path: str | Path) -> dict | None:
     """The study saved at ``path``, or None when there is no file."""
     path = Path(path)

@@ -119,6 +119,9 @@ def top_k_mask(mag: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
         return torch.ones_like(mag, dtype=torch.bool)
     vals = mag.topk(k, dim=-1, largest=largest, sorted=False).values
     thr = vals.amin(-1, keepdim=True) if largest else vals.amax(-1, keepdim=True)
+    kept = mag >= thr if largest else mag <= thr
+    if bool((kept.sum(-1) == k).all()):  # no slice ties at its threshold: the usual case
+        return kept
     strict = mag > thr if largest else mag < thr
     tied = mag == thr
     need = k - strict.sum(-1, keepdim=True)
@@ -156,8 +159,8 @@ def _row_threshold_cpu(r: torch.Tensor, k: int) -> torch.Tensor:
 
     np.partition finds each row's k-th largest |r| several times faster than torch.topk
     here; a comparison then builds the mask. Rows with ties at the threshold (more than k
-    entries >= it) keep the entries above it and, of those equal to it, the lowest-indexed
-    (as ``top_k_mask``), so each row keeps exactly k.
+    entries >= it) are redone by ``top_k_mask`` (ties to the lowest index), so each row keeps
+    exactly k.
     """
     d_in = r.shape[-1]
     mag_t = r.detach().abs()
@@ -166,11 +169,8 @@ def _row_threshold_cpu(r: torch.Tensor, k: int) -> torch.Tensor:
     mask_t = mag_t >= torch.from_numpy(thr).reshape(*r.shape[:-1], 1)
     mask = mask_t.numpy().reshape(-1, d_in)
     tied = np.nonzero(np.count_nonzero(mask, axis=1) != k)[0]
-    if tied.size:
-        m, t = mag[tied], thr[tied]
-        above, equal = m > t, m == t
-        need = k - np.count_nonzero(above, axis=1)[:, None]
-        mask[tied] = above | (equal & (np.cumsum(equal, axis=1) <= need))
+    if tied.size:  # (a view of mask_t: the write carries through)
+        mask[tied] = top_k_mask(torch.from_numpy(mag[tied]), k).numpy()
     return r * mask_t  # (several times faster than torch.where here)
 
 
