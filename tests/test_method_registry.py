@@ -180,9 +180,10 @@ def test_the_memory_estimate_counts_a_gram_iff_the_statistics_are_gram(halfzero,
            for n in ("oats", "wanda", "magnitude", "lowrank", "halfzero", "sparsegpt", "gramspy")}
     biggest_in = 128  # the down projection's d_in (intermediate size)
     gram_bytes = biggest_in * biggest_in * 4 * 2
+    at_once = max(1, min(torch.get_num_threads(), 7))  # the block's 7 matrices, spread over the threads
     plain = est["oats"]["decomposition"]
     assert all(est[n]["decomposition"] == plain for n in ("wanda", "magnitude", "lowrank", "halfzero"))
-    assert est["sparsegpt"]["decomposition"] == est["gramspy"]["decomposition"] == plain + gram_bytes
+    assert est["sparsegpt"]["decomposition"] == est["gramspy"]["decomposition"] == plain + at_once * gram_bytes
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         estimate_compression_memory(adapter, model, blocks, 100, "nope")
 

@@ -72,8 +72,9 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     to measure the output error (3 x tokens x hidden); block activations: one block's
     intermediate activations on the calibration set (its widest layer); decomposition: the
     working copies of the largest matrix (about 8 of its size, plus its Gram when the method's
-    statistics are "gram", as SparseGPT's); factors: the sparse and low-rank terms of every
-    compressed matrix (about twice its size).
+    statistics are "gram", as SparseGPT's), once per matrix decomposed at the same time (a
+    block's matrices are spread over torch's threads, ``oats.resources.map_on_cores``);
+    factors: the sparse and low-rank terms of every compressed matrix (about twice its size).
     """
     if not blocks:
         return {"calibration activations": 0, "block activations": 0, "decomposition": 0, "factors": 0}
@@ -87,10 +88,11 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     biggest = max(s[0] * s[1] for s in shapes)
     biggest_in = max(s[1] for s in shapes)
     per_block = sum(s[0] * s[1] for s in shapes)
+    at_once = max(1, min(torch.get_num_threads(), len(shapes)))
     parts = {
         "calibration activations": 3 * n_tokens * hidden * 4,
         "block activations": 2 * n_tokens * widest * 4,
-        "decomposition": 8 * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if gram else 0),
+        "decomposition": at_once * (8 * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if gram else 0)),
         "factors": 2 * per_block * (1 if from_disk else len(blocks)) * 4,
     }
     if from_disk:
