@@ -146,13 +146,13 @@ def estimate_mb(folder: Path, method: str, tokens: int, from_disk: bool) -> floa
     from oats.compress.preflight import estimate_compression_memory
     from oats.models import zoo
     from oats.models.adapters import get_adapter
-    from oats.resources import MEMORY_MARGIN
+    from oats.resources import COMPRESSION_MARGIN
 
     lazy = zoo.load_model(str(folder), from_disk=True)  # shapes only: cheap whatever the size
     adapter = get_adapter(lazy.model)
     parts = estimate_compression_memory(adapter, lazy.model, adapter.blocks(lazy.model), tokens, method,
                                         from_disk=from_disk)
-    return MEMORY_MARGIN * sum(parts.values()) / 2**20
+    return COMPRESSION_MARGIN * sum(parts.values()) / 2**20
 
 
 def main() -> int:

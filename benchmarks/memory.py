@@ -3,7 +3,7 @@
 Each model runs in its own fresh process (peak RSS is per process), loading from the
 on-disk cache, calibrating on the default data and compressing with the default config.
 Prints one line per model: peak resident memory while compressing, the memory after loading
-the model and its calibration data, the dense model's own size, the pre-flight estimate of
+the model and its calibration data (its memory-mapped weights read in first), the dense model's own size, the pre-flight estimate of
 what compressing adds (``oats.compress.preflight``, margin included: the number a request is refused on)
 next to what it really added (peak - after load), and the wall time. Memory is read from
 /proc/self/status (VmRSS, VmHWM; the peak restarted after loading), so it is this process's
@@ -37,10 +37,15 @@ size = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2*
 batches = calibration_batches(loaded)
 from oats.models.adapters import get_adapter
 from oats.compress.preflight import calibration_tokens, estimate_compression_memory
-from oats.resources import MEMORY_MARGIN
+from oats.resources import COMPRESSION_MARGIN
 adapter = get_adapter(loaded.model)
-estimate = MEMORY_MARGIN * sum(estimate_compression_memory(adapter, loaded.model, adapter.blocks(loaded.model),
+estimate = COMPRESSION_MARGIN * sum(estimate_compression_memory(adapter, loaded.model, adapter.blocks(loaded.model),
                                            calibration_tokens(batches, loaded.model), "oats").values())
+# The cached weights are memory-mapped and read lazily: bring them in now, so that "after load"
+# holds the loaded model and the peak's difference is what compressing adds (without this,
+# the first pass over DINOv2's weights counted its 84 MB of weights as compression memory).
+for p in loaded.model.parameters():
+    torch.isfinite(p).all()
 after_load = status("VmRSS")
 try:  # restart the peak here, so that a preset conversion's peak while loading does not count
     with open("/proc/self/clear_refs", "w") as f:

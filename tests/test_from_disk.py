@@ -102,7 +102,7 @@ def test_estimate_knows_the_mode(sharded):
 def test_cli_switches_to_from_disk_when_the_model_does_not_fit(tmp_path, capsys, monkeypatch):
     deep = tiny_llama_folder(tmp_path / "deep", hidden=32, layers=16, seed=1)
     fp32 = weights_module.DiskWeights(deep).fp32_bytes
-    # room for one block's compression at a time, not for the whole model (checked with a x2 margin)
+    # room for one block's compression at a time, not for the whole model (checked with the compression margin, x2.5)
     monkeypatch.setenv("OATS_MEMORY_LIMIT_GB", str(1.2 * fp32 / 1e9))
     out = tmp_path / "run"
     argv = ["compress", str(deep), "--method", "wanda", "--calib-samples", "2", "--seq-len", "8", "--out", str(out),

@@ -24,7 +24,7 @@ from oats.core.linear import OatsLinear
 from oats.errors import ConfigError
 from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from oats.resources import check_memory, return_freed_memory
+from oats.resources import COMPRESSION_MARGIN, check_memory, return_freed_memory
 
 
 def decompose_block(method: str, weights: list[torch.Tensor], second_moments: list[torch.Tensor],
@@ -76,11 +76,14 @@ class _OutputError:
             mask = self.current_mask
             if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
                 x, y_c = x[mask], y_c[mask]
-            y_d = torch.nn.functional.linear(x, m.weight)  # without bias: it cancels in y' - y
+            # y_d = x W^T without bias (it cancels in y' - y); the difference is formed in place
+            # in y_d, so the hook holds one output-sized temporary besides the layer's outputs
+            y_d = torch.nn.functional.linear(x, m.weight).reshape(-1, y_c.shape[-1])
+            y = y_d.square().sum(0)
+            y_d.sub_(y_c.reshape(-1, y_c.shape[-1]))
             if m.bias is not None:
-                y_c = y_c - m.bias
-            e = (y_c - y_d).reshape(-1, y_d.shape[-1]).square().sum(0)
-            y = y_d.reshape(-1, y_d.shape[-1]).square().sum(0)
+                y_d.add_(m.bias)
+            e = y_d.square().sum(0)
             for q, rows in parts:
                 sl = slice(*rows) if rows else slice(None)
                 self.num[q] = self.num.get(q, 0) + e[sl].sum()
@@ -268,7 +271,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     check_weights(adapter, model, blocks, config, skip=skip, values=disk is None)
     tokens = calibration_tokens(calibration, model)
     check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method, from_disk=disk is not None),
-                 what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens")
+                 what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens",
+                 margin=COMPRESSION_MARGIN)
     alloc_info = None
     if block_rates is not None:
         block_rates = _check_block_rates(block_rates, len(blocks), config)

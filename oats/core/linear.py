@@ -32,8 +32,10 @@ class OatsLinear(nn.Module):
                 f"factor shapes do not fit a ({d_out}, {d_in}) weight: sparse {tuple(sparse.shape)}, "
                 f"u {tuple(u.shape)}, v {tuple(v.shape)}")
         self.in_features, self.out_features = d_in, d_out
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        # Kept by reference, not copied: the module this one replaces is dropped, and a copy kept a
+        # second dense matrix per layer (SmolLM2-135M: 408 MB more while compressing).
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.register_buffer("sparse", sparse.detach().to(weight.dtype).contiguous())
         self.register_buffer("u", u.detach().to(weight.dtype).contiguous())
         self.register_buffer("v", v.detach().to(weight.dtype).contiguous())
