@@ -400,6 +400,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from oats.report import write_report
+    path = write_report(args.run_dir, args.out)
+    print(f"report of '{args.run_dir}' written to {path} (one HTML file: open it in a browser, offline)")
+    return 0
+
+
 def _shrink_arg(parser) -> None:
     """--shrink: the Gram shrinkage of the methods that read it (``OatsConfig.shrink``)."""
     from oats.config import OatsConfig
@@ -459,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print every metric (per domain too) as JSON instead of the table")
     _eval_args(e)
     e.set_defaults(fn=cmd_evaluate)
+
+    rp = sub.add_parser("report", help="write a run's report: one self-contained HTML file (settings, evaluation, "
+                        "per-layer table, figures, the figures pinned in the app, the commands to reproduce it)")
+    rp.add_argument("run_dir", help="a run folder")
+    rp.add_argument("--out", default=None, help="the HTML file (default: <run>/report/report.html)")
+    rp.set_defaults(fn=cmd_report)
 
     x = sub.add_parser("export", help="write a complete run as a deployable model folder")
     x.add_argument("run_dir", help="a complete run folder")

@@ -27,6 +27,7 @@ from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.methods import registry
 from oats.runs.folders import MANIFEST, RunInfo, list_runs, load_run, runs_root
+from ui import pins
 from ui.text import esc, one_line, plain_figure
 
 RUN_KEY = "run_path"      # non-widget keys: they survive page switches
@@ -371,6 +372,7 @@ def sidebar() -> None:
         choice = st.selectbox("Run", paths, index=index, format_func=labels.get,
                               help="Every page shows this run. Runs live in " + esc(runs_root()))
         st.session_state[RUN_KEY] = choice
+        pins.report_panel(choice)  # pinned figures and the one-click report (ui/pins.py)
     RUNS.prefetch(choice, run_mtime(choice))  # the pages that need the model rarely wait for it
 
 
@@ -427,6 +429,7 @@ def layer_picker(run, label: str = "Layer", key: str = "layer_pick", help: str |
 def chart(fig, key: str | None = None) -> None:
     """A Plotly chart, full width, with the toolbar's PNG download."""
     st.plotly_chart(plain_figure(fig), width="stretch", config=CHART_CONFIG, key=key)
+    pins.pin_control(fig, key, current_path())  # "Pin to report" under the chart (ui/pins.py)
 
 
 def how_to_read(text: str) -> None:
