@@ -501,6 +501,8 @@ def write_report(run_folder: str | Path, out: str | Path | None = None) -> Path:
     """Write the run's report (default ``<run>/report/report.html``) atomically; returns its path."""
     text = build_report(run_folder)
     path = Path(out) if out is not None else default_report_path(run_folder)
+    if path.is_dir():  # --out a folder: the report goes in it, named after the run
+        path = path / f"{plain_name(Path(run_folder).resolve().name, 120)}-report.html"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

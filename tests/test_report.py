@@ -154,6 +154,14 @@ def test_a_damaged_pin_is_one_line(wanda_run, tmp_path, content, reason):
     assert "A good pin" in rest  # the other pins are still drawn
 
 
+def test_out_may_be_a_folder(wanda_run, tmp_path, capsys):
+    assert main(["report", str(wanda_run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "minilm-wanda-report.html").is_file()
+    assert main(["report", str(wanda_run), "--out", str(tmp_path / "no" / "such" / "r.html")]) == 0  # made
+    assert main(["report", str(wanda_run), "--out", "/proc/no-such/r.html"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_missing_run_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
