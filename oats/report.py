@@ -68,6 +68,9 @@ class Pin:
     title: str
     created: str
     figure: dict
+    run_created: str | None = None
+    """The ``created`` stamp of the run it was pinned on: a folder compressed again (--overwrite)
+    is another run, and its report leaves the old run's pins out."""
 
 
 def pins_folder(run_folder: str | Path) -> Path:
@@ -109,10 +112,18 @@ def save_pin(run_folder: str | Path, key: str, title: str, figure_json: str) -> 
         raise RunError(f"this figure is over the {MAX_PIN_BYTES // 1024**2} MB a pin may hold: pin a smaller view")
     name = pin_name(key, title)
     body = json.dumps({"format": PIN_FORMAT, "key": str(key), "title": str(title),
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")})[:-1] + ', "figure": ' + figure_json + "}"
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_created": _run_created(run_folder)}
+                      )[:-1] + ', "figure": ' + figure_json + "}"
     folder = _checked_pins_folder(run_folder, create=True)
     atomic_write_bytes(folder / f"{name}.json", body.encode("utf-8", "replace"), then="pin it again")
     return name
+
+
+def _run_created(run_folder: str | Path) -> str | None:
+    try:
+        return RunInfo.read(run_folder).created or None
+    except RunError:
+        return None
 
 
 def remove_pin(run_folder: str | Path, name: str) -> None:
@@ -166,7 +177,8 @@ def read_pin(path: Path) -> Pin:
     if not isinstance(body, dict) or body.get("format") != PIN_FORMAT:
         raise untrusted.BadFile("it is not a pin this oats writes")
     return Pin(name=path.stem, key=str(body.get("key", ""))[:200], title=str(body.get("title", ""))[:500],
-               created=str(body.get("created", ""))[:40], figure=_clean_figure(body.get("figure")))
+               created=str(body.get("created", ""))[:40], figure=_clean_figure(body.get("figure")),
+               run_created=body["run_created"] if isinstance(body.get("run_created"), str) else None)
 
 
 def pin_files(run_folder: str | Path) -> tuple[tuple[str, int, int], ...]:
@@ -198,7 +210,12 @@ def read_pins(run_folder: str | Path) -> tuple[list[Pin], list[str]]:
         except (OSError, untrusted.BadFile, RecursionError) as e:
             problems.append(f"pin '{path.name}' could not be read ({str(e) or type(e).__name__}): unpin it or pin again")
     pins.sort(key=lambda p: (p.created, p.name))
-    return pins, problems
+    current = _run_created(run_folder)
+    old = [p for p in pins if p.run_created and current and p.run_created != current]
+    if old:
+        problems.append(f"{len(old)} pin{'s' * (len(old) > 1)} left out: pinned on an earlier run in this folder "
+                        f"(made {old[0].run_created}; this run was made {current}): pin the figures again")
+    return [p for p in pins if all(p is not o for o in old)], problems
 
 
 # ----------------------------------------------------------------------------- what the report says

@@ -154,6 +154,19 @@ def test_a_damaged_pin_is_one_line(wanda_run, tmp_path, content, reason):
     assert "A good pin" in rest  # the other pins are still drawn
 
 
+def test_pins_of_an_earlier_run_in_the_folder_are_left_out(wanda_run, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(wanda_run, folder, ignore=shutil.ignore_patterns("*.safetensors", "report"))
+    report.save_pin(folder, "old", "Old figure", _bar("Old figure").to_json())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["created"] = "2099-01-01T00:00:00"  # compressed again into the same folder (--overwrite)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    pins, problems = report.read_pins(folder)
+    assert pins == [] and len(problems) == 1 and "earlier run" in problems[0]
+    report.save_pin(folder, "new", "New figure", _bar("New figure").to_json())
+    assert [p.title for p in report.read_pins(folder)[0]] == ["New figure"]
+
+
 def test_out_may_be_a_folder(wanda_run, tmp_path, capsys):
     assert main(["report", str(wanda_run), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "minilm-wanda-report.html").is_file()
