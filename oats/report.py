@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import os
 import re
 import shlex
@@ -284,7 +285,9 @@ def primary(info: RunInfo, results: dict) -> tuple[str, bool] | None:
     """(primary metric, higher is better): the run's task's, else the one among the results."""
     from oats.models.zoo import PRESETS
     task = info.task if isinstance(info.task, str) else getattr(PRESETS.get(info.model_name), "task", None)
-    return PRIMARY_METRIC.get(task) or quality.primary_of(k for v in results.values() for k in v)
+    keys = [k for v in results.values() for k in v]
+    own = PRIMARY_METRIC.get(task)
+    return own if own and own[0] in keys else quality.primary_of(keys)
 
 
 def evaluation_table(results: dict, names: dict[str, str], metric: str | None) -> tuple[list[str], list[list]]:
@@ -310,8 +313,8 @@ def measured_on(info: RunInfo, ev: dict, metric: str | None) -> str:
     return "; ".join(parts) + ". Fidelity metrics compare each variant with the dense model on held-out data."
 
 
-LAYER_COLUMNS = ("qualname", "kind", "shape", "rank", "nnz", "params", "scaled_error", "output_error", "iterations",
-                 "time_s")
+LAYER_COLUMNS = ("layer", "kind", "shape", "rank", "nonzeros", "parameters", "scaled error", "output error",
+                 "iterations", "time (s)")
 
 
 def layer_rows(info: RunInfo) -> list[list]:
@@ -378,14 +381,16 @@ def standard_figures(info: RunInfo, ev: dict | None, names: dict[str, str], metr
             fig = go.Figure(go.Bar(x=[_plain(names[m]) for m in shown], y=[v[key] for v in shown.values()],
                                    text=[quality.fmt(v[key]) for v in shown.values()], textposition="outside"))
             label = quality.column_label(key, False)
-            figs.append(_titled(fig, f"Evaluation: {label} ({'higher' if higher else 'lower'} is better)"
-                                + (", mean over the domains" if quality.domains_of(shown.values(), key) else ""),
-                                "variant", label))
+            figs.append(_log_if_spread(_titled(
+                fig, f"Evaluation: {label} ({'higher' if higher else 'lower'} is better)"
+                + (", mean over the domains" if quality.domains_of(shown.values(), key) else ""), "variant", label),
+                [v[key] for v in shown.values()], label))
         doms = quality.domains_of(shown.values(), key)
         if doms:
             fig = go.Figure([go.Bar(name=_plain(names[m]), x=[_plain(corpora.title(d)) for d in doms],
                                     y=[v.get(f"{key}@{d}") for d in doms]) for m, v in shown.items()])
-            figs.append(_titled(fig, f"Evaluation per domain: {label}", "held-out domain", label))
+            figs.append(_log_if_spread(_titled(fig, f"Evaluation per domain: {label}", "held-out domain", label),
+                                       [v.get(f"{key}@{d}") for v in shown.values() for d in doms], label))
     if info.layers:
         x = [_plain(l.qualname) for l in info.layers]
         fig = go.Figure([go.Bar(name="scaled error ‖(W − W′) D‖ / ‖W D‖", x=x, y=[l.scaled_error for l in info.layers]),
@@ -400,6 +405,20 @@ def standard_figures(info: RunInfo, ev: dict | None, names: dict[str, str], metr
         figs.append(_titled(fig, "Block output error along depth (calibration inputs)", "block (depth)",
                             "‖block′(x) − block(x)‖ / ‖block(x)‖"))
     return [json.loads(f.to_json()) for f in figs]
+
+
+EVAL_LOG_SPAN = 30.0
+"""An evaluation whose values span more than this factor is drawn on a log axis: a collapsed
+variant (sparse-only perplexity 1e8) would flatten dense vs compressed to nothing."""
+
+
+def _log_if_spread(fig, values, label: str):
+    fin = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if fin and min(fin) > 0 and max(fin) / min(fin) > EVAL_LOG_SPAN:
+        lo, hi = math.log10(min(fin)), math.log10(max(fin))  # bars rise from well below the smallest
+        fig.update_yaxes(type="log", title_text=_plain(f"{label}, log scale"), dtick=1, tickformat="~g",
+                         range=[math.floor(lo) - 0.5, hi + 0.12 * max(hi - lo + 1, 1)])
+    return fig
 
 
 def _titled(fig, title: str, x: str, y: str):

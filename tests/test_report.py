@@ -55,6 +55,16 @@ def _cells(page: str, table_class: str) -> list[list[str]]:
             for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
 
 
+def _figures(page: str) -> list[dict]:
+    """{"data", "layout"} of every figure the page draws, as its script passes them to Plotly."""
+    out, dec = [], json.JSONDecoder()
+    for m in re.finditer(r'Plotly.newPlot\("figure-\d+", ', page):
+        data, end = dec.raw_decode(page, m.end())
+        layout, _ = dec.raw_decode(page, end + 2)
+        out.append({"data": data, "layout": layout})
+    return out
+
+
 def _bar(title: str) -> go.Figure:
     return go.Figure(go.Bar(x=["0.q", "0.k"], y=[0.123, 0.456]), layout={"title": {"text": title}})
 
@@ -92,6 +102,17 @@ def test_cli_report_has_settings_evaluation_pins_and_commands(wanda_run, tmp_pat
     # nothing fetched from outside the file
     assert 'src="http' not in rest and "https://cdn" not in rest and "http://" not in rest
     assert "Content-Security-Policy" in page and "default-src 'none'" in html.unescape(page[:2000])
+
+
+def test_a_spread_evaluation_is_drawn_on_a_log_axis(wanda_run, tmp_path):
+    """Perplexities of 13 and 9e7 side by side: a linear axis would hide dense vs compressed."""
+    folder = tmp_path / "run"
+    shutil.copytree(wanda_run, folder, ignore=shutil.ignore_patterns("*.safetensors", "report"))
+    save_evaluation(folder, {"dense": {"perplexity": 13.46}, "both": {"perplexity": 9.2e7}}, quick=True)
+    layout = _figures(report.build_report(folder))[0]["layout"]
+    assert layout["yaxis"]["type"] == "log" and "log scale" in layout["yaxis"]["title"]["text"]
+    save_evaluation(folder, {"dense": {"perplexity": 13.46}, "both": {"perplexity": 21.3}}, quick=True)
+    assert _figures(report.build_report(folder))[0]["layout"]["yaxis"].get("type") != "log"
 
 
 def test_unpin_removes_the_figure(wanda_run, tmp_path):
