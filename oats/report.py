@@ -469,7 +469,7 @@ def _figure_div(fig: dict, index: int) -> str:
 STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:
 collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:
-#f4f4f4}.settings th{width:16em}.layers{display:block;max-height:30em;overflow:auto}.figure{margin:1em 0}
+#f4f4f4}.settings th{width:16em}.figure{margin:1em 0}
 pre{background:#f6f6f6;padding:.8em;overflow:auto;white-space:pre-wrap}.problem{color:#a00}.note{color:#555}"""
 
 
