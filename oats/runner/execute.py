@@ -21,6 +21,7 @@ from oats.errors import OatsError, RunError
 from oats.evaluation import evaluate, run_modes
 from oats.models import zoo
 from oats.runner.request import CompressRequest, check_calib_domain, data_kind
+from oats.runs.estimate import this_machine
 from oats.runs.evaluations import save_evaluation
 from oats.runs.folders import MANIFEST, RunWriter, check_run_folder, clear_run_folder, load_run, read_manifest
 
@@ -131,7 +132,9 @@ def execute(request: CompressRequest, folder: str | Path, *,
     else:
         clear_run_folder(folder)
     writer = RunWriter(folder, extra={"calibration_request": request.calibration_request(),
-                                      "model_source": loaded.source, "task": loaded.task, **(extra or {})})
+                                      "model_source": loaded.source, "task": loaded.task,
+                                      "machine": this_machine(),  # for the time estimate of later runs
+                                      **(extra or {})})
     update(stage="compressing", message="capturing calibration inputs")
     run = _compress(request, loaded, batches, progress, writer, resume)
     run.calibration.update(calibration_record(request, loaded, batches))
@@ -195,7 +198,7 @@ def evaluate_and_save(run: CompressionRun, folder: str | Path, quick: bool = Fal
         ev = evaluate(run, run.loaded, modes=run_modes(run.method, run.config), quick=quick)
     except OatsError as e:
         return f" (evaluation failed: {one_line(e)})"
-    save_evaluation(folder, ev.metrics, quick, settings=ev.settings)
+    save_evaluation(folder, ev.metrics, quick, settings=ev.settings, time_s=ev.time_s)
     return ""
 
 

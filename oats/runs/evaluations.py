@@ -54,12 +54,16 @@ def clean_settings(settings) -> dict | None:
     return out
 
 
-def save_evaluation(folder: str | Path, results: dict, quick: bool, settings: dict | None = None) -> Path:
+def save_evaluation(folder: str | Path, results: dict, quick: bool, settings: dict | None = None,
+                    time_s: float | None = None) -> Path:
     """Write {mode: {metric: value}} next to a run (atomic; a non-finite value is written as null),
-    with the ``settings`` it was measured with (``oats.evaluation.Evaluation.settings``) when given."""
+    with the ``settings`` it was measured with (``oats.evaluation.Evaluation.settings``) when given,
+    and ``time_s``, the seconds it took (the Compress page's time estimate reads it)."""
     path = Path(folder) / EVALUATION_FILE
     body = {"quick": bool(quick), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "results": {m: {k: float(v) for k, v in r.items()} for m, r in results.items()}}
+    if time_s is not None and math.isfinite(time_s):
+        body["time_s"] = round(float(time_s), 3)
     if settings is not None:
         body["settings"] = clean_settings(settings)
     atomic_write_bytes(path, json.dumps(finite_json(body), indent=1, allow_nan=False).encode(),

@@ -1,0 +1,259 @@
+"""How long a compression will take, said before it starts (no Streamlit here).
+
+From this machine's own past runs where it has them: every complete run folder of the same
+model and method (and solver, where the method iterates) made on this machine (the manifest's
+``machine`` record; a run without one is taken as made here) predicts the new run by scaling
+its recorded times to the requested settings:
+
+* the calibration part (capturing the inputs, the statistics, re-running the compressed blocks:
+  ``timings.total_s - timings.decompose_s``) in proportion to the calibration tokens;
+* the decomposition part (``timings.decompose_s``) for an iterative method (OATS) in
+  proportion to the iterations the layers will run: the iteration cap asked for, or, where
+  the past run's fast solver stopped before its cap, the iterations it stopped at;
+* loading the model and the data (``timings.load_s``, of the runs that loaded the model afresh)
+  and the evaluation (``time_s`` of the run's ``evaluation.json``) as they were, plus the start
+  of the app's compression process.
+
+The estimate is the median of those predictions, so one run made while the machine was busy
+does not decide it. Without such a run it is a rough figure from the default rates below (seconds
+per million block-linear weights, measured on minilm-l6 on a 2-core machine), and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from oats.methods import registry
+
+DEFAULT_COMPRESS_S_PER_M = {"oats": 1.2, "wanda": 0.9, "sparsegpt": 2.3, "magnitude": 0.9, "lowrank": 1.3,
+                            "hassle": 7.0}
+"""Seconds per million block-linear weights to compress with default settings (the calibration
+data's default size, 80 iterations of the fast solver), measured on minilm-l6 (10.6 M
+block-linear weights) on a 2-core AMD EPYC shared with other work (``oats.runner.execute`` with
+two torch threads: OATS 8.4 s, Wanda 10.0 s, SparseGPT 24.3 s, magnitude 16.1 s, low-rank 14.8 s,
+HASSLE-free 73.8 s; most of each but HASSLE-free's is the calibration statistics, which every method collects)."""
+DEFAULT_COMPRESS_S_PER_M_OTHER = 2.0
+"""The same for a method without a measured rate (a method added later)."""
+DEFAULT_LOAD_S_PER_M = 0.3
+"""Seconds per million block-linear weights to load the model and prepare the calibration data
+(minilm-l6: 2.9 s)."""
+DEFAULT_EVALUATE_S_PER_M = 1.2
+"""Seconds per million block-linear weights to evaluate a run's variants (dense, compressed and each
+term alone) on the default evaluation set (minilm-l6, OATS: 12.4 s)."""
+WORKER_START_S = 5.0
+"""Seconds to start the app's compression process (``python -m oats.runner.worker`` importing
+torch and transformers: 4.1 and 7.8 s measured on the busy 2-core machine), before any load."""
+MIN_LOAD_S = 0.5
+"""A recorded load shorter than this was of a model already in memory (a sweep hands its loaded
+model to every run): it says nothing of loading one afresh, so the estimate leaves it out."""
+DEFAULT_ITERATIONS_RUN = 21
+"""The iterations the fast solver ran (mean over the layers, at its default cap of 80) when the
+default rates were measured."""
+PRESET_BLOCK_WEIGHTS = {"minilm-l6": 10_616_832, "dinov2-small": 21_233_664, "smollm2-135m": 106_168_320}
+"""Block-linear weights of the embedded models (what a run records as ``params_dense``), for the
+default rates when no run of the model was ever made here."""
+DEFAULT_SAMPLES = {"causal-lm": 16, "encoder": 128, "vision": 32}
+"""The calibration samples a task takes by default (``oats.data``: LM_N_SAMPLES,
+ENCODER_N_SAMPLES, VISION_N_SAMPLES)."""
+
+
+def this_machine() -> dict:
+    """What a run records about the machine it was made on: host name, CPU count, torch threads."""
+    import torch
+    return {"host": socket.gethostname(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """What the estimate needs of one finished run."""
+
+    model: str
+    method: str
+    solver: str
+    iterations: int
+    """The iteration cap it was made with."""
+    iterations_done: float
+    """The mean iterations its layers ran (the fast solver may stop before the cap)."""
+    tokens: float
+    samples: int | None
+    load_s: float
+    total_s: float
+    decompose_s: float
+    evaluate_s: float | None
+    params: int
+    host: str | None
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def past_run(info, evaluation: dict | None = None) -> PastRun | None:
+    """A complete run's timings as a ``PastRun`` (``info``: its ``RunInfo``; ``evaluation``: its
+    ``evaluation.json``); None when it cannot teach the estimate anything: unfinished, no
+    timings, or resumed (its ``total_s`` then counts only the blocks of the last session, while
+    the per-block sums count them all)."""
+    t = info.timings or {}
+    total, dec, stats = _num(t.get("total_s")), _num(t.get("decompose_s")), _num(t.get("stats_s"))
+    tokens = _num((info.calibration or {}).get("tokens"))
+    if not info.complete or not total or total <= 0 or dec is None or not tokens:
+        return None
+    if stats is not None and total + 0.5 < stats + dec:
+        return None  # resumed
+    done = [l.iterations for l in info.layers if isinstance(l.iterations, int) and l.iterations > 0]
+    samples = (info.calibration or {}).get("samples")
+    machine = info.extra.get("machine") if isinstance(info.extra, dict) else None
+    ev = _num((evaluation or {}).get("time_s")) if evaluation and not evaluation.get("quick") else None
+    return PastRun(model=info.model_name, method=info.method, solver=str(info.config.solver),
+                   iterations=int(info.config.iterations), iterations_done=sum(done) / len(done) if done else 1.0,
+                   tokens=tokens, samples=samples if isinstance(samples, int) and samples > 0 else None,
+                   load_s=_num(t.get("load_s")) or 0.0, total_s=total, decompose_s=min(dec, total), evaluate_s=ev,
+                   params=int(info.params_dense or 0),
+                   host=machine.get("host") if isinstance(machine, dict) and isinstance(machine.get("host"), str)
+                   else None)
+
+
+def past_runs(root: str | Path) -> list[PastRun]:
+    """Every complete run under ``root`` that can teach the estimate (``past_run``)."""
+    from oats.runs.evaluations import read_evaluation
+    from oats.runs.folders import list_runs
+    out = []
+    for row in list_runs(root):
+        if row.get("info") is None:
+            continue
+        p = past_run(row["info"], read_evaluation(row["path"]))
+        if p is not None:
+            out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The predicted seconds (None: no estimate) and how they were arrived at."""
+
+    seconds: float | None
+    compress_s: float | None = None
+    load_s: float | None = None
+    evaluate_s: float | None = None
+    runs: int = 0
+    """How many past runs it learned from (0: the default rates)."""
+    basis: str = ""
+    """Where it comes from, in words that fill the brackets of ``text``."""
+
+    @property
+    def text(self) -> str:
+        """"about 40 s (from 3 past runs of minilm-l6 with oats on this machine)"."""
+        if self.seconds is None:
+            return f"no time estimate ({self.basis})"
+        return f"about {duration(self.seconds)} ({self.basis})"
+
+    @property
+    def parts(self) -> str:
+        """"starting and loading 10 s, compressing 20 s, evaluating 15 s" (empty without an estimate)."""
+        if self.seconds is None:
+            return ""
+        out = [f"starting and loading {duration(self.load_s)}", f"compressing {duration(self.compress_s)}"]
+        if self.evaluate_s:
+            out.append(f"evaluating {duration(self.evaluate_s)}")
+        return ", ".join(out)
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a person says them: "5 s", "40 s", "2 min", "1.5 h"."""
+    s = max(float(seconds or 0.0), 0.0)
+    if s < 10:
+        return f"{max(round(s), 1)} s"
+    if s < 90:
+        return f"{int(5 * round(s / 5))} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _iterations(method: str, cap: int, past: PastRun, stop: float | None) -> float:
+    """The iterations the layers are expected to run at ``cap``, judged from ``past``.
+
+    A method that does not iterate: as ``past`` ran. A past run whose fast solver stopped before
+    its cap (it converged): no more than it ran then. The exact solver: the cap. A past run that
+    hit its cap: the cap, but no more than where the fast solver stops (``stop``, the median of
+    the other runs that stopped early; without one, ``DEFAULT_ITERATIONS_RUN``, where it stopped
+    on the embedded models), since a low cap says nothing of where it would have stopped."""
+    record = registry.find(method)
+    if record is None or not record.iterative:
+        return past.iterations_done
+    if past.iterations_done < past.iterations - 0.5:
+        return min(float(cap), past.iterations_done)
+    if past.solver == "exact":
+        return float(cap)
+    return min(float(cap), max(past.iterations_done, stop or DEFAULT_ITERATIONS_RUN))
+
+
+def _compress_s(p: PastRun, method: str, cap: int, tokens: float, stop: float | None) -> float:
+    """The seconds to compress the request, scaled from one past run."""
+    calib = (p.total_s - p.decompose_s) * tokens / p.tokens
+    dec = p.decompose_s * _iterations(method, cap, p, stop) / max(p.iterations_done, 1e-9)
+    return calib + dec
+
+
+def _tokens(p: PastRun, samples: int | None, task: str | None) -> float:
+    """The calibration tokens the request will use, from ``p``'s tokens per sample."""
+    want = samples or DEFAULT_SAMPLES.get(task or "")
+    if want is None or p.samples is None:
+        return p.tokens
+    return p.tokens / p.samples * want
+
+
+def estimate(model: str, method: str, config, past: Iterable[PastRun], task: str | None = None,
+             samples: int | None = None, evaluate: bool = True, host: str | None = None) -> Estimate:
+    """The time a compression of ``model`` with ``method`` and ``config`` (an ``OatsConfig``) will
+    take, learned from ``past`` runs of the same model and method on ``host`` (default: this
+    machine); ``samples``: the calibration samples asked for (None: the task's default);
+    ``evaluate``: whether the evaluation follows."""
+    host = socket.gethostname() if host is None else host
+    past = [p for p in past if p.host in (None, host)]
+    record = registry.find(method)
+    same = [p for p in past if p.model == model and p.method == method]
+    if record is not None and record.iterative and any(p.solver == config.solver for p in same):
+        same = [p for p in same if p.solver == config.solver]
+    if same:
+        stops = [p.iterations_done for p in same if p.iterations_done < p.iterations - 0.5]
+        stop = statistics.median(stops) if stops else None
+        compress = statistics.median(_compress_s(p, method, int(config.iterations), _tokens(p, samples, task), stop)
+                                     for p in same)
+        params = same[0].params
+        loads = [p.load_s for p in same if p.load_s >= MIN_LOAD_S]
+        load = WORKER_START_S + (statistics.median(loads) if loads else DEFAULT_LOAD_S_PER_M * params / 1e6)
+        evals = [p.evaluate_s for p in same if p.evaluate_s is not None]
+        ev = (statistics.median(evals) if evals else DEFAULT_EVALUATE_S_PER_M * params / 1e6) if evaluate else None
+        n = len(same)
+        basis = f"from {n} past run{'s' if n > 1 else ''} of {model} with {method} on this machine"
+        if evaluate and not evals:
+            basis += "; the evaluation a rough figure"
+        return Estimate(load + compress + (ev or 0.0), compress, load, ev, n, basis)
+    return _default(model, method, config, past, task, samples, evaluate)
+
+
+def _default(model, method, config, past, task, samples, evaluate) -> Estimate:
+    """The rough figure from the default rates, scaled by the model's block-linear weights (from a
+    past run of the model with another method, or the embedded models' table)."""
+    params = next((p.params for p in past if p.model == model and p.params), None) or PRESET_BLOCK_WEIGHTS.get(model)
+    if not params:
+        return Estimate(None, basis=f"no past run of {model} here, and its size is not known before it loads")
+    m = params / 1e6
+    rate = DEFAULT_COMPRESS_S_PER_M.get(method, DEFAULT_COMPRESS_S_PER_M_OTHER)
+    record = registry.find(method)
+    if record is not None and record.iterative:  # fewer iterations than the default rate's
+        rate *= min(int(config.iterations), DEFAULT_ITERATIONS_RUN) / DEFAULT_ITERATIONS_RUN
+    default_samples = DEFAULT_SAMPLES.get(task or "")
+    if samples and default_samples:
+        rate *= 0.5 + 0.5 * samples / default_samples  # about half of the time is the calibration data's
+    compress, load = rate * m, WORKER_START_S + DEFAULT_LOAD_S_PER_M * m
+    ev = DEFAULT_EVALUATE_S_PER_M * m if evaluate else None
+    return Estimate(load + compress + (ev or 0.0), compress, load, ev, 0,
+                    f"no past run of {model} with {method} on this machine: a rough figure")
