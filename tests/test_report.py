@@ -188,6 +188,22 @@ def test_pins_of_an_earlier_run_in_the_folder_are_left_out(wanda_run, tmp_path):
     assert [p.title for p in report.read_pins(folder)[0]] == ["New figure"]
 
 
+def test_a_report_folder_linked_elsewhere_is_refused(wanda_run, tmp_path):
+    """A shared run folder whose report/ is a link out of it: nothing is written or read there."""
+    from oats.errors import RunError
+    folder = tmp_path / "run"
+    shutil.copytree(wanda_run, folder, ignore=shutil.ignore_patterns("*.safetensors", "report"))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "pins").mkdir(parents=True)
+    (elsewhere / "pins" / "x.json").write_text(json.dumps({"format": 1, "key": "k", "figure": {"data": []}}))
+    (folder / "report").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RunError, match="cannot be used"):
+        report.save_pin(folder, "k", "t", _bar("t").to_json())
+    assert sorted(p.name for p in (elsewhere / "pins").iterdir()) == ["x.json"]
+    pins, problems = report.read_pins(folder)
+    assert pins == [] and len(problems) == 1 and "leads outside" in problems[0]
+
+
 def test_out_may_be_a_folder(wanda_run, tmp_path, capsys):
     assert main(["report", str(wanda_run), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "minilm-wanda-report.html").is_file()
