@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
     return root
 
 
-def _pin_box(at, title_part: str):
+def _pin_box(at):
     boxes = [c for c in at.checkbox if "Pin to report" in c.label]
     assert boxes, "no Pin to report box on the page"
     return boxes
@@ -47,7 +47,7 @@ def test_pin_and_unpin_from_the_compress_page(runs, monkeypatch):
     at.switch_page("pages/home.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    boxes = _pin_box(at, "")
+    boxes = _pin_box(at)
     assert not any(b.value for b in boxes)
     boxes[0].check().run()  # the first chart: the evaluation
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
@@ -57,18 +57,18 @@ def test_pin_and_unpin_from_the_compress_page(runs, monkeypatch):
     shown = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert pinned["key"] == "eval-chart" and pinned["title"] == shown["layout"]["title"]["text"]
     assert [t["y"] for t in pinned["figure"]["data"]] == [t["y"] for t in shown["data"]]  # the figure as shown
-    assert _pin_box(at, "")[0].value  # ticked: it is pinned
+    assert _pin_box(at)[0].value  # ticked: it is pinned
     # the CLI's report has it
     page = report.build_report(folder)
     assert "chart eval-chart, pinned" in page
     # unpinned elsewhere (the sidebar's Report panel removes the file the same way): the box unticks
     report.remove_pin(folder, files[0].stem)
     at.run()
-    assert not _pin_box(at, "")[0].value
+    assert not _pin_box(at)[0].value
     # pinned again and unticked under the chart
-    _pin_box(at, "")[0].check().run()
+    _pin_box(at)[0].check().run()
     assert len(list(report.pins_folder(folder).glob("*.json"))) == 1
-    _pin_box(at, "")[0].uncheck().run()
+    _pin_box(at)[0].uncheck().run()
     assert not list(report.pins_folder(folder).glob("*.json"))
     assert not at.exception
 
