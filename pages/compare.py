@@ -4,6 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from oats.runs.folders import runs_root
 from ui.state import chart, complete_runs, how_to_read, current_path, primary_metric, run_info, run_task, table
 from ui.text import esc
 from oats import corpora
@@ -12,18 +13,82 @@ from oats.explain import analysis, quality
 from ui import evaluations, figures
 from oats.errors import OatsError
 from oats.runner.sweep import list_sweeps, load_meta, load_results
+from oats.explain import verdict
+from ui import compare_sweep
 
 st.title("Compare")
 st.caption("How the methods trade quality for size, and where in the model they differ.")
 
+
+
+def _verdict_sentence(table: dict, pm: tuple[str, bool], shown: str, task: str | None) -> None:
+    """How the diagnostics (and the chosen metric) rank ``table``'s runs ({(method, rank ratio):
+    sweep row}) against the verdict, as one sentence from the data; the weight-space errors come
+    from each run's manifest."""
+    rows = {}
+    for (method, kappa), row in table.items():
+        entry = {pm[0]: row.get(pm[0]), shown: row.get(shown)}
+        try:
+            entry.update(verdict.run_errors(run_info(str(runs_root() / str(row.get("run"))))))
+        except Exception:  # noqa: BLE001 - a run of the table that is gone or damaged: its errors are left out
+            pass
+        rows[str(method) if sum(m == method for m, _ in table) == 1 else f"{method} (κ {kappa:g})"] = entry
+    diagnostics = ([shown] if shown != pm[0] else []) + ["median_scaled_error", "median_output_error"]
+    sentence, clash = verdict.disagreement(rows, pm[0], diagnostics, verdict.where(task), pm[1])
+    if clash:
+        st.info(esc(sentence, 2000), icon=":material/gavel:")
+    elif sentence:
+        st.caption(esc(sentence, 2000))
+
+
+def _metric_notes(summary: list[dict], chosen: list[str]) -> None:
+    """One sentence per metric column of the runs' table: what it measures, which way is better,
+    verdict or diagnostic."""
+    tasks = {run_task(run_info(p)) for p in chosen}
+    task = next(iter(tasks)) if len(tasks) == 1 else None
+    cols = list(dict.fromkeys(c for row in summary for c in row))
+    metrics = [c for c in cols if c in verdict.METRIC_NOTES or c.split(" ")[0] in verdict.METRIC_NOTES]
+    lines = []
+    for c in metrics:
+        base = c.split(" ")[0]
+        if c != base and " · " in c:
+            continue  # a domain's column: the mean's sentence covers it
+        lines.append("- " + verdict.metric_sentence(base, task, text=esc))
+    if lines:
+        st.markdown("**What each number means**\n" + "\n".join(lines))
+
+
+def _runs_verdict(ranked: dict, metric: str, higher: bool) -> None:
+    """The sentence on how the weight-space errors rank the runs against the verdict."""
+    labels = verdict.short_labels([{"path": p, "name": Path(p).name, "method": run_info(p).method,
+                                    "compression": run_info(p).config.compression} for p in ranked])
+    table_ = {labels[p]: m for p, m in ranked.items()}
+    task = verdict.task_of(metric)
+    sentence, clash = verdict.disagreement(table_, metric, ["median_scaled_error", "median_output_error"],
+                                           verdict.where(task), higher)
+    if clash:
+        st.info(esc(sentence, 2000), icon=":material/gavel:")
+    elif sentence:
+        st.caption(esc(sentence, 2000))
+
+
 # ----------------------------------------------------------------------------- sweeps
 st.subheader("Sweeps: methods × compression rates")
+compare_sweep.progress()  # first: a sweep whose runs ended is written before the list is read
 sweeps = list_sweeps()
+compare_sweep.form(expanded=not sweeps)
 if not sweeps:
-    st.info("No sweep yet — run one from the command line, e.g. `.venv/bin/oats sweep minilm-l6`, then reload "
-            "this page.")
+    st.info("No sweep yet — start a small one above, or a larger one from the command line, e.g. "
+            "`.venv/bin/oats sweep minilm-l6`, then reload this page.")
 else:
-    folder = st.selectbox("Sweep", sweeps, index=len(sweeps) - 1, format_func=lambda p: Path(p).name)
+    made = st.session_state.pop(compare_sweep.MADE_KEY, None)  # a sweep just written opens once
+    names = [str(p) for p in sweeps]
+    if made in names:
+        st.session_state["sweep-pick"] = sweeps[names.index(made)]
+    elif st.session_state.get("sweep-pick") not in sweeps:
+        st.session_state.pop("sweep-pick", None)  # its folder is gone: the newest again
+    folder = st.selectbox("Sweep", sweeps, format_func=lambda p: Path(p).name, key="sweep-pick",
+                          **({} if "sweep-pick" in st.session_state else {"index": len(sweeps) - 1}))
     try:
         rows = load_results(folder)
         metrics = analysis.metric_columns(rows)
@@ -70,6 +135,8 @@ else:
                         " The Text box picks the mean over the domains or one domain's held-out part: the "
                         "ranking of the methods can differ from one domain to another (the table below the chart "
                         "ranks them at one rate)." if doms else ""))
+        task = verdict.task_of(pm[0]) if pm else None
+        st.markdown(verdict.metric_sentence(metric, task, text=esc))
         prim_doms = quality.domains_of(rows_m, pm[0]) if pm else []
         compressed = [r for r in rows_m if r.get("mode") == "both" and r.get("method") != "dense"
                       and isinstance(r.get("compression"), (int, float))]
@@ -85,6 +152,7 @@ else:
                                 what="method")
             st.caption(f"At ρ = {rate:g}, on {esc(quality.describe(settings, prim_doms))}; "
                        f"{esc(quality.mean_note(pm[0]))}.")
+            _verdict_sentence({r[0]: r[1] for r in ranked.items()}, pm, metric, task)
         table(rows_m, f"sweep-{Path(folder).name}", key="csv-sweep", height=300)
 
 # ----------------------------------------------------------------------------- runs side by side
@@ -112,15 +180,18 @@ else:
                              format_func=lambda v: {"scaled_error": "scaled error (weights)",
                                                     "output_error": "output error (calibration inputs)"}[v])
             chart(figures.layer_compare_figure(rows, value), key="layers")
+            st.caption(verdict.metric_sentence(value))
             summary = []
             evaluated: dict[tuple, dict] = {}  # (model, primary, higher) -> {run path: metrics of its compressed model}
             on: dict[tuple, list] = {}
             for p in chosen:
                 info = run_info(p)
                 s = analysis.run_summary(info)
+                errors = verdict.run_errors(info)
                 row = {"run": Path(p).name, "model": info.model_name, "method": info.method,
                        "compression": round(s["compression"], 4), "rank_ratio": info.rank_ratio,
-                       "median_scaled_error": round(s["median_scaled_error"], 5), "time_s": s["total_s"]}
+                       "median_scaled_error": round(s["median_scaled_error"], 5),
+                       "median_output_error": errors["median_output_error"], "time_s": s["total_s"]}
                 ev = evaluations.run_evaluation(p, info)
                 pm = primary_metric(run_task(info) or "")
                 both = ev["results"].get("both", {}) if ev else {}
@@ -130,10 +201,11 @@ else:
                     for d in doms:  # the compressed model on each domain's held-out part, beside the mean
                         row[f"{pm[0]} · {corpora.title(d)}"] = both[metric_key(pm[0], d)]
                     key = (info.model_name, *pm)
-                    evaluated.setdefault(key, {})[p] = both
+                    evaluated.setdefault(key, {})[p] = {**both, **errors}
                     on.setdefault(key, []).append(ev.get("settings"))
                 summary.append(row)
             table(summary, "runs-compared", key="csv-runs-compared")
+            _metric_notes(summary, chosen)
             for (model, metric, higher), ranked in evaluated.items():
                 if len(ranked) < 2:
                     continue
@@ -148,5 +220,6 @@ else:
                            + (f"; {esc(quality.mean_note(metric))}" if doms else "")
                            + (f"; {missing} run(s) evaluated before evaluation per domain show the mean only (–)"
                               if doms and missing else "") + ".")
+                _runs_verdict(ranked, metric, higher)
             with st.expander("Per-layer rows"):
                 table(rows, "layer-errors-compared", key="csv-layers-compared", height=300)
