@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 from oats import corpora, untrusted
 from oats.errors import DataError
 from ui.figures import _layout, log_axis, safe_colorscale
+from ui.names import column_title
 
 STUDY = "oats-calibration-study"
 """The ``study`` field of a calibration study file."""
@@ -237,8 +238,9 @@ def describe(study: dict) -> str:
     threads = list(dict.fromkeys(s.get("torch_threads") for s in sessions if s.get("torch_threads")))
     unit = study.get("unit", "samples")
     rho, kappa = study.get("compression"), study.get("rank_ratio")
-    parts = [f"{study['metric']} of {study['model']} at ρ {rho:g}" if isinstance(rho, (int, float))
-             else f"{study['metric']} of {study['model']}"]
+    name = column_title(study["metric"])
+    parts = [f"{name} of {study['model']} at ρ {rho:g}" if isinstance(rho, (int, float))
+             else f"{name} of {study['model']}"]
     if isinstance(kappa, (int, float)):
         parts[0] += f", κ {kappa:g} for the methods with a low-rank term"
     parts.append(f"measured on {on}" + (" (quick evaluation set)" if study.get("quick") else ""))
@@ -294,9 +296,9 @@ def matrix_figure(study: dict, method: str) -> go.Figure:
     each column in bold. Perplexity is coloured by its ratio to dense on a log scale; a
     fidelity (cosine) by its value."""
     higher = bool(study["higher_is_better"])
-    metric = study["metric"]
+    rel = relative_scale(study["metric"], higher)
+    metric = column_title(study["metric"])
     mat = matrix(study, method)
-    rel = relative_scale(metric, higher)
     z, text = [], []
     best = [best_index([row[j] for row in mat.values], higher) for j in range(len(mat.cols))]
     for i, row in enumerate(mat.values):
@@ -332,7 +334,7 @@ def curve_figure(study: dict) -> go.Figure:
     evaluation domain and a dashed one for the mean (perplexity on a log axis); the dense value
     of each domain is given in the hover text."""
     higher = bool(study["higher_is_better"])
-    metric = study["metric"]
+    metric = column_title(study["metric"])
     ms = methods(study) or ["(none)"]
     fig = make_subplots(rows=1, cols=len(ms), shared_yaxes=True, subplot_titles=ms, horizontal_spacing=0.03)
     cols = columns(study)
@@ -375,4 +377,4 @@ def dense_line(study: dict) -> str:
     per = dense.get("per_domain") or {}
     higher = bool(study["higher_is_better"])
     vals = ", ".join(f"{label(d)} {_fmt(per.get(d), higher)}" for d in study["eval_domains"])
-    return f"dense {study['metric']}: {vals}; mean {_fmt(dense.get('mean'), higher)}"
+    return f"dense {column_title(study['metric'])}: {vals}; mean {_fmt(dense.get('mean'), higher)}"

@@ -27,7 +27,7 @@ from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.methods import registry
 from oats.runs.folders import MANIFEST, RunInfo, list_runs, load_run, runs_root
-from ui import pins
+from ui import names, pins
 from ui.text import esc, one_line, plain_figure
 
 RUN_KEY = "run_path"      # non-widget keys: they survive page switches
@@ -442,7 +442,9 @@ def table(rows, name: str, key: str | None = None, height: int | str = "auto", *
     """A table plus a CSV download button for it (``name`` may hold a run's or model's name:
     its label is escaped, its file name kept to plain characters)."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    st.dataframe(df, width="stretch", hide_index=True, height=height, **kw)
+    # the page shows words (ui/names.py); the data and the CSV keep the keys the run files and the CLI use
+    config = names.column_labels(df.columns, kw.pop("column_config", None))
+    st.dataframe(df, width="stretch", hide_index=True, height=height, column_config=config, **kw)
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     file_name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", one_line(name, 120)).strip("._") or "table"
