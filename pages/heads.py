@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.head_figures import entropy_figure, head_change_figure, heads_figure, token_maps_figure
+from ui.head_figures import (entropy_figure, head_change_figure, head_focus_figure, head_focus_vision_figure,
+                              heads_figure, run_diff_bars, run_diff_maps, token_maps_figure)
 from ui.text import esc
-from ui.state import MODEL_LOCK, RUN_KEY, chart, current_run, run_mtime, table
+from ui.state import (MODEL_LOCK, RUN_KEY, chart, complete_runs, current_run, load_run_cached, run_mtime,
+                      table)
 from oats.data import bundled_images, evaluation_sentences
 from oats.errors import OatsError
 from oats.explain import heads, vit
@@ -16,11 +18,20 @@ from oats.explain import text as text_explain
 from oats.methods import registry
 
 
-@st.cache_data(max_entries=12, show_spinner="Running the input through the dense model and its three variants ...")
+@st.cache_data(max_entries=12, show_spinner="Running the input through the dense model and its variants ...")
 def head_view(path: str, mtime: float, text: str | None, photo: str | None, _run) -> heads.HeadView:
     image = bundled_images()[photo] if photo else None
     with MODEL_LOCK:  # the shared model's modes are switched (and restored)
         return heads.explain_heads(_run, text=text, image=image)
+
+
+@st.cache_data(max_entries=6, show_spinner="Running the input through the second run's dense and compressed models ...")
+def compressed_view(path: str, mtime: float, text: str | None, photo: str | None) -> heads.HeadView:
+    """The dense and compressed heads of another run (the diff needs no single-term variants)."""
+    image = bundled_images()[photo] if photo else None
+    other = load_run_cached(path, mtime)
+    with MODEL_LOCK:
+        return heads.explain_heads(other, text=text, image=image, modes=("dense", "both"))
 
 
 @st.cache_data(max_entries=24, show_spinner=False)
@@ -31,9 +42,42 @@ def text_explanation(path: str, mtime: float, text: str, second: str | None, ste
                                          max_steps=max(steps, text_explain.IG_MAX_STEPS))
 
 
+def compare_runs(view: heads.HeadView, layer: int, head: int) -> None:
+    """Section: this run against another run of the same model on the layer (e.g. OATS vs Wanda)."""
+    st.subheader("Against another run of the same model")
+    rows = {r["path"]: r for r in complete_runs()}
+    me = rows.get(path, {"name": "this run", "method": run.method, "compression": None})
+    same = [p for p, r in rows.items() if p != path and r.get("model_name") == run.model_name]
+    if not same:
+        st.info(f"No other run of {esc(run.model_name or 'this model')} to compare with: compress it with "
+                "another method (e.g. Wanda) on the Compress page, then come back.")
+        return
+    other = st.selectbox("Second run", [None, *same], key=f"heads_other_{path}",
+                         format_func=lambda p: "pick a run to compare with ..." if p is None else rows[p]["name"])
+    if other is None:
+        return
+    try:
+        view_b = compressed_view(other, run_mtime(other), text, photo)
+        diff = heads.diff_runs(view, view_b, layer)
+    except OatsError as e:
+        st.error(esc(e))
+        return
+    except Exception as e:  # noqa: BLE001 - a damaged second run is one line, the page stays
+        st.error(f"run '{esc(rows[other]['name'])}' could not be compared ({esc(type(e).__name__)}: {esc(e, 200)})")
+        return
+    name_a, name_b = heads.run_names(me, rows[other])
+    st.markdown(esc(heads.diff_summary(diff, name_a, name_b)))
+    chart(run_diff_bars(diff, name_a, name_b), key="heads-diff-bars")
+    chart(run_diff_maps(diff, view, head, name_a, name_b), key="heads-diff-maps")
+    if diff.dense_gap > 1e-4:
+        st.warning(f"The two runs' dense models differ (up to {diff.dense_gap:.2g} in attention): they were not "
+                   "made from the same weights, so part of the difference is not the compression's.")
+
+
 st.title("Heads")
-st.caption("Every attention head of a layer in the dense model, the compressed model (sparse + low-rank) and each "
-           "term alone, and which heads moved most. Distances are Jensen-Shannon divergences between a head's "
+st.caption("Every attention head of a layer in the dense model, the compressed model and, for a method with a "
+           "sparse and a low-rank term, each term alone; one head up close; which heads moved most, and how another "
+           "run of the same model compares. Distances are Jensen-Shannon divergences between a head's "
            "attention rows and the dense head's (bits: 0 the same, 1 disjoint); entropies are of each row "
            "(nats: low for a head that looks at one token, high for a diffuse one).")
 
@@ -67,10 +111,25 @@ with st.expander("How to read this", expanded=False):
     st.markdown(
         "Each small map is one head. For text, row *q* column *k* is how much token *q* attends to token *k* "
         "(a decoder's row only sees the tokens before it); for a ViT, each map is the CLS token's attention over the "
-        "patch grid. The rows are the same layer in four models: dense weights, the compressed model (S + L), the "
-        "sparse term alone and the low-rank term alone; biases, norms and embeddings are the same in all four. A head "
-        "the compression left alone looks the same in the first two rows. The chart below gives every head of every "
+        "patch grid, drawn over the photo the model saw. The rows are the same layer in the models this run has: "
+        "dense weights, the compressed model and, for a method with both terms (OATS), the sparse term alone and the "
+        "low-rank term alone; biases, norms and embeddings are the same in all. Every map shares the colour bar, "
+        "0 to the layer's largest attention. A head the compression left alone looks the same in the first two "
+        "rows; pick it under *One head up close* to read it token by token. The chart below gives every head of every "
         "layer one number per variant, its mean Jensen-Shannon divergence to the dense head, and the table sorts them.")
+
+st.subheader("One head up close")
+f1, f2 = st.columns(2)
+head = f1.selectbox("Head", list(range(view.heads)), key=f"heads_head_{path}", format_func=lambda h: f"head {h}")
+others = [m for m in view.maps if m != "dense"]
+versus = f2.selectbox("Beside dense", others, key=f"heads_focus_mode_{path}", format_func=view.labels.get)
+if vision:
+    chart(head_focus_vision_figure(view, layer, head, ("dense", versus)), key="heads-focus")
+else:
+    chart(head_focus_figure(view, layer, head, ("dense", versus)), key="heads-focus")
+    st.caption("Hover a cell: the query token, the key token it attends to, the weight, and the three tokens that "
+               "query attends to most. Each row sums to 1.")
+compare_runs(view, layer, head)
 chart(head_change_figure(view), key="heads-change")
 chart(entropy_figure(view), key="heads-entropy")
 st.subheader("Heads that changed most")
@@ -90,7 +149,7 @@ if not vision:
         "token replaced by the baseline's alone: the change of the target). The target is "
         + ("the cosine between each model's embedding of the text and the *dense* model's embedding of the second "
            "sentence" if encoder else "the log-probability of the token the *dense* model predicts next")
-        + ", so the four models are explained against the same reference.")
+        + ", so every model is explained against the same reference.")
     second = None
     if encoder:
         sentences = evaluation_sentences()
@@ -109,7 +168,7 @@ if not vision:
         st.session_state[done_key] = True
     with_ig = bool(st.session_state.get(done_key))
     try:
-        with st.spinner("Integrated gradients for the four models ..." if with_ig else "Attention rollout ..."):
+        with st.spinner(f"Integrated gradients for the {len(view.maps)} models ..." if with_ig else "Attention rollout ..."):
             ex = text_explanation(path, mtime, text, second, int(steps), with_ig, run)
     except OatsError as e:
         st.error(esc(e))
@@ -120,7 +179,7 @@ if not vision:
                 f"{len(registry.run_variants(run))} models: press **Compute attributions**. Results are kept for this "
                 "run and text.")
     st.caption(f"Target: {esc(ex.target)}.")
-    chart(token_maps_figure(ex), key="heads-tokens")
+    chart(token_maps_figure(ex, view.labels), key="heads-tokens")
     if ex.attributions:
         bad = text_explain.incomplete(ex)
         if bad:
@@ -142,4 +201,4 @@ if not vision:
     st.subheader("Overlap between the maps")
     st.caption("Spearman rank correlation of the per-token values and the intersection over union of the top-k "
                "tokens of each map (|attribution| for integrated gradients), for every pair of models.")
-    table(vit.overlap_rows(text_explain.overlap_maps(ex)), f"token-overlap-{run.model_name}", key="csv-token-overlap")
+    table(vit.overlap_rows(text_explain.overlap_maps(ex), labels=view.labels), f"token-overlap-{run.model_name}", key="csv-token-overlap")

@@ -7,7 +7,7 @@ import re
 
 import streamlit as st
 
-from ui.text import esc
+from ui.text import esc, plain_figure
 from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, image_upload, run_mtime
 from oats.explain import vit
 from oats.data import bundled_images
@@ -18,11 +18,12 @@ IG_STEP_CHOICES = [8, 16, 32, 64]
 SECOND_METHODS = [m for m in vit.ATTRIBUTION_METHODS if m != "ig"]
 
 
-@st.cache_data(max_entries=24, show_spinner="Rolling out attention for the three models ...")
+@st.cache_data(max_entries=24, show_spinner="Rolling out attention for each model of the run ...")
 def attention_cached(path: str, mtime: float, image_key: str, head_fusion: str, discard_ratio: float,
                      _run, _image) -> vit.AttentionMaps:
     with MODEL_LOCK:  # explain switches the shared model's modes (and restores them)
-        return vit.explain(_run, _image, head_fusion=head_fusion, discard_ratio=discard_ratio)
+        return vit.explain(_run, _image, head_fusion=head_fusion, discard_ratio=discard_ratio,
+                           modes=vit.compared_modes(_run))
 
 
 @st.cache_data(max_entries=48, show_spinner=False)
@@ -34,9 +35,10 @@ def attribution_cached(path: str, mtime: float, image_key: str, method: str, mod
 
 st.title("ViT attention & attribution")
 st.caption(
-    "Section 5 of the paper: the same vision transformer with its dense weights, with the sparse term "
-    "only (every low-rank term zeroed) and with the low-rank term only (every sparse term zeroed). "
-    "Biases, norms, embeddings and heads are the same in all three.")
+    "Section 5 of the paper: the same vision transformer with its dense weights, compressed (its sparse and "
+    "low-rank terms together) and, for a method with both terms (OATS), with the sparse term only (every "
+    "low-rank term zeroed) and with the low-rank term only (every sparse term zeroed). Biases, norms, embeddings "
+    "and heads are the same in all of them.")
 
 run = current_run()
 if run is None:
@@ -50,7 +52,8 @@ if not vit.is_vision_run(run):
     st.stop()
 path = st.session_state[RUN_KEY]
 mtime = run_mtime(path)
-labels = vit.mode_labels(run)  # the models this run has (vit.run_modes), named after its method's terms
+labels = vit.mode_labels(run)  # the models' names, after the run method's terms
+modes = vit.compared_modes(run)  # the models this run has (registry.run_variants): a Wanda run, dense and sparse
 
 
 def named(by_mode: dict) -> dict:
@@ -95,14 +98,15 @@ st.markdown(
     f"Per layer: fuse the heads ({head_fusion}), zero the lowest {discard_ratio:.0%} of the fused map's "
     "entries (never CLS→CLS), add the identity for the residual path, renormalise the rows, multiply over "
     f"the layers; the CLS row over the {gh}×{gw} patches is the map. Colours are rescaled within each panel.")
-st.plotly_chart(overlay_figure(maps.image, named(maps.rollout), value_name="rollout"), config=CHART_CONFIG, theme=None,
-                key="vit_rollout_chart")
+st.plotly_chart(plain_figure(overlay_figure(maps.image, named(maps.rollout), value_name="rollout")),
+                config=CHART_CONFIG, theme=None, key="vit_rollout_chart")
 with st.expander("How to read this", icon=":material/help:"):
     st.markdown("The photo as the model saw it, overlaid with where the CLS token's information comes from after all "
-                "layers (attention rollout): bright patches feed the image's representation most. The three panels "
-                "are the same network with its dense weights, with only the sparse terms and with only the low-rank "
-                "terms. A variant whose bright patches match the dense panel's still routes the image the same way "
-                "without the other term; a diffuse or scattered map means that term alone lost it. The overlap table "
+                "layers (attention rollout): bright patches feed the image's representation most. The panels "
+                "are the same network with its dense weights, compressed, and (for a method with both terms) with "
+                "only the sparse terms and with only the low-rank terms. A compressed panel whose bright patches "
+                "match the dense panel's still routes the image the same way; a single-term panel that matches "
+                "means that term carries it alone, a diffuse or scattered one that it lost it without the other. The overlap table "
                 "at the bottom puts numbers on it (rank correlation and top-k overlap with dense).")
 st.caption("Rollout, seconds per model (forward pass + rollout): "
            + ", ".join(f"{labels[m]} {s:.2f}" for m, s in maps.seconds.items()))
@@ -110,14 +114,15 @@ st.caption("Rollout, seconds per model (forward pass + rollout): "
 view = st.radio("Per-layer view", ["each layer's CLS attention", "rollout up to each layer"], horizontal=True,
                 key="vit_layer_view")
 stack = maps.layer_attention if view.startswith("each") else maps.layer_rollout
-st.plotly_chart(layers_figure(named(stack)), config=CHART_CONFIG, theme=None, key="vit_layers_chart")
+st.plotly_chart(plain_figure(layers_figure(named(stack), image=maps.image)), config=CHART_CONFIG, theme=None,
+                key="vit_layers_chart")
 
 # ------------------------------------------------------------------ attributions
 st.subheader("Attributions (captum)")
 st.markdown(
     "DINOv2 has no classification head, so there is no class score to explain. The target is the "
     "**projection of the model's CLS feature onto the dense model's CLS feature direction for this "
-    "image**: the dense, sparse-only and low-rank-only models are all explained with respect to the same "
+    "image**: every model of the run is explained with respect to the same "
     "direction of feature space (\"which pixels make this model produce the dense model's representation "
     "of this image\"). Integrated Gradients start from the all-zero normalised image (the mean colour); "
     "pixel attributions are summed as |value| over the colour channels and averaged over each patch.")
@@ -129,7 +134,7 @@ pressed = a3.button("Compute attributions", type="primary", key="vit_attr_button
 
 attr_maps: dict[str, dict] = {}
 if pressed or st.session_state.get("vit_attr_key") == attr_key:
-    jobs = [(m, mode) for m in ("ig", second) for mode in vit.run_modes(run)]
+    jobs = [(m, mode) for m in ("ig", second) for mode in modes]
     bar = st.progress(0.0, text="Attributions ...") if pressed else None
     seconds: dict[str, dict[str, float]] = {}
     try:
@@ -146,13 +151,13 @@ if pressed or st.session_state.get("vit_attr_key") == attr_key:
         bar.empty()
     st.session_state["vit_attr_key"] = attr_key
     for method, by_mode in attr_maps.items():
-        st.plotly_chart(overlay_figure(maps.image, named(by_mode), title=vit.ATTRIBUTION_METHODS[method],
-                                       value_name="attribution"),
+        st.plotly_chart(plain_figure(overlay_figure(maps.image, named(by_mode), title=vit.ATTRIBUTION_METHODS[method],
+                                                    value_name="attribution")),
                         config=CHART_CONFIG, theme=None, key=f"vit_attr_chart_{method}")
         st.caption(f"{vit.ATTRIBUTION_METHODS[method]}, seconds per model: "
                    + ", ".join(f"{labels[m]} {s:.1f}" for m, s in seconds[method].items()))
 else:
-    st.info(f"Integrated Gradients ({steps} steps) and {vit.ATTRIBUTION_METHODS[second]} for the three models "
+    st.info(f"Integrated Gradients ({steps} steps) and {vit.ATTRIBUTION_METHODS[second]} for the {len(modes)} models "
             "take a while on a CPU: press **Compute attributions**. Results are kept for this run and image.")
 
 # ------------------------------------------------------------------ overlap
@@ -160,7 +165,7 @@ st.subheader("Overlap between the maps")
 st.markdown(
     f"Spearman rank correlation of the {gh * gw} patch values (−1..1) and the intersection over union of "
     f"the top {k} patches of each map (0..1), for every pair of models.")
-table = overlap_frame(vit.overlap_rows({"rollout": maps.rollout, **attr_maps}, k=k))
+table = overlap_frame(vit.overlap_rows({"rollout": maps.rollout, **attr_maps}, k=k, labels=labels))
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     "spearman": st.column_config.NumberColumn(format="%.3f"),
     "top-k IoU": st.column_config.NumberColumn(format="%.3f")})

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 PAGE = "pages/vit.py"
 IMAGE, PATCH, LAYERS = 32, 8, 2
-TITLES = ["dense", "sparse-only", "low-rank-only"]
+TITLES = ["dense", "compressed (S + L)", "sparse-only", "low-rank-only"]  # an OATS run: every variant
+PAIRS = {f"{a} vs {b}" for i, a in enumerate(TITLES) for b in TITLES[i + 1:]}
 
 
 def _charts(at) -> list[dict]:
@@ -47,14 +48,14 @@ def _open(runs: Path, monkeypatch) -> AppTest:
 def _check_overlap_table(df, n_rows: int) -> None:
     assert list(df.columns) == ["map", "pair", "spearman", "top-k IoU", "k"]
     assert len(df) == n_rows
-    assert set(df["pair"]) == {"dense vs sparse-only", "dense vs low-rank-only", "sparse-only vs low-rank-only"}
+    assert set(df["pair"]) == PAIRS
     assert df["spearman"].between(-1, 1).all()
     assert df["top-k IoU"].between(0, 1).all()
 
 
 def _check_rollout_chart(spec: dict, grid: tuple[int, int]) -> None:
     heat = _heatmaps(spec)
-    assert len(heat) == 3 and sum(d["type"] == "image" for d in spec["data"]) == 3
+    assert len(heat) == len(TITLES) and sum(d["type"] == "image" for d in spec["data"]) == len(TITLES)
     assert [a["text"] for a in spec["layout"]["annotations"]] == TITLES
     for d in heat:
         z = np.asarray(d["z"])
@@ -82,6 +83,19 @@ def tiny_vit_runs(tmp_path_factory):
     return base / "runs"
 
 
+@pytest.fixture(scope="module")
+def tiny_vit_wanda_runs(tiny_vit_runs, tmp_path_factory):
+    """A runs folder with a Wanda run of the same tiny ViT (one term: no single-term models)."""
+    folder = tiny_vit_runs.parent / "tiny-vit-model"
+    loaded = load_model(str(folder))
+    batches = [{"pixel_values": torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(i))}
+               for i in range(2)]
+    run = compress_model(loaded.model, batches, OatsConfig(compression=0.5), method="wanda", model_name=str(folder))
+    base = tmp_path_factory.mktemp("vit-wanda")
+    save_run(run, base / "tiny-vit-wanda")
+    return base
+
+
 def test_page_draws_three_models_per_layer_view_and_overlap_table(tiny_vit_runs, monkeypatch):
     at = _open(tiny_vit_runs, monkeypatch)
     assert not at.error and not at.warning
@@ -89,10 +103,14 @@ def test_page_draws_three_models_per_layer_view_and_overlap_table(tiny_vit_runs,
     rollout, layers = _charts(at)
     _check_rollout_chart(rollout, grid)
     heat = _heatmaps(layers)
-    assert len(heat) == 3 * LAYERS
+    assert len(heat) == len(TITLES) * LAYERS
     assert all(np.asarray(d["z"]).shape == grid for d in heat)
     assert [h["name"] for h in heat[:LAYERS]] == [f"dense, layer {i + 1}" for i in range(LAYERS)]
-    _check_overlap_table(at.dataframe[0].value, 3)
+    assert [h["name"] for h in heat[LAYERS:2 * LAYERS]] == [f"compressed (S + L), layer {i + 1}" for i in range(LAYERS)]
+    # the photo under every small map, the maps see-through over it, one colour bar
+    assert sum(d["type"] == "image" for d in layers["data"]) == len(heat)
+    assert all(0 < d["opacity"] < 1 for d in heat) and sum(bool(d.get("showscale")) for d in heat) == 1
+    _check_overlap_table(at.dataframe[0].value, 6)
     assert set(at.dataframe[0].value["map"]) == {"attention rollout"}
     assert at.get("download_button")
 
@@ -107,6 +125,62 @@ def test_page_draws_three_models_per_layer_view_and_overlap_table(tiny_vit_runs,
     last = [np.asarray(h["customdata"]) for h in _heatmaps(layers)[LAYERS - 1::LAYERS]]
     for a, b in zip(last, _heatmaps(rollout)):
         np.testing.assert_allclose(a, np.asarray(b["customdata"]), atol=1e-6)
+
+
+def _shown(at) -> str:
+    """Every string the page shows: text elements, widget options, chart titles and trace names,
+    table cells."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "subheader", "title")
+             for e in at.get(kind) if isinstance(getattr(e, "value", None), str)]
+    parts += [str(o) for kind in ("selectbox", "radio") for w in at.get(kind) for o in w.options]
+    for spec in _charts(at):
+        parts += [a.get("text", "") for a in spec["layout"].get("annotations", [])]
+        parts += [str(d.get("name", "")) for d in spec["data"]]
+    parts += [df.value.to_csv() for df in at.dataframe]
+    return "\n".join(parts)
+
+
+def test_a_wanda_run_shows_dense_and_its_compressed_model_only(tiny_vit_wanda_runs, monkeypatch):
+    at = _open(tiny_vit_wanda_runs, monkeypatch)
+    assert not at.error and not at.warning
+    rollout, layers = _charts(at)
+    assert [a["text"] for a in rollout["layout"]["annotations"]] == ["dense", "compressed (sparse)"]
+    assert len(_heatmaps(layers)) == 2 * LAYERS
+    assert list(at.dataframe[0].value["pair"]) == ["dense vs compressed (sparse)"]
+    shown = _shown(at)
+    assert "low-rank-only" not in shown and "sparse-only" not in shown and "S + L" not in shown
+    assert "None" not in shown
+    at.select_slider(key="vit_steps").set_value(8)
+    at.button(key="vit_attr_button").click().run()
+    assert not at.exception and not at.error
+    for spec in _charts(at)[2:]:
+        assert [a["text"] for a in spec["layout"]["annotations"]] == ["dense", "compressed (sparse)"]
+    assert "low-rank-only" not in _shown(at)
+
+
+def test_heads_page_draws_vit_heads_over_the_photo(tiny_vit_runs, monkeypatch):
+    from oats.explain import heads
+    from oats.runs.folders import load_run
+    at = _open(tiny_vit_runs, monkeypatch)
+    at.switch_page("pages/heads.py")
+    at.run()
+    assert not at.exception and not at.error
+    specs = {s["layout"]["title"]["text"]: s for s in _charts(at)}
+    grid = next(v for k, v in specs.items() if k.startswith(f"Layer {LAYERS // 2}: every head"))
+    heat = _heatmaps(grid)
+    assert len(heat) == len(TITLES) * 4 and sum(d["type"] == "image" for d in grid["data"]) == len(heat)
+    assert all(0 < d["opacity"] < 1 and d["coloraxis"] == "coloraxis" for d in heat)
+    assert grid["layout"]["coloraxis"]["colorbar"]["title"]["text"] == "attention"
+    rows = [a for a in grid["layout"]["annotations"] if a["text"] in TITLES]
+    assert [a["text"] for a in rows] == TITLES and all(a["textangle"] == 0 for a in rows)
+    # the head up close: the dense and compressed map of head 0 over the photo, raw values in the hover
+    run = load_run(tiny_vit_runs / "tiny-vit")
+    from oats.data import bundled_images
+    view = heads.explain_heads(run, image=bundled_images()[at.selectbox(key="heads_photo").value])
+    focus = next(v for k, v in specs.items() if k.startswith(f"Layer {LAYERS // 2}, head 0"))
+    assert [a["text"] for a in focus["layout"]["annotations"]] == ["dense", "compressed (S + L)"]
+    for d, mode in zip(_heatmaps(focus), ("dense", "both")):
+        np.testing.assert_allclose(np.asarray(d["customdata"]), view.maps[mode][LAYERS // 2][0], atol=1e-5)
 
 
 def test_attributions_on_a_button_add_charts_and_table_rows(tiny_vit_runs, monkeypatch):
@@ -125,11 +199,11 @@ def test_attributions_on_a_button_add_charts_and_table_rows(tiny_vit_runs, monke
         assert all(np.asarray(d["z"]).shape == (IMAGE // PATCH,) * 2 for d in heat)
         assert all(np.isfinite(np.asarray(d["customdata"])).all() for d in heat)
     df = at.dataframe[0].value
-    _check_overlap_table(df, 9)
+    _check_overlap_table(df, 18)
     assert list(dict.fromkeys(df["map"])) == ["attention rollout", "Integrated Gradients", "Input × Gradient"]
     # results stay on later reruns with the same settings (no second button press)
     at.slider(key="vit_topk").set_value(25).run()
-    assert len(_charts(at)) == 4 and len(at.dataframe[0].value) == 9
+    assert len(_charts(at)) == 4 and len(at.dataframe[0].value) == 18
     assert (at.dataframe[0].value["k"] == 4).all()  # 25% of 16 patches
 
 
@@ -185,8 +259,8 @@ def test_dinov2_small_fills_the_page(tmp_path, monkeypatch):
     assert not at.error
     rollout, layers = _charts(at)
     _check_rollout_chart(rollout, (16, 16))  # 224 px, 14 px patches
-    assert len(_heatmaps(layers)) == 3 * 12
-    _check_overlap_table(at.dataframe[0].value, 3)
+    assert len(_heatmaps(layers)) == len(TITLES) * 12
+    _check_overlap_table(at.dataframe[0].value, 6)
     # the three models do not look at the same patches
     maps = [np.asarray(d["customdata"]) for d in _heatmaps(rollout)]
     assert not np.allclose(maps[0], maps[1]) and not np.allclose(maps[0], maps[2])
@@ -197,7 +271,7 @@ def test_dinov2_small_fills_the_page(tmp_path, monkeypatch):
     assert len(charts) == 4
     for spec in charts[2:]:
         assert all(np.asarray(d["z"]).shape == (16, 16) for d in _heatmaps(spec))
-    _check_overlap_table(at.dataframe[0].value, 9)
+    _check_overlap_table(at.dataframe[0].value, 18)
 
 
 def _outliers_traced(runs: Path, monkeypatch) -> AppTest:

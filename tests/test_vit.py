@@ -401,7 +401,13 @@ def test_explain_refuses_a_non_vision_run_and_bad_settings(tiny_run):
     with pytest.raises(ConfigError):
         vit.explain(run, _photo(), head_fusion="median")
     with pytest.raises(ConfigError):
-        vit.explain(run, _photo(), modes=["both"])
+        vit.explain(run, _photo(), modes=["fast"])
+    assert list(vit.explain(run, _photo(), modes=["both"]).rollout) == ["both"]  # the compressed model (S + L)
+    assert vit.compared_modes(run) == ("dense", "both", "sparse", "lowrank")
+    wanda = types.SimpleNamespace(**{**vars(run), "method": "wanda"})  # the same model, read as a Wanda run
+    assert vit.compared_modes(wanda) == ("dense", "both")
+    with pytest.raises(ConfigError, match="among dense, both"):
+        vit.explain(wanda, _photo(), modes=["dense", "lowrank"])
     with pytest.raises(ConfigError):
         vit.explain_attributions(run, _photo(), methods=["gradcam"])
     with pytest.raises(DataError):

@@ -43,6 +43,16 @@ def _png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def thumb_uri(image: np.ndarray, size: int = 96) -> str:
+    """``image`` shrunk to at most ``size`` pixels a side, as a PNG data URI: the photo under many
+    small maps stays a few kilobytes each (the maps are a patch grid, far coarser than it)."""
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    im.thumbnail((size, size))
+    return _png_uri(np.asarray(im))
+
+
 def overlay_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], *, title: str = "",
                    opacity: float = 0.55, value_name: str = "value") -> go.Figure:
     """The image with one heatmap over it per map, side by side (one panel per key of ``maps``).
@@ -74,11 +84,14 @@ def overlay_figure(image: np.ndarray, maps: Mapping[str, np.ndarray], *, title: 
     return fig
 
 
-def layers_figure(layer_maps: Mapping[str, np.ndarray], *, title: str = "", layers: Sequence[int] | None = None) -> go.Figure:
-    """Small multiples: one row per model, one column per layer, each (grid_h, grid_w) heatmap.
+def layers_figure(layer_maps: Mapping[str, np.ndarray], *, title: str = "", layers: Sequence[int] | None = None,
+                  image: np.ndarray | None = None, opacity: float = 0.6) -> go.Figure:
+    """Small multiples: one row per model, one column per layer, each (grid_h, grid_w) heatmap,
+    rescaled within its panel (one colour bar, "low" to "high"; the hover gives the raw value).
 
     ``layer_maps``: {mode: (layers, grid_h, grid_w)}. ``layers``: which layer indices to show
-    (default all). Rows are labelled by model, columns "layer 1".. (1-based).
+    (default all). Rows are labelled by model, columns "layer 1".. (1-based). ``image``: the
+    (S, S, 3) crop the model saw, drawn (shrunk) under every map at ``opacity``.
     """
     keys = list(layer_maps)
     n_layers = np.shape(layer_maps[keys[0]])[0]
@@ -86,18 +99,33 @@ def layers_figure(layer_maps: Mapping[str, np.ndarray], *, title: str = "", laye
     titles = [f"layer {c + 1}" for c in cols] + [""] * (len(keys) - 1) * len(cols)
     fig = make_subplots(rows=len(keys), cols=len(cols), subplot_titles=titles,
                         horizontal_spacing=0.006, vertical_spacing=0.03)
+    uri = thumb_uri(image, 64) if image is not None else None
+    size = 64 / max(np.shape(image)[:2]) if image is not None else 1.0
     for r, key in enumerate(keys, start=1):
         stack = np.asarray(layer_maps[key], dtype=np.float64)
         for c, layer in enumerate(cols, start=1):
             raw = stack[layer]
+            gh, gw = raw.shape
+            place = {}
+            if uri is not None:
+                h, w = (max(1, round(v * size)) for v in np.shape(image)[:2])
+                fig.add_trace(go.Image(source=uri, hoverinfo="skip", name="photo"), row=r, col=c)
+                place = dict(x0=-0.5 + w / gw / 2, dx=w / gw, y0=-0.5 + h / gh / 2, dy=h / gh)
+                fig.update_xaxes(range=[-0.5, w - 0.5], row=r, col=c)
+                fig.update_yaxes(range=[h - 0.5, -0.5], row=r, col=c)
             fig.add_trace(go.Heatmap(
                 z=_relative(raw).tolist(), customdata=raw.tolist(), zmin=0.0, zmax=1.0, colorscale=COLORSCALE,
-                showscale=False, name=f"{_label(key)}, layer {layer + 1}",
-                hovertemplate=f"row %{{y}} col %{{x}}<br>value %{{customdata:.4g}}<extra>{_label(key)}, layer {layer + 1}</extra>",
+                showscale=r == 1 and c == len(cols), opacity=opacity if uri is not None else 1.0, **place,
+                colorbar=dict(title=dict(text="relative", side="right"), tickvals=[0, 1], ticktext=["low", "high"],
+                              thickness=10),
+                name=f"{_label(key)}, layer {layer + 1}",
+                hovertemplate=f"value %{{customdata:.4g}}<extra>{_label(key)}, layer {layer + 1}</extra>",
             ), row=r, col=c)
             fig.update_xaxes(visible=False, row=r, col=c)
-            fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, autorange="reversed",
+            fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False,
                              row=r, col=c, title_text=_label(key) if c == 1 else None)
+            if uri is None:
+                fig.update_yaxes(autorange="reversed", row=r, col=c)
     fig.update_annotations(font_size=10)
     fig.update_layout(title=title or None, height=95 * len(keys) + (70 if title else 40),
                       margin=dict(l=40, r=10, t=60 if title else 30, b=10))

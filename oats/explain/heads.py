@@ -204,3 +204,117 @@ def summary(view: HeadView) -> str:
         text += (f" In the compressed model, layer {layer} head {head} changed most ({d[layer, head]:.3f} bits; "
                  f"entropy {view.entropy['dense'][layer, head]:.2f} → {view.entropy['both'][layer, head]:.2f} nats).")
     return text
+
+
+# --------------------------------------------------------------------------------------
+# Tokens as a reader writes them
+
+_MARKS = {"Ġ": " ", "▁": " ", "Ċ": "⏎", "ĉ": "⇥", "\n": "⏎", "\t": "⇥"}
+"""Byte-level BPE (GPT-2, SmolLM) and SentencePiece mark a word start with "Ġ" / "▁" and a newline
+with "Ċ"; they reach a page when a token is shown as the tokenizer stores it."""
+
+
+def display_token(token: str) -> str:
+    """``token`` as a reader would write it: no "Ġ" / "▁" word-start marks, no WordPiece "##"
+    continuation prefix, newlines and tabs as visible symbols, outer spaces dropped, and "␣" for
+    a token that is only white space (so no label is ever empty)."""
+    text = str(token)
+    if text.startswith("##") and len(text) > 2:
+        text = text[2:]
+    for mark, shown in _MARKS.items():
+        text = text.replace(mark, shown)
+    return text.strip() or "␣"
+
+
+def display_tokens(tokens) -> list[str]:
+    """``display_token`` of each token."""
+    return [display_token(t) for t in tokens]
+
+
+def top_targets(row: np.ndarray, tokens: list[str], n: int = 3) -> str:
+    """Where one attention row goes, in words: its ``n`` largest entries as "token (0.42), ..."
+    (ties to the earlier token)."""
+    row = np.asarray(row, dtype=float)
+    order = np.argsort(-row, kind="stable")[:n]
+    return ", ".join(f"{tokens[i]} ({row[i]:.2f})" for i in order)
+
+
+# --------------------------------------------------------------------------------------
+# Two runs of the same model on one layer
+
+
+@dataclass
+class RunDiff:
+    """Per head of one layer: how far run A's and run B's compressed models moved from the dense
+    model, and how far apart the two compressed models are, for the same input."""
+
+    layer: int
+    js_a: np.ndarray
+    """(heads,) mean Jensen-Shannon divergence (bits) of run A's compressed head to the dense head."""
+    js_b: np.ndarray
+    """(heads,) the same for run B."""
+    js_ab: np.ndarray
+    """(heads,) mean Jensen-Shannon divergence (bits) between A's and B's compressed heads."""
+    maps_a: np.ndarray
+    """(heads, ...) run A's compressed maps of the layer (as in ``HeadView.maps``)."""
+    maps_b: np.ndarray
+    dense_gap: float
+    """Largest |difference| between the two runs' dense maps: 0 up to rounding for two runs of
+    one model on one input (both share the dense weights)."""
+
+
+def _distributions(maps: np.ndarray, kind: str) -> np.ndarray:
+    """(heads, R, K) attention rows of one layer's maps: text rows as they are; a ViT's CLS row
+    over the patches (the map keeps only those) renormalised to sum 1."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if kind == "text":
+        return maps
+    rows = maps.reshape(maps.shape[0], 1, -1)
+    total = rows.sum(axis=-1, keepdims=True)
+    return rows / np.where(total > 0, total, 1.0)
+
+
+def diff_runs(a: HeadView, b: HeadView, layer: int) -> RunDiff:
+    """Run A against run B on ``layer``, both on the same input: their compressed models'
+    distances to dense (``HeadView.distance``) and the divergence between the two compressed
+    models, head by head (text: the mean over query rows; ViT: the CLS row over the patches)."""
+    if a.kind != b.kind or a.tokens != b.tokens or a.layers != b.layers or a.heads != b.heads:
+        raise ConfigError("the two runs must be of the same model and see the same input to be compared")
+    if not 0 <= layer < a.layers:
+        raise ConfigError(f"layer must be between 0 and {a.layers - 1}, got {layer!r}")
+    ma, mb = np.asarray(a.maps["both"][layer]), np.asarray(b.maps["both"][layer])
+    js_ab = js_divergence(_distributions(ma, a.kind), _distributions(mb, b.kind)).mean(axis=-1)
+    gap = float(np.abs(np.asarray(a.maps["dense"][layer]) - np.asarray(b.maps["dense"][layer])).max())
+    return RunDiff(layer=layer, js_a=np.asarray(a.distance["both"][layer], dtype=float),
+                   js_b=np.asarray(b.distance["both"][layer], dtype=float), js_ab=js_ab, maps_a=ma, maps_b=mb,
+                   dense_gap=gap)
+
+
+def diff_summary(diff: RunDiff, name_a: str, name_b: str) -> str:
+    """One sentence from the numbers: which run's compressed heads stay closer to dense on the
+    layer, on how many heads, and which head the two runs disagree on most."""
+    closer = int((diff.js_a < diff.js_b).sum())
+    n = diff.js_a.size
+    head = int(np.argmax(diff.js_ab))
+    ma, mb = float(np.median(diff.js_a)), float(np.median(diff.js_b))
+    lead, other, count = (name_a, name_b, closer) if closer * 2 >= n else (name_b, name_a, n - closer)
+    return (f"On layer {diff.layer}, {lead}'s compressed heads stay closer to the dense heads than {other}'s on "
+            f"{count} of {n} heads (median Jensen-Shannon divergence to dense: {name_a} {ma:.3f}, {name_b} "
+            f"{mb:.3f} bits); the two runs differ most on head {head} ({diff.js_ab[head]:.3f} bits between them).")
+
+
+METHOD_NAMES = {"oats": "OATS", "wanda": "Wanda", "sparsegpt": "SparseGPT", "hassle": "HASSLE-free",
+                "magnitude": "magnitude", "lowrank": "low-rank"}
+
+
+def run_names(a: dict, b: dict) -> tuple[str, str]:
+    """Short names for two runs in a sentence, from their ``list_runs`` rows: the method and
+    compression rate ("OATS 50%"), with the folder name added where that would not tell them apart."""
+    def short(r: dict) -> str:
+        method = METHOD_NAMES.get(r.get("method"), r.get("method") or "a run")
+        c = r.get("compression")
+        return f"{method} {c:.0%}" if isinstance(c, (int, float)) else method
+    na, nb = short(a), short(b)
+    if na == nb:
+        na, nb = f"{na} ({a.get('name', 'A')})", f"{nb} ({b.get('name', 'B')})"
+    return na, nb

@@ -65,6 +65,17 @@ def run_modes(run) -> tuple[str, ...]:
     has two terms (``registry.run_variants``), else dense and the compressed model."""
     alone = tuple(m for m in registry.run_variants(run) if m in ("sparse", "lowrank"))
     return ("dense", *alone) if alone else ("dense", "both")
+
+
+def compared_modes(run) -> tuple[str, ...]:
+    """The models the ViT page draws side by side for ``run``: every variant it has
+    (``registry.run_variants``), dense first: dense, the compressed model and, for a method
+    with both terms, sparse-only and low-rank-only; a one-term run (Wanda) gives dense and its
+    compressed model only."""
+    have = registry.run_variants(run)
+    return tuple(m for m in ("dense", "both", "sparse", "lowrank") if m in have)
+
+
 HEAD_FUSIONS = ("mean", "max", "min")
 DISCARD_RATIO = 0.4
 """The paper's default share of the lowest fused attentions dropped per layer."""
@@ -407,19 +418,23 @@ def overlap(map_a: np.ndarray, map_b: np.ndarray, k: int | None = None) -> dict[
     return {"spearman": rho, "topk_iou": len(top_a & top_b) / len(top_a | top_b)}
 
 
-def overlap_rows(maps: Mapping[str, Mapping[str, np.ndarray]], k: int | None = None) -> list[dict[str, Any]]:
+def overlap_rows(maps: Mapping[str, Mapping[str, np.ndarray]], k: int | None = None,
+                 labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Every pair of models for every kind of map: rows {map, pair, spearman, topk_iou, k}.
 
-    ``maps``: {kind (e.g. "rollout", "ig"): {mode: (grid_h, grid_w)}}.
+    ``maps``: {kind (e.g. "rollout", "ig"): {mode: (grid_h, grid_w)}}. ``labels``: the run's
+    names of its models (``mode_labels``; by default ``MODE_LABELS``).
     """
+    names = {**MODE_LABELS, **(labels or {})}
+    order = ("dense", "both", "sparse", "lowrank")
     rows = []
     for kind, by_mode in maps.items():
-        modes = [m for m in MODES if m in by_mode] + [m for m in by_mode if m not in MODES]
+        modes = [m for m in order if m in by_mode] + [m for m in by_mode if m not in order]
         for i, m1 in enumerate(modes):
             for m2 in modes[i + 1:]:
                 kk = default_k(np.size(by_mode[m1])) if k is None else k
                 o = overlap(by_mode[m1], by_mode[m2], kk)
-                rows.append({"map": kind, "pair": f"{MODE_LABELS.get(m1, m1)} vs {MODE_LABELS.get(m2, m2)}",
+                rows.append({"map": kind, "pair": f"{names.get(m1, m1)} vs {names.get(m2, m2)}",
                              "spearman": o["spearman"], "topk_iou": o["topk_iou"], "k": kk})
     return rows
 
@@ -507,9 +522,9 @@ class AttributionMaps:
 
 
 def _check_modes(modes: Sequence[str] | None, run) -> list[str]:
-    """``modes`` (by default ``run_modes(run)``), each among ``MODES`` or, for a run with one kind
-    of term, its compressed model "both"."""
-    allowed = tuple(MODES) + tuple(m for m in run_modes(run) if m not in MODES)
+    """``modes`` (by default ``run_modes(run)``), each a model the run has (``compared_modes``):
+    a one-term run (Wanda) has no sparse-only or low-rank-only model to explain."""
+    allowed = compared_modes(run)
     modes = list(run_modes(run) if modes is None else modes)
     bad = [m for m in modes if m not in allowed]
     if bad or not modes:
