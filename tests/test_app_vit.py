@@ -110,6 +110,8 @@ def test_page_draws_three_models_per_layer_view_and_overlap_table(tiny_vit_runs,
     # the photo under every small map, the maps see-through over it, one colour bar
     assert sum(d["type"] == "image" for d in layers["data"]) == len(heat)
     assert all(0 < d["opacity"] < 1 for d in heat) and sum(bool(d.get("showscale")) for d in heat) == 1
+    rows = [a for a in layers["layout"]["annotations"] if a["text"] in TITLES]  # level, in the left margin
+    assert [a["text"] for a in rows] == TITLES and all(a.get("textangle", 0) == 0 and a["xanchor"] == "right" for a in rows)
     _check_overlap_table(at.dataframe[0].value, 6)
     assert set(at.dataframe[0].value["map"]) == {"attention rollout"}
     assert at.get("download_button")

@@ -144,7 +144,7 @@ def run_diff_maps(diff: RunDiff, view: HeadView, head: int, name_a: str, name_b:
     b = np.asarray(diff.maps_b[head], dtype=float)
     d = a - b
     lim = max(float(np.abs(d).max()), 1e-9)
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.1,
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.05, shared_yaxes=True,
                         subplot_titles=[name_a, name_b, f"{name_a} − {name_b}"])
     top = max(float(a.max()), float(b.max()), 1e-9)
     kw = {}
@@ -167,10 +167,14 @@ def run_diff_maps(diff: RunDiff, view: HeadView, head: int, name_a: str, name_b:
     fig = _layout(fig, f"Layer {diff.layer}, head {head}: the two compressed models and their difference", height=440)
     return fig.update_layout(
         margin=dict(l=70, r=30, t=70, b=100),
+        # both colour bars at the right, one above the other (one in the gap between the panels
+        # ran into the third panel on a narrow page)
         coloraxis=dict(colorscale=INFERNO, cmin=0, cmax=top,
-                       colorbar=dict(title=dict(text="attention", side="right"), x=0.62, thickness=10, len=0.8)),
+                       colorbar=dict(title=dict(text="attention", side="right"), x=1.01, xanchor="left", y=1,
+                                     yanchor="top", len=0.46, thickness=10)),
         coloraxis2=dict(colorscale=DIFF_SCALE, reversescale=True, cmin=-lim, cmax=lim, cmid=0,
-                        colorbar=dict(title=dict(text="A − B", side="right"), x=1.0, thickness=10, len=0.8)))
+                        colorbar=dict(title=dict(text="A − B", side="right"), x=1.01, xanchor="left", y=0,
+                                      yanchor="bottom", len=0.46, thickness=10)))
 
 
 def head_change_figure(view: HeadView) -> go.Figure:

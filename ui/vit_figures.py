@@ -122,13 +122,16 @@ def layers_figure(layer_maps: Mapping[str, np.ndarray], *, title: str = "", laye
                 hovertemplate=f"value %{{customdata:.4g}}<extra>{_label(key)}, layer {layer + 1}</extra>",
             ), row=r, col=c)
             fig.update_xaxes(visible=False, row=r, col=c)
-            fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False,
-                             row=r, col=c, title_text=_label(key) if c == 1 else None)
+            fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, row=r, col=c)
             if uri is None:
                 fig.update_yaxes(autorange="reversed", row=r, col=c)
+        # the model's name level, left of its row (rotated, "compressed (S + L)" ran into the next row's)
+        domain = fig.get_subplot(r, 1).yaxis.domain
+        fig.add_annotation(text=_label(key), x=0, xref="paper", xanchor="right", xshift=-6, y=sum(domain) / 2,
+                           yref="paper", yanchor="middle", showarrow=False, font=dict(size=11))
     fig.update_annotations(font_size=10)
     fig.update_layout(title=title or None, height=95 * len(keys) + (70 if title else 40),
-                      margin=dict(l=40, r=10, t=60 if title else 30, b=10))
+                      margin=dict(l=130, r=10, t=60 if title else 30, b=10))
     return fig
 
 
