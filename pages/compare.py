@@ -74,10 +74,12 @@ def _runs_verdict(ranked: dict, metric: str, higher: bool) -> None:
 
 # ----------------------------------------------------------------------------- sweeps
 st.subheader("Sweeps: methods × compression rates")
-compare_sweep.progress()  # first: a sweep whose runs ended is written before the list is read
+running = compare_sweep.progress()  # first: a sweep whose runs ended is written before the list is read
 sweeps = list_sweeps()
-compare_sweep.form(expanded=not sweeps)
-if not sweeps:
+compare_sweep.form(expanded=not sweeps and not running)
+if not sweeps and running:
+    st.info("The sweep above is running: its chart appears here when its runs are done.")
+elif not sweeps:
     st.info("No sweep yet — start a small one above, or a larger one from the command line, e.g. "
             "`.venv/bin/oats sweep minilm-l6`, then reload this page.")
 else:

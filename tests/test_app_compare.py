@@ -29,14 +29,15 @@ def test_disagreement_names_each_metrics_best_and_the_verdict():
              "wanda": {"median_scaled_error": 0.2, "median_output_error": 0.2, "cosine": 0.70}}
     sentence, clash = verdict.disagreement(table, "cosine", ["median_scaled_error", "median_output_error"])
     assert clash
-    assert sentence.startswith("weight error (median scaled error) ranks oats first; cosine to dense on held-out text ranks "
+    assert sentence.startswith("Weight error (median scaled error) ranks oats first; cosine to dense on held-out text ranks "
                                "hassle first. The verdict is cosine to dense")
     assert "OATS, Wanda and low-rank SVD minimise" in sentence
-    assert "output error" not in sentence.split(". The verdict")[0]  # it agrees with the verdict: not named
+    assert "output error" not in sentence.split(". The verdict")[0]  # it agrees with the verdict
+    assert sentence.endswith("Output error on calibration inputs (median) agrees with it.")
     # the data change, the sentence follows: now OATS is best on held-out text too
     table["oats"]["cosine"] = 0.95
     sentence, clash = verdict.disagreement(table, "cosine", ["median_scaled_error", "median_output_error"])
-    assert clash and sentence.startswith("output error on calibration inputs (median) ranks hassle first; cosine to "
+    assert clash and sentence.startswith("Output error on calibration inputs (median) ranks hassle first; cosine to "
                                          "dense on held-out text ranks oats first.")
     assert "SparseGPT and HASSLE-free minimise on the calibration inputs" in sentence
     # perplexity: lower is better
@@ -104,7 +105,7 @@ def test_compare_page_explains_which_ranking_to_believe(source_runs, tmp_path, m
     _two_runs(source_runs, root, {weight_best: 0.6, other: 0.9})
     at = _page(root, monkeypatch)
     (line,) = _verdict_lines(at)
-    assert f"weight error (median scaled error) ranks {method[weight_best]} first" in line
+    assert f"Weight error (median scaled error) ranks {method[weight_best]} first" in line
     assert f"cosine to dense on held-out text ranks {method[other]} first" in line
     assert "The verdict is cosine to dense" in line
     # each metric of the runs' table has its sentence, the verdict marked
@@ -150,7 +151,9 @@ def test_sweep_form_starts_the_runs_on_the_runner_and_charts_them(tmp_path, monk
     at.text_input(key="sweep-form-rates").set_value("0.4, 0.6").run()
     at.number_input(key="sweep-form-samples").set_value(8).run()
     clean(at)
-    assert any("Launches **4 compressions** (2 methods × 2 rates)" in m.value for m in at.markdown)
+    (plan,) = [m.value for m in at.markdown if m.value.startswith("Launches ")]
+    assert plan.startswith("Launches **4 compressions** (2 methods × 2 rates), each evaluated when done. About ")
+    assert plan.endswith("(rough figures: no past run here of magnitude, wanda).")  # an empty runs folder
     at.button(key="sweep-form-start").click().run()
     clean(at)
     reqs = page_sweep.requests("minilm-l6", ["wanda", "magnitude"], "0.4,0.6", calib_samples=8)

@@ -4,7 +4,6 @@ launches, and the progress of each of its runs on the app's background runner
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import streamlit as st
@@ -13,7 +12,8 @@ from oats.errors import OatsError
 from oats.methods import registry
 from oats.models.zoo import available_models
 from oats.runner import page_sweep
-from ui.state import complete_runs, method_help
+from oats.runs.estimate import duration
+from ui.state import method_help
 from ui.text import esc
 
 MADE_KEY = "_sweep_made"
@@ -25,9 +25,9 @@ def _runner():
     return RUNNER
 
 
-def _estimate(reqs, model: str) -> str:
-    """How many compressions the sweep launches, how many are reused, and how long they took
-    on this machine before (the median of this model's saved runs), in one sentence."""
+def _estimate(reqs) -> str:
+    """How many compressions the sweep launches, how many are reused, and about how long they
+    take (``page_sweep.estimate``: this machine's past runs where it has them), in Markdown."""
     reused = page_sweep.existing(reqs)
     methods = list(dict.fromkeys(r.method for r in reqs))
     rates = list(dict.fromkeys(r.config.compression for r in reqs))
@@ -35,12 +35,9 @@ def _estimate(reqs, model: str) -> str:
     text = (f"Launches **{todo} compression{'s' if todo != 1 else ''}** ({len(methods)} method"
             f"{'s' if len(methods) != 1 else ''} × {len(rates)} rate{'s' if len(rates) != 1 else ''}"
             + (f"; {len(reused)} already on disk, reused" if reused else "") + "), each evaluated when done.")
-    past = [r["info"].timings.get("total_s") for r in complete_runs()
-            if r["model_name"] == model and isinstance(r["info"].timings.get("total_s"), (int, float))]
-    if past and todo:
-        each = statistics.median(past)
-        text += (f" This machine's past {model} runs took {each:.0f} s each (median of {len(past)}): about "
-                 f"{max(1, round(todo * each * 2 / 60))} min with evaluation.")
+    seconds, basis = page_sweep.estimate(reqs)
+    if todo and seconds is not None:
+        text += f" About {duration(seconds)} in all, one run after the other ({esc(basis)})."
     return text
 
 
@@ -68,7 +65,7 @@ def form(expanded: bool) -> None:
         except OatsError as e:
             st.error(esc(e))
             return
-        st.markdown(_estimate(reqs, model))
+        st.markdown(_estimate(reqs))
         if st.button("Start the sweep", type="primary", key="sweep-form-start"):
             try:
                 folder = page_sweep.start(reqs, _runner())
@@ -79,16 +76,13 @@ def form(expanded: bool) -> None:
             st.rerun()  # the whole page: the progress below picks the new plan up
 
 
-_ICONS = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹", "stopped": "⏸"}
-
-
 def _draw(folder: Path, rows: list[dict]) -> None:
     done = sum(r["status"] == "done" for r in rows)
     box = st.status(f"Sweep {esc(folder.name)}: {done} of {len(rows)} runs done", state="running", expanded=True)
     for r in rows:
         frac = r["done"] / r["total"] if r["total"] else (1.0 if r["status"] == "done" else 0.0)
         blocks = f" {r['done']}/{r['total']} blocks" if r["total"] and r["status"] == "running" else ""
-        box.progress(min(1.0, frac), text=f"{_ICONS.get(r['status'], '')} {esc(r['method'])} ρ = {r['compression']:g}: "
+        box.progress(min(1.0, frac), text=f"{esc(r['method'])} ρ = {r['compression']:g}: "
                                           f"{esc(r['status'])}{blocks} — {esc(r['message'], 160)}")
 
 
@@ -122,19 +116,21 @@ def _collect(folder: Path) -> None:
     st.session_state[MADE_KEY] = str(folder)
 
 
-def progress() -> None:
-    """The progress of every page sweep not yet collected (live while any run is active)."""
+def progress() -> bool:
+    """The progress of every page sweep not yet collected (live while any run is active);
+    whether one is in progress."""
     note = st.session_state.pop("_sweep_note", None)
     if note:
         getattr(st, note[0])(esc(note[1]))
     pending = page_sweep.pending()
     if not pending:
-        return
+        return False
     if any(page_sweep.active(page_sweep.progress(f, _runner())) for f in pending):
         _live([str(f) for f in pending])
-        return
+        return True
     for f in pending:  # ended while nobody watched (or the app restarted): collect what is there
         _collect(f)
     note = st.session_state.pop("_sweep_note", None)
     if note:
         getattr(st, note[0])(esc(note[1]))
+    return False

@@ -142,10 +142,11 @@ def disagreement(table: dict[str, dict], verdict: str, diagnostics: list[str], w
     if not clash:
         if not same:
             return "", False
-        return (f"{_words([label(r.metric) for r in same])} and {vname} agree on the best run: "
+        return (f"{_cap(_words([label(r.metric) for r in same]))} and {vname} agree on the best run: "
                 f"{v.order[0]}" + ("" if all(r.order == v.order for r in same) else
                                    " (the order of the others differs)") + "."), False
     parts = [f"{label(r.metric)} ranks {r.order[0]} first" for r in clash]
+    parts[0] = _cap(parts[0])
     why = []
     for r in clash:
         who = minimisers(r.metric)
@@ -155,7 +156,12 @@ def disagreement(table: dict[str, dict], verdict: str, diagnostics: list[str], w
     return (", ".join(parts) + f"; {vname} ranks {v.order[0]} first. The verdict is {label(verdict)}: it "
             f"measures the whole compressed model on {where}, which no method saw while compressing"
             + (f", while {'; '.join(why)}, so each error favours its own methods" if why else "")
-            + "."), True
+            + "." + (f" {_cap(_words([label(r.metric) for r in same]))} agree{'s' if len(same) == 1 else ''} with it."
+                     if same else "")), True
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _words(items: list[str]) -> str:

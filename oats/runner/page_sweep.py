@@ -203,3 +203,27 @@ def collect(folder, root=None) -> tuple[int, list[str]]:
 
 def has_table(folder) -> bool:
     return (Path(folder) / RESULTS_JSON).is_file()
+
+
+def estimate(reqs: list[CompressRequest], root=None) -> tuple[float | None, str]:
+    """(seconds, where the figure comes from) for the runs of ``reqs`` not on disk yet, one after
+    the other as the runner runs them: the sum of ``oats.runs.estimate`` for each (this machine's
+    past runs of the same model and method where it has them, else its rough default rates).
+    (None, why) when some run cannot be estimated."""
+    from oats.runs import estimate as est
+    root = Path(root) if root is not None else runs_root()
+    reused = set(existing(reqs, root))
+    todo = [r for r in reqs if r.folder_name() not in reused]
+    if not todo:
+        return 0.0, "every run is already on disk"
+    past = est.past_runs(root)
+    task = zoo.PRESETS[todo[0].model].task if todo[0].model in zoo.PRESETS else None
+    parts = [est.estimate(r.model, r.method, r.config, past, task=task, samples=r.calib_samples) for r in todo]
+    if any(p.seconds is None for p in parts):
+        return None, next(p.basis for p in parts if p.seconds is None)
+    learned = sum(1 for p in parts if p.runs)
+    basis = ("from this machine's past runs of each method" if learned == len(parts) else
+             "rough figures: no past run here of " + ", ".join(sorted({r.method for r, p in zip(todo, parts)
+                                                                      if not p.runs}))
+             if not learned else f"{learned} of {len(parts)} from this machine's past runs, the rest rough figures")
+    return sum(p.seconds for p in parts), basis
