@@ -4,6 +4,7 @@ import time
 
 import streamlit as st
 
+from ui import links
 from ui.state import log_script_time, sidebar, warm_up
 
 started = time.perf_counter()
@@ -25,6 +26,12 @@ pages = [
     st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
 ]
 nav = st.navigation(pages)
+links.restore_run()          # a link opened or a reload: its run, before the sidebar picks one
 sidebar()
-nav.run()
+links.restore_page(nav)      # ... and the page's layer and settings, checked against that run
+slot = links.sidebar_tools()
+links.presentation()
+links.show_link(slot, links.write(nav, pages))  # before the page: a page may end the script (st.stop)
+links.guard(nav)
+links.show_link(slot, links.write(nav, pages))  # after: what the page set (its layer, its defaults)
 log_script_time(nav.title, time.perf_counter() - started)

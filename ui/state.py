@@ -22,7 +22,23 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from oats.explain import analysis, heavytail
+
+def _through_app_py() -> None:
+    """Until a script of this process has called ``st.navigation``, Streamlit serves a URL such as
+    /spectra by running pages/spectra.py alone (its older ``pages/`` folder convention): a link or
+    a reload that is the server's first page would skip app.py (no sidebar, no run, no link
+    restored). The first page to import this module turns that convention off and runs again,
+    through app.py."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_through_app_py()
+
+from oats.explain import analysis, heavytail  # noqa: E402 - after the page has been sent through app.py
 from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.methods import registry

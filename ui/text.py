@@ -16,7 +16,10 @@ from __future__ import annotations
 import html
 import re
 
-__all__ = ["MAX_SHOWN", "esc", "one_line", "plain_figure"]
+__all__ = ["FIGURE_HOOKS", "MAX_SHOWN", "esc", "one_line", "plain_figure"]
+
+FIGURE_HOOKS: list = []
+"""Functions ``plain_figure`` applies to every figure last (ui.links adds presentation mode's)."""
 
 MAX_SHOWN = 600
 """Characters of one outside string shown at most: a name is for recognising, and a 1 MB model
@@ -98,4 +101,6 @@ def plain_figure(fig):
             plain = _plain(value)
             if plain is not None:
                 trace[attr] = plain
+    for hook in FIGURE_HOOKS:
+        fig = hook(fig)
     return fig
