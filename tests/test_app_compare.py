@@ -176,3 +176,14 @@ def test_sweep_form_starts_the_runs_on_the_runner_and_charts_them(tmp_path, monk
         assert list(zip(floats(t["x"]), floats(t["y"]))) == [(x, rows[(m, x)]) for x in (0.4, 0.6)]
     for r in reqs:
         assert (tmp_path / r.folder_name() / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize("plan", ['{"model": "minilm-l6", "runs": [{"run": "../../etc", "method": "oats", "compression": 0.5}]}',
+                                  '{"model": "minilm-l6", "runs": [{"run": "x", "method": "oats", "compression": "0.5"}]}',
+                                  '{"model": 3, "runs": []}', '[1, 2]', 'not json'])
+def test_a_damaged_sweep_plan_is_ignored(tmp_path, plan):
+    from oats.runner import page_sweep
+    folder = tmp_path / "sweeps" / "minilm-l6-app-x"
+    folder.mkdir(parents=True)
+    (folder / page_sweep.PLAN_JSON).write_text(plan)
+    assert page_sweep.read_plan(folder) is None and page_sweep.pending(tmp_path) == []

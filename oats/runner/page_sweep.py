@@ -98,14 +98,29 @@ def start(reqs: list[CompressRequest], runner, root=None) -> Path:
     return folder
 
 
+def _plain_entry(r) -> bool:
+    """A plan's run entry as written by ``start``: a plain run folder name, a method name, a number."""
+    if not (isinstance(r, dict) and isinstance(r.get("run"), str) and isinstance(r.get("method"), str)):
+        return False
+    x = r.get("compression")
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        run_dir(Path("."), r["run"])
+    except RunError:
+        return False
+    return True
+
+
 def read_plan(folder) -> dict | None:
-    """A table folder's plan, or None when it has none or it is damaged."""
+    """A table folder's plan, or None when it has none or it is damaged (a shared folder: any
+    entry not as ``start`` writes it makes the whole plan unreadable, never a traceback)."""
     try:
         body = untrusted.read_json(Path(folder) / PLAN_JSON)
     except (ValueError, OSError):
         return None
-    if not isinstance(body, dict) or not isinstance(body.get("runs"), list) or \
-            not all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in body["runs"]):
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or \
+            not isinstance(body.get("runs"), list) or not body["runs"] or not all(map(_plain_entry, body["runs"])):
         return None
     return body
 
