@@ -167,3 +167,14 @@ def test_parse_and_text_round_trip():
     assert text(Link("x", "x", "float"), 0.30000000000000004) == "0.3"
     assert text(Link("x", "x", "run"), "/some/runs/minilm-a") == "minilm-a"
     assert text(Link("x", "x", "bool"), False) == "0" and text(Link("x", "x"), None) is None
+
+
+def test_compare_page_sweep_comes_back_by_folder_name(runs, monkeypatch):
+    from oats.runner.sweep import list_sweeps
+    root, _, _ = runs
+    sweeps = list_sweeps(root)
+    assert sweeps
+    at = opened(monkeypatch, root, "pages/compare.py", {"sweep": sweeps[0].name})
+    assert _select(at, "Sweep") == sweeps[0] and at.query_params["sweep"] == sweeps[0].name
+    at = opened(monkeypatch, root, "pages/compare.py", {"sweep": "../nope"})
+    assert "no such sweep" in at.info[0].value and _select(at, "Sweep") == sweeps[-1]

@@ -48,7 +48,7 @@ HEIGHT_SCALE = 1.3                 # presentation mode: figure heights
 class Link:
     """One URL parameter: ``param`` in the URL, ``key`` in session state ("{path}" stands for the
     current run's folder path, as the pages build such keys); ``kind`` says how it is written and
-    read: run (a folder name for a run path), layer, bool, int, float or str; ``lo``/``hi`` a
+    read: run or sweep (a folder name for a run's or sweep's path), layer, bool, int, float or str; ``lo``/``hi`` a
     number's range; ``read`` a widget key whose value is newer than ``key``'s (the layer picker
     copies its choice into LAYER_KEY only while the page runs)."""
 
@@ -82,7 +82,7 @@ PAGES: dict[str, list[Link]] = {
     "ViT attention": [Link("image", "vit_source"), Link("photo", "vit_photo"), Link("fusion", "vit_fusion"),
             Link("discard", "vit_discard", "float", 0.0, 0.9), Link("topk", "vit_topk", "int", 1, 50),
             Link("view", "vit_layer_view"), Link("second", "vit_second"), Link("steps", "vit_steps", "int", 1, 1024)],
-    "Compare": [Link("domain", "sweep-domain"), Link("rate", "sweep-rank-rate", "float", 0.0, 1.0)],
+    "Compare": [Link("sweep", "sweep-pick", "sweep"), Link("domain", "sweep-domain"), Link("rate", "sweep-rank-rate", "float", 0.0, 1.0)],
     "Calibration": [Link("method", "calibration-method")],
     "Deploy": [],
 }
@@ -138,6 +138,12 @@ def parse(link: Link, raw: str, path: str | None = None):
         if raw not in runs:
             raise ValueError("no such run in this runs folder")
         return runs[raw]
+    if link.kind == "sweep":  # the Compare page's options are the sweep folders' paths
+        from oats.runner.sweep import list_sweeps
+        found = [p for p in list_sweeps() if p.name == raw]
+        if not found:
+            raise ValueError("no such sweep in this runs folder")
+        return found[0]
     if link.kind == "layer":
         layers = _layers(path)
         if layers is not None and raw not in layers:
@@ -153,7 +159,7 @@ def text(link: Link, value) -> str | None:
         return "1" if value else "0"
     if link.kind == "float" and isinstance(value, (int, float)):
         return f"{value:g}"
-    if link.kind == "run":
+    if link.kind in ("run", "sweep"):
         return Path(str(value)).name
     return str(value)
 
