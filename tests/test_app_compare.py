@@ -49,7 +49,8 @@ def test_disagreement_names_each_metrics_best_and_the_verdict():
 def test_metric_sentences_say_direction_and_verdict():
     assert "This is the verdict" in verdict.metric_sentence("cosine", "encoder")
     assert "This is the verdict" not in verdict.metric_sentence("cosine", "causal-lm")
-    assert "higher is better" in verdict.metric_sentence("spearman", "encoder")
+    assert verdict.metric_sentence("spearman", "encoder").endswith(
+        "(higher is better). A second view of quality; the verdict is cosine to dense.")
     s = verdict.metric_sentence("perplexity", "causal-lm")
     assert "lower is better" in s and "This is the verdict" in s
     s = verdict.metric_sentence("median_output_error", "encoder")

@@ -100,7 +100,7 @@ def metric_sentence(metric: str, task: str | None = None, text=str) -> str:
                 + ", so it favours them.")
     if base == "time_s":
         return head + "."
-    return head + (". A second view of quality; the verdict is " + f"{pm[0]}." if pm else ".")
+    return head + (f". A second view of quality; the verdict is {label(pm[0])}." if pm else ".")
 
 
 @dataclass(frozen=True)
