@@ -89,6 +89,41 @@ def run_modes(method: str, config=None) -> tuple[str, ...]:
     return registry.variants(method, config)
 
 
+METRIC_NAMES: dict[str, str] = {
+    "perplexity": "perplexity",
+    "nll": "NLL",
+    "cosine": "cosine to dense",
+    "spearman": "Spearman",
+    "cls_cosine": "CLS cosine to dense",
+    "probe_acc": "probe accuracy",
+    "top1": "top-1 accuracy",
+}
+"""What the pages, tables and figures call each metric (the keys stay the files' and the CLI's):
+``cls_cosine`` reads "CLS cosine to dense"."""
+
+
+def metric_name(key: str) -> str:
+    """A metric's display name: ``METRIC_NAMES``, per domain "perplexity · Shakespeare"
+    (``perplexity@verse``); a name not in the table (a metric added later) as it is, with
+    underscores as spaces."""
+    base, domain = split_key(key)
+    name = METRIC_NAMES.get(base, base.replace("_", " "))
+    return name if domain is None else f"{name} · {corpora.title(domain)}"
+
+
+TASK_NAMES: dict[str, str] = {"causal-lm": "causal language model", "encoder": "sentence encoder",
+                              "vision": "vision model"}
+
+
+def a_model_of(task: str | None) -> str:
+    """A model of ``task`` in words, with its article: "a sentence encoder", "a causal language
+    model", "a model of an unknown kind" (never "a encoder model" or "a None model")."""
+    if not task:
+        return "a model of an unknown kind"
+    name = TASK_NAMES.get(task, f"{task} model")
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+
+
 def metric_key(metric: str, domain: str) -> str:
     """The name of ``metric`` measured on one domain: ``perplexity@verse``."""
     return f"{metric}{DOMAIN_SEP}{domain}"

@@ -8,6 +8,7 @@ from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation
 from oats.explain import analysis, quality
 from ui import evaluations, figures
 from oats.errors import OatsError
+from oats.evaluation import metric_name
 from oats.methods import registry
 
 
@@ -87,7 +88,7 @@ if run is not None:
         planned = quality.describe(settings, (settings or {}).get("domains") or (), task)
         size = quality.size_note(settings)
         st.caption(f"Turn off the low-rank terms (sparse only) or the sparse terms (low-rank only) of one block, keep "
-                   f"every other block compressed, and measure {metric} on the quick evaluation set: "
+                   f"every other block compressed, and measure {esc(metric_name(metric))} on the quick evaluation set: "
                    f"{esc(planned)}" + (f" ({esc(size)})" if size else "") + ". Each block takes a few seconds.")
         done_key = f"ablated::{path}::{mtime}"
         done = st.session_state.setdefault(done_key, [])
@@ -117,10 +118,10 @@ if run is not None:
                 names = [r["change"] if r["block"] is None else f"block {r['block']}: {r['change']}" for r in res]
                 chart(figures.domain_change_figure(
                     names, res, [compressed] * len(res), metric, higher, doms, evaluations.titles(doms),
-                    f"Per-block ablation per domain: {metric}", "the compressed model",
+                    f"Per-block ablation per domain: {metric_name(metric)}", "the compressed model",
                     measured_on=evaluations.quick_measured_on(settings, doms, task)), key="ablation-domains")
                 how_to_read(f"The same measurements as the chart above, each domain's held-out part apart: one row per "
-                            f"model, the value of {esc(metric)} in each cell, coloured by how much worse it is than the "
+                            f"model, the value of {esc(metric_name(metric))} in each cell, coloured by how much worse it is than the "
                             f"compressed model on that domain (red worse, blue better; in percent of the compressed "
                             f"model's value). A block whose term matters for one kind of text and not another shows a "
                             f"red cell in one column only. {esc(quality.mean_note(metric))}.")

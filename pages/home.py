@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import streamlit as st
 
-from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart, current_path, load_run_cached,
-                       method_choices, method_help, primary_metric, run_info, run_mtime, run_task, table)
+from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart, complete_runs, current_path,
+                       load_run_cached, method_choices, method_help, primary_metric, run_info, run_mtime, run_task,
+                       saved_evaluation, table)
 from ui.text import esc
 from oats.explain import analysis
 from ui import evaluations, figures
@@ -18,7 +20,8 @@ from oats import corpora
 from oats.config import OatsConfig
 from oats.methods import registry
 from oats.errors import DataError, OatsError
-from oats.runs.folders import runs_root
+from oats.runs import estimate
+from oats.runs.folders import run_dir, runs_root
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, data_kind, request_from_manifest
@@ -151,6 +154,8 @@ def new_compression() -> None:
                                     "lowrank": "low-rank-only"}[m] for m in shown) + ")", value=True,
                                help="Takes about as long as the compression itself on the embedded models.")
 
+    _estimate_line(model, method, rho, kappa, int(iterations), nm if sparsity == "N:M" else sparsity, solver,
+                   shrink, int(samples) or None, evaluate, presets[choice]["task"] if choice in presets else None)
     if not st.button("Compress", type="primary", icon=":material/play_arrow:"):
         return
     # The library's own checks, in the CLI's order, before a job starts: one line, nothing lost.
@@ -175,6 +180,47 @@ def new_compression() -> None:
         return
     st.session_state[JOB_KEY] = str(job.folder)
     st.session_state.pop("_job_opened", None)
+    _link_job(job.folder)
+
+
+# ----------------------------------------------------------------------------- time estimate
+
+
+def _past_runs(model: str, method: str) -> list:
+    """The complete runs of ``model`` that can teach the estimate (``oats.runs.estimate``); the
+    evaluation file is read only for those of ``method``."""
+    out = []
+    for r in complete_runs():
+        info = r["info"]
+        if info is None or info.model_name != model:
+            continue
+        p = estimate.past_run(info, saved_evaluation(r["path"]) if info.method == method else None)
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def time_estimate(model: str, method: str, config: OatsConfig, samples: int | None, evaluate: bool,
+                  task: str | None) -> estimate.Estimate:
+    return estimate.estimate(model, method, config, _past_runs(model, method), task=task, samples=samples,
+                             evaluate=evaluate)
+
+
+def _estimate_line(model, method, rho, kappa, iterations, sparsity, solver, shrink, samples, evaluate, task) -> None:
+    """How long the compression should take on this machine, said before the button."""
+    if not model:
+        return
+    try:
+        config = OatsConfig(compression=rho, rank_ratio=kappa, iterations=iterations, sparsity=sparsity,
+                            solver=solver, shrink=shrink)
+    except OatsError:
+        return  # the settings' own error is said when Compress is pressed
+    est = time_estimate(model, method, config, samples, evaluate, task)
+    st.caption(f"**Time on this machine: {esc(est.text)}**" + (f": {esc(est.parts)}." if est.parts else "."),
+               help="Learned from the run folders this machine made of the same model and method (their recorded "
+                    "load, calibration, decomposition and evaluation times, scaled to the calibration samples and "
+                    "iterations asked for; the median over the runs). Without one, a rough rate per million weights "
+                    "measured on a 2-core machine. A busy machine takes longer.")
 
 
 # ----------------------------------------------------------------------------- progress
@@ -224,7 +270,66 @@ def _live(folder: str | None) -> None:
         st.rerun()
 
 
+# The URL's query parameter naming the run folder of the compression this tab started, so a
+# reload (which loses the session) still follows it and opens its run when it is done. (Comments,
+# not docstrings: Streamlit would draw a bare string at a page's top level.)
+JOB_PARAM = "job"
+
+
+def _link_job(folder) -> None:
+    st.query_params[JOB_PARAM] = Path(folder).name
+
+
+def _job_from_link() -> None:
+    """The job of the URL's ``job`` parameter becomes this session's own when it has none (a
+    reload); a name that is not a run folder's, or a job this app is not running, is one line."""
+    name = st.query_params.get(JOB_PARAM)
+    if not name or st.session_state.get(JOB_KEY):
+        return
+    try:
+        folder = run_dir(runs_root(), name)
+    except OatsError:
+        st.query_params.pop(JOB_PARAM, None)
+        st.warning(f"The link's compression '{esc(name, 80)}' is not a run folder name: ignored.")
+        return
+    if RUNNER.get(folder) is None:
+        st.query_params.pop(JOB_PARAM, None)
+        st.caption(f"The compression of the link ({esc(name, 80)}) is not running in this app (the app restarted?): "
+                   "an unfinished run resumes from the list of saved runs.")
+        return
+    st.session_state[JOB_KEY] = str(folder)
+
+
+# A compression that finished up to this long before this session started is still announced
+# (the tab was reloaded while it ran, or just after).
+RECENT_S = 600
+SEEN_KEY = "_jobs_seen"
+
+
+def finished_elsewhere() -> None:
+    """One line per compression that finished since this session started (or just before) that
+    this session did not start or open: "The compression of X finished at HH:MM", and a button
+    that opens its run. The runner is the app's, so others' compressions are announced too."""
+    started = st.session_state.setdefault("_session_started", time.time())
+    own = st.session_state.get(JOB_KEY)
+    seen = st.session_state.setdefault(SEEN_KEY, set())
+    for job in RUNNER.jobs()[-20:]:
+        s = job.state()
+        if (s.status != "done" or s.finished is None or s.finished < started - RECENT_S or s.folder in seen
+                or s.folder == own or s.folder == current_path()):
+            continue
+        a, b = st.columns([5, 1])
+        a.info(f"The compression of {esc(s.model, 120)} finished at {time.strftime('%H:%M', time.localtime(s.finished))} "
+               f"({esc(Path(s.folder).name, 120)}): open it", icon=":material/check_circle:")
+        if b.button("Open", key=f"open-finished-{s.folder}", icon=":material/folder_open:"):
+            seen.add(s.folder)
+            st.session_state[RUN_KEY] = s.folder
+            st.rerun()
+
+
 def progress() -> None:
+    _job_from_link()
+    finished_elsewhere()
     folder = st.session_state.get(JOB_KEY)
     job = RUNNER.get(folder) if folder else None
     if RUNNER.active():
@@ -235,6 +340,8 @@ def progress() -> None:
         return
     s = job.state()
     _draw_job(job)
+    if not s.active:
+        st.query_params.pop(JOB_PARAM, None)  # followed to its end: a later reload keeps the user's choice
     if s.status == "done" and st.session_state.get("_job_opened") != folder:
         st.session_state["_job_opened"] = folder  # open the new run once, then let the user choose
         if st.session_state.get(RUN_KEY) != s.folder:
@@ -354,7 +461,8 @@ def summary() -> None:
         if pm:  # the primary metric's mean, then its value on each domain, then the other metrics
             rows = evaluations.evaluation_rows(results, pm[0], names)
         else:
-            rows = [{"variant": names[mode], "mode": mode, **vals} for mode, vals in results.items() if mode in names]
+            rows = evaluations.metric_columns([{"variant": names[mode], "mode": mode, **vals}
+                                               for mode, vals in results.items() if mode in names])
         table(rows, f"{Path(path).name}-evaluation", key="csv-eval")
         if pm and any(pm[0] in v for v in results.values()):
             shown = {m: v for m, v in results.items() if m in names}
@@ -396,7 +504,7 @@ def summary() -> None:
 TOUR = [
     ("pages/home.py", "Compress", ":material/compress:",
      "Pick **minilm-l6**, method **oats**, compression ρ **0.5**, rank ratio κ **0.25**, and press **Compress** "
-     "(about 10–30 s on a laptop). Ask the room first: what share of the weights is left, and where does it go? "
+     "({minilm_time}). Ask the room first: what share of the weights is left, and where does it go? "
      "When it is done, the run opens in the sidebar and its evaluation appears below: the compressed model stays "
      "close to the dense one, while the sparse term alone or the low-rank term alone do not."),
     ("pages/spectra.py", "Spectra", ":material/ssid_chart:",
@@ -423,13 +531,15 @@ TOUR = [
 
 
 def tour() -> None:
-    """A ten-minute guided tour for teaching, each step a link to its page."""
+    """A ten-minute guided tour for teaching, each step a link to its page. The first step says how
+    long its compression takes on this machine (the estimate the form shows), not a fixed promise."""
     with st.expander("Guided tour for teaching: compress MiniLM and look inside, in ten minutes",
                      icon=":material/tour:"):
+        est = time_estimate("minilm-l6", "oats", OatsConfig(compression=0.5, rank_ratio=0.25), None, True, "encoder")
         for i, (page, title, icon, text) in enumerate(TOUR, start=1):
             c1, c2 = st.columns([1, 4])
             c1.page_link(page, label=f"{i}. {title}", icon=icon)
-            c2.markdown(text)
+            c2.markdown(text.replace("{minilm_time}", esc(est.text)))
 
 
 tour()

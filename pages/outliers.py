@@ -9,6 +9,7 @@ from ui.state import (how_to_read, ablation_reference, channel_intervention, cha
 from oats.explain import analysis, quality
 from ui import evaluations, figures
 from oats.errors import OatsError
+from oats.evaluation import metric_name
 
 st.title("Outliers")
 st.caption("In transformers a few input channels often carry activations far larger than the rest. OATS scales each weight column by "
@@ -112,12 +113,14 @@ if run is not None:
             f"**How to read this.** Top: the three largest magnitudes |h| of every block's output and its median "
             f"(log scale), for this input ({esc(prof.description)}); a massive activation stands orders of magnitude above "
             f"the median. Below: block {block}'s output, one row per token, one column per channel, colour log₁₀ |h| "
-            f"over four decades. Here the largest is **{d.top[block, 0]:.3g}** at token *{esc(tok, 80)}*, channel **{ch}** in "
+            f"from the block's median (darkest, and everything below it) to its largest (brightest); the three largest "
+            f"cells of each model are circled and the largest is named. Here the largest is **{d.top[block, 0]:.3g}** at token *{esc(tok, 80)}*, channel **{ch}** in "
             f"the dense model ({d.top[block, 0] / max(d.median[block], 1e-12):.0f}× its median) and "
             f"**{c.top[block, 0]:.3g}** at token *{esc(prof.tokens[int(c.top_token[block, 0])], 80)}*, channel "
             f"**{int(c.top_channel[block, 0])}** in the compressed one.")
         with st.expander("The top activations of every block (table)"):
-            table(prof.rows(), "massive-activations", key="csv-massive", height=300)
+            table([{("× median" if k == "x_median" else k): v for k, v in r.items()} for r in prof.rows()],
+                  "massive-activations", key="csv-massive", height=300)
 
         st.markdown(f"**Intervention on block {block}'s input**")
         pm = primary_metric(run_task(run_info(path)) or "")
@@ -170,17 +173,20 @@ if run is not None:
                     chart(figures.domain_change_figure(
                         [f"{r['intervention']} · {r['model']}" for r in rows], rows,
                         [base_rows[r["model"]] for r in rows], metric, higher, doms, evaluations.titles(doms),
-                        f"Outlier-channel intervention per domain: {metric}", "the same model without intervention",
+                        f"Outlier-channel intervention per domain: {metric_name(metric)}", "the same model without intervention",
                         measured_on=evaluations.quick_measured_on(settings, doms, task)),
                         key="massive-intervention-domains")
                 base = {r["model"]: r[metric] for r in rows if r["intervention"] == "none"}
                 last = [r for r in rows if r["intervention"] != "none"][-2:]
                 drop = {r["model"]: activations.worsening(base[r["model"]], r[metric], higher) for r in last}
-                st.info(f"{last[0]['intervention']} (channels {', '.join(map(str, done[-1][1])) or 'none'}): {metric}"
+                st.info(f"{last[0]['intervention']} (channels {', '.join(map(str, done[-1][1])) or 'none'}): {metric_name(metric)}"
                         f"{' (mean over the domains)' if doms else ''} worsens by {drop['dense']:.4g} in the dense "
                         f"model and by {drop['compressed']:.4g} in the compressed one — "
                         + ("the compressed model depends on these channels about as much as the dense one."
                            if abs(drop['compressed'] - drop['dense']) <= 0.25 * max(abs(drop['dense']), 1e-9) else
                            ("the compressed model depends on them more." if drop['compressed'] > drop['dense'] else
                             "the compressed model depends on them less.")))
-                table(rows, "intervention", key="csv-intervention")
+                # block, k and how are in the intervention's label; the rows without one have none of
+                # them (a missing cell reads "None" in a table)
+                shown = [{k: v for k, v in r.items() if k not in ("block", "k", "set_to", "seconds")} for r in rows]
+                table(evaluations.metric_columns(shown, metric), "intervention", key="csv-intervention")

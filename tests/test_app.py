@@ -165,10 +165,10 @@ def test_compress_page_summary(app, main_run, runs_dir):
     assert "Python manual, Python code, Shakespeare, State of the Union" in d["layout"]["title"]["subtitle"]["text"]
     # the table: the mean, then a column per domain, then the other metric
     table = [df.value for df in app.dataframe if "variant" in df.value.columns][0]
-    assert list(table.columns) == ["variant", "mode", "cosine (mean)", *(f"cosine · {t}" for t in DOMAIN_TITLES.values()),
-                                   "spearman"]
+    assert list(table.columns) == ["variant", "mode", "cosine to dense (mean)",
+                                   *(f"cosine to dense · {t}" for t in DOMAIN_TITLES.values()), "Spearman"]
     both = table[table["mode"] == "both"].iloc[0]
-    assert both["cosine · Shakespeare"] == pytest.approx(ev["both"]["cosine@verse"])
+    assert both["cosine to dense · Shakespeare"] == pytest.approx(ev["both"]["cosine@verse"])
     assert any("measured on held-out text of 4 domains" in c.value for c in app.caption)
     metrics = {mt.label: mt.value for mt in app.metric}
     assert metrics["… after compression"] == f"{main_run.params_kept / 1e6:.2f} M"
@@ -488,7 +488,7 @@ def test_compare_page(app, runs_dir):
     from oats.runner.sweep import load_results
     app.run()
     go(app, "pages/compare.py")
-    s = chart(app, "cosine against compression rate")
+    s = chart(app, "cosine to dense against compression rate")
     names = {t["name"] for t in s["data"]}
     assert {"oats · both", "oats · sparse", "oats · lowrank", "wanda · both", "dense"} <= names
     rows = load_results(runs_dir / "sweeps" / "minilm-l6")
@@ -500,13 +500,13 @@ def test_compare_page(app, runs_dir):
     # one domain: the same chart on that domain's values, and its subtitle names it
     app.selectbox(key="sweep-domain").set_value("verse").run()
     clean(app)
-    s = chart(app, "cosine against compression rate")
+    s = chart(app, "cosine to dense against compression rate")
     assert s["layout"]["title"]["subtitle"]["text"] == "on the held-out part of Shakespeare"
     want = sorted((r["compression"], r["cosine@verse"]) for r in rows if r["method"] == "wanda" and r["mode"] == "both")
     t = trace(s, "wanda · both")
     assert list(zip(floats(t["x"]), floats(t["y"]))) == want
     # the methods ranked per domain at ρ = 0.5: a column per domain, the best in bold, its rank
-    ranked = [m.value for m in app.markdown if m.value.startswith("| method | rank ratio | cosine (mean) |")]
+    ranked = [m.value for m in app.markdown if m.value.startswith("| method | rank ratio | cosine to dense (mean) |")]
     assert len(ranked) == 1
     at_half = {(r["method"], r["mode"]): r for r in rows if r["compression"] == 0.5}
     best = max(("oats", "wanda"), key=lambda m: at_half[(m, "both")]["cosine@verse"])
@@ -528,7 +528,7 @@ def test_compare_page(app, runs_dir):
         assert r["cosine (compressed, mean)"] == pytest.approx(by_run[r["run"]]["cosine"])
         assert r["cosine · Python code"] == pytest.approx(by_run[r["run"]]["cosine@code"])
     # and ranked per domain
-    runs_ranked = [m.value for m in app.markdown if m.value.startswith("| run | method | cosine (mean) |")]
+    runs_ranked = [m.value for m in app.markdown if m.value.startswith("| run | method | cosine to dense (mean) |")]
     assert len(runs_ranked) == 1 and len(runs_ranked[0].splitlines()) == 2 + 4
     assert sum(l.count("(#1)**") for l in runs_ranked[0].splitlines()) >= 5  # a best per column, in bold
 
@@ -560,7 +560,7 @@ def test_compare_page_says_when_the_best_method_differs_between_domains(tmp_path
     (ranked,) = [m.value for m in at.markdown if m.value.startswith("| method |")]
     assert ranked.splitlines()[2] == "| oats | 0.25 | **0.81 (#1)** | 0.8 (#2) | 0.7 (#2) | **0.99 (#1)** | 0.75 (#2) |"
     assert [i.value for i in at.info if "differs" in i.value] == [
-        "The best method by cosine differs between domains: wanda on Python manual, Python code and State of the "
+        "The best method by cosine to dense differs between domains: wanda on Python manual, Python code and State of the "
         "Union; oats on Shakespeare."]
     assert {o for o in at.selectbox(key="sweep-domain").options} >= {"Shakespeare (held-out part)"}
 
@@ -577,7 +577,7 @@ def test_compare_page_shows_an_old_sweep_with_the_mean_only(tmp_path, monkeypatc
     at.switch_page("pages/compare.py")
     at.run()
     clean(at)
-    s = chart(at, "cosine against compression rate")
+    s = chart(at, "cosine to dense against compression rate")
     assert s["layout"]["title"]["subtitle"]["text"] == \
         "on the Python manual's held-out split (measured before evaluation per domain)"
     assert [sb.label for sb in at.selectbox if not str(sb.key).startswith("sweep-form")] == ["Sweep", "Metric"]  # no Text box
@@ -607,7 +607,7 @@ def test_compress_page_shows_an_old_evaluation_with_the_mean_only(runs_dir, tmp_
     assert "unrecorded text" in e["layout"]["title"]["subtitle"]["text"]
     assert "Evaluation per domain: cosine" not in charts(at)
     table = [df.value for df in at.dataframe if "variant" in df.value.columns][0]
-    assert list(table.columns) == ["variant", "mode", "cosine", "spearman"]
+    assert list(table.columns) == ["variant", "mode", "cosine to dense", "Spearman"]
 
 
 def test_deploy_page(app, main_run, runs_dir):
@@ -721,7 +721,7 @@ def test_outliers_massive_activations_and_intervention(app, main_run):
     heat = chart(app, "Block 1 output")
     z = floats(heat["data"][0]["z"])
     np.testing.assert_allclose(z, np.log10(np.maximum(hs[2][0].abs().numpy(), 1e-6)), rtol=1e-5)
-    assert len(heat["data"]) == 2 and list(_decode(heat["data"][0]["y"]))[0] == "0:[CLS]"
+    assert [d["type"] for d in heat["data"]].count("heatmap") == 2 and list(_decode(heat["data"][0]["y"]))[0] == "0:[CLS]"
     # the intervention: its cost is shown before the button; k = 1 zeroes block 1's largest input channel
     cost = [c.value for c in app.caption if c.value.startswith("Channels ")][0]
     top = int(np.argmax(hs[1][0].abs().amax(0).numpy()))

@@ -44,8 +44,10 @@ def test_columns_put_the_primary_mean_then_its_domains_first():
                                              + [f"nll@{d}" for d in DOMS])
     assert quality.shown_metrics(keys) == ["perplexity"] + [f"perplexity@{d}" for d in DOMS] + ["nll"]
     assert quality.column_label("perplexity@verse") == "perplexity · Shakespeare"
-    assert quality.column_label("cosine") == "cosine (mean)"
-    assert quality.column_label("cosine", with_domains=False) == "cosine"
+    assert quality.column_label("cosine") == "cosine to dense (mean)"  # display names (oats.evaluation.METRIC_NAMES)
+    assert quality.column_label("cosine", with_domains=False) == "cosine to dense"
+    assert quality.column_label("cls_cosine@photos") == "CLS cosine to dense · photos"
+    assert quality.column_label("probe_acc", with_domains=False) == "probe accuracy"
     # the user's own text: the means alone
     assert quality.ordered_metrics(["nll", "perplexity"]) == ["perplexity", "nll"]
     assert quality.domains_of([{"perplexity": 3.0}]) == []
@@ -195,7 +197,7 @@ def test_cli_evaluate_prints_the_mean_and_each_domain(old_run, capsys):
     assert lines[1].startswith("perplexity (lower is better) on held-out text of 4 domains (Python manual, "
                                "Python code, Shakespeare, State of the Union)")
     assert "geometric mean" in lines[2]
-    assert "| mode | perplexity (mean) | " + " | ".join(TITLES) + " | nll |" in lines
+    assert "| mode | perplexity (mean) | " + " | ".join(TITLES) + " | NLL |" in lines
     cells = _table_cells(out)
     want = [both["perplexity"]] + [both[f"perplexity@{d}"] for d in DOMS] + [both["nll"]]
     assert cells["both"] == [f"{v:.4g}" for v in want]
@@ -207,5 +209,5 @@ def test_cli_evaluate_on_the_users_text_has_no_domain_columns(old_run, capsys):
     assert cli_main(["evaluate", str(old_run), "--quick", "--text", "eval.txt"]) == 0
     out = capsys.readouterr().out
     assert "perplexity (lower is better) on file eval.txt" in out
-    assert "| mode | perplexity | nll |" in out.splitlines() and "Python manual" not in out
+    assert "| mode | perplexity | NLL |" in out.splitlines() and "Python manual" not in out
     assert list(_table_cells(out)) == ["dense", "both", "sparse", "lowrank"]

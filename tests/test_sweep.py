@@ -201,7 +201,7 @@ def test_cli_sweep_on_minilm_then_rerun_only_evaluates(tmp_path):
     assert "4 runs compressed, 0 reused" in first.stdout
     # the means by rate, naming the text, then the primary metric per domain with each method's rank there
     assert "cosine: mean over the domains, on held-out text of 4 domains (Python manual, Python code, " in first.stdout
-    assert "| method | rank ratio | cosine (mean) | Python manual | Python code | Shakespeare | State of the Union |" \
+    assert "| method | rank ratio | cosine to dense (mean) | Python manual | Python code | Shakespeare | State of the Union |" \
         in first.stdout.splitlines()
     assert "ρ = 0.4" in first.stdout and "ρ = 0.6" in first.stdout and "(#1)**" in first.stdout
     second = subprocess.run(cmd + args, capture_output=True, text=True, timeout=900)

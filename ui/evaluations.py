@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from oats import corpora
-from oats.evaluation import Evaluator
+from oats.evaluation import METRIC_NAMES, Evaluator, split_key
 from oats.explain import analysis, quality
 from oats.runner.sweep import load_meta, load_results
 from ui.state import saved_evaluation
@@ -51,6 +51,23 @@ def evaluation_rows(results: dict, primary: str, variants: dict[str, str]) -> li
     return [{"variant": variants[mode], "mode": mode,
              **{quality.column_label(c, bool(doms) and c == primary): vals.get(c) for c in cols}}
             for mode, vals in results.items() if mode in variants]
+
+
+def metric_columns(rows: list[dict], primary: str | None = None) -> list[dict]:
+    """``rows`` with their metric columns under display names (``quality.column_label``:
+    "cosine to dense (mean)", "cosine to dense · Shakespeare", "Spearman"); the other
+    columns as they are. A metric is a key of ``oats.evaluation.METRIC_NAMES`` or a per-domain key."""
+    keys = [k for r in rows for k in r]
+    doms = bool(quality.domains_of(rows, primary)) if primary else False
+
+    def label(k: str) -> str:
+        base, domain = split_key(k)
+        if domain is None and base not in METRIC_NAMES:
+            return k
+        return quality.column_label(k, doms and k == primary)
+
+    names = {k: label(k) for k in dict.fromkeys(keys)}
+    return [{names[k]: v for k, v in r.items()} for r in rows]
 
 
 def ranking(table: dict, metric: str, higher_is_better: bool, label, head: tuple[str, ...], extra=None,

@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 from plotly.colors import hex_to_rgb, sequential
 
 from oats.explain.analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
-from oats.evaluation import metric_key
+from oats.evaluation import metric_key, metric_name
 from oats.explain.heavytail import SHUFFLED, LayerESD, log_density
 
 
@@ -260,19 +260,43 @@ def massive_depth_figure(prof) -> go.Figure:
     return _layout(fig, "Largest activation magnitudes along depth", height=440)
 
 
+MARKED = 3
+"""The largest cells of a token x channel map that are circled and named."""
+
+
 def token_channel_figure(prof, block: int) -> go.Figure:
-    """log10 |h| of one block's output, tokens x channels, dense and compressed side by side."""
+    """log10 |h| of one block's output, tokens x channels, dense and compressed side by side.
+
+    The colours run from the block's median |h| (darkest, and everything below it) to its largest
+    (brightest), on one scale for both panels: a massive activation is one cell among thousands
+    (minilm-l6's channel 99 of [CLS] is about 1.5 px wide at 384 channels), so on a four-decade
+    scale it was no brighter than the many ordinary cells near it. The ``MARKED`` largest cells
+    of each panel are circled and the largest is named ("ch 99"), so it is found at any width."""
     modes = list(prof.modes)
     fig = make_subplots(rows=1, cols=len(modes), shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=[MODE_NAMES.get(m, m) for m in modes])
     hi = max(float(np.log10(max(prof.modes[m].magnitudes[block].max(), 1e-12))) for m in modes)
+    median = min(float(np.median(prof.modes[m].magnitudes[block])) for m in modes)
+    lo = min(float(np.log10(max(median, 1e-6))), hi - 0.5)
     for i, m in enumerate(modes):
-        z = np.log10(np.maximum(prof.modes[m].magnitudes[block], 1e-6))
-        fig.add_trace(go.Heatmap(z=z, x=np.arange(z.shape[1]), y=prof.tokens, colorscale=INFERNO, zmin=hi - 4,
+        p = prof.modes[m]
+        z = np.log10(np.maximum(p.magnitudes[block], 1e-6))
+        fig.add_trace(go.Heatmap(z=z, x=np.arange(z.shape[1]), y=prof.tokens, colorscale=INFERNO, zmin=lo,
                                  zmax=hi, showscale=i == len(modes) - 1,
-                                 colorbar=dict(title=dict(text="log₁₀ |h|")),
+                                 colorbar=dict(title=dict(text="log₁₀ |h|<br>(from the median)")),
                                  hovertemplate="token %{y}<br>channel %{x}<br>log₁₀ |h| %{z:.2f}<extra></extra>"),
                       row=1, col=i + 1)
+        n = min(MARKED, p.top.shape[1])
+        chans = [int(c) for c in p.top_channel[block, :n]]
+        toks = [prof.tokens[int(t)] for t in p.top_token[block, :n]]
+        fig.add_trace(go.Scatter(x=chans, y=toks, mode="markers", name=f"largest |h|, {MODE_NAMES.get(m, m)}",
+                                 marker=dict(symbol="circle-open", size=16, color="#00e5ff", line=dict(width=2)),
+                                 showlegend=False, customdata=[float(v) for v in p.top[block, :n]],
+                                 hovertemplate="token %{y}<br>channel %{x}<br>|h| %{customdata:.3g}<extra></extra>"),
+                      row=1, col=i + 1)
+        fig.add_annotation(x=chans[0], y=toks[0], text=f"ch {chans[0]}: {float(p.top[block, 0]):.3g}",
+                           showarrow=True, arrowcolor="#00e5ff", ax=40, ay=-28, font=dict(color="#00e5ff", size=12),
+                           bgcolor="rgba(0,0,0,0.6)", row=1, col=i + 1)
         fig.update_xaxes(title_text="channel", row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed", type="category", tickfont=dict(size=9), row=1, col=1)
     fig.update_yaxes(title_text="token", row=1, col=1)
@@ -292,8 +316,8 @@ def intervention_figure(rows: list[dict], metric: str, higher_is_better: bool,
     better = "higher is better" if higher_is_better else "lower is better"
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="intervention on a block's input", type="category")
-    fig.update_yaxes(title_text=f"{metric} ({better})")
-    return _layout(fig, f"Outlier-channel intervention: {metric}", height=420, subtitle=measured_on)
+    fig.update_yaxes(title_text=f"{metric_name(metric)} ({better})")
+    return _layout(fig, f"Outlier-channel intervention: {metric_name(metric)}", height=420, subtitle=measured_on)
 
 
 # ----------------------------------------------------------------------------- outliers
@@ -441,8 +465,8 @@ def ablation_figure(rows: list[dict], metric: str, higher_is_better: bool, measu
     better = "higher is better" if higher_is_better else "lower is better"
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="block whose term is turned off", type="category")
-    fig.update_yaxes(title_text=f"{metric} ({better})")
-    return _layout(fig, f"Per-block ablation: {metric}", height=420, subtitle=measured_on)
+    fig.update_yaxes(title_text=f"{metric_name(metric)} ({better})")
+    return _layout(fig, f"Per-block ablation: {metric_name(metric)}", height=420, subtitle=measured_on)
 
 
 def domain_change_figure(labels: list[str], rows: list[dict], references: list[dict], metric: str,
@@ -468,7 +492,7 @@ def domain_change_figure(labels: list[str], rows: list[dict], references: list[d
         z=z, x=["mean"] + [titles.get(d, d) for d in domains], y=labels, text=text, texttemplate="%{text}",
         colorscale="RdBu_r", zmid=0, zmin=-span, zmax=span,
         colorbar=dict(title=dict(text=f"% worse than<br>{html.escape(reference_name, quote=False)}")),
-        hovertemplate="%{y}<br>%{x}: " + html.escape(metric, quote=False) + " %{text}<br>%{z:+.3g}% worse than "
+        hovertemplate="%{y}<br>%{x}: " + html.escape(metric_name(metric), quote=False) + " %{text}<br>%{z:+.3g}% worse than "
                       + html.escape(reference_name, quote=False) + "<extra></extra>"))
     fig.update_xaxes(title_text="mean, then each domain's held-out part", type="category")
     fig.update_yaxes(type="category", autorange="reversed")
@@ -578,8 +602,8 @@ def evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: b
     fig = go.Figure(go.Bar(x=[names.get(m, VARIANT_NAMES[m]) for m in modes], y=ys, marker_color=[COLORS[m] for m in modes],
                            text=[_bar_label(v) for v in ys], textposition="outside", cliponaxis=False))
     fig.update_xaxes(title_text="model variant")
-    _eval_axis(fig, ys, f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
-    return _layout(fig, f"Evaluation: {metric}", height=360, subtitle=measured_on)
+    _eval_axis(fig, ys, f"{metric_name(metric)}<br>({'higher' if higher_is_better else 'lower'} is better)")
+    return _layout(fig, f"Evaluation: {metric_name(metric)}", height=360, subtitle=measured_on)
 
 
 def domain_evaluation_figure(results: dict[str, dict], metric: str, higher_is_better: bool,
@@ -600,8 +624,8 @@ def domain_evaluation_figure(results: dict[str, dict], metric: str, higher_is_be
                              cliponaxis=False))
     fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="domain (held-out part)", type="category")
-    _eval_axis(fig, ys_all, f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
-    return _layout(fig, f"Evaluation per domain: {metric}", height=400, subtitle=measured_on)
+    _eval_axis(fig, ys_all, f"{metric_name(metric)}<br>({'higher' if higher_is_better else 'lower'} is better)")
+    return _layout(fig, f"Evaluation per domain: {metric_name(metric)}", height=400, subtitle=measured_on)
 
 
 EVAL_LOG_SPAN = 10.0
@@ -646,12 +670,13 @@ def sweep_figure(series: dict[str, tuple[list[float], list[float]]], metric: str
                                  line=dict(dash="dot", color=COLORS["dense"]) if dense else None))
     fig.update_xaxes(title_text="compression rate ρ (fraction of parameters removed)", tickformat=".0%")
     note = "" if higher_is_better is None else f" ({'higher' if higher_is_better else 'lower'} is better)"
-    fig.update_yaxes(title_text=f"{metric}{note}")
+    name = metric_name(metric)
+    fig.update_yaxes(title_text=f"{name}{note}")
     ys = [v for _, y in series.values() for v in y if v is not None and np.isfinite(v)]
     if ys and min(ys) > 0 and max(ys) / min(ys) > LOG_SPAN:
         # a collapsed variant (perplexity 1e7) would flatten every other line to zero
-        log_axis(fig, values=ys, title_text=f"{metric}{note}, log scale")
-    return _layout(fig, f"{metric} against compression rate", height=440, subtitle=measured_on)
+        log_axis(fig, values=ys, title_text=f"{name}{note}, log scale")
+    return _layout(fig, f"{name} against compression rate", height=440, subtitle=measured_on)
 
 
 def layer_compare_figure(rows: list[dict], value: str = "scaled_error") -> go.Figure:

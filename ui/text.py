@@ -101,6 +101,23 @@ def plain_figure(fig):
             plain = _plain(value)
             if plain is not None:
                 trace[attr] = plain
+    _below_toolbar(fig)
     for hook in FIGURE_HOOKS:
         fig = hook(fig)
     return fig
+
+
+TOOLBAR_PX = 32
+"""Plotly's toolbar (the modebar: download, zoom, ...) shows over the top right of a chart, about
+30 px tall; a left-aligned title long enough to reach the right ran under it."""
+
+
+def _below_toolbar(fig) -> None:
+    """Put a titled figure's title (and subtitle) below the toolbar's strip, the top margin grown
+    to hold both when it is smaller."""
+    if not fig.layout.title.text:
+        return
+    need = TOOLBAR_PX + (52 if fig.layout.title.subtitle.text else 28) + 8
+    top = fig.layout.margin.t
+    fig.update_layout(title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=TOOLBAR_PX)),
+                      margin_t=max(top if top is not None else 100, need))

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from oats import corpora
-from oats.evaluation import DOMAIN_SEP, PRIMARY_METRIC, per_domain, split_key
+from oats.evaluation import DOMAIN_SEP, PRIMARY_METRIC, metric_name, per_domain, split_key
 
 MEAN = "mean"
 """The column of the mean over the domains in a ranking."""
@@ -80,12 +80,13 @@ def shown_metrics(keys: Iterable[str], primary: str | None = None) -> list[str]:
 
 
 def column_label(key: str, with_domains: bool = True) -> str:
-    """A metric's column title: ``cosine (mean)`` when per-domain columns stand beside it,
-    ``cosine · Shakespeare`` for one domain, the name itself otherwise."""
+    """A metric's column title, by its display name (``oats.evaluation.metric_name``): ``cosine to
+    dense (mean)`` when per-domain columns stand beside it, ``cosine to dense · Shakespeare`` for
+    one domain, the name itself otherwise."""
     base, domain = split_key(key)
     if domain is not None:
-        return f"{base} · {corpora.title(domain)}"
-    return f"{base} (mean)" if with_domains else base
+        return metric_name(key)
+    return f"{metric_name(base)} (mean)" if with_domains else metric_name(base)
 
 
 def mean_note(metric: str) -> str:
@@ -206,12 +207,12 @@ def ranking_sentence(table: dict, metric: str, higher_is_better: bool, domains: 
     if len(winners) == 1:
         who = _words([label(n) for n in winners[0]])
         return (f"{who} {'is' if len(winners[0]) == 1 else 'are'} best on every domain "
-                f"({_words([text(corpora.title(d)) for d in firsts])}) by {text(metric)}.")
+                f"({_words([text(corpora.title(d)) for d in firsts])}) by {text(metric_name(metric))}.")
     parts = []
     for w in winners:
         doms = [text(corpora.title(d)) for d, v in firsts.items() if v == w]
         parts.append(f"{_words([label(n) for n in w])} on {_words(doms)}")
-    return f"The best {what} by {text(metric)} differs between domains: " + "; ".join(parts) + "."
+    return f"The best {what} by {text(metric_name(metric))} differs between domains: " + "; ".join(parts) + "."
 
 
 def fmt(v, digits: int = 4) -> str:
@@ -238,7 +239,7 @@ def ranking_markdown(table: dict, metric: str, higher_is_better: bool, domains: 
     escapes the header's words taken from data (the metric, domain titles)."""
     doms = list(domains) if domains is not None else domains_of(table.values(), metric)
     r = ranking(table, metric, higher_is_better, doms)
-    cols = list(head) + [text(f"{metric} ({MEAN})" if doms else metric)] + [text(corpora.title(d)) for d in doms]
+    cols = list(head) + [text(f"{metric_name(metric)} ({MEAN})" if doms else metric_name(metric))] + [text(corpora.title(d)) for d in doms]
     out = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for name, m in table.items():
         cells = [label(name)] + (list(extra(name)) if extra is not None else [])
@@ -263,7 +264,8 @@ def evaluation_markdown(metrics: dict, primary: str, higher_is_better: bool, set
     cols = shown_metrics([k for m in metrics.values() for k in m], primary)
     size = size_note(settings)
     how = "; ".join(x for x in (size, mean_note(primary) if doms else "") if x)
-    out = [f"{primary} ({'higher' if higher_is_better else 'lower'} is better) on {describe(settings, doms, task)}"]
+    out = [f"{metric_name(primary)} ({'higher' if higher_is_better else 'lower'} is better) on "
+           f"{describe(settings, doms, task)}"]
     out += [how] if how else []
     out += ["| mode | " + " | ".join(column_label(c, bool(doms) and c == primary) if split_key(c)[1] is None
                                          else corpora.title(split_key(c)[1]) for c in cols) + " |",

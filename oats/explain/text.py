@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from oats.errors import ConfigError, UnsupportedModelError
+from oats.evaluation import a_model_of
 from oats.explain.heads import MODE_LABELS, MODES, text_attentions, tokenize
 from oats.methods import registry
 
@@ -150,7 +151,7 @@ def explain_text(run, text: str, second: str | None = None, *, modes=None, steps
     task = getattr(loaded, "task", None)
     if task not in TASKS:
         raise UnsupportedModelError(f"token attributions are for language models (causal LM or sentence encoder), "
-                                    f"not a {task or 'unknown'} model: the ViT attention page explains vision runs")
+                                    f"not {a_model_of(task)}: the ViT attention page explains vision runs")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
         raise ConfigError(f"Integrated Gradients steps must be a whole number of at least 2, got {steps!r}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
