@@ -42,6 +42,7 @@ REJECTED_KEY = "_links_rejected"   # what the link asked for and did not get, sh
 MAX_TEXT = 400                     # the app's text boxes take at most 400 characters
 FONT_SCALE = 1.45                  # presentation mode: figure fonts, and Streamlit's root font size
 HEIGHT_SCALE = 1.3                 # presentation mode: figure heights
+NOTE_SCALE = 1.2                   # presentation mode: annotations (subplot titles sit side by side)
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,7 @@ def presented(fig):
         return fig
     base_set = fig.layout.font.size is not None
     for path, size in list(_font_sizes(fig.layout.to_plotly_json())):
-        fig.layout[path] = size * FONT_SCALE
+        fig.layout[path] = size * (NOTE_SCALE if path.startswith("annotations") else FONT_SCALE)
     if not base_set:  # Plotly's default is 12 px
         fig.layout.font.size = 12 * FONT_SCALE
     for trace in fig.data:
