@@ -424,7 +424,7 @@ def block_error_figure(rows: list[dict]) -> go.Figure:
     x = [r["block"] for r in rows]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=x, y=[r["block_output_error"] for r in rows], mode="lines+markers",
-                             name="block output ‖block_c(x) − block(x)‖ / ‖block(x)‖"))
+                             name="block output ‖block′(x) − block(x)‖ / ‖block(x)‖ (block′: compressed)"))
     fig.add_trace(go.Scatter(x=x, y=[r["mean_layer_output_error"] for r in rows], mode="lines+markers",
                              name="mean layer output ‖X(W − W')ᵀ‖ / ‖X Wᵀ‖", line=dict(dash="dot")))
     fig.update_xaxes(title_text="block (depth)", dtick=1)
