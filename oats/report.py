@@ -36,6 +36,10 @@ from oats.methods import registry
 from oats.runs.evaluations import read_evaluation
 from oats.runs.folders import atomic_write_bytes, write_error
 from oats.runs.info import RunInfo
+from oats.explain.analysis import sweep_evaluation
+from oats.runner.sweep import load_meta, load_results
+from oats.models.zoo import PRESETS
+from oats.runner.request import request_from_manifest
 
 REPORT_DIR = "report"
 PINS_DIR = "pins"
@@ -268,8 +272,6 @@ def run_evaluation(folder: str | Path, info: RunInfo) -> dict | None:
     if not info.sweep:
         return None
     try:
-        from oats.explain.analysis import sweep_evaluation
-        from oats.runner.sweep import load_meta, load_results
         res = sweep_evaluation(load_results(info.sweep), Path(folder).name)
         meta = load_meta(info.sweep)
     except Exception:  # noqa: BLE001 - a sweep table that cannot be read only means no evaluation to show
@@ -283,7 +285,6 @@ def run_evaluation(folder: str | Path, info: RunInfo) -> dict | None:
 
 def primary(info: RunInfo, results: dict) -> tuple[str, bool] | None:
     """(primary metric, higher is better): the run's task's, else the one among the results."""
-    from oats.models.zoo import PRESETS
     task = info.task if isinstance(info.task, str) else getattr(PRESETS.get(info.model_name), "task", None)
     keys = [k for v in results.values() for k in v]
     own = PRIMARY_METRIC.get(task)
@@ -330,7 +331,6 @@ def _number(x: float) -> str:
 def reproduce_commands(folder: str | Path, info: RunInfo, ev: dict | None) -> list[str]:
     """The shell commands that make this run again (its model, method and the settings the method
     reads, its calibration) and evaluate it; every value quoted for a POSIX shell."""
-    from oats.runner.request import request_from_manifest
     cfg, record = info.config, registry.find(info.method)
     out = Path(folder).name or "run"
     args = ["oats", "compress", info.model_name, "--method", info.method, "--compression", _number(cfg.compression),

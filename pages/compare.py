@@ -8,7 +8,7 @@ from oats.runs.folders import runs_root
 from ui.state import chart, complete_runs, how_to_read, current_path, primary_metric, run_info, run_task, table
 from ui.text import esc
 from oats import corpora
-from oats.evaluation import metric_key, split_key
+from oats.evaluation import metric_key, metric_name, split_key
 from oats.explain import analysis, quality
 from ui import evaluations, figures
 from oats.errors import OatsError
@@ -111,7 +111,7 @@ else:
         # a metric is chosen by its name; its mean over the domains or one domain by the "Text" box
         means = [m for m in metrics if split_key(m)[1] is None] or metrics
         default = means.index(pm[0]) if pm and pm[0] in means else 0
-        metric = st.selectbox("Metric", means, index=default)
+        metric = st.selectbox("Metric", means, index=default, format_func=metric_name)
         higher = pm[1] if pm and pm[0] == metric else None
         settings = load_meta(folder).get("evaluation")
         doms = quality.domains_of(rows_m, metric)
@@ -199,9 +199,9 @@ else:
                 both = ev["results"].get("both", {}) if ev else {}
                 if pm and pm[0] in both:
                     doms = quality.domains_of([both], pm[0])
-                    row[f"{pm[0]} (compressed{', mean' if doms else ''})"] = both[pm[0]]
+                    row[f"{metric_name(pm[0])} (compressed{', mean' if doms else ''})"] = both[pm[0]]
                     for d in doms:  # the compressed model on each domain's held-out part, beside the mean
-                        row[f"{pm[0]} · {corpora.title(d)}"] = both[metric_key(pm[0], d)]
+                        row[metric_name(metric_key(pm[0], d))] = both[metric_key(pm[0], d)]
                     key = (info.model_name, *pm)
                     evaluated.setdefault(key, {})[p] = {**both, **errors}
                     on.setdefault(key, []).append(ev.get("settings"))
@@ -212,7 +212,7 @@ else:
                 if len(ranked) < 2:
                     continue
                 doms = quality.domains_of(ranked.values(), metric)
-                st.markdown(f"**{esc(model)}: the runs ranked per domain by {esc(metric)}** (compressed models; "
+                st.markdown(f"**{esc(model)}: the runs ranked per domain by {esc(metric_name(metric))}** (compressed models; "
                             "#1 is the best, in bold)")
                 evaluations.ranking(ranked, metric, higher, label=lambda p: esc(Path(p).name), head=("run", "method"),
                                     extra=lambda p: (esc(run_info(p).method),))

@@ -7,6 +7,8 @@ import re
 
 import streamlit as st
 
+from oats.evaluation import a_model_of
+
 from ui.text import esc, plain_figure
 from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, image_upload, run_mtime
 from oats.explain import vit
@@ -46,7 +48,7 @@ if run is None:
 if not vit.is_vision_run(run):
     task = getattr(run.loaded, "task", None) or run.family
     st.info(
-        f"The selected run compresses **{esc(run.model_name or 'a model')}**, a {esc(task)} model, not a vision "
+        f"The selected run compresses **{esc(run.model_name or 'a model')}**, {esc(a_model_of(task))}, not a vision "
         "transformer: this page explains vision transformers. Pick a dinov2-small run in the sidebar, or "
         "compress dinov2-small on the Compress page (or `oats compress dinov2-small`), then come back.")
     st.stop()

@@ -9,6 +9,7 @@ brackets) without a page doing anything.
 from __future__ import annotations
 
 from oats import corpora
+from oats.evaluation import METRIC_NAMES
 
 # keys whose words alone would not say what they are; every other key reads as its words
 NAMES = {
@@ -26,12 +27,6 @@ NAMES = {
     "lowrank": "low-rank",
     "topk_iou": "top-k IoU",
     "js_to_dense": "JS distance to dense",
-    "cls_cosine": "CLS cosine to dense",
-    "cosine": "cosine to dense",
-    "probe_acc": "probe accuracy",
-    "nll": "NLL",
-    "spearman": "Spearman",
-    "perplexity": "perplexity",
     "median_scaled_error": "median scaled error",
     "median_output_error": "median output error",
     "entropy_dense": "entropy, dense",
@@ -46,9 +41,11 @@ def column_title(key):
         return key
     if key in NAMES:
         return NAMES[key]
+    if key in METRIC_NAMES:  # the metrics' names are oats.evaluation's, for the CLI and the app alike
+        return METRIC_NAMES[key]
     metric, at, domain = key.partition("@")
     if at:
-        return f"{column_title(metric)}, {corpora.title(domain) if domain in _domains() else domain}"
+        return f"{column_title(metric)} · {corpora.title(domain) if domain in _domains() else domain}"
     head, _, unit = key.rpartition("_")
     if head and unit in UNITS:
         return f"{column_title(head)} ({UNITS[unit]})"

@@ -44,6 +44,7 @@ from torch import nn
 
 from oats.data import image_batches
 from oats.errors import ConfigError, DataError, UnsupportedModelError
+from oats.evaluation import a_model_of
 from oats.methods import registry
 from oats.models.vision import is_hf_vit, is_timm_vit, own_image_settings, patch_size
 
@@ -451,9 +452,9 @@ def is_vision_run(run) -> bool:
 
 def require_vision(run) -> None:
     if not is_vision_run(run):
-        what = getattr(getattr(run, "loaded", None), "task", None) or run.family or "non-vision"
+        what = a_model_of(getattr(getattr(run, "loaded", None), "task", None) or run.family)
         raise UnsupportedModelError(
-            f"run of {run.model_name or 'this model'} is a {what} model, not a vision transformer: "
+            f"run of {run.model_name or 'this model'} is {what}, not a vision transformer: "
             "choose a dinov2-small run, or compress one (oats compress dinov2-small)")
 
 

@@ -27,6 +27,7 @@ from oats.runner.request import CompressRequest, slug
 from oats.runner.sweep import RESULTS_JSON, SWEEPS_DIR, parse_list, plan, write_results
 from oats.runs.evaluations import read_evaluation
 from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, run_dir, runs_root
+from oats.runs import estimate as est
 
 PLAN_JSON = "plan.json"
 MAX_RUNS = 12
@@ -225,7 +226,6 @@ def estimate(reqs: list[CompressRequest], root=None) -> tuple[float | None, str]
     the other as the runner runs them: the sum of ``oats.runs.estimate`` for each (this machine's
     past runs of the same model and method where it has them, else its rough default rates).
     (None, why) when some run cannot be estimated."""
-    from oats.runs import estimate as est
     root = Path(root) if root is not None else runs_root()
     reused = set(existing(reqs, root))
     todo = [r for r in reqs if r.folder_name() not in reused]

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterable
 
 from oats.methods import registry
+from oats.runs.evaluations import read_evaluation
+from oats.runs.folders import list_runs
 
 DEFAULT_COMPRESS_S_PER_M = {"oats": 1.2, "wanda": 0.9, "sparsegpt": 2.3, "magnitude": 0.9, "lowrank": 1.3,
                             "hassle": 7.0}
@@ -121,8 +123,6 @@ def past_run(info, evaluation: dict | None = None) -> PastRun | None:
 
 def past_runs(root: str | Path) -> list[PastRun]:
     """Every complete run under ``root`` that can teach the estimate (``past_run``)."""
-    from oats.runs.evaluations import read_evaluation
-    from oats.runs.folders import list_runs
     out = []
     for row in list_runs(root):
         if row.get("info") is None:
