@@ -522,11 +522,12 @@ def test_compare_page(app, runs_dir):
     compared = [df for df in app.dataframe if "median_scaled_error" in df.value.columns][0].value
     assert {(r.method, r.rank_ratio) for r in compared.itertuples()} == {("oats", 0.25), ("wanda", 0.0)}
     # every run's compressed model on each domain beside the mean (the sweep's runs from the sweep's table)
-    assert [f"cosine · {t}" for t in DOMAIN_TITLES.values()] == [c for c in compared.columns if c.startswith("cosine · ")]
+    assert [f"cosine to dense · {t}" for t in DOMAIN_TITLES.values()] == [c for c in compared.columns
+                                                                          if c.startswith("cosine to dense · ")]
     by_run = {r["run"]: r for r in rows if r["mode"] == "both"}
     for r in compared.to_dict("records"):
-        assert r["cosine (compressed, mean)"] == pytest.approx(by_run[r["run"]]["cosine"])
-        assert r["cosine · Python code"] == pytest.approx(by_run[r["run"]]["cosine@code"])
+        assert r["cosine to dense (compressed, mean)"] == pytest.approx(by_run[r["run"]]["cosine"])
+        assert r["cosine to dense · Python code"] == pytest.approx(by_run[r["run"]]["cosine@code"])
     # and ranked per domain
     runs_ranked = [m.value for m in app.markdown if m.value.startswith("| run | method | cosine to dense (mean) |")]
     assert len(runs_ranked) == 1 and len(runs_ranked[0].splitlines()) == 2 + 4
