@@ -136,3 +136,18 @@ def test_a_lazily_computed_reference_is_taken_before_the_intervention(run):
     evaluate = make()
     rows = act.intervention(run, 1, chans, None, evaluate, prepare=evaluate)
     assert rows[0]["diff"] > 0 and rows[1]["diff"] > 0
+
+
+def test_token_labels_read_as_words():
+    """The token x channel map's labels carry no WordPiece '##' or byte-level 'Ġ' marks."""
+    from types import SimpleNamespace
+
+    class Tok:
+        def __call__(self, text, **kw):
+            return {"input_ids": torch.tensor([[0, 1, 2, 3]])}
+
+        def convert_ids_to_tokens(self, ids):
+            return ["[CLS]", "many", "##ing", "Ġword"][:len(ids)]
+
+    inp = act.text_input(SimpleNamespace(loaded=SimpleNamespace(tokenizer=Tok())), "manying word")
+    assert inp.tokens == ["0:[CLS]", "1:many", "2:ing", "3:word"]

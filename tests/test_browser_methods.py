@@ -28,7 +28,7 @@ PAGES = ["Compress", "Spectra", "Outliers", "Error budget", "Walkthrough", "Head
 RAW = [
     (re.compile(r"\bNone\b"), "None"),
     (re.compile(r"\bnan\b"), "nan"),
-    (re.compile("Ġ|▁"), "a raw token marker"),
+    (re.compile(r"Ġ|▁|##\w"), "a raw token marker"),
     # two letters or more before the underscore: x_j, d_out and λ_min are mathematics
     (re.compile(r"\b[a-z0-9]{2,}(?:_[a-z0-9]+)+\b"), "a snake_case key"),
     (re.compile(r"\b[a-z_]+@[a-z]+\b"), "a metric@domain key"),
@@ -82,7 +82,7 @@ def raw_strings(text: str) -> list[str]:
 def test_raw_strings_are_found():
     """The check itself: each kind of raw string is caught, prose passes."""
     assert raw_strings("The compressed model keeps 50% of the weights (rank 12, kappa 0.25).") == []
-    for bad in ["value: None", "cls_cosine 0.91", "cosine@manual", "Ġmany", "loss nan"]:
+    for bad in ["value: None", "cls_cosine 0.91", "cosine@manual", "Ġmany", "5:##rou", "loss nan"]:
         assert raw_strings(bad), bad
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from oats.errors import ConfigError, DataError
+from oats.explain.heads import display_token
 from oats.explain.vit import image_spec, is_vision_run, patch_grid, prepare_image
 from oats.models.adapters import get_adapter, no_cache_kwargs
 
@@ -130,7 +131,8 @@ def text_input(run, text: str, max_tokens: int = MAX_TOKENS) -> ModelInput:
         raise DataError("the text is empty: type a sentence or pick one")
     enc = tok(text, return_tensors="pt", truncation=True, max_length=max_tokens)
     ids = enc["input_ids"][0].tolist()
-    tokens = [f"{i}:{t}" for i, t in enumerate(tok.convert_ids_to_tokens(ids))]
+    # as a reader writes them (no "##" / "Ġ" marks), numbered: the same word can appear twice
+    tokens = [f"{i}:{display_token(t)}" for i, t in enumerate(tok.convert_ids_to_tokens(ids))]
     return ModelInput(dict(enc), tokens, f"{len(ids)} tokens")
 
 
