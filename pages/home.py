@@ -313,10 +313,13 @@ def finished_elsewhere() -> None:
     started = st.session_state.setdefault("_session_started", time.time())
     own = st.session_state.get(JOB_KEY)
     seen = st.session_state.setdefault(SEEN_KEY, set())
+    root = Path(runs_root()).resolve()
     for job in RUNNER.jobs()[-20:]:
         s = job.state()
         if (s.status != "done" or s.finished is None or s.finished < started - RECENT_S or s.folder in seen
                 or s.folder == own or s.folder == current_path()):
+            continue
+        if Path(s.folder).resolve().parent != root:  # a run this app's runs folder does not list
             continue
         a, b = st.columns([5, 1])
         a.info(f"The compression of {esc(s.model, 120)} finished at {time.strftime('%H:%M', time.localtime(s.finished))} "

@@ -91,12 +91,20 @@ def finished_job(tmp_path):
 
 
 def test_a_compression_finished_elsewhere_is_announced_and_opens(tmp_path, monkeypatch, finished_job):
+    from oats.runner.jobs import RUNNER, Job
+    from oats.runner.request import CompressRequest
     from ui.state import RUN_KEY
     fake_run(tmp_path, "other-run")
+    # a job of this process that wrote outside the runs folder the app shows: not announced
+    outside = fake_run(tmp_path / "elsewhere", "minilm-l6-outside", evaluate_s=None)
+    stray = Job(CompressRequest(model="minilm-l6"), outside)
+    stray._update(status="done", stage="done", done=6, total=6, finished=time.time() - 30, message="done")
+    monkeypatch.setitem(RUNNER._jobs, str(outside.resolve()), stray)  # removed again after the test
     at = _app(tmp_path, monkeypatch, run="other-run")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    hhmm = time.strftime("%H:%M", time.localtime(time.time() - 60))
+    from oats.runner.jobs import RUNNER
+    hhmm = time.strftime("%H:%M", time.localtime(RUNNER.get(str(finished_job.resolve())).state().finished))
     lines = [i.value for i in at.info if "finished at" in i.value]
     assert lines == [f"The compression of minilm-l6 finished at {hhmm} (minilm-l6-finished): open it"]
     assert at.session_state[RUN_KEY] == str(tmp_path / "other-run")  # not opened by itself: not this tab's
