@@ -29,11 +29,16 @@ def _through_app_py() -> None:
     a reload that is the server's first page would skip app.py (no sidebar, no run, no link
     restored). The first page to import this module turns that convention off and runs again,
     through app.py."""
+    import sys
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.runtime.scriptrunner import get_script_run_ctx
     if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        # Streamlit runs each script as a fresh "__main__" module. When that is app.py already,
+        # go on: a rerun raised here, in the middle of app.py's imports, could leave a package
+        # half-imported ("cannot import name 'links' from 'ui'" on the next run).
+        if Path(getattr(sys.modules.get("__main__"), "__file__", "") or "").name != "app.py":
+            st.rerun()
 
 
 _through_app_py()
