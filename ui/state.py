@@ -34,10 +34,13 @@ def _through_app_py() -> None:
     from streamlit.runtime.scriptrunner import get_script_run_ctx
     if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
         PagesManager.uses_pages_directory = False
-        # Streamlit runs each script as a fresh "__main__" module. When that is app.py already,
-        # go on: a rerun raised here, in the middle of app.py's imports, could leave a package
-        # half-imported ("cannot import name 'links' from 'ui'" on the next run).
-        if Path(getattr(sys.modules.get("__main__"), "__file__", "") or "").name != "app.py":
+        # When app.py is the script importing this module, go on: a rerun raised in the middle of
+        # app.py's imports could leave a package half-imported ("cannot import name 'links' from
+        # 'ui'" on the next run). Only a page run alone (no app.py frame below us) is rerun.
+        frame, app = sys._getframe(1), str(Path(__file__).resolve().parents[1] / "app.py")
+        while frame is not None and frame.f_code.co_filename != app:
+            frame = frame.f_back
+        if frame is None:
             st.rerun()
 
 
