@@ -17,6 +17,7 @@ from oats import OatsConfig, compress_model
 from oats.explain import heads
 from oats.models.zoo import load_model
 from oats.runs.folders import load_run, save_run
+from test_app import chart as _chart, charts as _charts  # the page's charts by title
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -56,20 +57,6 @@ def _decode(v):
         a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
         return a.reshape([int(x) for x in str(v["shape"]).split(",")]) if "shape" in v else a
     return np.asarray(v)
-
-
-def _charts(at) -> dict[str, dict]:
-    out = {}
-    for c in at.get("plotly_chart"):
-        spec = json.loads(c.proto.spec)
-        out[spec["layout"]["title"]["text"]] = spec
-    return out
-
-
-def _chart(at, prefix: str) -> dict:
-    found = [v for k, v in _charts(at).items() if k.startswith(prefix)]
-    assert found, f"no chart titled {prefix!r}; have {list(_charts(at))}"
-    return found[0]
 
 
 def _open(runs: Path, method: str, monkeypatch):
