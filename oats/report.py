@@ -263,12 +263,14 @@ def settings_rows(info: RunInfo) -> list[tuple[str, str]]:
     return rows
 
 
-def run_evaluation(folder: str | Path, info: RunInfo) -> dict | None:
-    """The run's saved evaluation (``evaluation.json``), else its row of the sweep that made it;
-    {"results", "settings", "quick", "created"} or None."""
-    ev = read_evaluation(folder)
+def run_evaluation(folder: str | Path, info: RunInfo, read=read_evaluation) -> dict | None:
+    """The run's saved evaluation (``evaluation.json``, through ``read``: the app passes its
+    cached reader), else its row of the sweep that made it (with that sweep's evaluation
+    settings); {"results", "settings" (a dict or None), "quick", "created"} or None."""
+    ev = read(folder)
     if ev is not None:
-        return ev
+        settings = ev.get("settings")
+        return {**ev, "settings": settings if isinstance(settings, dict) else None}
     if not info.sweep:
         return None
     try:
@@ -407,17 +409,11 @@ def standard_figures(info: RunInfo, ev: dict | None, names: dict[str, str], metr
     return [json.loads(f.to_json()) for f in figs]
 
 
-EVAL_LOG_SPAN = 30.0
-"""An evaluation whose values span more than this factor is drawn on a log axis: a collapsed
-variant (sparse-only perplexity 1e8) would flatten dense vs compressed to nothing."""
-
-
 def _log_if_spread(fig, values, label: str):
-    fin = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if fin and min(fin) > 0 and max(fin) / min(fin) > EVAL_LOG_SPAN:
-        lo, hi = math.log10(min(fin)), math.log10(max(fin))  # bars rise from well below the smallest
-        fig.update_yaxes(type="log", title_text=_plain(f"{label}, log scale"), dtick=1, tickformat="~g",
-                         range=[math.floor(lo) - 0.5, hi + 0.12 * max(hi - lo + 1, 1)])
+    """A log y axis when the values span orders of magnitude (``quality.log_range``)."""
+    span = quality.log_range(values)
+    if span is not None:
+        fig.update_yaxes(type="log", title_text=_plain(f"{label}, log scale"), dtick=1, tickformat="~g", range=span)
     return fig
 
 

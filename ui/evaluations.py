@@ -4,38 +4,19 @@ beside its value on each domain, and rankings per domain (``oats.explain.quality
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from oats import corpora
+from oats import corpora, report
 from oats.evaluation import METRIC_NAMES, Evaluator, split_key
-from oats.explain import analysis, quality
-from oats.runner.sweep import load_meta, load_results
+from oats.explain import quality
 from ui.state import saved_evaluation
 from ui.text import esc
 
 
 def run_evaluation(path: str, info) -> dict | None:
-    """{"results": {mode: {metric: value}}, "settings": the evaluation's settings or None,
-    "quick", "created"} of a run: its saved evaluation, else its row of the sweep that made it
-    (with that sweep's evaluation settings); None when it has neither."""
-    ev = saved_evaluation(path)
-    if ev is not None:
-        settings = ev.get("settings")
-        return {**ev, "settings": settings if isinstance(settings, dict) else None}
-    if not info.sweep:
-        return None
-    try:
-        res = analysis.sweep_evaluation(load_results(info.sweep), Path(path).name)
-        meta = load_meta(info.sweep)
-    except Exception:  # noqa: BLE001 - a sweep table that cannot be read only means no evaluation to show
-        return None
-    if not res:
-        return None
-    settings = meta.get("evaluation")
-    return {"results": res, "quick": bool(meta.get("quick")), "settings": settings if isinstance(settings, dict) else None,
-            "created": f"from sweep '{Path(str(info.sweep)).name}'"}
+    """A run's evaluation as the report reads it (``oats.report.run_evaluation``): its saved
+    evaluation through the app's cached reader, else its row of the sweep that made it."""
+    return report.run_evaluation(path, info, read=saved_evaluation)
 
 
 def titles(domains) -> dict[str, str]:

@@ -17,6 +17,7 @@ from plotly.colors import hex_to_rgb, sequential
 
 from oats.explain.analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
 from oats.evaluation import metric_key, metric_name
+from oats.explain import quality
 from oats.explain.heavytail import SHUFFLED, LayerESD, log_density
 
 
@@ -577,15 +578,12 @@ VARIANT_NAMES = {"dense": "dense", "both": "sparse + low-rank", "sparse": "spars
 
 
 def _eval_axis(fig: go.Figure, ys, title: str) -> None:
-    """The y axis of an evaluation bar chart: log when the values span over EVAL_LOG_SPAN."""
+    """The y axis of an evaluation bar chart: log when the values span orders of magnitude
+    (``quality.log_range``, the run report's rule too)."""
     fin = [f for f in (_number(v) for v in ys) if f is not None and np.isfinite(f)]
-    if fin and min(fin) > 0 and max(fin) / min(fin) > EVAL_LOG_SPAN:
-        # a collapsed variant (sparse-only perplexity 1e8) flattens dense vs compressed to nothing
-        lo, hi = np.log10(min(fin)), np.log10(max(fin))
-        # bars rise from the axis floor: put it well below the smallest bar, and leave room above
-        # the tallest for its printed value
-        log_axis(fig, values=fin, title_text=f"{title}, log scale",
-                 range=[np.floor(lo) - 0.5, hi + 0.12 * max(hi - lo + 1, 1)])
+    span = quality.log_range(fin)
+    if span is not None:
+        log_axis(fig, values=fin, title_text=f"{title}, log scale", range=span)
     else:
         fig.update_yaxes(title_text=title)
 
@@ -628,7 +626,6 @@ def domain_evaluation_figure(results: dict[str, dict], metric: str, higher_is_be
     return _layout(fig, f"Evaluation per domain: {metric_name(metric)}", height=400, subtitle=measured_on)
 
 
-EVAL_LOG_SPAN = 10.0
 """An evaluation chart whose positive values span more than this factor gets a log y axis."""
 
 

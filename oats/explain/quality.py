@@ -273,3 +273,20 @@ def evaluation_markdown(metrics: dict, primary: str, higher_is_better: bool, set
     for mode, m in metrics.items():
         out.append(f"| {mode} | " + " | ".join(fmt(m.get(c), digits) for c in cols) + " |")
     return "\n".join(out)
+
+
+EVAL_LOG_SPAN = 10.0
+"""An evaluation whose values span more than this factor is drawn on a log axis (the app's
+charts and the run report alike): a collapsed variant (sparse-only perplexity 1e8) would
+flatten dense vs compressed to nothing on a linear one."""
+
+
+def log_range(values) -> list[float] | None:
+    """The log10 y range of an evaluation bar chart when its values span over ``EVAL_LOG_SPAN``
+    (bars rise from well below the smallest, with room above the tallest for its printed
+    value), else None: a linear axis."""
+    fin = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not fin or min(fin) <= 0 or max(fin) / min(fin) <= EVAL_LOG_SPAN:
+        return None
+    lo, hi = math.log10(min(fin)), math.log10(max(fin))
+    return [math.floor(lo) - 0.5, hi + 0.12 * max(hi - lo + 1, 1)]
