@@ -303,15 +303,11 @@ def diff_summary(diff: RunDiff, name_a: str, name_b: str) -> str:
             f"{mb:.3f} bits); the two runs differ most on head {head} ({diff.js_ab[head]:.3f} bits between them).")
 
 
-METHOD_NAMES = {"oats": "OATS", "wanda": "Wanda", "sparsegpt": "SparseGPT", "hassle": "HASSLE-free",
-                "magnitude": "magnitude", "lowrank": "low-rank"}
-
-
 def run_names(a: dict, b: dict) -> tuple[str, str]:
     """Short names for two runs in a sentence, from their ``list_runs`` rows: the method and
     compression rate ("OATS 50%"), with the folder name added where that would not tell them apart."""
     def short(r: dict) -> str:
-        method = METHOD_NAMES.get(r.get("method"), r.get("method") or "a run")
+        method = registry.title(r.get("method")) if isinstance(r.get("method"), str) and r.get("method") else "a run"
         c = r.get("compression")
         return f"{method} {c:.0%}" if isinstance(c, (int, float)) else method
     na, nb = short(a), short(b)

@@ -76,8 +76,7 @@ def minimisers(error: str) -> list[str]:
 
 
 def _methods(names: list[str]) -> str:
-    shown = [{"oats": "OATS", "sparsegpt": "SparseGPT", "hassle": "HASSLE-free", "wanda": "Wanda", "lowrank": "low-rank SVD"}.get(n, n)
-             for n in names]
+    shown = [registry.title(n) for n in names]
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
 
 

@@ -412,6 +412,7 @@ def own_rank_ratio(config) -> float:
 
 @register(Method(
     name="hassle",
+    title="HASSLE-free",
     description="sparse + low-rank on the full input Gram: SparseGPT on W - L (its values then refitted on "
                 "the mask) alternated with a whitened rank-r fit (HASSLE-free, Makni et al. 2025)",
     budget_note="OATS's budgets: rank r = floor(kappa (1-rho) d_out d_in / (d_out + d_in)) plus a sparse term "

@@ -24,6 +24,7 @@ def own_rank_ratio(config) -> float:
 
 @register(Method(
     name="oats",
+    title="OATS",
     description="sparse + low-rank (alternating thresholding on W D)",
     budget_note="rank r = floor(kappa (1-rho) d_out d_in / (d_out + d_in)) plus a sparse term that keeps "
                 "d_in - floor(d_in (1 - (1-kappa)(1-rho))) entries per row (per matrix for sparsity 'layer'; "

@@ -69,6 +69,8 @@ class Method:
     name: str
     description: str
     budget_note: str
+    title: str = ""
+    """The method's name in prose ("OATS", "HASSLE-free"); its ``name`` when empty."""
     statistics: str = "diagonal"
     run_modes: tuple[str, ...] = ONE_TERM_MODES
     iterative: bool = False
@@ -181,6 +183,12 @@ def get(name: str) -> Method:
         return _METHODS[name]
     except (KeyError, TypeError):
         raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(_METHODS)}") from None
+
+
+def title(name: str) -> str:
+    """A method's name in prose: its record's ``title``, else the name as it is (an unknown one too)."""
+    record = find(name)
+    return (record.title if record is not None else "") or name
 
 
 def find(name: str) -> Method | None:

@@ -205,6 +205,7 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
 
 @register(Method(
     name="sparsegpt",
+    title="SparseGPT",
     description="sparse only: OBS weight updates on the full input Gram matrix (SparseGPT)",
     budget_note="rank 0; each row keeps d_in - floor(d_in rho) entries, its prunes spread over the column "
                 "blocks by cumulative rounding and chosen by w^2 / [H^-1]_jj, kept weights updated by OBS "

@@ -20,6 +20,7 @@ def wanda(weight: torch.Tensor, second_moments: torch.Tensor, config: OatsConfig
 
 @register(Method(
     name="wanda",
+    title="Wanda",
     description="sparse only: keep the largest |W_ij| * ||X_j|| per row (OATS with rank ratio 0)",
     budget_note="rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| ||X_j|| "
                 "(per matrix for 'layer'; N of every M for N:M)",
