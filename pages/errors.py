@@ -68,8 +68,13 @@ if run is not None:
     with left:
         chart(figures.block_error_figure(analysis.block_errors(run)), key="depth")
     with right:
-        chart(figures.convergence_figure(analysis.convergence(run), highlight=st.session_state.get(LAYER_KEY)),
-              key="convergence")
+        histories = analysis.convergence(run)
+        if any(len(h.get("error", ())) > 1 for h in histories.values()):
+            chart(figures.convergence_figure(histories, highlight=st.session_state.get(LAYER_KEY)), key="convergence")
+        else:  # one step per layer (Wanda, magnitude, low-rank SVD, ...): a chart of single points says nothing
+            st.markdown("**Convergence of alternating thresholding**")
+            st.caption(f"This run's method ({esc(run.method)}) takes one step per layer: there is no "
+                       "alternation to follow. An OATS run shows each layer's error over its iterations here.")
 
     st.subheader("Per-block ablation")
     pm = primary_metric(run_task(run_info(path)) or "")

@@ -802,3 +802,6 @@ def test_a_wanda_run_offers_no_low_rank_only_variant_and_names_no_kappa(app, run
     go(app, "pages/errors.py")
     assert [t["name"] for t in chart(app, "Scaled error per layer")["data"]] == ["sparse term"]
     assert not any("low-rank term alone" in m.value for m in app.markdown)
+    # one step per layer: no convergence chart of single points, a line saying why instead
+    assert not [t for t in charts(app) if t.startswith("Convergence")]
+    assert any("takes one step per layer" in c.value for c in app.caption)
