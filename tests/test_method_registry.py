@@ -292,3 +292,16 @@ def test_the_settings_a_method_reads_are_in_its_record():
     assert uses["oats"] == (True, True) and uses["hassle"] == (True, True)
     for name in ("wanda", "magnitude", "sparsegpt", "lowrank"):
         assert uses[name] == (False, False), name
+
+
+def test_check_modes_is_the_one_variant_check():
+    from oats.errors import ConfigError
+    assert registry.check_modes(["both", "dense"], need_dense=True) == ("dense", "both")
+    assert registry.check_modes("both") == ("both",)
+    assert registry.check_modes(["sparse"], allowed=("dense", "sparse")) == ("sparse",)
+    for bad, needle in ((["x"], "unknown variant 'x'"), ([], "no variant"), (["both"], "must include dense"),
+                        (5, "list of variant names")):
+        with pytest.raises(ConfigError, match=needle):
+            registry.check_modes(bad, need_dense=True)
+    with pytest.raises(ConfigError, match="choose among dense, both$"):
+        registry.check_modes(["lowrank"], allowed=("dense", "both"))

@@ -233,6 +233,30 @@ def variants(name: str, config=None) -> tuple[str, ...]:
     return modes
 
 
+def check_modes(modes, allowed: Sequence[str] = MODES, *, need_dense: bool = False) -> tuple[str, ...]:
+    """The one check of variant names that every caller (evaluation, CLI, the explain views)
+    uses: ``modes`` as a tuple in the order given, each among ``allowed`` (by default every
+    variant name, ``oats.core.linear.MODES``; pass ``variants(...)`` or ``run_variants(run)``
+    for the variants one run has), at least one, and "dense" first when ``need_dense``.
+    ConfigError (one line, with the choices) otherwise."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    try:
+        modes = tuple(modes)
+    except TypeError:
+        raise ConfigError(f"modes must be a list of variant names among {', '.join(allowed)}") from None
+    bad = [m for m in modes if m not in allowed]
+    if bad:
+        raise ConfigError(f"unknown variant {bad[0]!r}: choose among {', '.join(allowed)}")
+    if not modes:
+        raise ConfigError(f"no variant given: choose among {', '.join(allowed)}")
+    if need_dense:
+        if "dense" not in modes:
+            raise ConfigError(f"the variants must include dense (the reference), got {', '.join(modes)}")
+        modes = ("dense",) + tuple(m for m in modes if m != "dense")
+    return modes
+
+
 def run_variants(run) -> tuple[str, ...]:
     """``variants`` of a run (a CompressionRun or a RunInfo: anything with ``method`` and ``config``)."""
     return variants(getattr(run, "method", None), getattr(run, "config", None))
