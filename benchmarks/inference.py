@@ -49,6 +49,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import oats  # noqa: E402, F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import torch
 
+from oats import resources
 from oats.compress.pipeline import compress_model
 from oats.config import OatsConfig
 from oats.data import calibration_batches, evaluation_sentences, evaluation_text, sentence_batches
@@ -299,6 +300,9 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--root", default="runs/bench-inference")
     ap.add_argument("--kernels", default="csr8,csr", help="SparseLowRankLinear kernels to time each export with")
+    ap.add_argument("--goals", default="smallest,fastest",
+                    help="load_compressed goals to time each export with (oats/deploy/plan.py): smallest keeps "
+                         "every layer sparse, fastest may fold a layer to dense where that measures faster here")
     ap.add_argument("--no-kernels", action="store_true", help="skip the one-matrix kernel tables")
     ap.add_argument("--no-rss", action="store_true")
     args = ap.parse_args()
@@ -307,11 +311,13 @@ def main() -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rates = [float(r) for r in args.rates.split(",")]
     kernel_names = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    goals = [g.strip() for g in args.goals.split(",") if g.strip()]
     if "csr8" in kernel_names and not csr8.available():
         print(f"the csr8 kernel cannot run here ({csr8.backend_note()}): skipped", flush=True)
         kernel_names = [k for k in kernel_names if k != "csr8"] or ["csr"]
     t_start = time.perf_counter()
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+    lines = [f"CPU: {resources.cpu_name()} ({os.cpu_count()} logical cores; {' '.join(resources.vector_extensions())}); "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
              f"{os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; "
              f"runs: {args.iterations} iterations, calibration {json.dumps(CALIB)}; medians of {args.rounds} rounds; "
              f"CSR8 kernels: {csr8.backend_note()}"]
@@ -339,7 +345,7 @@ def main() -> int:
                 for k in names) + " |")
         print("\n".join(lines[-len(pair) - 4:]), flush=True)
 
-    mem_rows, speed_rows, checks = [], [], []
+    mem_rows, speed_rows, checks, plans = [], [], [], []
     with torch.no_grad():
         for name in models:
             variants_meta = [("oats", r) for r in rates] + ([("wanda", r) for r in rates] if name == "smollm2-135m" else [])
@@ -357,14 +363,20 @@ def main() -> int:
                 sizes[f"{method} {rho}"] = size_report(run)
                 del run
                 for kern in kernel_names:
-                    label = f"{method} {rho}" + ("" if kern == kernel_names[0] else f" {kern}")
-                    model = load_compressed(folder, kernel=kern)
-                    got = main_output(model, check_batch)
-                    checks.append((name, f"{method} {kern}", rho, float((got - ref).abs().max() / ref.abs().max())))
-                    exports[label] = (folder, model, kern)
+                    for goal in goals:
+                        label = (f"{method} {rho}" + ("" if kern == kernel_names[0] else f" {kern}")
+                                 + ("" if goal == goals[0] else f" {goal}"))
+                        model = load_compressed(folder, kernel=kern, goal=goal)
+                        plans.append(f"{name} {label}: {model.oats_plan.summary()}")
+                        got = main_output(model, check_batch)
+                        checks.append((name, f"{method} {kern} {goal}", rho,
+                                       float((got - ref).abs().max() / ref.abs().max())))
+                        exports[label] = (folder, model, kern)
             dense_bytes = dense_linear_bytes(dense, paths)
             rss = {} if args.no_rss else {"dense": rss_child("dense", name, args.threads)}
             for label, (folder, model, kern) in exports.items():
+                if label.endswith(tuple(f" {g}" for g in goals[1:])):
+                    continue  # memory is the first goal's (smallest: the export's own layout); see the plans
                 if not args.no_rss:
                     rss[label] = rss_child("export", str(folder), args.threads, kern)
                 assert block_linear_bytes(model) == sizes[" ".join(label.split()[:2])][f"sparse_{kern}"]
@@ -402,6 +414,7 @@ def main() -> int:
                 print(row[0], {k: f"{v[0]:.2f} (floor {v[1]:.1f} {v[2]})" for k, v in row[1].items()}, flush=True)
             del dense, exports, variants
 
+    lines += ["", "Per-layer plans (load_compressed goal; oats/deploy/plan.py):", ""] + [f"* {p}" for p in plans]
     lines += ["", "Exports equal their run's sparse + low-rank mode (max |diff| / max |ref| on one evaluation batch):",
               "; ".join(f"{n} {m} {r}: {d:.1e}" for n, m, r, d in checks)]
     lines += ["", "Memory (block linears: values, indices, factors, biases; RSS of a fresh process after loading "
@@ -419,13 +432,15 @@ def main() -> int:
                      f"({r['linear_mb'] / r['dense_mb']:.2f}×) | {r['linear_disk_mb']:.1f} "
                      f"({r['linear_disk_mb'] / r['dense_mb']:.2f}×) | {r['disk_mb']:.1f} of {r['dense_disk_mb']:.1f} "
                      f"({r['disk_mb'] / r['dense_disk_mb']:.2f}×) | {rss[0]} | {rss[1]} |")
-    lines += ["", "Speed, median of interleaved rounds (× dense) [floor, B: bandwidth-bound, C: GEMM-bound]:", ""]
+    lines += ["", "Speed, median of interleaved rounds (× dense) [floor, B: bandwidth-bound, C: GEMM-bound; "
+              "the share of its own floor each variant reaches]:", ""]
     for title, vals in speed_rows:
         keys = list(vals)
         lines.append(f"| {title} | " + " | ".join(keys) + " |")
         lines.append("|---|" + "---|" * len(keys))
         lines.append("| measured [floor] | " + " | ".join(
-            f"{fmt(v[0])}" + ("" if k == "dense" else f" ({v[0] / vals['dense'][0]:.2f}×)") + f" [{fmt(v[1])} {v[2]}]"
+            f"{fmt(v[0])}" + ("" if k == "dense" else f" ({v[0] / vals['dense'][0]:.2f}×)")
+            + f" [{fmt(v[1])} {v[2]}, {100 * v[0] / v[1]:.0f}%]"
             for k, v in vals.items()) + " |")
         for kern in kernel_names:
             tag = "" if kern == kernel_names[0] else f" {kern}"

@@ -50,13 +50,19 @@ if run is not None:
             language="bash")
 
     st.subheader("Throughput on this machine")
-    key = f"deploy-speed-{path}"
+    goal = st.radio("Goal", ["smallest", "fastest"], horizontal=True, key="deploy-goal",
+                    help="How oats.load_compressed(DIR, goal=...) builds each layer here. smallest: every layer "
+                         "stays sparse (the export's size), with the faster of the kernel's loops on this CPU. "
+                         "fastest: a layer that measures faster as a dense product on this CPU is folded back to "
+                         "dense (never slower than dense, layer by layer), at the memory stated.")
+    key = f"deploy-speed-{path}-{goal}"
     if st.button("Measure throughput", key="deploy-measure",
                  help="Exports the run to a temporary folder, then times the dense model and the export "
                       "in turn, three rounds (a few seconds to a minute)."):
         bar = st.progress(0.0, text="starting")
         with MODEL_LOCK:
-            st.session_state[key] = compare_speed(run, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+            st.session_state[key] = compare_speed(run, progress=lambda f, m: bar.progress(min(f, 1.0), text=m),
+                                                  goal=goal)
         bar.empty()
     res = st.session_state.get(key)
     if res:
@@ -64,6 +70,13 @@ if run is not None:
                 "bound": "bandwidth" if res[f"bound_{k}"] == "B" else "GEMM rate",
                 "× dense": res[k] / res["dense"], "share of floor": res[k] / res[f"floor_{k}"]}
                for k in ("dense", "export")], f"deploy-speed-{Path(path).name}", key="csv-speed")
-        st.caption(f"Median of three rounds, {res['threads']} threads. The floor is the time to stream the "
+        st.caption(f"Measured on this machine only: {res['cpu']}, {res['threads']} threads, CSR8 kernels "
+                   f"{res['kernels']}. Another CPU gives other figures (its gathers and memory differ): measure "
+                   "where the model will run. Median of three rounds. The floor is the time to stream the "
                    "weights one step reads at this machine's measured bandwidth, or its linear-layer FLOPs at "
                    "the measured GEMM rate, whichever is larger. Other work on the machine slows both alike.")
+        st.markdown(f"**Per layer** ({res['plan']}):")
+        table(res["plan_rows"], f"deploy-plan-{Path(path).name}", key="csv-plan")
+        st.caption("One token through every layer of a shape in turn (weights from memory, as in a model), "
+                   "median of five rounds, µs per layer; the loader keeps the fastest form its goal allows "
+                   "(CSR8 unless another is at least 3% faster).")

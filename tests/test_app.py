@@ -634,6 +634,16 @@ def test_deploy_page(app, main_run, runs_dir):
     # measured can never beat the floor by much (noise aside): the floor is a real bound
     assert (speed["share of floor"] < 1.5).all()
     assert speed["× dense"].iloc[0] == pytest.approx(1.0)
+    # the figures are this machine's, named; the loader's per-layer choice is shown
+    from oats import resources
+    assert any(c.value.startswith(f"Measured on this machine only: {resources.cpu_name()}") for c in app.caption)
+    plan = app.dataframe[2].value
+    assert {"shape", "layers", "chosen"} <= set(plan.columns)
+    assert plan["layers"].sum() == len(main_run.modules()) and set(plan["chosen"]) <= {"csr8", "csr8-vector"}
+    app.radio(key="deploy-goal").set_value("fastest").run()
+    app.button(key="deploy-measure").click().run()
+    clean(app)
+    assert any("goal fastest" in m.value for m in app.markdown)
 
 
 def test_vit_page_is_registered(app):

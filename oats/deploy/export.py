@@ -40,6 +40,7 @@ from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear, oats_layers
 from oats.deploy import kernels
 from oats.deploy.linear import KERNELS, SparseLowRankLinear, default_kernel, pack_csr
+from oats.deploy.plan import GOALS, apply_plan
 from oats.errors import ConfigError, ModelLoadError, OatsError, ResourceError, RunError
 from oats.models.adapters import set_submodule
 from oats.models.guard import MAX_DIMENSION, check_config_memory
@@ -694,7 +695,7 @@ def _load_folded(folder: Path, m: dict) -> nn.Module:
     return model
 
 
-def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
+def load_compressed(folder: str | Path, kernel: str = "auto", goal: str | None = "smallest") -> nn.Module:
     """The model an export folder holds, in eval mode on the CPU, ready to run.
 
     A sparse export gives the architecture with ``SparseLowRankLinear`` layers, their S held
@@ -702,10 +703,17 @@ def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
     folded one the plain model (as transformers or timm load it). Everything in the folder
     is checked first: a damaged or hostile folder is a RunError of one line (ResourceError
     when it declares more than fits in memory), never a crash or code of the folder's own.
+
+    ``goal`` (a sparse export; ``oats/deploy/plan.py``): "smallest" keeps every layer in its
+    sparse layout, with the faster of the kernel's loops on this machine; "fastest" may also
+    fold a layer to a dense product (or torch's CSR) where that measures faster here, at the
+    memory it costs; None measures nothing. The plan is ``model.oats_plan`` (``.summary()``).
     """
     folder = Path(folder)
     if kernel not in KERNELS:
         raise ConfigError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+    if goal is not None and goal not in GOALS:
+        raise ConfigError(f"unknown goal {goal!r}: use one of {', '.join(GOALS)}")
     if kernel != "csr" and not kernels.available():  # here, not inside a layer: a bad OATS_CSR8_BACKEND is
         if kernel == "auto":                           # one clear line, not a "damaged export"
             kernel = "csr"
@@ -715,7 +723,10 @@ def load_compressed(folder: str | Path, kernel: str = "auto") -> nn.Module:
         m = read_export_info(folder)
         with BUILD_LOCK:  # one model built at a time in this process
             model = _load_sparse(folder, m, kernel) if m["layout"] == "sparse" else _load_folded(folder, m)
-        return model.eval()
+            model.eval()
+            if goal is not None and m["layout"] == "sparse":
+                apply_plan(model, goal)
+        return model
     except OatsError:
         raise
     except MemoryError:

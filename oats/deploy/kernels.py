@@ -43,6 +43,7 @@ from oats.deploy import numba_kernels  # numba itself is imported on its first c
 from oats.errors import ConfigError
 
 __all__ = ["BACKENDS", "SEGMENT", "KernelBuildError", "available", "backend", "backend_note", "build_c_library",
+           "LOOPS", "fused_available", "isa", "slr_matvec_checked",
            "check_csr", "check_csr8", "csr8_bytes", "csr8_matmul", "csr8_to_csr", "csr_to_csr8", "segments"]
 
 SEGMENT = 256
@@ -51,6 +52,12 @@ BACKEND_ENV = "OATS_CSR8_BACKEND"
 KERNEL_DIR_ENV = "OATS_KERNEL_DIR"
 SOURCE = Path(__file__).with_name("csr8.c")
 C_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+ISA_ENV = "OATS_CSR8_ISA"
+ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",), "scalar": ("-mno-avx",)}
+"""What the C kernels may use, on top of ``-march=native``: everything the CPU has (the
+default), AVX2 at most (``-mno-avx512f``: how the kernels run on a CPU without AVX-512,
+measured on one that has it), or no vector extension (the portable loop). Set by
+``OATS_CSR8_ISA`` before the first call; each choice is its own library in the cache."""
 
 
 class KernelBuildError(RuntimeError):
@@ -200,6 +207,19 @@ def _cpu_signature() -> str:
     return sig
 
 
+def isa_choice() -> str:
+    """``OATS_CSR8_ISA`` (native, avx2 or scalar; native when unset); ConfigError otherwise."""
+    isa = os.environ.get(ISA_ENV, "").strip().lower() or "native"
+    if isa not in ISA_FLAGS:
+        raise ConfigError(f"{ISA_ENV}={isa!r} is not a kernel build: use one of {', '.join(ISA_FLAGS)}, or unset it")
+    return isa
+
+
+def c_flags() -> tuple[str, ...]:
+    """The compiler flags of the C kernels in this process (``C_FLAGS`` and the ISA's)."""
+    return C_FLAGS + ISA_FLAGS[isa_choice()]
+
+
 def build_c_library(folder: str | Path | None = None) -> Path:
     """The compiled C kernels for this machine: built into ``folder`` (default ``kernel_dir()``)
     unless a library for the same source, compiler, flags and CPU is there already. Raises
@@ -211,7 +231,8 @@ def build_c_library(folder: str | Path | None = None) -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelBuildError(f"the C compiler {cc!r} does not run: {e}") from None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(C_FLAGS), _cpu_signature()])
+    flags = c_flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), _cpu_signature()])
                          .encode()).hexdigest()[:16]
     folder = kernel_dir() if folder is None else Path(folder).expanduser()
     path = folder / f"csr8-{key}.so"
@@ -220,7 +241,7 @@ def build_c_library(folder: str | Path | None = None) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".csr8-{key}-{os.getpid()}-{threading.get_ident()}.so"
-        proc = subprocess.run([cc, *C_FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
                               timeout=300)
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelBuildError(f"could not compile the CSR8 kernels into {folder}: {e}") from None
@@ -242,6 +263,10 @@ def _load_c(path: Path):
     lib.csr8_matvec.restype = None
     lib.csr8_matmat.argtypes = [p, p, p, p, p, i64, i64, i64, ctypes.c_int]
     lib.csr8_matmat.restype = None
+    lib.slr_matvec.argtypes = [p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+    lib.slr_matvec.restype = None
+    lib.csr8_isa.argtypes = []
+    lib.csr8_isa.restype = ctypes.c_char_p
     return lib
 
 
@@ -284,7 +309,10 @@ def _resolve() -> dict:
         if forced in ("", "c"):
             try:
                 path = build_c_library()
-                _CHOICE.update(name="c", lib=_load_c(path), note=f"C ({Path(_compiler()).name} {' '.join(C_FLAGS[:3])})")
+                lib = _load_c(path)
+                flags = " ".join(c_flags()[:3] + c_flags()[len(C_FLAGS):])
+                _CHOICE.update(name="c", lib=lib, isa=lib.csr8_isa().decode(),
+                               note=f"C ({Path(_compiler()).name} {flags}; {lib.csr8_isa().decode()} loops)")
                 return _CHOICE
             except KernelBuildError as e:
                 why_not_c = str(e)
@@ -304,6 +332,40 @@ def backend() -> str | None:
 def backend_note() -> str:
     """One line: the backend, and why not C when it is not."""
     return _resolve()["note"]
+
+
+def fused_available() -> bool:
+    """Whether the fused one-token layer kernel (``slr_matvec``: S x + U (V x) + b in one call)
+    runs here: the C backend only."""
+    return backend() == "c"
+
+
+def isa() -> str | None:
+    """The vector extension the C kernels were built with: "avx512", "avx2", "scalar", or None
+    when the C backend is not the one in use."""
+    choice = _resolve()
+    return choice.get("isa") if choice["name"] == "c" else None
+
+
+LOOPS = ("scalar", "vector")
+"""The fused kernel's two loops over a row's entries (see csr8.c): "vector" gathers 16 (AVX-512)
+or 8 (AVX2) values of x at a time, and is the scalar loop again on a build with neither."""
+
+
+def slr_matvec_checked(ptr, offsets, values, v, u, bias, x: torch.Tensor, d_out: int, d_in: int,
+                       loop: str = "scalar") -> torch.Tensor:
+    """(1, d_out) = x S^T + (x V^T) U^T + bias for one token x (1, d_in) float32, contiguous;
+    v (r, d_in) and u (d_out, r) float32 contiguous (one U part), bias float32 or None; ``loop``
+    one of ``LOOPS``. The C backend only (``fused_available``); the caller checked every buffer
+    once (SparseLowRankLinear)."""
+    lib = _resolve()["lib"]
+    r = int(v.shape[0])
+    out = torch.empty(1, d_out)
+    tmp = torch.empty(max(r, 1))
+    lib.slr_matvec(ptr.data_ptr(), offsets.data_ptr(), values.data_ptr(), x.data_ptr(), v.data_ptr(), u.data_ptr(),
+                   None if bias is None else bias.data_ptr(), tmp.data_ptr(), out.data_ptr(), d_out, d_in,
+                   segments(d_in), r, 1 if loop == "vector" else 0, torch.get_num_threads())
+    return out
 
 
 def available() -> bool:

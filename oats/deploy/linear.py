@@ -169,6 +169,17 @@ class SparseLowRankLinear(nn.Module):
         self.register_buffer("v", v.to(dtype).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype).contiguous(), requires_grad=False)
         self._csr = None
+        self.loop = "scalar"
+        """The fused kernel's loop (``kernels.LOOPS``): set by oats/deploy/plan.py from measurements."""
+        self._fused = self._fusable()
+
+    def _fusable(self) -> bool:
+        """Whether one token may take the fused C kernel (S x + U (V x) + b in one call): csr8 on
+        the C backend, one U part over all rows, every buffer float32 on the CPU."""
+        return (self.kernel == "csr8" and len(self.part_rows) == 1 and self.part_rows[0] == (0, self.out_features)
+                and self.values.dtype == torch.float32 and self.values.device.type == "cpu"
+                and self.v.dtype == self.u0.dtype == torch.float32
+                and (self.bias is None or self.bias.dtype == torch.float32) and kernels.fused_available())
 
     @property
     def u_parts(self) -> list[torch.Tensor]:
@@ -222,10 +233,18 @@ class SparseLowRankLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):  # .to() / .half(): the CSR view is rebuilt from the new storage
         self._csr = None
-        return super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)
+        self._fused = self._fusable()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        if (self._fused and x.numel() == self.in_features and x.dtype == torch.float32 and x.device.type == "cpu"
+                and not (x.requires_grad and torch.is_grad_enabled())):  # one token: decoding
+            y = kernels.slr_matvec_checked(self.segment_ptr, self.col_offsets, self.values, self.v, self.u0, self.bias,
+                                           x.reshape(1, -1).contiguous(), self.out_features, self.in_features,
+                                           self.loop)
+            return y.reshape(*shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features)
         if self.rank and len(self.part_rows) == 1 and self.part_rows[0] == (0, self.out_features):
             y = nn.functional.linear(nn.functional.linear(x2, self.v), self.u0)

@@ -18,7 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from oats import resources
 from oats.compress.records import CompressionRun
+from oats.deploy import kernels
 from oats.data import evaluation_sentences, evaluation_text, sentence_batches
 from oats.deploy.export import export_run, load_compressed, sparse_modules
 
@@ -123,12 +125,15 @@ def _workload(run: CompressionRun, new_tokens: int):
 
 
 def compare_speed(run: CompressionRun, rounds: int = 3, new_tokens: int = 16,
-                  progress: Callable[[float, str], None] | None = None) -> dict:
-    """Throughput of the run's dense model and of its sparse export, timed in turn each round.
+                  progress: Callable[[float, str], None] | None = None, goal: str = "smallest") -> dict:
+    """Throughput of the run's dense model and of its sparse export loaded for ``goal``
+    (``oats/deploy/plan.py``: "smallest" or "fastest"), timed in turn each round.
 
     Returns {"unit", "dense", "export" (items/s), "floor_dense", "floor_export" (items/s at
-    the floor), "bound_dense", "bound_export" ("B" bandwidth or "C" GEMM), "threads"}.
-    The run's model is left in the mode it was in.
+    the floor), "bound_dense", "bound_export" ("B" bandwidth or "C" GEMM), "threads", "cpu"
+    (the CPU's name and vector extensions), "kernels" (the CSR8 build), "plan" (one line: what
+    the loader chose per layer) and "plan_rows" (per layer shape)}. The run's model is left in
+    the mode it was in.
     """
     say = progress or (lambda f, m: None)
     say(0.0, "measuring this machine's bandwidth and GEMM rate")
@@ -136,7 +141,8 @@ def compare_speed(run: CompressionRun, rounds: int = 3, new_tokens: int = 16,
     say(0.15, "exporting the run (sparse layout)")
     with tempfile.TemporaryDirectory(prefix="oats-speed-") as tmp:
         export_run(run, f"{tmp}/export", "sparse")
-        model = load_compressed(f"{tmp}/export")
+        say(0.2, f"loading it for the goal '{goal}' (the first time on this machine, each layer shape is measured)")
+        model = load_compressed(f"{tmp}/export", goal=goal)
     paths = list(run.modules())
     unit, items, tokens, call = _workload(run, new_tokens)
     times = {"dense": [], "export": []}
@@ -152,7 +158,9 @@ def compare_speed(run: CompressionRun, rounds: int = 3, new_tokens: int = 16,
                 say(0.3 + 0.7 * (2 * r + (k == "export")) / (2 * rounds), f"round {r + 1} of {rounds}: {k}")
                 times[k].append(call(m))
     say(1.0, "done")
-    out = {"unit": unit, "threads": torch.get_num_threads()}
+    out = {"unit": unit, "threads": torch.get_num_threads(),
+           "cpu": f"{resources.cpu_name()} ({', '.join(resources.vector_extensions()) or 'no vector extensions'})",
+           "kernels": kernels.backend_note(), "plan": model.oats_plan.summary(), "plan_rows": model.oats_plan.rows()}
     for k, cost in (("dense", dense_cost), ("export", weight_cost(model, paths))):
         # one call: ``tokens`` tokens through every layer (decoding: once per new token)
         steps = new_tokens if unit.startswith("tokens") else 1
