@@ -67,9 +67,12 @@ def test_fused_one_token_kernel_equals_s_plus_uv_plus_bias(loop):
         assert _max_rel(m(two)[:, :1], m(x)) < 1e-5
 
 
-def test_smallest_keeps_every_layer_sparse_and_equals_the_plain_load(export):
+def test_smallest_keeps_every_layer_sparse_and_equals_the_plain_load(export, monkeypatch):
     plain = load_compressed(export, goal=None)
+    measured, real = [], plan._time_forms
+    monkeypatch.setattr(plan, "_time_forms", lambda group, forms: measured.append(forms) or real(group, forms))
     small = load_compressed(export, goal="smallest")
+    assert all(set(f) <= {"csr8", "csr8-vector"} for f in measured)  # nothing folded, not even to measure it
     assert not hasattr(plain, "oats_plan")
     p = small.oats_plan
     assert p.goal == "smallest" and set(p.counts()) <= {"csr8", "csr8-vector"}

@@ -284,8 +284,8 @@ def apply_plan(model: nn.Module, goal: str = "smallest") -> Plan:
         forms = _candidates(goal, layers[names[0]])
         times = cache.get(key, {})
         if len(forms) > 1 and not all(f in times for f in forms):
-            times = {**times, **_time_forms([layers[n] for n in names], [f for f in FORMS if f in set(forms) |
-                                                                           _all_forms(layers[names[0]])])}
+            # only the goal's forms: "smallest" never folds a layer, not even to measure it
+            times = {**times, **_time_forms([layers[n] for n in names], forms)}
             cache[key], measured = times, True
         chosen = _choose(times, forms) if len(forms) > 1 else forms[0]
         extra = sum(_extra_bytes(layers[n], chosen) for n in names)
@@ -298,11 +298,6 @@ def apply_plan(model: nn.Module, goal: str = "smallest") -> Plan:
     plan.seconds = time.perf_counter() - t0
     model.oats_plan = plan
     return plan
-
-
-def _all_forms(m: SparseLowRankLinear) -> set[str]:
-    """Every form worth measuring for ``m`` whatever the goal (one measurement serves both goals)."""
-    return set(_candidates("fastest", m))
 
 
 def _put(model: nn.Module, name: str, m: SparseLowRankLinear, form: str) -> None:
