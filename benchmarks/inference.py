@@ -353,6 +353,10 @@ def main() -> int:
             dense = dense_loaded.model
             feed = inputs(name, dense_loaded)
             check_batch = {"input_ids": feed["prefill"][:, :64]} if name == "smollm2-135m" else feed["b1"]
+            # the rows a call feeds each layer, that the plan measures at: decoding's one token;
+            # one sentence or one image otherwise (its batched workload has more, dense wins more)
+            per_call = 1 if name == "smollm2-135m" else (
+                feed["b1"]["input_ids"].numel() if "input_ids" in feed["b1"] else 1 + (224 // 14) ** 2)
             exports, paths, sizes = {}, None, {}
             for method, rho in variants_meta:
                 run = ensure_run(root, name, method, rho, args.iterations)
@@ -366,7 +370,7 @@ def main() -> int:
                     for goal in goals:
                         label = (f"{method} {rho}" + ("" if kern == kernel_names[0] else f" {kern}")
                                  + ("" if goal == goals[0] else f" {goal}"))
-                        model = load_compressed(folder, kernel=kern, goal=goal)
+                        model = load_compressed(folder, kernel=kern, goal=goal, tokens=per_call)
                         plans.append(f"{name} {label}: {model.oats_plan.summary()}")
                         got = main_output(model, check_batch)
                         checks.append((name, f"{method} {kern} {goal}", rho,

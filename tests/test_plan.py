@@ -70,7 +70,7 @@ def test_fused_one_token_kernel_equals_s_plus_uv_plus_bias(loop):
 def test_smallest_keeps_every_layer_sparse_and_equals_the_plain_load(export, monkeypatch):
     plain = load_compressed(export, goal=None)
     measured, real = [], plan._time_forms
-    monkeypatch.setattr(plan, "_time_forms", lambda group, forms: measured.append(forms) or real(group, forms))
+    monkeypatch.setattr(plan, "_time_forms", lambda group, forms, tokens=1: measured.append(forms) or real(group, forms, tokens))
     small = load_compressed(export, goal="smallest")
     assert all(set(f) <= {"csr8", "csr8-vector"} for f in measured)  # nothing folded, not even to measure it
     assert not hasattr(plain, "oats_plan")
@@ -88,7 +88,7 @@ def test_fastest_folds_exactly_the_layers_measured_faster_dense(export, monkeypa
     keys = sorted({plan.shape_key(m) for m in plain.modules() if isinstance(m, SparseLowRankLinear)})
     dense_wins, csr_wins = keys[0], keys[-1]
 
-    def fake(group, forms):  # dense fastest for one shape, torch's CSR for another, CSR8 elsewhere
+    def fake(group, forms, tokens=1):  # dense fastest for one shape, torch's CSR for another, CSR8 elsewhere
         key = plan.shape_key(group[0])
         t = {f: 10.0 for f in forms}
         t["csr8"] = 5.0
@@ -128,7 +128,7 @@ def test_measurements_are_cached_and_keyed_by_cpu_and_kernel(export, monkeypatch
     m = load_compressed(export, goal="fastest")
     assert not m.oats_plan.from_cache and first.is_file()
     calls = []
-    monkeypatch.setattr(plan, "_time_forms", lambda g, f: calls.append(1) or {x: 1.0 for x in f})
+    monkeypatch.setattr(plan, "_time_forms", lambda g, f, t=1: calls.append(1) or {x: 1.0 for x in f})
     again = load_compressed(export, goal="fastest")
     assert again.oats_plan.from_cache and not calls
     assert [s.chosen for s in again.oats_plan.shapes] == [s.chosen for s in m.oats_plan.shapes]
@@ -154,9 +154,30 @@ def test_a_bad_cache_file_is_ignored_with_one_line_and_rewritten(export, tmp_pat
     assert len(lines) == 1 and "ignored the kernel measurements" in lines[0] and "\n" not in lines[0]
     assert not m.oats_plan.from_cache
     data = json.loads((tmp_path / "plan.json").read_text())
-    assert data["version"] == plan.CACHE_VERSION and set(data["shapes"]) == {s.key for s in m.oats_plan.shapes}
+    assert data["version"] == plan.CACHE_VERSION and set(data["shapes"]) == {f"{s.key} t1" for s in m.oats_plan.shapes}
 
 
-def test_unknown_goal_is_one_config_error(export):
+def test_unknown_goal_or_token_count_is_one_config_error(export):
     with pytest.raises(ConfigError, match="unknown goal 'quickest'"):
         load_compressed(export, goal="quickest")
+    for bad in (0, -3, 2.5, True, 10**6):
+        with pytest.raises(ConfigError, match="tokens must be a whole number"):
+            load_compressed(export, goal="fastest", tokens=bad)
+
+
+def test_the_plan_is_measured_at_the_tokens_per_call_it_is_for(export, monkeypatch):
+    """Decoding (1 token) and a batch (many) are measured and cached apart: the same layer may
+    be fastest sparse for one and dense for the other."""
+    seen = []
+
+    def fake(group, forms, tokens=1):
+        seen.append((tokens, tuple(forms)))
+        return {f: (1.0 if (f == "dense") == (tokens > 1) else 5.0) for f in forms}
+    monkeypatch.setattr(plan, "_time_forms", fake)
+    one = load_compressed(export, goal="fastest")
+    many = load_compressed(export, goal="fastest", tokens=64)
+    assert set(one.oats_plan.counts()) <= {"csr8", "csr8-vector"} and set(many.oats_plan.counts()) == {"dense"}
+    assert "64 tokens per call" in many.oats_plan.summary() and "one token per call" in one.oats_plan.summary()
+    assert {t for t, _ in seen} == {1, 64} and all("csr8-vector" not in f for t, f in seen if t == 64)
+    x = torch.tensor([[5, 6, 7, 8] * 4])
+    assert _max_rel(_logits(many, x), _logits(one, x)) < 1e-5

@@ -40,7 +40,7 @@ from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear, oats_layers
 from oats.deploy import kernels
 from oats.deploy.linear import KERNELS, SparseLowRankLinear, default_kernel, pack_csr
-from oats.deploy.plan import GOALS, apply_plan
+from oats.deploy.plan import GOALS, apply_plan, check_tokens
 from oats.errors import ConfigError, ModelLoadError, OatsError, ResourceError, RunError
 from oats.models.adapters import set_submodule
 from oats.models.guard import MAX_DIMENSION, check_config_memory
@@ -695,7 +695,8 @@ def _load_folded(folder: Path, m: dict) -> nn.Module:
     return model
 
 
-def load_compressed(folder: str | Path, kernel: str = "auto", goal: str | None = "smallest") -> nn.Module:
+def load_compressed(folder: str | Path, kernel: str = "auto", goal: str | None = "smallest",
+                    tokens: int = 1) -> nn.Module:
     """The model an export folder holds, in eval mode on the CPU, ready to run.
 
     A sparse export gives the architecture with ``SparseLowRankLinear`` layers, their S held
@@ -707,13 +708,16 @@ def load_compressed(folder: str | Path, kernel: str = "auto", goal: str | None =
     ``goal`` (a sparse export; ``oats/deploy/plan.py``): "smallest" keeps every layer in its
     sparse layout, with the faster of the kernel's loops on this machine; "fastest" may also
     fold a layer to a dense product (or torch's CSR) where that measures faster here, at the
-    memory it costs; None measures nothing. The plan is ``model.oats_plan`` (``.summary()``).
+    memory it costs; None measures nothing. ``tokens``: the rows a call feeds each layer, that
+    the forms are measured at (1: decoding; an encoder's or a ViT's batch: its tokens). The
+    plan is ``model.oats_plan`` (``.summary()``).
     """
     folder = Path(folder)
     if kernel not in KERNELS:
         raise ConfigError(f"unknown kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     if goal is not None and goal not in GOALS:
         raise ConfigError(f"unknown goal {goal!r}: use one of {', '.join(GOALS)}")
+    check_tokens(tokens)
     if kernel != "csr" and not kernels.available():  # here, not inside a layer: a bad OATS_CSR8_BACKEND is
         if kernel == "auto":                           # one clear line, not a "damaged export"
             kernel = "csr"
@@ -725,7 +729,7 @@ def load_compressed(folder: str | Path, kernel: str = "auto", goal: str | None =
             model = _load_sparse(folder, m, kernel) if m["layout"] == "sparse" else _load_folded(folder, m)
             model.eval()
             if goal is not None and m["layout"] == "sparse":
-                apply_plan(model, goal)
+                apply_plan(model, goal, tokens)
         return model
     except OatsError:
         raise

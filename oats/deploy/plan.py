@@ -14,10 +14,11 @@ keeps per layer the fastest allowed by the user's goal:
               layer the sparse kernels cannot beat is folded back, so the model is never slower
               than dense layer by layer; the plan says how many bytes that costs.
 
-Measurement: one token (decoding, where sparse kernels can win: a batch is GEMM-bound and
-dense wins there, ``benchmarks/inference.py``), every layer of a shape called in turn so the
-weights come from memory as in a model (not hot in cache), each form timed in turn in each of
-``ROUNDS`` rounds, median kept. About 2-20 ms per shape. The times are cached in a JSON file
+Measurement: ``tokens`` rows per call (1, the default: decoding, where sparse kernels can win;
+an encoder's sentence or a ViT's image is tens to hundreds of tokens per call, GEMM-bound,
+where dense usually wins, ``benchmarks/inference.py``), every layer of a shape called in turn
+so the weights come from memory as in a model (not hot in cache), each form timed in turn in
+each of ``ROUNDS`` rounds, median kept. About 2-20 ms per shape at one token. The times are cached in a JSON file
 beside the compiled kernels (``kernels.kernel_dir()``), keyed by the CPU, the compiled kernel
 (source, compiler, flags), torch's version and the thread count: a new kernel or another CPU
 measures again. A cache file that cannot be read is ignored with one line and rewritten.
@@ -42,7 +43,7 @@ from oats.deploy import kernels
 from oats.deploy.linear import SparseLowRankLinear
 from oats.errors import ConfigError
 
-__all__ = ["FORMS", "GOALS", "Plan", "ShapeChoice", "apply_plan", "fold", "plan_cache_path", "shape_key"]
+__all__ = ["FORMS", "GOALS", "Plan", "ShapeChoice", "apply_plan", "check_tokens", "fold", "plan_cache_path", "shape_key"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Plan:
     shapes: list[ShapeChoice] = field(default_factory=list)
     from_cache: bool = False
     seconds: float = 0.0
+    tokens: int = 1
+    """Rows per call the forms were measured at (1: decoding)."""
 
     @property
     def extra_bytes(self) -> int:
@@ -97,7 +100,8 @@ class Plan:
         forms = ", ".join(f"{n} {FORM_WORDS[f]}" for f, n in sorted(self.counts().items(), key=lambda kv: -kv[1]))
         cost = f"; {self.extra_bytes / 2**20:.1f} MB more than CSR8" if self.extra_bytes > 0 else ""
         how = "measurements cached for this CPU" if self.from_cache else f"measured in {self.seconds:.1f} s"
-        return (f"goal {self.goal} on {self.cpu} ({self.isa or 'no C kernels'}, {self.threads} threads): "
+        at = "one token per call" if self.tokens == 1 else f"{self.tokens} tokens per call"
+        return (f"goal {self.goal} at {at} on {self.cpu} ({self.isa or 'no C kernels'}, {self.threads} threads): "
                 f"{forms}{cost} ({how})")
 
     def rows(self) -> list[dict]:
@@ -148,12 +152,13 @@ def _as_csr(m: SparseLowRankLinear) -> SparseLowRankLinear:
                                crow_indices=crow, col_indices=col, kernel="csr").eval()
 
 
-def _candidates(goal: str, m: SparseLowRankLinear) -> list[str]:
-    """The forms ``goal`` allows for ``m`` here (CSR8 loops only where the fused kernel runs)."""
+def _candidates(goal: str, m: SparseLowRankLinear, tokens: int = 1) -> list[str]:
+    """The forms ``goal`` allows for ``m`` here (the CSR8 loops apart only where the fused
+    one-token kernel runs: more tokens take the batch kernel, which has one loop)."""
     forms = []
     if m.kernel == "csr8" and m._fused:
         forms.append("csr8")
-        if kernels.isa() not in (None, "scalar"):
+        if kernels.isa() not in (None, "scalar") and tokens == 1:
             forms.append("csr8-vector")
     elif goal == "smallest":
         return [m.kernel]  # nothing to choose: the layout the module was built with
@@ -172,11 +177,12 @@ def _build(m: SparseLowRankLinear, form: str) -> nn.Module:
     return m
 
 
-def _time_forms(group: list[SparseLowRankLinear], forms: list[str]) -> dict[str, float]:
-    """µs per layer of each form, every layer of ``group`` called in turn, forms interleaved."""
+def _time_forms(group: list[SparseLowRankLinear], forms: list[str], tokens: int = 1) -> dict[str, float]:
+    """µs per layer of each form for ``tokens`` rows, every layer of ``group`` called in turn,
+    forms interleaved."""
     per_layer = group[0].out_features * group[0].in_features * 4
     group = group[:max(1, MAX_GROUP_BYTES // per_layer)]
-    x = torch.randn(1, group[0].in_features, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(tokens, group[0].in_features, generator=torch.Generator().manual_seed(0))
     built = {f: [_build(m, f) for m in group] for f in forms}
     times: dict[str, list[float]] = {f: [] for f in forms}
     with torch.no_grad():
@@ -265,12 +271,23 @@ def _extra_bytes(m: SparseLowRankLinear, form: str) -> int:
     return 0
 
 
-def apply_plan(model: nn.Module, goal: str = "smallest") -> Plan:
-    """Choose each ``SparseLowRankLinear`` of ``model``'s form for ``goal`` (``GOALS``), from this
-    machine's measurements (cached), and put it in place. Returns the plan (also set as
-    ``model.oats_plan``)."""
+MAX_TOKENS = 4096
+
+
+def check_tokens(tokens) -> int:
+    """``tokens`` as an int in [1, MAX_TOKENS]; ConfigError (one line) otherwise."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_TOKENS:
+        raise ConfigError(f"tokens must be a whole number of tokens per call from 1 to {MAX_TOKENS}, got {tokens!r}")
+    return tokens
+
+
+def apply_plan(model: nn.Module, goal: str = "smallest", tokens: int = 1) -> Plan:
+    """Choose each ``SparseLowRankLinear`` of ``model``'s form for ``goal`` (``GOALS``) at
+    ``tokens`` rows per call, from this machine's measurements (cached), and put it in place.
+    Returns the plan (also set as ``model.oats_plan``)."""
     if goal not in GOALS:
         raise ConfigError(f"unknown goal {goal!r}: use one of {', '.join(GOALS)}")
+    check_tokens(tokens)
     t0 = time.perf_counter()
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SparseLowRankLinear)}
     groups: dict[str, list[str]] = {}
@@ -278,15 +295,16 @@ def apply_plan(model: nn.Module, goal: str = "smallest") -> Plan:
         groups.setdefault(shape_key(m), []).append(name)
     path = plan_cache_path() if kernels.available() else None
     cache = _read_cache(path) if path else {}
-    plan = Plan(goal, resources.cpu_name(), kernels.isa(), torch.get_num_threads(), from_cache=True)
+    plan = Plan(goal, resources.cpu_name(), kernels.isa(), torch.get_num_threads(), from_cache=True, tokens=tokens)
     measured = False
     for key, names in groups.items():
-        forms = _candidates(goal, layers[names[0]])
-        times = cache.get(key, {})
+        forms = _candidates(goal, layers[names[0]], tokens)
+        entry = f"{key} t{tokens}"
+        times = cache.get(entry, {})
         if len(forms) > 1 and not all(f in times for f in forms):
             # only the goal's forms: "smallest" never folds a layer, not even to measure it
-            times = {**times, **_time_forms([layers[n] for n in names], forms)}
-            cache[key], measured = times, True
+            times = {**times, **_time_forms([layers[n] for n in names], forms, tokens)}
+            cache[entry], measured = times, True
         chosen = _choose(times, forms) if len(forms) > 1 else forms[0]
         extra = sum(_extra_bytes(layers[n], chosen) for n in names)
         plan.shapes.append(ShapeChoice(key, names, {f: times[f] for f in FORMS if f in times}, chosen, extra))

@@ -139,12 +139,12 @@ def compare_speed(run: CompressionRun, rounds: int = 3, new_tokens: int = 16,
     say(0.0, "measuring this machine's bandwidth and GEMM rate")
     floors = machine_floors(mb=128, gemm=1024)
     say(0.15, "exporting the run (sparse layout)")
+    unit, items, tokens, call = _workload(run, new_tokens)
     with tempfile.TemporaryDirectory(prefix="oats-speed-") as tmp:
         export_run(run, f"{tmp}/export", "sparse")
         say(0.2, f"loading it for the goal '{goal}' (the first time on this machine, each layer shape is measured)")
-        model = load_compressed(f"{tmp}/export", goal=goal)
+        model = load_compressed(f"{tmp}/export", goal=goal, tokens=tokens)
     paths = list(run.modules())
-    unit, items, tokens, call = _workload(run, new_tokens)
     times = {"dense": [], "export": []}
     with run.use_mode("dense"):
         head = weight_cost(run.model, [])  # the head only; the block linears' dense weights added here
