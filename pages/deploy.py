@@ -77,6 +77,7 @@ if run is not None:
                    "the measured GEMM rate, whichever is larger. Other work on the machine slows both alike.")
         st.markdown(f"**Per layer** ({res['plan']}):")
         table(res["plan_rows"], f"deploy-plan-{Path(path).name}", key="csv-plan")
-        st.caption("One token through every layer of a shape in turn (weights from memory, as in a model), "
-                   "median of five rounds, µs per layer; the loader keeps the fastest form its goal allows "
-                   "(CSR8 unless another is at least 3% faster).")
+        st.caption("The tokens one call feeds each layer (one when decoding, the batch's otherwise) through every "
+                   "layer of a shape in turn (weights from memory, as in a model), median of five rounds, µs per "
+                   "layer; the loader keeps the fastest form its goal allows (CSR8 unless another is at least 3% "
+                   "faster). `oats.load_compressed(DIR, goal=..., tokens=...)` makes the same choice.")
