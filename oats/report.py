@@ -36,7 +36,7 @@ from oats.methods import registry
 from oats.runs.evaluations import read_evaluation
 from oats.runs.folders import atomic_write_bytes, write_error
 from oats.runs.info import RunInfo
-from oats.explain.analysis import sweep_evaluation
+from oats.explain.runs import sweep_evaluation
 from oats.runner.sweep import load_meta, load_results
 from oats.models.zoo import PRESETS
 from oats.runner.request import request_from_manifest
