@@ -1,6 +1,6 @@
 """Adapters end to end on tiny random models of every supported family (no downloads).
 
-Each family's model is built from a config, compressed once (cached for the module) with
+Each family's model (tests/tiny_models.py: CASES) is built from a config, compressed once (cached for the module) with
 OatsConfig(compression=0.5, rank_ratio=0.25, iterations=5), then checked: the adapter and
 the linears it finds, the budget accounting of every record, the four modes model-wide and
 per layer, the factors of fused matrices, and GPT-2's transposed Conv1D weights. The last
@@ -9,11 +9,7 @@ tests cover unknown architectures (the error, and the generic adapter).
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,174 +19,19 @@ import transformers  # noqa: E402  (a dependency: missing is an error, not a ski
 
 from oats.models.adapters import get_adapter, supported_families  # noqa: E402
 from oats.models.adapters.generic import GenericAdapter  # noqa: E402
-from oats.config import OatsConfig  # noqa: E402
 from oats.errors import UnsupportedModelError  # noqa: E402
 from oats.core.linear import MODES, OatsLinear  # noqa: E402
 from oats.compress.pipeline import compress_model  # noqa: E402
 
-CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=5)
-HIDDEN = 128   # large enough that integer rounding of the budgets stays under ~2%
-BLOCKS = 2
-VOCAB = 100
-SEQ = 8
-IMAGE = 32
-
+from tiny_models import (BLOCKS, CASES, FAMILY_CFG as CFG, FUSED, HIDDEN, IMAGE, VOCAB, compressed,  # noqa: E402
+                         output as _output)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# ----------------------------------------------------------------------------- tiny models
-
-
-def _decoder_kwargs() -> dict:
-    # num_key_value_heads < num_attention_heads: k and v (64 rows) differ from q (128 rows)
-    return dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-                num_hidden_layers=BLOCKS, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-
-
-def _llama():
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**_decoder_kwargs()))
-
-
-def _qwen2():
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_decoder_kwargs()))
-
-
-def _mistral():
-    return transformers.MistralForCausalLM(transformers.MistralConfig(**_decoder_kwargs()))
-
-
-def _phi3():
-    return transformers.Phi3ForCausalLM(transformers.Phi3Config(**_decoder_kwargs()))
-
-
-def _gpt2():
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=BLOCKS, n_head=4, n_positions=64,
-        bos_token_id=1, eos_token_id=2))
-
-
-def _bert():
-    return transformers.BertModel(transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=BLOCKS, num_attention_heads=4,
-        intermediate_size=2 * HIDDEN, max_position_embeddings=64, pad_token_id=0))
-
-
-def _vit_config():
-    return transformers.ViTConfig(image_size=IMAGE, patch_size=8, hidden_size=HIDDEN,
-                                  num_hidden_layers=BLOCKS, num_attention_heads=4,
-                                  intermediate_size=2 * HIDDEN, num_labels=3,
-                                  attn_implementation="eager")
-
-
-def _vit():
-    return transformers.ViTModel(_vit_config())
-
-
-def _vit_cls():
-    return transformers.ViTForImageClassification(_vit_config())
-
-
-def _dinov2(swiglu: bool = False):
-    return transformers.Dinov2Model(transformers.Dinov2Config(
-        image_size=IMAGE, patch_size=8, hidden_size=HIDDEN, num_hidden_layers=BLOCKS,
-        num_attention_heads=4, mlp_ratio=2, use_swiglu_ffn=swiglu))
-
-
-def _timm_vit():
-    import timm
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMAGE, patch_size=8,
-                             depth=BLOCKS, embed_dim=HIDDEN, num_heads=2, num_classes=10)
-
-
-def _tokens(seed: int, n: int, padded: bool = False) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        batch = {"input_ids": torch.randint(3, VOCAB, (2, SEQ), generator=g)}
-        if padded:  # right padding: the second sequence has 3 real tokens
-            mask = torch.ones(2, SEQ, dtype=torch.long)
-            mask[1, 3:] = 0
-            batch["input_ids"][1, 3:] = 0
-            batch["attention_mask"] = mask
-        out.append(batch)
-    return out
-
-
-def _pixels(seed: int, n: int) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    return [{"pixel_values": torch.randn(2, 3, IMAGE, IMAGE, generator=g)} for _ in range(n)]
-
-
-LLAMA_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
-ENCODER_NAMES = ("q", "k", "v", "o", "fc1", "fc2")
-
-
-@dataclass(frozen=True)
-class Case:
-    build: Callable[[], nn.Module]
-    batches: Callable[[int, int], list[dict]]
-    family: str
-    names: tuple[str, ...]           # canonical names of one block's records, in order
-    modules_per_block: int           # replaced modules (OatsLinear) per block
-    fused: str | None = None         # module path (in the block) of the fused q/k/v matrix
-    pixels: bool = False
-
-
-CASES = {
-    "llama": Case(_llama, _tokens, "llama", LLAMA_NAMES, 7),
-    "qwen2": Case(_qwen2, _tokens, "llama", LLAMA_NAMES, 7),
-    "mistral": Case(_mistral, _tokens, "llama", LLAMA_NAMES, 7),
-    "phi3": Case(_phi3, _tokens, "phi3", ("q", "k", "v", "o", "gate_up", "down"), 4,
-                 fused="self_attn.qkv_proj"),
-    "gpt2": Case(_gpt2, _tokens, "gpt2", ENCODER_NAMES, 4, fused="attn.c_attn"),
-    "bert": Case(_bert, functools.partial(_tokens, padded=True), "bert", ENCODER_NAMES, 6),
-    "vit": Case(_vit, _pixels, "vit", ENCODER_NAMES, 6, pixels=True),
-    "vit-cls": Case(_vit_cls, _pixels, "vit", ENCODER_NAMES, 6, pixels=True),
-    "dinov2": Case(_dinov2, _pixels, "dinov2", ENCODER_NAMES, 6, pixels=True),
-    "dinov2-swiglu": Case(functools.partial(_dinov2, swiglu=True), _pixels, "dinov2", LLAMA_NAMES, 7,
-                          pixels=True),
-    "timm-vit": Case(_timm_vit, _pixels, "timm-vit", ENCODER_NAMES, 4, fused="attn.qkv", pixels=True),
-}
-FUSED = [k for k, c in CASES.items() if c.fused]
-
-
-def _output(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The model's main output tensor (logits or last hidden states)."""
-    if type(model).__module__.startswith("timm"):
-        return model(batch["pixel_values"])
-    kw = dict(batch)
-    if "input_ids" in kw and getattr(model.config, "use_cache", None) is not None:
-        kw["use_cache"] = False
-    out = model(**kw)
-    for key in ("logits", "last_hidden_state"):
-        if getattr(out, key, None) is not None:
-            return getattr(out, key)
-    raise AssertionError(f"no output tensor in {type(out).__name__}")
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-@functools.cache
-def compressed(name: str) -> SimpleNamespace:
-    """Build, record the dense outputs and weights, compress (once per family)."""
-    case = CASES[name]
-    torch.manual_seed(0)
-    model = case.build().eval()
-    calibration = case.batches(1, 2)
-    batch = case.batches(2, 1)[0]
-    with torch.no_grad():
-        ref = _output(model, batch)
-    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    adapter = get_adapter(model)
-    torch.manual_seed(0)
-    run = compress_model(model, calibration, CFG)
-    return SimpleNamespace(case=case, run=run, ref=ref, batch=batch, original=original,
-                           adapter=adapter, calibration=calibration)
 
 
 @pytest.fixture(params=list(CASES))
@@ -436,7 +277,7 @@ def test_bert_padding_is_not_counted():
 
 def test_missing_linear_is_an_error_not_a_skip():
     torch.manual_seed(0)
-    model = _llama().eval()
+    model = CASES["llama"].build().eval()
     del model.model.layers[0].mlp.gate_proj
     adapter = get_adapter(model)
     with pytest.raises(UnsupportedModelError, match="mlp.gate_proj"):

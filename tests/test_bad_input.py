@@ -37,22 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = "smollm2-135m, minilm-l6, dinov2-small"
 TYPES = ("llama, qwen2, mistral, qwen3, olmo, olmo2, phi3, gpt2, bert, roberta, xlm-roberta, electra, vit, dinov2 "
          "and timm VisionTransformer")
-CALIB = ["--calib-samples", "2", "--seq-len", "8", "--iterations", "3"]
+from tiny_models import CALIB, llm_folder as _llm_folder  # noqa: E402  (shared with other tests)
 
 
 # ----------------------------------------------------------------------------- the files the cases use
-
-
-def _llm_folder(path: Path, **overrides) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-    tok = word_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **overrides)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

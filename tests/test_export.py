@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_adapters import CASES, _output, compressed
-from test_bad_input import CALIB, _llm_folder
-from tiny_models import assert_cli_fails
+from tiny_models import CALIB, CASES, assert_cli_fails, compressed, llm_folder as _llm_folder, output as _output
 
 import oats
 from oats.cli import main as cli_main

@@ -1,6 +1,9 @@
 """The method registry: a method registered from outside the package (here, from the test)
 reaches the CLI, the pipeline, the sweep, the memory estimate and the app's method list;
-the built-ins' records say what their statistics pass collects. Tiny models built here."""
+the built-ins' records say what their statistics pass collects; the contract checks every
+method keeps (tests/contracts.py) hold for it too. No test here freezes the list of methods:
+the built-ins are in it, in the order oats/methods/__init__.py registers them, and others may
+follow."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import math
 import pytest
 import torch
 from test_sweep import KW, tiny_loaded
-from tiny_models import assert_cli_fails, batches, tiny_llama
+from contracts import check_method_contract
+from tiny_models import CALIB, assert_cli_fails, batches, llm_folder, tiny_llama, tiny_llama_folder
 
 from oats import BUDGET_NOTES, METHODS, OatsConfig, compress_model
 from oats.cli import main as cli_main
@@ -27,6 +31,8 @@ from oats.compress.preflight import estimate_compression_memory
 
 BUILTIN = ["oats", "wanda", "sparsegpt", "magnitude", "lowrank"]
 ALL_BUILTIN = BUILTIN + ["hassle"]
+"""The built-in methods, in the order oats/methods/__init__.py promises (others may follow)."""
+TEST_METHODS = ("halfzero", "gramspy")
 CFG = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=4)
 HALFZERO_NOTE = "rank 0; each row keeps its larger half by |W_ij| (test only)"
 
@@ -103,9 +109,9 @@ def assert_halfzero_run(run_or_factors, layers):
 # ----------------------------------------------------------------------------- the registry itself
 
 
-def test_builtins_are_registered_in_order_with_their_records():
-    assert registry.names()[:5] == BUILTIN and list(METHODS)[:5] == BUILTIN
-    statistics = {m.name: m.statistics for m in registry.all_methods()}
+def test_builtins_are_registered_first_in_order_with_their_records():
+    assert registry.names()[:6] == ALL_BUILTIN and list(METHODS)[:6] == ALL_BUILTIN
+    statistics = {n: registry.get(n).statistics for n in ALL_BUILTIN}
     assert statistics == {"oats": "diagonal", "wanda": "diagonal", "sparsegpt": "gram", "magnitude": "none",
                           "lowrank": "diagonal", "hassle": "gram"}
     assert [registry.get(n).scaled for n in BUILTIN] == [True, True, True, False, True]
@@ -123,17 +129,18 @@ def test_builtins_are_registered_in_order_with_their_records():
 def test_unknown_method_is_one_config_error_line_with_the_choices(halfzero, capsys):
     with pytest.raises(ConfigError) as e:
         registry.get("nope")
-    assert str(e.value) == ("unknown method 'nope': choose one of oats, wanda, sparsegpt, magnitude, lowrank, "
-                            "hassle, halfzero")
+    assert str(e.value) == f"unknown method 'nope': choose one of {', '.join(registry.names())}"
+    assert registry.names()[-1] == "halfzero"
     with pytest.raises(ConfigError, match="unknown method 'nope': choose one of oats, .*, halfzero$"):
         compress_model(tiny_llama(layers=1), batches(), CFG, method="nope")
     assert_cli_fails(["compress", "minilm-l6", "--method", "nope"], "unknown method 'nope': choose one of", capsys)
     assert_cli_fails(["sweep", "minilm-l6", "--methods", "halfzero,nope"], "unknown method 'nope' in --methods: "
-                     "choose among oats, wanda, sparsegpt, magnitude, lowrank, hassle, halfzero", capsys)
+                     f"choose among {', '.join(registry.names())}", capsys)
 
 
 def test_registering_checks_the_record_and_unregistering_removes_it_everywhere(halfzero):
-    assert "halfzero" in METHODS and BUDGET_NOTES["halfzero"] == HALFZERO_NOTE and len(METHODS) == 7
+    before = [n for n in registry.names() if n != "halfzero"]
+    assert "halfzero" in METHODS and BUDGET_NOTES["halfzero"] == HALFZERO_NOTE and len(METHODS) == len(before) + 1
     assert halfzero.compress is halfzero_compress and not halfzero.scaled and not halfzero.two_terms
     with pytest.raises(ValueError, match="already registered"):
         registry.register(HALFZERO)(halfzero_compress)
@@ -144,8 +151,8 @@ def test_registering_checks_the_record_and_unregistering_removes_it_everywhere(h
     with pytest.raises(ValueError, match="no compress function"):
         Method(name="x", description="d", budget_note="b").decompose([], [], [], CFG)
     registry.unregister("halfzero")
-    assert registry.names() == ALL_BUILTIN and "halfzero" not in METHODS and "halfzero" not in BUDGET_NOTES
-    with pytest.raises(ConfigError, match="choose one of oats, wanda, sparsegpt, magnitude, lowrank, hassle$"):
+    assert registry.names() == before and "halfzero" not in METHODS and "halfzero" not in BUDGET_NOTES
+    with pytest.raises(ConfigError, match=f"choose one of {', '.join(before)}$"):
         registry.get("halfzero")
 
 
@@ -192,17 +199,17 @@ def test_the_memory_estimate_counts_a_gram_iff_the_statistics_are_gram(halfzero,
 
 
 def test_cli_lists_and_runs_a_registered_method(halfzero, tmp_path, capsys):
-    from test_bad_input import CALIB, _llm_folder
     with pytest.raises(SystemExit) as e:
         cli_main(["compress", "--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "oats (default), wanda, sparsegpt, magnitude, lowrank, hassle or halfzero" in text
+    others = [n for n in registry.names() if n not in ("oats", "halfzero")]
+    assert f"oats (default), {', '.join(others)} or halfzero" in text
     with pytest.raises(SystemExit):
         cli_main(["sweep", "--help"])
-    assert "lowrank, hassle, halfzero (default: all)" in " ".join(capsys.readouterr().out.split())
+    assert f"{', '.join(registry.names()[-3:])} (default: all)" in " ".join(capsys.readouterr().out.split())
 
-    folder = _llm_folder(tmp_path / "llm")
+    folder = llm_folder(tmp_path / "llm")
     out = tmp_path / "runs" / "half"
     assert cli_main(["compress", str(folder), "--method", "halfzero", "--out", str(out), *CALIB]) == 0
     printed = capsys.readouterr().out
@@ -244,21 +251,61 @@ def test_sweep_plans_and_runs_a_registered_method(halfzero, tmp_path):
 def test_app_method_list_includes_a_registered_method(halfzero):
     from ui.state import method_choices, method_help
     choices = method_choices()
-    assert list(choices) == ALL_BUILTIN + ["halfzero"]
+    assert list(choices) == registry.names() and list(choices)[-1] == "halfzero"
     assert choices["halfzero"] == "test only: keep the larger half of each row by |W_ij|"
     assert "- **halfzero**: test only: keep the larger half of each row by |W_ij|" in method_help().splitlines()
     registry.unregister("halfzero")
-    assert list(method_choices()) == ALL_BUILTIN
+    assert "halfzero" not in method_choices() and list(method_choices())[:6] == ALL_BUILTIN
+
+
+def test_a_registered_method_gets_the_contract_checks(halfzero, tmp_path):
+    """The checks tests/test_contracts_methods.py runs for every registered method (budget,
+    variants, run folder and export round trips, on both tiny models) hold for this one."""
+    check_method_contract("halfzero", tmp_path)
+
+
+def test_cli_sweep_runs_a_registered_method(halfzero, tmp_path, capsys):
+    """``oats sweep --methods NAME`` on a model folder: the method's run is made and tabled."""
+    folder = tiny_llama_folder(tmp_path / "tiny-llama")
+    root = tmp_path / "runs"
+    assert cli_main(["sweep", str(folder), "--methods", "halfzero", "--compression", "0.5", "--calib-samples", "2",
+                     "--seq-len", "8", "--quick", "--root", str(root), "--out", str(root / "table")]) == 0
+    capsys.readouterr()
+    (run,) = [p for p in root.iterdir() if "-halfzero-" in p.name]
+    m = read_manifest(run)
+    assert m["complete"] and m["method"] == "halfzero" and all(layer["rank"] == 0 for layer in m["layers"])
+    rows = json.loads((root / "table" / "results.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert [r["method"] for r in rows if r["method"] != "dense"] == ["halfzero"]
+
+
+def test_the_compress_page_offers_a_registered_method(halfzero, tmp_path, monkeypatch):
+    """The Compress page's method box (pages/home.py, the app's first page, through AppTest) lists
+    the method, described in its help."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (box,) = [s for s in at.selectbox if s.label == "Method"]
+    assert list(box.options) == registry.names() and box.options[-1] == "halfzero"
+    assert "halfzero" in box.help and "keep the larger half of each row" in box.help
+    box.set_value("halfzero").run()
+    assert not at.exception and [s for s in at.selectbox if s.label == "Method"][0].value == "halfzero"
 
 
 def test_the_test_methods_are_gone_afterwards():
-    assert registry.names() == ALL_BUILTIN and list(METHODS) == ALL_BUILTIN and list(BUDGET_NOTES) == ALL_BUILTIN
+    for name in TEST_METHODS:
+        assert name not in registry.names() and name not in METHODS and name not in BUDGET_NOTES, name
+    assert registry.names()[:6] == ALL_BUILTIN and list(METHODS) == list(BUDGET_NOTES) == registry.names()
 
 
 def test_only_oats_is_replayed_by_the_walkthrough():
     """The Walkthrough replays OATS's alternating thresholding; a Gram-fitted method (hassle)
     is iterative too but cannot be replayed from a run folder, and the page must say so."""
-    assert [m.name for m in registry.all_methods() if m.thresholding] == ["oats"]
+    assert [n for n in ALL_BUILTIN if registry.get(n).thresholding] == ["oats"]
     assert registry.get("hassle").iterative and not registry.get("hassle").thresholding
 
 
@@ -288,7 +335,7 @@ def test_variants_follow_the_method_record_and_the_rank_it_really_used():
 
 def test_the_settings_a_method_reads_are_in_its_record():
     """The Compress form shows kappa, iterations and solver from these fields only."""
-    uses = {m.name: (m.uses_rank_ratio, m.iterative) for m in registry.all_methods() if m.name in METHODS}
+    uses = {n: (registry.get(n).uses_rank_ratio, registry.get(n).iterative) for n in ALL_BUILTIN}
     assert uses["oats"] == (True, True) and uses["hassle"] == (True, True)
     for name in ("wanda", "magnitude", "sparsegpt", "lowrank"):
         assert uses[name] == (False, False), name
