@@ -9,7 +9,8 @@ from ui.state import chart, complete_runs, how_to_read, current_path, primary_me
 from ui.text import esc
 from oats import corpora
 from oats.evaluation import metric_key, metric_name, split_key
-from oats.explain import analysis, quality
+from oats.explain import quality
+from oats.explain import runs as summaries
 from ui import evaluations, figures
 from oats.errors import OatsError
 from oats.runner.sweep import list_sweeps, load_meta, load_results
@@ -93,7 +94,7 @@ else:
                           **({} if "sweep-pick" in st.session_state else {"index": len(sweeps) - 1}))
     try:
         rows = load_results(folder)
-        metrics = analysis.metric_columns(rows)
+        metrics = summaries.metric_columns(rows)
     except OatsError as e:
         st.error(esc(e))
         rows, metrics = [], []
@@ -126,7 +127,7 @@ else:
                 column, shown_on = metric_key(metric, where), f"on the held-out part of {corpora.title(where)}"
             else:
                 shown_on = f"mean over the domains, on {measured_on}"
-        chart(figures.sweep_figure(analysis.sweep_series(rows_m, column), metric, higher, measured_on=shown_on),
+        chart(figures.sweep_figure(summaries.sweep_series(rows_m, column), metric, higher, measured_on=shown_on),
               key="sweep")
         how_to_read("One line per method (and per evaluated mode: a dashed line is a run with one of its terms "
                     "zeroed), the compression rate ρ on the x axis: the share of each matrix's parameters removed, "
@@ -173,7 +174,7 @@ else:
         st.info("Pick at least one run.")
     else:
         try:
-            rows = analysis.layer_errors_from_manifests(chosen)
+            rows = summaries.layer_errors_from_manifests(chosen)
         except OatsError as e:
             st.error(esc(e))
             rows = []
@@ -188,7 +189,7 @@ else:
             on: dict[tuple, list] = {}
             for p in chosen:
                 info = run_info(p)
-                s = analysis.run_summary(info)
+                s = summaries.run_summary(info)
                 errors = verdict.run_errors(info)
                 row = {"run": Path(p).name, "model": info.model_name, "method": info.method,
                        "compression": round(s["compression"], 4), "rank_ratio": info.rank_ratio,

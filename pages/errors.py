@@ -5,7 +5,7 @@ import streamlit as st
 from ui.text import esc
 from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation, chart, current_path, current_run,
                        layer_budget, primary_metric, run_info, run_mtime, run_task, table)
-from oats.explain import analysis, quality
+from oats.explain import budget, quality
 from ui import evaluations, figures
 from oats.errors import OatsError
 from oats.evaluation import metric_name
@@ -66,9 +66,9 @@ if run is not None:
 
     left, right = st.columns(2)
     with left:
-        chart(figures.block_error_figure(analysis.block_errors(run)), key="depth")
+        chart(figures.block_error_figure(budget.block_errors(run)), key="depth")
     with right:
-        histories = analysis.convergence(run)
+        histories = budget.convergence(run)
         if any(len(h.get("error", ())) > 1 for h in histories.values()):
             chart(figures.convergence_figure(histories, highlight=st.session_state.get(LAYER_KEY)), key="convergence")
         else:  # one step per layer (Wanda, magnitude, low-rank SVD, ...): a chart of single points says nothing

@@ -13,7 +13,7 @@ from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart
                        load_run_cached, method_choices, method_help, primary_metric, run_info, run_mtime, run_task,
                        saved_evaluation, table)
 from ui.text import esc
-from oats.explain import analysis
+from oats.explain import runs as summaries
 from ui import evaluations, figures
 from oats.explain import quality
 from oats import corpora
@@ -417,7 +417,7 @@ def summary() -> None:
     except OatsError as e:
         st.error(esc(e))
         return
-    s = analysis.run_summary(info)
+    s = summaries.run_summary(info)
     cfg = info.config
     st.subheader(f"Summary: {esc(Path(path).name)}")
     record = registry.find(info.method)  # only the settings the run's method reads, κ as it really used it
@@ -494,7 +494,7 @@ def summary() -> None:
 
     left, right = st.columns(2)
     with left:
-        chart(figures.block_time_figure(analysis.block_times(info)), key="time-chart")
+        chart(figures.block_time_figure(summaries.block_times(info)), key="time-chart")
     with right:
         st.markdown("**Per layer**")
         rows = [{k: getattr(l, k) for k in ("qualname", "kind", "shape", "rank", "nnz", "params", "scaled_error",

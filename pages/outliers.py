@@ -6,7 +6,7 @@ from ui.text import esc
 from ui.state import (how_to_read, ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
                       evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
                       second_moments_by_input, table)
-from oats.explain import analysis, quality
+from oats.explain import outliers, quality
 from ui import evaluations, figures
 from oats.errors import OatsError
 from oats.evaluation import metric_name
@@ -31,7 +31,7 @@ if run is not None:
                 "every layer that reads the residual stream. OATS scales each weight column by sqrt of this value, so "
                 "the columns of these channels weigh most in its objective; the chart below counts, per layer, the "
                 "channels whose RMS exceeds the threshold times the median channel's.")
-    rows = analysis.outlier_table(mom, threshold)
+    rows = outliers.outlier_table(mom, threshold)
     chart(figures.outlier_counts_figure(rows, threshold), key="counts")
     c1, c2 = st.columns(2)
     with c1:
@@ -39,7 +39,7 @@ if run is not None:
         table(rows, "outliers-per-input", key="csv-outliers", height=300)
     with c2:
         st.markdown("**Per channel** (flagged in many layers: a feature of the residual stream)")
-        table(analysis.outlier_channels(mom, threshold), "outlier-channels", key="csv-channels", height=300)
+        table(outliers.outlier_channels(mom, threshold), "outlier-channels", key="csv-channels", height=300)
 
     st.subheader("One layer, channel by channel")
     q = layer_picker(run)

@@ -1,46 +1,43 @@
-"""Walkthrough: one layer, alternating thresholding iteration by iteration, with ρ and κ to play with."""
+"""Walkthrough: one layer replayed step by step by its method's record (``Method.replay``), with ρ and κ to play with."""
 
 import streamlit as st
 
 from ui.text import esc
-from ui.state import (chart, current_path, current_run, how_to_read, layer_gram, layer_picker, replays_on_gram, run_info, run_mtime,
-                      table, walkthrough)
+from ui.state import (chart, current_path, current_run, how_to_read, layer_gram, layer_picker, replay_of, run_info,
+                      run_mtime, table, walkthrough)
 from ui import figures
 from oats.errors import ConfigError, OatsError
 from oats.methods import registry
 
 st.title("Walkthrough")
-INTRO_OATS = ("OATS alternates two projections on the scaled weight **W D**: the best rank-r approximation of "
-              "**W D − S** (an SVD) gives **L**, then the largest entries of **W D − L** allowed by the budget give "
-              "**S**. Move the iteration slider to watch the terms settle; change ρ and κ to recompute this layer.")
-INTRO_GRAM = ("This run was fitted on each layer's full input Gram H = XᵀX / n. HASSLE-free alternates two steps "
-              "on the layer's output error ‖(W − S − L) Xᵀ‖: **S** = SparseGPT(W − L; H) (mask and updates from the "
-              "inverse Hessian; in the last alternation its values are then refitted on that mask, the exact "
-              "least-squares values by conjugate gradients), then **L** = the best rank-r fit of W − S in the "
-              "whitened space (H = C Cᵀ, a truncated SVD of (W − S) C), starting from OATS's low-rank term; it keeps "
-              "the alternation with the lowest output error. At κ = 0 it is SparseGPT with its values refitted. The heat maps show the terms scaled as OATS sees them "
-              "(× D). Change ρ and κ to recompute this layer on its Gram.")
-ONE_STEP = ("At κ = 0 there is no low-rank term, so there is nothing to alternate: the sparse term is the largest "
-            "entries of W D kept once (a single hard threshold, Wanda's mask), which is one iteration, so there is no "
-            "iteration slider or objective curve; the heat maps and the table below show that one step.")
-ONE_STEP_GRAM = ("At κ = 0 there is no low-rank term, so there is nothing to alternate: SparseGPT runs once and its "
-                 "values are refitted on its mask, which is one step, so there is no alternation slider or objective "
-                 "curve; the heat maps and the table below show that one step.")
+# What the replay runs and says comes from the run's method record (``Method.replay``, looked up
+# by ``registry.replay_for``): this page names no method.
+
+
+def _intro(replay) -> str:
+    return replay.intro if replay is not None else ""
+
 
 run = current_run()
 if run is None:
-    st.markdown(INTRO_OATS)
+    st.markdown(_intro(registry.replay_for("")[0]))  # the replay a run of an unknown method gets
 else:
     path = current_path()
     mtime = run_mtime(path)
-    on_gram = replays_on_gram(run)
-    st.markdown(INTRO_GRAM if on_gram else INTRO_OATS)
+    replay, runs_the_solver = replay_of(run)  # runs_the_solver: the replay is the run's own method
+    if replay is None:
+        st.error(f"No registered method says how to replay a run of {esc(run.method)} step by step.")
+        st.stop()
+    on_gram = replay.gram
+    step = replay.step
+    st.markdown(_intro(replay))
     q = layer_picker(run)
     kappa0 = min(round(registry.used_rank_ratio(run.method, run.config) / 0.05) * 0.05, 0.9)
-    method = registry.find(run.method)
-    runs_the_solver = method is not None and (method.thresholding or on_gram)  # the walkthrough replays it
     if not runs_the_solver:
-        st.caption(f"This run used {esc(run.method)}; the walkthrough runs OATS on the layer (κ = 0 is Wanda's mask).")
+        stand_in = next((m for m in registry.all_methods() if m.replay is replay), None)
+        st.caption(f"This run used {esc(run.method)}; the walkthrough runs "
+                   f"{esc(registry.title(stand_in.name) if stand_in else 'another method')} on the layer "
+                   f"(κ = 0 is {esc(replay.rank_zero)}'s mask).")
     if on_gram:
         try:
             with st.spinner("Recomputing this layer's input Gram: the run's calibration data through the "
@@ -56,7 +53,7 @@ else:
     rho = c1.slider("Compression rate ρ", 0.05, 0.95, float(run.config.compression), 0.05, key=f"wt-rho-{path}",
                     help="Fraction of the layer's parameters removed.", disabled=run.config.nm is not None)
     kappa = c2.slider("Rank ratio κ", 0.0, 0.9, float(kappa0), 0.05, key=f"wt-kappa-{path}",
-                      help="Share of the kept parameters in the low-rank term (0: " + ("SparseGPT" if on_gram else "Wanda") + ").")
+                      help="Share of the kept parameters in the low-rank term (0: " + replay.rank_zero + ").")
     try:
         wt = walkthrough(path, mtime, q, rho, kappa)
     except ConfigError as e:
@@ -67,25 +64,25 @@ else:
     c = st.columns(4)
     c[0].metric("Rank r", wt.rank)
     c[1].metric("Sparse non-zeros", f"{wt.sparse_budget:,}")
-    c[2].metric("Alternations run" if on_gram else "Iterations run", len(h["error"]))
+    c[2].metric(f"{step}s run", len(h["error"]))
     if on_gram:
         c[3].metric("Kept output error", f"{min(h['output_error']):.4f}" if not wt.fallback else "rank 0",
                     help="The lowest layer output error ‖(W − S − L) Xᵀ‖ / ‖W Xᵀ‖ over the alternations, on the "
                          "calibration inputs.")
     else:
         c[3].metric("Final scaled error", f"{h['error'][-1]:.4f}")
-    if on_gram and wt.fallback:
-        st.info("SparseGPT alone with the whole budget (rank 0, its values refitted on its mask) has a lower output "
-                "error than every alternation below: the low-rank term is not worth its parameters on this layer, and "
-                "the method keeps that sparse term.")
-    elif on_gram and wt.kept is not None and len(its) > 1:
-        st.caption(f"The method keeps alternation {wt.kept} (the lowest output error).")
+    if wt.fallback:
+        st.info(f"{replay.rank_zero} alone with the whole budget (rank 0, its values refitted on its mask) has a lower "
+                f"output error than every {step.lower()} below: the low-rank term is not worth its parameters on this "
+                "layer, and the method keeps that sparse term.")
+    elif wt.kept is not None and len(its) > 1:
+        st.caption(f"The method keeps {step.lower()} {wt.kept} (the lowest output error).")
     single = len(h["error"]) <= 1
     if single:  # no slider and no one-point objective chart: say why instead
-        st.info(ONE_STEP_GRAM if on_gram and wt.rank == 0 else ONE_STEP if wt.rank == 0 else
-                "This layer's decomposition stopped after one " + ("alternation" if on_gram else "iteration") +
+        st.info(replay.one_step if wt.rank == 0 else
+                "This layer's decomposition stopped after one " + step.lower() +
                 ", so there is nothing to step through: the heat maps below show that single step.")
-    t = st.select_slider("Alternation" if on_gram else "Iteration", options=its, value=its[-1],
+    t = st.select_slider(step, options=its, value=its[-1],
                          key=f"wt-iter-{q}-{rho}-{kappa}") if len(its) > 1 else its[0]
     snap = wt.at(t)
     chart(figures.walkthrough_figure(wt, snap), key="heatmaps")

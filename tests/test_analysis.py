@@ -1,4 +1,4 @@
-"""oats.explain.analysis, oats.figures and oats.jobs on tiny models built in the test (no downloads)."""
+"""The explain views (oats.explain.spectra, outliers, budget, walkthrough, runs), their figures and oats.jobs on tiny models built in the test (no downloads)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from oats import OatsConfig, compress_model, decompose, save_run
 
-from oats.explain import analysis
+from oats.explain import budget, common, outliers, runs, spectra, walkthrough
+from oats.methods import registry
 
 from ui import figures
 from oats.core.decompose import input_scale, rank_budget
@@ -34,41 +35,41 @@ def run():
 
 def test_downsample_pools_blocks_exactly():
     a = np.arange(7 * 10, dtype=float).reshape(7, 10) - 30
-    h = analysis.downsample(a, max_rows=3, max_cols=4, how="mean")
+    h = common.downsample(a, max_rows=3, max_cols=4, how="mean")
     assert h.factor == (3, 3) and h.z.shape == (3, 4)
     assert list(h.rows) == [0, 3, 6] and list(h.cols) == [0, 3, 6, 9]
     assert h.z[0, 0] == pytest.approx(a[:3, :3].mean())
     assert h.z[2, 3] == pytest.approx(a[6:, 9:].mean())  # the ragged corner: one entry
-    hm = analysis.downsample(a, 3, 4, how="max")
+    hm = common.downsample(a, 3, 4, how="max")
     assert hm.z[1, 2] == a[3:6, 6:9].max()
-    ha = analysis.downsample(a, 3, 4, how="absmax")
+    ha = common.downsample(a, 3, 4, how="absmax")
     assert ha.z[0, 0] == np.abs(a[:3, :3]).max() == 30
-    small = analysis.downsample(a, 100, 100)
+    small = common.downsample(a, 100, 100)
     assert small.factor == (1, 1) and np.array_equal(small.z, a)
-    big = analysis.downsample(torch.randn(1000, 3000), how="absmax")
-    assert big.z.shape[0] <= analysis.HEAT_MAX and big.z.shape[1] <= analysis.HEAT_MAX
+    big = common.downsample(torch.randn(1000, 3000), how="absmax")
+    assert big.z.shape[0] <= common.HEAT_MAX and big.z.shape[1] <= common.HEAT_MAX
     with pytest.raises(ValueError, match="2-D"):
-        analysis.downsample(np.zeros(3))
+        common.downsample(np.zeros(3))
 
 
 def test_singular_values_match_svd_both_orientations():
     torch.manual_seed(0)
     for shape in ((40, 13), (13, 40)):
         a = torch.randn(*shape) * torch.logspace(0, -2, shape[1])
-        ours = analysis.singular_values(a)
+        ours = spectra.singular_values(a)
         ref = torch.linalg.svdvals(a.double()).numpy()
         assert len(ours) == 13
         np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9 * ref[0])
 
 
 def test_effective_and_stable_rank():
-    assert analysis.effective_rank(np.ones(10)) == pytest.approx(10)
-    assert analysis.effective_rank([5.0, 0, 0]) == pytest.approx(1)
-    assert 1 < analysis.effective_rank([3.0, 1.0]) < 2
-    assert analysis.stable_rank([3.0, 4.0]) == pytest.approx(25 / 16)
-    assert analysis.stable_rank(np.ones(7)) == pytest.approx(7)
-    assert analysis.energy_captured([3.0, 4.0], 1) == pytest.approx(9 / 25)
-    assert analysis.effective_rank([]) == 0 and analysis.stable_rank([]) == 0
+    assert spectra.effective_rank(np.ones(10)) == pytest.approx(10)
+    assert spectra.effective_rank([5.0, 0, 0]) == pytest.approx(1)
+    assert 1 < spectra.effective_rank([3.0, 1.0]) < 2
+    assert spectra.stable_rank([3.0, 4.0]) == pytest.approx(25 / 16)
+    assert spectra.stable_rank(np.ones(7)) == pytest.approx(7)
+    assert spectra.energy_captured([3.0, 4.0], 1) == pytest.approx(9 / 25)
+    assert spectra.effective_rank([]) == 0 and spectra.stable_rank([]) == 0
 
 
 # ----------------------------------------------------------------------------- spectra
@@ -76,7 +77,7 @@ def test_effective_and_stable_rank():
 
 def test_layer_spectra_of_a_real_decomposition(run):
     rec = run.layer("1.down")
-    sp = analysis.layer_spectra(run, "1.down")
+    sp = spectra.layer_spectra(run, "1.down")
     f = run.factors("1.down")
     d = input_scale(run.second_moments["1.down"], rec.shape[1], run.config.eps)
     np.testing.assert_allclose(sp.values["W"], torch.linalg.svdvals(f["weight"].double()).numpy(), rtol=1e-5)
@@ -94,7 +95,7 @@ def test_layer_spectra_of_a_real_decomposition(run):
 
 
 def test_spectra_overview(run):
-    ov = analysis.spectra_overview(run, points=32)
+    ov = spectra.spectra_overview(run, points=32)
     assert ov.heat.shape == (len(run.layers), 32) and ov.labels == [r.qualname for r in run.layers]
     assert np.allclose(ov.heat[:, 0], 0) and (np.diff(ov.heat, axis=1) <= 1e-9).all()  # normalised, descending
     for row, rec in zip(ov.rows, run.layers):
@@ -106,7 +107,7 @@ def test_spectra_overview(run):
 
 
 def test_spectrum_figure_marks_rank(run):
-    sp = analysis.layer_spectra(run, "0.q")
+    sp = spectra.layer_spectra(run, "0.q")
     fig = figures.spectrum_figure(sp)
     assert len(fig.data) == 4 and fig.layout.yaxis.type == "log"
     assert [s.x0 for s in fig.layout.shapes] == [sp.rank]
@@ -117,7 +118,7 @@ def test_spectrum_figure_marks_rank(run):
 
 
 def test_input_moments_group_shared_inputs(run):
-    mom = analysis.second_moments_by_input(run)
+    mom = outliers.second_moments_by_input(run)
     assert mom.labels[:4] == ["0.q,k,v", "0.o", "0.gate,up", "0.down"]
     assert len(mom.labels) == 8 and mom.widths() == [64, 128]
     labels, m = mom.matrix(128)
@@ -126,27 +127,27 @@ def test_input_moments_group_shared_inputs(run):
 
 
 def test_outlier_table_finds_a_planted_channel(run):
-    mom = analysis.second_moments_by_input(run)
+    mom = outliers.second_moments_by_input(run)
     m2 = mom.m2[1].copy()
     m2[17] = np.median(m2) * 400  # RMS 20x the median
-    planted = analysis.SecondMomentsByInput(["0.o"], [["0.o"]], [m2])
-    rows = analysis.outlier_table(planted, threshold=10)
+    planted = outliers.SecondMomentsByInput(["0.o"], [["0.o"]], [m2])
+    rows = outliers.outlier_table(planted, threshold=10)
     assert rows[0]["outliers"] >= 1 and rows[0]["channels"].split()[0] == "17"
     assert rows[0]["max_ratio"] == pytest.approx(20, rel=0.05)
-    counts = [analysis.outlier_table(mom, t)[0]["outliers"] for t in (1.1, 2, 5, 50)]
+    counts = [outliers.outlier_table(mom, t)[0]["outliers"] for t in (1.1, 2, 5, 50)]
     assert counts == sorted(counts, reverse=True)
-    ch = analysis.outlier_channels(planted, 10)
+    ch = outliers.outlier_channels(planted, 10)
     assert ch[0]["channel"] == 17 and ch[0]["inputs"] == 1
     fig = figures.outlier_counts_figure(rows, 10)
     assert list(fig.data[0].y) == [rows[0]["outliers"]] and "10× median" in fig.layout.yaxis.title.text
     with pytest.raises(ValueError):
-        analysis.outlier_table(mom, 0)
+        outliers.outlier_table(mom, 0)
 
 
 def test_column_shares_add_up(run):
     q = "0.gate"
-    cs = analysis.column_shares(run, q)
-    t = analysis.scaled_terms(run, q)
+    cs = outliers.column_shares(run, q)
+    t = common.scaled_terms(run, q)
     assert cs.sparse_energy.sum() == pytest.approx(float(t["S"].double().square().sum()), rel=1e-6)
     assert cs.lowrank_energy.sum() == pytest.approx(float(t["L"].double().square().sum()), rel=1e-6)
     assert ((cs.sparse_share >= 0) & (cs.sparse_share <= 1)).all()
@@ -155,7 +156,7 @@ def test_column_shares_add_up(run):
     assert 0 < s["outlier_channels"] < len(cs.scale)
     fig = figures.column_figure(cs, 1.0)
     assert len(fig.data) == 5 and fig.layout.yaxis.type == "log"
-    h = analysis.mask_density(run, q, max_size=16)
+    h = outliers.mask_density(run, q, max_size=16)
     assert h.z.shape == (16, 16) and h.z.mean() == pytest.approx(run.layer(q).nnz / (128 * 64))
 
 
@@ -163,7 +164,7 @@ def test_column_shares_add_up(run):
 
 
 def test_layer_budget_matches_the_records(run):
-    rows = analysis.layer_budget(run)
+    rows = budget.layer_budget(run)
     assert [r["layer"] for r in rows] == [r.qualname for r in run.layers]
     for row, rec in zip(rows, run.layers):
         assert row["both"] == pytest.approx(rec.scaled_error, rel=1e-3)
@@ -174,7 +175,7 @@ def test_layer_budget_matches_the_records(run):
     fig = figures.error_budget_figure(rows)
     assert [t.name for t in fig.data] == ["sparse term only", "low-rank term only", "sparse + low-rank"]
     np.testing.assert_allclose(fig.data[2].y, [r["both"] for r in rows])
-    blocks = analysis.block_errors(run)
+    blocks = budget.block_errors(run)
     assert [b["block_output_error"] for b in blocks] == [b.output_error for b in run.blocks]
 
 
@@ -189,8 +190,8 @@ def test_block_ablation_restores_modes_and_moves_the_output(run):
         return {"distance": float((out - ref).norm() / ref.norm())}
 
     before = {n: m.mode for n, m in run.modules().items()}
-    base = analysis.ablation_reference(run, evaluate)
-    rows = analysis.block_ablation(run, 1, evaluate)
+    base = budget.ablation_reference(run, evaluate)
+    rows = budget.block_ablation(run, 1, evaluate)
     assert {n: m.mode for n, m in run.modules().items()} == before
     assert base[0]["distance"] == 0 and base[1]["distance"] > 0
     by = {r["change"]: r["distance"] for r in rows}
@@ -198,7 +199,7 @@ def test_block_ablation_restores_modes_and_moves_the_output(run):
     fig = figures.ablation_figure(base + rows, "distance", higher_is_better=False)
     assert len(fig.data) == 2 and len(fig.layout.shapes) == 2
     with pytest.raises(ValueError, match="block 9"):
-        analysis.block_ablation(run, 9, evaluate)
+        budget.block_ablation(run, 9, evaluate)
 
 
 # ----------------------------------------------------------------------------- walkthrough
@@ -208,7 +209,7 @@ def test_walkthrough_snapshots_follow_the_solver(run):
     f = run.factors("0.o")
     m2 = run.second_moments["0.o"]
     cfg = OatsConfig(compression=0.6, rank_ratio=0.3, iterations=30, solver="exact")
-    wt = analysis.walkthrough(f["weight"], m2, cfg, max_snapshots=6, max_size=16)
+    wt = walkthrough.walkthrough(f["weight"], m2, cfg, registry.replay_for("oats")[0], max_snapshots=6, max_size=16)
     dec = decompose(f["weight"], m2, cfg)
     assert wt.history == dec.history.to_dict()  # same solver, same answer
     its = wt.iterations
@@ -217,7 +218,7 @@ def test_walkthrough_snapshots_follow_the_solver(run):
     # the last snapshot's residual is |W D - S - L| of the final decomposition, pooled
     d = dec.scale
     resid = (f["weight"] - dec.sparse - dec.u @ dec.v) * d
-    np.testing.assert_allclose(wt.snapshots[-1].residual.z, analysis.downsample(resid, 16, 16, "absmax").z,
+    np.testing.assert_allclose(wt.snapshots[-1].residual.z, common.downsample(resid, 16, 16, "absmax").z,
                                rtol=1e-3, atol=1e-5)
     assert wt.at(2).iteration in (1, its[1]) and wt.at(1000).iteration == 30
     fig = figures.walkthrough_figure(wt, wt.snapshots[-1])
@@ -232,13 +233,13 @@ def test_walkthrough_snapshots_follow_the_solver(run):
 def test_manifest_summaries(run, tmp_path):
     save_run(run, tmp_path / "r")
     info = RunInfo.read(tmp_path / "r")
-    s = analysis.run_summary(info)
+    s = runs.run_summary(info)
     assert s["params_dense"] == run.params_dense and s["params_kept"] == run.params_kept
     assert s["compression"] == pytest.approx(1 - run.params_kept / run.params_dense)
-    times = analysis.block_times(info)
+    times = runs.block_times(info)
     assert [t["block"] for t in times] == [0, 1]
     assert times[0]["total_s"] == pytest.approx(run.blocks[0].stats_time_s + run.blocks[0].decompose_time_s)
-    rows = analysis.layer_errors_from_manifests([tmp_path / "r"])
+    rows = runs.layer_errors_from_manifests([tmp_path / "r"])
     assert [r["scaled_error"] for r in rows] == [r.scaled_error for r in run.layers]
     fig = figures.layer_compare_figure(rows)
     assert len(fig.data) == 1 and list(fig.data[0].y) == [r.scaled_error for r in run.layers]
@@ -249,8 +250,8 @@ def test_sweep_series():
             for c in (0.6, 0.3)]
     rows += [{"model": "m", "method": "wanda", "compression": 0.3, "mode": "both", "cosine": 0.7, "run": "y"},
              {"model": "m", "method": "dense", "compression": 0.0, "mode": "dense", "cosine": 1.0, "run": ""}]
-    assert analysis.metric_columns(rows) == ["cosine"]
-    s = analysis.sweep_series(rows, "cosine")
+    assert runs.metric_columns(rows) == ["cosine"]
+    s = runs.sweep_series(rows, "cosine")
     assert s["oats · both"] == ([0.3, 0.6], [0.85, 0.7])
     assert s["wanda · both"] == ([0.3], [0.7]) and s["dense"] == ([0.3, 0.6], [1.0, 1.0])
     fig = figures.sweep_figure(s, "cosine", True)

@@ -260,8 +260,8 @@ def test_spectra_page(app, main_run):
 
 def _flagged(run, threshold):
     """Outlier counts per distinct input, from the raw statistics (grouped here, not by the page),
-    each channel judged by the one rule the project has (``analysis.outliers``)."""
-    from oats.explain import analysis
+    each channel judged by the one rule the project has (``outliers.outliers``)."""
+    from oats.explain import outliers
     counts, seen = [], {}
     for r in run.layers:
         v = run.second_moments[r.qualname].double()
@@ -269,7 +269,7 @@ def _flagged(run, threshold):
         if key in seen and torch.equal(seen[key], v):
             continue
         seen[key] = v
-        counts.append(int(analysis.outliers(analysis.outlier_ratio(v.numpy()), threshold).sum()))
+        counts.append(int(outliers.outliers(outliers.outlier_ratio(v.numpy()), threshold).sum()))
     return counts
 
 
@@ -286,14 +286,14 @@ def test_outliers_page(app, main_run):
     assert got == sum(_flagged(main_run, 5.0)) > 0
     # the rule: RMS over the median RMS, the median of an even count the mean of the two middle
     # values (torch.median takes the lower: rms 9 against 2 would pass 4x, against 2.5 it does not)
-    from oats.explain import analysis
-    np.testing.assert_allclose(analysis.outlier_ratio([1.0, 4.0, 9.0, 81.0]), [0.4, 0.8, 1.2, 3.6])
-    assert analysis.outliers(analysis.outlier_ratio([1.0, 4.0, 9.0, 81.0]), 3.5).tolist() == [False] * 3 + [True]
-    assert not analysis.outliers(analysis.outlier_ratio([1.0, 4.0, 9.0, 81.0]), 4.0).any()
+    from oats.explain import outliers
+    np.testing.assert_allclose(outliers.outlier_ratio([1.0, 4.0, 9.0, 81.0]), [0.4, 0.8, 1.2, 3.6])
+    assert outliers.outliers(outliers.outlier_ratio([1.0, 4.0, 9.0, 81.0]), 3.5).tolist() == [False] * 3 + [True]
+    assert not outliers.outliers(outliers.outlier_ratio([1.0, 4.0, 9.0, 81.0]), 4.0).any()
     # the layer view counts with the same rule as the table: each layer's metric is its input's row
-    mom = analysis.second_moments_by_input(main_run)
-    for row, quals in zip(analysis.outlier_table(mom, 5.0), mom.qualnames):
-        assert {analysis.column_shares(main_run, q).summary(5.0)["outlier_channels"] for q in quals} == {row["outliers"]}
+    mom = outliers.second_moments_by_input(main_run)
+    for row, quals in zip(outliers.outlier_table(mom, 5.0), mom.qualnames):
+        assert {outliers.column_shares(main_run, q).summary(5.0)["outlier_channels"] for q in quals} == {row["outliers"]}
     app.slider(key="outlier-threshold").set_value(10.0).run()
     clean(app)
     counts = chart(app, "Outlier channels per layer input")

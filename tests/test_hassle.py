@@ -280,7 +280,8 @@ def test_the_fallback_is_sparsegpt_bit_for_bit():
 def test_walkthrough_replays_a_saved_layer_from_its_recomputed_gram():
     """A run keeps second moments, not Grams: ``layer_gram`` recomputes a layer's Gram as the
     pipeline saw it (earlier blocks compressed), so HASSLE-free on it gives the saved terms."""
-    from oats.explain.analysis import layer_gram, walkthrough
+    from oats.explain.walkthrough import layer_gram, walkthrough
+    from oats.methods import registry
     model = tiny_llama(layers=2)
     data = batches()
     run = compress_model(model, data, CFG, method="hassle")
@@ -291,8 +292,8 @@ def test_walkthrough_replays_a_saved_layer_from_its_recomputed_gram():
         assert torch.allclose(dec.sparse, f["sparse"].float(), atol=1e-5), q
         assert torch.allclose(dec.lowrank(), (f["u"] @ f["v"]).float(), atol=1e-4), q
         rec = run.layer(q)
-        wt = walkthrough(f["weight"], run.second_moments[q], CFG, gram=gram)
-        assert wt.method == "hassle" and wt.iterations == list(range(1, ALTERNATIONS + 1))
+        wt = walkthrough(f["weight"], run.second_moments[q], CFG, registry.replay_for("hassle")[0], gram=gram)
+        assert wt.step == "Alternation" and wt.iterations == list(range(1, ALTERNATIONS + 1))
         h = wt.history
         assert len(h["output_error"]) == len(h["error"]) == ALTERNATIONS
         if wt.fallback:

@@ -15,7 +15,10 @@ from plotly.subplots import make_subplots
 
 from plotly.colors import hex_to_rgb, sequential
 
-from oats.explain.analysis import Heat, LayerSpectra, SpectraOverview, Walkthrough, Snapshot, ColumnShares, downsample
+from oats.explain.common import Heat, downsample
+from oats.explain.outliers import ColumnShares
+from oats.explain.spectra import LayerSpectra, SpectraOverview
+from oats.explain.walkthrough import Snapshot, Walkthrough
 from oats.evaluation import metric_key, metric_name
 from oats.explain import quality
 from oats.explain.heavytail import SHUFFLED, LayerESD, log_density
@@ -519,7 +522,7 @@ def walkthrough_figure(wt: Walkthrough, snap: Snapshot) -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     fr, fc = snap.lowrank.factor
     note = f", max over {fr}×{fc} entries per cell" if fr * fc > 1 else ""
-    step = "Alternation" if wt.method == "hassle" else "Iteration"
+    step = wt.step
     return _layout(fig, f"{step} {snap.iteration} (scaled space{note})", height=420)
 
 

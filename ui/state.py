@@ -46,7 +46,8 @@ def _through_app_py() -> None:
 
 _through_app_py()
 
-from oats.explain import analysis, heavytail  # noqa: E402 - after the page has been sent through app.py
+from oats.explain import budget, common, heavytail, outliers, spectra  # noqa: E402 - after the page has been sent through app.py
+from oats.explain import walkthrough as walk_view  # noqa: E402
 from oats.errors import OatsError
 from oats.evaluation import PRIMARY_METRIC
 from oats.methods import registry
@@ -513,11 +514,11 @@ def _run(path: str, mtime: float):
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _spectra_overview(path: str, mtime: float) -> analysis.SpectraOverview:
-    return analysis.spectra_overview(_run(path, mtime))
+def _spectra_overview(path: str, mtime: float) -> spectra.SpectraOverview:
+    return spectra.spectra_overview(_run(path, mtime))
 
 
-def spectra_overview(path: str, mtime: float, layers: int) -> analysis.SpectraOverview:
+def spectra_overview(path: str, mtime: float, layers: int) -> spectra.SpectraOverview:
     """Two spectra per matrix for the whole run (seconds for a small model, about 20 s for
     smollm2-135m's 210 matrices on two cores): computed once, shared by every session."""
     with st.spinner(f"Computing the spectra of all {layers} layers (once for this run, shared by everyone "
@@ -526,40 +527,39 @@ def spectra_overview(path: str, mtime: float, layers: int) -> analysis.SpectraOv
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def layer_spectra(path: str, mtime: float, qualname: str) -> analysis.LayerSpectra:
-    return analysis.layer_spectra(_run(path, mtime), qualname)
+def layer_spectra(path: str, mtime: float, qualname: str) -> spectra.LayerSpectra:
+    return spectra.layer_spectra(_run(path, mtime), qualname)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def second_moments_by_input(path: str, mtime: float) -> analysis.SecondMomentsByInput:
-    return analysis.second_moments_by_input(_run(path, mtime))
+def second_moments_by_input(path: str, mtime: float) -> outliers.SecondMomentsByInput:
+    return outliers.second_moments_by_input(_run(path, mtime))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def column_shares(path: str, mtime: float, qualname: str) -> analysis.ColumnShares:
-    return analysis.column_shares(_run(path, mtime), qualname)
+def column_shares(path: str, mtime: float, qualname: str) -> outliers.ColumnShares:
+    return outliers.column_shares(_run(path, mtime), qualname)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def mask_density(path: str, mtime: float, qualname: str) -> analysis.Heat:
-    return analysis.mask_density(_run(path, mtime), qualname)
+def mask_density(path: str, mtime: float, qualname: str) -> common.Heat:
+    return outliers.mask_density(_run(path, mtime), qualname)
 
 
 @st.cache_data(show_spinner="Measuring every layer's error budget ...", max_entries=4)
 def layer_budget(path: str, mtime: float) -> list[dict]:
-    return analysis.layer_budget(_run(path, mtime))
+    return budget.layer_budget(_run(path, mtime))
 
 
-def replays_on_gram(run) -> bool:
-    """The Walkthrough replays a run of a Gram-fitted method (SparseGPT, HASSLE-free) with
-    HASSLE-free on the layer's recomputed Gram (at rank 0 it is SparseGPT exactly)."""
-    method = registry.find(run.method)
-    return method is not None and method.statistics == "gram"
+def replay_of(run):
+    """(the Walkthrough's replay of ``run``'s method, whether it is the run's own solver), from
+    the method registry (``registry.replay_for``): the page names no method."""
+    return registry.replay_for(run.method)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def layer_gram(path: str, mtime: float, qualname: str):
-    """The layer's input Gram as the compression saw it (``analysis.layer_gram``), on the
+    """The layer's input Gram as the compression saw it (``walk_view.layer_gram``), on the
     run's own calibration data (the default data when its manifest does not record it)."""
     from oats.data import calibration_batches
     run = _run(path, mtime)
@@ -569,20 +569,23 @@ def layer_gram(path: str, mtime: float, qualname: str):
                                   source=cal.get("source"), seed=cal.get("seed") or 0,
                                   domain=info.calibration_domain)
     with MODEL_LOCK:
-        return analysis.layer_gram(run, qualname, batches)
+        return walk_view.layer_gram(run, qualname, batches)
 
 
 @st.cache_data(show_spinner="Decomposing this layer ...", max_entries=32)
-def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> analysis.Walkthrough:
+def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> walk_view.Walkthrough:
     run = _run(path, mtime)
     f = run.factors(qualname)
+    replay, _ = replay_of(run)
+    if replay is None:
+        raise OatsError(f"no registered method says how to replay a run of {run.method!r}")
+    config = run.config.replace(compression=compression, rank_ratio=rank_ratio)
+    if replay.gram:
+        return walk_view.walkthrough(f["weight"], run.second_moments[qualname], config, replay,
+                                     gram=layer_gram(path, mtime, qualname))
     method = registry.find(run.method)
     scaled = method.scaled if method is not None else True
-    config = run.config.replace(compression=compression, rank_ratio=rank_ratio)
-    if replays_on_gram(run):
-        return analysis.walkthrough(f["weight"], run.second_moments[qualname], config,
-                                    gram=layer_gram(path, mtime, qualname))
-    return analysis.walkthrough(f["weight"], run.second_moments[qualname] if scaled else None, config)
+    return walk_view.walkthrough(f["weight"], run.second_moments[qualname] if scaled else None, config, replay)
 
 
 def run_task(info: RunInfo) -> str | None:
@@ -605,7 +608,7 @@ def ablation_reference(path: str, mtime: float) -> list[dict]:
     from oats.evaluation import evaluate_model
     run = _run(path, mtime)
     with MODEL_LOCK:
-        return analysis.ablation_reference(run, lambda: evaluate_model(run.model, run.loaded, quick=True))
+        return budget.ablation_reference(run, lambda: evaluate_model(run.model, run.loaded, quick=True))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -613,7 +616,7 @@ def block_ablation(path: str, mtime: float, block: int) -> list[dict]:
     from oats.evaluation import evaluate_model
     run = _run(path, mtime)
     with MODEL_LOCK:
-        return analysis.block_ablation(run, block, lambda: evaluate_model(run.model, run.loaded, quick=True))
+        return budget.block_ablation(run, block, lambda: evaluate_model(run.model, run.loaded, quick=True))
 
 
 # ----------------------------------------------------------------------------- heavy-tailed spectra

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from oats.explain.analysis import singular_values, stable_rank
+from oats.explain.spectra import singular_values, stable_rank
 from oats.resources import one_thread
 
 MIN_TAIL = 10

@@ -98,7 +98,7 @@ from oats.config import OatsConfig
 from oats.core.decompose import (Decomposition, History, check_shape, decompose, input_scale, rank_budget, row_keep,
                                  sparse_budget)
 from oats.errors import ConfigError
-from oats.methods.registry import Method, register
+from oats.methods.registry import Method, Replay, register
 from oats.methods.sparsegpt import _inverse_cholesky, _sweep, check_gram, shrunk_gram
 from oats.resources import map_on_cores, matrix_cost, one_thread
 
@@ -410,6 +410,57 @@ def own_rank_ratio(config) -> float:
     return config.rank_ratio
 
 
+def walk(weight, second_moments, gram, config: OatsConfig, trace) -> tuple[dict, dict]:
+    """The Walkthrough's replay of one matrix: HASSLE-free on ``weight`` with every alternation
+    traced: (history, Walkthrough extras). The history adds ``output_error`` (the objective it
+    minimises); ``kept`` is the alternation the method keeps (the lowest output error) and
+    ``fallback`` says that SparseGPT alone at rank 0 beat them all (the layer then has no
+    low-rank term)."""
+    w = weight
+    d = input_scale(second_moments, w.shape[1], config.eps)
+    a2 = max(float((w * d).square().sum()), 1e-30)
+    g64 = gram.double()
+    ref = gram_objective(w, g64)
+    hist: dict[str, list[float]] = {"error": [], "sparse_energy": [], "lowrank_energy": [], "output_error": []}
+
+    def record(t, low, sparse):
+        resid = w - sparse - low
+        hist["error"].append(math.sqrt(float((resid * d).square().sum()) / a2))
+        hist["sparse_energy"].append(float((sparse * d).square().sum()) / a2)
+        hist["lowrank_energy"].append(float((low * d).square().sum()) / a2)
+        hist["output_error"].append(math.sqrt(max(gram_objective(resid, g64), 0.0) / ref) if ref > 0 else 0.0)
+        trace(t, low * d, sparse * d)
+
+    dec = hassle(w, gram, config, second_moments=second_moments, trace=record)
+    if not hist["error"]:  # rank budget 0: SparseGPT alone, one step
+        record(1, dec.lowrank(), dec.sparse)
+        return hist, {"kept": 1, "fallback": False}
+    fallback = dec.rank == 0
+    out = hist["output_error"]
+    kept_t = None if fallback else min(range(len(out)), key=out.__getitem__) + 1  # the first lowest, as argmin
+    return hist, {"kept": kept_t, "fallback": fallback}
+
+
+REPLAY = Replay(
+    walk=walk,
+    step="Alternation",
+    gram=True,
+    intro=("This run was fitted on each layer's full input Gram H = XᵀX / n. HASSLE-free alternates two steps "
+           "on the layer's output error ‖(W − S − L) Xᵀ‖: **S** = SparseGPT(W − L; H) (mask and updates from the "
+           "inverse Hessian; in the last alternation its values are then refitted on that mask, the exact "
+           "least-squares values by conjugate gradients), then **L** = the best rank-r fit of W − S in the "
+           "whitened space (H = C Cᵀ, a truncated SVD of (W − S) C), starting from OATS's low-rank term; it keeps "
+           "the alternation with the lowest output error. At κ = 0 it is SparseGPT with its values refitted. The heat maps show the terms scaled as OATS sees them "
+           "(× D). Change ρ and κ to recompute this layer on its Gram."),
+    one_step=("At κ = 0 there is no low-rank term, so there is nothing to alternate: SparseGPT runs once and its "
+              "values are refitted on its mask, which is one step, so there is no alternation slider or objective "
+              "curve; the heat maps and the table below show that one step."),
+    rank_zero="SparseGPT",
+    covers=("gram",),  # a Gram-fitted method (SparseGPT) is this replay at kappa = 0
+)
+"""HASSLE-free replayed on the layer's recomputed Gram; the replay of every Gram-fitted method."""
+
+
 @register(Method(
     name="hassle",
     title="HASSLE-free",
@@ -424,6 +475,7 @@ def own_rank_ratio(config) -> float:
     uses_rank_ratio=True,
     uses_shrink=True,
     default_shrink=DEFAULT_SHRINK,
+    replay=REPLAY,
     decompose_config=own_config,
     rank_ratio=own_rank_ratio,
 ))

@@ -8,8 +8,8 @@ through ``decompose_many`` together, which batches same-shaped matrices.
 from __future__ import annotations
 
 from oats.config import OatsConfig
-from oats.core.decompose import Decomposition, decompose_many
-from oats.methods.registry import Method, register
+from oats.core.decompose import Decomposition, decompose, decompose_many
+from oats.methods.registry import Method, Replay, register
 
 
 def own_config(config: OatsConfig) -> OatsConfig:
@@ -20,6 +20,26 @@ def own_config(config: OatsConfig) -> OatsConfig:
 def own_rank_ratio(config) -> float:
     """OATS spends the user's kappa on the low-rank term."""
     return config.rank_ratio
+
+
+def walk(weight, second_moments, gram, config: OatsConfig, trace) -> tuple[dict, dict]:
+    """The Walkthrough's replay of one matrix: ``decompose`` with every iteration traced."""
+    return decompose(weight, second_moments, config, trace=trace).history.to_dict(), {}
+
+
+REPLAY = Replay(
+    walk=walk,
+    step="Iteration",
+    intro=("OATS alternates two projections on the scaled weight **W D**: the best rank-r approximation of "
+           "**W D − S** (an SVD) gives **L**, then the largest entries of **W D − L** allowed by the budget give "
+           "**S**. Move the iteration slider to watch the terms settle; change ρ and κ to recompute this layer."),
+    one_step=("At κ = 0 there is no low-rank term, so there is nothing to alternate: the sparse term is the largest "
+              "entries of W D kept once (a single hard threshold, Wanda's mask), which is one iteration, so there is "
+              "no iteration slider or objective curve; the heat maps and the table below show that one step."),
+    rank_zero="Wanda",
+    stands_in=("none", "diagonal"),  # the other weight- and moment-based methods: OATS on their layer
+)
+"""Alternating thresholding replayed on the layer; it stands in for methods without a replay."""
 
 
 @register(Method(
@@ -34,6 +54,7 @@ def own_rank_ratio(config) -> float:
     iterative=True,
     uses_rank_ratio=True,
     thresholding=True,
+    replay=REPLAY,
     decompose_config=own_config,
     rank_ratio=own_rank_ratio,
 ))

@@ -13,6 +13,9 @@ A method is everything the rest of the package needs to know about it, as data:
 - ``run_modes``: the evaluation modes worth measuring for its runs;
 - ``iterative``, ``uses_rank_ratio`` and ``uses_shrink``: which settings shape its result, for
   sweeps and run identities;
+- ``replay``: how the app's Walkthrough replays one layer of its runs step by step (a
+  ``Replay``; None: it has no replay of its own, and the Walkthrough uses a registered replay
+  that ``covers`` or ``stands_in`` for its statistics, see ``replay_for``);
 - ``compress``: the per-block function
   ``compress(weights, second_moments, grams, config, device) -> list[Decomposition]``.
 
@@ -62,6 +65,41 @@ def no_rank(config) -> float:
     return 0.0
 
 
+WalkFn = Callable[..., tuple[dict, dict]]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How the Walkthrough replays one layer of a method, step by step, from a run's weights.
+
+    ``walk(weight, second_moments, gram, config, trace) -> (history, extras)`` decomposes one
+    (d_out, d_in) matrix and calls ``trace(step, L D, S D)`` after each step with the terms in
+    the scaled space (D = the input scale of ``second_moments``); ``history`` holds per-step
+    lists "error", "sparse_energy", "lowrank_energy" (and "output_error" when it fits an
+    output error), ``extras`` the Walkthrough's ``kept`` (the step the method keeps) and
+    ``fallback`` (its rank-0 result beat every step). ``gram``: it needs the layer's input
+    Gram (recomputed from the run's calibration data), which ``walk`` then receives.
+
+    The words are the page's: ``step`` names one step ("Iteration", "Alternation"),
+    ``intro`` explains the replay, ``one_step`` why kappa = 0 is a single step, and
+    ``rank_zero`` names the method it is at kappa = 0.
+
+    ``covers`` and ``stands_in`` are statistics kinds (``STATISTICS``): a method with no
+    replay of its own whose statistics this replay ``covers`` is replayed by it as its own
+    solver; one whose statistics it ``stands_in`` for is replayed by it with a note that the
+    replay is not the run's method.
+    """
+
+    walk: WalkFn
+    step: str = "Iteration"
+    gram: bool = False
+    intro: str = ""
+    one_step: str = ""
+    rank_zero: str = ""
+    covers: tuple[str, ...] = ()
+    stands_in: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Method:
     """One compression method (see the module docstring for the fields)."""
@@ -84,8 +122,9 @@ class Method:
     default_shrink: float = 0.0
     """The Gram shrinkage it uses when ``config.shrink`` is None (only if ``uses_shrink``)."""
     thresholding: bool = False
-    """Its result is OATS's alternating thresholding on the scaled weight (``decompose``), which
-    the app's Walkthrough replays layer by layer from a run's weights and second moments."""
+    """Its result is OATS's alternating thresholding on the scaled weight (``decompose``)."""
+    replay: Replay | None = None
+    """How the Walkthrough replays one of its layers (see ``Replay``; None: see ``replay_for``)."""
     decompose_config: Callable[[OatsConfig], OatsConfig] = rank_zero
     rank_ratio: Callable[[object], float] = no_rank
     """kappa the method really uses (reads only ``config.rank_ratio``)."""
@@ -194,6 +233,26 @@ def title(name: str) -> str:
 def find(name: str) -> Method | None:
     """The method called ``name``, or None (for names read from run folders of any origin)."""
     return _METHODS.get(name) if isinstance(name, str) else None
+
+
+def replay_for(name: str) -> tuple[Replay | None, bool]:
+    """(the replay the Walkthrough runs for a run of method ``name``, whether it is the run's own
+    solver): the method's own ``replay``; else the first registered replay that ``covers`` its
+    statistics (its solver), then the first that ``stands_in`` for them (not its solver). A
+    method not registered here is taken as one with diagonal statistics. (None, False) when no
+    replay fits."""
+    method = find(name)
+    if method is not None and method.replay is not None:
+        return method.replay, True
+    stats = method.statistics if method is not None else "diagonal"
+    replays = [m.replay for m in _METHODS.values() if m.replay is not None]
+    for r in replays:
+        if stats in r.covers:
+            return r, True
+    for r in replays:
+        if stats in r.stands_in:
+            return r, False
+    return None, False
 
 
 def used_rank_ratio(name: str, config) -> float:
