@@ -78,70 +78,73 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_compress(args) -> int:
-    from tqdm import tqdm
-
+def _new_request(args, options: dict, from_disk: bool):
+    """The request of a new ``oats compress`` run from its flags, checked (one line each)."""
     from oats.compress.allocation import parse_allocation
-    from oats.config import OatsConfig
+    from oats.config import DEFAULT_RANK_RATIO, OatsConfig
     from oats.models import zoo
-    from oats.runner.execute import execute
-    from oats.runner.request import CompressRequest, request_from_manifest, slug
-    from oats.runs.folders import check_resumable, check_run_folder, check_run_model
-    from oats.runs.info import RunInfo
+    from oats.runner.request import CompressRequest
 
-    out = Path(args.out) if args.out else None
-    too_big = None if args.from_disk else _too_big_for_memory(args.model)  # the automatic switch
-    from_disk = args.from_disk or too_big is not None
-    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False,
-                   from_disk=from_disk)
-    resumed = 0
+    rank_ratio = args.rank_ratio
+    if rank_ratio is None:
+        preset = zoo.PRESETS.get(args.model)
+        rank_ratio = preset.default_rank_ratio if preset else DEFAULT_RANK_RATIO
+    config = OatsConfig(compression=args.compression, rank_ratio=rank_ratio, iterations=args.iterations,
+                        sparsity=args.sparsity, solver=args.solver, shrink=args.shrink)
+    _check_calibration_args(args)
+    request = CompressRequest(args.model, config, args.method, calib_source=args.calib_source,
+                              calib_domain=args.calib_domain, calib_samples=args.calib_samples,
+                              seq_len=args.seq_len, seed=args.seed, **options)
+    request.check()
+    owl = parse_allocation(args.allocation, args.owl_lambda, args.owl_m)
+    if owl is not None:
+        request = replace(request, allocation=owl)
+        request.check()
+    # a misspelt or absurd name is its own error, not a folder-name one (the folder is named after it)
+    zoo.check_model_name(request.model, from_disk=from_disk)
+    return request
+
+
+def _compress_target(args, out: Path | None, options: dict, from_disk: bool):
+    """(request, run folder, finished blocks to resume after) for ``oats compress``; an
+    ``OatsError`` (one line) before anything loads when the flags or the folder do not fit.
+
+    Without ``--out`` the folder is named by the request (``CompressRequest.folder_name``),
+    as the app and ``oats sweep`` name theirs. A folder that holds anything
+    (``oats.runs.state.inspect``: not empty) needs ``--resume`` or ``--overwrite``.
+    """
+    from oats.runner.request import request_from_manifest
+    from oats.runs.folders import check_resumable, check_run_folder, check_run_model, run_dir
+    from oats.runs.info import RunInfo
+    from oats.runs.state import State, inspect
+
     if out is not None:
         check_run_folder(out)  # a file, a name too long, no write access: one line before any loading
     if args.resume:
         if out is None:
-            return _fail("--resume needs --out RUN_DIR, the unfinished run to continue")
+            raise ConfigError("--resume needs --out RUN_DIR, the unfinished run to continue")
         manifest = check_resumable(out)
         check_run_model(out, RunInfo.from_manifest(manifest, out), args.model)
-        request = request_from_manifest(manifest, **options)
-        resumed = len(manifest.get("blocks", []))
-    else:
-        rank_ratio = args.rank_ratio
-        if rank_ratio is None:
-            preset = zoo.PRESETS.get(args.model)
-            rank_ratio = preset.default_rank_ratio if preset else 0.25
-        config = OatsConfig(compression=args.compression, rank_ratio=rank_ratio, iterations=args.iterations,
-                            sparsity=args.sparsity, solver=args.solver, shrink=args.shrink)
-        _check_calibration_args(args)
-        request = CompressRequest(args.model, config, args.method, calib_source=args.calib_source,
-                                  calib_domain=args.calib_domain, calib_samples=args.calib_samples,
-                                  seq_len=args.seq_len, seed=args.seed, **options)
-        request.check()
-        owl = parse_allocation(args.allocation, args.owl_lambda, args.owl_m)
-        if owl is not None:
-            request = replace(request, allocation=owl)
-            request.check()
-        # a misspelt or absurd name is its own error, not a folder-name one (the folder is named after it)
-        zoo.check_model_name(request.model, from_disk=from_disk)
-        if out is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = runs_root() / slug(f"{args.model}-{request.method}-c{config.compression:g}-k{config.rank_ratio:g}-{stamp}")
-            check_run_folder(out, flag="OATS_RUNS_DIR")
-        if (out / "manifest.json").exists() and not args.overwrite:
-            return _fail(f"run folder '{out}' already holds a run: use --resume to continue it, "
-                         f"--overwrite to replace it, or another --out")
-    request.check()
-    from oats.compress.pipeline import resolve_device
-    resolve_device(args.device)  # a bad device fails before the model loads
-    if args.resume:  # a resumed run's model name comes from its manifest: checked here, before any output
-        zoo.check_model_name(request.model, from_disk=from_disk)
-    bars: list = []  # the bar appears with the first block, after the model passed its checks
+        return request_from_manifest(manifest, **options), out, len(manifest.get("blocks", []))
+    request = _new_request(args, options, from_disk)
+    if out is None:
+        out = run_dir(runs_root(), request.folder_name())
+        check_run_folder(out, flag="OATS_RUNS_DIR")
+    if inspect(out, request).state is not State.EMPTY and not args.overwrite:
+        raise ConfigError(f"run folder '{out}' already holds a run: use --resume to continue it, "
+                          f"--overwrite to replace it, or another --out")
+    return request, out, 0
 
-    def update(stage=None, message=None, **_):
-        if stage == "loading":
-            _STATUS.show(f"loading {args.model} ...")
+
+def _block_bar(args, out, resumed: int, too_big):
+    """(bars, progress callback) of ``oats compress``: the bar appears with the first block,
+    after the model passed its checks (the first progress call comes once compress_model's
+    checks passed), with the lines that say a resume or the switch to the disk mode first."""
+    from tqdm import tqdm
+    bars: list = []
 
     def progress(done, total, msg):
-        if not bars:  # the first progress call comes once compress_model's checks passed
+        if not bars:
             _STATUS.clear()
             if resumed:
                 print(f"resuming '{out}' after {resumed} finished blocks", file=sys.stderr)
@@ -155,6 +158,30 @@ def cmd_compress(args) -> int:
         bar.n = done
         bar.set_postfix_str(msg)
         bar.refresh()
+
+    return bars, progress
+
+
+def cmd_compress(args) -> int:
+    from oats.compress.pipeline import resolve_device
+    from oats.models import zoo
+    from oats.runner.execute import execute
+
+    out = Path(args.out) if args.out else None
+    too_big = None if args.from_disk else _too_big_for_memory(args.model)  # the automatic switch
+    from_disk = args.from_disk or too_big is not None
+    options = dict(device=args.device, generic=args.generic, trust_remote_code=args.trust_remote_code, evaluate=False,
+                   from_disk=from_disk)
+    request, out, resumed = _compress_target(args, out, options, from_disk)
+    request.check()
+    resolve_device(args.device)  # a bad device fails before the model loads
+    if args.resume:  # a resumed run's model name comes from its manifest: checked here, before any output
+        zoo.check_model_name(request.model, from_disk=from_disk)
+    bars, progress = _block_bar(args, out, resumed, too_big)
+
+    def update(stage=None, message=None, **_):
+        if stage == "loading":
+            _STATUS.show(f"loading {args.model} ...")
 
     try:
         outcome = execute(request, out, update=update, progress=progress,
@@ -173,9 +200,15 @@ def cmd_compress(args) -> int:
     finally:
         for bar in bars:
             bar.close()
-    run, t_load = outcome.run, outcome.load_s
+    _print_compressed(outcome.run, out, outcome.load_s, args.quiet)
+    return 0
+
+
+def _print_compressed(run, out: Path, t_load: float, quiet: bool) -> None:
+    """The summary ``oats compress`` prints once the run is saved."""
+    from oats.runs.info import RunInfo
     rows = run.table()
-    if not args.quiet:
+    if not quiet:
         _print_table(rows)
     kept = run.params_kept / max(run.params_dense, 1)
     errs = sorted(r.scaled_error for r in run.layers)
@@ -190,7 +223,6 @@ def cmd_compress(args) -> int:
         print("block rates (OWL): " + ", ".join(f"{r:.3f}" for r in run.block_rates))
     print(f"calibrated on: {RunInfo.read(out).calibrated_on()}")
     print(f"saved to {out}")
-    return 0
 
 
 def _check_calibration_args(args) -> None:
@@ -286,7 +318,7 @@ def cmd_evaluate(args) -> int:
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
-    from oats.runner.sweep import FIRST_COLUMNS, LAST_COLUMNS, parse_list, pivot_table, sweep
+    from oats.runner.sweep import SweepSettings, parse_list, sweep
 
     # parse every list first: a bad value is one line before anything loads
     methods = parse_list(args.methods, "--methods", methods=True)
@@ -298,6 +330,32 @@ def cmd_sweep(args) -> int:
     engine = _engine(args)  # a bad engine setting, or Ray missing, is one line before anything loads
     from oats.models import zoo
     zoo.check_model_name(args.model)
+    bars, progress, on_task = _sweep_bars()
+    t0 = time.perf_counter()
+    try:
+        if engine is not None:
+            engine.open()
+        settings = SweepSettings(methods=methods, compression=rates, rank_ratios=kappas, sparsity=args.sparsity,
+                                 iterations=args.iterations, solver=args.solver, shrink=args.shrink, root=args.root,
+                                 out=args.out, quick=args.quick, text=text, image_folder=image_folder,
+                                 calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
+                                 calib_domain=args.calib_domain, allocation=args.allocation,
+                                 owl_lambda=args.owl_lambda, owl_m=args.owl_m)
+        res = sweep(args.model, settings=settings, progress=progress,
+                    log=lambda line: tqdm.write(line, file=sys.stderr), engine=engine, on_task=on_task)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        if engine is not None:
+            engine.close()
+    _print_sweep(res, time.perf_counter() - t0)
+    return 0
+
+
+def _sweep_bars():
+    """(bars, progress, on_task) of ``oats sweep``: a bar per run as it compresses, and with
+    ``--engine ray`` one bar that counts the tasks."""
+    from tqdm import tqdm
     bars: dict[str, tqdm] = {}
 
     def progress(name, done, total, msg):
@@ -321,25 +379,15 @@ def cmd_sweep(args) -> int:
         if report.status == "failed":
             tqdm.write(f"{report.name}: failed: {report.error}", file=sys.stderr)
 
-    t0 = time.perf_counter()
-    try:
-        if engine is not None:
-            engine.open()
-        res = sweep(args.model, methods, rates, kappas, sparsity=args.sparsity, iterations=args.iterations,
-                    solver=args.solver, shrink=args.shrink, root=args.root, out=args.out, quick=args.quick, text=text,
-                    image_folder=image_folder, calib_samples=args.calib_samples, seq_len=args.seq_len, seed=args.seed,
-                    calib_domain=args.calib_domain,
-                    allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
-                    progress=progress, log=lambda line: tqdm.write(line, file=sys.stderr), engine=engine,
-                    on_task=on_task)
-    finally:
-        for bar in bars.values():
-            bar.close()
-        if engine is not None:
-            engine.close()
+    return bars, progress, on_task
+
+
+def _print_sweep(res, wall: float) -> None:
+    """What ``oats sweep`` prints once the table is written: the means by rate, the primary
+    metric per domain with the ranks there, the counts and the timings."""
     from oats.explain import quality
     from oats.evaluation import split_key
-    from oats.runner.sweep import domain_table, load_meta
+    from oats.runner.sweep import FIRST_COLUMNS, LAST_COLUMNS, domain_table, load_meta, pivot_table
     settings = load_meta(res.folder).get("evaluation")
     metrics = [k for k in res.rows[0] if k not in FIRST_COLUMNS + LAST_COLUMNS]
     means = quality.ordered_metrics([k for k in metrics if split_key(k)[1] is None])
@@ -350,11 +398,9 @@ def cmd_sweep(args) -> int:
     per_domain = domain_table(res.rows, settings=settings)
     if per_domain:
         print("\n" + per_domain)
-    wall = time.perf_counter() - t0
     print(f"\n{len(res.computed)} runs compressed, {len(res.reused)} reused; compression {res.timings['compress_s']:.1f}s, "
           f"evaluation {res.timings['evaluate_s']:.1f}s, wall {wall:.1f}s")
     print(f"saved to {res.folder}")
-    return 0
 
 
 def _engine(args):
@@ -423,35 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     sub.add_parser("models", help="list presets and whether each is available now").set_defaults(fn=cmd_models)
 
-    c = sub.add_parser("compress", help="compress a model and save a run folder")
-    c.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
-    c.add_argument("--method", default="oats", help=f"{_method_choices('oats')} "
-                   "(each keeps (1 - compression) of every matrix's parameters)")
-    c.add_argument("--compression", default=0.5, help="fraction of each matrix's parameters removed, in (0, 1)")
-    c.add_argument("--rank-ratio", default=None, help="share of kept parameters in the low-rank term, [0, 1); "
-                   "default: the preset's (0.25 LMs, 0.20 ViTs)")
-    c.add_argument("--iterations", default=80, help="alternating-thresholding iterations (maximum for the fast solver)")
-    c.add_argument("--sparsity", default="row", help="row, layer, or N:M (keep N of every M; compression then derived)")
-    c.add_argument("--solver", default="fast", help="fast (default) or exact (a full SVD every iteration)")
-    _shrink_arg(c)
-    c.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
-    c.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
-    _calib_domain_arg(c)
-    c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on "
-                   "instead of the built-in data")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default=None, help="cpu or cuda: where the blocks and the decompositions run")
-    c.add_argument("--out", default=None, help="run folder (default: runs/<model>-<method>-...)")
-    c.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
-    c.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    c.add_argument("--generic", action="store_true", help="allow the generic adapter for unknown architectures")
-    c.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
-    c.add_argument("--quiet", action="store_true", help="no per-layer table")
-    c.add_argument("--from-disk", action="store_true", help="larger than memory: read each block from the model "
-                   "folder's safetensors files when its turn comes (automatic when the model does not fit in memory)")
-    _allocation_args(c)
-    c.set_defaults(fn=cmd_compress)
-
+    _compress_parser(sub)
     r = sub.add_parser("runs", help="list run folders and their status")
     r.add_argument("--root", default=None, help="runs folder (default: $OATS_RUNS_DIR or ./runs)")
     r.set_defaults(fn=cmd_runs)
@@ -481,6 +499,45 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     x.set_defaults(fn=cmd_export)
 
+    _sweep_parser(sub)
+    return p
+
+
+def _compress_parser(sub) -> None:
+    """``oats compress`` and its flags."""
+    c = sub.add_parser("compress", help="compress a model and save a run folder")
+    c.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
+    c.add_argument("--method", default="oats", help=f"{_method_choices('oats')} "
+                   "(each keeps (1 - compression) of every matrix's parameters)")
+    c.add_argument("--compression", default=0.5, help="fraction of each matrix's parameters removed, in (0, 1)")
+    c.add_argument("--rank-ratio", default=None, help="share of kept parameters in the low-rank term, [0, 1); "
+                   "default: the preset's (0.25 LMs, 0.20 ViTs)")
+    c.add_argument("--iterations", default=80, help="alternating-thresholding iterations (maximum for the fast solver)")
+    c.add_argument("--sparsity", default="row", help="row, layer, or N:M (keep N of every M; compression then derived)")
+    c.add_argument("--solver", default="fast", help="fast (default) or exact (a full SVD every iteration)")
+    _shrink_arg(c)
+    c.add_argument("--calib-samples", type=int, default=None, help="calibration sequences / images")
+    c.add_argument("--seq-len", type=int, default=None, help="tokens per calibration sequence (causal LMs)")
+    _calib_domain_arg(c)
+    c.add_argument("--calib-source", default=None, help="a text file or an image folder to calibrate on "
+                   "instead of the built-in data")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None, help="cpu or cuda: where the blocks and the decompositions run")
+    c.add_argument("--out", default=None, help="run folder (default: runs/<model>-<method>-..., named by the "
+                   "settings, as the app and oats sweep name theirs)")
+    c.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    c.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    c.add_argument("--generic", action="store_true", help="allow the generic adapter for unknown architectures")
+    c.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
+    c.add_argument("--quiet", action="store_true", help="no per-layer table")
+    c.add_argument("--from-disk", action="store_true", help="larger than memory: read each block from the model "
+                   "folder's safetensors files when its turn comes (automatic when the model does not fit in memory)")
+    _allocation_args(c)
+    c.set_defaults(fn=cmd_compress)
+
+
+def _sweep_parser(sub) -> None:
+    """``oats sweep`` and its flags."""
     w = sub.add_parser("sweep", help="methods x compression rates on one model: one table (CSV, JSON)")
     w.add_argument("model", help="preset (smollm2-135m, minilm-l6, dinov2-small), hub id, local folder, or timm:NAME")
     w.add_argument("--methods", default=",".join(registry.names()),
@@ -507,7 +564,6 @@ def build_parser() -> argparse.ArgumentParser:
     _allocation_args(w)
     _eval_args(w)
     w.set_defaults(fn=cmd_sweep)
-    return p
 
 
 def _method_choices(default: str) -> str:

@@ -13,6 +13,9 @@ from fractions import Fraction
 from oats.errors import ConfigError
 
 SOLVERS = ("fast", "exact")
+DEFAULT_RANK_RATIO = 0.25
+"""kappa when nothing else says (no preset, no loaded model to ask): the paper's for language
+models. Every default kappa of the package, the CLI, the sweep and the app reads this one."""
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -69,7 +72,7 @@ class OatsConfig:
 
     compression: float = 0.5
     """rho: fraction of each matrix's parameters removed, 0 < rho < 1 (index storage not counted)."""
-    rank_ratio: float = 0.25
+    rank_ratio: float = DEFAULT_RANK_RATIO
     """kappa: share of the kept parameters spent on the low-rank term, 0 <= kappa < 1.
     kappa = 0 gives rank 0, and OATS reduces to Wanda."""
     iterations: int = 80

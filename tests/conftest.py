@@ -76,3 +76,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_llama_zoo(monkeypatch):
+    """The zoo and the calibration data answer with tiny_models' Llama for the name "tiny" (no
+    downloads); every model name passes the name check."""
+    from tiny_models import batches, tiny_llama
+
+    from oats import data
+    from oats.models import zoo
+
+    def load(name, **kw):
+        if name != "tiny":
+            raise zoo.ModelLoadError(f"unknown model {name!r}: use a preset")
+        return zoo.LoadedModel(name="tiny", model=tiny_llama(), task="causal-lm", source="test")
+
+    monkeypatch.setattr(zoo, "load_model", load)
+    monkeypatch.setattr(zoo, "check_model_name", lambda name, **kw: "preset")
+    monkeypatch.setattr(data, "calibration_batches", lambda loaded, **kw: batches())

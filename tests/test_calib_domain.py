@@ -19,7 +19,7 @@ from oats.models import zoo
 from oats.models.zoo import LoadedModel
 from oats.runner.execute import execute, folder_state
 from oats.runner.request import CompressRequest, request_from_manifest
-from oats.runner.sweep import _status, load_meta, sweep
+from oats.runner.sweep import _inspect, load_meta, sweep
 from oats.runs.folders import read_manifest
 from oats.runs.info import RunInfo
 
@@ -127,9 +127,9 @@ def test_old_manifest_maps_to_manual_and_is_not_reused_for_a_mix_request(tmp_pat
         folder_state(mix, folder)
     with pytest.raises(RunError, match="holds another compression"):
         execute(mix, folder)
-    with pytest.raises(RunError, match="other settings than this sweep's"):
-        _status(mix, folder)
-    assert folder_state(manual, folder) == "reuse" and _status(manual, folder) == "reuse"
+    with pytest.raises(RunError, match="holds another compression .*: move it away or give another --root"):
+        _inspect(mix, folder)
+    assert folder_state(manual, folder).action == "reuse" and _inspect(manual, folder) == "reuse"
     info = RunInfo.read(folder)
     assert info.calibration_domain == "manual"
     assert info.calibrated_on() == f"manual (recorded before calibration domains), {2 * 16:,} tokens"

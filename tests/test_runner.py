@@ -87,7 +87,7 @@ def test_execute_resumes_an_interrupted_run_to_the_same_factors(tmp_path, fake_z
 
     with pytest.raises(Cancelled):
         execute(req, tmp_path / "cut", progress=stop_after_first)
-    assert folder_state(req, tmp_path / "cut") == "resume"
+    assert folder_state(req, tmp_path / "cut").action == "resume"
     again = execute(req, tmp_path / "cut")
     assert again.status == "resumed" and again.resumed_blocks == 1
     a, b = _factors(tmp_path / "whole"), _factors(tmp_path / "cut")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from oats.compress.allocation import block_rates_for, parse_allocation
+from oats.compress.allocation import Owl, block_rates_for, parse_allocation
 from oats.compress.calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
 from oats.compress.preflight import calibration_tokens, check_weights, estimate_compression_memory
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
@@ -101,26 +102,10 @@ class _OutputError:
         self._handles = []
 
 
-@torch.no_grad()
-def compress_block(model: nn.Module, adapter, index: int, block_path: str, block: nn.Module,
-                   inputs: BlockInputs, config: OatsConfig, method: str = "oats",
-                   device=None) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
-    """Compress one block in place. Returns (layer records, block record, statistics, next inputs)."""
-    record = registry.get(method)
-    dconfig = record.decompose_config(config)
-    # the diagonal second moments are collected (and kept in the run) for every method; the Gram too if needed
-    gram = record.statistics == "gram"
-    refs = adapter.linears(model, block)
-    by_path: dict[str, list[LinearRef]] = {}
-    for ref in refs:
-        by_path.setdefault(ref.path, []).append(ref)
-
-    # 1. statistics of the dense block on the (already compressed) inputs
-    t0 = time.perf_counter()
-    stats, dense_out = dense_block_stats(block, adapter, inputs, by_path, gram=gram)
-    t_stats = time.perf_counter() - t0
-
-    # 2. decompose every matrix of the block
+def _decompose(block: nn.Module, by_path: dict[str, list[LinearRef]], stats, gram: bool, method: str,
+               config: OatsConfig, device) -> tuple[dict[LinearRef, Decomposition], float]:
+    """Step 2 of ``compress_block``: decompose every matrix of the block (each part of a fused
+    one on its own); (decomposition per part, seconds)."""
     t0 = time.perf_counter()
     weights, norms, grams, meta = [], [], [], []
     for path, prefs in by_path.items():
@@ -136,12 +121,15 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
     decs = decompose_block(method, weights, norms, grams, config, device=device)
     del grams
     stats.grams.clear()
-    t_dec = time.perf_counter() - t0
-    per_matrix_time = t_dec / max(len(decs), 1)
+    return dict(zip(meta, decs)), time.perf_counter() - t0
 
+
+def _replace_linears(block: nn.Module, index: int, block_path: str, by_path: dict[str, list[LinearRef]], stats,
+                     dec_by_ref: dict[LinearRef, Decomposition], dconfig: OatsConfig, per_matrix_time: float):
+    """Put an ``OatsLinear`` in place of every linear of the block; (layer records, second
+    moments by qualified name, the new modules by path)."""
     records: list[LayerRecord] = []
     m2_out: dict[str, torch.Tensor] = {}
-    dec_by_ref = dict(zip(meta, decs))
     new_modules: dict[str, OatsLinear] = {}
     for path, prefs in by_path.items():
         old = block.get_submodule(path)
@@ -161,8 +149,13 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
                 shape=(d_out, d_in), rank=dec.rank, nnz=dec.nnz, params=dec.params,
                 budget=dense_budget(d_out, d_in, dconfig), scaled_error=dec.error, output_error=None,
                 iterations=dec.iterations, time_s=per_matrix_time, history=dec.history.to_dict()))
+    return records, m2_out, new_modules
 
-    # 3. re-run the compressed block: next inputs, output errors
+
+def _rerun(block: nn.Module, adapter, index: int, by_path, new_modules, inputs: BlockInputs, dense_out,
+           records: list[LayerRecord]) -> tuple[float, list[torch.Tensor]]:
+    """Step 3 of ``compress_block``: re-run the compressed block for the next inputs, filling
+    each layer record's output error; (the block's relative output error, next inputs)."""
     oerr = _OutputError()
     for path, prefs in by_path.items():
         oerr.hook(new_modules[path], [(f"{index}.{r.name}", r.rows) for r in prefs])
@@ -183,8 +176,37 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
         oerr.remove()
     for rec in records:
         rec.output_error = oerr.result(rec.qualname)
-    brec = BlockRecord(index=index, path=block_path, output_error=(num / max(den, 1e-30)) ** 0.5,
-                       stats_time_s=t_stats, decompose_time_s=t_dec)
+    return (num / max(den, 1e-30)) ** 0.5, next_hidden
+
+
+@torch.no_grad()
+def compress_block(model: nn.Module, adapter, index: int, block_path: str, block: nn.Module,
+                   inputs: BlockInputs, config: OatsConfig, method: str = "oats",
+                   device=None) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Compress one block in place. Returns (layer records, block record, statistics, next inputs)."""
+    record = registry.get(method)
+    dconfig = record.decompose_config(config)
+    # the diagonal second moments are collected (and kept in the run) for every method; the Gram too if needed
+    gram = record.statistics == "gram"
+    refs = adapter.linears(model, block)
+    by_path: dict[str, list[LinearRef]] = {}
+    for ref in refs:
+        by_path.setdefault(ref.path, []).append(ref)
+
+    # 1. statistics of the dense block on the (already compressed) inputs
+    t0 = time.perf_counter()
+    stats, dense_out = dense_block_stats(block, adapter, inputs, by_path, gram=gram)
+    t_stats = time.perf_counter() - t0
+
+    # 2. decompose every matrix of the block
+    dec_by_ref, t_dec = _decompose(block, by_path, stats, gram, method, config, device)
+    per_matrix_time = t_dec / max(len(dec_by_ref), 1)
+    records, m2_out, new_modules = _replace_linears(block, index, block_path, by_path, stats, dec_by_ref, dconfig,
+                                                    per_matrix_time)
+
+    # 3. re-run the compressed block: next inputs, output errors
+    error, next_hidden = _rerun(block, adapter, index, by_path, new_modules, inputs, dense_out, records)
+    brec = BlockRecord(index=index, path=block_path, output_error=error, stats_time_s=t_stats, decompose_time_s=t_dec)
     return records, brec, m2_out, next_hidden
 
 
@@ -241,6 +263,49 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
+    s = _settings(config, method, model_name, device, allow_generic, allocation, block_rates, disk, resume,
+                  calibration)
+    if disk is not None:
+        return_freed_memory()  # so that each dropped block's memory really leaves the process
+    elif s.device is not None:
+        model.to(s.device)
+        calibration = [_to(b, s.device) for b in calibration]
+    model.eval()
+    adapter = get_adapter(model, allow_generic=allow_generic)
+    blocks = adapter.blocks(model)
+    # Fail in a second, not half-way: patterns that do not fit, damaged weights, too little memory.
+    skip = {b.index for b in resume.blocks} if resume is not None else set()
+    check_weights(adapter, model, blocks, s.config, skip=skip, values=disk is None)
+    tokens = calibration_tokens(calibration, model)
+    check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method, from_disk=disk is not None),
+                 what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens",
+                 margin=COMPRESSION_MARGIN)
+    rates, alloc_info = _block_rates(s, model, calibration, len(blocks), resume, progress)
+    run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
+                         config=s.config, layers=[], blocks=[], second_moments={},
+                         calibration={"batches": len(calibration)}, timings={},
+                         block_rates=rates, allocation=alloc_info)
+    done = _take_over(run, resume, s.config, method, rates)
+    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done)
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    """``compress_model``'s settings, checked before any work: the config with the method's
+    own settings filled in, the method, the device (None: where the model is), the OWL
+    allocation (None: uniform or given rates) and the per-block rates given (None: none)."""
+
+    config: OatsConfig
+    method: str = "oats"
+    device: torch.device | None = None
+    allow_generic: bool = False
+    owl: Owl | None = None
+    block_rates: tuple | None = None
+
+
+def _settings(config, method, model_name, device, allow_generic, allocation, block_rates, disk, resume,
+              calibration) -> CompressionSettings:
+    """``compress_model``'s arguments checked (ConfigError, one line) into its settings."""
     record = registry.get(method)
     # the settings left to the method filled in (the run records what it really used)
     config = record.resolved(config or OatsConfig())
@@ -259,49 +324,50 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                               "the uniform allocation")
         if resume is not None:
             raise ConfigError("a run compressed from disk cannot be resumed: start it again")
-        return_freed_memory()  # so that each dropped block's memory really leaves the process
-    elif dev is not None:
-        model.to(dev)
-        calibration = [_to(b, dev) for b in calibration]
-    model.eval()
-    adapter = get_adapter(model, allow_generic=allow_generic)
-    blocks = adapter.blocks(model)
-    # Fail in a second, not half-way: patterns that do not fit, damaged weights, too little memory.
-    skip = {b.index for b in resume.blocks} if resume is not None else set()
-    check_weights(adapter, model, blocks, config, skip=skip, values=disk is None)
-    tokens = calibration_tokens(calibration, model)
-    check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method, from_disk=disk is not None),
-                 what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens",
-                 margin=COMPRESSION_MARGIN)
-    alloc_info = None
-    if block_rates is not None:
-        block_rates = _check_block_rates(block_rates, len(blocks), config)
-        alloc_info = {"name": "given", "block_rates": block_rates}
-    elif owl is not None:
-        if resume is not None and resume.block_rates is not None:
-            block_rates, alloc_info = list(resume.block_rates), resume.allocation
-        else:
-            t0 = time.perf_counter()
-            block_rates, alloc_info = block_rates_for(model, calibration, config, owl, allow_generic=allow_generic)
-            alloc_info["time_s"] = time.perf_counter() - t0
-            if progress:
-                progress(0, len(blocks), "OWL block rates " + ", ".join(f"{r:.3f}" for r in block_rates))
-    run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
-                         config=config, layers=[], blocks=[], second_moments={},
-                         calibration={"batches": len(calibration)}, timings={},
-                         block_rates=block_rates, allocation=alloc_info)
-    done: set[int] = set()
-    if resume is not None:
-        if resume.config != config or resume.method != method:
-            raise ConfigError("the run to resume was made with other settings: resume with the same "
-                              "method, compression, rank ratio, iterations and sparsity")
-        if (resume.block_rates is None) != (block_rates is None) or (
-                block_rates is not None and any(abs(a - b) > 1e-9 for a, b in zip(resume.block_rates, block_rates))):
-            raise ConfigError("the run to resume was made with another budget allocation: resume with the same "
-                              "allocation (uniform or OWL with the same parameters)")
-        run.layers, run.blocks = list(resume.layers), list(resume.blocks)
-        run.second_moments = dict(resume.second_moments)
-        done = {b.index for b in resume.blocks}
+    return CompressionSettings(config, method, dev, allow_generic, owl,
+                               None if block_rates is None else tuple(block_rates))
+
+
+def _block_rates(s: CompressionSettings, model, calibration, n_blocks: int, resume, progress):
+    """(per-block rates or None, the allocation record) of a run: the rates given, OWL's (the
+    resumed run's own, or from a dense statistics pass now), or None for the uniform rate."""
+    if s.block_rates is not None:
+        rates = _check_block_rates(s.block_rates, n_blocks, s.config)
+        return rates, {"name": "given", "block_rates": rates}
+    if s.owl is None:
+        return None, None
+    if resume is not None and resume.block_rates is not None:
+        return list(resume.block_rates), resume.allocation
+    t0 = time.perf_counter()
+    rates, alloc_info = block_rates_for(model, calibration, s.config, s.owl, allow_generic=s.allow_generic)
+    alloc_info["time_s"] = time.perf_counter() - t0
+    if progress:
+        progress(0, n_blocks, "OWL block rates " + ", ".join(f"{r:.3f}" for r in rates))
+    return rates, alloc_info
+
+
+def _take_over(run: CompressionRun, resume: CompressionRun | None, config: OatsConfig, method: str,
+               block_rates) -> set[int]:
+    """The blocks of ``resume`` moved into ``run`` (ConfigError when it was made otherwise); their indices."""
+    if resume is None:
+        return set()
+    if resume.config != config or resume.method != method:
+        raise ConfigError("the run to resume was made with other settings: resume with the same "
+                          "method, compression, rank ratio, iterations and sparsity")
+    if (resume.block_rates is None) != (block_rates is None) or (
+            block_rates is not None and any(abs(a - b) > 1e-9 for a, b in zip(resume.block_rates, block_rates))):
+        raise ConfigError("the run to resume was made with another budget allocation: resume with the same "
+                          "allocation (uniform or OWL with the same parameters)")
+    run.layers, run.blocks = list(resume.layers), list(resume.blocks)
+    run.second_moments = dict(resume.second_moments)
+    return {b.index for b in resume.blocks}
+
+
+def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: set[int], s: CompressionSettings,
+                     disk, progress, on_block_done) -> CompressionRun:
+    """Capture the first block's inputs, then compress the blocks in order (carrying the inputs
+    of the ``done`` ones forward), calling the hooks after each; the run with its timings."""
+    model, config, block_rates = run.model, s.config, run.block_rates
     t_all = time.perf_counter()
     t0 = time.perf_counter()
     inputs = capture_block_inputs(model, adapter, blocks[0][1], calibration)
@@ -318,7 +384,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             inputs.hidden = run_block(block, adapter, inputs)
             continue
         bconfig = config if block_rates is None else config.replace(compression=block_rates[i])
-        recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, method, device)
+        recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, s.method,
+                                                     s.device)
         run.layers.extend(recs)
         run.blocks.append(brec)
         run.second_moments.update(m2)

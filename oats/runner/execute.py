@@ -23,7 +23,8 @@ from oats.models import zoo
 from oats.runner.request import CompressRequest, check_calib_domain, data_kind
 from oats.runs.estimate import this_machine
 from oats.runs.evaluations import save_evaluation
-from oats.runs.folders import MANIFEST, RunWriter, check_run_folder, clear_run_folder, load_run, read_manifest
+from oats.runs.folders import RunWriter, check_run_folder, clear_run_folder, load_run
+from oats.runs.state import Action, FolderState, inspect
 
 IF_EXISTS = ("resume", "replace")
 """What ``execute`` does with a folder that already holds files: continue or reuse the same run
@@ -42,42 +43,40 @@ class Outcome:
     """The compressed model and its records (``run.loaded`` is the loaded model)."""
     folder: Path
     status: str
-    """"computed" (from scratch), "resumed" (after ``resumed_blocks`` finished ones) or "reused"
-    (the folder already held the complete run)."""
+    """The ``Action`` taken, in its past tense (``Action.done``): "computed" (from scratch),
+    "resumed" (after ``resumed_blocks`` finished ones) or "reused" (the folder already held the
+    complete run)."""
     resumed_blocks: int = 0
     load_s: float = 0.0
     evaluation_note: str = ""
     """"" when the evaluation was saved or not asked for; else why it is missing."""
 
     def message(self) -> str:
-        if self.status == "reused":
-            return "already compressed with these settings: opened the saved run"
+        if self.status == Action.REUSE.done:
+            return REUSED_MESSAGE
         return f"compressed {len(self.run.blocks)} blocks in {self.run.timings['total_s']:.0f} s" + self.evaluation_note
+
+
+REUSED_MESSAGE = "already compressed with these settings: opened the saved run"
+"""The one line for a request whose folder already holds its complete run (a job says it too)."""
 
 
 def _quiet(**_fields) -> None:
     pass
 
 
-def folder_state(request: CompressRequest, folder: Path, if_exists: str = "resume") -> str:
-    """"new", "resume" or "reuse" for ``request`` in ``folder``; RunError (one line) when the
-    folder holds another run and ``if_exists`` is "resume", or cannot be a run folder at all
-    (``check_run_folder``: a file, a name too long, not writable, someone else's files).
+def folder_state(request: CompressRequest, folder: Path, if_exists: str = "resume") -> FolderState:
+    """``oats.runs.state.inspect`` of ``folder`` for ``request`` under ``if_exists``, refused
+    (RunError, one line) when the folder holds another run or a damaged one and ``if_exists``
+    is "resume", or cannot be a run folder at all (``check_run_folder``: a file, a name too long,
+    not writable, someone else's files).
 
-    The one place a request's folder is judged: everything here is decided before the model loads.
+    Everything here is decided before the model loads.
     """
     if if_exists not in IF_EXISTS:
         raise ValueError(f"if_exists must be one of {IF_EXISTS}, not {if_exists!r}")
     check_run_folder(folder)
-    if not (folder / MANIFEST).exists():
-        return "new"
-    if if_exists == "replace":
-        return "new"
-    m = read_manifest(folder)
-    if not request.same_run(m):
-        raise RunError(f"run folder '{folder}' holds another compression (of {m.get('model_name')}, "
-                       f"{m.get('method')}): delete it or change the settings")
-    return "reuse" if m.get("complete") else "resume"
+    return inspect(folder, request, replace=if_exists == "replace").check()
 
 
 def execute(request: CompressRequest, folder: str | Path, *,
@@ -104,19 +103,19 @@ def execute(request: CompressRequest, folder: str | Path, *,
     folder = Path(folder)
     request.check()
     resolve_device(request.device)
-    state = folder_state(request, folder, if_exists)
+    action = folder_state(request, folder, if_exists).action
     t0 = time.perf_counter()
-    if request.from_disk and state == "resume":
+    if request.from_disk and action is Action.RESUME:
         raise RunError(f"run folder '{folder}' holds an unfinished run, and a compression from disk cannot resume: "
                        "start it again (--overwrite)")
     if loaded is None:
         update(stage="loading", message=f"loading {request.model}" + (" (blocks stay on disk)" if request.from_disk else ""))
         loaded = zoo.load_model(request.model, trust_remote_code=request.trust_remote_code,
                                 **({"from_disk": True} if request.from_disk else {}))
-    if state == "reuse":
+    if action is Action.REUSE:
         run = load_run(folder, model=loaded.model)
         run.loaded = loaded
-        return Outcome(run=run, folder=folder, status="reused", load_s=time.perf_counter() - t0)
+        return Outcome(run=run, folder=folder, status=Action.REUSE.done, load_s=time.perf_counter() - t0)
     if request.calib_source is None:  # a domain of the other kind is one line, before any work
         check_calib_domain(request.calib_domain, data_kind(request.model, getattr(loaded, "task", None)))
     if batches is None:
@@ -126,7 +125,7 @@ def execute(request: CompressRequest, folder: str | Path, *,
                                            domain=request.calib_domain)
     t_load = time.perf_counter() - t0
     resume = None
-    if state == "resume":
+    if action is Action.RESUME:
         resume = load_run(folder, model=loaded.model, allow_partial=True)
         update(message=f"resuming after {len(resume.blocks)} finished blocks")
     else:
@@ -141,7 +140,7 @@ def execute(request: CompressRequest, folder: str | Path, *,
     run.timings["load_s"] = t_load
     writer.finish(run)
     run.loaded = loaded
-    outcome = Outcome(run=run, folder=folder, status="resumed" if resume is not None else "computed",
+    outcome = Outcome(run=run, folder=folder, status=(Action.RESUME if resume is not None else Action.COMPUTE).done,
                       resumed_blocks=len(resume.blocks) if resume is not None else 0, load_s=t_load)
     if request.evaluate and loaded.disk is not None:
         outcome.evaluation_note = (" (not evaluated: compressed from disk, the whole model was never in memory; "

@@ -33,10 +33,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from oats.errors import OatsError, RunError
-from oats.runner.execute import Cancelled, execute, failure_line, one_line
+from oats.errors import RunError
+from oats.runner.execute import REUSED_MESSAGE, Cancelled, execute, failure_line, one_line
 from oats.runner.request import CompressRequest
-from oats.runs.folders import MANIFEST, read_manifest, run_dir, runs_root
+from oats.runs.folders import run_dir, runs_root
+from oats.runs.state import Action, State, inspect
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
@@ -252,19 +253,15 @@ class JobRunner:
                     raise RunError(f"run folder '{folder}' is being written by another compression (of "
                                    f"{job.request.model}): wait for it to finish or change the settings")
                 return job
-            try:
-                m = read_manifest(folder) if (folder / MANIFEST).exists() else None
-            except OatsError:
-                m = None
-            if m is not None and not request.same_run(m):
-                raise RunError(f"run folder '{folder}' holds another compression (of {m.get('model_name')}, "
-                               f"{m.get('method')}): delete it or change the settings")
-            complete = bool(m and m.get("complete"))
+            # a damaged folder is not refused here: the job's compression reports it (its one line)
+            found = inspect(folder, request)
+            if found.state is State.OTHER_RUN:
+                raise found.refusal()
             job = Job(request, folder)
             self._jobs[key] = job
-            if complete:
+            if found.action is Action.REUSE:
                 job._update(status="done", stage="done", done=1, total=1, finished=time.time(),
-                            message="already compressed with these settings: opened the saved run")
+                            message=REUSED_MESSAGE)
                 return job
             work = _work_in_process if self.isolation == "process" else _work_in_thread
             job.thread = threading.Thread(target=work, args=(job, self._compute), daemon=True,

@@ -20,6 +20,7 @@ It goes to ``<root>/sweeps/<model>/`` unless another folder is given.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import io
 import json
@@ -31,15 +32,16 @@ from pathlib import Path
 
 from oats import corpora, data, untrusted
 from oats.compress.allocation import Owl, parse_allocation
-from oats.config import OatsConfig
+from oats.config import DEFAULT_RANK_RATIO, OatsConfig
 from oats.errors import ConfigError, RunError
 from oats.evaluation import Evaluator, run_modes
 from oats.methods import registry
 from oats.models import zoo
 from oats.runner.execute import execute, replace_model
 from oats.runner.request import CompressRequest, check_calib_domain, data_kind, slug
-from oats.runs.folders import MANIFEST, atomic_write_bytes, check_run_folder, read_manifest, run_dir, runs_root
+from oats.runs.folders import atomic_write_bytes, check_run_folder, run_dir, runs_root
 from oats.runs.info import finite_json
+from oats.runs.state import Action, inspect
 from oats.explain import quality
 
 SWEEPS_DIR = "sweeps"
@@ -122,27 +124,15 @@ def plan(model: str, methods, rates, rank_ratios, *, sparsity: str = "row", iter
     return requests
 
 
-def _status(spec: CompressRequest, folder: Path) -> str:
-    """"reuse", "resume", "compute", or RunError when the folder holds someone else's run.
+SWEEP_REMEDY = "move it away or give another --root"
+"""What to do about a sweep run's folder that holds another run (the error is ``FolderState.refusal``)."""
 
-    A damaged folder, or an unfinished one of other settings, is recomputed from scratch.
-    """
-    if not (folder / MANIFEST).exists():
-        return "compute"
-    try:
-        m = read_manifest(folder)
-    except RunError:
-        return "compute"  # damaged: redo it
-    if m.get("model_name") != spec.model:
-        raise RunError(f"run folder '{folder}' holds a run of '{m.get('model_name')}', not '{spec.model}': "
-                       "move it away or give another --root")
-    same = spec.same_run(m)
-    if not m.get("complete"):
-        return "resume" if same else "compute"
-    if not same:
-        raise RunError(f"run folder '{folder}' holds a run with other settings than this sweep's: "
-                       "move it away or give another --root")
-    return "reuse"
+
+def _inspect(spec: CompressRequest, folder: Path) -> Action:
+    """The action for ``spec``'s run ``folder`` (``oats.runs.state.inspect`` with the
+    sweep's policy: a damaged folder, or an unfinished one of other settings, is recomputed from
+    scratch); RunError (one line) when the folder holds another model's run or another complete run."""
+    return inspect(folder, spec, redo=True, remedy=SWEEP_REMEDY).check().action
 
 
 def _row(spec: CompressRequest | None, model: str, mode: str, metrics: dict, compress_s: float | None,
@@ -158,34 +148,163 @@ def _row(spec: CompressRequest | None, model: str, mode: str, metrics: dict, com
             "eval_time_s": round(eval_s, 3), "run": run}
 
 
-def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None, *,
-          sparsity: str = "row", iterations: int = 80, solver: str = "fast", root=None, out=None,
-          quick: bool = False, text=None, image_folder=None, calib_samples: int | None = None,
-          seq_len: int | None = None, seed: int = 0, calib_domain: str | None = None, shrink: float | None = None,
-          allocation=None,
-          owl_lambda: float | None = None, owl_m: float | None = None, loaded=None,
-          progress: Callable[[str, int, int, str], None] | None = None,
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a sweep computes, how it calibrates and evaluates, and where it writes: ``sweep``'s
+    keywords (the CLI fills it from its flags).
+
+    methods: registered method names (list or "a,b"; default: every registered method).
+    compression: rates in (0, 1) (list or "0.3,0.4").
+    rank_ratios: kappa values for OATS (default: the model's); other methods have a fixed one
+        (0 for the sparse-only methods, 1 for low-rank only).
+    sparsity, iterations, solver: every run's ``OatsConfig``; shrink: the Gram shrinkage
+        lambda of the runs of the methods that read it (``OatsConfig.shrink``; None: its default).
+    allocation, owl_lambda, owl_m: "uniform" or "owl" for every run.
+    calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``);
+    calib_domain: the built-in calibration data: a domain (``oats.corpora``) or None / "mix"
+        for an equal share of every domain of the model's kind.
+    quick, text, image_folder: the evaluation (``oats.evaluation``).
+    root: the runs root (default ``oats.runs.folders.runs_root()``); out: the table folder
+        (default ``<root>/sweeps/<model>``, ``<root>/sweeps/<model>-cal<domain>`` when
+        calibrated on one domain).
+    """
+
+    methods: object = None
+    compression: object = DEFAULT_RATES
+    rank_ratios: object = None
+    sparsity: str = "row"
+    iterations: int = 80
+    solver: str = "fast"
+    shrink: float | None = None
+    allocation: object = None
+    owl_lambda: float | None = None
+    owl_m: float | None = None
+    calib_samples: int | None = None
+    seq_len: int | None = None
+    seed: int = 0
+    calib_domain: str | None = None
+    quick: bool = False
+    text: object = None
+    image_folder: object = None
+    root: object = None
+    out: object = None
+
+
+@dataclass
+class _Plan:
+    """A sweep checked before any expensive work: its folders, runs and what each folder needs."""
+
+    root: Path
+    folder: Path
+    owl: Owl | None
+    calib_domain: str | None
+    kappas: list
+    specs: list[CompressRequest]
+    actions: dict[str, Action]
+    loaded: object
+
+
+def _prepare(model: str, s: SweepSettings, loaded) -> _Plan:
+    """Check the folders, plan the runs and judge every run folder, then load the model (unless
+    given). Both folders are checked before anything loads: a long sweep must not fail at its
+    last write."""
+    methods = registry.names() if s.methods is None else s.methods
+    owl = parse_allocation(s.allocation, s.owl_lambda, s.owl_m)
+    root = Path(s.root) if s.root is not None else runs_root()
+    check_run_folder(root, "--root", "runs folder")
+    calib_domain = None if s.calib_domain in (None, corpora.MIX) else s.calib_domain
+    # a sweep calibrated on one domain keeps its table beside the default (mix) one, not over it
+    default_out = slug(model) + ("" if calib_domain is None else "-cal" + slug(calib_domain))
+    folder = Path(s.out) if s.out is not None else root / SWEEPS_DIR / default_out
+    check_run_folder(folder, "--out", "table folder")
+    if loaded is None:
+        kappa0 = zoo.PRESETS[model].default_rank_ratio if model in zoo.PRESETS else None
+    else:
+        kappa0 = loaded.default_rank_ratio
+    specs_args = dict(sparsity=s.sparsity, iterations=s.iterations, solver=s.solver, owl=owl,
+                      calibration=(s.calib_samples, s.seq_len, s.seed), calib_domain=calib_domain, shrink=s.shrink)
+    # validate everything (and every existing folder) before any expensive work
+    for spec in plan(model, methods, s.compression,
+                     s.rank_ratios if s.rank_ratios is not None else [kappa0 or DEFAULT_RANK_RATIO], **specs_args):
+        _inspect(spec, run_dir(root, spec.folder_name()))
+    if loaded is None:
+        loaded = zoo.load_model(model)
+    check_calib_domain(calib_domain, data_kind(model, getattr(loaded, "task", None)))
+    kappas = s.rank_ratios if s.rank_ratios is not None else [loaded.default_rank_ratio]
+    specs = plan(model, methods, s.compression, kappas, **specs_args)
+    actions = {spec.folder_name(): _inspect(spec, run_dir(root, spec.folder_name())) for spec in specs}
+    return _Plan(root, folder, owl, calib_domain, kappas, specs, actions, loaded)
+
+
+@dataclass
+class _Context:
+    """What every run of a local sweep shares: the pristine dense model, the calibration
+    batches, the evaluator and its reference, the rows so far and the hooks."""
+
+    model: str
+    p: _Plan
+    dense: object
+    batches: list
+    evaluator: Evaluator
+    ref: object
+    dense_metrics: dict
+    rows: list[dict]
+    result: SweepResult
+    extra: dict
+    remote: dict
+    progress: Callable | None
+    log: Callable[[str], None]
+    sparsity: str
+
+
+def _compress_one(c: _Context, spec: CompressRequest, name: str):
+    """(run, how it came to be, local compression seconds) for one run of the sweep."""
+    cb = None if c.progress is None else (lambda d, t, m, _n=name: c.progress(_n, d, t, m))
+    t0 = time.perf_counter()
+    replace = c.p.actions[name] is Action.COMPUTE and name not in c.remote  # a task's folder holds its finished run now
+    outcome = execute(spec, run_dir(c.p.root, name), progress=cb, if_exists="replace" if replace else "resume",
+                      loaded=replace_model(c.p.loaded, copy.deepcopy(c.dense)), batches=c.batches, extra=c.extra)
+    run = outcome.run
+    compress_s = float(run.timings.get("total_s", float("nan")))  # as recorded, so a reuse reports the same
+    if name in c.remote:  # compressed by a task: this process only opened the finished run
+        c.result.computed.append(name)
+        report = c.remote[name]
+        how = (f"resumed after {report.resumed_blocks} blocks, " if report.status == Action.RESUME.done else "") + \
+            f"compressed in {compress_s:.1f}s (Ray task)"
+        return run, how, compress_s, 0.0
+    if outcome.status == Action.REUSE.done:
+        c.result.reused.append(name)
+        return run, f"reused (loaded in {time.perf_counter() - t0:.1f}s)", compress_s, 0.0
+    c.result.computed.append(name)
+    how = (f"resumed after {outcome.resumed_blocks} blocks, " if outcome.status == Action.RESUME.done else "") + \
+        f"compressed in {compress_s:.1f}s"
+    return run, how, compress_s, time.perf_counter() - t0
+
+
+def _evaluate_one(c: _Context, spec: CompressRequest, name: str, run, compress_s: float) -> float:
+    """Append the rows of every compressed variant of ``run``; the seconds it took."""
+    t_eval = 0.0
+    for mode in run_modes(spec.method, run.config)[1:]:  # dense is the shared dense row
+        t0 = time.perf_counter()
+        with run.use_mode(mode):
+            metrics = c.evaluator.metrics(run.model, c.ref)
+        dt = time.perf_counter() - t0
+        t_eval += dt
+        c.rows.append(_row(spec, c.model, mode, metrics, compress_s, dt, name, c.sparsity))
+    return t_eval
+
+
+def sweep(model: str, methods=None, compression=None, rank_ratios=None, *, settings: SweepSettings | None = None,
+          loaded=None, progress: Callable[[str, int, int, str], None] | None = None,
           log: Callable[[str], None] | None = None, engine=None,
-          on_task: Callable[..., None] | None = None) -> SweepResult:
+          on_task: Callable[..., None] | None = None, **options) -> SweepResult:
     """Compress (or reuse) and evaluate every run of the sweep; write the table.
 
     Args:
         model: a preset, hub id, local folder or timm:NAME (loaded once through the zoo).
-        methods: registered method names (list or "a,b"; default: every registered method).
-        compression: rates in (0, 1) (list or "0.3,0.4").
-        rank_ratios: kappa values for OATS (default: the model's); other methods have a
-            fixed one (0 for the sparse-only methods, 1 for low-rank only).
-        root: the runs root (default ``oats.io.runs_root()``); out: the table folder
-            (default ``<root>/sweeps/<model>``, ``<root>/sweeps/<model>-cal<domain>`` when
-            calibrated on one domain).
-        quick, text, image_folder: the evaluation (``oats.evaluation``).
-        calib_samples, seq_len, seed: calibration (``oats.data.calibration_batches``).
-        calib_domain: the built-in calibration data: a domain (``oats.corpora``) or None /
-            "mix" for an equal share of every domain of the model's kind.
-        shrink: the Gram shrinkage lambda of the runs of the methods that read it (``OatsConfig.shrink``;
-            None: its default).
-        allocation, owl_lambda, owl_m: "uniform" or "owl" for every run.
-        loaded: an already loaded model (``oats.zoo.load_model(model)``), left dense.
+        methods, compression, rank_ratios, options: the fields of ``SweepSettings`` as
+            keywords, over ``settings`` (None: its defaults).
+        loaded: an already loaded model (``oats.models.zoo.load_model(model)``), left dense.
         progress: callable(run name, done blocks, total blocks, message) while compressing.
         log: callable(line) for one line per run.
         engine: None compresses here, one run after the other; an open
@@ -196,111 +315,67 @@ def sweep(model: str, methods=None, compression=DEFAULT_RATES, rank_ratios=None,
     Returns a ``SweepResult``; the table is also in ``<folder>/results.csv`` / ``.json``.
     """
     t_all = time.perf_counter()
-    methods = registry.names() if methods is None else methods
+    given = {k: v for k, v in (("methods", methods), ("compression", compression), ("rank_ratios", rank_ratios))
+             if v is not None}
+    s = dataclasses.replace(settings or SweepSettings(), **given, **options)
     log = log or (lambda line: None)
-    owl = parse_allocation(allocation, owl_lambda, owl_m)
-    root = Path(root) if root is not None else runs_root()
-    # both folders are checked before anything loads: a long sweep must not fail at its last write
-    check_run_folder(root, "--root", "runs folder")
-    calib_domain = None if calib_domain in (None, corpora.MIX) else calib_domain
-    # a sweep calibrated on one domain keeps its table beside the default (mix) one, not over it
-    default_out = slug(model) + ("" if calib_domain is None else "-cal" + slug(calib_domain))
-    folder = Path(out) if out is not None else root / SWEEPS_DIR / default_out
-    check_run_folder(folder, "--out", "table folder")
-    if loaded is None:
-        kappa0 = zoo.PRESETS[model].default_rank_ratio if model in zoo.PRESETS else None
-    else:
-        kappa0 = loaded.default_rank_ratio
-    specs_args = dict(sparsity=sparsity, iterations=iterations, solver=solver, owl=owl,
-                      calibration=(calib_samples, seq_len, seed), calib_domain=calib_domain, shrink=shrink)
-    # validate everything (and every existing folder) before any expensive work
-    for s in plan(model, methods, compression, rank_ratios if rank_ratios is not None else [kappa0 or 0.25],
-                  **specs_args):
-        _status(s, run_dir(root, s.folder_name()))
-    if loaded is None:
-        loaded = zoo.load_model(model)
-    check_calib_domain(calib_domain, data_kind(model, getattr(loaded, "task", None)))
-    kappas = rank_ratios if rank_ratios is not None else [loaded.default_rank_ratio]
-    specs = plan(model, methods, compression, kappas, **specs_args)
-    statuses = {s.folder_name(): _status(s, run_dir(root, s.folder_name())) for s in specs}
-
-    batches = data.calibration_batches(loaded, n_samples=calib_samples, seq_len=seq_len, seed=seed,
-                                       domain=calib_domain)
-    dense = copy.deepcopy(loaded.model)  # pristine: every run starts from a copy of it
-    evaluator = Evaluator(loaded, quick=quick, text=text, image_folder=image_folder)
+    p = _prepare(model, s, loaded)
+    batches = data.calibration_batches(p.loaded, n_samples=s.calib_samples, seq_len=s.seq_len, seed=s.seed,
+                                       domain=p.calib_domain)
+    dense = copy.deepcopy(p.loaded.model)  # pristine: every run starts from a copy of it
+    evaluator = Evaluator(p.loaded, quick=s.quick, text=s.text, image_folder=s.image_folder)
     t0 = time.perf_counter()
     ref = evaluator.reference(dense)
     dense_metrics = evaluator.metrics(dense, ref)
-    rows = [_row(None, model, "dense", dense_metrics, None, time.perf_counter() - t0, "", sparsity)]
+    rows = [_row(None, model, "dense", dense_metrics, None, time.perf_counter() - t0, "", s.sparsity)]
     log("dense: " + ", ".join(f"{k} {v:.4g}" for k, v in dense_metrics.items()))
-    result = SweepResult(folder=folder, rows=rows)
+    c = _Context(model, p, dense, batches, evaluator, ref, dense_metrics, rows, SweepResult(folder=p.folder, rows=rows),
+                 {"sweep": str(p.folder)}, {}, progress, log, s.sparsity)
     t_compress = t_eval = 0.0
-    calib_request = {"samples": calib_samples, "seq_len": seq_len, "seed": seed, "source": None,
-                     "domain": calib_domain or corpora.MIX}
-    extra = {"sweep": str(folder)}
-    remote = {}
     if engine is not None:
-        engine.check_shared(root)
-        todo = [(s, run_dir(root, s.folder_name()), statuses[s.folder_name()]) for s in specs
-                if statuses[s.folder_name()] != "reuse"]
+        engine.check_shared(p.root)
+        todo = [(spec, run_dir(p.root, spec.folder_name()), p.actions[spec.folder_name()]) for spec in p.specs
+                if p.actions[spec.folder_name()] is not Action.REUSE]
         t0 = time.perf_counter()
-        remote = engine.compress(todo, extra, on_done=on_task)
+        c.remote = engine.compress(todo, c.extra, on_done=on_task)
         t_compress = time.perf_counter() - t0
-    failed = {name: r.error for name, r in remote.items() if r.status == "failed"}
-    for n, spec in enumerate(specs, 1):
+    failed = {name: r.error for name, r in c.remote.items() if r.status == "failed"}
+    for n, spec in enumerate(p.specs, 1):
         name = spec.folder_name()
-        status = statuses[name]
         if name in failed:
-            log(f"[{n}/{len(specs)}] {name}: failed: {failed[name]}")
+            log(f"[{n}/{len(p.specs)}] {name}: failed: {failed[name]}")
             continue
-        cb = None if progress is None else (lambda d, t, m, _n=name: progress(_n, d, t, m))
-        t0 = time.perf_counter()
-        replace = status == "compute" and name not in remote  # a task's folder holds its finished run now
-        outcome = execute(spec, run_dir(root, name), progress=cb, if_exists="replace" if replace else "resume",
-                          loaded=replace_model(loaded, copy.deepcopy(dense)), batches=batches, extra=extra)
-        run = outcome.run
-        compress_s = float(run.timings.get("total_s", float("nan")))  # as recorded, so a reuse reports the same
-        if name in remote:  # compressed by a task: this process only opened the finished run
-            result.computed.append(name)
-            report = remote[name]
-            how = (f"resumed after {report.resumed_blocks} blocks, " if report.status == "resumed" else "") + \
-                f"compressed in {compress_s:.1f}s (Ray task)"
-        elif outcome.status == "reused":
-            result.reused.append(name)
-            how = f"reused (loaded in {time.perf_counter() - t0:.1f}s)"
-        else:
-            t_compress += time.perf_counter() - t0
-            result.computed.append(name)
-            how = (f"resumed after {outcome.resumed_blocks} blocks, " if outcome.status == "resumed" else "") + \
-                f"compressed in {compress_s:.1f}s"
-        for mode in run_modes(spec.method, run.config)[1:]:  # dense is the shared dense row
-            t0 = time.perf_counter()
-            with run.use_mode(mode):
-                metrics = evaluator.metrics(run.model, ref)
-            dt = time.perf_counter() - t0
-            t_eval += dt
-            rows.append(_row(spec, model, mode, metrics, compress_s, dt, name, sparsity))
+        run, how, compress_s, local_s = _compress_one(c, spec, name)
+        t_compress += local_s
+        t_eval += _evaluate_one(c, spec, name, run, compress_s)
         both = next(r for r in rows[::-1] if r["run"] == name and r["mode"] == "both")
         primary = {k: both[k] for k in dense_metrics}
-        log(f"[{n}/{len(specs)}] {name}: {how}; " + ", ".join(f"{k} {v:.4g}" for k, v in primary.items()))
+        log(f"[{n}/{len(p.specs)}] {name}: {how}; " + ", ".join(f"{k} {v:.4g}" for k, v in primary.items()))
         del run
-    result.timings = {"total_s": time.perf_counter() - t_all, "compress_s": t_compress, "evaluate_s": t_eval}
-    result.tasks = remote
-    write_results(folder, rows, meta={
-        "model": model, "methods": list(dict.fromkeys(s.method for s in specs)),
-        "compression": parse_list(compression, "compression rates", unit_open=True),
-        "rank_ratios": [float(k) for k in kappas], "sparsity": sparsity, "iterations": iterations,
-        "solver": solver, "shrink": specs[0].config.shrink if specs else shrink,
-        "allocation": None if owl is None else owl.to_dict(), "quick": quick,
-        "evaluation": evaluator.settings, "calibration": calib_request, "root": str(root),
-        "runs_computed": result.computed, "runs_reused": result.reused, "timings": result.timings,
-        "engine": "local" if engine is None else "ray", "runs_failed": failed,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    c.result.timings = {"total_s": time.perf_counter() - t_all, "compress_s": t_compress, "evaluate_s": t_eval}
+    c.result.tasks = c.remote
+    write_results(p.folder, rows, meta=_meta(model, s, p, c, engine, failed))
     if failed:
         first, cause = next(iter(failed.items()))
-        raise RunError(f"{len(failed)} of {len(specs)} runs failed (first: {first}: {cause[:200]}); the table of the "
-                       f"others is in '{folder}': run the same sweep again to retry the failed ones")
-    return result
+        raise RunError(f"{len(failed)} of {len(p.specs)} runs failed (first: {first}: {cause[:200]}); the table of "
+                       f"the others is in '{p.folder}': run the same sweep again to retry the failed ones")
+    return c.result
+
+
+def _meta(model: str, s: SweepSettings, p: _Plan, c: _Context, engine, failed: dict) -> dict:
+    """``sweep.json``: the sweep's settings, what it computed and reused, and its timings."""
+    calib_request = {"samples": s.calib_samples, "seq_len": s.seq_len, "seed": s.seed, "source": None,
+                     "domain": p.calib_domain or corpora.MIX}
+    return {
+        "model": model, "methods": list(dict.fromkeys(spec.method for spec in p.specs)),
+        "compression": parse_list(s.compression, "compression rates", unit_open=True),
+        "rank_ratios": [float(k) for k in p.kappas], "sparsity": s.sparsity, "iterations": s.iterations,
+        "solver": s.solver, "shrink": p.specs[0].config.shrink if p.specs else s.shrink,
+        "allocation": None if p.owl is None else p.owl.to_dict(), "quick": s.quick,
+        "evaluation": c.evaluator.settings, "calibration": calib_request, "root": str(p.root),
+        "runs_computed": c.result.computed, "runs_reused": c.result.reused, "timings": c.result.timings,
+        "engine": "local" if engine is None else "ray", "runs_failed": failed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 # ----------------------------------------------------------------------------- table files
@@ -373,25 +448,6 @@ def load_meta(folder: str | Path) -> dict:
     except (ValueError, OSError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def markdown_table(rows: list[dict], metrics: list[str] | None = None, digits: int = 4) -> str:
-    """The table as Markdown (for the README and the CLI): one line per row."""
-    cols = ["method", "compression", "rank_ratio", "mode"]
-    metrics = metrics or [c for c in _columns(rows) if c not in FIRST_COLUMNS + LAST_COLUMNS]
-    cols += metrics + ["compress_time_s"]
-
-    def fmt(v):
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.{digits}g}"
-        return str(v)
-
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
-    return "\n".join(out)
 
 
 def pivot_table(rows: list[dict], metric: str, digits: int = 4) -> str:
