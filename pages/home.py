@@ -17,7 +17,7 @@ from oats.explain import runs as summaries
 from ui import evaluations, figures
 from oats.explain import quality
 from oats import corpora
-from oats.config import OatsConfig
+from oats.config import DEFAULT_RANK_RATIO, OatsConfig
 from oats.methods import registry
 from oats.errors import DataError, OatsError
 from oats.runs import estimate
@@ -94,7 +94,7 @@ def new_compression() -> None:
             m = presets[choice]
             st.caption(m["description"] if m["available"] else f"Not installed here: `{m['install']}`")
     model = typed.strip() if choice == OTHER else choice
-    default_kappa = presets[choice]["default_rank_ratio"] if choice in presets else 0.25
+    default_kappa = presets[choice]["default_rank_ratio"] if choice in presets else DEFAULT_RANK_RATIO
     with c2:
         a, b = st.columns(2)
         method = a.selectbox("Method", list(method_choices()), help=method_help())
