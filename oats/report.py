@@ -30,7 +30,7 @@ from pathlib import Path
 
 from oats import corpora, untrusted
 from oats.errors import RunError
-from oats.evaluation import PRIMARY_METRIC
+from oats.evaluation import primary_metric
 from oats.explain import quality
 from oats.methods import registry
 from oats.runs.evaluations import read_evaluation
@@ -289,7 +289,7 @@ def primary(info: RunInfo, results: dict) -> tuple[str, bool] | None:
     """(primary metric, higher is better): the run's task's, else the one among the results."""
     task = info.task if isinstance(info.task, str) else getattr(PRESETS.get(info.model_name), "task", None)
     keys = [k for v in results.values() for k in v]
-    own = PRIMARY_METRIC.get(task)
+    own = primary_metric(task)
     return own if own and own[0] in keys else quality.primary_of(keys)
 
 

@@ -21,7 +21,8 @@ from oats import OatsConfig, compress_model, save_run
 from oats.cli import main as cli_main
 from oats.data import image_batches, sentence_batches
 from oats.errors import DataError
-from oats.evaluation import PRIMARY_METRIC, Evaluation, Evaluator, evaluate_model, evaluate_run, wikitext2_text
+from oats.evaluation import (PRIMARY_METRIC, EncoderEvaluator, Evaluation, Evaluator, evaluate_model, evaluate_run,
+                             wikitext2_text)
 from oats.runs.folders import RunWriter
 from oats.models import hub
 from oats.models.vision import IMAGENET_MEAN, IMAGENET_STD
@@ -225,8 +226,8 @@ def test_encoder_fidelity_against_dense(monkeypatch):
 def test_dense_reference_is_cached_until_weights_change(monkeypatch):
     loaded = tiny_encoder()
     calls = []
-    original = Evaluator.reference
-    monkeypatch.setattr(Evaluator, "reference", lambda self, m: calls.append(1) or original(self, m))
+    original = EncoderEvaluator.reference
+    monkeypatch.setattr(EncoderEvaluator, "reference", lambda self, m: calls.append(1) or original(self, m))
     run = compress_model(loaded.model, sentence_batches(CharTokenizer(), SENTENCES, batch_size=4), CFG)
     text = " ".join(SENTENCES)
     a = evaluate_model(run.model, loaded, quick=True, text=text)
@@ -323,7 +324,7 @@ def _saved_run(tmp_path, complete=True):
 
 @pytest.mark.parametrize("extra,message", [
     (["--model", "minilm-l6"], "was made for 'tiny-lm', not 'minilm-l6'"),
-    (["--modes", "both,foo"], "unknown mode 'foo'"),
+    (["--modes", "both,foo"], "unknown variant 'foo': choose among dense, both, sparse, lowrank"),
     (["--text", "/no/such/file.txt"], "does not exist"),
 ])
 def test_cli_evaluate_bad_inputs_exit_2_with_one_line(extra, message, tmp_path, capsys):

@@ -113,7 +113,7 @@ def test_vision_heads_are_cls_to_patch_maps():
 def test_bad_input_is_one_clear_error(llama_run):
     with pytest.raises(ConfigError, match="type a text"):
         heads.explain_heads(llama_run, text="   ")
-    with pytest.raises(ConfigError, match="modes must include dense"):
+    with pytest.raises(ConfigError, match="the variants must include dense"):
         heads.explain_heads(llama_run, text="a b", modes=("both",))
 
 

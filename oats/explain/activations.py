@@ -27,9 +27,14 @@ from torch import nn
 from oats.errors import ConfigError, DataError
 from oats.explain.heads import display_token
 from oats.explain.vit import image_spec, is_vision_run, patch_grid, prepare_image
+from oats.methods import registry
 from oats.models.adapters import get_adapter, no_cache_kwargs
 
 MODES = ("dense", "both")
+"""The variants this view compares by default: the dense model and the compressed one, whatever
+the method (every run has both; a term alone is not a model anyone deploys, and each more variant
+costs one more forward of the whole model). Callers may pass any variant names
+(``registry.check_modes``)."""
 MODE_LABELS = {"dense": "dense", "both": "compressed"}
 TOP = 3
 """Magnitudes kept per block along depth."""
@@ -241,6 +246,7 @@ def forward(run, inp: ModelInput) -> None:
 
 def massive_activations(run, inp: ModelInput, modes: Sequence[str] = MODES) -> MassiveActivations:
     """Block outputs of the run's dense and compressed model on one input (modes restored)."""
+    modes = registry.check_modes(modes)
     mods = blocks(run)
     out = MassiveActivations(inp.tokens, inp.description)
     for mode in modes:
@@ -265,6 +271,7 @@ def intervention(run, block: int, channels: Sequence[int], values: Sequence[floa
     once and caches, such as the dense reference of a fidelity metric
     (``oats.evaluation.prepare_reference``), or that reference would be taken from the changed model.
     """
+    modes = registry.check_modes(modes)
     mods = blocks(run)
     if not 0 <= block < len(mods):
         raise ConfigError(f"block must be between 0 and {len(mods) - 1}, got {block}")

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from oats.core.linear import MODES  # noqa: F401 - heads.MODES: the variants, in the order the view draws them
 from oats.errors import ConfigError, UnsupportedModelError
 from oats.explain import vit
 from oats.methods import registry
 
-MODES = ("dense", "both", "sparse", "lowrank")
 MODE_LABELS = vit.MODE_LABELS  # one set of names for the variants, on every page
 MAX_TOKENS = 48
 """Text inputs are cut to this many tokens (the maps are T x T per head and layer)."""
@@ -120,18 +120,11 @@ def tokenize(loaded, text: str) -> tuple[dict, list[str]]:
     return dict(batch), [tok.decode([i]) for i in ids]
 
 
-def _check_modes(modes) -> list[str]:
-    modes = list(modes)
-    if "dense" not in modes or any(m not in MODES for m in modes):
-        raise ConfigError(f"modes must include dense and be among {', '.join(MODES)}, got {modes!r}")
-    return ["dense"] + [m for m in modes if m != "dense"]
-
-
 def explain_heads(run, text: str | None = None, image: np.ndarray | None = None, modes=None) -> HeadView:
     """Every head of ``run``'s model in each variant for one text (language models) or one
     RGB image (vision transformers). ``modes``: by default the variants the run has
     (``oats.methods.registry.run_variants``). The run's modes are restored afterwards."""
-    modes = _check_modes(registry.run_variants(run) if modes is None else modes)
+    modes = registry.check_modes(registry.run_variants(run) if modes is None else modes, need_dense=True)
     loaded = getattr(run, "loaded", None)
     vision = vit.is_vision_run(run)
     if vision:

@@ -45,7 +45,8 @@ from torch import nn
 
 from oats.errors import ConfigError, UnsupportedModelError
 from oats.evaluation import a_model_of
-from oats.explain.heads import MODE_LABELS, MODES, text_attentions, tokenize
+from oats.core.linear import MODES
+from oats.explain.heads import MODE_LABELS, text_attentions, tokenize
 from oats.methods import registry
 
 TASKS = ("causal-lm", "encoder")
@@ -158,9 +159,8 @@ def explain_text(run, text: str, second: str | None = None, *, modes=None, steps
                                   or max_steps < steps):
         raise ConfigError(f"the most Integrated Gradients steps must be a whole number of at least {steps}, "
                           f"got {max_steps!r}")
-    modes = [m for m in MODES if m in (registry.run_variants(run) if modes is None else modes)]
-    if "dense" not in modes:
-        raise ConfigError(f"modes must include dense and be among {', '.join(MODES)}")
+    given = registry.check_modes(registry.run_variants(run) if modes is None else modes, need_dense=True)
+    modes = [m for m in MODES if m in given]  # the variants' own order, each once
     model = run.model
     batch, tokens = tokenize(loaded, text)
     ids, mask = batch["input_ids"], batch.get("attention_mask", torch.ones_like(batch["input_ids"]))

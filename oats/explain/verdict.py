@@ -2,8 +2,8 @@
 computed from the data wherever two of them rank the runs differently.
 
 The metrics fall in two groups. The *verdict* is the task's primary metric on held-out data
-(``oats.evaluation.PRIMARY_METRIC``: perplexity for causal LMs, the embedding cosine for
-encoders, the CLS cosine for ViTs): it measures the whole compressed model on text or images
+(``oats.evaluation.primary_metric``, from the task registry: perplexity for causal LMs, the
+embedding cosine for encoders, the CLS cosine for ViTs): it measures the whole compressed model on text or images
 no method saw while compressing. The per-matrix errors recorded while compressing are
 *diagnostics*: each method minimises one of them, so each favours the methods that minimise
 it. Which one a method minimises follows from the statistics it collects (its registry
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from oats.evaluation import PRIMARY_METRIC, split_key
+from oats.evaluation import primary_metric, split_key, task_of  # noqa: F401 - verdict.task_of for the pages
 from oats.methods import registry
 
 OBJECTIVE_OF_STATISTICS = {"gram": "output_error", "diagonal": "scaled_error", "none": "weight_error"}
@@ -62,10 +62,6 @@ LABELS = {"cosine": "cosine to dense", "cls_cosine": "CLS cosine to dense", "spe
 def label(metric: str) -> str:
     """A metric's name in a sentence."""
     return LABELS.get(metric, metric)
-
-
-def primary_metric(task: str | None) -> tuple[str, bool] | None:
-    return PRIMARY_METRIC.get(task or "")
 
 
 def minimisers(error: str) -> list[str]:
@@ -194,8 +190,3 @@ def run_errors(info) -> dict[str, float | None]:
 def where(task: str | None) -> str:
     """What the verdict is measured on, in words."""
     return "held-out images" if task == "vision" else "held-out text"
-
-
-def task_of(primary: str) -> str | None:
-    """The task whose primary metric is ``primary``."""
-    return next((t for t, (m, _) in PRIMARY_METRIC.items() if m == primary), None)

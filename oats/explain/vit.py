@@ -49,7 +49,9 @@ from oats.methods import registry
 from oats.models.vision import is_hf_vit, is_timm_vit, own_image_settings, patch_size
 
 MODES = ("dense", "sparse", "lowrank")
-"""The three models compared, as ``OatsLinear`` modes."""
+"""The three models this page compares for a two-term run (dense, sparse-only, low-rank-only),
+in the order its figures lay them out; ``run_modes(run)`` is what it compares for a given run
+and ``registry.check_modes`` checks a caller's choice against ``compared_modes(run)``."""
 MODE_LABELS = {"dense": "dense", "sparse": "sparse-only", "lowrank": "low-rank-only", "both": "compressed (S + L)"}
 
 
@@ -522,17 +524,6 @@ class AttributionMaps:
     """method -> mode -> wall-clock seconds."""
 
 
-def _check_modes(modes: Sequence[str] | None, run) -> list[str]:
-    """``modes`` (by default ``run_modes(run)``), each a model the run has (``compared_modes``):
-    a one-term run (Wanda) has no sparse-only or low-rank-only model to explain."""
-    allowed = compared_modes(run)
-    modes = list(run_modes(run) if modes is None else modes)
-    bad = [m for m in modes if m not in allowed]
-    if bad or not modes:
-        raise ConfigError(f"modes must be among {', '.join(allowed)}, got {modes!r}")
-    return modes
-
-
 def explain(run, image: np.ndarray, *, head_fusion: str = "mean", discard_ratio: float = DISCARD_RATIO,
             spec=None, modes: Sequence[str] | None = None) -> AttentionMaps:
     """Attention rollout and per-layer CLS attention of the run's dense, sparse-only and
@@ -540,7 +531,9 @@ def explain(run, image: np.ndarray, *, head_fusion: str = "mean", discard_ratio:
     modes are restored afterwards. ``spec``: see ``image_spec``."""
     require_vision(run)
     _check_settings(head_fusion, discard_ratio)
-    modes = _check_modes(modes, run)
+    # by default run_modes(run); each a model the run has (compared_modes): a one-term run (Wanda)
+    # has no sparse-only or low-rank-only model to explain
+    modes = registry.check_modes(run_modes(run) if modes is None else modes, allowed=compared_modes(run))
     px, crop = prepare_image(image, image_spec(run, spec))
     grid = patch_grid(run.model, px)
     out = AttentionMaps(image=crop, grid=grid, head_fusion=head_fusion, discard_ratio=float(discard_ratio))
@@ -566,7 +559,9 @@ def explain_attributions(run, image: np.ndarray, *, methods: Sequence[str] = ("i
     message)`` is called after each (method, model). The run's modes are restored afterwards.
     """
     require_vision(run)
-    modes = _check_modes(modes, run)
+    # by default run_modes(run); each a model the run has (compared_modes): a one-term run (Wanda)
+    # has no sparse-only or low-rank-only model to explain
+    modes = registry.check_modes(run_modes(run) if modes is None else modes, allowed=compared_modes(run))
     methods = list(methods)
     for m in methods:
         if m not in ATTRIBUTION_METHODS:
