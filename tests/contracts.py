@@ -80,6 +80,7 @@ def check_record(name: str) -> None:
         v = registry.variants(name, config)
         assert v[:2] == ("dense", "both") and set(v) <= set(record.run_modes), (config, v)
     assert record.budget_note and record.description and "\n" not in record.description
+    assert registry.METHODS[name] == record.description and registry.BUDGET_NOTES[name] == record.budget_note
     assert 0.0 <= record.rank_ratio(CFG) <= 1.0
     assert registry.title(name)
 

@@ -12,9 +12,11 @@ import functools
 from types import SimpleNamespace
 
 import pytest
-from contracts import (MODELS, check_budget, check_export, check_record, check_save_load, check_variants,
+from contracts import (CFG, MODELS, check_budget, check_export, check_record, check_save_load, check_variants,
                        compress_for_contract)
 
+from oats import compress_model
+from oats.compress.calibration import SecondMoments
 from oats.methods import registry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,6 +62,23 @@ def test_run_folder_round_trip(method, model, tmp_path):
 @pytest.mark.parametrize("method", METHODS)
 def test_sparse_export_round_trip(method, model, tmp_path):
     check_export(compressed(method, model), tmp_path / "export")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_gram_is_collected_iff_the_record_asks_for_it(method, monkeypatch):
+    """The statistics pass hooks every matrix for the full input Gram exactly when the method's
+    record says "gram" (the Gram costs d_in^2 per matrix: no method pays for it unasked)."""
+    seen = []
+    original = SecondMoments.hook
+
+    def spy(self, name, module, gram=False):
+        seen.append(gram)
+        return original(self, name, module, gram)
+
+    monkeypatch.setattr(SecondMoments, "hook", spy)
+    model, calibration, _ = MODELS["llama"]()
+    compress_model(model, calibration, CFG, method=method)
+    assert seen and set(seen) == {registry.get(method).statistics == "gram"}
 
 
 def test_the_builtins_are_all_checked():
