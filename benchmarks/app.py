@@ -545,6 +545,8 @@ def main() -> int:
     ap.add_argument("--room-only", action="store_true",
                     help="only parts 3 and 4 (the runs they view are made with the CLI first)")
     args = ap.parse_args()
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     why = requirements()
     if why:
         print(f"benchmarks/app.py: {why}", file=sys.stderr)

@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "calibration-<model>.json)")
     ap.add_argument("--fresh", action="store_true", help="start over: ignore the cells already in --out")
     args = ap.parse_args(argv)
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     command = ".venv/bin/python benchmarks/calibration.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     from oats.errors import OatsError
     try:

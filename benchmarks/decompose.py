@@ -66,6 +66,8 @@ def main() -> int:
     ap.add_argument("--skip-end-to-end", action="store_true")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     models = args.models.split(",")
     cfg = OatsConfig()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, config {cfg}")

@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--root", default=None, help="runs root (default: $OATS_RUNS_DIR or ./runs)")
     ap.add_argument("--margin", type=float, default=0.05, help="perplexity goal: this much below both rivals")
     args = ap.parse_args()
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
 
     from oats.corpora import title
     from oats.evaluation import PRIMARY_METRIC, per_domain

@@ -167,6 +167,8 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--keep", action="store_true", help="keep the run folders (the model folder is always kept)")
     args = ap.parse_args()
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     folder = Path(args.folder)
     if not (folder / "config.json").is_file():
         print(f"writing a random Llama-style model to {folder} ...", flush=True)

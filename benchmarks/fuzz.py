@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--show", type=int, default=10, help="failures printed with their reproduction")
     ap.add_argument("--json", default=None, help="write every failure (case, op, outcome, why) to this file")
     args = ap.parse_args(argv)
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     # a fault of this harness that reads without end must fail here, not push the shared machine into
     # the OOM killer (the workers cap themselves lower: fuzz_cases.MEMORY_CAP)
     import resource

@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--rank-ratio", type=float, default=0.25)
     p.add_argument("--starts", action="store_true", help="also HASSLE-free from L = 0 and without the fallback")
     a = p.parse_args(argv)
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     config = OatsConfig(compression=a.compression, rank_ratio=a.rank_ratio)
     for name in a.models.split(","):
         if a.blocks is None:

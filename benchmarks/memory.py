@@ -66,6 +66,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="minilm-l6,dinov2-small,smollm2-135m")
     args = ap.parse_args()
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     print(f"{'model':14s} {'peak RSS':>10s} {'after load':>11s} {'fp32 weights':>13s} {'estimate':>10s} "
           f"{'added':>9s} {'compress s':>11s}")
     for name in args.models.split(","):

@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--methods", default="oats,wanda,magnitude",
                     help="comma-separated; the ordering is checked on those of oats, wanda, magnitude given")
     args = ap.parse_args()
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
 
     from oats import OatsConfig, compress_model
     from oats.data import calibration_batches

@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    from oats.resources import machine_line  # after --help: it loads torch
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
 
     threads = [int(t) for t in args.threads.split(",") if t]
     flags = shlex.split(args.flags)

@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=LM_SEQ_LEN)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    from oats.resources import machine_line
+    print(machine_line(), flush=True)  # every figure below was measured on this machine
     t_all = time.perf_counter()
     blocks = [int(b) for b in a.blocks.split(",")]
     lambdas = [float(x) for x in a.lambdas.split(",")]
