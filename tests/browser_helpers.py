@@ -170,3 +170,41 @@ def wait_idle(pid: int, timeout: float = 120.0) -> None:
         time.sleep(1.0)
         if cpu_seconds(pid) - c0 < 0.05:
             return
+
+
+# ----------------------------------------------------------------------------- the sidebar
+
+HEADINGS = {"Compress": "Compress a model", "ViT attention": "ViT attention & attribution"}
+
+
+def nav(page, title: str) -> None:
+    """Click a page in the sidebar and wait until that page's title is drawn; a click that lands
+    while the previous page is still finishing can be lost, so it is tried once more."""
+    heading = page.locator('[data-testid="stMain"] h1', has_text=HEADINGS.get(title, title))
+    for attempt in range(2):
+        page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+        try:
+            heading.first.wait_for(timeout=600_000)
+            return
+        except Exception:
+            if attempt:
+                raise
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the sidebar selectbox labelled ``label``."""
+    page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name=label).click()
+    page.get_by_role("option", name=option).first.click()
+    settle(page, 0)
+
+
+def open_run(page, model: str, run: str) -> None:
+    """Pick ``run`` of ``model`` in the sidebar and check that it is the one shown: a pick made
+    while the model filter's rerun is still drawing can be lost (the newest run stays)."""
+    box = page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Run")
+    for _ in range(3):
+        pick(page, "Model", model)
+        pick(page, "Run", run)
+        if box.input_value().startswith(run + " "):
+            return
+    raise AssertionError(f"the sidebar shows {box.input_value()!r}, not the run {run}")

@@ -8,7 +8,6 @@ charts' Plotly JSON and check the numbers against the run itself.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from app_helpers import decode as _decode
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +69,6 @@ def app(runs_dir, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _decode(v):
-    """Plotly JSON arrays may come base64-encoded ({"dtype", "bdata", "shape"})."""
-    if isinstance(v, dict) and "bdata" in v:
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        if "shape" in v:
-            a = a.reshape([int(x) for x in str(v["shape"]).split(",")])
-        return a
-    if isinstance(v, list):
-        return np.array([np.nan if x is None else x for x in v], dtype=object)
-    return v
 
 
 def charts(at) -> dict[str, dict]:

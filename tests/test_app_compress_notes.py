@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_app import APP, MAIN, _decode, chart, clean, prepare_runs
+from app_helpers import decode as _decode
+from test_app import APP, MAIN, chart, clean, prepare_runs
 from test_estimate import HOST, fake_run
 
 ROOT = Path(__file__).resolve().parents[1]

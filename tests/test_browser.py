@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail
 from browser_helpers import SHOTS, app_page, requirements, screenshot, served_app, settle
+from browser_helpers import nav as _nav, open_run as _open_run, pick as _pick
 
 pytestmark = pytest.mark.browser
 
@@ -72,23 +73,6 @@ def _check(page, name: str) -> None:
 
 
 # navigation title -> the page's own st.title
-HEADINGS = {"Compress": "Compress a model", "ViT attention": "ViT attention & attribution"}
-
-
-def _nav(page, title: str) -> None:
-    """Click a page in the sidebar and wait until that page's title is drawn; a click that lands
-    while the previous page is still finishing can be lost, so it is tried once more."""
-    heading = page.locator('[data-testid="stMain"] h1', has_text=HEADINGS.get(title, title))
-    for attempt in range(2):
-        page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-        try:
-            heading.first.wait_for(timeout=600_000)
-            return
-        except Exception:
-            if attempt:
-                raise
-
-
 def test_walk_every_page(server):
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
@@ -124,25 +108,6 @@ def test_walk_every_page(server):
         _check(page, "dinov2-heads")
     (SHOTS / "timings.json").write_text(json.dumps(times, indent=1))
     print("\nbrowser page times (s):", json.dumps({k: {p: round(v, 2) for p, v in d.items()} for k, d in times.items()}))
-
-
-def _pick(page, label: str, option: str) -> None:
-    """Choose ``option`` in the sidebar selectbox labelled ``label``."""
-    page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name=label).click()
-    page.get_by_role("option", name=option).first.click()
-    settle(page, 0)
-
-
-def _open_run(page, model: str, run: str) -> None:
-    """Pick ``run`` of ``model`` in the sidebar and check that it is the one shown: a pick made
-    while the model filter's rerun is still drawing can be lost (the newest run stays)."""
-    box = page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Run")
-    for _ in range(3):
-        _pick(page, "Model", model)
-        _pick(page, "Run", run)
-        if box.input_value().startswith(run + " "):
-            return
-    raise AssertionError(f"the sidebar shows {box.input_value()!r}, not the run {run}")
 
 
 def _error_text(page, timeout: float = 600.0) -> str:

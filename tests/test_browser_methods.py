@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_or_fail
 from browser_helpers import app_page, requirements, screenshot, served_app, settle
-from test_browser import _nav, _open_run
+from browser_helpers import nav as _nav, open_run as _open_run
 
 from oats.methods import registry
 

@@ -9,7 +9,8 @@ import json
 
 import numpy as np
 import torch
-from test_app import (MAIN, DOMAIN_TITLES, _decode, app, chart, clean, floats, go, main_run,  # noqa: F401
+from app_helpers import decode as _decode
+from test_app import (MAIN, DOMAIN_TITLES, app, chart, clean, floats, go, main_run,  # noqa: F401
                       runs_dir)
 
 from oats.runs.evaluations import EVALUATION_FILE, clean_settings, read_evaluation, save_evaluation
