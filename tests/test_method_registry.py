@@ -302,11 +302,14 @@ def test_the_test_methods_are_gone_afterwards():
     assert registry.names()[:6] == ALL_BUILTIN and list(METHODS) == list(BUDGET_NOTES) == registry.names()
 
 
-def test_only_oats_is_replayed_by_the_walkthrough():
-    """The Walkthrough replays OATS's alternating thresholding; a Gram-fitted method (hassle)
-    is iterative too but cannot be replayed from a run folder, and the page must say so."""
-    assert [n for n in ALL_BUILTIN if registry.get(n).thresholding] == ["oats"]
-    assert registry.get("hassle").iterative and not registry.get("hassle").thresholding
+def test_the_walkthrough_replay_comes_from_the_records(halfzero, gramspy):
+    """The Walkthrough asks the registry how to replay a run's method (``registry.replay_for``):
+    a method with no replay of its own gets the registered replay that covers its statistics (as
+    its own solver) or stands in for them (with a note on the page). A method registered with a
+    replay of its own is replayed by it: tests/test_walkthrough_replay.py."""
+    assert registry.get("halfzero").replay is None and registry.get("gramspy").replay is None
+    assert registry.replay_for("gramspy") == (registry.get("hassle").replay, True)
+    assert registry.replay_for("halfzero") == (registry.get("oats").replay, False)
 
 
 def test_variants_follow_the_method_record_and_the_rank_it_really_used():
