@@ -175,7 +175,8 @@ class RayEngine:
 
     def compress(self, tasks: list[tuple[CompressRequest, Path, str]], extra: dict,
                  on_done: Callable[[TaskReport, int, int], None] | None = None) -> dict[str, TaskReport]:
-        """Run ``tasks`` ((request, run folder, "compute" | "resume")) on Ray; a report per run name.
+        """Run ``tasks`` ((request, run folder, ``Action`` compute | resume: ``oats.runs.state``))
+        on Ray; a report per run name.
 
         A "compute" folder (damaged, or holding an unfinished run of other settings) is
         emptied here first, so that every attempt of its task, a retry included, resumes.

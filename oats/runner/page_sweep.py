@@ -28,6 +28,7 @@ from oats.runner.sweep import RESULTS_JSON, SWEEPS_DIR, parse_list, plan, write_
 from oats.runs.evaluations import read_evaluation
 from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, run_dir, runs_root
 from oats.runs import estimate as est
+from oats.runs.state import State, inspect
 
 PLAN_JSON = "plan.json"
 MAX_RUNS = 12
@@ -72,16 +73,8 @@ def folder_for(reqs: list[CompressRequest], root=None) -> Path:
 def existing(reqs: list[CompressRequest], root=None) -> list[str]:
     """The runs of ``reqs`` already complete on disk (reused, not compressed again)."""
     root = Path(root) if root is not None else runs_root()
-    out = []
-    for r in reqs:
-        folder = run_dir(root, r.folder_name())
-        try:
-            m = read_manifest(folder) if (folder / MANIFEST).exists() else None
-        except RunError:
-            m = None
-        if m and m.get("complete") and r.same_run(m):
-            out.append(r.folder_name())
-    return out
+    return [r.folder_name() for r in reqs
+            if inspect(run_dir(root, r.folder_name()), r).state is State.COMPLETE]
 
 
 def start(reqs: list[CompressRequest], runner, root=None) -> Path:

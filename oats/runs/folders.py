@@ -33,7 +33,7 @@ from oats.models import zoo
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 from oats.models.weights import check_safetensors_file
 from oats.resources import check_memory
-from oats.runs.info import FORMAT, MANIFEST, RunInfo, finite_json, read_json
+from oats.runs.info import FORMAT, MANIFEST, RunInfo, State, finite_json, read_json
 
 __all__ = ["FORMAT", "MANIFEST", "RUNS_ENV", "RunInfo", "RunWriter", "apply_factors", "atomic_save_tensors",
            "atomic_write_bytes", "block_tensors", "check_run_model", "list_runs", "load_run", "manifest_dict",
@@ -467,7 +467,7 @@ def list_runs(root: str | Path) -> list[dict]:
         except Exception as e:  # noqa: BLE001 - one folder's damage is that row's problem, never the list's
             problem = str(e) if isinstance(e, OatsError) else \
                 f"run folder '{d}' cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
-            row = {"name": d.name, "path": str(d), "status": "damaged", "problem": " ".join(problem.split()),
+            row = {"name": d.name, "path": str(d), "status": State.DAMAGED.value, "problem": " ".join(problem.split()),
                    "info": None}
         out.append(row)
     return out

@@ -8,6 +8,7 @@ one line (``RunError``). ``RunInfo.to_manifest`` gives back the JSON object that
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import platform
@@ -31,6 +32,20 @@ FORMAT = 1
 READABLE = (1,)
 """The manifest formats this code reads."""
 MANIFEST = "manifest.json"
+
+
+
+class State(str, enum.Enum):
+    """What a run folder holds: the one vocabulary of run folders (``oats runs``, the app's runs
+    list, and ``oats.runs.state.inspect``, which judges a folder for a request and adds
+    ``other run``). Defined here, below ``oats.runs.folders``, so that both speak it."""
+
+    EMPTY = "empty"
+    UNFINISHED = "unfinished"
+    COMPLETE = "complete"
+    DAMAGED = "damaged"
+    OTHER_RUN = "other run"
+
 
 MAX_BLOCKS = 100_000
 """No model this project targets has more transformer blocks; a larger block index is damage."""
@@ -149,7 +164,8 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        return "complete" if self.complete else "unfinished"
+        """``State`` complete or unfinished, as its plain word."""
+        return (State.COMPLETE if self.complete else State.UNFINISHED).value
 
     @property
     def calibration_domain(self) -> str | None:

@@ -3,7 +3,8 @@
 ``oats compress``, the app's jobs (``oats.runner.jobs``), ``oats sweep`` and the compress
 step itself (``oats.runner.execute``) all call :func:`inspect` and speak its words:
 
-- the folder's :class:`State`: ``empty`` (no manifest), ``unfinished`` / ``complete`` (this
+- the folder's ``State`` (``oats.runs.info.State``, the words ``oats runs`` and the app's runs
+  list use too): ``empty`` (no manifest), ``unfinished`` / ``complete`` (this
   request's run, partial or whole), ``damaged`` (a manifest that cannot be read) or
   ``other run`` (the manifest records another request's run, complete or not);
 - the :class:`Action`: ``compute`` (from scratch, the folder emptied first), ``resume``
@@ -28,18 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oats.errors import RunError
-from oats.runs.info import MANIFEST
+from oats.runs.info import MANIFEST, State
 from oats.runs.folders import read_manifest
 
-
-class State(str, enum.Enum):
-    """What a folder holds, seen from one request."""
-
-    EMPTY = "empty"
-    UNFINISHED = "unfinished"
-    COMPLETE = "complete"
-    DAMAGED = "damaged"
-    OTHER_RUN = "other run"
+__all__ = ["Action", "FolderState", "REMEDY", "State", "inspect", "state_of"]
 
 
 class Action(str, enum.Enum):
