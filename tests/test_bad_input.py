@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_zoo_data import counting_text, word_tokenizer
+from test_zoo_data import counting_text
+from tiny_models import word_tokenizer
 
 from oats import data, resources
 

@@ -30,23 +30,7 @@ from oats.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
 
 # ----------------------------------------------------------------------------- helpers
 
-WORDS = (
-    "the quick brown fox jumps over a lazy dog while python code runs fast and every "
-    "statement has a value that names an object in memory"
-).split()
-
-
-def word_tokenizer():
-    """A whitespace word-level tokenizer over WORDS (unknown words -> [UNK]), no downloads."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+from tiny_models import WORDS, word_tokenizer  # noqa: E402  (the tiny tokenizer over WORDS)
 
 
 def counting_text(n: int) -> str:
