@@ -24,7 +24,7 @@ from oats import untrusted
 from oats.errors import ConfigError, RunError
 from oats.models import zoo
 from oats.runner.request import CompressRequest, slug
-from oats.runner.sweep import RESULTS_JSON, SWEEPS_DIR, parse_list, plan, write_results
+from oats.runner.sweep import SWEEPS_DIR, parse_list, plan, write_results
 from oats.runs.evaluations import read_evaluation
 from oats.runs.folders import MANIFEST, atomic_write_bytes, read_manifest, run_dir, runs_root
 from oats.runs import estimate as est
@@ -208,10 +208,6 @@ def collect(folder, root=None) -> tuple[int, list[str]]:
     body["missing"] = missing
     atomic_write_bytes(folder / PLAN_JSON, json.dumps(body, indent=1).encode())
     return len(body["runs"]) - len(missing), missing
-
-
-def has_table(folder) -> bool:
-    return (Path(folder) / RESULTS_JSON).is_file()
 
 
 def estimate(reqs: list[CompressRequest], root=None) -> tuple[float | None, str]:
