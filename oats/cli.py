@@ -284,8 +284,7 @@ def cmd_evaluate(args) -> int:
     check_run_model(folder, info, name)
     modes = (tuple(x.strip() for x in args.modes.split(",") if x.strip()) if args.modes
              else run_modes(info.method, info.config))
-    from oats.evaluation import _check_modes
-    _check_modes(modes)
+    registry.check_modes(modes)
     text, image_folder = _eval_source(args)
     zoo.check_model_name(name)
     _STATUS.show(f"loading {name} and the run ...")

@@ -204,7 +204,3 @@ def evaluate(target, loaded=None, *, modes=None, quick: bool = False, text=None,
     primary, higher = primary_metric(ev.task)
     return Evaluation(model_name=name, task=ev.task, metrics=metrics, primary=primary, higher_is_better=higher,
                       settings=ev.settings, time_s=time.perf_counter() - t0)
-
-
-_check_modes = registry.check_modes
-"""Kept for ``oats.cli`` until it calls ``registry.check_modes`` itself (the one variant check)."""
