@@ -11,7 +11,7 @@ from oats import corpora
 from oats.evaluation import metric_key, metric_name, split_key
 from oats.explain import quality
 from oats.explain import runs as summaries
-from ui import evaluations, figures
+from ui import evaluations, run_figures
 from oats.errors import OatsError
 from oats.runner.sweep import list_sweeps, load_meta, load_results
 from oats.explain import verdict
@@ -127,7 +127,7 @@ else:
                 column, shown_on = metric_key(metric, where), f"on the held-out part of {corpora.title(where)}"
             else:
                 shown_on = f"mean over the domains, on {measured_on}"
-        chart(figures.sweep_figure(summaries.sweep_series(rows_m, column), metric, higher, measured_on=shown_on),
+        chart(run_figures.sweep_figure(summaries.sweep_series(rows_m, column), metric, higher, measured_on=shown_on),
               key="sweep")
         how_to_read("One line per method (and per evaluated mode: a dashed line is a run with one of its terms "
                     "zeroed), the compression rate ρ on the x axis: the share of each matrix's parameters removed, "
@@ -182,7 +182,7 @@ else:
             value = st.radio("Error", ["scaled_error", "output_error"], horizontal=True,
                              format_func=lambda v: {"scaled_error": "scaled error (weights)",
                                                     "output_error": "output error (calibration inputs)"}[v])
-            chart(figures.layer_compare_figure(rows, value), key="layers")
+            chart(run_figures.layer_compare_figure(rows, value), key="layers")
             st.caption(verdict.metric_sentence(value))
             summary = []
             evaluated: dict[tuple, dict] = {}  # (model, primary, higher) -> {run path: metrics of its compressed model}

@@ -5,8 +5,8 @@ import streamlit as st
 from ui.text import esc
 from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation, chart, current_path, current_run,
                        layer_budget, primary_metric, run_info, run_mtime, run_task, table)
-from oats.explain import budget, quality
-from ui import evaluations, figures
+from oats.explain import budget as error_budget, quality
+from ui import budget_figures, evaluations
 from oats.errors import OatsError
 from oats.evaluation import metric_name
 from oats.methods import registry
@@ -41,7 +41,7 @@ if run is not None:
         st.markdown(f"Median scaled error over the {len(rows)} layers: **{med['both']:.3f}** with the "
                     f"{esc(registry.terms(run.method, run.config))} term (method {esc(run.method)} has one kind "
                     "of term).")
-    budget = figures.error_budget_figure(rows)
+    budget = budget_figures.error_budget_figure(rows)
     if "sparse" in variants and "lowrank" in variants:
         chart(budget, key="budget")
         how_to_read("One group of bars per layer, each the layer's scaled error ‖W D − approximation‖ / ‖W D‖ (D: "
@@ -58,7 +58,7 @@ if run is not None:
                     "sqrt(mean x²), so errors on busy input channels count more) with the run's one kind of term. "
                     "0 is exact, 1 is as far as zeroing the layer. The energy chart below says how much of ‖W D‖² "
                     "the term holds.")
-    chart(figures.energy_split_figure(rows), key="energy")
+    chart(budget_figures.energy_split_figure(rows), key="energy")
     st.caption("S and L are not orthogonal: when both reach into the same entries the cross terms are negative, "
                "and ‖S‖² + ‖L‖² can exceed ‖W D‖².")
     table([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
@@ -66,11 +66,11 @@ if run is not None:
 
     left, right = st.columns(2)
     with left:
-        chart(figures.block_error_figure(budget.block_errors(run)), key="depth")
+        chart(budget_figures.block_error_figure(error_budget.block_errors(run)), key="depth")
     with right:
-        histories = budget.convergence(run)
+        histories = error_budget.convergence(run)
         if any(len(h.get("error", ())) > 1 for h in histories.values()):
-            chart(figures.convergence_figure(histories, highlight=st.session_state.get(LAYER_KEY)), key="convergence")
+            chart(budget_figures.convergence_figure(histories, highlight=st.session_state.get(LAYER_KEY)), key="convergence")
         else:  # one step per layer (Wanda, magnitude, low-rank SVD, ...): a chart of single points says nothing
             st.markdown("**Convergence of alternating thresholding**")
             st.caption(f"This run's method ({esc(run.method)}) takes one step per layer: there is no "
@@ -116,12 +116,12 @@ if run is not None:
         if done:
             res = ablation_reference(path, mtime) + [r for b in sorted(done) for r in block_ablation(path, mtime, b)]
             doms = quality.domains_of(res, metric)
-            chart(figures.ablation_figure(res, metric, higher, measured_on=evaluations.quick_measured_on(
+            chart(budget_figures.ablation_figure(res, metric, higher, measured_on=evaluations.quick_measured_on(
                 settings, doms, task, mean=True)), key="ablation")
             if doms:  # the same evaluations, each domain's held-out part apart: no extra cost
                 compressed = next(r for r in res if r["block"] is None and r["change"] == "compressed model")
                 names = [r["change"] if r["block"] is None else f"block {r['block']}: {r['change']}" for r in res]
-                chart(figures.domain_change_figure(
+                chart(budget_figures.domain_change_figure(
                     names, res, [compressed] * len(res), metric, higher, doms, evaluations.titles(doms),
                     f"Per-block ablation per domain: {metric_name(metric)}", "the compressed model",
                     measured_on=evaluations.quick_measured_on(settings, doms, task)), key="ablation-domains")

@@ -14,7 +14,7 @@ from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart
                        saved_evaluation, table)
 from ui.text import esc
 from oats.explain import runs as summaries
-from ui import evaluations, figures
+from ui import evaluations, run_figures
 from oats.explain import quality
 from oats import corpora
 from oats.config import DEFAULT_RANK_RATIO, OatsConfig
@@ -470,9 +470,9 @@ def summary() -> None:
         if pm and any(pm[0] in v for v in results.values()):
             shown = {m: v for m, v in results.items() if m in names}
             mean = ("mean over the domains, " if doms else "") + f"on {measured_on}"
-            chart(figures.evaluation_figure(shown, *pm, measured_on=mean, variants=names), key="eval-chart")
+            chart(run_figures.evaluation_figure(shown, *pm, measured_on=mean, variants=names), key="eval-chart")
             if doms:
-                chart(figures.domain_evaluation_figure(shown, *pm, doms, evaluations.titles(doms), names,
+                chart(run_figures.domain_evaluation_figure(shown, *pm, doms, evaluations.titles(doms), names,
                                                        measured_on=f"on {measured_on}"), key="eval-domain-chart")
             how_to_read(("One bar per variant of the same model, on held-out data: dense (the original weights), "
                          "sparse + low-rank (the compressed model), the sparse term alone (every low-rank term zeroed) "
@@ -494,7 +494,7 @@ def summary() -> None:
 
     left, right = st.columns(2)
     with left:
-        chart(figures.block_time_figure(summaries.block_times(info)), key="time-chart")
+        chart(run_figures.block_time_figure(summaries.block_times(info)), key="time-chart")
     with right:
         st.markdown("**Per layer**")
         rows = [{k: getattr(l, k) for k in ("qualname", "kind", "shape", "rank", "nnz", "params", "scaled_error",

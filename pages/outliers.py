@@ -7,7 +7,7 @@ from ui.state import (how_to_read, ablation_reference, channel_intervention, cha
                       evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
                       second_moments_by_input, table)
 from oats.explain import outliers, quality
-from ui import evaluations, figures
+from ui import budget_figures, evaluations, outlier_figures
 from oats.errors import OatsError
 from oats.evaluation import metric_name
 
@@ -24,7 +24,7 @@ if run is not None:
     mom = second_moments_by_input(path, mtime)
     for width in mom.widths():
         labels, m2 = mom.matrix(width)
-        chart(figures.moments_heatmap(labels, m2), key=f"moments-{width}")
+        chart(outlier_figures.moments_heatmap(labels, m2), key=f"moments-{width}")
     how_to_read("One row per layer input (inputs shared by several matrices, such as q, k and v, appear once), one "
                 "column per input channel: the mean of x² over the calibration tokens, on a log colour scale. Bright "
                 "vertical stripes are outlier channels: a few features with far larger activations than the rest, in "
@@ -32,7 +32,7 @@ if run is not None:
                 "the columns of these channels weigh most in its objective; the chart below counts, per layer, the "
                 "channels whose RMS exceeds the threshold times the median channel's.")
     rows = outliers.outlier_table(mom, threshold)
-    chart(figures.outlier_counts_figure(rows, threshold), key="counts")
+    chart(outlier_figures.outlier_counts_figure(rows, threshold), key="counts")
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Per layer input**")
@@ -49,7 +49,7 @@ if run is not None:
     c[0].metric("Outlier channels in this layer's input", s["outlier_channels"])
     c[1].metric("Sparse share, outlier columns", "—" if s["outlier_channels"] == 0 else f"{s['sparse_share_outliers']:.0%}")
     c[2].metric("Sparse share, other columns", f"{s['sparse_share_others']:.0%}")
-    chart(figures.column_figure(cs, threshold), key="columns")
+    chart(outlier_figures.column_figure(cs, threshold), key="columns")
     st.caption("Share = ‖S[:, j]‖² / (‖S[:, j]‖² + ‖L[:, j]‖²) in the scaled space (S = S' D, L = L' D).")
     if not s["outlier_channels"]:
         most = max(rows, key=lambda r: r["outliers"])
@@ -62,7 +62,7 @@ if run is not None:
                 f"{s['sparse_share_outliers']:.0%} vs {s['sparse_share_others']:.0%} elsewhere; the sparse term keeps "
                 f"{s['sparse_nonzeros_outliers']:.0f} vs {s['sparse_nonzeros_others']:.0f} entries per column).")
     rec = run.layer(q)
-    chart(figures.mask_figure(mask_density(path, mtime, q), rec.shape, q), key="mask")
+    chart(outlier_figures.mask_figure(mask_density(path, mtime, q), rec.shape, q), key="mask")
     with st.expander("Per-channel table"):
         table(cs.rows(), f"channels-{q}", key="csv-columns", height=300)
 
@@ -99,14 +99,14 @@ if run is not None:
         except OatsError as e:
             st.error(esc(e))
             st.stop()
-        chart(figures.massive_depth_figure(prof), key="massive-depth")
+        chart(outlier_figures.massive_depth_figure(prof), key="massive-depth")
         nb = prof.n_blocks
         if st.session_state.get("massive-block", 0) >= nb:  # another run with fewer blocks
             st.session_state.pop("massive-block")
         block = st.select_slider("Block", list(range(nb)), value=min(1, nb - 1),
                                  key="massive-block", help="The block whose output is drawn below, and whose input "
                                                            "the intervention changes.")
-        chart(figures.token_channel_figure(prof, block), key="massive-heat")
+        chart(outlier_figures.token_channel_figure(prof, block), key="massive-heat")
         d, c = prof.modes["dense"], prof.modes["both"]
         tok, ch = prof.tokens[int(d.top_token[block, 0])], int(d.top_channel[block, 0])
         st.markdown(
@@ -166,11 +166,11 @@ if run is not None:
                     label = f"block {b}: top {len(ch_)} → {'zero' if vals is None else 'mean'}"
                     rows += [{"intervention": label, **r} for r in channel_intervention(path, mtime, b, ch_, vals)]
                 doms = quality.domains_of(rows, metric)
-                chart(figures.intervention_figure(rows, metric, higher, measured_on=evaluations.quick_measured_on(
+                chart(outlier_figures.intervention_figure(rows, metric, higher, measured_on=evaluations.quick_measured_on(
                     settings, doms, task, mean=True)), key="massive-intervention")
                 if doms:  # the same evaluations, each domain's held-out part apart: no extra cost
                     base_rows = {r["model"]: r for r in rows if r["intervention"] == "none"}
-                    chart(figures.domain_change_figure(
+                    chart(budget_figures.domain_change_figure(
                         [f"{r['intervention']} · {r['model']}" for r in rows], rows,
                         [base_rows[r["model"]] for r in rows], metric, higher, doms, evaluations.titles(doms),
                         f"Outlier-channel intervention per domain: {metric_name(metric)}", "the same model without intervention",

@@ -6,7 +6,7 @@ from ui.text import esc
 from ui.state import (how_to_read, alpha_done, alpha_table, chart, current_path, current_run, layer_esd, layer_picker, layer_spectra,
                       run_mtime, spectra_overview, table)
 from oats.explain import heavytail
-from ui import figures
+from ui import spectra_figures
 
 st.title("Spectra")
 st.caption("How much of a layer can a rank-r term hold? Compare the weight W, the scaled weight W D, and W D − S: "
@@ -18,7 +18,7 @@ if run is not None:
     mtime = run_mtime(path)
     q = layer_picker(run)
     sp = layer_spectra(path, mtime, q)
-    chart(figures.spectrum_figure(sp), key="spectrum")
+    chart(spectra_figures.spectrum_figure(sp), key="spectrum")
     how_to_read("The singular values σ_k of four matrices of this layer, largest first, on a log axis: the weight W, "
                 "the scaled weight W D that OATS decomposes (D = sqrt(mean x²) of each input channel), W D − S (what "
                 "is left for the low-rank term once the sparse term has taken its entries: what the SVD step sees) and "
@@ -34,8 +34,8 @@ if run is not None:
 
     st.subheader("Every layer")
     ov = spectra_overview(path, mtime, len(run.layers))
-    chart(figures.spectra_overview_figure(ov), key="overview")
-    chart(figures.ranks_figure(ov), key="ranks")
+    chart(spectra_figures.spectra_overview_figure(ov), key="overview")
+    chart(spectra_figures.ranks_figure(ov), key="ranks")
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in ov.rows]
     table(rows, "ranks-per-layer", key="csv-ranks")
 
@@ -45,7 +45,7 @@ if run is not None:
                f"eigenvalues in the tail; ± is the standard error (α − 1)/√n.")
     if st.toggle(f"Fit power laws to layer {esc(q)}'s spectra (W, S + L, S, L and a shuffled W)", key="esd-on"):
         e = layer_esd(path, mtime, q)
-        chart(figures.esd_figure(e), key="esd")
+        chart(spectra_figures.esd_figure(e), key="esd")
         fw, fc = e.fits.get("W"), e.fits.get("S + L")
         moved = ("" if fw is None or fc is None else
                  f" Here α is {fw.alpha:.2f} ± {fw.sigma:.2f} for W and {fc.alpha:.2f} ± {fc.sigma:.2f} for the "
@@ -67,7 +67,7 @@ if run is not None:
                                             icon=":material/query_stats:"):
         rows = alpha_table(path, mtime, run)
         st.info("**Does compression move α, and where?** " + esc(heavytail.compression_effect(rows), 2000))
-        chart(figures.alpha_figure(rows), key="alpha")
+        chart(spectra_figures.alpha_figure(rows), key="alpha")
         table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
               "alpha-per-layer", key="csv-alpha", height=300)
         st.caption("Click a column header to sort. Δα = α(S + L) − α(W); stable rank = Σλ / λ_max.")

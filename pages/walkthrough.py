@@ -5,7 +5,7 @@ import streamlit as st
 from ui.text import esc
 from ui.state import (chart, current_path, current_run, how_to_read, layer_gram, layer_picker, replay_of, run_info,
                       run_mtime, table, walkthrough)
-from ui import figures
+from ui import walkthrough_figures
 from oats.errors import ConfigError, OatsError
 from oats.methods import registry
 
@@ -85,7 +85,7 @@ else:
     t = st.select_slider(step, options=its, value=its[-1],
                          key=f"wt-iter-{q}-{rho}-{kappa}") if len(its) > 1 else its[0]
     snap = wt.at(t)
-    chart(figures.walkthrough_figure(wt, snap), key="heatmaps")
+    chart(walkthrough_figures.walkthrough_figure(wt, snap), key="heatmaps")
     how_to_read("Three heat maps of the same layer at the chosen step, on one colour scale: |L| (the low-rank term), "
                 "|S| (the sparse term) and the residual |W D − S − L| (what is still missing), all in the scaled space "
                 "W D. Large matrices are pooled (each cell is the largest |value| of a block of entries). Watch the "
@@ -93,7 +93,7 @@ else:
                 "in |L| are structure spread over a whole row or input channel; isolated bright dots in |S| are "
                 "single large entries that a low-rank term would need many directions for.")
     if not single:
-        chart(figures.objective_figure(h, snap.iteration, kept=wt.kept), key="objective")
+        chart(walkthrough_figures.objective_figure(h, snap.iteration, kept=wt.kept), key="objective")
     rows = []
     for i in range(len(h["error"])):
         row = {"iteration": i + 1}

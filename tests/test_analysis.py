@@ -11,7 +11,7 @@ from oats import OatsConfig, compress_model, decompose, save_run
 from oats.explain import budget, common, outliers, runs, spectra, walkthrough
 from oats.methods import registry
 
-from ui import figures
+from ui import budget_figures, charts, outlier_figures, run_figures, spectra_figures, walkthrough_figures
 from oats.core.decompose import input_scale, rank_budget
 from oats.runs.folders import RunInfo, read_manifest
 from oats.runner.jobs import JobRunner
@@ -101,14 +101,14 @@ def test_spectra_overview(run):
     for row, rec in zip(ov.rows, run.layers):
         assert row["rank"] == rec.rank and row["rank_frac"] == pytest.approx(rec.rank / min(rec.shape))
         assert 1 <= row["stable_rank_WD"] <= row["effective_rank_WD"] + 1e-9 <= min(rec.shape) + 1e-9
-    fig = figures.spectra_overview_figure(ov)
+    fig = spectra_figures.spectra_overview_figure(ov)
     assert fig.data[0].z.shape == ov.heat.shape and "log" in fig.data[0].colorbar.title.text
     assert fig.layout.xaxis.title.text.startswith("relative singular value index")
 
 
 def test_spectrum_figure_marks_rank(run):
     sp = spectra.layer_spectra(run, "0.q")
-    fig = figures.spectrum_figure(sp)
+    fig = spectra_figures.spectrum_figure(sp)
     assert len(fig.data) == 4 and fig.layout.yaxis.type == "log"
     assert [s.x0 for s in fig.layout.shapes] == [sp.rank]
     np.testing.assert_allclose(fig.data[0].y, np.maximum(sp.values["W"], 1e-12))
@@ -138,7 +138,7 @@ def test_outlier_table_finds_a_planted_channel(run):
     assert counts == sorted(counts, reverse=True)
     ch = outliers.outlier_channels(planted, 10)
     assert ch[0]["channel"] == 17 and ch[0]["inputs"] == 1
-    fig = figures.outlier_counts_figure(rows, 10)
+    fig = outlier_figures.outlier_counts_figure(rows, 10)
     assert list(fig.data[0].y) == [rows[0]["outliers"]] and "10× median" in fig.layout.yaxis.title.text
     with pytest.raises(ValueError):
         outliers.outlier_table(mom, 0)
@@ -154,7 +154,7 @@ def test_column_shares_add_up(run):
     assert cs.kept_per_column.sum() == run.layer(q).nnz
     s = cs.summary(threshold=1.0)  # half the channels are above the median
     assert 0 < s["outlier_channels"] < len(cs.scale)
-    fig = figures.column_figure(cs, 1.0)
+    fig = outlier_figures.column_figure(cs, 1.0)
     assert len(fig.data) == 5 and fig.layout.yaxis.type == "log"
     h = outliers.mask_density(run, q, max_size=16)
     assert h.z.shape == (16, 16) and h.z.mean() == pytest.approx(run.layer(q).nnz / (128 * 64))
@@ -172,7 +172,7 @@ def test_layer_budget_matches_the_records(run):
         total = row["sparse_energy"] + row["lowrank_energy"] + row["residual_energy"] + row["interaction"]
         assert total == pytest.approx(1.0)
         assert row["residual_energy"] == pytest.approx(row["both"] ** 2)
-    fig = figures.error_budget_figure(rows)
+    fig = budget_figures.error_budget_figure(rows)
     assert [t.name for t in fig.data] == ["sparse term only", "low-rank term only", "sparse + low-rank"]
     np.testing.assert_allclose(fig.data[2].y, [r["both"] for r in rows])
     blocks = budget.block_errors(run)
@@ -196,7 +196,7 @@ def test_block_ablation_restores_modes_and_moves_the_output(run):
     assert base[0]["distance"] == 0 and base[1]["distance"] > 0
     by = {r["change"]: r["distance"] for r in rows}
     assert by["low-rank term off"] > base[1]["distance"] and by["sparse term off"] > base[1]["distance"]
-    fig = figures.ablation_figure(base + rows, "distance", higher_is_better=False)
+    fig = budget_figures.ablation_figure(base + rows, "distance", higher_is_better=False)
     assert len(fig.data) == 2 and len(fig.layout.shapes) == 2
     with pytest.raises(ValueError, match="block 9"):
         budget.block_ablation(run, 9, evaluate)
@@ -221,9 +221,9 @@ def test_walkthrough_snapshots_follow_the_solver(run):
     np.testing.assert_allclose(wt.snapshots[-1].residual.z, common.downsample(resid, 16, 16, "absmax").z,
                                rtol=1e-3, atol=1e-5)
     assert wt.at(2).iteration in (1, its[1]) and wt.at(1000).iteration == 30
-    fig = figures.walkthrough_figure(wt, wt.snapshots[-1])
+    fig = walkthrough_figures.walkthrough_figure(wt, wt.snapshots[-1])
     assert len(fig.data) == 3 and all(t.zmax == wt.zmax for t in fig.data)
-    obj = figures.objective_figure(wt.history, 30)
+    obj = walkthrough_figures.objective_figure(wt.history, 30)
     assert list(obj.data[0].y) == wt.history["error"] and obj.layout.shapes[0].x0 == 30
 
 
@@ -241,7 +241,7 @@ def test_manifest_summaries(run, tmp_path):
     assert times[0]["total_s"] == pytest.approx(run.blocks[0].stats_time_s + run.blocks[0].decompose_time_s)
     rows = runs.layer_errors_from_manifests([tmp_path / "r"])
     assert [r["scaled_error"] for r in rows] == [r.scaled_error for r in run.layers]
-    fig = figures.layer_compare_figure(rows)
+    fig = run_figures.layer_compare_figure(rows)
     assert len(fig.data) == 1 and list(fig.data[0].y) == [r.scaled_error for r in run.layers]
 
 
@@ -254,11 +254,11 @@ def test_sweep_series():
     s = runs.sweep_series(rows, "cosine")
     assert s["oats · both"] == ([0.3, 0.6], [0.85, 0.7])
     assert s["wanda · both"] == ([0.3], [0.7]) and s["dense"] == ([0.3, 0.6], [1.0, 1.0])
-    fig = figures.sweep_figure(s, "cosine", True)
+    fig = run_figures.sweep_figure(s, "cosine", True)
     assert {t.name for t in fig.data} == set(s) and "higher is better" in fig.layout.yaxis.title.text
     assert fig.layout.yaxis.type != "log"
     ppl = {"oats · both": ([0.3, 0.5], [14.2, 22.0]), "oats · sparse": ([0.3, 0.5], [1.2e8, 6.9e7])}
-    fig = figures.sweep_figure(ppl, "perplexity", False)
+    fig = run_figures.sweep_figure(ppl, "perplexity", False)
     assert fig.layout.yaxis.type == "log" and "log scale" in fig.layout.yaxis.title.text
     assert fig.layout.yaxis.ticktext and all(t not in ("2", "5") for t in fig.layout.yaxis.ticktext)
 
@@ -273,7 +273,7 @@ def test_evaluation_chart_is_log_when_values_span_decades():
     printed on its bar; a narrow span stays linear."""
     smol = {"dense": {"perplexity": 13.46}, "both": {"perplexity": 21.33}, "sparse": {"perplexity": 9.2e7},
             "lowrank": {"perplexity": 5.8e8}}
-    fig = figures.evaluation_figure(smol, "perplexity", False)
+    fig = run_figures.evaluation_figure(smol, "perplexity", False)
     y = fig.layout.yaxis
     assert y.type == "log" and "log scale" in y.title.text and "lower is better" in y.title.text
     assert list(fig.data[0].text) == ["13.46", "21.33", "9.2×10⁷", "5.8×10⁸"]
@@ -283,36 +283,36 @@ def test_evaluation_chart_is_log_when_values_span_decades():
     assert y.tickmode == "array" and len(y.tickvals) == len(y.ticktext) <= 8 and _minor_digit_free(y.ticktext)
     assert all(np.log10(v) == round(np.log10(v)) for v in y.tickvals)  # powers of ten only
     narrow = {"dense": {"perplexity": 13.46}, "both": {"perplexity": 21.33}, "sparse": {"perplexity": 48.0}}
-    fig = figures.evaluation_figure(narrow, "perplexity", False)
+    fig = run_figures.evaluation_figure(narrow, "perplexity", False)
     assert fig.layout.yaxis.type != "log" and "log" not in fig.layout.yaxis.title.text
     assert list(fig.data[0].text) == ["13.46", "21.33", "48"]
     acc = {"dense": {"accuracy": 0.0}, "both": {"accuracy": 0.8}}  # a zero never makes a log axis
-    assert figures.evaluation_figure(acc, "accuracy", True).layout.yaxis.type != "log"
+    assert run_figures.evaluation_figure(acc, "accuracy", True).layout.yaxis.type != "log"
     # a one-term run's compressed bar is named after its term, not "sparse + low-rank"
     wanda = {"dense": {"perplexity": 13.46}, "both": {"perplexity": 19.1}}
-    fig = figures.evaluation_figure(wanda, "perplexity", False, variants={"dense": "dense", "both": "sparse"})
+    fig = run_figures.evaluation_figure(wanda, "perplexity", False, variants={"dense": "dense", "both": "sparse"})
     assert list(fig.data[0].x) == ["dense", "sparse"]
 
 
 def test_log_axes_label_every_tick_in_full():
     """One helper for every log axis: within two decades 1-2-5 steps written out ('20', '50'),
     wider spans powers of ten only ('10⁴'), never bare minor digits."""
-    vals, text = figures.log_ticks([13.46, 21.33, 40.0])
+    vals, text = charts.log_ticks([13.46, 21.33, 40.0])
     assert text == ["10", "20", "50", "100"] and vals == [10.0, 20.0, 50.0, 100.0]
-    vals, text = figures.log_ticks([1e-12, 5.0, float("nan"), -1, None])
+    vals, text = charts.log_ticks([1e-12, 5.0, float("nan"), -1, None])
     assert len(vals) <= 8 and _minor_digit_free(text) and text[0] == "10⁻¹²" and "1" in text
     import plotly.graph_objects as go
     fig = go.Figure(go.Scatter(x=[1, 2, 3], y=[3e2, 2e4, 7e6]))
-    figures.log_axis(fig, title_text="y")
+    charts.log_axis(fig, title_text="y")
     assert fig.layout.yaxis.type == "log" and list(fig.layout.yaxis.ticktext) == ["100", "1000", "10⁴", "10⁵", "10⁶", "10⁷"]
     from plotly.subplots import make_subplots
     fig = make_subplots(rows=2, cols=1)
     fig.add_trace(go.Scatter(x=[1, 2], y=[1, 2]), 1, 1)
     fig.add_trace(go.Scatter(x=[1, 2], y=[1e-3, 1e3]), 2, 1)
-    figures.log_axis(fig, row=2, col=1)
+    charts.log_axis(fig, row=2, col=1)
     assert fig.layout.yaxis.type != "log" and fig.layout.yaxis2.type == "log"
     assert list(fig.layout.yaxis2.ticktext) == ["0.001", "0.01", "0.1", "1", "10", "100", "1000"]
-    figures.log_axis(go.Figure(), title_text="empty")  # no data: Plotly's powers of ten, no failure
+    charts.log_axis(go.Figure(), title_text="empty")  # no data: Plotly's powers of ten, no failure
 
 
 def test_request_folder_names_are_deterministic():

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from oats import corpora, untrusted
 from oats.errors import DataError
-from ui.figures import _layout, log_axis, safe_colorscale
+from ui.charts import layout, log_axis, safe_colorscale
 from ui.names import column_title
 
 STUDY = "oats-calibration-study"
@@ -325,7 +325,7 @@ def matrix_figure(study: dict, method: str) -> go.Figure:
     fig.update_xaxes(title_text="evaluated on (held-out part)", side="bottom")
     fig.update_yaxes(title_text="calibrated on", autorange="reversed")
     better = "higher" if higher else "lower"
-    return _layout(fig, f"Calibration matrix: {method}, {metric} ({better} is better)",
+    return layout(fig, f"Calibration matrix: {method}, {metric} ({better} is better)",
                    height=160 + 60 * max(len(mat.rows), 3))
 
 
@@ -368,7 +368,7 @@ def curve_figure(study: dict) -> go.Figure:
             log_axis(fig, "y", values=positive, row=1, col=k, **({"title_text": ytitle + ", log scale"} if k == 1 else {}))
     else:
         fig.update_yaxes(title_text=ytitle, row=1, col=1)
-    return _layout(fig, f"Tokens curve: {metric} against calibration tokens, calibrated on the mix", height=440)
+    return layout(fig, f"Tokens curve: {metric} against calibration tokens, calibrated on the mix", height=440)
 
 
 def dense_line(study: dict) -> str:

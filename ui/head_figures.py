@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 from oats.explain.heads import MODE_LABELS, HeadView, RunDiff, display_tokens, top_targets
 from oats.explain.text import TextExplanation
-from ui.figures import INFERNO, _layout
+from ui.charts import INFERNO, layout
 
 
 ROW_LABEL_MARGIN = 150
@@ -77,7 +77,7 @@ def heads_figure(view: HeadView, layer: int, modes=("dense", "both", "sparse", "
     fig.update_annotations(font_size=11)
     what = "query × key token" if view.kind == "text" else "CLS → patches, over the photo"
     size = max(70, min(130, 1100 // max(n_heads, 1)))
-    fig = _layout(fig, f"Layer {layer}: every head ({what}), dense and each variant", height=size * len(modes) + 110)
+    fig = layout(fig, f"Layer {layer}: every head ({what}), dense and each variant", height=size * len(modes) + 110)
     return fig.update_layout(margin=dict(l=ROW_LABEL_MARGIN, r=20, t=70, b=20), coloraxis=dict(
         colorscale=INFERNO, cmin=0, cmax=max(top, 1e-9),
         colorbar=dict(title=dict(text="attention", side="right"), thickness=12, len=0.9)))
@@ -107,7 +107,7 @@ def head_focus_figure(view: HeadView, layer: int, head: int, modes=("dense", "bo
                          title_text="query (attending)" if c == 1 else None, row=1, col=c)
     fig.update_xaxes(tickfont=dict(size=10), showgrid=False)
     fig.update_yaxes(tickfont=dict(size=10), showgrid=False)
-    fig = _layout(fig, f"Layer {layer}, head {head}: where each token attends (hover a row)",
+    fig = layout(fig, f"Layer {layer}, head {head}: where each token attends (hover a row)",
                   height=min(900, max(420, 14 * n + 260)))
     return fig.update_layout(margin=dict(l=90, r=30, t=70, b=110), coloraxis=dict(
         colorscale=INFERNO, cmin=0, cmax=1, colorbar=dict(title=dict(text="attention", side="right"), thickness=12)))
@@ -133,7 +133,7 @@ def run_diff_bars(diff: RunDiff, name_a: str, name_b: str) -> go.Figure:
                              hovertemplate="head %{x}<br>%{y:.4f} bits<extra>" + name + "</extra>"))
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="Jensen-Shannon divergence (bits)", rangemode="tozero")
-    return _layout(fig, f"Layer {diff.layer}: each head's compressed attention, two runs (lower = closer)",
+    return layout(fig, f"Layer {diff.layer}: each head's compressed attention, two runs (lower = closer)",
                    height=380, barmode="group")
 
 
@@ -164,7 +164,7 @@ def run_diff_maps(diff: RunDiff, view: HeadView, head: int, name_a: str, name_b:
         fig.update_yaxes(showticklabels=False)
     fig.update_yaxes(autorange="reversed", showgrid=False)
     fig.update_xaxes(showgrid=False)
-    fig = _layout(fig, f"Layer {diff.layer}, head {head}: the two compressed models and their difference", height=440)
+    fig = layout(fig, f"Layer {diff.layer}, head {head}: the two compressed models and their difference", height=440)
     return fig.update_layout(
         margin=dict(l=70, r=30, t=70, b=100),
         # both colour bars at the right, one above the other (one in the gap between the panels
@@ -193,7 +193,7 @@ def head_change_figure(view: HeadView) -> go.Figure:
                       row=1, col=i)
         fig.update_xaxes(title_text="head", dtick=1, row=1, col=i)
     fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1 if view.layers <= 32 else None, row=1, col=1)
-    return _layout(fig, "How far each head moved from the dense model (Jensen-Shannon divergence)",
+    return layout(fig, "How far each head moved from the dense model (Jensen-Shannon divergence)",
                    height=max(300, 22 * view.layers + 160))
 
 
@@ -213,7 +213,7 @@ def entropy_figure(view: HeadView) -> go.Figure:
                                                "nats<extra>" + view.labels.get(mode, MODE_LABELS[mode]) + "</extra>"))
     fig.update_xaxes(title_text="layer", dtick=1 if view.layers <= 32 else None)
     fig.update_yaxes(title_text="mean row entropy (nats)")
-    return _layout(fig, "Head entropy per layer: low = focused heads, high = diffuse heads", height=380)
+    return layout(fig, "Head entropy per layer: low = focused heads, high = diffuse heads", height=380)
 
 
 def token_maps_figure(ex: TextExplanation, labels: dict[str, str] | None = None) -> go.Figure:
@@ -242,7 +242,7 @@ def token_maps_figure(ex: TextExplanation, labels: dict[str, str] | None = None)
         fig.update_yaxes(autorange="reversed", row=r, col=1)
     fig.update_xaxes(tickangle=-45, tickfont=dict(size=10))
     n = len(kinds)
-    fig = _layout(fig, "Which tokens each variant relies on (each row scaled to its largest |value|)",
+    fig = layout(fig, "Which tokens each variant relies on (each row scaled to its largest |value|)",
                   height=260 * n + 120)
     fig.update_layout(coloraxis=dict(colorscale=INFERNO, cmin=0, cmax=1, colorbar=dict(
         title=dict(text="rollout / row max", side="right"), y=1.0, yanchor="top", len=1 / n * 0.8, thickness=12)))

@@ -16,10 +16,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ui.figures import INFERNO
+from ui.charts import INFERNO
 from oats.explain.vit import ATTRIBUTION_METHODS, MODE_LABELS
 
-# Inferno as rgb() strings (see figures.safe_colorscale: Streamlit rewrites some hex colours)
+# Inferno as rgb() strings (see charts.safe_colorscale: Streamlit rewrites some hex colours)
 COLORSCALE = INFERNO
 MAP_LABELS = {"rollout": "attention rollout", **ATTRIBUTION_METHODS}
 OVERLAP_COLUMNS = ["map", "pair", "spearman", "top-k IoU", "k"]
