@@ -58,12 +58,12 @@ def preset_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def heavy_imports_done():
-    """The app imports its heavy modules in a background thread (ui.state.warm_up), and
+    """The app imports its heavy modules in a background thread (ui.runtime.warm_up), and
     transformers' lazy imports are not safe to race from two threads: the app only loads
     models after that thread is done, and so does this test process (app tests run app.py
     in-process, then other tests load models directly)."""
-    from ui import state as app_state
-    app_state._import_all()
+    from ui import runtime
+    runtime._import_all()
 
 
 @pytest.fixture(scope="module")
