@@ -5,7 +5,8 @@ import time
 import streamlit as st
 
 from ui import links
-from ui.state import log_script_time, sidebar, warm_up
+from ui.runtime import log_script_time, warm_up
+from ui.widgets import sidebar
 
 started = time.perf_counter()
 

@@ -7,7 +7,7 @@ import streamlit as st
 from oats.errors import OatsError
 from oats.runs.folders import runs_root
 from ui import calibration_figures as cf
-from ui.state import chart, how_to_read, table
+from ui.widgets import chart, how_to_read, table
 from ui.text import esc
 
 st.title("Calibration")

@@ -5,7 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 from oats.runs.folders import runs_root
-from ui.state import chart, complete_runs, how_to_read, current_path, primary_metric, run_info, run_task, table
+from ui.state import complete_runs, current_path, primary_metric, run_info, run_task
+from ui.widgets import chart, how_to_read, table
 from ui.text import esc
 from oats import corpora
 from oats.evaluation import metric_key, metric_name, split_key

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import MODEL_LOCK, current_path, current_run, deploy_sizes, run_mtime, table
+from ui.state import current_path, current_run, MODEL_LOCK, run_mtime
+from ui.widgets import table
+from ui.cached import deploy_sizes
 from oats.deploy.speed import compare_speed
 
 st.title("Deploy")

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from ui.text import esc
-from ui.state import (LAYER_KEY, how_to_read, ablation_reference, block_ablation, chart, current_path, current_run,
-                       layer_budget, primary_metric, run_info, run_mtime, run_task, table)
+from ui.state import current_path, current_run, LAYER_KEY, primary_metric, run_info, run_mtime, run_task
+from ui.widgets import chart, how_to_read, table
+from ui.cached import ablation_reference, block_ablation, layer_budget
 from oats.explain import budget as error_budget, quality
 from ui import budget_figures, evaluations
 from oats.errors import OatsError

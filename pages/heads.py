@@ -9,37 +9,14 @@ import streamlit as st
 from ui.head_figures import (entropy_figure, head_change_figure, head_focus_figure, head_focus_vision_figure,
                               heads_figure, run_diff_bars, run_diff_maps, token_maps_figure)
 from ui.text import esc
-from ui.state import (MODEL_LOCK, RUN_KEY, chart, complete_runs, current_run, load_run_cached, run_mtime,
-                      table)
+from ui.state import complete_runs, current_run, RUN_KEY, run_mtime
+from ui.widgets import chart, table
+from ui.cached import compressed_view, head_view, text_explanation
 from oats.data import bundled_images, evaluation_sentences
 from oats.errors import OatsError
 from oats.explain import heads, vit
 from oats.explain import text as text_explain
 from oats.methods import registry
-
-
-@st.cache_data(max_entries=12, show_spinner="Running the input through the dense model and its variants ...")
-def head_view(path: str, mtime: float, text: str | None, photo: str | None, _run) -> heads.HeadView:
-    image = bundled_images()[photo] if photo else None
-    with MODEL_LOCK:  # the shared model's modes are switched (and restored)
-        return heads.explain_heads(_run, text=text, image=image)
-
-
-@st.cache_data(max_entries=6, show_spinner="Running the input through the second run's dense and compressed models ...")
-def compressed_view(path: str, mtime: float, text: str | None, photo: str | None) -> heads.HeadView:
-    """The dense and compressed heads of another run (the diff needs no single-term variants)."""
-    image = bundled_images()[photo] if photo else None
-    other = load_run_cached(path, mtime)
-    with MODEL_LOCK:
-        return heads.explain_heads(other, text=text, image=image, modes=("dense", "both"))
-
-
-@st.cache_data(max_entries=24, show_spinner=False)
-def text_explanation(path: str, mtime: float, text: str, second: str | None, steps: int, with_ig: bool,
-                     _run) -> text_explain.TextExplanation:
-    with MODEL_LOCK:  # steps double for a variant whose attributions miss completeness (to IG_MAX_STEPS)
-        return text_explain.explain_text(_run, text, second, steps=steps, attributions=with_ig,
-                                         max_steps=max(steps, text_explain.IG_MAX_STEPS))
 
 
 def compare_runs(view: heads.HeadView, layer: int, head: int) -> None:

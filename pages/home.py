@@ -9,9 +9,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import (JOB_KEY, how_to_read, MODEL_LOCK, RUN_KEY, all_runs, chart, complete_runs, current_path,
-                       load_run_cached, method_choices, method_help, primary_metric, run_info, run_mtime, run_task,
-                       saved_evaluation, table)
+from ui.runtime import load_run_cached
+from ui.state import (all_runs, complete_runs, current_path, JOB_KEY, method_choices, method_help, MODEL_LOCK,
+                      primary_metric, run_info, RUN_KEY, run_mtime, run_task, saved_evaluation)
+from ui.widgets import chart, how_to_read, table
 from ui.text import esc
 from oats.explain import runs as summaries
 from ui import evaluations, run_figures

@@ -3,9 +3,10 @@
 import streamlit as st
 
 from ui.text import esc
-from ui.state import (how_to_read, ablation_reference, channel_intervention, chart, column_shares, current_path, current_run,
-                      evaluation_tokens, image_upload, layer_picker, mask_density, massive_profile, primary_metric, run_info, run_mtime, run_task,
-                      second_moments_by_input, table)
+from ui.state import current_path, current_run, primary_metric, run_info, run_mtime, run_task
+from ui.widgets import chart, how_to_read, image_upload, layer_picker, table
+from ui.cached import (ablation_reference, channel_intervention, column_shares, evaluation_tokens, mask_density,
+                       massive_profile, second_moments_by_input)
 from oats.explain import outliers, quality
 from ui import budget_figures, evaluations, outlier_figures
 from oats.errors import OatsError

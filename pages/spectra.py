@@ -3,8 +3,9 @@
 import streamlit as st
 
 from ui.text import esc
-from ui.state import (how_to_read, alpha_done, alpha_table, chart, current_path, current_run, layer_esd, layer_picker, layer_spectra,
-                      run_mtime, spectra_overview, table)
+from ui.state import current_path, current_run, run_mtime
+from ui.widgets import chart, how_to_read, layer_picker, table
+from ui.cached import alpha_done, alpha_table, layer_esd, layer_spectra, spectra_overview
 from oats.explain import heavytail
 from ui import spectra_figures
 

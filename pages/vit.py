@@ -10,7 +10,9 @@ import streamlit as st
 from oats.evaluation import a_model_of
 
 from ui.text import esc, plain_figure
-from ui.state import CHART_CONFIG, MODEL_LOCK, RUN_KEY, current_run, image_upload, run_mtime
+from ui.state import current_run, RUN_KEY, run_mtime
+from ui.widgets import CHART_CONFIG, image_upload
+from ui.cached import attention_cached, attribution_cached
 from oats.explain import vit
 from oats.data import bundled_images
 from oats.errors import OatsError
@@ -18,21 +20,6 @@ from ui.vit_figures import layers_figure, overlap_frame, overlay_figure
 
 IG_STEP_CHOICES = [8, 16, 32, 64]
 SECOND_METHODS = [m for m in vit.ATTRIBUTION_METHODS if m != "ig"]
-
-
-@st.cache_data(max_entries=24, show_spinner="Rolling out attention for each model of the run ...")
-def attention_cached(path: str, mtime: float, image_key: str, head_fusion: str, discard_ratio: float,
-                     _run, _image) -> vit.AttentionMaps:
-    with MODEL_LOCK:  # explain switches the shared model's modes (and restores them)
-        return vit.explain(_run, _image, head_fusion=head_fusion, discard_ratio=discard_ratio,
-                           modes=vit.compared_modes(_run))
-
-
-@st.cache_data(max_entries=48, show_spinner=False)
-def attribution_cached(path: str, mtime: float, image_key: str, method: str, mode: str, steps: int,
-                       _run, _image) -> vit.AttributionMaps:
-    with MODEL_LOCK:
-        return vit.explain_attributions(_run, _image, methods=[method], modes=[mode], steps=steps)
 
 
 st.title("ViT attention & attribution")

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from ui.text import esc
-from ui.state import (chart, current_path, current_run, how_to_read, layer_gram, layer_picker, replay_of, run_info,
-                      run_mtime, table, walkthrough)
+from ui.state import current_path, current_run, run_info, run_mtime
+from ui.widgets import chart, how_to_read, layer_picker, table
+from ui.cached import layer_gram, replay_of, walkthrough
 from ui import walkthrough_figures
 from oats.errors import ConfigError, OatsError
 from oats.methods import registry

@@ -3,7 +3,7 @@
 - The same compression asked for several times at once (several sessions, several
   threads) is computed once: one job, one model load, one compression.
 - Two different compressions started together each end with their own model's factors.
-- ``ui.state.load_run_cached`` holds at most two runs, and an evicted run is freed even
+- ``ui.runtime.load_run_cached`` holds at most two runs, and an evicted run is freed even
   when it sits in a reference cycle (its ``on_release`` collects).
 
 Tiny random models only (no downloads); test_browser_sessions.py does the same with the
@@ -179,7 +179,8 @@ def _cache_script():
 
     import streamlit as st
 
-    from ui.state import load_run_cached, run_mtime
+    from ui.runtime import load_run_cached
+    from ui.state import run_mtime
     for p in st.session_state["load"]:
         run = load_run_cached(p, run_mtime(p))
         st.session_state["seen"].append((p, weakref.ref(run)))
@@ -201,8 +202,8 @@ def test_run_cache_holds_two_models_and_frees_the_evicted_one(three_runs, monkey
     cache's on_release collects), the other two stay cached; at most two are ever alive."""
     from streamlit.testing.v1 import AppTest
 
-    from ui import state as app_state
-    real = app_state.load_run
+    from ui import runtime
+    real = runtime.load_run
     loads: list[str] = []
 
     def load_run(path, *a, **kw):
@@ -211,8 +212,8 @@ def test_run_cache_holds_two_models_and_frees_the_evicted_one(three_runs, monkey
         run.timings["_cycle"] = run  # like the first model of an architecture in a process
         return run
 
-    monkeypatch.setattr(app_state, "load_run", load_run)
-    app_state.load_run_cached.clear()
+    monkeypatch.setattr(runtime, "load_run", load_run)
+    runtime.RUNS.clear()
     p1, p2, p3 = three_runs
     at = AppTest.from_function(_cache_script, default_timeout=HANG_GUARD_S)
     at.session_state["seen"] = []
@@ -244,7 +245,7 @@ def test_run_cache_holds_two_models_and_frees_the_evicted_one(three_runs, monkey
         assert len({id(r) for r in alive()}) == 2
     finally:
         gc.enable()
-        app_state.load_run_cached.clear()
+        runtime.RUNS.clear()
     assert _wait_dead(first[p3]) and _wait_dead(back[p1]), "cleared runs were not freed"
 
 

@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from ui.state import LAYER_KEY, RUN_KEY, complete_runs, run_info
+from ui.state import complete_runs, LAYER_KEY, run_info, RUN_KEY
 from ui.text import FIGURE_HOOKS, esc
 
 PRESENT_KEY = "present"
@@ -319,7 +319,7 @@ def _font_sizes(obj, path: str = "", in_font: bool = False):
 
 def presented(fig):
     """In presentation mode, ``fig`` with every font and its height scaled up (once); a figure hook
-    of ``ui.text.plain_figure``, so every chart drawn through ``ui.state.chart`` gets it."""
+    of ``ui.text.plain_figure``, so every chart drawn through ``ui.widgets.chart`` gets it."""
     if not st.session_state.get(PRESENT_KEY) or getattr(fig, "_oats_presented", False):
         return fig
     base_set = fig.layout.font.size is not None

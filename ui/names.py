@@ -1,7 +1,7 @@
 """What a key is called on the page: table columns, metrics and their domains.
 
 The run files, CSV downloads and the library keep their keys (``scaled_error``,
-``cls_cosine@photos``); the page shows words. ``column_title`` is applied by ``ui.state.table``
+``cls_cosine@photos``); the page shows words. ``column_title`` is applied by ``ui.widgets.table``
 to every table the app draws, so a new column gets a readable name (its words, units in
 brackets) without a page doing anything.
 """

@@ -1,6 +1,6 @@
 """Pinning figures to a run's report, and the sidebar's report panel.
 
-``ui.state.chart`` draws nearly every figure of the app and calls :func:`pin_control` under it:
+``ui.widgets.chart`` draws nearly every figure of the app and calls :func:`pin_control` under it:
 a "Pin to report" tick box. A pinned figure is kept in the run folder as the chart showed it
 (``oats.report.save_pin``), so ``oats report RUN`` on the command line includes it too, and
 the report panel in the sidebar lists the pins (each can be unpinned) and writes the report in
