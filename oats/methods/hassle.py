@@ -283,8 +283,9 @@ def _damped(chol: torch.Tensor) -> torch.Tensor:
     return c @ c.T
 
 
-def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments,
-            fallback, trace, refit) -> Decomposition:
+def _checked(weight, gram, config, iterations, percdamp, start) -> tuple[int, int, int]:
+    """(d_out, d_in, alternations) once every argument of ``hassle`` is checked; ConfigError (one
+    line) otherwise."""
     if weight.dim() != 2:
         raise ConfigError(f"a weight must be a matrix (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
@@ -297,24 +298,58 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         raise ConfigError(f"iterations must be at least 1, got {iterations!r}")
     if not isinstance(start, torch.Tensor) and start not in ("oats", "zero"):
         raise ConfigError(f"start must be 'oats', 'zero' or a (d_out, d_in) tensor, got {start!r}")
-    r = rank_budget(d_out, d_in, config)
-    dev = torch.device(device) if device is not None else weight.device
+    return d_out, d_in, n_iter
+
+
+def _start(start, w, diag, second_moments, config, dev) -> torch.Tensor:
+    """The low-rank term the alternations start from: a given tensor, OATS's, or zero."""
+    if isinstance(start, torch.Tensor):
+        if tuple(start.shape) != tuple(w.shape):
+            raise ConfigError(f"the starting low-rank term is {tuple(start.shape)}, the weight {tuple(w.shape)}")
+        return start.detach().to(device=dev, dtype=torch.float32)
+    if start == "oats":
+        m2 = diag if second_moments is None else second_moments
+        return decompose(w, m2, config, device=dev).lowrank()
+    return torch.zeros_like(w)
+
+
+def _finite_copy(weight, dev) -> torch.Tensor:
+    """The weight as a float32 copy on ``dev``; ConfigError when it holds NaN or inf."""
     w = weight.detach().to(device=dev, dtype=torch.float32).clone()
     if not torch.isfinite(w).all():
         raise ConfigError("a weight matrix contains NaN or inf: the model's weights are damaged")
-    g64 = gram.detach().to(device=dev, dtype=torch.float64)
-    diag = torch.diagonal(g64).to(torch.float32)
-    dead = diag <= 0
+    return w
+
+
+def _factors(g64, config, percdamp, r, refit):
+    """(H_lambda, the S-step's U, the L-step's C, the refit's H + damp I) of a float64 Gram."""
     h64 = shrunk_gram(g64, DEFAULT_SHRINK if config.shrink is None else config.shrink)  # H_lambda, what the steps solve with (g64 itself at lambda 0)
     u_chol = _inverse_cholesky(h64, percdamp).to(torch.float32)  # S-step: U with U^T U = (H + damp I)^-1
     chol = damped_cholesky(h64, percdamp) if r > 0 or refit > 0 else None  # L-step: C with C C^T = H + damp I
     h_damped = _damped(chol) if refit > 0 else None           # refit: H + damp I
-    nm = config.nm
-    if nm is not None:
-        blocksize = max(nm[1], blocksize // nm[1] * nm[1])
-    prune = d_out * d_in - sparse_budget(d_out, d_in, config) if config.sparsity == "layer" \
-        else d_in - row_keep(d_in, config)
+    return h64, u_chol, chol, h_damped
 
+
+def _pruned(d_out: int, d_in: int, config) -> int:
+    """Entries the sweep prunes: of the whole matrix ("layer") or of each row."""
+    if config.sparsity == "layer":
+        return d_out * d_in - sparse_budget(d_out, d_in, config)
+    return d_in - row_keep(d_in, config)
+
+
+def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start, second_moments,
+            fallback, trace, refit) -> Decomposition:
+    d_out, d_in, n_iter = _checked(weight, gram, config, iterations, percdamp, start)
+    r = rank_budget(d_out, d_in, config)
+    dev = torch.device(device) if device is not None else weight.device
+    w = _finite_copy(weight, dev)
+    g64 = gram.detach().to(device=dev, dtype=torch.float64)
+    diag = torch.diagonal(g64).to(torch.float32)
+    dead = diag <= 0
+    h64, u_chol, chol, h_damped = _factors(g64, config, percdamp, r, refit)
+    if config.nm is not None:
+        blocksize = max(config.nm[1], blocksize // config.nm[1] * config.nm[1])
+    prune = _pruned(d_out, d_in, config)
     scale = input_scale(diag, d_in, config.eps, device=dev)
     a2 = max(float((w * scale).square().sum()), 1e-30)
     g32 = g64.to(torch.float32)
@@ -338,8 +373,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         """SparseGPT with the whole budget at rank 0 (the sweep and factor of ``sparsegpt()``),
         its values refitted on its mask as the last S-step's: (config, S, (f_lambda, f))."""
         cfg0 = config.replace(rank_ratio=0.0)
-        prune0 = d_out * d_in - sparse_budget(d_out, d_in, cfg0) if config.sparsity == "layer" \
-            else d_in - row_keep(d_in, cfg0)
+        prune0 = _pruned(d_out, d_in, cfg0)
         goal = w.clone()
         goal[:, dead] = 0.0
         alone = torch.zeros_like(w)
@@ -356,15 +390,7 @@ def _hassle(weight, gram, config, iterations, percdamp, blocksize, device, start
         record(alone, None, obj)
         return sparse_only(cfg0, alone)
     best = None
-    if isinstance(start, torch.Tensor):
-        if tuple(start.shape) != (d_out, d_in):
-            raise ConfigError(f"the starting low-rank term is {tuple(start.shape)}, the weight {(d_out, d_in)}")
-        low = start.detach().to(device=dev, dtype=torch.float32)
-    elif start == "oats":
-        m2 = diag if second_moments is None else second_moments
-        low = decompose(w, m2, config, device=dev).lowrank()
-    else:
-        low = torch.zeros_like(w)
+    low = _start(start, w, diag, second_moments, config, dev)
     for t in range(n_iter):
         goal = w - low
         goal[:, dead] = 0.0  # an input that never fires: its weights do nothing, pruned first
