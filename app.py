@@ -5,6 +5,7 @@ import time
 import streamlit as st
 
 from ui import links
+from ui.navigation import PAGES
 from ui.runtime import log_script_time, warm_up
 from ui.widgets import sidebar
 
@@ -14,18 +15,8 @@ started = time.perf_counter()
 st.set_page_config(page_title="OATS Explorer", page_icon="assets/favicon.png", layout="wide")
 warm_up()
 
-pages = [
-    st.Page("pages/home.py", title="Compress", icon=":material/compress:", default=True),
-    st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
-    st.Page("pages/outliers.py", title="Outliers", icon=":material/scatter_plot:"),
-    st.Page("pages/errors.py", title="Error budget", icon=":material/stacked_bar_chart:"),
-    st.Page("pages/walkthrough.py", title="Walkthrough", icon=":material/school:"),
-    st.Page("pages/heads.py", title="Heads", icon=":material/grid_view:"),
-    st.Page("pages/vit.py", title="ViT attention", icon=":material/visibility:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("pages/calibration.py", title="Calibration", icon=":material/tune:"),
-    st.Page("pages/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
-]
+pages = [st.Page(p.file, title=p.title, icon=p.icon, default=p.default,
+                 **({"url_path": p.url_path} if p.url_path else {})) for p in PAGES]  # ui/navigation.py
 nav = st.navigation(pages)
 links.restore_run()          # a link opened or a reload: its run, before the sidebar picks one
 sidebar()

@@ -1,4 +1,5 @@
-"""Compress: choose a model and settings, watch the blocks go by, open and summarise saved runs."""
+"""Compress: choose a model and settings, watch the blocks go by, open and summarise saved runs (the
+runs list is its own section, ``ui.runs_list``; the tour's pages come from ``ui.navigation``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 import streamlit as st
 
 from ui.runtime import load_run_cached
-from ui.state import (all_runs, complete_runs, current_path, JOB_KEY, method_choices, method_help, MODEL_LOCK,
+from ui.state import (complete_runs, current_path, JOB_KEY, method_choices, method_help, MODEL_LOCK,
                       primary_metric, run_info, RUN_KEY, run_mtime, run_task, saved_evaluation)
 from ui.widgets import chart, how_to_read, table
 from ui.text import esc
+from ui import navigation
+from ui.runs_list import saved_runs  # the runs list: a section of its own
 from oats.explain import runs as summaries
 from ui import evaluations, run_figures
 from oats.explain import quality
@@ -25,7 +28,7 @@ from oats.runs import estimate
 from oats.runs.folders import run_dir, runs_root
 from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
-from oats.runner.request import CompressRequest, data_kind, request_from_manifest
+from oats.runner.request import CompressRequest, data_kind
 from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
 from oats.models.zoo import available_models, check_model_name
 
@@ -353,59 +356,6 @@ def progress() -> None:
             st.rerun()
 
 
-# ----------------------------------------------------------------------------- saved runs
-
-
-def saved_runs() -> None:
-    st.subheader("Saved runs")
-    runs = all_runs()
-    if not runs:
-        st.info(f"No run yet in {esc(runs_root())} — compress a model above (or with `oats compress minilm-l6`).")
-        return
-    cols = {"name": "name", "status": "status", "model": "model_name", "method": "method",
-            "compression": "compression", "rank_ratio": "rank_ratio", "sparsity": "sparsity",
-            "blocks_done": "blocks_done", "created": "created", "problem": "problem"}
-    if not any(r["status"] == "damaged" for r in runs):
-        del cols["problem"]
-    # a damaged row has no settings: None in the number columns, "" in the text ones (a column keeps one
-    # type, and no "None" is shown)
-    texts = ("name", "status", "model", "method", "sparsity", "created", "problem")
-    rows = [{c: ("" if r.get(key) is None and c in texts else r.get(key)) for c, key in cols.items()} for r in runs]
-    for row, r in zip(rows, runs):  # the rank ratio the method actually used (0 for sparse-only methods)
-        if r["info"] is not None:
-            row["rank_ratio"] = r["info"].rank_ratio
-    table(rows, "runs", key="csv-runs", height=min(400, 38 + 35 * len(runs)))
-    names = {r["path"]: r for r in runs}
-    a, b = st.columns([3, 1])
-    current = current_path()
-    paths = list(names)
-    pick = a.selectbox("Open a run", paths, index=paths.index(current) if current in paths else 0,
-                       format_func=lambda p: f"{names[p]['name']} [{names[p]['status']}]")
-    r = names[pick]
-    b.write("")
-    if r["status"] == "complete":
-        if b.button("Open", icon=":material/folder_open:", disabled=pick == current):
-            st.session_state[RUN_KEY] = pick
-            st.rerun()
-    elif r["status"] == "unfinished":
-        if b.button("Resume", icon=":material/play_arrow:"):
-            try:
-                req = request_from_manifest(run_info(pick).to_manifest())
-            except (OatsError, KeyError) as e:
-                st.error(f"Cannot resume '{esc(r['name'])}': {esc(e)}. Delete the folder and compress again.")
-                return
-            try:
-                job = RUNNER.start(req, folder=pick)
-            except OatsError as e:
-                st.error(esc(e))
-                return
-            st.session_state[JOB_KEY] = str(job.folder)
-            st.rerun()
-    else:
-        b.caption("damaged: delete the folder")
-        st.warning(f"{esc(r['name'], 120)}: {esc(r.get('problem') or 'its manifest cannot be read', 400)}")
-
-
 # ----------------------------------------------------------------------------- summary
 
 
@@ -505,30 +455,30 @@ def summary() -> None:
         table(rows, f"{Path(path).name}-layers", key="csv-layers", height=360)
 
 
-TOUR = [
-    ("pages/home.py", "Compress", ":material/compress:",
+TOUR = [  # (page title, what to do there): the page's file and icon come from ui/navigation.py
+    ("Compress",
      "Pick **minilm-l6**, method **oats**, compression ρ **0.5**, rank ratio κ **0.25**, and press **Compress** "
      "({minilm_time}). Ask the room first: what share of the weights is left, and where does it go? "
      "When it is done, the run opens in the sidebar and its evaluation appears below: the compressed model stays "
      "close to the dense one, while the sparse term alone or the low-rank term alone do not."),
-    ("pages/spectra.py", "Spectra", ":material/ssid_chart:",
+    ("Spectra",
      "Layer **0.q**: the dashed line is the rank r the budget allows. W D's top r singular values hold well under "
      "half of its energy, so a rank-r term alone cannot hold the layer; W D − S's top r hold most of it: once the "
      "sparse term has taken the large entries, what is left is close to low rank (the legend gives both shares). "
      "Try a **fc2** layer: a wider matrix, a different picture."),
-    ("pages/outliers.py", "Outliers", ":material/scatter_plot:",
+    ("Outliers",
      "The heat map of input second moments: a few channels carry far larger activations than the rest. That is "
      "why OATS scales by D = sqrt(mean x²) before splitting: errors on those channels cost more. Move the "
      "threshold; pick a flagged channel and see whether the sparse or the low-rank term keeps its weights."),
-    ("pages/errors.py", "Error budget", ":material/stacked_bar_chart:",
+    ("Error budget",
      "Each bar is one layer's scaled error with both terms, the sparse term alone and the low-rank term alone: "
      "neither alone is close. Under Per-block ablation, pick block **2** and press **Measure** to see what turning one block's term off does to the "
      "model's cosine."),
-    ("pages/walkthrough.py", "Walkthrough", ":material/school:",
+    ("Walkthrough",
      "Layer **0.q** again: move the iteration slider from 1 to the end and watch L and S settle and the residual "
      "shrink; the objective never rises. Set κ to **0** (Wanda's mask: no low-rank term) and compare the final "
      "error; then back to 0.25."),
-    ("pages/heads.py", "Heads", ":material/grid_view:",
+    ("Heads",
      "To finish: which attention heads did the compression change? The compressed rows look like the dense one; "
      "the sparse-only and low-rank-only rows do not."),
 ]
@@ -540,9 +490,10 @@ def tour() -> None:
     with st.expander("Guided tour for teaching: compress MiniLM and look inside, in ten minutes",
                      icon=":material/tour:"):
         est = time_estimate("minilm-l6", "oats", OatsConfig(compression=0.5, rank_ratio=0.25), None, True, "encoder")
-        for i, (page, title, icon, text) in enumerate(TOUR, start=1):
+        for i, (title, text) in enumerate(TOUR, start=1):
             c1, c2 = st.columns([1, 4])
-            c1.page_link(page, label=f"{i}. {title}", icon=icon)
+            page = navigation.page(title)
+            c1.page_link(page.file, label=f"{i}. {title}", icon=page.icon)
             c2.markdown(text.replace("{minilm_time}", esc(est.text)))
 
 

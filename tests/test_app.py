@@ -119,7 +119,7 @@ def test_every_page_has_an_empty_state(tmp_path, monkeypatch):
     at.run()
     clean(at)
     assert any("No run yet" in i.value for i in at.info)
-    for page in ("spectra", "outliers", "errors", "walkthrough", "compare", "deploy"):
+    for page in ("spectra", "outliers", "error_budget", "walkthrough", "compare", "deploy"):
         go(at, f"pages/{page}.py")
         assert any("No run yet" in i.value for i in at.info), page
         assert not at.get("plotly_chart"), page
@@ -298,7 +298,7 @@ def test_outliers_page(app, main_run):
 
 def test_error_budget_page(app, main_run):
     app.run()
-    go(app, "pages/errors.py")
+    go(app, "pages/error_budget.py")
     b = chart(app, "Scaled error per layer")
     np.testing.assert_allclose(floats(trace(b, "sparse + low-rank")["y"]), [r.scaled_error for r in main_run.layers],
                                rtol=1e-3)
@@ -465,9 +465,11 @@ def test_guided_tour_links_every_step_to_its_page(app):
     assert [json.loads(json.dumps(l.proto.label)) for l in links][:6] == \
         ["1. Compress", "2. Spectra", "3. Outliers", "4. Error budget", "5. Walkthrough", "6. Heads"]
     pages = [l.proto.page for l in links][:6]
-    registered = (ROOT / "app.py").read_text()
-    assert all(p.split("/")[-1].removesuffix(".py") in registered for p in pages), pages
-    for page in ("pages/errors.py", "pages/walkthrough.py", "pages/compare.py", "pages/heads.py"):
+    from ui.navigation import PAGES  # what app.py registers, with each page's address
+    registered = {"" if p.default else (p.url_path or Path(p.file).stem) for p in PAGES}
+    assert set(pages) <= registered, pages
+    assert pages[3] == "errors"  # pages/error_budget.py keeps its old address: links and bookmarks still work
+    for page in ("pages/error_budget.py", "pages/walkthrough.py", "pages/compare.py", "pages/heads.py"):
         go(app, page)
         assert "How to read this" in [e.label for e in app.expander], page
 
@@ -644,7 +646,7 @@ def test_pages_drawn_again_from_the_caches_are_the_same(app, capsys):
     """A page visited again (everything cached) draws the same charts and tables as its first
     visit. Not a speed test (benchmarks/app.py measures speed): the switch times are printed."""
     app.run()
-    pages = ["spectra", "outliers", "errors", "walkthrough", "compare", "home"]
+    pages = ["spectra", "outliers", "error_budget", "walkthrough", "compare", "home"]
 
     def drawn() -> tuple:
         return ([c.proto.spec for c in app.get("plotly_chart")], [df.value.shape for df in app.dataframe],
@@ -797,7 +799,7 @@ def test_a_wanda_run_offers_no_low_rank_only_variant_and_names_no_kappa(app, run
     assert "low-rank-only" not in shown and "sparse-only" not in shown
     assert "compressed (sparse)" in shown
 
-    go(app, "pages/errors.py")
+    go(app, "pages/error_budget.py")
     assert [t["name"] for t in chart(app, "Scaled error per layer")["data"]] == ["sparse term"]
     assert not any("low-rank term alone" in m.value for m in app.markdown)
     # one step per layer: no convergence chart of single points, a line saying why instead

@@ -198,7 +198,7 @@ def test_no_raw_metric_key_or_none_on_the_pages(task_runs, monkeypatch, run):
     at = _app(task_runs, monkeypatch, run=run)
     at.run()
     clean(at)
-    for page in (None, "pages/outliers.py", "pages/errors.py"):
+    for page in (None, "pages/outliers.py", "pages/error_budget.py"):
         if page is not None:
             at.switch_page(page)
             at.run()
