@@ -27,7 +27,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "old_run_v1"
 PIXEL = "http://127.0.0.1:9/pixel.png"
 MODEL = f"![x]({PIXEL})"
 RUN = "<img src=pixel.png>[click](javascript:alert(1))"  # a run folder's own name
-PAGES = ["home", "spectra", "outliers", "errors", "walkthrough", "heads", "vit", "compare", "deploy"]
+PAGES = ["home", "spectra", "outliers", "error_budget", "walkthrough", "heads", "vit", "compare", "deploy"]
 DAMAGED = ["deep", "infinity", "list", "manifest-is-a-folder", "manifest-is-a-fifo"]
 MARKDOWN = ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader", "exception")
 

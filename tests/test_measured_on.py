@@ -69,7 +69,7 @@ def test_the_block_ablation_names_its_text_and_shows_each_domain(app, main_run):
     from oats.explain import quality
     size = quality.size_note(Evaluator(main_run.loaded, quick=True).settings)
     app.run()
-    go(app, "pages/errors.py")
+    go(app, "pages/error_budget.py")
     planned = [c.value for c in app.caption if c.value.startswith("Turn off the low-rank terms")][0]
     assert "held-out text of 4 domains" in planned and size in planned
     [bt for bt in app.button if bt.label == "Measure"][0].click().run()

@@ -229,7 +229,7 @@ def test_old_run_opens_in_the_app(old_run, monkeypatch):
     assert saved[["name", "status", "model", "method"]].values.tolist() == [["old_run_v1", "complete", MODEL, "oats"]]
     assert saved["rank_ratio"].tolist() == [0.25]
     assert any("Summary: old_run_v1" in h.value for h in at.subheader)
-    for page in ("spectra", "errors", "compare", "walkthrough", "outliers"):
+    for page in ("spectra", "error_budget", "compare", "walkthrough", "outliers"):
         at.switch_page(f"pages/{page}.py")
         at.run()
         assert not at.exception and not at.error, (page, [*at.exception, *at.error])
