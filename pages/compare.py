@@ -5,7 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 from oats.runs.folders import runs_root
-from ui.state import complete_runs, current_path, primary_metric, run_info, run_task
+from ui.state import complete_runs, current_path, run_info, run_task
+from oats.evaluation import primary_metric  # the task registry's answer
 from ui.widgets import chart, how_to_read, table
 from ui.text import esc
 from oats import corpora

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from ui.text import esc
-from ui.state import current_path, current_run, LAYER_KEY, primary_metric, run_info, run_mtime, run_task
+from ui.state import current_path, current_run, LAYER_KEY, run_info, run_mtime, run_task
+from oats.evaluation import primary_metric  # the task registry's answer
 from ui.widgets import chart, how_to_read, table
 from ui.cached import ablation_reference, block_ablation, layer_budget
 from oats.explain import budget as error_budget, quality

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from ui.text import esc
-from ui.state import current_path, current_run, primary_metric, run_info, run_mtime, run_task
+from ui.state import current_path, current_run, run_info, run_mtime, run_task
+from oats.evaluation import primary_metric  # the task registry's answer
 from ui.widgets import chart, how_to_read, image_upload, layer_picker, table
 from ui.cached import (ablation_reference, channel_intervention, column_shares, evaluation_tokens, mask_density,
                        massive_profile, second_moments_by_input)

@@ -31,7 +31,7 @@ LAYERS = [
 """Lowest first; the README's "Where things live" tells the same story."""
 
 LAZY_ALLOWED = {"oats.cli"}
-"""Inside ``oats``, only the CLI loads its own modules lazily. The app's shell (``ui.state``)
+"""Inside ``oats``, only the CLI loads its own modules lazily. The app's shell (``ui.runtime``)
 does too, on purpose: its first page paints before torch is imported, while a background
 thread imports the heavy modules."""
 

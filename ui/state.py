@@ -19,7 +19,6 @@ import streamlit as st
 from ui.runtime import RUNS, load_run_cached  # first: sends a page run alone through app.py
 
 from oats.errors import OatsError  # noqa: E402
-from oats.evaluation import PRIMARY_METRIC  # noqa: E402
 from oats.methods import registry  # noqa: E402
 from oats.runs.folders import MANIFEST, RunInfo, list_runs, runs_root  # noqa: E402
 from ui.text import esc  # noqa: E402
@@ -167,6 +166,3 @@ def run_task(info: RunInfo) -> str | None:
     return preset.task if preset else None
 
 
-def primary_metric(task: str) -> tuple[str, bool] | None:
-    """(metric name, higher is better) for a task, or None for a task without an evaluation."""
-    return PRIMARY_METRIC.get(task)

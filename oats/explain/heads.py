@@ -12,7 +12,7 @@ low-rank-only. Each run yields every layer's softmaxed attention, (heads, T, T).
 - per head and variant, its distance to the dense head: the Jensen-Shannon divergence in
   bits (0: the same distribution, 1: disjoint supports), averaged over the same rows.
 
-Nothing here draws; ``ui.figures`` does.
+Nothing here draws; ``ui/head_figures.py`` does.
 """
 
 from __future__ import annotations
