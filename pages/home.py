@@ -12,7 +12,8 @@ import streamlit as st
 
 from ui.runtime import load_run_cached
 from ui.state import (complete_runs, current_path, JOB_KEY, method_choices, method_help, MODEL_LOCK,
-                      primary_metric, run_info, RUN_KEY, run_mtime, run_task, saved_evaluation)
+                      run_info, RUN_KEY, run_mtime, run_task, saved_evaluation)
+from oats.evaluation import primary_metric  # the task registry's answer
 from ui.widgets import chart, how_to_read, table
 from ui.text import esc
 from ui import navigation
