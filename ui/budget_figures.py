@@ -19,33 +19,32 @@ from ui.charts import COLORS, bar_label, layout, number
 # ----------------------------------------------------------------------------- error budget
 
 
-def error_budget_figure(rows: list[dict]) -> go.Figure:
-    """Per layer: scaled error with the sparse term only, the low-rank term only, and both."""
+def _layer_bars(rows: list[dict], series, barmode: str, ytitle: str, title: str) -> go.Figure:
+    """One bar per layer for each (row key, legend name, colour key) of ``series``."""
     x = [r["layer"] for r in rows]
     fig = go.Figure()
-    for key, name in (("sparse_only", "sparse term only"), ("lowrank_only", "low-rank term only"),
-                      ("both", "sparse + low-rank")):
-        color = COLORS[{"sparse_only": "sparse", "lowrank_only": "lowrank", "both": "both"}[key]]
-        fig.add_trace(go.Bar(x=x, y=[r[key] for r in rows], name=name, marker_color=color))
-    fig.update_layout(barmode="group")
+    for key, name, color in series:
+        fig.add_trace(go.Bar(x=x, y=[r[key] for r in rows], name=name, marker_color=COLORS[color]))
+    fig.update_layout(barmode=barmode)
     fig.update_xaxes(title_text="layer (block.name)", type="category")
-    fig.update_yaxes(title_text="scaled error ‖W D − X‖ / ‖W D‖")
-    return layout(fig, "Scaled error per layer", height=420)
+    fig.update_yaxes(title_text=ytitle)
+    return layout(fig, title, height=420)
+
+
+def error_budget_figure(rows: list[dict]) -> go.Figure:
+    """Per layer: scaled error with the sparse term only, the low-rank term only, and both."""
+    return _layer_bars(rows, (("sparse_only", "sparse term only", "sparse"),
+                              ("lowrank_only", "low-rank term only", "lowrank"),
+                              ("both", "sparse + low-rank", "both")),
+                       "group", "scaled error ‖W D − X‖ / ‖W D‖", "Scaled error per layer")
 
 
 def energy_split_figure(rows: list[dict]) -> go.Figure:
     """How ||W D||^2 splits into the sparse term, the low-rank term, the residual and their overlap."""
-    x = [r["layer"] for r in rows]
-    fig = go.Figure()
-    for key, name in (("sparse_energy", "‖S‖²"), ("lowrank_energy", "‖L‖²"), ("residual_energy", "‖W D − S − L‖²"),
-                      ("interaction", "cross terms 2⟨S, L⟩ + 2⟨S + L, R⟩")):
-        color = COLORS[{"sparse_energy": "sparse", "lowrank_energy": "lowrank", "residual_energy": "residual",
-                        "interaction": "interaction"}[key]]
-        fig.add_trace(go.Bar(x=x, y=[r[key] for r in rows], name=name, marker_color=color))
-    fig.update_layout(barmode="relative")
-    fig.update_xaxes(title_text="layer (block.name)", type="category")
-    fig.update_yaxes(title_text="share of ‖W D‖² (sums to 1)")
-    return layout(fig, "Where the scaled weight's energy goes", height=420)
+    return _layer_bars(rows, (("sparse_energy", "‖S‖²", "sparse"), ("lowrank_energy", "‖L‖²", "lowrank"),
+                              ("residual_energy", "‖W D − S − L‖²", "residual"),
+                              ("interaction", "cross terms 2⟨S, L⟩ + 2⟨S + L, R⟩", "interaction")),
+                       "relative", "share of ‖W D‖² (sums to 1)", "Where the scaled weight's energy goes")
 
 
 def block_error_figure(rows: list[dict]) -> go.Figure:
