@@ -75,13 +75,14 @@ def llm_folder(path, **overrides):
     return path
 
 
-def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0, max_shard_size=None):
+def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0, max_shard_size=None, dtype=None):
     """A tiny Llama with a word-level tokenizer, saved with ``save_pretrained`` to ``folder``.
 
     Every weight matrix is drawn from one seeded generator in the order of the sorted
     parameter names (vectors keep their initial values, ones for the norms), so the same
     arguments give the same weights whatever transformers' own initialisation does.
-    ``max_shard_size`` (e.g. "20KB") splits the weights into several safetensors files.
+    ``max_shard_size`` (e.g. "20KB") splits the weights into several safetensors files;
+    ``dtype`` (e.g. torch.bfloat16) stores them in that dtype, as mid-size checkpoints are.
     """
     from pathlib import Path
 
@@ -98,6 +99,8 @@ def tiny_llama_folder(folder, hidden: int = 16, layers: int = 2, seed: int = 0, 
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     folder = Path(folder)
+    if dtype is not None:
+        model = model.to(dtype)
     model.save_pretrained(folder, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     tok.save_pretrained(folder)
     return folder
