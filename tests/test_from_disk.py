@@ -49,8 +49,8 @@ def test_from_disk_gives_the_same_run(sharded, tmp_path, method, monkeypatch):
     loaded_now, peak = set(), [0]
     load, release = weights_module.DiskWeights.load, weights_module.DiskWeights.release
 
-    def counting_load(self, module, prefix, recurse=True):
-        load(self, module, prefix, recurse)
+    def counting_load(self, module, prefix, recurse=True, **kw):
+        load(self, module, prefix, recurse, **kw)
         if prefix.rpartition(".")[2].isdigit():  # a block: model.layers.<i>
             loaded_now.add(prefix)
             peak[0] = max(peak[0], len(loaded_now))
@@ -63,9 +63,9 @@ def test_from_disk_gives_the_same_run(sharded, tmp_path, method, monkeypatch):
     monkeypatch.setattr(weights_module.DiskWeights, "release", staticmethod(counting_release))
     streamed = execute(_request(sharded, method, from_disk=True), tmp_path / "disk")
     assert streamed.status == "computed" and peak[0] == 1 and not loaded_now
-    # the blocks left memory once saved: the model holds only embeddings, norm and head
+    # the blocks left memory once saved: the model holds only embeddings and norm (the head is not needed)
     real = {n for n, p in streamed.run.model.named_parameters() if p.device.type != "meta"}
-    assert real and all(".layers." not in n for n in real)
+    assert real == {"model.embed_tokens.weight", "model.norm.weight"}
     for b in range(LAYERS):
         name = f"block_{b:03d}.safetensors"
         assert (tmp_path / "memory" / name).read_bytes() == (tmp_path / "disk" / name).read_bytes(), name
@@ -82,7 +82,7 @@ def test_meta_model_matches_the_loaded_one(sharded):
                                                                      or not whole.model.config.tie_word_embeddings)
     w = dict(whole.model.named_parameters())
     for n, p in lazy.model.named_parameters():
-        if ".layers." in n:
+        if ".layers." in n or n == "lm_head.weight":  # the head is read only for evaluation (attach_stored_head)
             assert p.device.type == "meta"
         else:
             assert torch.equal(p, w[n]), n
@@ -129,3 +129,99 @@ def test_from_disk_bad_input(sharded, tmp_path, capsys):
     with pytest.raises(ConfigError, match="uniform allocation"):
         from oats.compress.allocation import Owl
         execute(_request(sharded, "wanda", from_disk=True, allocation=Owl()), tmp_path / "owl")
+
+
+# ----------------------------------------------------------------------------- stored dtype
+
+
+def _as_bf16(src, dst, tie: bool = False):
+    """A copy of the model folder ``src`` with every float tensor stored in bf16 (as mid-size
+    checkpoints are); ``tie``: the head tied to the embeddings (no lm_head.weight in the files)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(f)).items()
+                   if not (tie and k == "lm_head.weight")}
+        if tensors:
+            save_file(tensors, str(f), metadata={"format": "pt"})
+        else:  # a shard that held only the head
+            f.unlink()
+    if tie:
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["tie_word_embeddings"] = True
+        (dst / "config.json").write_text(json.dumps(cfg))
+        index = dst / "model.safetensors.index.json"
+        if index.exists():
+            data = json.loads(index.read_text())
+            data["weight_map"].pop("lm_head.weight", None)
+            index.write_text(json.dumps(data))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bf16_folder(sharded, tmp_path_factory):
+    return _as_bf16(sharded, tmp_path_factory.mktemp("bf16") / "llama")
+
+
+def test_bf16_from_disk_is_the_run_of_the_whole_model_in_fp32(bf16_folder, tmp_path):
+    """A bf16 checkpoint compressed from disk (embeddings kept in bf16, blocks computed in
+    fp32) gives byte for byte the run of the same folder loaded whole in fp32."""
+    whole = execute(_request(bf16_folder, "oats"), tmp_path / "memory")
+    assert whole.run.model.model.embed_tokens.weight.dtype == torch.float32
+    streamed = execute(_request(bf16_folder, "oats", from_disk=True), tmp_path / "disk")
+    model = streamed.run.model
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16  # stays as stored: half of fp32
+    assert model.model.norm.weight.dtype == torch.float32 and model.lm_head.weight.device.type == "meta"
+    for b in range(LAYERS):
+        name = f"block_{b:03d}.safetensors"
+        assert (tmp_path / "memory" / name).read_bytes() == (tmp_path / "disk" / name).read_bytes(), name
+    assert _strip(read_manifest(tmp_path / "memory")) == _strip(read_manifest(tmp_path / "disk"))
+    assert [r.scaled_error for r in whole.run.layers] == [r.scaled_error for r in streamed.run.layers]
+    # the embedding's output is fp32, the same values as the fp32 table's
+    ids = torch.tensor([[1, 2, 3, 4]])
+    out = model.model.embed_tokens(ids)
+    assert out.dtype == torch.float32 and torch.equal(out, whole.run.model.model.embed_tokens(ids))
+
+
+def test_an_fp32_folder_is_loaded_as_before(sharded):
+    lazy = zoo.load_model(str(sharded), from_disk=True)
+    emb = lazy.model.model.embed_tokens
+    assert emb.weight.dtype == torch.float32 and not emb._forward_hooks  # nothing added for fp32 files
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_stored_head_gives_the_fp32_logits_in_row_slices(sharded, tmp_path, tie, monkeypatch):
+    from oats.models.hub import attach_stored_head
+    from oats.models.stored import StoredHead, chunked_logits
+
+    folder = _as_bf16(sharded, tmp_path / "bf16", tie=tie)
+    whole = zoo.load_model(str(folder))
+    lazy = zoo.load_model(str(folder), from_disk=True)
+    head = attach_stored_head(lazy)
+    assert isinstance(head, StoredHead) and lazy.model.lm_head is head and head.weight.dtype == torch.bfloat16
+    assert attach_stored_head(lazy) is head  # once
+    emb = lazy.model.model.embed_tokens.weight
+    assert (head.weight is emb) == tie  # a tied head is the embedding table, not a copy
+    ref_w = whole.model.lm_head.weight
+    assert whole.model.config.tie_word_embeddings == tie and torch.equal(ref_w.to(torch.bfloat16).float(), ref_w)
+    h = torch.randn(2, 5, ref_w.shape[1], generator=torch.Generator().manual_seed(0))
+    ref = whole.model.lm_head(h)
+    assert torch.allclose(head(h), ref, rtol=1e-5, atol=1e-6)
+    # slices of 3 rows: the same logits, and no fp32 cast larger than a slice
+    casts = []
+    to = torch.Tensor.to
+
+    def watched(t, *a, **kw):
+        out = to(t, *a, **kw)
+        if out.dtype == torch.float32 and t.dtype == torch.bfloat16:
+            casts.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", watched)
+    sliced = chunked_logits(h, head.weight, chunk_bytes=3 * 4 * ref_w.shape[1])
+    assert max(casts) == 3 and sum(casts) == ref_w.shape[0]
+    assert torch.allclose(sliced, ref, rtol=1e-5, atol=1e-6) and sliced.dtype == torch.float32

@@ -25,7 +25,8 @@ from oats.models.guard import check_config_memory, config_parameters
 from oats.models.loaded import DEFAULT_RANK_RATIO, LoadedModel, finish, one_line, quiet_transformers
 from oats.models.presets import preset_names
 from oats.models.vision import IMAGENET_MEAN, IMAGENET_STD, is_vision_config
-from oats.models.adapters import get_adapter
+from oats.models.adapters import get_adapter, set_submodule
+from oats.models.stored import StoredHead, keep_stored_embeddings
 from oats.models.weights import DiskWeights, check_safetensors_file, safetensors_numel, tensor_count
 from oats.resources import check_memory
 
@@ -256,8 +257,13 @@ def _attach_tokenizer(loaded: LoadedModel, name: str, source: str, common: dict)
 
 def load_local_from_disk(name: str, path: Path, trust_remote_code: bool = False) -> LoadedModel:
     """A text model folder for the larger-than-memory mode: the model is built on the meta
-    device; embeddings, final norm and head are read from the safetensors files now, every
-    transformer block stays on disk (``loaded.disk`` reads one when its turn comes)."""
+    device; the embeddings and the final norm are read from the safetensors files now, every
+    transformer block stays on disk (``loaded.disk`` reads one when its turn comes).
+
+    Embedding tables keep the files' dtype (bf16/fp16: half the memory of fp32) and return
+    fp32 (``oats.models.stored``), so the blocks compute exactly as in the model loaded whole
+    in fp32; an fp32 folder gives the same model as before. The LM head is not needed while
+    compressing and stays on the meta device: ``attach_stored_head`` gives it for evaluation."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -282,19 +288,41 @@ def load_local_from_disk(name: str, path: Path, trust_remote_code: bool = False)
         raise
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(_explain(name, exc, f"from folder {path}")) from exc
-    tied = bool(getattr(config, "tie_word_embeddings", False)) and model.get_output_embeddings() is not None
-    head = model.get_output_embeddings() if tied else None
+    head = model.get_output_embeddings()
     for mpath, module in model.named_modules():
         if any(mpath == b or mpath.startswith(b + ".") for b in block_paths) or module is head:
             continue
-        disk.load(module, mpath, recurse=False)
-    if tied:
-        head.weight = model.get_input_embeddings().weight
+        disk.load(module, mpath, recurse=False, dtype=None if isinstance(module, torch.nn.Embedding) else "float32")
+    keep_stored_embeddings(model)
     loaded = LoadedModel(name=name, model=model, task=task, default_rank_ratio=DEFAULT_RANK_RATIO[task],
                          source=f"local folder {path.resolve()} (blocks read from disk one at a time)", disk=disk)
     _attach_tokenizer(loaded, name, str(path), {"local_files_only": True,
                                                "trust_remote_code": bool(trust_remote_code)})
     return loaded
+
+
+def attach_stored_head(loaded: LoadedModel) -> StoredHead | None:
+    """Give a from-disk causal LM its head for evaluation, in the files' dtype: a ``StoredHead``
+    (fp32 logits from row slices of the stored weight) in place of the meta one. A tied head
+    shares the embedding table (no second copy); an untied one is read from the files. None
+    for a model without a head (an encoder); the head already attached is returned as is."""
+    model = loaded.model
+    head = model.get_output_embeddings()
+    if head is None or isinstance(head, StoredHead):
+        return head
+    if loaded.disk is None:
+        raise ModelLoadError(f"{loaded.name!r} was loaded whole: its head is in memory already")
+    path = next(p for p, m in model.named_modules() if m is head)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    key = f"{path}.weight"
+    weight = model.get_input_embeddings().weight if tied else loaded.disk.tensor(key)
+    bias = loaded.disk.tensor(f"{path}.bias") if getattr(head, "bias", None) is not None else None
+    if tuple(weight.shape) != tuple(head.weight.shape):
+        raise ModelLoadError(f"tensor {key!r} has shape {tuple(weight.shape)}, the model expects "
+                             f"{tuple(head.weight.shape)}: the files do not match config.json")
+    stored = StoredHead(weight, bias)
+    set_submodule(model, path, stored)
+    return stored
 
 
 def _explain(name: str, exc: BaseException, where: str, hint: str = "check the files in that folder") -> str:

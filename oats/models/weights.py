@@ -118,12 +118,13 @@ class DiskWeights:
     def has(self, key: str) -> bool:
         return key in self.where
 
-    def load(self, module, prefix: str, recurse: bool = True) -> None:
+    def load(self, module, prefix: str, recurse: bool = True, dtype="float32") -> None:
         """Give every parameter and buffer of ``module`` (named ``prefix`` in the model) its
-        values from the files, as fp32 CPU tensors; ModelLoadError for a missing one (a buffer
-        the files do not hold and the model computed itself stays as it is)."""
+        values from the files, as CPU tensors of ``dtype`` ("float32" by default: what the
+        blocks compute in; None keeps the file's dtype, e.g. a bf16 embedding table);
+        ModelLoadError for a missing one (a buffer the files do not hold and the model
+        computed itself stays as it is)."""
         import torch
-        from safetensors import safe_open
 
         items = list(module.named_parameters(recurse=recurse)) + list(module.named_buffers(recurse=recurse))
         wanted: dict[Path, list[tuple[str, str, torch.Tensor]]] = {}
@@ -135,11 +136,9 @@ class DiskWeights:
                 raise ModelLoadError(f"'{self.folder}' has no tensor {key!r}: the from-disk mode needs weights "
                                      "saved by save_pretrained for this architecture")
             # else: a buffer the model computed itself (rotary frequencies)
-        # each file is mapped only while its tensors are copied out, so no mapping outlives its block
         for path, entries in wanted.items():
-            with safe_open(str(path), framework="pt", device="cpu") as fh, torch.no_grad():
-                for name, key, value in entries:
-                    t = fh.get_tensor(key).to(torch.float32).clone()
+            with torch.no_grad():
+                for (name, key, value), t in zip(entries, self._read(path, [k for _, k, _ in entries], dtype)):
                     if tuple(t.shape) != tuple(value.shape):
                         raise ModelLoadError(f"tensor {key!r} in '{path.name}' has shape {tuple(t.shape)}, the model "
                                              f"expects {tuple(value.shape)}: the files do not match config.json")
@@ -149,6 +148,36 @@ class DiskWeights:
                         owner._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
                     else:
                         owner._buffers[attr] = t
+
+    def tensor(self, key: str, dtype=None):
+        """One tensor of the files, by its ``state_dict`` name, as a CPU tensor of ``dtype``
+        (None: the file's own dtype, e.g. bf16, at its size on disk); ModelLoadError when the
+        files do not hold it."""
+        if key not in self.where:
+            raise ModelLoadError(f"'{self.folder}' has no tensor {key!r}: the from-disk mode needs weights saved by "
+                                 "save_pretrained for this architecture")
+        return self._read(self.where[key], [key], dtype)[0]
+
+    def dtype_of(self, key: str) -> str:
+        """The safetensors dtype code ("BF16", "F16", "F32", ...) a tensor has in the files."""
+        return str(check_safetensors_file(self.where[key])[key]["dtype"])
+
+    @staticmethod
+    def _read(path: Path, keys: list[str], dtype) -> list:
+        """The tensors ``keys`` of one file, each in memory of its own (cast to ``dtype``, a torch
+        dtype or its name, unless None; integer tensors keep their type). The file is mapped only while they are copied out, so
+        no mapping outlives its block, and a tensor already of ``dtype`` is copied once, not twice."""
+        import torch
+        from safetensors import safe_open
+
+        want = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        out = []
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for key in keys:
+                t = fh.get_tensor(key)
+                cast = want is not None and t.is_floating_point() and t.dtype != want
+                out.append(t.to(want) if cast else t.clone())
+        return out
 
     @staticmethod
     def release(module) -> None:
