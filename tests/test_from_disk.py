@@ -12,6 +12,7 @@ from tiny_models import tiny_llama_folder, without_keys
 
 import oats.models.weights as weights_module
 from oats.cli import main as cli_main
+from oats.compress.allocation import Owl
 from oats.compress.preflight import estimate_compression_memory
 from oats.config import OatsConfig
 from oats.errors import ConfigError, ModelLoadError
@@ -126,9 +127,41 @@ def test_from_disk_bad_input(sharded, tmp_path, capsys):
     (empty / "config.json").write_text((sharded / "config.json").read_text())
     with pytest.raises(ModelLoadError, match="no .safetensors weights"):
         zoo.load_model(str(empty), from_disk=True)
-    with pytest.raises(ConfigError, match="uniform allocation"):
-        from oats.compress.allocation import Owl
-        execute(_request(sharded, "wanda", from_disk=True, allocation=Owl()), tmp_path / "owl")
+    with pytest.raises(ConfigError, match="OWL lambda"):  # the OWL checks apply from disk as in memory
+        execute(_request(sharded, "wanda", from_disk=True, allocation=Owl(lam=0.6)), tmp_path / "owl")
+
+
+def test_owl_from_disk_streams_its_outlier_pass_and_gives_the_same_rates(sharded, tmp_path, monkeypatch):
+    """OWL's dense outlier pass reads, runs and drops one block at a time from disk, and the
+    from-disk run has the in-memory run's block rates and blocks."""
+    owl = Owl(lam=0.2, threshold=2.0)
+    whole = execute(_request(sharded, "wanda", allocation=owl), tmp_path / "memory")
+    rates = whole.run.block_rates
+    assert rates is not None and len(set(rates)) == LAYERS  # the blocks do differ: the test can tell
+    resident, peak, loads = set(), [0], []
+    load, release = weights_module.DiskWeights.load, weights_module.DiskWeights.release
+
+    def counting_load(self, module, prefix, recurse=True, **kw):
+        load(self, module, prefix, recurse, **kw)
+        if prefix.rpartition(".")[2].isdigit():
+            loads.append(prefix)
+            resident.add(id(module))
+            peak[0] = max(peak[0], len(resident))
+
+    def counting_release(module):
+        release(module)
+        resident.discard(id(module))
+
+    monkeypatch.setattr(weights_module.DiskWeights, "load", counting_load)
+    monkeypatch.setattr(weights_module.DiskWeights, "release", staticmethod(counting_release))
+    streamed = execute(_request(sharded, "wanda", from_disk=True, allocation=owl), tmp_path / "disk")
+    assert peak[0] == 1 and not resident
+    assert len(loads) == 2 * LAYERS  # each block read twice: the outlier pass, then its compression
+    assert streamed.run.block_rates == rates
+    assert streamed.run.allocation["outlier_ratios"] == whole.run.allocation["outlier_ratios"]
+    for b in range(LAYERS):
+        name = f"block_{b:03d}.safetensors"
+        assert (tmp_path / "memory" / name).read_bytes() == (tmp_path / "disk" / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------- stored dtype

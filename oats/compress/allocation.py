@@ -91,10 +91,13 @@ def outlier_ratio(scores: list[torch.Tensor], threshold: float) -> float:
 
 @torch.no_grad()
 def outlier_ratios(model: nn.Module, calibration: list[dict], threshold: float = 5.0,
-                   allow_generic: bool = False) -> list[float]:
-    """Per block, the outlier ratio of the Wanda scores |W_ij| * ||X_j|| on the dense model."""
+                   allow_generic: bool = False, disk=None) -> list[float]:
+    """Per block, the outlier ratio of the Wanda scores |W_ij| * ||X_j|| on the dense model.
+
+    ``disk``: the model's blocks are on the meta device (the larger-than-memory mode) and are
+    streamed from these ``DiskWeights``: read, run and dropped in turn, as the compression does."""
     out = []
-    for _i, layers in iter_dense_layer_stats(model, calibration, allow_generic=allow_generic):
+    for _i, layers in iter_dense_layer_stats(model, calibration, allow_generic=allow_generic, disk=disk):
         out.append(outlier_ratio([w.abs().float() * m2.clamp_min(0).sqrt() for w, m2 in layers.values()],
                                  threshold))
     return out
@@ -118,9 +121,10 @@ def owl_rates(ratios: list[float], compression: float, lam: float) -> list[float
 
 
 def block_rates_for(model: nn.Module, calibration: list[dict], config: OatsConfig, owl: Owl,
-                    allow_generic: bool = False) -> tuple[list[float], dict]:
-    """OWL rates for ``model`` at ``config.compression`` and a record for the manifest."""
+                    allow_generic: bool = False, disk=None) -> tuple[list[float], dict]:
+    """OWL rates for ``model`` at ``config.compression`` and a record for the manifest
+    (``disk``: blocks streamed from the files, see ``outlier_ratios``)."""
     owl.check(config)
-    ratios = outlier_ratios(model, calibration, owl.threshold, allow_generic=allow_generic)
+    ratios = outlier_ratios(model, calibration, owl.threshold, allow_generic=allow_generic, disk=disk)
     rates = owl_rates(ratios, config.compression, owl.lam)
     return rates, {**owl.to_dict(), "outlier_ratios": ratios, "block_rates": rates}

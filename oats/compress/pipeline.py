@@ -280,7 +280,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method, from_disk=disk is not None),
                  what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens",
                  margin=COMPRESSION_MARGIN)
-    rates, alloc_info = _block_rates(s, model, calibration, len(blocks), resume, progress)
+    rates, alloc_info = _block_rates(s, model, calibration, len(blocks), resume, progress, disk)
     run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
                          config=s.config, layers=[], blocks=[], second_moments={},
                          calibration={"batches": len(calibration)}, timings={},
@@ -319,18 +319,17 @@ def _settings(config, method, model_name, device, allow_generic, allocation, blo
         raise ConfigError("no calibration data: give at least one calibration batch")
     dev = resolve_device(device)
     if disk is not None:
-        if owl is not None or block_rates is not None:
-            raise ConfigError("per-block rates (OWL) need a dense pass over the whole model: compress from disk with "
-                              "the uniform allocation")
+        # (OWL's dense outlier pass streams the blocks from disk as the compression does)
         if resume is not None:
             raise ConfigError("a run compressed from disk cannot be resumed: start it again")
     return CompressionSettings(config, method, dev, allow_generic, owl,
                                None if block_rates is None else tuple(block_rates))
 
 
-def _block_rates(s: CompressionSettings, model, calibration, n_blocks: int, resume, progress):
+def _block_rates(s: CompressionSettings, model, calibration, n_blocks: int, resume, progress, disk=None):
     """(per-block rates or None, the allocation record) of a run: the rates given, OWL's (the
-    resumed run's own, or from a dense statistics pass now), or None for the uniform rate."""
+    resumed run's own, or from a dense statistics pass now: from disk, its blocks streamed one
+    at a time), or None for the uniform rate."""
     if s.block_rates is not None:
         rates = _check_block_rates(s.block_rates, n_blocks, s.config)
         return rates, {"name": "given", "block_rates": rates}
@@ -339,7 +338,8 @@ def _block_rates(s: CompressionSettings, model, calibration, n_blocks: int, resu
     if resume is not None and resume.block_rates is not None:
         return list(resume.block_rates), resume.allocation
     t0 = time.perf_counter()
-    rates, alloc_info = block_rates_for(model, calibration, s.config, s.owl, allow_generic=s.allow_generic)
+    rates, alloc_info = block_rates_for(model, calibration, s.config, s.owl, allow_generic=s.allow_generic,
+                                        disk=disk)
     alloc_info["time_s"] = time.perf_counter() - t0
     if progress:
         progress(0, n_blocks, "OWL block rates " + ", ".join(f"{r:.3f}" for r in rates))
