@@ -177,6 +177,8 @@ def cmd_compress(args) -> int:
     resolve_device(args.device)  # a bad device fails before the model loads
     if args.resume:  # a resumed run's model name comes from its manifest: checked here, before any output
         zoo.check_model_name(request.model, from_disk=from_disk)
+    if not args.quiet:
+        _print_time_estimate(request)
     bars, progress = _block_bar(args, out, resumed, too_big)
 
     def update(stage=None, message=None, **_):
@@ -202,6 +204,15 @@ def cmd_compress(args) -> int:
             bar.close()
     _print_compressed(outcome.run, out, outcome.load_s, args.quiet)
     return 0
+
+
+def _print_time_estimate(request) -> None:
+    """The time the compression should take here, said before it starts (as the app's Compress
+    page says it): learned from this machine's past runs, or the shape model for a local folder."""
+    from oats.runs import estimate as est
+    e = est.estimate(request.model, request.method, request.config, est.past_runs(runs_root()),
+                     samples=request.calib_samples, evaluate=request.evaluate)
+    print(f"oats: time on this machine: {e.text}" + (f": {e.parts}" if e.parts else ""), file=sys.stderr)
 
 
 def _print_compressed(run, out: Path, t_load: float, quiet: bool) -> None:
@@ -274,6 +285,7 @@ def cmd_evaluate(args) -> int:
     from oats.models import zoo
     from oats.evaluation import evaluate, run_modes
     from oats.runs.folders import RunInfo, check_run_model, load_run
+    from oats.runs.lazy import open_lazy, wants_lazy
 
     folder = Path(args.run_dir)
     info = RunInfo.read(folder)
@@ -287,10 +299,17 @@ def cmd_evaluate(args) -> int:
     registry.check_modes(modes)
     text, image_folder = _eval_source(args)
     zoo.check_model_name(name)
-    _STATUS.show(f"loading {name} and the run ...")
-    loaded = zoo.load_model(name, trust_remote_code=args.trust_remote_code)
-    run = load_run(folder, model=loaded.model)
-    run.loaded = loaded
+    if args.stream or (name == info.model_name and wants_lazy(info)):
+        # the model stays on disk: each replaced linear is read just before it runs (peak about one matrix)
+        _STATUS.show(f"opening the run, {name} streamed from disk ...")
+        run = open_lazy(folder, loaded=zoo.load_model(name, from_disk=True,
+                                                      trust_remote_code=args.trust_remote_code))
+        loaded = run.loaded
+    else:
+        _STATUS.show(f"loading {name} and the run ...")
+        loaded = zoo.load_model(name, trust_remote_code=args.trust_remote_code)
+        run = load_run(folder, model=loaded.model)
+        run.loaded = loaded
     ev = evaluate(run, loaded, modes=modes, quick=args.quick, text=text, image_folder=image_folder)
     _STATUS.clear()
     cfg = info.config
@@ -481,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="the base model (default: the run's own; must be the same)")
     e.add_argument("--trust-remote-code", action="store_true", help="run a hub model's own code (off by default)")
     e.add_argument("--json", action="store_true", help="print every metric (per domain too) as JSON instead of the table")
+    e.add_argument("--stream", action="store_true", help="keep the model on disk (a local safetensors folder) and read "
+                   "each layer as it runs: the same numbers in about one matrix of memory (chosen by itself when the "
+                   "model would not fit easily)")
     _eval_args(e)
     e.set_defaults(fn=cmd_evaluate)
 

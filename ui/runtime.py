@@ -41,7 +41,8 @@ def _through_app_py() -> None:
 
 _through_app_py()
 
-from oats.runs.folders import load_run  # noqa: E402 - after the page has been sent through app.py
+from oats.runs.lazy import open_run as load_run  # noqa: E402 - after the page has been sent through app.py
+# (open_run: in memory where the run fits easily, else a LazyRun that reads per layer and streams blocks)
 
 
 # ----------------------------------------------------------------------------- the process heap

@@ -286,7 +286,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                          calibration={"batches": len(calibration)}, timings={},
                          block_rates=rates, allocation=alloc_info)
     done = _take_over(run, resume, s.config, method, rates)
-    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done)
+    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done, resume)
 
 
 @dataclass(frozen=True)
@@ -320,8 +320,9 @@ def _settings(config, method, model_name, device, allow_generic, allocation, blo
     dev = resolve_device(device)
     if disk is not None:
         # (OWL's dense outlier pass streams the blocks from disk as the compression does)
-        if resume is not None:
-            raise ConfigError("a run compressed from disk cannot be resumed: start it again")
+        if resume is not None and not hasattr(resume, "apply_block"):
+            raise ConfigError("a run compressed from disk resumes from its folder: open it with "
+                              "oats.runs.lazy.open_lazy(folder, allow_partial=True, stream=False)")
     return CompressionSettings(config, method, dev, allow_generic, owl,
                                None if block_rates is None else tuple(block_rates))
 
@@ -364,7 +365,7 @@ def _take_over(run: CompressionRun, resume: CompressionRun | None, config: OatsC
 
 
 def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: set[int], s: CompressionSettings,
-                     disk, progress, on_block_done) -> CompressionRun:
+                     disk, progress, on_block_done, resume=None) -> CompressionRun:
     """Capture the first block's inputs, then compress the blocks in order (carrying the inputs
     of the ``done`` ones forward), calling the hooks after each; the run with its timings."""
     model, config, block_rates = run.model, s.config, run.block_rates
@@ -381,7 +382,11 @@ def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: se
             disk.load(block, path)
             check_weights(adapter, model, [(path, block)], config)
         if i in done:  # already compressed: only carry the inputs forward
+            if disk is not None:  # its factors come from the run folder
+                resume.apply_block(block, path, i)
             inputs.hidden = run_block(block, adapter, inputs)
+            if disk is not None:
+                disk.release(block)
             continue
         bconfig = config if block_rates is None else config.replace(compression=block_rates[i])
         recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, s.method,

@@ -67,23 +67,28 @@ class OatsLinear(nn.Module):
         return self.sparse + self.u @ self.v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mode = self._mode
-        if mode == "dense":
-            y = nn.functional.linear(x, self.weight)
-        elif mode == "sparse":
-            y = nn.functional.linear(x, self.sparse)
-        else:
-            # Low rank through the thin factors: (x v^T) u^T costs r (d_in + d_out) per token.
-            y = nn.functional.linear(nn.functional.linear(x, self.v), self.u)
-            if mode == "both":
-                y = y + nn.functional.linear(x, self.sparse)
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        return apply_terms(x, self._mode, self.weight, self.sparse, self.u, self.v, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"nnz={int(torch.count_nonzero(self.sparse))}, mode={self._mode}")
+
+
+def apply_terms(x: torch.Tensor, mode: str, weight, sparse, u, v, bias) -> torch.Tensor:
+    """What an ``OatsLinear`` in ``mode`` computes, from the tensors given (those the mode does
+    not use may be None): the one forward of replaced linears, in memory or streamed from disk."""
+    if mode == "dense":
+        y = nn.functional.linear(x, weight)
+    elif mode == "sparse":
+        y = nn.functional.linear(x, sparse)
+    else:
+        # Low rank through the thin factors: (x v^T) u^T costs r (d_in + d_out) per token.
+        y = nn.functional.linear(nn.functional.linear(x, v), u)
+        if mode == "both":
+            y = y + nn.functional.linear(x, sparse)
+    if bias is not None:
+        y = y + bias
+    return y
 
 
 def oats_layers(model: nn.Module) -> dict[str, OatsLinear]:

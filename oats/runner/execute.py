@@ -17,13 +17,14 @@ from oats import corpora, data
 from oats.compress import pipeline
 from oats.compress.pipeline import resolve_device
 from oats.compress.records import CompressionRun
-from oats.errors import OatsError, RunError
+from oats.errors import OatsError
 from oats.evaluation import evaluate, run_modes
 from oats.models import zoo
 from oats.runner.request import CompressRequest, check_calib_domain, data_kind
 from oats.runs.estimate import this_machine
 from oats.runs.evaluations import save_evaluation
 from oats.runs.folders import RunWriter, check_run_folder, clear_run_folder, load_run
+from oats.runs.lazy import open_lazy
 from oats.runs.state import Action, FolderState, inspect
 
 IF_EXISTS = ("resume", "replace")
@@ -105,15 +106,15 @@ def execute(request: CompressRequest, folder: str | Path, *,
     resolve_device(request.device)
     action = folder_state(request, folder, if_exists).action
     t0 = time.perf_counter()
-    if request.from_disk and action is Action.RESUME:
-        raise RunError(f"run folder '{folder}' holds an unfinished run, and a compression from disk cannot resume: "
-                       "start it again (--overwrite)")
     if loaded is None:
         update(stage="loading", message=f"loading {request.model}" + (" (blocks stay on disk)" if request.from_disk else ""))
         loaded = zoo.load_model(request.model, trust_remote_code=request.trust_remote_code,
                                 **({"from_disk": True} if request.from_disk else {}))
     if action is Action.REUSE:
-        run = load_run(folder, model=loaded.model)
+        if request.from_disk:  # the model stays on disk: the run is opened the same way
+            run = open_lazy(folder, loaded=loaded)
+        else:
+            run = load_run(folder, model=loaded.model)
         run.loaded = loaded
         return Outcome(run=run, folder=folder, status=Action.REUSE.done, load_s=time.perf_counter() - t0)
     if request.calib_source is None:  # a domain of the other kind is one line, before any work
@@ -126,7 +127,9 @@ def execute(request: CompressRequest, folder: str | Path, *,
     t_load = time.perf_counter() - t0
     resume = None
     if action is Action.RESUME:
-        resume = load_run(folder, model=loaded.model, allow_partial=True)
+        # from disk: the finished blocks' factors are read from the folder as their turn comes
+        resume = (open_lazy(folder, allow_partial=True, loaded=loaded, stream=False) if request.from_disk
+                  else load_run(folder, model=loaded.model, allow_partial=True))
         update(message=f"resuming after {len(resume.blocks)} finished blocks")
     else:
         clear_run_folder(folder)

@@ -1,0 +1,181 @@
+"""The lazy run handle (``oats.runs.lazy``): a run opened without its model in memory gives the
+same numbers as the in-memory path on every per-layer view and in evaluation, streams at most
+one block of replaced weights at a time, keeps a bf16 checkpoint in bf16, and a compression
+from disk resumes to the same block files as one that was never interrupted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_llama_folder
+
+from oats.cli import main as cli_main
+from oats.config import OatsConfig
+from oats.evaluation import evaluate_run
+from oats.explain import budget, heavytail, outliers, spectra
+from oats.explain.walkthrough import layer_gram
+from oats.runner.execute import Cancelled, execute
+from oats.runner.request import CompressRequest
+from oats.runs import lazy
+from oats.runs.folders import load_run
+
+LAYERS = 3
+
+
+@pytest.fixture(scope="module")
+def bf16_model(tmp_path_factory):
+    """A tiny Llama stored in bf16, sharded as save_pretrained shards a mid-size model."""
+    return tiny_llama_folder(tmp_path_factory.mktemp("bf16") / "llama", hidden=32, layers=LAYERS, seed=7,
+                             max_shard_size="20KB", dtype=torch.bfloat16)
+
+
+def _request(folder, method="oats", **kw):
+    cfg = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=4)
+    return CompressRequest(str(folder), cfg, method, calib_samples=6, seq_len=16, seed=2, evaluate=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def run_folder(bf16_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "oats"
+    execute(_request(bf16_model), out)
+    return out
+
+
+def _close(a, b, path="") -> None:
+    """Every number of two view results equal to 1e-6 (relative), recursively."""
+    if dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            _close(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}[{k}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, (np.ndarray, torch.Tensor, float)) and not isinstance(a, bool):
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        assert x.shape == y.shape, path
+        assert np.allclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True), (path, np.abs(x - y).max())
+    else:
+        assert a == b, path
+
+
+def test_every_per_layer_view_is_the_same(run_folder):
+    mem, lz = load_run(run_folder), lazy.open_lazy(run_folder)
+    assert isinstance(lz, lazy.LazyRun) and not isinstance(mem, lazy.LazyRun)
+    # nothing of the replaced linears is in memory after opening: placeholders on the meta device
+    assert all(m.sparse.device.type == "meta" and m.weight.device.type == "meta" for m in lz.modules().values())
+    assert lz.reader.loads == 0
+    for rec in mem.layers:
+        q = rec.qualname
+        _close({k: v.float() for k, v in mem.factors(q).items()}, {k: v.float() for k, v in lz.factors(q).items()}, q)
+        _close(spectra.layer_spectra(mem, q), spectra.layer_spectra(lz, q), q)
+        _close(outliers.column_shares(mem, q), outliers.column_shares(lz, q), q)
+        _close(outliers.mask_density(mem, q), outliers.mask_density(lz, q), q)
+        _close(heavytail.layer_esd(mem, q), heavytail.layer_esd(lz, q), q)
+    _close(budget.layer_budget(mem), budget.layer_budget(lz))
+    _close(spectra.spectra_overview(mem), spectra.spectra_overview(lz))
+    _close(outliers.second_moments_by_input(mem), outliers.second_moments_by_input(lz))
+    _close(mem.second_moments, lz.second_moments)
+
+
+def test_streamed_forward_and_evaluation_equal_in_memory(run_folder):
+    mem, lz = load_run(run_folder), lazy.open_lazy(run_folder)
+    assert lz.reader.max_blocks_resident == 0
+    x = torch.randint(0, 20, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for mode in ("dense", "both", "sparse", "lowrank"):
+            with mem.use_mode(mode), lz.use_mode(mode):
+                assert torch.equal(mem.model(input_ids=x).logits, lz.model(input_ids=x).logits), mode
+    ev_mem, ev_lazy = evaluate_run(mem, quick=True), evaluate_run(lz, quick=True)
+    assert ev_mem == ev_lazy and np.isfinite(ev_lazy["both"]["perplexity"])
+    # each replaced linear was read as it ran and dropped: never two blocks at once
+    assert lz.reader.loads > 0 and lz.reader.max_blocks_resident == 1 and not lz.reader.resident
+    assert all(m.sparse.device.type == "meta" for m in lz.modules().values())
+
+
+def test_the_walkthrough_gram_replay_streams_too(run_folder):
+    mem, lz = load_run(run_folder), lazy.open_lazy(run_folder)
+    from oats.data import calibration_batches
+    batches = calibration_batches(mem.loaded, n_samples=2, seq_len=12, seed=0)
+    q = mem.layers[-1].qualname  # the last block: every earlier block runs compressed first
+    assert torch.allclose(layer_gram(mem, q, batches), layer_gram(lz, q, batches), rtol=1e-6, atol=1e-7)
+    assert lz.reader.max_blocks_resident == 1
+
+
+def test_the_stored_dtype_is_kept(run_folder):
+    lz = lazy.open_lazy(run_folder)
+    emb = lz.model.get_input_embeddings().weight
+    assert emb.dtype == torch.bfloat16  # half of fp32, computed in fp32 after the lookup
+    rec = lz.layers[0]
+    assert lz.reader.weight(rec.path).dtype == torch.bfloat16
+    assert lz.factors(rec.qualname)["weight"].dtype == torch.float32
+
+
+def test_open_run_chooses_by_memory(run_folder, monkeypatch):
+    monkeypatch.setenv(lazy.LAZY_ENV, "1")
+    assert isinstance(lazy.open_run(run_folder), lazy.LazyRun)
+    monkeypatch.setenv(lazy.LAZY_ENV, "0")
+    assert not isinstance(lazy.open_run(run_folder), lazy.LazyRun)
+    monkeypatch.delenv(lazy.LAZY_ENV)
+    info = lazy.RunInfo.read(run_folder)
+    need = lazy.in_memory_bytes(info)
+    monkeypatch.setattr(lazy, "available_memory", lambda: need * 10)
+    assert not lazy.wants_lazy(info)
+    monkeypatch.setattr(lazy, "available_memory", lambda: need)  # would take all of it: lazily
+    assert lazy.wants_lazy(info)
+
+
+def test_cli_evaluate_streams(run_folder, capsys):
+    assert cli_main(["evaluate", str(run_folder), "--quick", "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert cli_main(["evaluate", str(run_folder), "--quick", "--json", "--stream"]) == 0
+    streamed = json.loads(capsys.readouterr().out)
+    assert whole["metrics"] == streamed["metrics"]
+
+
+def test_a_damaged_factor_is_one_line(run_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from oats.errors import RunError
+    bad = tmp_path / "bad"
+    shutil.copytree(run_folder, bad)
+    f = bad / "block_001.safetensors"
+    t = load_file(str(f))
+    key = next(k for k in t if k.endswith(".u"))
+    t[key] = torch.full_like(t[key], float("nan"))
+    save_file(t, str(f))
+    lz = lazy.open_lazy(bad)
+    q = next(r.qualname for r in lz.layers if r.block == 1 and key.startswith(r.path))
+    with pytest.raises(RunError, match="damaged u .*NaN"):
+        lz.factors(q)
+
+
+@pytest.mark.parametrize("method", ["oats", "wanda"])
+def test_a_from_disk_run_resumes_to_the_same_block_files(bf16_model, tmp_path, method):
+    whole = execute(_request(bf16_model, method, from_disk=True), tmp_path / "straight")
+    assert whole.status == "computed"
+
+    def stop_after_two(done, total, msg):
+        if done == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        execute(_request(bf16_model, method, from_disk=True), tmp_path / "cut", progress=stop_after_two)
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["complete"] is False
+    resumed = execute(_request(bf16_model, method, from_disk=True), tmp_path / "cut")
+    assert resumed.status == "resumed" and resumed.resumed_blocks == 2
+    for b in range(LAYERS):
+        name = f"block_{b:03d}.safetensors"
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
+    # the resumed run's finished blocks were read back from the folder, never the whole model
+    real = {n for n, p in resumed.run.model.named_parameters() if p.device.type != "meta"}
+    assert all(".layers." not in n for n in real)
