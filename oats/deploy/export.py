@@ -769,7 +769,9 @@ def size_report(run: CompressionRun) -> dict:
     plus ``params_dense`` and ``params_kept``. Values, indices, factors and biases all counted."""
     dense = csr8 = csr = 0
     for path, m in oats_layers(run.model).items():
-        nnz = int(torch.count_nonzero(m.sparse))
+        # a lazily opened run (oats.runs.lazy) has its factors on disk: the manifest's count then
+        nnz = (int(torch.count_nonzero(m.sparse)) if m.sparse.device.type != "meta"
+               else sum(r.nnz for r in run.layers if r.path == path))
         us, _ = _parts(run, path, m)
         rest = 4 * (m.v.numel() + sum(u.numel() for u in us)) + (0 if m.bias is None else 4 * m.bias.numel())
         dense += 4 * m.weight.numel() + (0 if m.bias is None else 4 * m.bias.numel())
