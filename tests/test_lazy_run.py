@@ -15,6 +15,7 @@ from tiny_models import tiny_llama_folder
 
 from oats.cli import main as cli_main
 from oats.config import OatsConfig
+from oats.deploy.export import size_report
 from oats.evaluation import evaluate_run
 from oats.explain import budget, heavytail, outliers, spectra
 from oats.explain.walkthrough import layer_gram
@@ -83,6 +84,7 @@ def test_every_per_layer_view_is_the_same(run_folder):
     _close(spectra.spectra_overview(mem), spectra.spectra_overview(lz))
     _close(outliers.second_moments_by_input(mem), outliers.second_moments_by_input(lz))
     _close(mem.second_moments, lz.second_moments)
+    assert size_report(mem) == size_report(lz)  # the Deploy page's bytes: the manifest's counts are the files'
 
 
 def test_streamed_forward_and_evaluation_equal_in_memory(run_folder):
@@ -179,3 +181,28 @@ def test_a_from_disk_run_resumes_to_the_same_block_files(bf16_model, tmp_path, m
     # the resumed run's finished blocks were read back from the folder, never the whole model
     real = {n for n, p in resumed.run.model.named_parameters() if p.device.type != "meta"}
     assert all(".layers." not in n for n in real)
+
+
+def test_every_page_opens_a_lazy_run(run_folder, monkeypatch):
+    """The app opens the run lazily (OATS_LAZY_RUNS=1) and every page draws from it."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import ui.runtime as runtime
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("OATS_RUNS_DIR", str(run_folder.parent))
+    monkeypatch.setenv(lazy.LAZY_ENV, "1")
+    runtime.RUNS.clear()
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=300)
+    at.run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    for page in ("spectra", "outliers", "error_budget", "walkthrough", "heads", "compare", "deploy", "vit"):
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+        assert not at.exception and not at.error, (page, [*at.exception, *at.error])
+        if page not in ("vit", "compare", "deploy"):
+            assert at.get("plotly_chart"), page
+    opened = [f.result() for f in runtime.RUNS._entries.values() if f.done() and not f.exception()]
+    assert opened and all(isinstance(r, lazy.LazyRun) for r in opened)
+    runtime.RUNS.clear()
