@@ -115,6 +115,8 @@ def test_the_stored_dtype_is_kept(run_folder):
     lz = lazy.open_lazy(run_folder)
     emb = lz.model.get_input_embeddings().weight
     assert emb.dtype == torch.bfloat16  # half of fp32, computed in fp32 after the lookup
+    head = lz.model.get_output_embeddings()  # untied: read from the files in row slices as it runs
+    assert isinstance(head, lazy.StreamedHead) and head.weight.device.type == "meta"
     rec = lz.layers[0]
     assert lz.reader.weight(rec.path).dtype == torch.bfloat16
     assert lz.factors(rec.qualname)["weight"].dtype == torch.float32

@@ -39,6 +39,7 @@ from oats.core.linear import OatsLinear, apply_terms
 from oats.errors import RunError
 from oats.models import zoo
 from oats.models.hub import attach_stored_head
+from oats.models.stored import CHUNK_BYTES
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 from oats.resources import available_memory
 from oats.runs.folders import _block_file, _problem, load_run
@@ -200,6 +201,51 @@ class StreamedLinear(OatsLinear):
         return low if mode == "lowrank" else t["sparse"] + low
 
 
+class StreamedHead(torch.nn.Module):
+    """An untied LM head read from the model's files a slice of rows at a time on each forward:
+    fp32 logits as ``oats.models.stored.StoredHead`` gives them, with nothing of the head
+    resident between forwards (Llama-3.1-8B's is 1 GB in bf16, a quarter of the app's budget)."""
+
+    def __init__(self, disk, key: str, shape: tuple[int, int], bias: torch.Tensor | None,
+                 chunk_bytes: int = CHUNK_BYTES):
+        super().__init__()
+        self.disk, self.key, self.chunk_bytes = disk, key, chunk_bytes
+        self.out_features, self.in_features = shape
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        # shapes only (the meta device), so code that asks for the head's weight sees its shape and dtype
+        self.weight = torch.nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.float()
+        rows = max(1, int(self.chunk_bytes) // (4 * self.in_features))
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
+        with safe_open(str(self.disk.where[self.key]), framework="pt", device="cpu") as fh:
+            sl = fh.get_slice(self.key)
+            for a in range(0, self.out_features, rows):
+                b = min(self.out_features, a + rows)
+                bias = None if self.bias is None else self.bias[a:b].float()
+                out[..., a:b] = torch.nn.functional.linear(x, sl[a:b].float(), bias)
+        return out
+
+
+def _attach_head(loaded) -> None:
+    """The head of a lazily opened causal LM: the tied embedding's (``attach_stored_head``), or
+    an untied one streamed from the files (``StreamedHead``)."""
+    model = loaded.model
+    head = model.get_output_embeddings()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    if head is None or tied or getattr(head, "weight", None) is None or head.weight.device.type != "meta":
+        attach_stored_head(loaded)
+        return
+    path = next(p for p, m in model.named_modules() if m is head)
+    key = f"{path}.weight"
+    if not loaded.disk.has(key):
+        attach_stored_head(loaded)  # says in one line that the files lack it
+        return
+    bias = loaded.disk.tensor(f"{path}.bias", dtype=torch.float32) if getattr(head, "bias", None) is not None else None
+    set_submodule(model, path, StreamedHead(loaded.disk, key, tuple(head.weight.shape), bias))
+
+
 class LazyRun(CompressionRun):
     """A ``CompressionRun`` whose model and factors stay on disk (see the module docstring).
 
@@ -298,7 +344,7 @@ def open_lazy(folder: str | Path, allow_partial: bool = False, loaded=None, stre
     if stream:
         _stream_linears(model, info, reader, loaded.disk)
         _load_rest(model, loaded.disk, info)
-        attach_stored_head(loaded)  # evaluation's logits, from the stored head in row slices
+        _attach_head(loaded)  # evaluation's logits, from the stored head in row slices
     run = LazyRun(model=model, model_name=info.model_name, family=info.family, method=info.method, config=info.config,
                   layers=list(info.layers), blocks=list(info.blocks), second_moments=_second_moments(reader, info),
                   calibration=dict(info.calibration), timings=dict(info.timings), loaded=loaded,
