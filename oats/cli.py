@@ -448,19 +448,20 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from oats.deploy.export import check_layout, check_out_folder, export_folder_bytes, export_run_folder
+    from oats.deploy.export import check_dtype, check_layout, check_out_folder, export_folder_bytes, export_run_folder
     from oats.runs.folders import RunInfo
 
     check_layout(args.format)
+    check_dtype(args.dtype)
     check_out_folder(args.out, args.force, protect=args.run_dir)
     info = RunInfo.read(args.run_dir)
     _STATUS.show(f"loading {info.model_name} and the run ...")
-    out = export_run_folder(args.run_dir, args.out, layout=args.format, force=args.force)
+    out = export_run_folder(args.run_dir, args.out, layout=args.format, force=args.force, dtype=args.dtype)
     _STATUS.clear()
     how = ("import oats; oats.load_compressed('{0}')" if args.format == "sparse" else
            "no oats needed: see the 'load' line of {0}/oats_export.json").format(out)
-    print(f"exported {args.run_dir} as {args.format} to {out} ({export_folder_bytes(out) / 1e6:.1f} MB of weights); "
-          f"load it with: {how}")
+    print(f"exported {args.run_dir} as {args.format} to {out} ({export_folder_bytes(out) / 1e6:.1f} MB of weights in "
+          f"{args.dtype}); load it with: {how}")
     return 0
 
 
@@ -517,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the export folder (new, or empty; --force replaces it)")
     x.add_argument("--format", default="sparse", help="sparse (default: S in CSR form + U, V; load with "
                    "oats.load_compressed) or folded (one dense matrix per layer; plain transformers / timm loads it)")
+    x.add_argument("--dtype", default="fp32", help="fp32 (default) or bf16: the float type the weights are written "
+                   "in (bf16: half the size; loading computes in fp32 as before)")
     x.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     x.set_defaults(fn=cmd_export)
 

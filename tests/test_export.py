@@ -20,8 +20,8 @@ from tiny_models import CALIB, CASES, assert_cli_fails, compressed, llm_folder a
 import oats
 from oats.cli import main as cli_main
 from oats.core.linear import OatsLinear
-from oats.deploy.export import (EXPORT_FILE, SPARSE_FILE, block_linear_bytes, export_run, load_compressed,
-                                size_report, sparse_modules)
+from oats.deploy.export import (EXPORT_FILE, SPARSE_FILE, block_linear_bytes, export_folder_bytes, export_run,
+                                load_compressed, size_report, sparse_modules)
 from oats.deploy import kernels
 from oats.deploy.linear import SparseLowRankLinear, pack_csr
 from oats.errors import ConfigError, RunError
@@ -318,6 +318,41 @@ def test_folded_loads_with_plain_transformers_and_timm_without_oats(exports, tmp
         assert _max_rel(got[name], ref) <= 1e-5, name
 
 
+# ----------------------------------------------------------------------------- bf16 exports
+
+
+BF16_TOLERANCE = 0.01
+"""Largest output difference of a bf16 export from the fp32 one, relative to the output's
+largest value: bf16 keeps 8 bits of mantissa (a relative rounding of at most 2^-9 = 0.2% per
+value); through the tiny models' blocks the roundings add up to 0.2-0.45% (measured)."""
+
+
+@pytest.mark.parametrize("layout", ["sparse", "folded"])
+@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2", "bert", "vit", "dinov2", "timm-vit"])
+def test_a_bf16_export_is_half_the_size_and_computes_as_the_fp32_one(name, layout, exports, tmp_path):
+    from safetensors import safe_open
+    c = compressed(name)
+    fp32 = exports[name, layout]
+    bf16 = export_run(c.run, tmp_path / "bf16", layout, dtype="bf16")
+    assert json.loads((bf16 / EXPORT_FILE).read_text())["dtype"] == "bf16"
+    assert json.loads((fp32 / EXPORT_FILE).read_text())["dtype"] == "fp32"
+    files = sorted(bf16.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            floats = {fh.get_slice(k).get_dtype() for k in fh.keys()} & {"F32", "BF16", "F16", "F64"}
+        assert floats == {"BF16"}, f.name  # every float tensor, the factors and the dense rest
+    weights = SPARSE_FILE if layout == "sparse" else "model.safetensors"  # (another test adds a batch file to fp32)
+    ratio = (bf16 / weights).stat().st_size / (fp32 / weights).stat().st_size
+    assert export_folder_bytes(bf16) == (bf16 / weights).stat().st_size
+    assert 0.5 <= ratio < (0.7 if layout == "sparse" else 0.51)  # the sparse indices keep their size
+    model, ref_model = load_compressed(bf16), load_compressed(fp32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # computes in fp32, as before
+    with torch.no_grad():
+        got, ref = _output(model, c.batch), _output(ref_model, c.batch)
+    diff = _max_rel(got, ref)
+    assert 0 < diff <= BF16_TOLERANCE, diff
+
+
 # ----------------------------------------------------------------------------- the command and bad input
 
 
@@ -344,6 +379,14 @@ def test_oats_export_writes_a_folder_that_loads(run_folder, tmp_path, capsys):
         ref = run.model(input_ids=ids, use_cache=False).logits
         got = model(input_ids=ids, use_cache=False).logits
     assert _max_rel(got, ref) <= 1e-5
+    # --dtype bf16: the same model to bf16's rounding, in half the bytes
+    half = tmp_path / "exp-bf16"
+    assert cli_main(["export", str(run_folder), "--out", str(half), "--dtype", "bf16"]) == 0
+    assert "of weights in bf16" in capsys.readouterr().out
+    with torch.no_grad():
+        got16 = oats.load_compressed(half)(input_ids=ids, use_cache=False).logits
+    assert 0 < _max_rel(got16, got) <= BF16_TOLERANCE
+    assert export_folder_bytes(half) < 0.7 * export_folder_bytes(out)
     # --force replaces an export; without it a second export is refused and changes nothing
     before = (out / SPARSE_FILE).read_bytes()
     assert cli_main(["export", str(run_folder), "--out", str(out), "--format", "folded", "--force"]) == 0
@@ -356,7 +399,8 @@ def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("case", ["format", "nonempty", "unfinished", "damaged", "missing", "runfolder", "file"])
+@pytest.mark.parametrize("case", ["format", "dtype", "nonempty", "unfinished", "damaged", "missing", "runfolder",
+                                  "file"])
 def test_bad_export_is_one_line_status_2_and_writes_nothing(case, run_folder, tmp_path, capsys):
     out = tmp_path / "out"
     run = tmp_path / "run"
@@ -365,6 +409,9 @@ def test_bad_export_is_one_line_status_2_and_writes_nothing(case, run_folder, tm
     if case == "format":
         args += ["--format", "dense"]
         message = "unknown export format 'dense': use sparse"
+    elif case == "dtype":
+        args += ["--dtype", "fp8"]
+        message = "unknown export dtype 'fp8': use fp32 (the default) or bf16"
     elif case == "nonempty":
         out.mkdir()
         (out / "keep.txt").write_text("mine")

@@ -51,7 +51,8 @@ from oats.runs.folders import check_run_folder, load_run, write_error
 from oats.runs.info import RunInfo
 from oats.untrusted import BadFile, inside, read_json, regular_file
 
-__all__ = ["EXPORT_FILE", "LAYOUTS", "SPARSE_FILE", "block_linear_bytes", "check_layout", "check_out_folder",
+__all__ = ["DTYPES", "EXPORT_FILE", "LAYOUTS", "SPARSE_FILE", "block_linear_bytes", "check_dtype", "check_layout",
+           "check_out_folder",
            "dense_linear_bytes", "export_folder_bytes", "export_run", "export_run_folder", "load_compressed",
            "read_export_info", "size_report", "sparse_modules"]
 
@@ -59,6 +60,9 @@ EXPORT_FILE = "oats_export.json"
 SPARSE_FILE = "sparse_lowrank.safetensors"
 EXPORT_FORMAT = 2  # 2: S in CSR8 (format 1: CSR)
 LAYOUTS = ("sparse", "folded")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""What an export's float tensors are written in (``--dtype``). bf16 halves the files; a
+loaded export computes in fp32 either way (the values are cast up once, when loading)."""
 
 
 # ----------------------------------------------------------------------------- checks
@@ -69,6 +73,30 @@ def check_layout(layout: str) -> str:
         raise ConfigError(f"unknown export format {layout!r}: use sparse (compressed S + U V, the default) "
                           "or folded (one dense matrix per layer, loads without oats)")
     return layout
+
+
+def check_dtype(dtype: str) -> str:
+    if not (isinstance(dtype, str) and dtype in DTYPES):
+        raise ConfigError(f"unknown export dtype {_show(dtype)}: use fp32 (the default) or bf16 (half the size on "
+                          "disk; loads and computes in fp32)")
+    return dtype
+
+
+def _cast(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """``state`` with its float tensors in ``dtype``; tensors that shared storage (a tied
+    head) share the cast one, so the writers still store them once."""
+    want = DTYPES[dtype]
+    done: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, t in state.items():
+        if not t.is_floating_point() or t.dtype == want:
+            out[k] = t
+            continue
+        key = (t.data_ptr(), t.numel(), tuple(t.shape), t.stride())
+        if key not in done:
+            done[key] = t.detach().to(want)
+        out[k] = done[key]
+    return out
 
 
 def check_out_folder(out: str | Path, force: bool, protect: str | Path | None = None) -> Path:
@@ -197,7 +225,7 @@ def _parts(run: CompressionRun, path: str, m: OatsLinear) -> tuple[list[torch.Te
     return us, rows
 
 
-def _write_sparse(run: CompressionRun, kind: str, folder: Path) -> dict:
+def _write_sparse(run: CompressionRun, kind: str, folder: Path, dtype: str = "fp32") -> dict:
     model = run.model
     layers = oats_layers(model)
     tensors: dict[str, torch.Tensor] = {}
@@ -222,21 +250,22 @@ def _write_sparse(run: CompressionRun, kind: str, folder: Path) -> dict:
     clash = set(rest) & set(tensors)
     if clash:
         raise RunError(f"cannot export: tensor names clash ({sorted(clash)[0]})")
-    save_file({**rest, **tensors}, str(folder / SPARSE_FILE))
+    save_file(_cast({**rest, **tensors}, dtype), str(folder / SPARSE_FILE))
     _write_config(model, kind, folder)
     return {"layers": meta, "aliases": aliases}
 
 
-def _write_folded(model: nn.Module, kind: str, folder: Path) -> dict:
+def _write_folded(model: nn.Module, kind: str, folder: Path, dtype: str = "fp32") -> dict:
     layers = oats_layers(model)
     types = _skeleton_module_types(model, kind, list(layers))
     folded = {p: _folded_module(m, types[p]) for p, m in layers.items()}
     with _swapped(model, folded):
         if kind == "transformers":
-            model.save_pretrained(folder, safe_serialization=True)
+            state = None if dtype == "fp32" else _cast(model.state_dict(), dtype)
+            model.save_pretrained(folder, safe_serialization=True, state_dict=state)
         else:
             state, _ = _dedupe(model.state_dict())
-            save_file(state, str(folder / "model.safetensors"))
+            save_file(_cast(state, dtype), str(folder / "model.safetensors"))
             _write_config(model, kind, folder)
     return {"layers": {p: {"shape": [m.out_features, m.in_features], "rank": m.rank,
                            "nnz": int(torch.count_nonzero(m.sparse))} for p, m in layers.items()}}
@@ -261,13 +290,15 @@ def _load_hint(layout: str, kind: str, cls: str) -> str:
 
 
 def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", force: bool = False,
-               run_folder: str | Path | None = None, info: RunInfo | None = None) -> Path:
-    """Write ``run`` (a compressed model in memory) as a deployable folder ``out``.
+               run_folder: str | Path | None = None, info: RunInfo | None = None, dtype: str = "fp32") -> Path:
+    """Write ``run`` (a compressed model in memory) as a deployable folder ``out``, its float
+    tensors in ``dtype`` ("fp32", or "bf16": half the size, see ``DTYPES``).
 
     The folder is written next to ``out`` under a temporary name and moved into place only
     when complete: a failure leaves ``out`` as it was.
     """
     check_layout(layout)
+    check_dtype(dtype)
     out = check_out_folder(out, force, protect=run_folder)
     model = run.model
     kind = _kind(model)
@@ -284,7 +315,8 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
     try:
         writing = out / (SPARSE_FILE if layout == "sparse" else "model.safetensors")
         with torch.no_grad(), quiet_transformers():
-            body = _write_sparse(run, kind, tmp) if layout == "sparse" else _write_folded(model, kind, tmp)
+            body = (_write_sparse(run, kind, tmp, dtype) if layout == "sparse" else
+                    _write_folded(model, kind, tmp, dtype))
         loaded = run.loaded
         extra = {}
         if loaded is not None:
@@ -295,7 +327,8 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
                      "image_mean": loaded.image_mean, "image_std": loaded.image_std}
         attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
         manifest = {"oats_export": EXPORT_FORMAT, "layout": layout, "kind": kind, "class": type(model).__name__,
-                    "attn_implementation": attn, "load": _load_hint(layout, kind, type(model).__name__),
+                    "attn_implementation": attn, "dtype": dtype,
+                    "load": _load_hint(layout, kind, type(model).__name__),
                     "run": _describe(run, info), **extra, **body}
         writing = out / EXPORT_FILE
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=1))
@@ -322,9 +355,11 @@ def export_run(run: CompressionRun, out: str | Path, layout: str = "sparse", for
     return out
 
 
-def export_run_folder(run_folder: str | Path, out: str | Path, layout: str = "sparse", force: bool = False) -> Path:
+def export_run_folder(run_folder: str | Path, out: str | Path, layout: str = "sparse", force: bool = False,
+                      dtype: str = "fp32") -> Path:
     """Export a complete run folder (its base model is loaded by name and the factors applied)."""
     check_layout(layout)
+    check_dtype(dtype)
     run_folder = Path(run_folder)
     check_out_folder(out, force, protect=run_folder)
     info = RunInfo.read(run_folder)
@@ -332,7 +367,7 @@ def export_run_folder(run_folder: str | Path, out: str | Path, layout: str = "sp
         raise RunError(f"run '{run_folder}' is unfinished ({len(info.blocks_done)} blocks done): finish it with "
                        f"'oats compress {info.model_name} --out {run_folder} --resume' before exporting")
     run = load_run(run_folder)
-    return export_run(run, out, layout, force, run_folder=run_folder, info=info)
+    return export_run(run, out, layout, force, run_folder=run_folder, info=info, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -417,6 +452,8 @@ def _check_manifest(folder: Path, m) -> None:
     attn = m.get("attn_implementation")
     if attn is not None and not (isinstance(attn, str) and attn in ATTN_IMPLEMENTATIONS):
         bad(f"attn_implementation {_show(attn)} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if not (isinstance(m.get("dtype", "fp32"), str) and m.get("dtype", "fp32") in DTYPES):  # older: no dtype, fp32
+        bad(f"dtype {_show(m.get('dtype'))} is not one of {', '.join(DTYPES)}")
     sparse = m["layout"] == "sparse"
     layers = m.get("layers")
     if not isinstance(layers, dict) or (sparse and not layers):
@@ -537,9 +574,10 @@ def _skeleton(folder: Path, m: dict) -> nn.Module:
         return cls(config)
 
 
-def _weights_file(folder: Path, name: str) -> dict:
+def _weights_file(folder: Path, name: str, scale: int = 1) -> dict:
     """The header of a safetensors file of the export, refused unless it is a regular file
-    inside the folder with a sound header, small enough to load here."""
+    inside the folder with a sound header, small enough to load here (``scale`` times its size:
+    2 for a bf16 export, whose values are held in fp32 once loaded)."""
     f = folder / name
     try:
         real = inside(folder, f)
@@ -553,7 +591,7 @@ def _weights_file(folder: Path, name: str) -> dict:
     except ModelLoadError:
         raise _damaged(folder, f"{name} is missing or unreadable (not a sound safetensors file: damaged, truncated "
                                "or another format)") from None
-    check_memory({"weights": size}, what=f"the export '{folder}'")
+    check_memory({"weights": scale * size}, what=f"the export '{folder}'")
     return header
 
 
@@ -564,8 +602,11 @@ def _take(folder: Path, tensors: dict, path: str, key: str) -> torch.Tensor:
     return t
 
 
-def _sparse_layer(folder: Path, model: nn.Module, tensors: dict, path: str, spec: dict, kernel: str) -> nn.Module:
-    """One compressed layer, its arrays checked against the manifest and the architecture."""
+def _sparse_layer(folder: Path, model: nn.Module, tensors: dict, path: str, spec: dict, kernel: str,
+                  stored: torch.dtype | None = None) -> nn.Module:
+    """One compressed layer, its arrays checked against the manifest and the architecture
+    (``stored``: the export's dtype when it is not the architecture's, e.g. bf16: its arrays
+    are accepted in it and cast to the architecture's dtype, which the layer computes in)."""
     d_out, d_in = spec["shape"]
     bias = _take(folder, tensors, path, "bias") if spec["bias"] else None
     rows = spec.get("part_rows")
@@ -590,17 +631,26 @@ def _sparse_layer(folder: Path, model: nn.Module, tensors: dict, path: str, spec
     # the layer computes in its values' dtype: one of another width than the architecture's (float16 values
     # in a float32 model) loads, then fails at the first forward
     for name, t in (("values", values), *((f"u{i}", u) for i, u in enumerate(us)), ("v", v), ("bias", bias)):
-        if t is not None and t.is_floating_point() and t.dtype != w.dtype:
+        if t is not None and t.is_floating_point() and t.dtype not in (w.dtype, stored):
             raise _damaged(folder, f"layer '{path}': {name} is {str(t.dtype)[6:]}, the architecture's weights are "
                                    f"{str(w.dtype)[6:]}")
+    if stored is not None:  # a bf16 export computes as an fp32 one: its values cast up once, here
+        values, v, us = _up(values, w.dtype), _up(v, w.dtype), [_up(u, w.dtype) for u in us]
+        bias = None if bias is None else _up(bias, w.dtype)
     try:
         return SparseLowRankLinear(d_out, d_in, values, us, v, bias, part_rows=rows, kernel=kernel, **index)
     except ValueError as e:
         raise _damaged(folder, f"layer '{path}': {e}") from None
 
 
-def _check_tensors(folder: Path, model: nn.Module, tensors: dict, file: str, skip: tuple[str, ...] = ()) -> None:
-    """Every tensor a place in the model of its shape and kind, finite; none missing."""
+def _up(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _check_tensors(folder: Path, model: nn.Module, tensors: dict, file: str, skip: tuple[str, ...] = (),
+                   stored: torch.dtype | None = None) -> None:
+    """Every tensor a place in the model of its shape and kind, finite; none missing. A float
+    tensor may be in ``stored`` (a bf16 export's dtype) where the architecture's is another."""
     expected = model.state_dict(keep_vars=True)
     for k, t in tensors.items():
         e = expected.get(k)
@@ -609,27 +659,41 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict, file: str, ski
                                    "has no place for")
         if tuple(t.shape) != tuple(e.shape):
             raise _damaged(folder, f"tensor '{k}' has shape {tuple(t.shape)}, the architecture's is {tuple(e.shape)}")
-        if t.dtype != e.dtype:
+        if t.dtype != e.dtype and not (t.dtype == stored and e.is_floating_point()):
             raise _damaged(folder, f"tensor '{k}' is {str(t.dtype)[6:]}, the architecture's is {str(e.dtype)[6:]}")
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise _damaged(folder, f"tensor '{k}' holds NaN or infinite values")
 
 
+def _stored_dtype(m: dict) -> torch.dtype | None:
+    """The export's float dtype when it is not fp32 (what the architecture is built in), else None."""
+    dtype = DTYPES[m.get("dtype", "fp32")]
+    return None if dtype == torch.float32 else dtype
+
+
 def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
-    _weights_file(folder, SPARSE_FILE)
+    stored = _stored_dtype(m)
+    _weights_file(folder, SPARSE_FILE, scale=1 if stored is None else 2)
     try:
         tensors = load_file(str(inside(folder, folder / SPARSE_FILE)))
     except (SafetensorError, OSError, ValueError) as e:
         raise _damaged(folder, f"{SPARSE_FILE} is missing or unreadable ({type(e).__name__})") from None
     model = _skeleton(folder, m)
     for p, spec in m["layers"].items():
-        set_submodule(model, p, _sparse_layer(folder, model, tensors, p, spec, kernel))
+        set_submodule(model, p, _sparse_layer(folder, model, tensors, p, spec, kernel, stored))
     for alias, first in m.get("aliases", {}).items():
         if alias in tensors or first not in tensors:
             raise _damaged(folder, f"alias {_show(alias)} of {_show(first)} does not match the tensors of "
                                    f"{SPARSE_FILE}")
         tensors[alias] = tensors[first]
-    _check_tensors(folder, model, tensors, SPARSE_FILE, skip=tuple(p + "." for p in m["layers"]))
+    _check_tensors(folder, model, tensors, SPARSE_FILE, skip=tuple(p + "." for p in m["layers"]), stored=stored)
+    if stored is not None:  # cast up once, as the layers were; an alias stays the tensor it names
+        expected, up = model.state_dict(keep_vars=True), {}
+        for k, t in tensors.items():
+            if t.dtype == stored and expected[k].dtype != stored:
+                if id(t) not in up:
+                    up[id(t)] = t.to(expected[k].dtype)
+                tensors[k] = up[id(t)]
     model.load_state_dict(tensors, strict=False, assign=True)
     on_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if on_meta:
@@ -640,12 +704,12 @@ def _load_sparse(folder: Path, m: dict, kernel: str) -> nn.Module:
 _FLOAT_CODES = ("F16", "BF16", "F32", "F64")
 
 
-def _folded_files(folder: Path) -> dict[str, str]:
+def _folded_files(folder: Path, scale: int = 1) -> dict[str, str]:
     """The folded model's weight files (the shards an index names, or model.safetensors)
-    checked; {tensor name: safetensors dtype code} of what they hold."""
+    checked (``scale``: see ``_weights_file``); {tensor name: safetensors dtype code} of what they hold."""
     index = folder / "model.safetensors.index.json"
     if not index.exists() and not index.is_symlink():
-        return _dtypes(_weights_file(folder, "model.safetensors"))
+        return _dtypes(_weights_file(folder, "model.safetensors", scale))
     try:
         inside(folder, index)
         shards = read_json(index, MAX_EXPORT_JSON).get("weight_map")
@@ -655,7 +719,7 @@ def _folded_files(folder: Path) -> dict[str, str]:
         raise _damaged(folder, f"{index.name} is damaged")
     dtypes = {}
     for name in sorted(set(shards.values())):
-        dtypes.update(_dtypes(_weights_file(folder, name)))
+        dtypes.update(_dtypes(_weights_file(folder, name, scale)))
     return dtypes
 
 
@@ -665,7 +729,7 @@ def _dtypes(header: dict) -> dict[str, str]:
 
 def _load_folded(folder: Path, m: dict) -> nn.Module:
     cfg = _read_config(folder)
-    dtypes = _folded_files(folder)
+    dtypes = _folded_files(folder, scale=1 if _stored_dtype(m) is None else 2)
     if m["kind"] == "timm":
         model = _timm_model(folder, pretrained=True)
     else:
