@@ -5,10 +5,12 @@ import streamlit as st
 from ui.text import esc
 from ui.state import current_path, current_run, run_info, run_mtime
 from ui.widgets import chart, how_to_read, layer_picker, table
-from ui.cached import layer_gram, replay_of, walkthrough
+from ui.cached import layer_gram, replay_of, saved_walkthrough, walkthrough
 from ui import walkthrough_figures
 from oats.errors import ConfigError, OatsError
 from oats.methods import registry
+from oats.explain.walkthrough import REPLAY_AT_ONCE_S, replay_seconds
+from oats.runs.estimate import duration
 
 st.title("Walkthrough")
 # What the replay runs and says comes from the run's method record (``Method.replay``, looked up
@@ -39,34 +41,48 @@ else:
         st.caption(f"This run used {esc(run.method)}; the walkthrough runs "
                    f"{esc(registry.title(stand_in.name) if stand_in else 'another method')} on the layer "
                    f"(κ = 0 is {esc(replay.rank_zero)}'s mask).")
-    if on_gram:
-        try:
-            with st.spinner("Recomputing this layer's input Gram: the run's calibration data through the "
-                            "compressed blocks before it (a run folder keeps second moments, not Grams) ..."):
-                layer_gram(path, mtime, q)
-        except OatsError as e:
-            st.error(esc(e))
-            st.stop()
-        if not (run_info(path).calibration_request or {}):
-            st.caption("This run's manifest does not record its calibration data: the Gram is recomputed on the "
-                       "default calibration data, so the replay may differ slightly from the saved run.")
     c1, c2 = st.columns(2)
     rho = c1.slider("Compression rate ρ", 0.05, 0.95, float(run.config.compression), 0.05, key=f"wt-rho-{path}",
                     help="Fraction of the layer's parameters removed.", disabled=run.config.nm is not None)
     kappa = c2.slider("Rank ratio κ", 0.0, 0.9, float(kappa0), 0.05, key=f"wt-kappa-{path}",
                       help="Share of the kept parameters in the low-rank term (0: " + replay.rank_zero + ").")
-    try:
-        wt = walkthrough(path, mtime, q, rho, kappa)
-    except ConfigError as e:
-        st.error(esc(e))
-        st.stop()
+    # A large layer (a mid-size model's) is not replayed on arrival: the first draw is the run's saved
+    # result, and the replay waits for a button that says how long it will take.
+    est = replay_seconds(run, q, gram=on_gram)
+    go_key = f"wt-go-{path}-{q}"
+    saved_only = est > REPLAY_AT_ONCE_S and not st.session_state.get(go_key)
+    if saved_only:
+        st.info(f"Replaying this {run.layer(q).shape[0]:,} × {run.layer(q).shape[1]:,} layer step by step takes about "
+                f"{duration(est)} here (from the run's own time on its block). Shown: the run's saved result, its "
+                "terms at the last step and its recorded history.")
+        if st.button(f"Replay step by step (about {duration(est)})", key=f"wt-go-btn-{path}-{q}"):
+            st.session_state[go_key] = True
+            st.rerun()
+        wt = saved_walkthrough(path, mtime, q)
+    else:
+        if on_gram:
+            try:
+                with st.spinner("Recomputing this layer's input Gram: the run's calibration data through the "
+                                "compressed blocks before it (a run folder keeps second moments, not Grams) ..."):
+                    layer_gram(path, mtime, q)
+            except OatsError as e:
+                st.error(esc(e))
+                st.stop()
+            if not (run_info(path).calibration_request or {}):
+                st.caption("This run's manifest does not record its calibration data: the Gram is recomputed on the "
+                           "default calibration data, so the replay may differ slightly from the saved run.")
+        try:
+            wt = walkthrough(path, mtime, q, rho, kappa)
+        except ConfigError as e:
+            st.error(esc(e))
+            st.stop()
     its = wt.iterations
     h = wt.history
     c = st.columns(4)
     c[0].metric("Rank r", wt.rank)
     c[1].metric("Sparse non-zeros", f"{wt.sparse_budget:,}")
     c[2].metric(f"{step}s run", len(h["error"]))
-    if on_gram:
+    if on_gram and h.get("output_error"):
         c[3].metric("Kept output error", f"{min(h['output_error']):.4f}" if not wt.fallback else "rank 0",
                     help="The lowest layer output error ‖(W − S − L) Xᵀ‖ / ‖W Xᵀ‖ over the alternations, on the "
                          "calibration inputs.")

@@ -208,3 +208,48 @@ def test_every_page_opens_a_lazy_run(run_folder, monkeypatch):
     opened = [f.result() for f in runtime.RUNS._entries.values() if f.done() and not f.exception()]
     assert opened and all(isinstance(r, lazy.LazyRun) for r in opened)
     runtime.RUNS.clear()
+
+
+def test_saved_walkthrough_is_the_runs_result(run_folder):
+    from oats.explain import common
+    from oats.explain.walkthrough import replay_seconds, saved_walkthrough
+    lz = lazy.open_lazy(run_folder)
+    rec = lz.layers[4]
+    wt = saved_walkthrough(lz, rec.qualname)
+    assert wt.history == rec.history and wt.iterations == [len(rec.history["error"])]
+    t = common.scaled_terms(lz, rec.qualname)
+    snap = wt.at(wt.iterations[0])
+    assert np.allclose(snap.residual.z, common.downsample(t["A"] - t["S"] - t["L"], 128, 128, "absmax").z, atol=1e-6)
+    assert wt.rank == rec.rank and wt.sparse_budget == rec.nnz
+    # the estimate: the block's decomposition time shared by size, plus the calibration pass for a Gram replay
+    mates = [r for r in lz.layers if r.block == rec.block]
+    share = rec.shape[0] * rec.shape[1] / (sum(r.shape[0] * r.shape[1] for r in mates) / len(mates))
+    assert replay_seconds(lz, rec.qualname) == pytest.approx(rec.time_s * share)
+    assert replay_seconds(lz, rec.qualname, gram=True) > replay_seconds(lz, rec.qualname)
+
+
+def test_walkthrough_of_a_slow_layer_waits_for_the_button(run_folder, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import oats.explain.walkthrough as walk
+    import ui.runtime as runtime
+    monkeypatch.setattr(walk, "REPLAY_AT_ONCE_S", 0.0)  # every layer counts as slow
+    monkeypatch.setenv("OATS_RUNS_DIR", str(run_folder.parent))
+    monkeypatch.setenv(lazy.LAZY_ENV, "1")
+    runtime.RUNS.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/walkthrough.py")
+    at.run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    assert any("takes about" in i.value for i in at.info)
+    button = next(b for b in at.button if b.label.startswith("Replay step by step (about"))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Iterations run"] == "4"  # the saved history: the run's 4 iterations
+    button.click()
+    at.run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    assert not any("takes about" in i.value for i in at.info)  # replayed: the slider view
+    runtime.RUNS.clear()

@@ -84,6 +84,11 @@ def layer_gram(path: str, mtime: float, qualname: str):
         return walk_view.layer_gram(run, qualname, batches)
 
 
+@st.cache_data(show_spinner="Reading this layer's saved result ...", max_entries=8)
+def saved_walkthrough(path: str, mtime: float, qualname: str) -> walk_view.Walkthrough:
+    return walk_view.saved_walkthrough(_run(path, mtime), qualname)
+
+
 @st.cache_data(show_spinner="Decomposing this layer ...", max_entries=32)
 def walkthrough(path: str, mtime: float, qualname: str, compression: float, rank_ratio: float) -> walk_view.Walkthrough:
     run = _run(path, mtime)

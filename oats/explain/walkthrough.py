@@ -116,6 +116,61 @@ def walkthrough(weight: torch.Tensor, second_moments: torch.Tensor | None, confi
                        downsample(a, max_size, max_size, "absmax"), replay.step, **extra)
 
 
+REPLAY_AT_ONCE_S = 15.0
+"""A replay expected to take longer waits for a button (with its estimate): the page's first
+draw is then the saved run's own result (``saved_walkthrough``), a read. The embedded models'
+layers replay within it on arrival, as they always did; a 1B model's do not (a 2048 x 8192
+matrix takes about a minute at default settings on a 2-core machine)."""
+
+
+@torch.no_grad()
+def saved_walkthrough(run, qualname: str, max_size: int = 128) -> Walkthrough:
+    """The layer as the run saved it: its recorded history (per step, as the decomposition
+    logged it) and one snapshot, the stored S and L at the last step, in the scaled space.
+    What the Walkthrough draws first where a replay on the spot would be slow."""
+    rec = run.layer(qualname)
+    f = run.factors(qualname)
+    d = input_scale(run.second_moments[qualname], rec.shape[1], run.config.eps)
+    a = f["weight"].float() * d
+    s = f["sparse"].float() * d
+    low = (f["u"].float() @ f["v"].float()) * d
+    history = {k: list(v) for k, v in (rec.history or {}).items()}
+    if not history.get("error"):  # a method that logs no steps: its one result
+        a2 = max(float(a.square().sum()), 1e-30)
+        history = {"error": [rec.scaled_error], "sparse_energy": [float(s.square().sum()) / a2],
+                   "lowrank_energy": [float(low.square().sum()) / a2]}
+    last = len(history["error"])
+    out = history.get("output_error") or []
+    kept = 1 + min(range(len(out)), key=out.__getitem__) if out else None  # the step the method kept
+    snap = Snapshot(last, downsample(low, max_size, max_size, "absmax"), downsample(s, max_size, max_size, "absmax"),
+                    downsample(a - low - s, max_size, max_size, "absmax"))
+    mag = a.abs().flatten()
+    if mag.numel() > 1_000_000:
+        mag = mag[:: mag.numel() // 1_000_000 + 1]
+    zmax = float(torch.quantile(mag, 0.995)) if mag.numel() else 1.0
+    d_out, d_in = rec.shape
+    return Walkthrough((d_out, d_in), run.config, rec.rank, rec.nnz,
+                       row_keep(d_in, run.config) if run.config.sparsity == "row" else None, history, [snap],
+                       max(zmax, 1e-12), downsample(a, max_size, max_size, "absmax"), kept=kept)
+
+
+def replay_seconds(run, qualname: str, gram: bool = False) -> float:
+    """About how long replaying one layer takes here: the run's own decomposition time of the
+    layer's block, shared over its matrices by size (``LayerRecord.time_s`` is the block's mean
+    per matrix), plus, for a replay on the input Gram, the calibration pass through the blocks
+    up to the layer's (``layer_gram``), from the run's recorded calibration time."""
+    rec = run.layer(qualname)
+    mates = [r for r in run.layers if r.block == rec.block]
+    mean_size = sum(r.shape[0] * r.shape[1] for r in mates) / max(len(mates), 1)
+    seconds = rec.time_s * rec.shape[0] * rec.shape[1] / max(mean_size, 1.0)
+    if gram:
+        t = run.timings or {}
+        calib = max(float(t.get("total_s", 0.0)) - float(t.get("decompose_s", 0.0)), 0.0)
+        blocks = max(len({r.block for r in run.layers}), 1)
+        seconds += calib * (rec.block + 1) / blocks
+    return seconds
+
+
 @torch.no_grad()
 def layer_gram(run, qualname: str, calibration: list[dict]) -> torch.Tensor:
     """The (d_in, d_in) input Gram of one layer as the compression saw it.
