@@ -17,6 +17,8 @@ from oats.errors import OatsError
 from oats.explain import heads, vit
 from oats.explain import text as text_explain
 from oats.methods import registry
+from oats.runs.estimate import duration
+from oats.runs.lazy import streamed_seconds
 
 
 def compare_runs(view: heads.HeadView, layer: int, head: int) -> None:
@@ -74,6 +76,18 @@ else:
     text = st.text_input("Text", value=default, key="heads_text", max_chars=400,
                          help=f"One or two sentences; the first {heads.MAX_TOKENS} tokens are used.")
     photo = None
+# A run opened lazily (a mid-size model on disk) streams every replaced matrix for each variant's
+# pass: that waits for a button that says how long it takes.
+n_modes = len(registry.run_variants(run))
+slow = streamed_seconds(run, heads.MAX_TOKENS, passes=n_modes)
+go_key = f"heads-go-{path}"
+if slow is not None and slow > 3 and not st.session_state.get(go_key):
+    st.info(f"This model stays on disk (too large to hold here): each of the {n_modes} models ({', '.join(registry.run_variants(run))}) "
+            f"reads its weights as it runs. The attention maps take about {duration(slow)} on this machine.")
+    if st.button(f"Compute the attention maps (about {duration(slow)})", type="primary", key="heads-go-btn"):
+        st.session_state[go_key] = True
+        st.rerun()
+    st.stop()
 try:
     view = head_view(path, mtime, text, photo, run)
 except OatsError as e:

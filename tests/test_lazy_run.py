@@ -253,3 +253,30 @@ def test_walkthrough_of_a_slow_layer_waits_for_the_button(run_folder, monkeypatc
     assert not at.exception and not at.error, [*at.exception, *at.error]
     assert not any("takes about" in i.value for i in at.info)  # replayed: the slider view
     runtime.RUNS.clear()
+
+
+def test_heads_of_a_streamed_model_wait_for_the_button(run_folder, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import ui.runtime as runtime
+    lz = lazy.open_lazy(run_folder)
+    one = lazy.streamed_seconds(lz, 48)
+    assert one > 0 and lazy.streamed_seconds(lz, 48, passes=4) == pytest.approx(4 * one)
+    assert lazy.streamed_seconds(load_run(run_folder), 48) is None  # in memory: no wait to announce
+    monkeypatch.setattr(lazy, "streamed_seconds", lambda run, tokens, passes=1: 120.0)
+    monkeypatch.setenv("OATS_RUNS_DIR", str(run_folder.parent))
+    monkeypatch.setenv(lazy.LAZY_ENV, "1")
+    runtime.RUNS.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/heads.py")
+    at.run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    assert any("about 2 min" in i.value for i in at.info) and not at.get("plotly_chart")
+    next(b for b in at.button if b.label.startswith("Compute the attention maps")).click()
+    at.run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    assert at.get("plotly_chart")
+    runtime.RUNS.clear()

@@ -25,8 +25,10 @@ this one otherwise, behind the same ``CompressionRun`` interface, so pages have 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -45,7 +47,8 @@ from oats.resources import available_memory
 from oats.runs.folders import _block_file, _problem, load_run
 from oats.runs.info import RunInfo
 
-__all__ = ["LAZY_ENV", "LazyRun", "StreamedLinear", "open_run", "open_lazy", "wants_lazy", "in_memory_bytes"]
+__all__ = ["LAZY_ENV", "LazyRun", "StreamedHead", "StreamedLinear", "open_run", "open_lazy", "wants_lazy",
+           "in_memory_bytes", "streamed_seconds"]
 
 LAZY_ENV = "OATS_LAZY_RUNS"
 """``1``: open every run whose model is a local safetensors folder lazily; ``0``: never;
@@ -282,6 +285,10 @@ class LazyRun(CompressionRun):
         rows, cols = slice(*rec.rows), slice(start, start + rec.rank)
         return {"weight": t["weight"][rows], "sparse": t["sparse"][rows], "u": t["u"][rows, cols], "v": t["v"][cols]}
 
+    def info_modules(self) -> dict:
+        """The manifest's shape and rank of every replaced matrix, by module path."""
+        return self.reader.info.modules
+
     def summary(self, qualname: str) -> dict[str, torch.Tensor] | None:
         rec = self.layer(qualname)
         cache = self.__dict__.setdefault("_summaries", {})
@@ -304,6 +311,32 @@ class LazyRun(CompressionRun):
             f = self.reader.factors(path)
             set_submodule(block, rel, OatsLinear(w, bias_of(old), f["sparse"].to(w.dtype), f["u"].to(w.dtype),
                                                  f["v"].to(w.dtype)))
+
+
+def streamed_seconds(run, tokens: int, passes: int = 1) -> float | None:
+    """About how long ``passes`` whole-model forwards over ``tokens`` tokens take for a lazily
+    opened run (None for a run in memory: as fast as the model is). Measured on the spot, once
+    per run: the largest replaced matrix read, widened and unpacked (the reading cost scales
+    with each matrix's size) and one product with it (the computing cost scales with the
+    matrix's parameters times the tokens)."""
+    if not isinstance(run, LazyRun):
+        return None
+    probe = run.__dict__.get("_probe")
+    if probe is None:
+        path = max(run.info_modules(), key=lambda p: math.prod(run.info_modules()[p].shape))
+        n = math.prod(run.info_modules()[path].shape)
+        t0 = time.perf_counter()
+        w = run.reader.weight(path).float()
+        f = run.reader.factors(path)
+        t1 = time.perf_counter()
+        x = torch.randn(64, w.shape[1])
+        torch.nn.functional.linear(x, f["sparse"])
+        t2 = time.perf_counter()
+        probe = run.__dict__["_probe"] = ((t1 - t0) / n, (t2 - t1) / (n * 64))
+        del w, f
+    per_read, per_mac = probe
+    total = sum(math.prod(m.shape) for m in run.info_modules().values())
+    return passes * total * (per_read + per_mac * max(int(tokens), 1))
 
 
 def _second_moments(reader: _Reader, info: RunInfo) -> dict[str, torch.Tensor]:
