@@ -183,9 +183,13 @@ class StreamedLinear(OatsLinear):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # attributions: backward reads the layer again
+            return _Streamed.apply(x, self, self.mode)
+        return self._compute(x, self.mode)
+
+    def _compute(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         # computed from local tensors, the module itself never changes: forwards in several
         # threads (the app's sessions) cannot see each other's tensors
-        mode = self.mode
         self._reader.enter(self.path)
         try:
             t = self._read(_NEEDS[mode])
@@ -202,6 +206,38 @@ class StreamedLinear(OatsLinear):
             return t["sparse"]
         low = t["u"] @ t["v"]
         return low if mode == "lowrank" else t["sparse"] + low
+
+
+class _Streamed(torch.autograd.Function):
+    """A streamed linear under autograd (integrated gradients, attributions): the forward keeps
+    nothing of the layer for the backward, which reads it again, so a backward through the whole
+    model holds one matrix at a time, as the forward does. Gradients flow to the input only
+    (the weights are not trained)."""
+
+    @staticmethod
+    def forward(ctx, x, module, mode):
+        ctx.module, ctx.mode = module, mode
+        with torch.no_grad():
+            return module._compute(x, mode)
+
+    @staticmethod
+    def backward(ctx, grad):
+        module, mode = ctx.module, ctx.mode
+        module._reader.enter(module.path)
+        try:
+            t = module._read(_NEEDS[mode])
+            g = grad.to(torch.float32)
+            if mode == "dense":
+                out = g @ t["weight"]
+            elif mode == "sparse":
+                out = g @ t["sparse"]
+            else:
+                out = (g @ t["u"]) @ t["v"]
+                if mode == "both":
+                    out = out + g @ t["sparse"]
+        finally:
+            module._reader.leave(module.path)
+        return out.to(grad.dtype), None, None
 
 
 class StreamedHead(torch.nn.Module):
