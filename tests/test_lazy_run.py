@@ -298,3 +298,16 @@ def test_gradients_through_a_streamed_model(run_folder, mode):
     # the same products in another order (g u) v: float32 rounding, 1e-4 relative
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6) and grads[0].abs().sum() > 0
     assert lz.reader.max_blocks_resident == 1 and not lz.reader.resident
+
+
+@pytest.mark.parametrize("shape", [(301, 203), (257, 255), (1000, 3), (64, 64)])
+def test_large_heatmaps_pool_to_the_same_cells(shape, monkeypatch):
+    """A mid-size matrix's mask density is pooled by torch (``FAST_POOL``): the NumPy path's cells."""
+    from oats.explain import common
+    m = (torch.rand(*shape, generator=torch.Generator().manual_seed(1)) > 0.5).double()
+    monkeypatch.setattr(common, "FAST_POOL", 10**12)
+    slow = common.downsample(m, 256, 256, "mean")
+    monkeypatch.setattr(common, "FAST_POOL", 1)
+    fast = common.downsample(m, 256, 256, "mean")
+    assert fast.factor == slow.factor and np.array_equal(fast.rows, slow.rows) and np.array_equal(fast.cols, slow.cols)
+    assert np.allclose(fast.z, slow.z, rtol=1e-12, atol=1e-12)

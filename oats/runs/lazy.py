@@ -127,12 +127,12 @@ class _Reader:
         n = d_out * d_in
         self._check(bits, ((n + 7) // 8,), "uint8", path, "sparse_mask", name)
         self._check(vals, (vals.numel(),) if vals.dim() == 1 else ("n",), "float", path, "sparse_values", name)
-        mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).reshape(d_out, d_in)
+        # a view of the unpacked bytes as bools (no copy), filled in mask order by masked_scatter_:
+        # 0.8 s for a 14336 x 4096 term here, where astype + index assignment took 2.1 s
+        mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(bool)).reshape(d_out, d_in)
         if int(mask.sum()) != vals.numel():
             self._check(vals, ("the mask's count",), "float", path, "sparse_values", name)
-        sparse = torch.zeros((d_out, d_in), dtype=vals.dtype)
-        sparse[mask] = vals
-        return sparse
+        return torch.zeros((d_out, d_in), dtype=vals.dtype).masked_scatter_(mask, vals)
 
     def tensors_of_block(self, block: int, suffix: str) -> dict[str, torch.Tensor]:
         """Every tensor of one block file whose name ends with ``suffix`` (the m2 vectors, the
@@ -450,7 +450,10 @@ def _stream_linears(model: torch.nn.Module, info: RunInfo, reader: _Reader, disk
 def _load_rest(model: torch.nn.Module, disk, info: RunInfo) -> None:
     """Read every block tensor that is not a replaced linear's (norms, unreplaced modules: small)."""
     adapter = get_adapter(model, allow_generic=info.family == "generic")
-    for bpath, block in adapter.blocks(model):
+    done = set(info.blocks_done)
+    for i, (bpath, block) in enumerate(adapter.blocks(model)):
+        if i not in done:  # an unfinished run's later blocks stay on disk (shapes only): per-layer views only
+            continue
         for name, module in block.named_modules():
             if isinstance(module, StreamedLinear):
                 continue
