@@ -34,9 +34,9 @@ def bf16_model(tmp_path_factory):
                              max_shard_size="20KB", dtype=torch.bfloat16)
 
 
-def _request(folder, method="oats", **kw):
+def _request(folder, method="oats", evaluate=False, **kw):
     cfg = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=4)
-    return CompressRequest(str(folder), cfg, method, calib_samples=6, seq_len=16, seed=2, evaluate=False, **kw)
+    return CompressRequest(str(folder), cfg, method, calib_samples=6, seq_len=16, seed=2, evaluate=evaluate, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +311,15 @@ def test_large_heatmaps_pool_to_the_same_cells(shape, monkeypatch):
     fast = common.downsample(m, 256, 256, "mean")
     assert fast.factor == slow.factor and np.array_equal(fast.rows, slow.rows) and np.array_equal(fast.cols, slow.cols)
     assert np.allclose(fast.z, slow.z, rtol=1e-12, atol=1e-12)
+
+
+def test_a_from_disk_compression_is_evaluated_streamed(bf16_model, tmp_path):
+    """``oats compress --from-disk`` (and the app's worker) evaluates the run it made, the model
+    streamed a matrix at a time: the numbers of the compression made in memory."""
+    from oats.runs.evaluations import read_evaluation
+    whole = execute(_request(bf16_model, evaluate=True), tmp_path / "memory")
+    streamed = execute(_request(bf16_model, evaluate=True, from_disk=True), tmp_path / "disk")
+    assert whole.evaluation_note == streamed.evaluation_note == ""
+    a, b = read_evaluation(tmp_path / "memory"), read_evaluation(tmp_path / "disk")
+    assert a["results"] == b["results"] and set(b["results"]) == {"dense", "both", "sparse", "lowrank"}
+    assert isinstance(streamed.run, lazy.LazyRun) and streamed.run.reader.max_blocks_resident == 1

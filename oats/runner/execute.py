@@ -145,10 +145,9 @@ def execute(request: CompressRequest, folder: str | Path, *,
     run.loaded = loaded
     outcome = Outcome(run=run, folder=folder, status=(Action.RESUME if resume is not None else Action.COMPUTE).done,
                       resumed_blocks=len(resume.blocks) if resume is not None else 0, load_s=t_load)
-    if request.evaluate and loaded.disk is not None:
-        outcome.evaluation_note = (" (not evaluated: compressed from disk, the whole model was never in memory; "
-                                   "'oats evaluate' the run folder where it fits)")
-    elif request.evaluate:
+    if request.evaluate:
+        if loaded.disk is not None:  # the model never was in memory: evaluated streamed, a matrix at a time
+            run = outcome.run = open_lazy(folder, loaded=loaded)
         update(stage="evaluating", message="evaluating dense, compressed, sparse-only and low-rank-only")
         outcome.evaluation_note = evaluate_and_save(run, folder)
     return outcome
