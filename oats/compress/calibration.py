@@ -1,4 +1,5 @@
-"""Hooks that capture block inputs and accumulate per-channel input statistics.
+"""Hooks that capture block inputs and accumulate per-channel input statistics, and the
+choice of which inputs each block is calibrated on (``BLOCK_INPUTS``).
 
 Nothing here decides what to compress; the pipeline orchestrates.
 """
@@ -9,6 +10,41 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from oats.errors import ConfigError
+
+BLOCK_INPUTS = ("compressed", "dense")
+"""The inputs each block is calibrated on.
+
+"compressed" (the default; the paper's Section 3.3): block i sees the calibration data after
+the already compressed blocks 0..i-1, so each block's statistics include the errors of the
+ones before it, and the blocks must be compressed one after the other.
+
+"dense": block i sees the dense model's own block-i inputs (the previous dense block's
+outputs; one dense pass gives them all), so no block depends on another block's result and
+the blocks of one model can be compressed in parallel (``oats.runner.blocks_ray``). Errors
+are then no longer seen by the blocks after them (the README states what that costs).
+"""
+
+
+def check_block_inputs(mode, resume=None) -> str:
+    """``mode`` checked against ``BLOCK_INPUTS`` and against the run to resume (a run is
+    continued only with the inputs it was started with); ConfigError (one line) otherwise."""
+    if mode not in BLOCK_INPUTS:
+        raise ConfigError(f"block inputs {mode!r} are not known: choose compressed (each block calibrated on the "
+                          "outputs of the compressed blocks before it, the default) or dense (on the dense model's "
+                          "own activations: blocks independent)")
+    if resume is not None and recorded_block_inputs(resume.calibration) != mode:
+        raise ConfigError(f"the run to resume was calibrated on {recorded_block_inputs(resume.calibration)} block "
+                          f"inputs, not {mode}: resume with the same block inputs")
+    return mode
+
+
+def recorded_block_inputs(calibration: dict | None) -> str:
+    """The block inputs a run's ``calibration`` record says it was calibrated on: only "dense"
+    is written, so a run made before the choice existed reads as "compressed" (what it was)."""
+    mode = (calibration or {}).get("block_inputs") if isinstance(calibration, dict) else None
+    return mode if mode in BLOCK_INPUTS else "compressed"
 
 
 class _Stop(Exception):
