@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from oats.compress.allocation import Owl, block_rates_for, parse_allocation
-from oats.compress.calibration import (BlockInputs, capture_block_inputs, check_block_inputs, dense_block_stats,
-                                       run_block)
+from oats.compress.calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
 from oats.compress.preflight import calibration_tokens, check_weights, estimate_compression_memory
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
+from oats.compress.summaries import summary_of
 from oats.config import OatsConfig
 from oats.core.decompose import Decomposition, dense_budget
-from oats.core.linear import OatsLinear, use_mode
+from oats.core.linear import OatsLinear
 from oats.errors import ConfigError
 from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from oats.resources import COMPRESSION_MARGIN, check_memory, return_freed_memory
+from oats.resources import COMPRESSION_MARGIN, check_memory, map_on_cores, return_freed_memory
 
 
 def decompose_block(method: str, weights: list[torch.Tensor], second_moments: list[torch.Tensor],
@@ -154,6 +153,29 @@ def _replace_linears(block: nn.Module, index: int, block_path: str, by_path: dic
     return records, m2_out, new_modules
 
 
+def _summaries(index: int, by_path: dict[str, list[LinearRef]], new_modules: dict[str, OatsLinear],
+               records: list[LayerRecord], m2_out: dict[str, torch.Tensor], eps: float) -> dict[str, dict]:
+    """Each matrix's summary (``oats.compress.summaries``), from the terms the new modules hold,
+    sliced as ``CompressionRun.factors`` slices them (a fused part: its rows and its own rank
+    columns, in the records' order), one matrix per core like the decompositions."""
+    rank = {r.qualname: r.rank for r in records}
+    items = []
+    for path, prefs in by_path.items():
+        mod, start = new_modules[path], 0
+        for ref in prefs:
+            q = f"{index}.{ref.name}"
+            if ref.rows is None:
+                items.append((q, mod.weight, mod.sparse, mod.u, mod.v))
+            else:
+                rows, cols = slice(*ref.rows), slice(start, start + rank[q])
+                items.append((q, mod.weight[rows], mod.sparse[rows], mod.u[rows, cols], mod.v[cols]))
+            start += rank[q]
+    out = map_on_cores(lambda it: summary_of(it[1], it[2], it[3], it[4], m2_out[it[0]], rank[it[0]], eps), items,
+                       cost=lambda it: int(it[1].shape[0]) * int(it[1].shape[1]) * min(it[1].shape),
+                       device=items[0][1].device if items else None)
+    return {it[0]: summ for it, summ in zip(items, out)}
+
+
 def _rerun(block: nn.Module, adapter, index: int, by_path, new_modules, inputs: BlockInputs, dense_out,
            records: list[LayerRecord]) -> tuple[float, list[torch.Tensor]]:
     """Step 3 of ``compress_block``: re-run the compressed block for the next inputs, filling
@@ -183,12 +205,13 @@ def _rerun(block: nn.Module, adapter, index: int, by_path, new_modules, inputs: 
 
 @torch.no_grad()
 def compress_block(model: nn.Module, adapter, index: int, block_path: str, block: nn.Module,
-                   inputs: BlockInputs, config: OatsConfig, method: str = "oats", device=None,
-                   next_inputs: str = "compressed",
+                   inputs: BlockInputs, config: OatsConfig, method: str = "oats",
+                   device=None, summaries: dict | None = None,
                    ) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
-    """Compress one block in place. Returns (layer records, block record, statistics, next inputs):
-    the compressed block's outputs, or with ``next_inputs="dense"`` the dense block's (the
-    ``BLOCK_INPUTS`` of ``oats.compress.calibration``)."""
+    """Compress one block in place. Returns (layer records, block record, statistics, next inputs).
+
+    ``summaries``: a dict (``CompressionRun.summaries``) that receives each matrix's summary
+    (``oats.compress.summaries``), computed while the terms are in memory; None: no summaries."""
     record = registry.get(method)
     dconfig = record.decompose_config(config)
     # the diagonal second moments are collected (and kept in the run) for every method; the Gram too if needed
@@ -208,11 +231,13 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
     per_matrix_time = t_dec / max(len(dec_by_ref), 1)
     records, m2_out, new_modules = _replace_linears(block, index, block_path, by_path, stats, dec_by_ref, dconfig,
                                                     per_matrix_time)
+    if summaries is not None:
+        summaries.update(_summaries(index, by_path, new_modules, records, m2_out, config.eps))
 
     # 3. re-run the compressed block: next inputs, output errors
     error, next_hidden = _rerun(block, adapter, index, by_path, new_modules, inputs, dense_out, records)
     brec = BlockRecord(index=index, path=block_path, output_error=error, stats_time_s=t_stats, decompose_time_s=t_dec)
-    return records, brec, m2_out, dense_out if next_inputs == "dense" else next_hidden
+    return records, brec, m2_out, next_hidden
 
 
 def resolve_device(device) -> torch.device | None:
@@ -239,7 +264,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                    method: str = "oats", progress: ProgressFn | None = None, *, model_name: str = "",
                    device=None, allow_generic: bool = False, on_block_done=None,
                    resume: CompressionRun | None = None, block_rates: list[float] | None = None,
-                   allocation=None, disk=None, block_inputs: str = "compressed", dispatch=None) -> CompressionRun:
+                   allocation=None, disk=None) -> CompressionRun:
     """Compress every linear inside the transformer blocks of ``model``, in place.
 
     Args:
@@ -264,22 +289,12 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             from the weight files just before its turn and dropped once ``on_block_done`` has
             saved it, so ``run.model`` ends without its blocks (the run folder has them). The
             blocks run on the CPU; ``device`` places the decompositions only.
-        block_inputs: "compressed" (default: each block calibrated on the outputs of the
-            compressed blocks before it) or "dense" (on the dense model's own block inputs:
-            blocks independent); ``oats.compress.calibration.BLOCK_INPUTS``. Recorded in
-            ``run.calibration`` when dense; a resumed run must have been made the same way.
-        dispatch: with dense block inputs only: callable(index, block_path, inputs, config)
-            called instead of compressing each block here (``oats.runner.blocks_ray`` sends it
-            to a Ray task); the block is only run forward, dense, for the next one's inputs.
 
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
     s = _settings(config, method, model_name, device, allow_generic, allocation, block_rates, disk, resume,
                   calibration)
-    check_block_inputs(block_inputs, resume)
-    if dispatch is not None and block_inputs != "dense":
-        raise ValueError("blocks are compressed elsewhere only with dense block inputs (they depend on each other)")
     if disk is not None:
         return_freed_memory()  # so that each dropped block's memory really leaves the process
     elif s.device is not None:
@@ -300,11 +315,8 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                          config=s.config, layers=[], blocks=[], second_moments={},
                          calibration={"batches": len(calibration)}, timings={},
                          block_rates=rates, allocation=alloc_info)
-    if block_inputs != "compressed":  # (a run that says nothing was calibrated on compressed inputs)
-        run.calibration["block_inputs"] = block_inputs
     done = _take_over(run, resume, s.config, method, rates)
-    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done, resume,
-                            block_inputs, dispatch)
+    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done, resume)
 
 
 @dataclass(frozen=True)
@@ -383,12 +395,9 @@ def _take_over(run: CompressionRun, resume: CompressionRun | None, config: OatsC
 
 
 def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: set[int], s: CompressionSettings,
-                     disk, progress, on_block_done, resume=None, block_inputs="compressed",
-                     dispatch=None) -> CompressionRun:
+                     disk, progress, on_block_done, resume=None) -> CompressionRun:
     """Capture the first block's inputs, then compress the blocks in order (carrying the inputs
-    of the ``done`` ones forward), calling the hooks after each; the run with its timings.
-    With dense block inputs the dense blocks' outputs are carried forward (a done block runs
-    in its dense mode), and ``dispatch`` may take each block's compression elsewhere."""
+    of the ``done`` ones forward), calling the hooks after each; the run with its timings."""
     model, config, block_rates = run.model, s.config, run.block_rates
     t_all = time.perf_counter()
     t0 = time.perf_counter()
@@ -403,22 +412,15 @@ def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: se
             disk.load(block, path)
             check_weights(adapter, model, [(path, block)], config)
         if i in done:  # already compressed: only carry the inputs forward
-            if disk is not None and block_inputs == "compressed":  # its factors come from the run folder
+            if disk is not None:  # its factors come from the run folder
                 resume.apply_block(block, path, i)
-            with use_mode(block, "dense") if block_inputs == "dense" else nullcontext():  # dense: the dense outputs
-                inputs.hidden = run_block(block, adapter, inputs)
-            if disk is not None:
-                disk.release(block)
-            continue
-        bconfig = config if block_rates is None else config.replace(compression=block_rates[i])
-        if dispatch is not None:  # compressed elsewhere: only the dense outputs are needed here
-            dispatch(i, path, inputs, bconfig)
             inputs.hidden = run_block(block, adapter, inputs)
             if disk is not None:
                 disk.release(block)
             continue
+        bconfig = config if block_rates is None else config.replace(compression=block_rates[i])
         recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, s.method,
-                                                     s.device, next_inputs=block_inputs)
+                                                     s.device, summaries=run.summaries)
         run.layers.extend(recs)
         run.blocks.append(brec)
         run.second_moments.update(m2)

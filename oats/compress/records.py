@@ -86,6 +86,15 @@ class CompressionRun:
     """Per-block compression rates (non-uniform allocation, e.g. OWL), or None for uniform."""
     allocation: dict | None = None
     """How ``block_rates`` were chosen (name, parameters, per-block outlier ratios), or None."""
+    summaries: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """Per matrix (qualname), what the per-layer views draw first, computed while compressing
+    (``oats.compress.summaries``); empty for runs made before. Read it through ``summary``."""
+
+    def summary(self, qualname: str) -> dict[str, torch.Tensor] | None:
+        """The stored summary of one matrix (``oats.compress.summaries.KEYS``), or None when the
+        run has none (an old run): the views then compute. The one way views ask, so a run that
+        reads its layers from disk can answer from there."""
+        return self.summaries.get(qualname) or None
 
     def set_mode(self, mode: str, layers: list[str] | None = None) -> None:
         """Switch the model to dense / both / sparse / lowrank, model-wide or for some module paths."""
