@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from oats.compress.allocation import Owl, block_rates_for, parse_allocation
-from oats.compress.calibration import BlockInputs, capture_block_inputs, dense_block_stats, run_block
+from oats.compress.calibration import (BlockInputs, capture_block_inputs, check_block_inputs, dense_block_stats,
+                                       run_block)
 from oats.compress.preflight import calibration_tokens, check_weights, estimate_compression_memory
 from oats.compress.records import BlockRecord, CompressionRun, LayerRecord
 from oats.compress.summaries import summary_of
 from oats.config import OatsConfig
 from oats.core.decompose import Decomposition, dense_budget
-from oats.core.linear import OatsLinear
+from oats.core.linear import OatsLinear, use_mode
 from oats.errors import ConfigError
 from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
@@ -205,10 +207,12 @@ def _rerun(block: nn.Module, adapter, index: int, by_path, new_modules, inputs: 
 
 @torch.no_grad()
 def compress_block(model: nn.Module, adapter, index: int, block_path: str, block: nn.Module,
-                   inputs: BlockInputs, config: OatsConfig, method: str = "oats",
-                   device=None, summaries: dict | None = None,
+                   inputs: BlockInputs, config: OatsConfig, method: str = "oats", device=None,
+                   next_inputs: str = "compressed", summaries: dict | None = None,
                    ) -> tuple[list[LayerRecord], BlockRecord, dict[str, torch.Tensor], list[torch.Tensor]]:
-    """Compress one block in place. Returns (layer records, block record, statistics, next inputs).
+    """Compress one block in place. Returns (layer records, block record, statistics, next inputs):
+    the compressed block's outputs, or with ``next_inputs="dense"`` the dense block's (the
+    ``BLOCK_INPUTS`` of ``oats.compress.calibration``).
 
     ``summaries``: a dict (``CompressionRun.summaries``) that receives each matrix's summary
     (``oats.compress.summaries``), computed while the terms are in memory; None: no summaries."""
@@ -237,7 +241,7 @@ def compress_block(model: nn.Module, adapter, index: int, block_path: str, block
     # 3. re-run the compressed block: next inputs, output errors
     error, next_hidden = _rerun(block, adapter, index, by_path, new_modules, inputs, dense_out, records)
     brec = BlockRecord(index=index, path=block_path, output_error=error, stats_time_s=t_stats, decompose_time_s=t_dec)
-    return records, brec, m2_out, next_hidden
+    return records, brec, m2_out, dense_out if next_inputs == "dense" else next_hidden
 
 
 def resolve_device(device) -> torch.device | None:
@@ -264,7 +268,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                    method: str = "oats", progress: ProgressFn | None = None, *, model_name: str = "",
                    device=None, allow_generic: bool = False, on_block_done=None,
                    resume: CompressionRun | None = None, block_rates: list[float] | None = None,
-                   allocation=None, disk=None) -> CompressionRun:
+                   allocation=None, disk=None, block_inputs: str = "compressed", dispatch=None) -> CompressionRun:
     """Compress every linear inside the transformer blocks of ``model``, in place.
 
     Args:
@@ -289,12 +293,22 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
             from the weight files just before its turn and dropped once ``on_block_done`` has
             saved it, so ``run.model`` ends without its blocks (the run folder has them). The
             blocks run on the CPU; ``device`` places the decompositions only.
+        block_inputs: "compressed" (default: each block calibrated on the outputs of the
+            compressed blocks before it) or "dense" (on the dense model's own block inputs:
+            blocks independent); ``oats.compress.calibration.BLOCK_INPUTS``. Recorded in
+            ``run.calibration`` when dense; a resumed run must have been made the same way.
+        dispatch: with dense block inputs only: callable(index, block_path, inputs, config)
+            called instead of compressing each block here (``oats.runner.blocks_ray`` sends it
+            to a Ray task); the block is only run forward, dense, for the next one's inputs.
 
     Returns:
         A ``CompressionRun``; ``run.model`` is ``model`` with its linears replaced.
     """
     s = _settings(config, method, model_name, device, allow_generic, allocation, block_rates, disk, resume,
                   calibration)
+    check_block_inputs(block_inputs, resume)
+    if dispatch is not None and block_inputs != "dense":
+        raise ValueError("blocks are compressed elsewhere only with dense block inputs (they depend on each other)")
     if disk is not None:
         return_freed_memory()  # so that each dropped block's memory really leaves the process
     elif s.device is not None:
@@ -315,8 +329,11 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
                          config=s.config, layers=[], blocks=[], second_moments={},
                          calibration={"batches": len(calibration)}, timings={},
                          block_rates=rates, allocation=alloc_info)
+    if block_inputs != "compressed":  # (a run that says nothing was calibrated on compressed inputs)
+        run.calibration["block_inputs"] = block_inputs
     done = _take_over(run, resume, s.config, method, rates)
-    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done, resume)
+    return _compress_blocks(run, adapter, blocks, calibration, done, s, disk, progress, on_block_done, resume,
+                            block_inputs, dispatch)
 
 
 @dataclass(frozen=True)
@@ -395,9 +412,12 @@ def _take_over(run: CompressionRun, resume: CompressionRun | None, config: OatsC
 
 
 def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: set[int], s: CompressionSettings,
-                     disk, progress, on_block_done, resume=None) -> CompressionRun:
+                     disk, progress, on_block_done, resume=None, block_inputs="compressed",
+                     dispatch=None) -> CompressionRun:
     """Capture the first block's inputs, then compress the blocks in order (carrying the inputs
-    of the ``done`` ones forward), calling the hooks after each; the run with its timings."""
+    of the ``done`` ones forward), calling the hooks after each; the run with its timings.
+    With dense block inputs the dense blocks' outputs are carried forward (a done block runs
+    in its dense mode), and ``dispatch`` may take each block's compression elsewhere."""
     model, config, block_rates = run.model, s.config, run.block_rates
     t_all = time.perf_counter()
     t0 = time.perf_counter()
@@ -412,15 +432,23 @@ def _compress_blocks(run: CompressionRun, adapter, blocks, calibration, done: se
             disk.load(block, path)
             check_weights(adapter, model, [(path, block)], config)
         if i in done:  # already compressed: only carry the inputs forward
-            if disk is not None:  # its factors come from the run folder
+            if disk is not None and block_inputs == "compressed":  # its factors come from the run folder
                 resume.apply_block(block, path, i)
-            inputs.hidden = run_block(block, adapter, inputs)
+            with use_mode(block, "dense") if block_inputs == "dense" else nullcontext():  # dense: the dense outputs
+                inputs.hidden = run_block(block, adapter, inputs)
             if disk is not None:
                 disk.release(block)
             continue
         bconfig = config if block_rates is None else config.replace(compression=block_rates[i])
+        if dispatch is not None:  # compressed elsewhere: only the dense outputs are needed here
+            dispatch(i, path, inputs, bconfig)
+            inputs.hidden = run_block(block, adapter, inputs)
+            if disk is not None:
+                disk.release(block)
+            continue
         recs, brec, m2, next_hidden = compress_block(model, adapter, i, path, block, inputs, bconfig, s.method,
-                                                     s.device, summaries=run.summaries)
+                                                     s.device, next_inputs=block_inputs,
+                                                     summaries=run.summaries)
         run.layers.extend(recs)
         run.blocks.append(brec)
         run.second_moments.update(m2)
