@@ -1,5 +1,7 @@
 """Deploy: how much smaller the selected run is as a deployable model, how fast it runs on this
-machine next to the dense model and the floor, and the command that exports it."""
+machine next to the dense model and the floor, and the command that exports it. A run whose model
+stays on disk (a mid-size model) has its block linears timed one matrix at a time instead
+(``ui/deploy_streamed.py``)."""
 
 import shlex
 from pathlib import Path
@@ -9,7 +11,9 @@ import streamlit as st
 from ui.state import current_path, current_run, MODEL_LOCK, run_mtime
 from ui.widgets import table
 from ui.cached import deploy_sizes
+from ui import deploy_streamed
 from oats.deploy.speed import compare_speed
+from oats.runs.lazy import LazyRun
 
 st.title("Deploy")
 st.markdown("A run folder keeps what the analysis needs (the original weights, the second moments). "
@@ -57,6 +61,9 @@ if run is not None:
                          "stays sparse (the export's size), with the faster of the kernel's loops on this CPU. "
                          "fastest: a layer that measures faster as a dense product on this CPU is folded back to "
                          "dense (never slower than dense, layer by layer), at the memory stated.")
+    if isinstance(run, LazyRun):  # a model on disk: its block linears timed one matrix at a time
+        deploy_streamed.draw(run, path, goal)
+        st.stop()
     key = f"deploy-speed-{path}-{goal}"
     if st.button("Measure throughput", key="deploy-measure",
                  help="Exports the run to a temporary folder, then times the dense model and the export "
