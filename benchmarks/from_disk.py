@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's oats, also for the children (run from REPO)
+
+from benchmarks._common import run_watched, write_tokenizer  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, time
@@ -62,18 +62,11 @@ print(json.dumps({"peak_mb": status("VmHWM"), "base_mb": base, "seconds": time.p
                   "blocks": len(outcome.run.blocks)}), flush=True)
 """
 
-WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or has had not "
-         "first one their its new after who they have her two been other when there all during into school time "
-         "may years more most only over city some world would where later up such used many can state about "
-         "national out known university united then made").split()
-
-
 def write_model(folder: Path, hidden: int, inter: int, layers: int, vocab: int, seed: int = 0) -> int:
     """A random Llama-style model, one shard per block (written block by block: little memory)."""
     import torch
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
+    from transformers import LlamaConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     heads, kv = hidden // 64, max(hidden // 256, 1)
@@ -106,40 +99,8 @@ def write_model(folder: Path, hidden: int, inter: int, layers: int, vocab: int, 
             numel += t.numel()
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
                                                                     "weight_map": weight_map}))
-    vocab_map = {"[PAD]": 0, "[UNK]": 1}
-    for w in WORDS:
-        vocab_map.setdefault(w, len(vocab_map))
-    tk = Tokenizer(models.WordLevel(vocab_map, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    write_tokenizer(folder)
     return numel
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        return None
-
-
-def run_watched(cmd: list[str], cap_mb: float) -> subprocess.CompletedProcess:
-    """Run the child; with cap_mb > 0, watch its RSS from here every 5 ms (nothing runs in the
-    child for it) and SIGKILL it once it is cap_mb above the baseline the child reports."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    first = p.stdout.readline()
-    killed = None
-    if cap_mb > 0 and first.startswith("{"):
-        base = json.loads(first)["base_mb"]
-        while p.poll() is None:
-            rss = _rss_mb(p.pid)
-            if rss is not None and rss - base > cap_mb:
-                p.kill()
-                killed = json.dumps({"killed": True, "rss_mb": rss, "base_mb": base, "cap_mb": cap_mb})
-                break
-            time.sleep(0.005)
-    out, err = p.communicate()
-    return subprocess.CompletedProcess(cmd, p.returncode, first + out + (killed + "\n" if killed else ""), err)
 
 
 def estimate_mb(folder: Path, method: str, tokens: int, from_disk: bool) -> float:

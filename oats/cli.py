@@ -136,7 +136,7 @@ def _compress_target(args, out: Path | None, options: dict, from_disk: bool):
     return request, out, 0
 
 
-def _block_bar(args, out, resumed: int, too_big):
+def _block_bar(args, out, resumed: int, too_big, request=None):
     """(bars, progress callback) of ``oats compress``: the bar appears with the first block,
     after the model passed its checks (the first progress call comes once compress_model's
     checks passed), with the lines that say a resume or the switch to the disk mode first."""
@@ -152,6 +152,8 @@ def _block_bar(args, out, resumed: int, too_big):
                 why = str(too_big).rsplit(": ", 1)[0]  # "loading ... needs about N GB ... but M GB is available"
                 print(f"oats: {why}, so it is compressed from disk, block by block (as with --from-disk)",
                       file=sys.stderr)
+            if request is not None and not resumed:
+                _print_time_estimate(request)
             bars.append(tqdm(total=total, unit="block", desc="compressing", file=sys.stderr))
         bar = bars[0]
         bar.total = total
@@ -177,9 +179,7 @@ def cmd_compress(args) -> int:
     resolve_device(args.device)  # a bad device fails before the model loads
     if args.resume:  # a resumed run's model name comes from its manifest: checked here, before any output
         zoo.check_model_name(request.model, from_disk=from_disk)
-    if not args.quiet:
-        _print_time_estimate(request)
-    bars, progress = _block_bar(args, out, resumed, too_big)
+    bars, progress = _block_bar(args, out, resumed, too_big, request)
 
     def update(stage=None, message=None, **_):
         if stage == "loading":
@@ -207,8 +207,9 @@ def cmd_compress(args) -> int:
 
 
 def _print_time_estimate(request) -> None:
-    """The time the compression should take here, said before it starts (as the app's Compress
-    page says it): learned from this machine's past runs, or the shape model for a local folder."""
+    """The time the compression should take here, said as its first block starts (as the app's
+    Compress page says it before the button): learned from this machine's past runs, or the
+    default rates and the shape model (a local folder's matrix shapes are read from its headers)."""
     from oats.runs import estimate as est
     e = est.estimate(request.model, request.method, request.config, est.past_runs(runs_root()),
                      samples=request.calib_samples, evaluate=request.evaluate)
@@ -243,20 +244,10 @@ def _check_calibration_args(args) -> None:
 
 
 def _too_big_for_memory(name: str):
-    """The automatic switch to the larger-than-memory mode: for a local safetensors folder that
-    does not fit in memory in fp32, the ResourceError that says so (the CLI then compresses it
-    from disk, and says why once the first block is under way); None otherwise."""
+    """``oats.models.zoo.too_big_for_memory``: the CLI then compresses from disk, and says why once
+    the first block is under way."""
     from oats.models import zoo
-    try:
-        zoo.check_model_name(name)
-    except ResourceError as e:
-        try:
-            return e if zoo.check_model_name(name, from_disk=True) == "local" else None
-        except OatsError:
-            return None
-    except OatsError:
-        return None  # reported by the checks that follow
-    return None
+    return zoo.too_big_for_memory(name)
 
 
 def _dump_json(obj) -> str:

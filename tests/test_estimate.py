@@ -4,6 +4,7 @@ whose recorded timings are known, so every number can be asserted."""
 import json
 
 import pytest
+import torch
 
 from oats.compress.records import BlockRecord, LayerRecord
 from oats.config import OatsConfig
@@ -138,11 +139,13 @@ def test_no_past_run_gives_the_default_rate_and_says_so(tmp_path):
     e = est.estimate("smollm2-135m", "oats", config(), [], task="causal-lm", host=HOST)
     m = est.PRESET_BLOCK_WEIGHTS["smollm2-135m"] / 1e6
     assert e.runs == 0
-    assert e.compress_s == pytest.approx(est.DEFAULT_COMPRESS_S_PER_M["oats"] * m)
-    assert e.seconds == pytest.approx(est.WORKER_START_S + (est.DEFAULT_COMPRESS_S_PER_M["oats"]
-                                                            + est.DEFAULT_LOAD_S_PER_M + est.DEFAULT_EVALUATE_S_PER_M) * m)
+    # an embedded model's shapes are known: the calibration rate plus the shape model's decomposition
+    dec = est.decompose_seconds("oats", est.PRESET_SHAPES["smollm2-135m"], config())
+    assert e.compress_s == pytest.approx(est.DEFAULT_CALIBRATION_S_PER_M * m + dec)
+    assert e.seconds == pytest.approx(est.WORKER_START_S + e.compress_s + (est.DEFAULT_LOAD_S_PER_M
+                                                                           + est.DEFAULT_EVALUATE_S_PER_M) * m)
     assert e.text == f"about {est.duration(e.seconds)} (no past run of smollm2-135m with oats on this machine: " \
-                     "a rough figure)"
+                     "a rough figure; the decomposition from its matrix shapes)"
     assert 3 * 60 <= e.seconds <= 8 * 60  # SmolLM2 took about 5 min here
     # the model's size from a run of it with another method
     fake_run(tmp_path, "w", model="my/model", method="wanda", params=2_000_000)
@@ -164,3 +167,125 @@ def test_default_samples_are_the_data_modules():
     from oats import data
     assert est.DEFAULT_SAMPLES == {"causal-lm": data.LM_N_SAMPLES, "encoder": data.ENCODER_N_SAMPLES,
                                    "vision": data.VISION_N_SAMPLES}
+
+
+# ----------------------------------------------------------------------------- the shape model
+
+def _header_only_folder(folder, blocks):
+    """A model folder whose safetensors file declares ``blocks`` (lists of (d_out, d_in)) as bf16
+    ``model.layers.i.*.weight`` tensors, plus 1-D norms and an embedding outside the blocks; the
+    file is sparse (its size is right, no data written), so a large-shaped model costs no disk."""
+    import struct
+    folder.mkdir(parents=True)
+    head, off = {"__metadata__": {"format": "pt"}}, 0
+
+    def add(key, shape):
+        nonlocal off
+        n = 2 * shape[0] * (shape[1] if len(shape) > 1 else 1)
+        head[key] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+
+    add("model.embed_tokens.weight", (1000, 64))
+    for i, block in enumerate(blocks):
+        for j, shape in enumerate(block):
+            add(f"model.layers.{i}.m{j}.weight", shape)
+        add(f"model.layers.{i}.input_layernorm.weight", (64,))
+    raw = json.dumps(head).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = folder / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + off)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def _by_hand(method, d_out, d_in, cfg, iterations):
+    """``SHAPE_COST``'s formula written out: a + n (b + c r) d_out d_in."""
+    from oats.core.decompose import rank_budget
+    a, b, c = est.SHAPE_COST[method]
+    return a + iterations * (b + c * rank_budget(d_out, d_in, cfg)) * d_out * d_in
+
+
+def test_the_shapes_of_a_local_folder_come_from_its_headers(tmp_path):
+    blocks = [[(96, 64), (64, 96)], [(96, 64), (64, 96)], [(32, 64)]]
+    folder = _header_only_folder(tmp_path / "m", blocks)
+    assert est.model_shapes(str(folder)) == tuple(tuple(b) for b in blocks)  # norms and embedding left out
+    assert est.model_shapes(str(tmp_path / "missing")) is None and est.model_shapes("some/hub-id") is None
+    assert est.model_shapes("minilm-l6") == est.PRESET_SHAPES["minilm-l6"]
+    assert est.PRESET_BLOCK_WEIGHTS == {"minilm-l6": 10_616_832, "dinov2-small": 21_233_664,
+                                        "smollm2-135m": 106_168_320}  # what their runs record as params_dense
+
+
+def test_matrix_seconds_is_the_fitted_formula():
+    cfg = config()
+    # OATS: its iterations capped at where the fast solver stops on real weights; the rank grows the cost
+    assert est.matrix_seconds("oats", 14336, 4096, cfg) == pytest.approx(
+        _by_hand("oats", 14336, 4096, cfg, est.DEFAULT_ITERATIONS_RUN))
+    assert est.matrix_seconds("oats", 14336, 4096, config(iterations=5)) == pytest.approx(
+        _by_hand("oats", 14336, 4096, cfg, 5))
+    big, small = est.matrix_seconds("oats", 4096, 4096, cfg), est.matrix_seconds("oats", 2048, 2048, cfg)
+    assert big / small > 4.5  # 4x the weights, 2x the rank: more than 4x the time
+    # a method that does not iterate: once, no rank
+    assert est.matrix_seconds("wanda", 4096, 4096, cfg) == pytest.approx(_by_hand("wanda", 4096, 4096, cfg, 1))
+    assert est.matrix_seconds("hassle", 64, 64, cfg) is None  # no fitted cost
+
+
+def test_a_block_takes_as_long_as_its_busiest_thread():
+    cfg = config()
+    block = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)]
+    t = {s: est.matrix_seconds("oats", *s, cfg) for s in set(block)}
+    # two threads, largest first, each to the less busy thread: the three MLP matrices dominate
+    busy = [0.0, 0.0]
+    for s in sorted(block, key=lambda s: -t[s]):
+        busy[busy.index(min(busy))] += t[s]
+    assert est.decompose_seconds("oats", [block], cfg, threads=2) == pytest.approx(max(busy))
+    assert est.decompose_seconds("oats", [block], cfg, threads=1) == pytest.approx(sum(t[s] for s in block))
+    assert est.decompose_seconds("oats", [block] * 3, cfg, threads=2) == pytest.approx(3 * max(busy))
+    assert est.decompose_seconds("hassle", [block], cfg) is None
+
+
+def test_without_a_past_run_a_large_shaped_folder_is_estimated_from_its_shapes(tmp_path, monkeypatch):
+    monkeypatch.setattr(est.os, "cpu_count", lambda: 2)
+    block = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)]
+    two = _header_only_folder(tmp_path / "8b-2", [block] * 2)
+    four = _header_only_folder(tmp_path / "8b-4", [block] * 4)
+    cfg = config()
+    m = 2 * sum(a * b for a, b in block) / 1e6
+    e = est.estimate(str(two), "oats", cfg, [], task="causal-lm", evaluate=False, host=HOST)
+    dec = est.decompose_seconds("oats", [block] * 2, cfg, threads=2)
+    assert e.compress_s == pytest.approx(est.DEFAULT_CALIBRATION_S_PER_M * m + dec)
+    assert e.load_s == pytest.approx(est.WORKER_START_S + est.DEFAULT_LOAD_S_PER_M * m)
+    assert "the decomposition from its matrix shapes" in e.text
+    # twice the blocks: twice the compression; the decomposition is most of it at these shapes
+    e4 = est.estimate(str(four), "oats", cfg, [], task="causal-lm", evaluate=False, host=HOST)
+    assert e4.compress_s == pytest.approx(2 * e.compress_s)
+    assert dec > est.DEFAULT_CALIBRATION_S_PER_M * m
+    # a per-weight rate alone would say far less: the rank makes large matrices dearer per weight
+    assert e.compress_s > 1.5 * est.DEFAULT_COMPRESS_S_PER_M["oats"] * m
+    # fewer iterations: the decomposition shrinks in proportion (beyond the first's fixed cost)
+    e5 = est.estimate(str(two), "oats", config(iterations=5), [], task="causal-lm", evaluate=False, host=HOST)
+    assert e5.compress_s == pytest.approx(
+        est.DEFAULT_CALIBRATION_S_PER_M * m + est.decompose_seconds("oats", [block] * 2, config(iterations=5), 2))
+    # a quick method keeps its rate per weight
+    w = est.estimate(str(two), "wanda", cfg, [], task="causal-lm", evaluate=False, host=HOST)
+    assert w.compress_s == pytest.approx(est.DEFAULT_COMPRESS_S_PER_M["wanda"] * m)
+
+
+def test_the_cli_says_the_estimate_from_the_folders_shapes_before_the_blocks(tmp_path, capsys, monkeypatch):
+    from tiny_models import tiny_llama_folder
+
+    from oats.cli import main as cli_main
+    folder = tiny_llama_folder(tmp_path / "model", hidden=32, layers=2, dtype=torch.bfloat16)
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path / "runs"))  # no past run: the default rates and the shapes
+    shapes = est.model_shapes(str(folder))
+    assert len(shapes) == 2 and all(len(b) == 7 for b in shapes)  # q, k, v, o, gate, up, down of each block
+    want = est.estimate(str(folder), "oats", config(iterations=2), [], evaluate=False)
+    assert "the decomposition from its matrix shapes" in want.text
+    argv = ["compress", str(folder), "--from-disk", "--iterations", "2", "--calib-samples", "2", "--seq-len", "8",
+            "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith("oats: time on this machine: "))
+    assert line == f"oats: time on this machine: {want.text}: {want.parts}"
+    assert err.index(line) < err.index("compressing:")  # said before the first block's bar (tqdm: "compressing: 0%")

@@ -21,15 +21,20 @@ per million block-linear weights, measured on minilm-l6 on a 2-core machine), an
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 import socket
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from oats.core.decompose import rank_budget
+from oats.errors import OatsError
 from oats.methods import registry
+from oats.models.weights import check_safetensors_file
 from oats.runs.evaluations import read_evaluation
 from oats.runs.folders import list_runs
 
@@ -40,6 +45,11 @@ data's default size, 80 iterations of the fast solver), measured on minilm-l6 (1
 block-linear weights) on a 2-core AMD EPYC shared with other work (``oats.runner.execute`` with
 two torch threads: OATS 8.4 s, Wanda 10.0 s, SparseGPT 24.3 s, magnitude 16.1 s, low-rank 14.8 s,
 HASSLE-free 73.8 s; most of each but HASSLE-free's is the calibration statistics, which every method collects)."""
+DEFAULT_CALIBRATION_S_PER_M = DEFAULT_COMPRESS_S_PER_M["wanda"]
+"""Seconds per million block-linear weights of what every method does besides its decompositions
+(capturing the inputs, the statistics, re-running the compressed blocks): Wanda's rate, whose
+own per-matrix work is a small part of it. An iterative method with known shapes adds the shape
+model's decomposition time to it."""
 DEFAULT_COMPRESS_S_PER_M_OTHER = 2.0
 """The same for a method without a measured rate (a method added later)."""
 DEFAULT_LOAD_S_PER_M = 0.3
@@ -57,12 +67,34 @@ model to every run): it says nothing of loading one afresh, so the estimate leav
 DEFAULT_ITERATIONS_RUN = 21
 """The iterations the fast solver ran (mean over the layers, at its default cap of 80) when the
 default rates were measured."""
-PRESET_BLOCK_WEIGHTS = {"minilm-l6": 10_616_832, "dinov2-small": 21_233_664, "smollm2-135m": 106_168_320}
+_MINILM_BLOCK = ((384, 384),) * 4 + ((1536, 384), (384, 1536))
+PRESET_SHAPES = {"minilm-l6": (_MINILM_BLOCK,) * 6, "dinov2-small": (_MINILM_BLOCK,) * 12,
+                 "smollm2-135m": (((576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576),
+                                   (576, 1536)),) * 30}
+"""The block-linear matrix shapes (d_out, d_in) of the embedded models, block by block (their
+config files: MiniLM-L6 and DINOv2-S hidden 384, MLP 1536; SmolLM2-135M hidden 576, MLP 1536,
+3 key-value heads of 64)."""
+PRESET_BLOCK_WEIGHTS = {name: sum(m * n for block in blocks for m, n in block) for name, blocks in PRESET_SHAPES.items()}
 """Block-linear weights of the embedded models (what a run records as ``params_dense``), for the
-default rates when no run of the model was ever made here."""
+default rates when no run of the model was ever made here (minilm-l6 10,616,832, dinov2-small
+21,233,664, smollm2-135m 106,168,320)."""
 DEFAULT_SAMPLES = {"causal-lm": 16, "encoder": 128, "vision": 32}
 """The calibration samples a task takes by default (``oats.data``: LM_N_SAMPLES,
 ENCODER_N_SAMPLES, VISION_N_SAMPLES)."""
+
+
+SHAPE_COST = {"oats": (0.19, 0.0, 2.5e-10), "wanda": (0.0, 3.5e-8, 0.0), "magnitude": (0.0, 3.0e-8, 0.0)}
+"""Seconds to decompose one (d_out, d_in) matrix on one thread: ``a + n * (b + c * r) * d_out * d_in``
+with r the low-rank term's rank and n the iterations (1 for a method that does not iterate).
+Each iteration of the fast solver is a subspace iteration, ~ d_out d_in r, plus a hard threshold
+and the residuals, ~ d_out d_in; fitted, the second is lost in the first (b = 0), and ``a`` is
+the setup (the scaling, the first basis). Fitted to ``benchmarks/mid_size.py --phase shapes``
+(CPU seconds on one core of a 2-core AMD EPYC, random matrices with outlier input channels, the
+shapes of Llama-3.2-1B and Llama-3.1-8B; OATS at default settings, 22-23 iterations run on the 1B
+shapes, 2 and 6 iterations on the 8B ones): every OATS measurement within 30% (the 1B shapes
+-3% to +29%, the 8B ones -21% to +4%); Wanda and magnitude within 25% on the matrices of more
+than 10M weights (their smaller ones take a tenth of a second). A 14336 x 4096 matrix takes about
+2 minutes at 21 iterations: an 8B block's decomposition alone is about 4 minutes on 2 cores."""
 
 
 def this_machine() -> dict:
@@ -241,19 +273,94 @@ def estimate(model: str, method: str, config, past: Iterable[PastRun], task: str
 
 def _default(model, method, config, past, task, samples, evaluate) -> Estimate:
     """The rough figure from the default rates, scaled by the model's block-linear weights (from a
-    past run of the model with another method, or the embedded models' table)."""
-    params = next((p.params for p in past if p.model == model and p.params), None) or PRESET_BLOCK_WEIGHTS.get(model)
+    past run of the model with another method, its shapes (``model_shapes``), or the embedded
+    models' table). An iterative method whose matrix shapes are known (a preset, a local
+    folder) is the calibration rate per million weights plus the shape model's decomposition
+    (``decompose_seconds``): its cost grows with the rank, so a rate per weight measured on a
+    small model would say minutes for an 8B model that takes hours."""
+    shapes = model_shapes(model)
+    params = next((p.params for p in past if p.model == model and p.params), None) or (
+        sum(m * n for block in shapes for m, n in block) if shapes else PRESET_BLOCK_WEIGHTS.get(model))
     if not params:
         return Estimate(None, basis=f"no past run of {model} here, and its size is not known before it loads")
     m = params / 1e6
-    rate = DEFAULT_COMPRESS_S_PER_M.get(method, DEFAULT_COMPRESS_S_PER_M_OTHER)
     record = registry.find(method)
-    if record is not None and record.iterative:  # fewer iterations than the default rate's
+    decompose = decompose_seconds(method, shapes, config) if shapes and record is not None and \
+        record.iterative else None
+    rate = DEFAULT_CALIBRATION_S_PER_M if decompose is not None else \
+        DEFAULT_COMPRESS_S_PER_M.get(method, DEFAULT_COMPRESS_S_PER_M_OTHER)
+    if decompose is None and record is not None and record.iterative:  # fewer iterations than the default rate's
         rate *= min(int(config.iterations), DEFAULT_ITERATIONS_RUN) / DEFAULT_ITERATIONS_RUN
     default_samples = DEFAULT_SAMPLES.get(task or "")
     if samples and default_samples:
         rate *= 0.5 + 0.5 * samples / default_samples  # about half of the time is the calibration data's
-    compress, load = rate * m, WORKER_START_S + DEFAULT_LOAD_S_PER_M * m
+    compress, load = rate * m + (decompose or 0.0), WORKER_START_S + DEFAULT_LOAD_S_PER_M * m
     ev = DEFAULT_EVALUATE_S_PER_M * m if evaluate else None
+    how = "a rough figure" + ("; the decomposition from its matrix shapes" if decompose is not None else "")
     return Estimate(load + compress + (ev or 0.0), compress, load, ev, 0,
-                    f"no past run of {model} with {method} on this machine: a rough figure")
+                    f"no past run of {model} with {method} on this machine: {how}")
+
+def matrix_seconds(method: str, d_out: int, d_in: int, config, iterations: float | None = None) -> float | None:
+    """The shape model (``SHAPE_COST``): seconds to decompose one matrix with ``method`` at
+    ``config`` on one thread; ``iterations``: those the layer runs (default: the cap, but no more
+    than where the fast solver stops on real weights, ``DEFAULT_ITERATIONS_RUN``). None for a
+    method without a fitted cost."""
+    cost, record = SHAPE_COST.get(method), registry.find(method)
+    if cost is None or record is None:
+        return None
+    a, b, c = cost
+    if record.iterative:
+        n = min(int(config.iterations), DEFAULT_ITERATIONS_RUN) if iterations is None else iterations
+        r = rank_budget(d_out, d_in, record.decompose_config(config))
+    else:
+        n, r = 1, 0
+    return a + n * (b + c * r) * d_out * d_in
+
+
+def decompose_seconds(method: str, shapes, config, threads: int | None = None) -> float | None:
+    """The shape model's seconds for every matrix of ``shapes`` (a sequence of blocks, each a
+    sequence of (d_out, d_in)): per block, its matrices spread over ``threads`` (default: this
+    machine's cores) largest first, as ``oats.resources.map_on_cores`` spreads them, so a block
+    takes as long as its busiest thread. None for a method without a fitted cost."""
+    threads = max(1, threads or os.cpu_count() or 1)
+    total = 0.0
+    for block in shapes:
+        costs = [matrix_seconds(method, m, n, config) for m, n in block]
+        if any(c is None for c in costs):
+            return None
+        busy = [0.0] * min(threads, max(len(costs), 1))
+        for c in sorted(costs, reverse=True):
+            busy[busy.index(min(busy))] += c
+        total += max(busy, default=0.0)
+    return total
+
+
+_BLOCK_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def model_shapes(model: str) -> tuple[tuple[tuple[int, int], ...], ...] | None:
+    """The block-linear matrix shapes of ``model``, block by block, without loading a weight: an
+    embedded model's from ``PRESET_SHAPES``; a local folder's from its safetensors headers (every
+    2-D ``.weight`` under a numbered block, e.g. ``model.layers.3.mlp.up_proj.weight``); None
+    when they cannot be known before it loads (a hub id, a folder without safetensors)."""
+    if model in PRESET_SHAPES:
+        return PRESET_SHAPES[model]
+    try:
+        folder = Path(model).expanduser()
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        return _header_shapes(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    except (OatsError, OSError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def _header_shapes(files: tuple[tuple[str, int, int], ...]):
+    """``model_shapes`` of these files (path, mtime, size: a rewritten file is read again)."""
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    for path, _, _ in files:
+        for key, entry in check_safetensors_file(path).items():
+            found = _BLOCK_INDEX.search(key)
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if found and key.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:
+                blocks.setdefault(int(found.group(1)), []).append((int(shape[0]), int(shape[1])))
+    return tuple(tuple(blocks[i]) for i in sorted(blocks)) or None
