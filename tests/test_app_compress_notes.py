@@ -68,7 +68,8 @@ def test_the_estimate_is_shown_before_compressing(tmp_path, monkeypatch):
     form_model = next(s for s in at.selectbox if s.label == "Model" and "other: a hub id or a local folder" in s.options)
     form_model.set_value("smollm2-135m").run()
     text = _estimate_caption(at)
-    assert "(no past run of smollm2-135m with oats on this machine: a rough figure)" in text
+    assert ("(no past run of smollm2-135m with oats on this machine: a rough figure; the decomposition from its "
+            "matrix shapes)") in text
     e = est.estimate("smollm2-135m", "oats", __import__("oats").OatsConfig(), [], task="causal-lm", evaluate=False)
     assert f"about {est.duration(e.seconds)} " in text
 
