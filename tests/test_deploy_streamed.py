@@ -69,6 +69,9 @@ def test_the_streamed_timings_add_up_over_the_model(lazy_run, goal):
     assert sum(g.nbytes["dense"] * len(g.paths) for g in res.groups) == dense_bytes
     assert res.totals["floor_dense"] > 0 and res.totals["floor_deployed"] > 0
     assert streamed.streamed_estimate(lazy_run) > 0
+    assert lazy_run.reader.max_blocks_resident == 1 and not lazy_run.reader.resident  # one matrix at a time
+    first = next(r for r in lazy_run.layers if r.shape == (64, 32))  # gate of block 0: the first of the largest
+    assert streamed.peak_bytes(lazy_run) == 8 * 64 * 32 + 40 * first.nnz
 
 
 def test_a_run_in_memory_or_a_bad_goal_is_one_line(run_folder, lazy_run):  # noqa: F811

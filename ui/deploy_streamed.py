@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from oats.deploy.streamed import PROMPT_TOKENS, streamed_estimate, streamed_speed
+from oats.deploy.streamed import PROMPT_TOKENS, peak_bytes, streamed_estimate, streamed_speed
 from oats.errors import OatsError
 from oats.runs.estimate import duration
 from ui.text import esc
@@ -72,7 +72,8 @@ def draw(run, path: str, goal: str) -> None:
         return
     if key not in st.session_state:
         st.info(f"Measuring takes about {duration(est)} on this machine (more the first time a shape is planned "
-                "here); memory grows by about two matrices of the largest shape.")
+                f"here); memory grows by about {peak_bytes(run) / 1e9:.1f} GB for a moment while the largest "
+                "matrix's deployed layer is built.")
     if st.button(f"Measure the block linears (about {duration(est)})", key="deploy-measure-streamed"):
         box = st.status("Measuring the block linears one matrix at a time", state="running", expanded=True)
         bar = box.progress(0.0, text="starting")

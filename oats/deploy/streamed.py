@@ -7,9 +7,12 @@ at a time instead: each replaced matrix is read from disk with the run's reader,
 deployed layer the export would build (``SparseLowRankLinear`` from the stored sparse term and
 factors, then the form ``oats.deploy.plan`` picks for the goal, as ``load_compressed`` does) and
 as the dense layer (the original weight in fp32, what the dense model computes with), timed on
-one token (decoding) and on a prompt-sized batch, and dropped. Peak memory: about two matrices
-(the dense weight and the deployed layer of the largest shape; three with the "fastest" goal,
-which may fold a layer to a dense one).
+one token (decoding) and on a prompt-sized batch, and dropped. Held while timing: the dense
+weight and the deployed layer of one matrix (and a folded copy with the "fastest" goal, which may
+fold a layer to a dense one). Building the deployed layer takes more for a moment: the reader
+densifies the sparse term of that one matrix, and the CSR to CSR8 conversion and its check
+(``oats.deploy.kernels``) hold int64 copies of the indices: 1.7 GB above the open run for a
+14336 x 4096 term at half density (``peak_bytes`` says about how much for a run).
 
 Matrices of the same shape, rank and density (to 0.05: what decides a layer's speed, as in
 ``plan.shape_key``) are measured once and counted as many times as they occur: 4 to 7 distinct
@@ -47,7 +50,7 @@ from oats.errors import ConfigError
 from oats.runs.lazy import LazyRun, streamed_seconds
 
 __all__ = ["PROMPT_TOKENS", "ROUNDS", "MatrixGroup", "StreamedSpeed", "deployed_layer", "dense_layer",
-           "matrix_groups", "streamed_estimate", "streamed_speed"]
+           "matrix_groups", "peak_bytes", "streamed_estimate", "streamed_speed"]
 
 PROMPT_TOKENS = 128
 """Rows of the prompt-sized batch (a prompt of a few sentences: prefill, GEMM-bound)."""
@@ -191,16 +194,20 @@ def _measure(run: LazyRun, g: MatrixGroup, goal: str, prompt: int, rounds: int) 
     """Fill ``g`` from its first matrix: the deployed layer built first (its dense sparse term
     dropped before the dense weight is read), each batch size planned and timed, then all dropped."""
     path = g.paths[0]
-    base = deployed_layer(run, path)
-    dense = dense_layer(run, path)
-    layer, form = _planned(base, goal, 1)
-    g.ms["dense_decode"], g.ms["deployed_decode"] = _times(dense, layer, 1, rounds)
-    g.nbytes = {"dense": _cost(dense)[0], "deployed": _cost(layer)[0]}
-    g.macs = {"dense": _cost(dense)[1], "deployed": _cost(layer)[1]}
-    del layer  # a folded copy ("fastest") goes before the prompt's plan builds its own
-    layer, at_prompt = _planned(base, goal, prompt)
-    g.ms["dense_prompt"], g.ms["deployed_prompt"] = _times(dense, layer, prompt, rounds)
-    g.form = form if at_prompt == form else f"{form} ({at_prompt} at {prompt} tokens)"
+    run.reader.enter(path)  # the reader's record of what is resident (tests read its max_blocks_resident)
+    try:
+        base = deployed_layer(run, path)
+        dense = dense_layer(run, path)
+        layer, form = _planned(base, goal, 1)
+        g.ms["dense_decode"], g.ms["deployed_decode"] = _times(dense, layer, 1, rounds)
+        g.nbytes = {"dense": _cost(dense)[0], "deployed": _cost(layer)[0]}
+        g.macs = {"dense": _cost(dense)[1], "deployed": _cost(layer)[1]}
+        del layer  # a folded copy ("fastest") goes before the prompt's plan builds its own
+        layer, at_prompt = _planned(base, goal, prompt)
+        g.ms["dense_prompt"], g.ms["deployed_prompt"] = _times(dense, layer, prompt, rounds)
+        g.form = form if at_prompt == form else f"{form} ({at_prompt} at {prompt} tokens)"
+    finally:
+        run.reader.leave(path)
 
 
 def _check(run, goal: str, prompt: int, rounds: int) -> None:
@@ -258,6 +265,16 @@ def streamed_estimate(run: LazyRun, prompt: int = PROMPT_TOKENS, rounds: int = R
     share = sum(math.prod(g.shape) for g in matrix_groups(run)) / max(1, sum(math.prod(m.shape) for m in mods.values()))
     calls = 2 * (rounds + 1) * 2 * (DECODE_AS_TOKENS + prompt)  # ours and the plan's, two layers each
     return 1.5 + share * (3 * read_all + per_mac_all * calls)
+
+
+def peak_bytes(run: LazyRun) -> int:
+    """About how much memory ``streamed_speed`` takes above the open run, for a moment: for the
+    largest matrix, its fp32 weight and densified sparse term (4 bytes an entry each) and about 40
+    bytes per non-zero of packing, conversion and check (measured 1.7 GB for 14336 x 4096 at half
+    density)."""
+    biggest = max(_modules(run), key=lambda p: math.prod(run.info_modules()[p].shape))
+    nnz = sum(r.nnz for r in run.layers if r.path == biggest)
+    return 8 * math.prod(run.info_modules()[biggest].shape) + 40 * nnz
 
 
 DECODE_AS_TOKENS = 16
