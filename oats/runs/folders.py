@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from oats import untrusted
 from oats.compress.records import CompressionRun
+from oats.compress.summaries import expected_length
 from oats.core.linear import OatsLinear
 from oats.errors import ModelLoadError, OatsError, RunError
 from oats.models import zoo
@@ -38,7 +39,7 @@ from oats.runs.info import FORMAT, MANIFEST, RunInfo, State, finite_json, read_j
 __all__ = ["FORMAT", "MANIFEST", "RUNS_ENV", "RunInfo", "RunWriter", "apply_factors", "atomic_save_tensors",
            "atomic_write_bytes", "block_tensors", "check_run_model", "list_runs", "load_run", "manifest_dict",
            "read_manifest", "runs_root", "save_run", "run_dir", "check_resumable", "clear_run_folder", "check_run_folder",
-           "read_block", "disk_full", "write_error", "MAX_NAME_BYTES"]
+           "read_block", "disk_full", "write_error", "MAX_NAME_BYTES", "summaries_of", "SUMMARY"]
 
 RUNS_ENV = "OATS_RUNS_DIR"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -194,7 +195,45 @@ def block_tensors(run: CompressionRun, block: int) -> dict[str, torch.Tensor]:
     for r in run.layers:
         if r.block == block:
             out[f"{r.qualname}.m2"] = run.second_moments[r.qualname]
+            for key, t in (run.summary(r.qualname) or {}).items():
+                out[f"{r.qualname}{SUMMARY}{key}"] = t
     return out
+
+
+SUMMARY = ".summary."
+"""Infix of a matrix's stored summary tensors in a block file: ``<qualname>.summary.<key>``
+(``oats.compress.summaries.KEYS``). Optional: runs made before summaries have none."""
+
+
+def summaries_of(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The summary tensors of a block's tensors (``read_block``'s result) grouped by matrix:
+    {qualname: {key: tensor}}; other tensors are left out."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if SUMMARY in name:
+            q, key = name.split(SUMMARY, 1)
+            out.setdefault(q, {})[key] = t
+    return out
+
+
+def _summary_length(name: str, records: dict) -> int | None:
+    """How many values summary tensor ``name`` (``<qualname>.summary.<key>``) holds for a
+    matrix of this block (``records`` by qualname); None when it names no matrix or key."""
+    q, _, key = name.partition(SUMMARY)
+    rec = records.get(q)
+    return None if rec is None else expected_length(key, rec.shape, rec.rank)
+
+
+def _summary_problem(t: torch.Tensor, n: int) -> str | None:
+    """Why ``t`` is not a sound summary tensor of ``n`` values, None when it is: 1-D floats,
+    finite and non-negative (norms and singular values)."""
+    if not t.dtype.is_floating_point:
+        return f"{str(t.dtype).replace('torch.', '')} values, not floats"
+    if tuple(t.shape) != (n,):
+        return f"shape {tuple(t.shape)}, not ({n},)"
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        return "NaN, infinite or negative values"
+    return None
 
 
 def manifest_dict(run: CompressionRun, complete: bool, extra: dict | None = None) -> dict:
@@ -311,7 +350,8 @@ def read_block(folder: str | Path, block: int, info: RunInfo) -> dict[str, torch
     sound header; per replaced layer ``sparse_values`` (float, finite), ``sparse_mask``
     (uint8, ceil(d_out * d_in / 8) bytes, as many set bits as values), ``u`` (d_out, rank) and
     ``v`` (rank, d_in) (float, finite, the manifest's rank); per matrix ``m2`` (d_in,) (float,
-    finite, non-negative). RunError (one line, naming the file and the layer) otherwise.
+    finite, non-negative); optionally per matrix its summary (``<qualname>.summary.<key>``,
+    ``_summary_problem``). RunError (one line, naming the file and the layer) otherwise.
     Returns the tensors by their names, the mask unpacked as ``<path>.sparse`` (d_out, d_in).
     """
     folder = Path(folder)
@@ -333,6 +373,17 @@ def read_block(folder: str | Path, block: int, info: RunInfo) -> dict[str, torch
     records = [r for r in info.layers if r.block == block]
     named = {f"{r.path}.{f}" for r in records for f in ("sparse_values", "sparse_mask", "u", "v")}
     named |= {f"{r.qualname}.m2" for r in records}
+    by_qual = {r.qualname: r for r in records}
+    for key in sorted(k for k in tensors if SUMMARY in k):
+        n = _summary_length(key, by_qual)
+        if n is None:
+            continue  # not a summary of this block's matrices: a stray, refused below
+        why = _summary_problem(tensors[key], n)
+        if why is not None:  # a summary is optional, a damaged one is not: the views would draw it
+            raise RunError(f"run folder '{folder}': {name} holds a damaged summary {key!r} ({why}): the run is "
+                           "damaged, compress again")
+        out[key] = tensors[key]
+        named.add(key)
     stray = sorted(set(tensors) - named)
     if stray:  # factors of a layer the manifest no longer names would be dropped: that layer loads dense
         raise RunError(f"run folder '{folder}': {name} holds {stray[0]!r}, which the manifest does not name: the run "
@@ -377,8 +428,10 @@ def read_block(folder: str | Path, block: int, info: RunInfo) -> dict[str, torch
     return out
 
 
-def _apply_blocks(model: torch.nn.Module, folder: Path, info: RunInfo) -> dict[str, torch.Tensor]:
-    """Put the factors of every finished block into ``model``; the second moments by qualname."""
+def _apply_blocks(model: torch.nn.Module, folder: Path, info: RunInfo,
+                  summaries: dict | None = None) -> dict[str, torch.Tensor]:
+    """Put the factors of every finished block into ``model``; the second moments by qualname.
+    ``summaries`` (a dict) receives the stored summaries by qualname (``summaries_of``)."""
     get_adapter(model, allow_generic=info.family == "generic")  # fails clearly on a foreign model
     m2: dict[str, torch.Tensor] = {}
     for b in info.blocks_done:
@@ -398,6 +451,8 @@ def _apply_blocks(model: torch.nn.Module, folder: Path, info: RunInfo) -> dict[s
                              tensors[f"{path}.v"].to(w.dtype))
             set_submodule(model, path, new.to(w.device))
         m2.update({k[:-3]: v for k, v in tensors.items() if k.endswith(".m2")})
+        if summaries is not None:
+            summaries.update(summaries_of(tensors))
     return m2
 
 
@@ -432,12 +487,14 @@ def load_run(folder: str | Path, model: torch.nn.Module | None = None, allow_par
     if model is None:
         loaded = zoo.load_model(info.model_name)
         model = loaded.model
-    m2 = _apply_blocks(model, folder, info)
+    summaries: dict = {}
+    m2 = _apply_blocks(model, folder, info, summaries)
     return CompressionRun(
         model=model, model_name=info.model_name, family=info.family, method=info.method, config=info.config,
         layers=list(info.layers), blocks=list(info.blocks), second_moments=m2, calibration=dict(info.calibration),
         timings=dict(info.timings), loaded=loaded,
-        block_rates=list(info.block_rates) if info.block_rates is not None else None, allocation=info.allocation)
+        block_rates=list(info.block_rates) if info.block_rates is not None else None, allocation=info.allocation,
+        summaries=summaries)
 
 
 def list_runs(root: str | Path) -> list[dict]:
