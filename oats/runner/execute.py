@@ -84,7 +84,7 @@ def execute(request: CompressRequest, folder: str | Path, *,
             update: Callable[..., None] | None = None,
             progress: Callable[[int, int, str], None] | None = None,
             if_exists: str = "resume", loaded: zoo.LoadedModel | None = None,
-            batches: list[dict] | None = None, extra: dict | None = None) -> Outcome:
+            batches: list[dict] | None = None, extra: dict | None = None, blocks=None) -> Outcome:
     """Compress ``request`` into ``folder`` and return what happened.
 
     Args:
@@ -96,6 +96,9 @@ def execute(request: CompressRequest, folder: str | Path, *,
             compressed in place (a sweep passes a fresh copy per run).
         batches: the calibration batches already made for ``request`` (a sweep shares them).
         extra: more manifest entries (a sweep records its folder).
+        blocks: None (the blocks are compressed here), or callable(request, writer, progress,
+            compress) -> run that compresses them elsewhere: ``compress(dispatch)`` runs the
+            pipeline with ``dispatch`` (``oats.runner.blocks_ray.RayBlocks``: Ray tasks).
 
     Errors are ``OatsError`` with one line for anything the user can fix; they are raised
     before the model loads when the request itself is wrong.
@@ -138,7 +141,10 @@ def execute(request: CompressRequest, folder: str | Path, *,
                                       "machine": this_machine(),  # for the time estimate of later runs
                                       **(extra or {})})
     update(stage="compressing", message="capturing calibration inputs")
-    run = _compress(request, loaded, batches, progress, writer, resume)
+
+    def compress(dispatch=None) -> CompressionRun:
+        return _compress(request, loaded, batches, progress, writer, resume, dispatch)
+    run = compress() if blocks is None else blocks(request, writer, progress, compress)
     run.calibration.update(calibration_record(request, loaded, batches))
     run.timings["load_s"] = t_load
     writer.finish(run)
@@ -176,7 +182,7 @@ def calibration_record(request: CompressRequest, loaded, batches: list[dict]) ->
             "kind": kind}
 
 
-def _compress(request: CompressRequest, loaded, batches, progress, writer, resume) -> CompressionRun:
+def _compress(request: CompressRequest, loaded, batches, progress, writer, resume, dispatch=None) -> CompressionRun:
     """``compress_model`` with the request's settings, saving every block through ``writer``
     (each manifest written on the way already names the calibration data)."""
     described = calibration_record(request, loaded, batches)
@@ -188,7 +194,7 @@ def _compress(request: CompressRequest, loaded, batches, progress, writer, resum
     return pipeline.compress_model(loaded.model, batches, request.config, method=request.method, progress=progress,
                           model_name=request.model, device=request.device, allow_generic=request.generic,
                           on_block_done=block_done, resume=resume, allocation=request.allocation,
-                          disk=loaded.disk)
+                          disk=loaded.disk, block_inputs=request.block_inputs, dispatch=dispatch)
 
 
 def evaluate_and_save(run: CompressionRun, folder: str | Path, quick: bool = False) -> str:

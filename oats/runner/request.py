@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from oats import corpora
 from oats.compress.allocation import Owl
+from oats.compress.calibration import check_block_inputs, recorded_block_inputs
 from oats.config import OatsConfig
 from oats.errors import ConfigError, OatsError
 from oats.methods import registry
@@ -81,6 +82,10 @@ class CompressRequest:
     from_disk: bool = False
     """Larger-than-memory mode: read each block from the weight files when its turn comes
     (``oats.models.zoo.load_model(..., from_disk=True)``). The run is the same as in memory."""
+    block_inputs: str = "compressed"
+    """What each block is calibrated on (``oats.compress.calibration.BLOCK_INPUTS``): the outputs
+    of the compressed blocks before it (the default, sequential) or the dense model's own
+    ("dense": blocks independent, so ``oats.runner.blocks_ray`` can compress them in parallel)."""
 
     def __post_init__(self):
         if self.calib_domain == corpora.MIX:  # one spelling of the default, so equal requests compare equal
@@ -89,6 +94,7 @@ class CompressRequest:
     def check(self) -> None:
         """Raise ConfigError (one line) for a combination that cannot run, before anything loads."""
         registry.get(self.method).decompose_config(self.config)
+        check_block_inputs(self.block_inputs)
         if self.allocation is not None:
             self.allocation.check(self.config)
         if self.calib_domain is not None and not isinstance(self.calib_domain, str):
@@ -119,7 +125,7 @@ class CompressRequest:
         so the app, sweeps and repeated requests find each other's runs.
 
         ``<model>-<method>-c<rho>-k<kappa>-<sparsity>[-it<n>][-<solver>][-sh<lambda>][-owl...][-cal...]-<data>``
-        where ``<data>`` is ``mix`` for the default calibration (an equal share of every domain)
+        (then ``-dense-inputs`` for a run calibrated on the dense model's block inputs) where ``<data>`` is ``mix`` for the default calibration (an equal share of every domain)
         or ``cal<domain>`` for one built-in domain; a calibration file or folder (no data tag),
         or non-default eps / tol, add a short hash of themselves.
 
@@ -148,6 +154,8 @@ class CompressRequest:
         domain = self.domain
         if domain is not None:
             parts.append(domain if domain == corpora.MIX else "cal" + slug(domain))
+        if self.block_inputs != "compressed":  # calibrated on the dense model's block inputs
+            parts.append(f"{self.block_inputs}-inputs")
         name = "-".join(parts)
         default = OatsConfig()
         if self.calib_source or c.eps != default.eps or c.tol != default.tol:
@@ -176,7 +184,7 @@ class CompressRequest:
         cfg = tuple(sorted((k, v) for k, v in c.to_dict().items() if k not in ignored))
         alloc = None if self.allocation is None else (self.allocation.lam, self.allocation.threshold)
         cal = (self.calib_samples, self.seq_len, self.seed or 0, self.calib_source or None, self.domain)
-        return (self.model, self.method, cfg, alloc, cal)
+        return (self.model, self.method, cfg, alloc, cal, self.block_inputs)
 
     def same_run(self, manifest: dict) -> bool:
         """Whether a run folder's manifest records this request's run."""
@@ -192,7 +200,8 @@ class CompressRequest:
                 "calib_source": self.calib_source, "calib_domain": self.calib_domain,
                 "calib_samples": self.calib_samples, "seq_len": self.seq_len,
                 "seed": self.seed, "device": self.device, "generic": self.generic,
-                "trust_remote_code": self.trust_remote_code, "evaluate": self.evaluate, "from_disk": self.from_disk}
+                "trust_remote_code": self.trust_remote_code, "evaluate": self.evaluate, "from_disk": self.from_disk,
+                "block_inputs": self.block_inputs}
         return json.dumps(body)
 
     @classmethod
@@ -223,4 +232,5 @@ def request_from_manifest(manifest: dict, **options) -> CompressRequest:
                            method=manifest["method"], allocation=_owl(alloc) if alloc.get("name") == "owl" else None,
                            calib_source=cal.get("source"), calib_domain=None if cal.get("source") else domain,
                            calib_samples=cal.get("samples"),
-                           seq_len=cal.get("seq_len"), seed=cal.get("seed") or 0, **options)
+                           seq_len=cal.get("seq_len"), seed=cal.get("seed") or 0,
+                           block_inputs=recorded_block_inputs(manifest.get("calibration")), **options)
