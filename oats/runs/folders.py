@@ -267,6 +267,11 @@ class RunWriter:
     def finish(self, run: CompressionRun) -> None:
         self._manifest(run, complete=True)
 
+    def manifest(self, run: CompressionRun) -> None:
+        """The manifest of an unfinished run whose block files were written elsewhere (each Ray
+        task of ``oats.runner.blocks_ray`` writes its own block's file)."""
+        self._manifest(run, complete=False)
+
     def _mkdir(self, run: CompressionRun) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
