@@ -256,7 +256,8 @@ def _row_text(r: dict) -> str:
 
 def _estimate_line(folder: Path, method: str, config, samples) -> str:
     from oats.runs import estimate as est
-    e = est.estimate(str(folder), method, config, [], task="causal-lm", samples=samples, evaluate=False)
+    e = est.estimate(str(folder), method, config, [], task="causal-lm", samples=samples, evaluate=False,
+                     from_disk=True)
     return f"estimate shown before it starts: {e.text}" + (f" ({e.parts})" if e.parts else "")
 
 

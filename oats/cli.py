@@ -212,7 +212,7 @@ def _print_time_estimate(request) -> None:
     default rates and the shape model (a local folder's matrix shapes are read from its headers)."""
     from oats.runs import estimate as est
     e = est.estimate(request.model, request.method, request.config, est.past_runs(runs_root()),
-                     samples=request.calib_samples, evaluate=request.evaluate)
+                     samples=request.calib_samples, evaluate=request.evaluate, from_disk=request.from_disk)
     print(f"oats: time on this machine: {e.text}" + (f": {e.parts}" if e.parts else ""), file=sys.stderr)
 
 

@@ -257,6 +257,10 @@ def test_without_a_past_run_a_large_shaped_folder_is_estimated_from_its_shapes(t
     assert e.compress_s == pytest.approx(est.DEFAULT_CALIBRATION_S_PER_M * m + dec)
     assert e.load_s == pytest.approx(est.WORKER_START_S + est.DEFAULT_LOAD_S_PER_M * m)
     assert "the decomposition from its matrix shapes" in e.text
+    # from disk: the load builds the model on the meta device and reads its embeddings, whatever its size
+    d = est.estimate(str(two), "oats", cfg, [], task="causal-lm", evaluate=False, host=HOST, from_disk=True)
+    assert d.load_s == pytest.approx(est.WORKER_START_S + est.DEFAULT_FROM_DISK_LOAD_S)
+    assert d.compress_s == pytest.approx(e.compress_s)
     # twice the blocks: twice the compression; the decomposition is most of it at these shapes
     e4 = est.estimate(str(four), "oats", cfg, [], task="causal-lm", evaluate=False, host=HOST)
     assert e4.compress_s == pytest.approx(2 * e.compress_s)
@@ -280,7 +284,7 @@ def test_the_cli_says_the_estimate_from_the_folders_shapes_before_the_blocks(tmp
     monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path / "runs"))  # no past run: the default rates and the shapes
     shapes = est.model_shapes(str(folder))
     assert len(shapes) == 2 and all(len(b) == 7 for b in shapes)  # q, k, v, o, gate, up, down of each block
-    want = est.estimate(str(folder), "oats", config(iterations=2), [], evaluate=False)
+    want = est.estimate(str(folder), "oats", config(iterations=2), [], evaluate=False, from_disk=True)
     assert "the decomposition from its matrix shapes" in want.text
     argv = ["compress", str(folder), "--from-disk", "--iterations", "2", "--calib-samples", "2", "--seq-len", "8",
             "--out", str(tmp_path / "run"), "--quiet"]

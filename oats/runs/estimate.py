@@ -61,6 +61,10 @@ term alone) on the default evaluation set (minilm-l6, OATS: 12.4 s)."""
 WORKER_START_S = 5.0
 """Seconds to start the app's compression process (``python -m oats.runner.worker`` importing
 torch and transformers: 4.1 and 7.8 s measured on the busy 2-core machine), before any load."""
+DEFAULT_FROM_DISK_LOAD_S = 10.0
+"""Seconds to load a model in the larger-than-memory mode: the model built on the meta device and
+its embeddings read, whatever its size (Llama-3.1-8B's shapes: 7.6 s on the busy 2-core machine);
+the blocks are read in their turn, inside the compression's time."""
 MIN_LOAD_S = 0.5
 """A recorded load shorter than this was of a model already in memory (a sweep hands its loaded
 model to every run): it says nothing of loading one afresh, so the estimate leaves it out."""
@@ -242,11 +246,13 @@ def _tokens(p: PastRun, samples: int | None, task: str | None) -> float:
 
 
 def estimate(model: str, method: str, config, past: Iterable[PastRun], task: str | None = None,
-             samples: int | None = None, evaluate: bool = True, host: str | None = None) -> Estimate:
+             samples: int | None = None, evaluate: bool = True, host: str | None = None,
+             from_disk: bool = False) -> Estimate:
     """The time a compression of ``model`` with ``method`` and ``config`` (an ``OatsConfig``) will
     take, learned from ``past`` runs of the same model and method on ``host`` (default: this
     machine); ``samples``: the calibration samples asked for (None: the task's default);
-    ``evaluate``: whether the evaluation follows."""
+    ``evaluate``: whether the evaluation follows; ``from_disk``: the larger-than-memory mode (its
+    load reads the embeddings only, each block is read in its turn: ``DEFAULT_FROM_DISK_LOAD_S``)."""
     host = socket.gethostname() if host is None else host
     past = [p for p in past if p.host in (None, host)]
     record = registry.find(method)
@@ -260,7 +266,7 @@ def estimate(model: str, method: str, config, past: Iterable[PastRun], task: str
                                      for p in same)
         params = same[0].params
         loads = [p.load_s for p in same if p.load_s >= MIN_LOAD_S]
-        load = WORKER_START_S + (statistics.median(loads) if loads else DEFAULT_LOAD_S_PER_M * params / 1e6)
+        load = WORKER_START_S + (statistics.median(loads) if loads else _load_s(params / 1e6, from_disk))
         evals = [p.evaluate_s for p in same if p.evaluate_s is not None]
         ev = (statistics.median(evals) if evals else DEFAULT_EVALUATE_S_PER_M * params / 1e6) if evaluate else None
         n = len(same)
@@ -268,10 +274,15 @@ def estimate(model: str, method: str, config, past: Iterable[PastRun], task: str
         if evaluate and not evals:
             basis += "; the evaluation a rough figure"
         return Estimate(load + compress + (ev or 0.0), compress, load, ev, n, basis)
-    return _default(model, method, config, past, task, samples, evaluate)
+    return _default(model, method, config, past, task, samples, evaluate, from_disk)
 
 
-def _default(model, method, config, past, task, samples, evaluate) -> Estimate:
+def _load_s(m: float, from_disk: bool) -> float:
+    """Seconds to load a model of ``m`` million block-linear weights without a past run of it."""
+    return DEFAULT_FROM_DISK_LOAD_S if from_disk else DEFAULT_LOAD_S_PER_M * m
+
+
+def _default(model, method, config, past, task, samples, evaluate, from_disk=False) -> Estimate:
     """The rough figure from the default rates, scaled by the model's block-linear weights (from a
     past run of the model with another method, its shapes (``model_shapes``), or the embedded
     models' table). An iterative method whose matrix shapes are known (a preset, a local
@@ -294,7 +305,7 @@ def _default(model, method, config, past, task, samples, evaluate) -> Estimate:
     default_samples = DEFAULT_SAMPLES.get(task or "")
     if samples and default_samples:
         rate *= 0.5 + 0.5 * samples / default_samples  # about half of the time is the calibration data's
-    compress, load = rate * m + (decompose or 0.0), WORKER_START_S + DEFAULT_LOAD_S_PER_M * m
+    compress, load = rate * m + (decompose or 0.0), WORKER_START_S + _load_s(m, from_disk)
     ev = DEFAULT_EVALUATE_S_PER_M * m if evaluate else None
     how = "a rough figure" + ("; the decomposition from its matrix shapes" if decompose is not None else "")
     return Estimate(load + compress + (ev or 0.0), compress, load, ev, 0,
