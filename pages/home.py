@@ -31,7 +31,7 @@ from oats.runner.execute import evaluate_and_save
 from oats.runner.jobs import RUNNER
 from oats.runner.request import CompressRequest, data_kind
 from oats.data import MAX_UPLOAD_MB, UPLOAD_TYPES, check_calibration_source, check_upload
-from oats.models.zoo import available_models, check_model_name
+from oats.models.zoo import available_models, check_model_name, too_big_for_memory
 
 OTHER = "other: a hub id or a local folder"
 VARIANTS = {"dense": "dense", "both": "sparse + low-rank", "sparse": "sparse only", "lowrank": "low-rank only"}
@@ -167,13 +167,16 @@ def new_compression() -> None:
     try:
         config = OatsConfig(compression=rho, rank_ratio=kappa, iterations=int(iterations),
                             sparsity=nm if sparsity == "N:M" else sparsity, solver=solver, shrink=shrink)
-        check_model_name(model)
+        # a local folder too large for memory is compressed from disk, block by block (as `oats compress`)
+        too_big = too_big_for_memory(model)
+        check_model_name(model, from_disk=too_big is not None)
         if source_kind != "built-in":
             if source is not None and not isinstance(source, str):
                 source = _save_upload(source)
             check_calibration_source(source_kind, source)
         req = CompressRequest(model=model, config=config, method=method, calib_source=source,
-                              calib_domain=domain, calib_samples=int(samples) or None, evaluate=evaluate)
+                              calib_domain=domain, calib_samples=int(samples) or None, evaluate=evaluate,
+                              from_disk=too_big is not None)
         req.check()
         job = RUNNER.start(req)
     except OatsError as e:
@@ -183,6 +186,9 @@ def new_compression() -> None:
         st.error(f"the compression could not start ({esc(type(e).__name__)}: {esc(e, 200)}): check the model "
                  "name and the calibration data")
         return
+    if too_big is not None:
+        st.info(f"{esc(str(too_big).rsplit(': ', 1)[0])}: it is compressed from disk, one block in memory at a time "
+                "(the same run), and evaluated with the model streamed from disk.")
     st.session_state[JOB_KEY] = str(job.folder)
     st.session_state.pop("_job_opened", None)
     _link_job(job.folder)

@@ -323,3 +323,47 @@ def test_a_from_disk_compression_is_evaluated_streamed(bf16_model, tmp_path):
     a, b = read_evaluation(tmp_path / "memory"), read_evaluation(tmp_path / "disk")
     assert a["results"] == b["results"] and set(b["results"]) == {"dense", "both", "sparse", "lowrank"}
     assert isinstance(streamed.run, lazy.LazyRun) and streamed.run.reader.max_blocks_resident == 1
+
+
+def test_a_model_too_large_for_memory_is_compressed_from_disk_by_the_app(tmp_path, monkeypatch):
+    """The Compress page switches to the larger-than-memory mode as `oats compress` does, and the
+    run it makes is evaluated with the model streamed."""
+    import time
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import oats.models.weights as weights_module
+    from oats.models import zoo
+    from oats.runs.evaluations import read_evaluation
+    from oats.runs.folders import read_manifest
+    from ui.state import RUN_KEY
+    # many thin blocks: the app calibrates on at least 1 x 256 tokens, and one block's compression
+    # with them must fit in memory where the whole model does not
+    deep = tiny_llama_folder(tmp_path / "deep", hidden=32, layers=80, seed=1)
+    fp32 = weights_module.DiskWeights(deep).fp32_bytes
+    assert zoo.too_big_for_memory(str(deep)) is None and zoo.too_big_for_memory("minilm-l6") is None
+    monkeypatch.setenv("OATS_MEMORY_LIMIT_GB", str(0.9 * fp32 / 1e9))  # one block at a time fits, the model not
+    assert "needs about" in str(zoo.too_big_for_memory(str(deep)))
+    monkeypatch.setenv("OATS_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.run()
+    at.selectbox[0].set_value(at.selectbox[0].options[-1]).run()  # the last choice: a hub id or local folder
+    at.text_input[0].set_value(str(deep)).run()
+    method = next(s for s in at.selectbox if s.label == "Method")
+    method.set_value("wanda").run()
+    next(n for n in at.number_input if "alibration" in n.label).set_value(1).run()
+    [b for b in at.button if b.label == "Compress"][0].click().run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    assert any("it is compressed from disk" in i.value for i in at.info)
+    for _ in range(600):
+        if RUN_KEY in at.session_state and at.session_state[RUN_KEY]:
+            break
+        time.sleep(0.5)
+        at.run()
+        assert not at.error, [e.value for e in at.error]
+    folder = Path(at.session_state[RUN_KEY])
+    m = read_manifest(folder)
+    assert m["complete"] and len(m["blocks_done"]) == 80
+    assert "blocks read from disk" in m["model_source"]
+    assert set(read_evaluation(folder)["results"]) == {"dense", "both"}

@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from oats.errors import ModelLoadError
+from oats.errors import ModelLoadError, OatsError, ResourceError
 from oats.models import hub
 from oats.models.loaded import BUILD_LOCK, DEFAULT_RANK_RATIO, TASKS, LoadedModel, quiet_transformers
 from oats.models.presets import (CACHE_ENV, PRESETS, Preset, cache_root, load_preset, preset_available,
@@ -165,3 +165,21 @@ def check_model_name(name: str, from_disk: bool = False) -> str:
     if not hub.hub_cached(name) and not hub.hub_reachable():
         raise ModelLoadError(hub.offline_message(name))
     return "hub"
+
+
+def too_big_for_memory(name: str) -> ResourceError | None:
+    """The automatic switch to the larger-than-memory mode: for a local safetensors folder that
+    does not fit in memory in fp32, the ResourceError that says so (``oats compress`` and the
+    app's Compress page then compress it from disk, and say why); None otherwise (it fits, or
+    another check will report what is wrong, or even one block at a time would not fit)."""
+    try:
+        check_model_name(name)
+    except ResourceError as e:
+        try:
+            return e if check_model_name(name, from_disk=True) == "local" else None
+        except OatsError:
+            return None
+    except OatsError:
+        return None  # reported by the checks that follow
+    return None
+
