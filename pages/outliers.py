@@ -6,6 +6,8 @@ from ui.text import esc
 from ui.state import current_path, current_run, run_info, run_mtime, run_task
 from oats.evaluation import primary_metric  # the task registry's answer
 from ui.widgets import chart, how_to_read, image_upload, layer_picker, table
+from oats.runs.estimate import duration
+from oats.runs.lazy import streamed_seconds
 from ui.cached import (ablation_reference, channel_intervention, column_shares, evaluation_tokens, mask_density,
                        massive_profile, second_moments_by_input)
 from oats.explain import outliers, quality
@@ -72,6 +74,10 @@ if run is not None:
     st.caption("A few activations in a transformer's residual stream are thousands of times larger than the rest "
                "(Sun et al., 2024), on a few tokens and channels. Which are they, does the compressed model keep them, "
                "and does it still depend on them?")
+    slow = streamed_seconds(run, 64, passes=2)  # a model on disk streams each pass (None: in memory)
+    if slow is not None and slow > 3:
+        st.caption(f"This model stays on disk: the two passes read its weights as they run, about {duration(slow)} "
+                   "on this machine.")
     if st.toggle("Trace one input through the dense and the compressed model (one forward pass each)", key="massive-on"):
         from oats.data import bundled_images, evaluation_sentences
         from oats.explain import activations
