@@ -94,7 +94,8 @@ def _new_request(args, options: dict, from_disk: bool):
     _check_calibration_args(args)
     request = CompressRequest(args.model, config, args.method, calib_source=args.calib_source,
                               calib_domain=args.calib_domain, calib_samples=args.calib_samples,
-                              seq_len=args.seq_len, seed=args.seed, **options)
+                              seq_len=args.seq_len, seed=args.seed, block_inputs=args.block_inputs or "compressed",
+                              **options)
     request.check()
     owl = parse_allocation(args.allocation, args.owl_lambda, args.owl_m)
     if owl is not None:
@@ -125,7 +126,11 @@ def _compress_target(args, out: Path | None, options: dict, from_disk: bool):
             raise ConfigError("--resume needs --out RUN_DIR, the unfinished run to continue")
         manifest = check_resumable(out)
         check_run_model(out, RunInfo.from_manifest(manifest, out), args.model)
-        return request_from_manifest(manifest, **options), out, len(manifest.get("blocks", []))
+        request = request_from_manifest(manifest, **options)
+        if args.block_inputs not in (None, request.block_inputs):
+            raise ConfigError(f"run '{out}' was calibrated on {request.block_inputs} block inputs: resume it without "
+                              f"--block-inputs {args.block_inputs}")
+        return request, out, len(manifest.get("blocks", []))
     request = _new_request(args, options, from_disk)
     if out is None:
         out = run_dir(runs_root(), request.folder_name())
@@ -176,6 +181,7 @@ def cmd_compress(args) -> int:
                    from_disk=from_disk)
     request, out, resumed = _compress_target(args, out, options, from_disk)
     request.check()
+    engine = _engine(args)  # --engine ray: the blocks as Ray tasks (oats.runner.blocks_ray)
     resolve_device(args.device)  # a bad device fails before the model loads
     if args.resume:  # a resumed run's model name comes from its manifest: checked here, before any output
         zoo.check_model_name(request.model, from_disk=from_disk)
@@ -186,8 +192,13 @@ def cmd_compress(args) -> int:
             _STATUS.show(f"loading {args.model} ...")
 
     try:
-        outcome = execute(request, out, update=update, progress=progress,
-                          if_exists="replace" if args.overwrite else "resume")
+        if engine is not None:
+            from oats.runner.blocks_ray import compress_on_ray
+            outcome = compress_on_ray(request, out, engine, update=update, progress=progress,
+                                      if_exists="replace" if args.overwrite else "resume")
+        else:
+            outcome = execute(request, out, update=update, progress=progress,
+                              if_exists="replace" if args.overwrite else "resume")
     except ResourceError:
         if too_big is not None and not bars:  # not even one block at a time fits: the first reason stands
             raise too_big from None
@@ -547,6 +558,11 @@ def _compress_parser(sub) -> None:
     c.add_argument("--quiet", action="store_true", help="no per-layer table")
     c.add_argument("--from-disk", action="store_true", help="larger than memory: read each block from the model "
                    "folder's safetensors files when its turn comes (automatic when the model does not fit in memory)")
+    c.add_argument("--block-inputs", default=None, choices=["compressed", "dense"],
+                   help="what each block is calibrated on: compressed (default: the outputs of the compressed blocks "
+                   "before it, as the paper) or dense (the dense model's own: blocks independent, so --engine ray "
+                   "compresses them in parallel; costs some quality, see the README)")
+    _engine_args(c, "block")
     _allocation_args(c)
     c.set_defaults(fn=cmd_compress)
 
@@ -569,16 +585,24 @@ def _sweep_parser(sub) -> None:
     _calib_domain_arg(w)
     w.add_argument("--root", default=None, help="runs root where runs are made and reused (default: $OATS_RUNS_DIR or ./runs)")
     w.add_argument("--out", default=None, help="table folder (default: <root>/sweeps/<model>)")
-    w.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: one run after the other here; ray: each run a Ray task (needs the [cluster] extra)")
-    w.add_argument("--address", default=None, help="Ray: an existing cluster's address (ray://HOST:10001, HOST:6379 "
-                   "or auto); the runs root must be storage every worker shares. Default: a local Ray instance")
-    w.add_argument("--cpus-per-task", type=float, default=None, help="Ray: CPUs each run reserves (default 1)")
-    w.add_argument("--gpus-per-task", type=float, default=None, help="Ray: GPUs each run reserves and compresses "
-                   "on (default 0)")
+    _engine_args(w, "run")
     _allocation_args(w)
     _eval_args(w)
     w.set_defaults(fn=cmd_sweep)
+
+
+def _engine_args(p, unit: str) -> None:
+    """--engine, --address, --cpus-per-task, --gpus-per-task: each ``unit`` ("run" of a sweep,
+    "block" of a compression) a Ray task."""
+    where = "the runs root" if unit == "run" else "the run folder"
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help=f"local: one {unit} after the other here; ray: each {unit} a Ray task (needs the [cluster] "
+                   "extra)" + ("; needs --block-inputs dense" if unit == "block" else ""))
+    p.add_argument("--address", default=None, help="Ray: an existing cluster's address (ray://HOST:10001, HOST:6379 "
+                   f"or auto); {where} must be storage every worker shares. Default: a local Ray instance")
+    p.add_argument("--cpus-per-task", type=float, default=None, help=f"Ray: CPUs each {unit} reserves (default 1)")
+    p.add_argument("--gpus-per-task", type=float, default=None, help=f"Ray: GPUs each {unit} reserves and "
+                   "compresses on (default 0)")
 
 
 def _method_choices(default: str) -> str:

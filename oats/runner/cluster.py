@@ -1,4 +1,5 @@
-"""The sweep's runs as Ray tasks: on a local Ray instance, or on an existing Ray cluster.
+"""The sweep's runs as Ray tasks: on a local Ray instance, or on an existing Ray cluster
+(``RayEngine``; the blocks of one run as Ray tasks use it too: ``oats.runner.blocks_ray``).
 
 Each (method, rate, rank ratio) of a sweep is one task that calls the single runner
 (``oats.runner.execute.execute``) on its own run folder. The runs root must be storage that
@@ -182,26 +183,40 @@ class RayEngine:
         emptied here first, so that every attempt of its task, a retry included, resumes.
         on_done: callable(report, done, total) as each task ends.
         """
-        ray = self._ray
         for _, folder, status in tasks:
             if status == "compute":
                 clear_run_folder(folder)
-        fn = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.retries,
-                        retry_exceptions=True)(compress_task)
+        fn = self.remote(compress_task)
         pending = {fn.remote(req.to_json(), str(Path(folder).resolve()), extra): Path(folder).name
                    for req, folder, _ in tasks}
         reports: dict[str, TaskReport] = {}
+        for name, body in self.each_done(pending):
+            reports[name] = TaskReport(name=name, **body)
+            if on_done is not None:
+                on_done(reports[name], len(reports), len(tasks))
+        return reports
+
+    def remote(self, fn: Callable):
+        """``fn`` as a Ray task of this engine: its CPUs and GPUs reserved, run again (up to
+        ``retries`` times) when its worker dies or it raises (a task returns, not raises, the
+        ``OatsError`` that a retry would only repeat)."""
+        return self._ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.retries,
+                                retry_exceptions=True)(fn)
+
+    def each_done(self, pending: dict):
+        """(key, what the task returned) for each task of ``pending`` (its ObjectRef -> a key) as
+        it ends, first finished first; a task that failed every retry gives {"status": "failed",
+        "error": its one line}, so that the others are still waited for."""
+        ray = self._ray
+        pending = dict(pending)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
-            name = pending.pop(ref)
+            key = pending.pop(ref)
             try:
                 body = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - a task that failed every retry: keep the others
                 cause = getattr(e, "cause", None) or e
                 body = {"status": "failed", "error": failure_line(cause) if isinstance(cause, BaseException)
                         else " ".join(str(e).split())[:300]}
-            reports[name] = TaskReport(name=name, **body)
-            if on_done is not None:
-                on_done(reports[name], len(reports), len(tasks))
-        return reports
+            yield key, body
