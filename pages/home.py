@@ -213,8 +213,10 @@ def _past_runs(model: str, method: str) -> list:
 
 def time_estimate(model: str, method: str, config: OatsConfig, samples: int | None, evaluate: bool,
                   task: str | None) -> estimate.Estimate:
+    # a local folder too large for memory is compressed from disk (as the button decides): its load is seconds
+    from_disk = Path(model).expanduser().is_dir() and too_big_for_memory(model) is not None
     return estimate.estimate(model, method, config, _past_runs(model, method), task=task, samples=samples,
-                             evaluate=evaluate)
+                             evaluate=evaluate, from_disk=from_disk)
 
 
 def _estimate_line(model, method, rho, kappa, iterations, sparsity, solver, shrink, samples, evaluate, task) -> None:
