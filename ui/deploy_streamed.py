@@ -66,13 +66,13 @@ def draw(run, path: str, goal: str) -> None:
                 "smaller than the block linears'.")
     key = f"deploy-streamed-{path}-{goal}"
     try:
-        est = streamed_estimate(run)
+        est = streamed_estimate(run, goal)
     except OatsError as e:
         st.error(esc(e))
         return
     if key not in st.session_state:
-        st.info(f"Measuring takes about {duration(est)} on this machine (more the first time a shape is planned "
-                f"here); memory grows by about {peak_bytes(run) / 1e9:.1f} GB for a moment while the largest "
+        st.info(f"Measuring takes about {duration(est)} on this machine (less once this machine has planned these "
+                f"shapes); memory grows by about {peak_bytes(run, goal) / 1e9:.1f} GB for a moment while the largest "
                 "matrix's deployed layer is built.")
     if st.button(f"Measure the block linears (about {duration(est)})", key="deploy-measure-streamed"):
         box = st.status("Measuring the block linears one matrix at a time", state="running", expanded=True)

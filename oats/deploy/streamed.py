@@ -44,7 +44,7 @@ from oats import resources
 from oats.deploy import kernels
 from oats.deploy.export import _parts
 from oats.deploy.linear import SparseLowRankLinear, pack_csr
-from oats.deploy.plan import GOALS, apply_plan, check_tokens
+from oats.deploy.plan import GOALS, ROUNDS as PLAN_TIMED, apply_plan, check_tokens
 from oats.deploy.speed import floor_seconds, machine_floors
 from oats.errors import ConfigError
 from oats.runs.lazy import LazyRun, streamed_seconds
@@ -56,6 +56,14 @@ PROMPT_TOKENS = 128
 """Rows of the prompt-sized batch (a prompt of a few sentences: prefill, GEMM-bound)."""
 ROUNDS = 5
 """Timed calls per layer and batch size (after one warm-up), dense and deployed in turn; the median is kept."""
+DECODE_AS_TOKENS = 16
+"""A one-token call reads the whole matrix for one row: memory-bound, it costs about as much as a
+GEMM over this many rows."""
+SPARSE_BATCH_COST = 3
+"""A sparse product on a batch of rows takes about this many times the dense one's time here
+(the 8B-shaped run: 2.3x to 3.5x at 128 tokens)."""
+PLAN_ROUNDS = PLAN_TIMED + 1
+"""The plan's timed rounds and its warm-up round."""
 
 
 @dataclass
@@ -253,30 +261,37 @@ def streamed_speed(run: LazyRun, goal: str = "smallest", prompt: int = PROMPT_TO
                          torch.get_num_threads(), kernels.backend_note(), time.perf_counter() - t0)
 
 
-def streamed_estimate(run: LazyRun, prompt: int = PROMPT_TOKENS, rounds: int = ROUNDS) -> float:
-    """About how long ``streamed_speed`` takes here, before it starts: reading each group's one
-    matrix (``lazy.streamed_seconds``'s per-element cost, measured once per run) about three times
-    over (the weight, the sparse term and factors, the packing), and its timed calls (the plan's and
-    ours) at the measured per-multiply-add cost, a one-token call counted as memory-bound."""
+def streamed_estimate(run: LazyRun, goal: str = "smallest", prompt: int = PROMPT_TOKENS,
+                      rounds: int = ROUNDS) -> float:
+    """About how long ``streamed_speed`` takes here, before it starts, counting the plan's own
+    measurement of each shape (skipped where this machine has it cached, so a later measurement is
+    quicker): reading each group's one matrix (``lazy.streamed_seconds``'s per-element cost,
+    measured once per run) three times over (the weight, the sparse term and factors, the
+    packing; five for "fastest", which also folds and converts it), and the timed calls at the
+    measured per-multiply-add cost, a one-token call counted as ``DECODE_AS_TOKENS`` rows and a
+    sparse call on a batch as ``SPARSE_BATCH_COST`` dense ones. Within 1.7x of what it took for
+    the 8B-shaped run here (both goals)."""
     one, two = streamed_seconds(run, 1), streamed_seconds(run, 2)
     per_mac_all = max(two - one, 0.0)  # every replaced matrix, one token
     read_all = max(one - per_mac_all, 0.0)
     mods = _modules(run)
     share = sum(math.prod(g.shape) for g in matrix_groups(run)) / max(1, sum(math.prod(m.shape) for m in mods.values()))
-    calls = 2 * (rounds + 1) * 2 * (DECODE_AS_TOKENS + prompt)  # ours and the plan's, two layers each
-    return 1.5 + share * (3 * read_all + per_mac_all * calls)
+    d, b = DECODE_AS_TOKENS, prompt
+    ours = (rounds + 1) * (d + b + d + SPARSE_BATCH_COST * b)  # dense and deployed, one token and the batch
+    if goal == "fastest":  # the plan times csr8 (two loops), csr and dense at one token, the three at the batch
+        plan, reads = PLAN_ROUNDS * (4 * d + (2 * SPARSE_BATCH_COST + 1) * b), 5
+    else:  # the two loops of csr8 at one token; nothing to choose at the batch
+        plan, reads = PLAN_ROUNDS * 2 * d, 3
+    return 1.5 + share * (reads * read_all + per_mac_all * (ours + plan))
 
 
-def peak_bytes(run: LazyRun) -> int:
+def peak_bytes(run: LazyRun, goal: str = "smallest") -> int:
     """About how much memory ``streamed_speed`` takes above the open run, for a moment: for the
     largest matrix, its fp32 weight and densified sparse term (4 bytes an entry each) and about 40
-    bytes per non-zero of packing, conversion and check (measured 1.7 GB for 14336 x 4096 at half
-    density)."""
+    bytes per non-zero of packing, conversion and check; "fastest" also holds the plan's folded
+    copy and torch CSR form while it times them (4 bytes an entry, 32 a non-zero). Measured for
+    14336 x 4096 at half density: 1.8 GB ("smallest"), 3.0 GB ("fastest")."""
     biggest = max(_modules(run), key=lambda p: math.prod(run.info_modules()[p].shape))
     nnz = sum(r.nnz for r in run.layers if r.path == biggest)
-    return 8 * math.prod(run.info_modules()[biggest].shape) + 40 * nnz
-
-
-DECODE_AS_TOKENS = 16
-"""A one-token call reads the whole matrix for one row: memory-bound, it costs about as much as a
-GEMM over this many rows."""
+    numel = math.prod(run.info_modules()[biggest].shape)
+    return 8 * numel + 40 * nnz + (4 * numel + 32 * nnz if goal == "fastest" else 0)
