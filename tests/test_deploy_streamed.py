@@ -82,6 +82,13 @@ def test_a_run_in_memory_or_a_bad_goal_is_one_line(run_folder, lazy_run):  # noq
         streamed.streamed_speed(lazy_run, "quickest")
     with pytest.raises(ConfigError, match="tokens"):
         streamed.streamed_speed(lazy_run, prompt=0)
+    with pytest.raises(ConfigError, match="rounds"):
+        streamed.streamed_speed(lazy_run, rounds=0)
+    empty = lazy.open_lazy(run_folder)
+    empty.layers = []
+    with pytest.raises(ConfigError, match="no compressed block"):
+        streamed.streamed_speed(empty)
+    assert streamed.peak_bytes(empty) == 0 and streamed.matrix_groups(empty) == []
 
 
 def _drawn(at):

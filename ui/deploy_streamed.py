@@ -65,6 +65,9 @@ def draw(run, path: str, goal: str) -> None:
                 "memory. In a model they add the same time to both sides, so the whole model's speed-up is "
                 "smaller than the block linears'.")
     key = f"deploy-streamed-{path}-{goal}"
+    if not run.layers:
+        st.info("This run has no compressed block yet: nothing to measure.")
+        return
     try:
         est = streamed_estimate(run, goal)
     except OatsError as e:

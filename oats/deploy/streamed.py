@@ -225,6 +225,8 @@ def _check(run, goal: str, prompt: int, rounds: int) -> None:
     if goal not in GOALS:
         raise ConfigError(f"unknown goal {goal!r}: use one of {', '.join(GOALS)}")
     check_tokens(prompt)
+    if not run.layers:
+        raise ConfigError("the run has no compressed block yet: there is no deployed layer to measure")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 100:
         raise ConfigError(f"rounds must be a whole number from 1 to 100, got {rounds!r}")
 
@@ -291,6 +293,8 @@ def peak_bytes(run: LazyRun, goal: str = "smallest") -> int:
     bytes per non-zero of packing, conversion and check; "fastest" also holds the plan's folded
     copy and torch CSR form while it times them (4 bytes an entry, 32 a non-zero). Measured for
     14336 x 4096 at half density: 1.8 GB ("smallest"), 3.0 GB ("fastest")."""
+    if not run.layers:
+        return 0
     biggest = max(_modules(run), key=lambda p: math.prod(run.info_modules()[p].shape))
     nnz = sum(r.nnz for r in run.layers if r.path == biggest)
     numel = math.prod(run.info_modules()[biggest].shape)
