@@ -155,22 +155,26 @@ def _spectra_large(t: dict, sparse: torch.Tensor, u: torch.Tensor, v: torch.Tens
 def layer_summary(weight: torch.Tensor, sparse: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                   d: torch.Tensor, rank: int) -> dict[str, torch.Tensor]:
     """The summary of one (d_out, d_in) matrix (a fused part: its own rows and rank columns),
-    ``d`` its input scale D: small 1-D fp32 tensors by ``KEYS`` (the large path leaves out the
-    spectra not in ``LARGE_SPECTRA``); ``budget`` in fp64."""
+    ``d`` its input scale D: small 1-D tensors by ``KEYS``, fp64 on the exact path, fp32 on the
+    large one (which leaves out the spectra not in ``LARGE_SPECTRA``); ``budget`` always fp64."""
     t = scaled(weight, sparse, u, v, d)
     exact = min(weight.shape) <= EXACT_MAX_DIM
     spectra = (_spectra_exact if exact else _spectra_large)(t, sparse, u, v, int(rank))
-    out = {SV_KEYS[k]: x.detach().float().cpu() for k, x in spectra.items()}
-    out.update(_norms(t))
+    # exact: kept in fp64, the views' own numbers; large: fp32 (computed so), half the bytes
+    dtype = torch.float64 if exact else torch.float32
+    out = {SV_KEYS[k]: x.detach().to(dtype).cpu() for k, x in spectra.items()}
+    out.update({k: x if k == "budget" else x.to(dtype) for k, x in term_norms(t).items()})
     return out
 
 
 _ROWS = 1024
-"""Rows per fp64 chunk of ``_norms``: a few MB at a time, never fp64 copies of a whole large matrix."""
+"""Rows per fp64 chunk of ``term_norms``: a few MB at a time, never fp64 copies of a whole large matrix."""
 
 
-def _norms(t: dict) -> dict[str, torch.Tensor]:
-    """``budget`` (fp64) and the ``COLUMNS`` vectors, accumulated in fp64 over row chunks."""
+def term_norms(t: dict) -> dict[str, torch.Tensor]:
+    """``budget`` and the ``COLUMNS`` vectors of one matrix's scaled terms (``scaled``), in fp64,
+    accumulated over row chunks: what the Error budget and Outliers views show (a summary
+    stores the vectors in fp32; a view without one computes them here)."""
     d_in = t["W"].shape[1]
     tot = torch.zeros(len(BUDGET), dtype=torch.float64)
     cols = {k: torch.zeros(d_in, dtype=torch.float64) for k in COLUMNS}
@@ -185,7 +189,7 @@ def _norms(t: dict) -> dict[str, torch.Tensor]:
         cols["col_lowrank"] += l2.sum(0)
         cols["col_nnz"] += (s != 0).sum(0)
     cols["col_weight_norm"] = cols["col_weight_norm"].sqrt()
-    return {"budget": tot, **{k: x.float() for k, x in cols.items()}}
+    return {"budget": tot, **cols}
 
 
 def summary_of(weight: torch.Tensor, sparse: torch.Tensor, u: torch.Tensor, v: torch.Tensor,

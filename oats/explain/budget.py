@@ -9,8 +9,17 @@ from typing import Callable
 
 import numpy as np
 
+from oats.compress.summaries import term_norms
 from oats.explain.common import block_paths, scaled_terms
 from oats.resources import one_thread
+
+
+def _budget(run, qualname: str) -> list[float]:
+    """||A||^2, ||S||^2, ||L||^2, ||A - S||^2, ||A - L||^2, ||A - S - L||^2 (fp64) of one matrix
+    (``oats.compress.summaries.BUDGET``): stored while compressing, else computed."""
+    summary = run.summary(qualname) or {}
+    b = summary["budget"] if "budget" in summary else term_norms(scaled_terms(run, qualname))["budget"]
+    return [float(x) for x in b]
 
 
 @one_thread()
@@ -21,17 +30,15 @@ def layer_budget(run) -> list[dict]:
     sparse_energy, lowrank_energy, residual_energy: ||S||^2, ||L||^2, ||W D - S - L||^2 over
     ||W D||^2; interaction = 1 - the three (2<S, L> + 2<S + L, R>: S and L are not orthogonal,
     so the split need not add up to one); output_error: the recorded ||X (W - W')^T|| / ||X W^T||.
+    The norms are read from the run's summaries where it stored them (``run.summary``).
     """
     rows = []
     for rec in run.layers:
-        t = scaled_terms(run, rec.qualname)
-        a, s, l = t["A"].double(), t["S"].double(), t["L"].double()
-        a2 = max(float(a.square().sum()), 1e-30)
-        r = a - s - l
-        se, le, re = float(s.square().sum()) / a2, float(l.square().sum()) / a2, float(r.square().sum()) / a2
+        a2, s2, l2, as2, al2, r2 = _budget(run, rec.qualname)
+        a2 = max(a2, 1e-30)
+        se, le, re = s2 / a2, l2 / a2, r2 / a2
         rows.append({"layer": rec.qualname, "block": rec.block, "name": rec.name, "kind": rec.kind,
-                     "sparse_only": math.sqrt(float((a - s).square().sum()) / a2),
-                     "lowrank_only": math.sqrt(float((a - l).square().sum()) / a2),
+                     "sparse_only": math.sqrt(as2 / a2), "lowrank_only": math.sqrt(al2 / a2),
                      "both": math.sqrt(re), "sparse_energy": se, "lowrank_energy": le, "residual_energy": re,
                      "interaction": 1.0 - se - le - re, "output_error": rec.output_error,
                      "rank": rec.rank, "nnz": rec.nnz})

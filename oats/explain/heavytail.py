@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from oats.explain.spectra import singular_values, stable_rank
+from oats.explain.spectra import singular_values, stable_rank, stored_spectra
 from oats.resources import one_thread
 
 MIN_TAIL = 10
@@ -147,6 +147,25 @@ def _rank_of(run, qualname: str) -> int:
     return max(int(run.layer(qualname).rank), 0)
 
 
+_STORED = {"W": "W", "S + L": "S + L", "S": "S", "L": "L unscaled"}
+"""This view's matrices (all unscaled) -> their names among a run's stored spectra."""
+
+
+def _eigenvalues(run, qualname: str, names) -> dict[str, np.ndarray]:
+    """Eigenvalues of W^T W etc. for the matrices ``names``: squared stored singular values
+    where the run stored them while compressing (``stored_spectra``), else computed; "L" keeps
+    its rank-many values."""
+    stored = stored_spectra(run, qualname)
+    have = {k: stored[_STORED[k]] ** 2 for k in names if _STORED[k] in stored}
+    missing = [k for k in names if k not in have]
+    if missing:
+        t = _terms(run, qualname)
+        have.update({k: eigenvalues(t[k]) for k in missing})
+        if "L" in missing:
+            have["L"] = have["L"][:_rank_of(run, qualname)]
+    return {k: have[k] for k in names}
+
+
 @dataclass
 class LayerESD:
     """One matrix's ESDs (W, S + L, S, L, W shuffled) and their power-law fits."""
@@ -181,12 +200,11 @@ class LayerESD:
 
 @one_thread()
 def layer_esd(run, qualname: str) -> LayerESD:
-    """ESDs and fits of W, S + L, S, L and the shuffled W of one matrix of a run."""
-    t = _terms(run, qualname)
+    """ESDs and fits of W, S + L, S, L and the shuffled W of one matrix of a run (the first four
+    read where the run stored their spectra; the shuffled W always computed)."""
     rank = _rank_of(run, qualname)
-    ev = {k: eigenvalues(m) for k, m in t.items()}
-    ev["L"] = ev["L"][:rank]
-    ev[SHUFFLED] = eigenvalues(shuffled(t["W"]))
+    ev = _eigenvalues(run, qualname, MATRICES)
+    ev[SHUFFLED] = eigenvalues(shuffled(run.factors(qualname)["weight"].detach().double()))
     return LayerESD(qualname, tuple(run.layer(qualname).shape), rank, ev, {k: fit_power_law(v) for k, v in ev.items()})
 
 
@@ -195,10 +213,10 @@ def layer_alpha(run, qualname: str) -> dict:
     """One row of the whole-model table: α, its fit and the stable rank of W (dense) and of
     S + L (compressed)."""
     rec = run.layer(qualname)
-    t = _terms(run, qualname)
+    ev = _eigenvalues(run, qualname, ("W", "S + L"))
     row = {"layer": qualname, "block": rec.block, "name": rec.name, "kind": rec.kind}
     for label, key in (("dense", "W"), ("compressed", "S + L")):
-        x = positive(eigenvalues(t[key]))
+        x = positive(ev[key])
         f = fit_power_law(x)
         row[f"alpha_{label}"] = None if f is None else f.alpha
         row[f"alpha_se_{label}"] = None if f is None else f.sigma

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oats.explain.common import HEAT_MAX, Heat, downsample, scaled_terms
+from oats.compress.summaries import COLUMNS, term_norms
+from oats.explain.common import HEAT_MAX, Heat, downsample, layer_scale, scaled_terms
 from oats.resources import one_thread
 
 
@@ -149,17 +150,19 @@ class ColumnShares:
 
 @one_thread()
 def column_shares(run, qualname: str) -> ColumnShares:
-    t = scaled_terms(run, qualname)
-    d = t["D"].double().numpy()
-    se = t["S"].double().square().sum(0).numpy()
-    le = t["L"].double().square().sum(0).numpy()
+    """One matrix's ``ColumnShares``: the column norms read from the run's summary where it
+    stored them (``run.summary``), else computed from its terms (``term_norms``)."""
+    summary = run.summary(qualname) or {}
+    cols = summary if all(k in summary for k in COLUMNS) else term_norms(scaled_terms(run, qualname))
+    cols = {k: cols[k].detach().double().cpu().numpy() for k in COLUMNS}
+    d = layer_scale(run, qualname).double().numpy()
+    se, le = cols["col_sparse"], cols["col_lowrank"]
     both = se + le
     share = np.divide(se, both, out=np.zeros_like(se), where=both > 0)
     m2 = (run.second_moments or {}).get(qualname)
     ratio = outlier_ratio(d ** 2 if m2 is None else m2.detach().cpu().numpy())  # no statistics: D = 1, ratio 1
-    return ColumnShares(qualname, d, t["W"].double().norm(dim=0).numpy(), t["A"].double().square().sum(0).numpy(),
-                        se, le, share, ratio,
-                        (t["S"] != 0).sum(0).numpy().astype(np.int64))
+    return ColumnShares(qualname, d, cols["col_weight_norm"], cols["col_energy"], se, le, share, ratio,
+                        np.rint(cols["col_nnz"]).astype(np.int64))
 
 
 @one_thread()

@@ -8,22 +8,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
+from oats.compress.summaries import SV_KEYS, singular_values
 from oats.explain.common import scaled_terms
 from oats.resources import one_thread
 
+__all__ = ["SPECTRA", "LayerSpectra", "SpectraOverview", "effective_rank", "energy_captured", "layer_spectra",
+           "singular_values", "spectra_overview", "stable_rank", "stored_spectra"]
 
-def singular_values(a: torch.Tensor) -> np.ndarray:
-    """Singular values of a matrix, descending, fp64 numpy (min(d_out, d_in) of them).
 
-    Through the eigenvalues of the smaller fp64 Gram matrix: several times faster than an
-    SVD here, and accurate to about 1e-8 of the largest value, far below what a log plot of
-    a weight spectrum shows.
-    """
-    a = a.detach().double().cpu()
-    g = a.T @ a if a.shape[0] >= a.shape[1] else a @ a.T
-    return torch.linalg.eigvalsh(g).flip(0).clamp_min(0).sqrt().numpy()
+def stored_spectra(run, qualname: str) -> dict[str, np.ndarray]:
+    """The spectra the run stored for one matrix while compressing (``run.summary``), fp64
+    numpy by the names of ``oats.compress.summaries.SV_KEYS`` ("W", "W D", "S + L", ...);
+    empty when it stored none (an old run). A view computes what is missing."""
+    summary = run.summary(qualname) or {}
+    return {name: summary[key].detach().double().cpu().numpy() for name, key in SV_KEYS.items() if key in summary}
 
 
 def effective_rank(s) -> float:
@@ -74,17 +73,27 @@ class LayerSpectra:
                 for k, v in self.values.items()]
 
 
+_FRESH = {"W": lambda t, r: singular_values(t["W"]), "W D": lambda t, r: singular_values(t["A"]),
+          "L": lambda t, r: singular_values(t["L"])[:max(r, 0)],
+          "W D - S": lambda t, r: singular_values(t["A"] - t["S"])}
+"""How each of ``SPECTRA`` is computed from ``scaled_terms`` when the run did not store it."""
+
+
 @one_thread()
 def layer_spectra(run, qualname: str) -> LayerSpectra:
-    """Spectra of W, W D, L and W D - S for one matrix of a run (four SVDs of that matrix)."""
-    t = scaled_terms(run, qualname)
+    """Spectra of W, W D, L and W D - S for one matrix of a run: those the run stored while
+    compressing (``run.summary``) are read, the others computed (an SVD of the matrix each)."""
     rec = run.layer(qualname)
-    vals = {"W": singular_values(t["W"]), "W D": singular_values(t["A"]),
-            "L": singular_values(t["L"])[:max(rec.rank, 0)], "W D - S": singular_values(t["A"] - t["S"])}
-    a2 = float(t["A"].square().sum())
+    stored = stored_spectra(run, qualname)
+    summary = run.summary(qualname) or {}
+    t = None if all(k in stored for k in SPECTRA) and "budget" in summary else scaled_terms(run, qualname)
+    vals = {k: stored[k] if k in stored else _FRESH[k](t, rec.rank) for k in SPECTRA}
     captured = {k: energy_captured(v, rec.rank) if k != "L" else 1.0 for k, v in vals.items()}
-    return LayerSpectra(qualname, tuple(rec.shape), rec.rank, vals, captured,
-                        float(t["L"].square().sum()) / max(a2, 1e-30))
+    if "budget" in summary:  # ||A||^2 and ||L||^2 (oats.compress.summaries.BUDGET)
+        a2, l2 = float(summary["budget"][0]), float(summary["budget"][2])
+    else:
+        a2, l2 = float(t["A"].square().sum()), float(t["L"].square().sum())
+    return LayerSpectra(qualname, tuple(rec.shape), rec.rank, vals, captured, l2 / max(a2, 1e-30))
 
 
 @dataclass
@@ -100,7 +109,8 @@ class SpectraOverview:
 
 @one_thread()
 def spectra_overview(run, points: int = 128, progress: Callable[[int, int], None] | None = None) -> SpectraOverview:
-    """Two SVDs per matrix (W and W D): normalised spectra and effective/stable ranks.
+    """Two spectra per matrix (W and W D; read when the run stored them, else two SVDs):
+    normalised spectra and effective/stable ranks.
 
     The relative index of value k of n is k / (n - 1), so matrices of different shapes share
     one axis; rank_frac = r / min(d_out, d_in) marks where the chosen rank falls on it.
@@ -109,8 +119,10 @@ def spectra_overview(run, points: int = 128, progress: Callable[[int, int], None
     heat = np.empty((len(run.layers), points))
     rows = []
     for i, rec in enumerate(run.layers):
-        t = scaled_terms(run, rec.qualname)
-        s_w, s_a = singular_values(t["W"]), singular_values(t["A"])
+        stored = stored_spectra(run, rec.qualname)
+        t = None if "W" in stored and "W D" in stored else scaled_terms(run, rec.qualname)
+        s_w = stored["W"] if "W" in stored else singular_values(t["W"])
+        s_a = stored["W D"] if "W D" in stored else singular_values(t["A"])
         x = np.linspace(0.0, 1.0, len(s_a))
         heat[i] = np.interp(grid, x, np.log10(np.maximum(s_a / max(s_a[0], 1e-30), 1e-12)))
         n = min(rec.shape)
