@@ -304,7 +304,7 @@ def cmd_evaluate(args) -> int:
     if args.stream or (name == info.model_name and wants_lazy(info)):
         # the model stays on disk: each replaced linear is read just before it runs (peak about one matrix)
         _STATUS.show(f"opening the run, {name} streamed from disk ...")
-        run = open_lazy(folder, loaded=zoo.load_model(name, from_disk=True,
+        run = open_lazy(folder, loaded=zoo.load_model(name, from_disk=True, viewing=True,
                                                       trust_remote_code=args.trust_remote_code))
         loaded = run.loaded
     else:

@@ -367,3 +367,40 @@ def test_a_model_too_large_for_memory_is_compressed_from_disk_by_the_app(tmp_pat
     assert m["complete"] and len(m["blocks_done"]) == 80
     assert "blocks read from disk" in m["model_source"]
     assert set(read_evaluation(folder)["results"]) == {"dense", "both"}
+
+
+def test_opening_lazily_asks_only_for_what_it_holds(bf16_model, run_folder, monkeypatch):
+    """A run opened lazily never holds a whole block: its memory check is the embeddings in
+    their stored dtype and a layer or two, not the from-disk compression's block in fp32."""
+    from oats.errors import ResourceError
+    from oats.models import hub, zoo
+    from oats.models.guard import config_parameters
+    n = config_parameters(hub._one_block(json.loads((bf16_model / "config.json").read_text())))
+    # (both checks count their values twice over: oats.resources.MEMORY_MARGIN)
+    monkeypatch.setenv("OATS_MEMORY_LIMIT_GB", str(6 * n / 1e9))  # between 2 and 4 bytes a value
+    with pytest.raises(ResourceError, match="compressing .* from disk"):
+        zoo.load_model(str(bf16_model), from_disk=True)
+    lz = lazy.open_lazy(run_folder)
+    assert isinstance(lz, lazy.LazyRun) and lz.reader.max_blocks_resident == 0
+    monkeypatch.setenv("OATS_MEMORY_LIMIT_GB", str(2 * n / 1e9))
+    with pytest.raises(ResourceError, match="opening a run of .* with its model on disk"):
+        lazy.open_lazy(run_folder)
+
+
+def test_an_oversized_factor_is_refused_before_it_is_read(run_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from oats.errors import RunError
+    bad = tmp_path / "big"
+    shutil.copytree(run_folder, bad)
+    f = bad / "block_000.safetensors"
+    t = load_file(str(f))
+    key = next(k for k in t if k.endswith(".sparse_values"))
+    t[key] = torch.zeros(10**6)  # more values than the layer has entries
+    save_file(t, str(f))
+    lz = lazy.open_lazy(bad)
+    q = next(r.qualname for r in lz.layers if key.startswith(r.path + "."))
+    with pytest.raises(RunError, match="damaged sparse_values"):
+        lz.factors(q)

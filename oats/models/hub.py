@@ -86,7 +86,7 @@ def _one_block(config: Any) -> dict:
     return d
 
 
-def check_config_fits(name: str, config: Any, from_disk: bool = False) -> None:
+def check_config_fits(name: str, config: Any, from_disk: bool = False, viewing: bool = False) -> None:
     """Refuse, before anything is allocated, a config that declares more than fits in memory.
 
     In memory: every weight the config declares, in fp32. From disk (block by block): the
@@ -94,7 +94,11 @@ def check_config_fits(name: str, config: Any, from_disk: bool = False) -> None:
     is not counted: it is often tied to the embeddings). Sizes that are not plausible numbers
     (negative, text, over 2^31) are refused by ``config_parameters`` itself.
     """
-    if from_disk:
+    if from_disk and viewing:  # a run opened lazily (oats.runs.lazy): no block is ever held whole
+        config_parameters(config)
+        check_config_memory(_one_block(config), f"opening a run of {name!r} with its model on disk (the embeddings "
+                                                "in their stored dtype and a layer or two at a time)", bytes_per_value=2)
+    elif from_disk:
         config_parameters(config)  # every declared size checked, the block count included
         check_config_memory(_one_block(config), f"compressing {name!r} from disk (one block and the embeddings "
                                                 "in fp32, as its config.json declares them)")
@@ -102,7 +106,7 @@ def check_config_fits(name: str, config: Any, from_disk: bool = False) -> None:
         check_config_memory(config, f"loading {name!r} in fp32 (as its config.json declares it)")
 
 
-def check_local_folder(name: str, path: Path, from_disk: bool = False) -> None:
+def check_local_folder(name: str, path: Path, from_disk: bool = False, viewing: bool = False) -> None:
     """A model folder has a sound config.json, sound safetensors files that hold tensors, and
     fits in memory in fp32 (from_disk: it is compressed block by block from its files, so only
     one block and the embeddings need to fit). Nothing is allocated and no code of the folder
@@ -118,7 +122,7 @@ def check_local_folder(name: str, path: Path, from_disk: bool = False) -> None:
             raise ModelLoadError(f"{what} holds no tensors: replace it with the model's own .safetensors weights")
         numel += safetensors_numel(header)
     if from_disk:
-        check_config_fits(name, config, from_disk=True)
+        check_config_fits(name, config, from_disk=True, viewing=viewing)
         if not numel:
             raise ModelLoadError(f"folder {name!r} has no .safetensors weights: compressing from disk reads only "
                                  "safetensors files")
@@ -255,7 +259,7 @@ def _attach_tokenizer(loaded: LoadedModel, name: str, source: str, common: dict)
     loaded.tokenizer = tokenizer
 
 
-def load_local_from_disk(name: str, path: Path, trust_remote_code: bool = False) -> LoadedModel:
+def load_local_from_disk(name: str, path: Path, trust_remote_code: bool = False, viewing: bool = False) -> LoadedModel:
     """A text model folder for the larger-than-memory mode: the model is built on the meta
     device; the embeddings and the final norm are read from the safetensors files now, every
     transformer block stays on disk (``loaded.disk`` reads one when its turn comes).
@@ -272,7 +276,7 @@ def load_local_from_disk(name: str, path: Path, trust_remote_code: bool = False)
                                             trust_remote_code=bool(trust_remote_code))
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(_explain(name, exc, f"from folder {path}", "check config.json")) from exc
-    check_config_fits(name, config, from_disk=True)  # before the architecture's buffers are allocated
+    check_config_fits(name, config, from_disk=True, viewing=viewing)  # before the architecture's buffers are allocated
     task = task_for(config)
     if task == "vision":
         raise ModelLoadError(f"{name!r} is a vision model: compressing from disk supports text models (causal LMs "

@@ -51,7 +51,7 @@ def available_models() -> list[dict]:
 
 def load_model(
     name: str, *, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False,
-    from_disk: bool = False,
+    from_disk: bool = False, viewing: bool = False,
 ) -> LoadedModel:
     """Load a model by name; every failure is a one-line :class:`ModelLoadError`.
 
@@ -67,16 +67,18 @@ def load_model(
 
     ``from_disk``: the larger-than-memory mode, for a local folder of safetensors weights: only
     the embeddings, final norm and head are loaded; the transformer blocks stay on disk (on the
-    meta device) and ``loaded.disk`` reads each when ``compress_model`` reaches it.
+    meta device) and ``loaded.disk`` reads each when ``compress_model`` reaches it. ``viewing``
+    (with ``from_disk``): the model is for a run opened lazily (``oats.runs.lazy``), which never
+    holds a whole block, so the memory check asks only for the embeddings and a layer or two.
     """
-    kind = check_model_name(name, from_disk=from_disk)
+    kind = check_model_name(name, from_disk=from_disk, viewing=viewing)
     name = name.strip()
     with BUILD_LOCK:  # one model built at a time in this process (see BUILD_LOCK)
         if from_disk:
             if kind != "local":
                 raise ModelLoadError(f"compressing from disk needs a local model folder with .safetensors weights, "
                                      f"not the {kind} {name!r}: save it with save_pretrained and give the folder")
-            return hub.load_local_from_disk(name, _user_path(name), trust_remote_code)
+            return hub.load_local_from_disk(name, _user_path(name), trust_remote_code, viewing=viewing)
         with quiet_transformers():  # every kind: no progress bar of transformers' own on stderr
             if kind == "preset":
                 return load_preset(PRESETS[name.lower()], name, cache_root(cache_dir))
@@ -112,7 +114,7 @@ def _path_kind(name: str, path: Path) -> str | None:
     return "folder" if stat.S_ISDIR(st.st_mode) else "file"
 
 
-def check_model_name(name: str, from_disk: bool = False) -> str:
+def check_model_name(name: str, from_disk: bool = False, viewing: bool = False) -> str:
     """What ``name`` refers to ("preset", "timm", "local" or "hub"), checked without loading it.
 
     Raises a one-line :class:`ModelLoadError` for an empty or misspelt name, a path that does
@@ -140,7 +142,7 @@ def check_model_name(name: str, from_disk: bool = False) -> str:
     path = _user_path(name)
     found = _path_kind(name, path)
     if found == "folder":
-        hub.check_local_folder(name, path, from_disk=from_disk)
+        hub.check_local_folder(name, path, from_disk=from_disk, viewing=viewing)
         return "local"
     if found == "file":
         raise ModelLoadError(

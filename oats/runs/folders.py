@@ -311,7 +311,7 @@ def check_resumable(folder: str | Path) -> dict:
     return m
 
 
-def _block_file(folder: Path, block: int) -> Path:
+def _block_file(folder: Path, block: int, whole: bool = True) -> Path:
     """The block file of a run folder, resolved: a regular file inside the folder (not a link
     to a file elsewhere, which an export would copy out) with a sound safetensors header."""
     f = folder / f"block_{block:03d}.safetensors"
@@ -331,7 +331,9 @@ def _block_file(folder: Path, block: int) -> Path:
     except (ModelLoadError, OSError):
         raise RunError(f"run folder '{folder}': {f.name} is unreadable (SafetensorError): compress again") from None
     # the file is read whole: one declaring (sparse, on disk nearly nothing) tens of GB is refused before that
-    check_memory({"block file": size}, what=f"reading {f.name} of run folder '{folder}'")
+    # (``whole=False``: a reader of one tensor at a time, oats.runs.lazy, whose tensors are checked as read)
+    if whole:
+        check_memory({"block file": size}, what=f"reading {f.name} of run folder '{folder}'")
     return real
 
 

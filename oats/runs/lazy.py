@@ -88,7 +88,7 @@ class _Reader:
     def factors(self, path: str, which: tuple[str, ...] = ("sparse", "u", "v")) -> dict[str, torch.Tensor]:
         """The layer's sparse term (densified: this one matrix only), u and v, as stored."""
         block = self.block_of[path]
-        real = _block_file(self.folder, block)
+        real = _block_file(self.folder, block, whole=False)
         mod = self.info.modules[path]
         (d_out, d_in), rank = mod.shape, mod.rank
         name = real.name
@@ -103,6 +103,11 @@ class _Reader:
                         if f"{path}.{part}" not in keys:
                             raise RunError(f"run folder '{self.folder}': {name} has no {part} for layer '{path}': the "
                                            "run is damaged, compress again")
+                        # its size from the header, before it is read: no more values than the layer has
+                        size = math.prod(fh.get_slice(f"{path}.{part}").get_shape())
+                        if size > (d_out * d_in + 7) // 8 * (8 if part != "sparse_mask" else 1) or (
+                                part in want and size != math.prod(want[part])):
+                            self._check(torch.empty(0), ("a size that fits the layer",), "float", path, part, name)
                     if f == "sparse":
                         out["sparse"] = self._sparse(fh.get_tensor(f"{path}.sparse_values"),
                                                      fh.get_tensor(f"{path}.sparse_mask"), d_out, d_in, path, name)
@@ -137,7 +142,7 @@ class _Reader:
     def tensors_of_block(self, block: int, suffix: str) -> dict[str, torch.Tensor]:
         """Every tensor of one block file whose name ends with ``suffix`` (the m2 vectors, the
         stored summaries), by name."""
-        real = _block_file(self.folder, block)
+        real = _block_file(self.folder, block, whole=False)
         with safe_open(str(real), framework="pt", device="cpu") as fh:
             return {k: fh.get_tensor(k) for k in fh.keys() if k.endswith(suffix) or suffix in k}
 
@@ -405,7 +410,7 @@ def open_lazy(folder: str | Path, allow_partial: bool = False, loaded=None, stre
         raise RunError(f"run '{folder.name}' is unfinished ({len(info.blocks_done)} blocks done): "
                        f"resume it with 'oats compress --resume' or delete it")
     if loaded is None:
-        loaded = zoo.load_model(info.model_name, from_disk=True)
+        loaded = zoo.load_model(info.model_name, from_disk=True, viewing=stream)
     model = loaded.model
     get_adapter(model, allow_generic=info.family == "generic")
     reader = _Reader(folder, info, loaded.disk)
