@@ -344,6 +344,9 @@ def main() -> int:
     ap.add_argument("--method", default="wanda", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--default-calibration", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--open-run", default=None,
+                    help="the run folder open and evaluate use (default: the compress phase's Wanda run), e.g. "
+                         "ROOT/runs/oats-blocks: a run made with the stored per-layer summaries")
     ap.add_argument("--partial", action="store_true",
                     help="open and evaluate the Wanda run even if it is unfinished (its finished blocks "
                          "compressed, the others dense: the same streaming, the same per-layer shapes)")
@@ -371,6 +374,7 @@ def _run(args, phases) -> int:
     root = Path(args.root)
     summary = []
     run_8b = root / "runs" / f"{_compress_name(args)}-wanda"
+    viewed = Path(args.open_run) if args.open_run else run_8b
     for phase in phases:
         print(f"\n== {phase} ==", flush=True)
         if phase == "shapes":
@@ -401,15 +405,15 @@ def _run(args, phases) -> int:
                 summary.append((f"{phase} ({folder.name}, {method})", r["seconds"], _peak_gb(r),
                                 f"peak RSS <= {GOAL_RSS_GB:g} GB", _peak_gb(r) <= GOAL_RSS_GB))
             continue
-        if not (run_8b / "manifest.json").is_file():
-            print(f"{phase}: could not run: no run at {run_8b} (run the compress phase first)")
+        if not (viewed / "manifest.json").is_file():
+            print(f"{phase}: could not run: no run at {viewed} (run the compress phase first)")
             summary.append((phase, None, None, "", "not run"))
             continue
-        done = json.loads((run_8b / "manifest.json").read_text())
+        done = json.loads((viewed / "manifest.json").read_text())
         if not done.get("complete"):
             print(f"the run is unfinished ({len(done.get('blocks_done', []))} blocks done): "
                   + ("opened as it is (--partial)" if args.partial else "use --partial to open it as it is"))
-        r = _child(phase, args, out=run_8b, partial=bool(args.partial))
+        r = _child(phase, args, out=viewed, partial=bool(args.partial))
         _report(phase, r, summary)
         if "error" in r:
             continue
