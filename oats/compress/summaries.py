@@ -27,7 +27,8 @@ for 4096 x 14336: 24% of one block's OATS time. Three fp32 eigendecompositions o
 Gram (2.2 s each, 9% of OATS on the square matrix apiece) are most of it; storing only W D would
 bring the square matrix to about 20%. Accuracy against fp64 ``torch.linalg.svdvals``: relative
 error of the largest and the 100th singular value at most 8e-7 and 6e-7 (1024 x 4096), 2.4e-6
-and 1.6e-6 (4096 x 4096); at most 1.8e-5 over the top half of any spectrum; L's values 6e-8.
+and 1.6e-6 (4096 x 4096), 2.3e-6 and 7.5e-7 (W of 14336 x 4096); at most 1.8e-5 over the top
+half of any spectrum; L's values 6e-8.
 
 L has rank r: its r non-zero singular values come from the two thin factors (QR of each, then
 the r x r core) on the large path, never from an m x n product.
