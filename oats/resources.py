@@ -27,6 +27,13 @@ freed temporaries, which varies from run to run with the threads' timing: over r
 runs compressing DINOv2-small added 1.4-1.85x the raw estimate (MiniLM 1.2-1.3x, SmolLM2-135M
 1.35x), and 1.0x with a fixed mmap threshold (``benchmarks/memory.py`` prints both side by side)."""
 
+FROM_DISK_MARGIN = 1.25
+"""The same for a compression from disk (``--from-disk``): that mode fixes glibc's mmap threshold
+(``return_freed_memory``), with which the resident memory is the live tensors (1.0x the raw
+estimate in the measurements above, 409-415 MB over five runs), so the margin is only for the
+allocator's slack. With x2.5 a 24 GB machine refused Llama-3.1-8B-shaped compressions it runs
+in a third of that."""
+
 MEMORY_ENV = "OATS_MEMORY_LIMIT_GB"
 """Caps the memory a compression may plan to use (a share of a workstation); default: what is free."""
 
@@ -143,17 +150,33 @@ def matrix_cost(weight: torch.Tensor) -> int:
     return int(weight.shape[0]) * int(weight.shape[1]) ** 2
 
 
-def map_on_cores(fn, items, cost=None, device=None) -> list:
+ROOM_MARGIN = 1.25
+"""How much of the memory left ``map_on_cores`` plans to fill with working copies (a measured
+peak per item: the allocator's slack around it)."""
+
+
+def parallel_room(item_bytes: float, margin: float = ROOM_MARGIN) -> int:
+    """How many items of ``item_bytes`` working memory fit side by side in the memory left now
+    (at least one: a single item is the compression's own, checked by its pre-flight)."""
+    if item_bytes <= 0:
+        return 1 << 30
+    return max(1, int(available_memory() // (margin * item_bytes)))
+
+
+def map_on_cores(fn, items, cost=None, device=None, item_bytes=None) -> list:
     """``[fn(x) for x in items]``, the items spread over as many threads as torch has
     (``torch.get_num_threads()``), each running torch on one thread (``one_thread``).
 
     For the matrices of a block, decomposed independently: the results are the same as one at
     a time (each matrix is computed exactly as alone), in the items' order. ``cost(x)`` orders
     the work largest first so the threads finish together. On a GPU, or with one thread, one
-    at a time.
+    at a time. ``item_bytes(x)``: the working memory of one item; no more items run at once
+    than fit in the memory left (``parallel_room``), which changes the time, never the results.
     """
     items = list(items)
     workers = min(len(items), torch.get_num_threads())
+    if item_bytes is not None and items:  # no more at once than the memory left holds (a mid-size model's
+        workers = min(workers, parallel_room(max(item_bytes(x) for x in items)))  # matrices: 2.5 GB each)
     on_gpu = device is not None and torch.device(device).type != "cpu"
     if workers <= 1 or on_gpu:
         return [fn(x) for x in items]

@@ -404,3 +404,38 @@ def test_an_oversized_factor_is_refused_before_it_is_read(run_folder, tmp_path):
     q = next(r.qualname for r in lz.layers if key.startswith(r.path + "."))
     with pytest.raises(RunError, match="damaged sparse_values"):
         lz.factors(q)
+
+
+def test_no_more_matrices_at_once_than_the_memory_left_holds(monkeypatch):
+    """A mid-size block's matrices (2.5 GB of working copies each for OATS at 14336 x 4096) are
+    decomposed side by side only as far as the memory left holds them: the same results."""
+    import threading
+    import time
+
+    import oats.resources as resources
+    from oats.core.decompose import decompose_many
+    now, peak, lock = [0], [0], threading.Lock()
+
+    def work(x):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.05)
+        with lock:
+            now[0] -= 1
+        return x * 2
+
+    torch.manual_seed(0)
+    ws = [torch.randn(48, 32) for _ in range(4)]
+    m2 = [torch.rand(32) + 0.1 for _ in ws]
+    cfg = OatsConfig(compression=0.5, rank_ratio=0.25, iterations=3)
+    with resources.torch_threads(2):
+        assert resources.map_on_cores(work, range(4), item_bytes=lambda x: 1000) == [0, 2, 4, 6] and peak[0] == 2
+        wide = decompose_many(ws, m2, cfg)
+        monkeypatch.setattr(resources, "available_memory", lambda: 1500.0)  # room for one item of 1000 bytes
+        peak[0] = 0
+        assert resources.map_on_cores(work, range(4), item_bytes=lambda x: 1000) == [0, 2, 4, 6] and peak[0] == 1
+        assert resources.parallel_room(1000) == 1
+        narrow = decompose_many(ws, m2, cfg)
+    for a, b in zip(wide, narrow):
+        assert torch.equal(a.sparse, b.sparse) and torch.equal(a.u, b.u) and torch.equal(a.v, b.v)

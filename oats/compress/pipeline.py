@@ -28,7 +28,7 @@ from oats.core.linear import OatsLinear, use_mode
 from oats.errors import ConfigError
 from oats.methods import registry
 from oats.models.adapters import LinearRef, bias_of, get_adapter, set_submodule, weight_of
-from oats.resources import COMPRESSION_MARGIN, check_memory, map_on_cores, return_freed_memory
+from oats.resources import COMPRESSION_MARGIN, FROM_DISK_MARGIN, check_memory, map_on_cores, return_freed_memory
 
 
 def decompose_block(method: str, weights: list[torch.Tensor], second_moments: list[torch.Tensor],
@@ -174,7 +174,8 @@ def _summaries(index: int, by_path: dict[str, list[LinearRef]], new_modules: dic
             start += rank[q]
     out = map_on_cores(lambda it: summary_of(it[1], it[2], it[3], it[4], m2_out[it[0]], rank[it[0]], eps), items,
                        cost=lambda it: int(it[1].shape[0]) * int(it[1].shape[1]) * min(it[1].shape),
-                       device=items[0][1].device if items else None)
+                       device=items[0][1].device if items else None,
+                       item_bytes=lambda it: 6 * 4 * it[1].numel())  # W D, S, L and their sums side by side
     return {it[0]: summ for it, summ in zip(items, out)}
 
 
@@ -323,7 +324,7 @@ def compress_model(model: nn.Module, calibration: list[dict], config: OatsConfig
     tokens = calibration_tokens(calibration, model)
     check_memory(estimate_compression_memory(adapter, model, blocks, tokens, method, from_disk=disk is not None),
                  what=f"compressing '{model_name or type(model).__name__}' on {tokens} calibration tokens",
-                 margin=COMPRESSION_MARGIN)
+                 margin=COMPRESSION_MARGIN if disk is None else FROM_DISK_MARGIN)
     rates, alloc_info = _block_rates(s, model, calibration, len(blocks), resume, progress, disk)
     run = CompressionRun(model=model, model_name=model_name, family=adapter.family, method=method,
                          config=s.config, layers=[], blocks=[], second_moments={},
@@ -408,6 +409,7 @@ def _take_over(run: CompressionRun, resume: CompressionRun | None, config: OatsC
                           "allocation (uniform or OWL with the same parameters)")
     run.layers, run.blocks = list(resume.layers), list(resume.blocks)
     run.second_moments = dict(resume.second_moments)
+    run.summaries = dict(resume.summaries)  # (a lazily opened resume reads its own from the folder)
     return {b.index for b in resume.blocks}
 
 

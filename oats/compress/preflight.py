@@ -13,6 +13,7 @@ from oats.errors import ConfigError, ModelLoadError
 from oats.models.adapters import weight_of
 from oats.models.vision import image_tokens
 from oats.methods import registry
+from oats.resources import parallel_room
 
 
 def check_weights(adapter, model: torch.nn.Module, blocks: list[tuple[str, torch.nn.Module]], config,
@@ -71,9 +72,10 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     calibration activations: block inputs, their next-block outputs and the dense outputs kept
     to measure the output error (3 x tokens x hidden); block activations: one block's
     intermediate activations on the calibration set (its widest layer); decomposition: the
-    working copies of the largest matrix (about 8 of its size, plus its Gram when the method's
-    statistics are "gram", as SparseGPT's), once per matrix decomposed at the same time (a
-    block's matrices are spread over torch's threads, ``oats.resources.map_on_cores``);
+    working copies of the largest matrix (the method's measured ``working_copies`` of its size,
+    plus its Gram when the method's statistics are "gram", as SparseGPT's), once per matrix
+    decomposed at the same time (a block's matrices are spread over torch's threads,
+    ``oats.resources.map_on_cores``, as many as the memory left holds);
     factors: the sparse and low-rank terms of every compressed matrix (about twice its size).
     """
     if not blocks:
@@ -88,11 +90,13 @@ def estimate_compression_memory(adapter, model: torch.nn.Module, blocks, n_token
     biggest = max(s[0] * s[1] for s in shapes)
     biggest_in = max(s[1] for s in shapes)
     per_block = sum(s[0] * s[1] for s in shapes)
-    at_once = max(1, min(torch.get_num_threads(), len(shapes)))
+    one = registry.get(method).working_copies * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if gram else 0)
+    # as many at once as map_on_cores will run: the threads, unless the memory left holds fewer
+    at_once = max(1, min(torch.get_num_threads(), len(shapes), parallel_room(one)))
     parts = {
         "calibration activations": 3 * n_tokens * hidden * 4,
         "block activations": 2 * n_tokens * widest * 4,
-        "decomposition": at_once * (8 * biggest * 4 + (biggest_in * biggest_in * 4 * 2 if gram else 0)),
+        "decomposition": at_once * one,
         "factors": 2 * per_block * (1 if from_disk else len(blocks)) * 4,
     }
     if from_disk:

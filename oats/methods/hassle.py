@@ -489,6 +489,7 @@ REPLAY = Replay(
 
 @register(Method(
     name="hassle",
+    working_copies=17.0,  # measured: see registry.Method.working_copies
     title="HASSLE-free",
     description="sparse + low-rank on the full input Gram: SparseGPT on W - L (its values then refitted on "
                 "the mask) alternated with a whitened rank-r fit (HASSLE-free, Makni et al. 2025)",
@@ -508,4 +509,5 @@ REPLAY = Replay(
 def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
     """HASSLE-free on every matrix of the block, each with its input Gram, on every core (``map_on_cores``)."""
     return map_on_cores(lambda a: hassle(a[0], a[2], config, device=device, second_moments=a[1]),
-                        zip(weights, second_moments, grams), cost=lambda a: matrix_cost(a[0]), device=device)
+                        zip(weights, second_moments, grams), cost=lambda a: matrix_cost(a[0]), device=device,
+                        item_bytes=lambda a: 4 * (17 * a[0].numel() + 2 * a[2].numel()))  # working copies + Gram

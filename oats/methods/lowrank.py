@@ -69,6 +69,7 @@ def full_rank_ratio(config) -> float:
 
 @register(Method(
     name="lowrank",
+    working_copies=4.6,  # measured: see registry.Method.working_copies
     title="low-rank SVD",
     description="low-rank only: truncated SVD of W D with the whole budget as rank",
     budget_note="no sparse term; rank r = floor((1-rho) d_out d_in / (d_out + d_in)) of W D (truncated SVD)",

@@ -19,6 +19,7 @@ def magnitude(weight: torch.Tensor, config: OatsConfig, device=None) -> Decompos
 
 @register(Method(
     name="magnitude",
+    working_copies=6.5,  # measured: see registry.Method.working_copies
     title="magnitude",
     description="sparse only: keep the largest |W_ij| per row",
     budget_note="rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| "

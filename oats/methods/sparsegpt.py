@@ -205,6 +205,7 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
 
 @register(Method(
     name="sparsegpt",
+    working_copies=5.5,  # measured: see registry.Method.working_copies
     title="SparseGPT",
     description="sparse only: OBS weight updates on the full input Gram matrix (SparseGPT)",
     budget_note="rank 0; each row keeps d_in - floor(d_in rho) entries, its prunes spread over the column "
@@ -216,4 +217,5 @@ def _sparsegpt(weight, gram, config, blocksize, percdamp, device) -> Decompositi
 def compress(weights, second_moments, grams, config: OatsConfig, device=None) -> list[Decomposition]:
     """SparseGPT on every matrix of the block, each with its input Gram, on every core (``map_on_cores``)."""
     return map_on_cores(lambda a: sparsegpt(a[0], a[1], config, device=device), zip(weights, grams),
-                        cost=lambda a: matrix_cost(a[0]), device=device)
+                        cost=lambda a: matrix_cost(a[0]), device=device,
+                        item_bytes=lambda a: 4 * (5.5 * a[0].numel() + 2 * a[1].numel()))  # working copies + Gram

@@ -20,6 +20,7 @@ def wanda(weight: torch.Tensor, second_moments: torch.Tensor, config: OatsConfig
 
 @register(Method(
     name="wanda",
+    working_copies=6.5,  # measured: see registry.Method.working_copies
     title="Wanda",
     description="sparse only: keep the largest |W_ij| * ||X_j|| per row (OATS with rank ratio 0)",
     budget_note="rank 0; each row keeps d_in - floor(d_in rho) entries, chosen by |W_ij| ||X_j|| "
