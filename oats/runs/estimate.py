@@ -96,8 +96,9 @@ the setup (the scaling, the first basis). Fitted to ``benchmarks/mid_size.py --p
 (CPU seconds on one core of a 2-core AMD EPYC, random matrices with outlier input channels, the
 shapes of Llama-3.2-1B and Llama-3.1-8B; OATS at default settings, 22-23 iterations run on the 1B
 shapes, 2 and 6 iterations on the 8B ones): every OATS measurement within 30% (the 1B shapes
--3% to +29%, the 8B ones -21% to +4%); Wanda and magnitude within 25% on the matrices of more
-than 10M weights (their smaller ones take a tenth of a second). A 14336 x 4096 matrix takes about
+-5% to +27%, the 8B ones -21% to +4% at 2 and 6 iterations, -6% to +14% scaled to 21); Wanda and
+magnitude within 25% on the matrices of more than 10M weights (their smaller ones take a tenth
+of a second). A 14336 x 4096 matrix takes about
 2 minutes at 21 iterations: an 8B block's decomposition alone is about 4 minutes on 2 cores."""
 
 
