@@ -128,6 +128,11 @@ class CompressionRun:
         rows, cols = slice(*rec.rows), slice(start, start + rec.rank)
         return {"weight": mod.weight[rows], "sparse": mod.sparse[rows], "u": mod.u[rows, cols], "v": mod.v[cols]}
 
+    def sparse_mask(self, qualname: str) -> torch.Tensor:
+        """Where the sparse term of one matrix is non-zero, (d_out, d_in) bools (a lazily opened
+        run reads only the mask's bits, not the weight or the values)."""
+        return self.factors(qualname)["sparse"] != 0
+
     @property
     def params_dense(self) -> int:
         return sum(r.shape[0] * r.shape[1] for r in self.layers)

@@ -168,5 +168,4 @@ def column_shares(run, qualname: str) -> ColumnShares:
 @one_thread()
 def mask_density(run, qualname: str, max_size: int = HEAT_MAX) -> Heat:
     """The sparse term's mask pooled to at most max_size^2 cells: share of entries kept."""
-    s = run.factors(qualname)["sparse"]
-    return downsample((s != 0).double(), max_size, max_size, how="mean")
+    return downsample(run.sparse_mask(qualname).double(), max_size, max_size, how="mean")

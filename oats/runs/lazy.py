@@ -128,6 +128,26 @@ class _Reader:
             raise RunError(f"run folder '{self.folder}': {name} holds a damaged {factor} for layer '{path}' ({why}): "
                            "the run is damaged, compress again")
 
+    def mask(self, path: str) -> torch.Tensor:
+        """Where the layer's sparse term is non-zero (d_out, d_in), from its mask bits alone."""
+        real = _block_file(self.folder, self.block_of[path], whole=False)
+        (d_out, d_in) = self.info.modules[path].shape
+        n = d_out * d_in
+        key = f"{path}.sparse_mask"
+        try:
+            with safe_open(str(real), framework="pt", device="cpu") as fh:
+                if key not in set(fh.keys()) or math.prod(fh.get_slice(key).get_shape()) != (n + 7) // 8:
+                    raise RunError(f"run folder '{self.folder}': {real.name} has no sound sparse_mask for layer "
+                                   f"'{path}': the run is damaged, compress again")
+                bits = fh.get_tensor(key)
+        except RunError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a sound header over damaged data
+            raise RunError(f"run folder '{self.folder}': {real.name} is unreadable ({type(e).__name__}): compress "
+                           "again") from None
+        self._check(bits, ((n + 7) // 8,), "uint8", path, "sparse_mask", real.name)
+        return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(bool)).reshape(d_out, d_in)
+
     def _sparse(self, vals, bits, d_out, d_in, path, name) -> torch.Tensor:
         n = d_out * d_in
         self._check(bits, ((n + 7) // 8,), "uint8", path, "sparse_mask", name)
@@ -329,6 +349,12 @@ class LazyRun(CompressionRun):
     def info_modules(self) -> dict:
         """The manifest's shape and rank of every replaced matrix, by module path."""
         return self.reader.info.modules
+
+    def sparse_mask(self, qualname: str) -> torch.Tensor:
+        rec = self.layer(qualname)
+        cached = self.__dict__.get("_cache", {}).get(rec.path)
+        mask = cached["sparse"] != 0 if cached is not None else self.reader.mask(rec.path)
+        return mask if rec.rows is None else mask[slice(*rec.rows)]
 
     def summary(self, qualname: str) -> dict[str, torch.Tensor] | None:
         rec = self.layer(qualname)
