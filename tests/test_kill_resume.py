@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from oats.compress import summaries
 import torch
 
 from safetensors.torch import load_file
@@ -157,7 +159,9 @@ def assert_same_run(got: Path, want: Path) -> None:
     for name in _block_files(want):
         ta, tb = load_file(str(got / name)), load_file(str(want / name))
         assert sorted(ta) == sorted(tb), name
-        assert len(tb) == 7 * 5, name  # per module: sparse values, mask, u, v; per matrix: m2
+        # per module: sparse values, mask, u, v; per matrix: m2 and its summary (oats.compress.summaries)
+        assert len([k for k in tb if ".summary." not in k]) == 7 * 5, name
+        assert len([k for k in tb if ".summary." in k]) == 7 * len(summaries.KEYS), name
         for key in tb:
             assert ta[key].dtype == tb[key].dtype and ta[key].shape == tb[key].shape, (name, key)
             assert torch.equal(ta[key], tb[key]), (name, key, (ta[key].float() - tb[key].float()).abs().max())
