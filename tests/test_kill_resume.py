@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from oats.compress import summaries
 import torch
 
 from safetensors.torch import load_file
 
+from oats.compress import summaries
 from oats.models import zoo
 from oats.runs.folders import MANIFEST, list_runs, load_run, read_manifest
 from oats.core.linear import oats_layers
