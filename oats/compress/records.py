@@ -112,12 +112,18 @@ class CompressionRun:
                 return r
         raise KeyError(qualname)
 
+    def _layer_tensors(self, path: str) -> dict[str, torch.Tensor]:
+        """Weight, sparse term, u and v of the replaced module at ``path`` (a lazily opened run,
+        ``oats.runs.lazy.LazyRun``, reads them from disk instead)."""
+        mod = self.modules()[path]
+        return {"weight": mod.weight, "sparse": mod.sparse, "u": mod.u, "v": mod.v}
+
     def factors(self, qualname: str) -> dict[str, torch.Tensor]:
         """Unscaled weight, sparse term, u and v of one matrix (a fused part's own rows/rank)."""
         rec = self.layer(qualname)
-        mod = self.modules()[rec.path]
+        t = self._layer_tensors(rec.path)
         if rec.rows is None:
-            return {"weight": mod.weight, "sparse": mod.sparse, "u": mod.u, "v": mod.v}
+            return dict(t)
         # parts of a fused matrix own consecutive rank columns, in the order of the records
         start = 0
         for r in self.layers:
@@ -126,7 +132,7 @@ class CompressionRun:
             if r.path == rec.path:
                 start += r.rank
         rows, cols = slice(*rec.rows), slice(start, start + rec.rank)
-        return {"weight": mod.weight[rows], "sparse": mod.sparse[rows], "u": mod.u[rows, cols], "v": mod.v[cols]}
+        return {"weight": t["weight"][rows], "sparse": t["sparse"][rows], "u": t["u"][rows, cols], "v": t["v"][cols]}
 
     def sparse_mask(self, qualname: str) -> torch.Tensor:
         """Where the sparse term of one matrix is non-zero, (d_out, d_in) bools (a lazily opened

@@ -332,20 +332,6 @@ class LazyRun(CompressionRun):
         cache.move_to_end(path)
         return cache[path]
 
-    def factors(self, qualname: str) -> dict[str, torch.Tensor]:
-        rec = self.layer(qualname)
-        t = self._layer_tensors(rec.path)
-        if rec.rows is None:
-            return dict(t)
-        start = 0
-        for r in self.layers:
-            if r is rec:
-                break
-            if r.path == rec.path:
-                start += r.rank
-        rows, cols = slice(*rec.rows), slice(start, start + rec.rank)
-        return {"weight": t["weight"][rows], "sparse": t["sparse"][rows], "u": t["u"][rows, cols], "v": t["v"][cols]}
-
     def info_modules(self) -> dict:
         """The manifest's shape and rank of every replaced matrix, by module path."""
         return self.reader.info.modules
