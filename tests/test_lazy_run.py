@@ -122,7 +122,7 @@ def test_the_stored_dtype_is_kept(run_folder):
     assert lz.factors(rec.qualname)["weight"].dtype == torch.float32
 
 
-def test_open_run_chooses_by_memory(run_folder, monkeypatch):
+def test_open_run_chooses_by_memory(bf16_model, run_folder, monkeypatch):
     monkeypatch.setenv(lazy.LAZY_ENV, "1")
     assert isinstance(lazy.open_run(run_folder), lazy.LazyRun)
     monkeypatch.setenv(lazy.LAZY_ENV, "0")
@@ -130,6 +130,9 @@ def test_open_run_chooses_by_memory(run_folder, monkeypatch):
     monkeypatch.delenv(lazy.LAZY_ENV)
     info = lazy.RunInfo.read(run_folder)
     need = lazy.in_memory_bytes(info)
+    # the whole model as its files declare it (an unfinished run's manifest names only some layers)
+    from oats.models.weights import DiskWeights
+    assert need >= 4 * DiskWeights(bf16_model).numel
     monkeypatch.setattr(lazy, "available_memory", lambda: need * 10)
     assert not lazy.wants_lazy(info)
     monkeypatch.setattr(lazy, "available_memory", lambda: need)  # would take all of it: lazily

@@ -38,10 +38,11 @@ from safetensors import safe_open
 
 from oats.compress.records import CompressionRun
 from oats.core.linear import OatsLinear, apply_terms
-from oats.errors import RunError
+from oats.errors import OatsError, RunError
 from oats.models import zoo
 from oats.models.hub import attach_stored_head
 from oats.models.stored import CHUNK_BYTES
+from oats.models.weights import DiskWeights
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 from oats.resources import available_memory
 from oats.runs.folders import _block_file, _problem, load_run
@@ -482,6 +483,12 @@ def in_memory_bytes(info: RunInfo, disk=None) -> int:
     """About what ``load_run`` takes: the model in fp32 plus, per replaced linear, its dense
     sparse term and the factors (the original weight is the model's own)."""
     extra = sum(m.shape[0] * m.shape[1] + m.rank * (m.shape[0] + m.shape[1]) for m in info.modules.values())
+    if disk is None:  # the whole model from its files' headers (an unfinished run names only some layers)
+        folder = _local_safetensors(info.model_name)
+        try:
+            disk = DiskWeights(folder) if folder is not None else None
+        except OatsError:
+            disk = None
     model = disk.numel if disk is not None else sum(m.shape[0] * m.shape[1] for m in info.modules.values())
     return 4 * (model + extra)
 
