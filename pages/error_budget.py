@@ -6,12 +6,24 @@ from ui.text import esc
 from ui.state import current_path, current_run, LAYER_KEY, run_info, run_mtime, run_task
 from oats.evaluation import primary_metric  # the task registry's answer
 from ui.widgets import chart, how_to_read, table
-from ui.cached import ablation_reference, block_ablation, layer_budget
+from ui.cached import ablation_reference, block_ablation, evaluation_tokens, layer_budget
+from oats.runs.estimate import duration
+from oats.runs.lazy import streamed_seconds
 from oats.explain import budget as error_budget, quality
 from ui import budget_figures, evaluations
 from oats.errors import OatsError
 from oats.evaluation import metric_name
 from oats.methods import registry
+
+
+def _ablation_time(run, path: str, mtime: float) -> str:
+    """How long one block's ablation takes: a few seconds in memory; for a model on disk, its two
+    streamed evaluation passes as measured on the spot (``oats.runs.lazy.streamed_seconds``)."""
+    each = streamed_seconds(run, evaluation_tokens(path, mtime), passes=2)
+    if each is None or each <= 3:
+        return "Each block takes a few seconds."
+    return (f"This model stays on disk: each block takes about {duration(each)} here (two streamed evaluations), "
+            f"the first {duration(each)} more for the dense and compressed reference.")
 
 
 def _ablation_rows(rows: list[dict], metric: str) -> list[dict]:
@@ -96,7 +108,7 @@ if run is not None:
         size = quality.size_note(settings)
         st.caption(f"Turn off the low-rank terms (sparse only) or the sparse terms (low-rank only) of one block, keep "
                    f"every other block compressed, and measure {esc(metric_name(metric))} on the quick evaluation set: "
-                   f"{esc(planned)}" + (f" ({esc(size)})" if size else "") + ". Each block takes a few seconds.")
+                   f"{esc(planned)}" + (f" ({esc(size)})" if size else "") + ". " + _ablation_time(run, path, mtime))
         done_key = f"ablated::{path}::{mtime}"
         done = st.session_state.setdefault(done_key, [])
         c1, c2 = st.columns([3, 1])

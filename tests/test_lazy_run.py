@@ -444,3 +444,29 @@ def test_no_more_matrices_at_once_than_the_memory_left_holds(monkeypatch):
         narrow = decompose_many(ws, m2, cfg)
     for a, b in zip(wide, narrow):
         assert torch.equal(a.sparse, b.sparse) and torch.equal(a.u, b.u) and torch.equal(a.v, b.v)
+
+
+def test_the_ablation_of_a_streamed_model_says_its_time(run_folder, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    import ui.runtime as runtime
+    from oats.runner.execute import evaluate_and_save
+    evaluated = tmp_path / "runs" / "evaluated"
+    shutil.copytree(run_folder, evaluated)
+    assert evaluate_and_save(lazy.open_lazy(evaluated), evaluated, quick=True) == ""  # the ablation's metric
+    monkeypatch.setattr(lazy, "streamed_seconds", lambda run, tokens, passes=1: 90.0 * passes / 2)
+    monkeypatch.setenv("OATS_RUNS_DIR", str(evaluated.parent))
+    monkeypatch.setenv(lazy.LAZY_ENV, "1")
+    runtime.RUNS.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/error_budget.py")
+    at.run()
+    assert not at.exception and not at.error, [*at.exception, *at.error]
+    from oats.runs.estimate import duration
+    assert any(f"each block takes about {duration(90.0)} here" in c.value for c in at.caption), \
+        [c.value for c in at.caption]
+    runtime.RUNS.clear()
