@@ -238,7 +238,7 @@ CASES = [
          "again from a clean copy",
          lambda f: _compress(f["nan"]), ["compress", "{nan}", *CALIB]),
     Case("larger than memory allows", ResourceError,
-         "compressing '{llm}' on 128000 calibration tokens needs about 0.287 GB of memory (block activations "
+         "compressing '{llm}' on 128000 calibration tokens needs about 0.288 GB of memory (block activations "
          "0.164 GB) but 0.01 GB is available: use fewer calibration samples or shorter sequences "
          "(--calib-samples, --seq-len) (or raise OATS_MEMORY_LIMIT_GB)",
          lambda f: _compress(f["llm"], samples=2000, seq_len=64),
