@@ -470,3 +470,32 @@ def test_the_ablation_of_a_streamed_model_says_its_time(run_folder, tmp_path, mo
     assert any(f"each block takes about {duration(90.0)} here" in c.value for c in at.caption), \
         [c.value for c in at.caption]
     runtime.RUNS.clear()
+
+
+@pytest.mark.parametrize("damage", ["drop", "nan", "huge"])
+def test_a_damaged_summary_is_one_line_in_both_readers(run_folder, tmp_path, damage):
+    """A stored summary is optional, but a partial, NaN or oversized one is damage: refused in one
+    line by the lazy reader as by read_block (the views would draw it)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from oats.errors import RunError
+    bad = tmp_path / "bad"
+    shutil.copytree(run_folder, bad)
+    f = bad / "block_000.safetensors"
+    t = load_file(str(f))
+    key = next(k for k in t if k.endswith(".summary.col_weight_norm"))
+    if damage == "drop":
+        del t[key]
+    elif damage == "nan":
+        t[key] = torch.full_like(t[key], float("nan"))
+    else:
+        t[key] = torch.zeros(10**6)
+    save_file(t, str(f))
+    lz = lazy.open_lazy(bad)
+    q = key.split(".summary.")[0]
+    with pytest.raises(RunError, match="summary|larger than any layer"):
+        lz.summary(q)
+    with pytest.raises(RunError, match="summary"):
+        load_run(bad)

@@ -67,6 +67,10 @@ COLUMNS = ("col_weight_norm", "col_energy", "col_sparse", "col_lowrank", "col_nn
 
 KEYS = tuple(SV_KEYS.values()) + ("budget",) + COLUMNS
 
+REQUIRED = tuple(SV_KEYS[k] for k in LARGE_SPECTRA) + ("budget",) + COLUMNS
+"""What every stored summary holds, on either path (the exact path adds the S spectrum): a
+summary with one of these missing is a damaged one, refused as such by its readers."""
+
 
 def singular_values(a: torch.Tensor):
     """Singular values of a matrix, descending, fp64 numpy (min(d_out, d_in) of them).

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from oats import untrusted
 from oats.compress.records import CompressionRun
-from oats.compress.summaries import expected_length
+from oats.compress.summaries import REQUIRED, expected_length
 from oats.core.linear import OatsLinear
 from oats.errors import ModelLoadError, OatsError, RunError
 from oats.models import zoo
@@ -39,7 +39,7 @@ from oats.runs.info import FORMAT, MANIFEST, RunInfo, State, finite_json, read_j
 __all__ = ["FORMAT", "MANIFEST", "RUNS_ENV", "RunInfo", "RunWriter", "apply_factors", "atomic_save_tensors",
            "atomic_write_bytes", "block_tensors", "check_run_model", "list_runs", "load_run", "manifest_dict",
            "read_manifest", "runs_root", "save_run", "run_dir", "check_resumable", "clear_run_folder", "check_run_folder",
-           "read_block", "disk_full", "write_error", "MAX_NAME_BYTES", "summaries_of", "SUMMARY"]
+           "read_block", "disk_full", "write_error", "MAX_NAME_BYTES", "summaries_of", "SUMMARY", "checked_summaries"]
 
 RUNS_ENV = "OATS_RUNS_DIR"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -236,6 +236,31 @@ def _summary_problem(t: torch.Tensor, n: int) -> str | None:
     return None
 
 
+def checked_summaries(folder, name: str, tensors: dict, records) -> dict[str, torch.Tensor]:
+    """The summary tensors among one block file's ``tensors`` that belong to its matrices
+    (``records``: their layer records), each checked (``_summary_problem``) and each matrix's
+    set complete (``REQUIRED``): a summary is optional, a damaged or partial one is not (the
+    views would draw it). Tensors naming no matrix of the block are left out (the caller
+    refuses them as strays). RunError (one line) otherwise."""
+    by_qual = {r.qualname: r for r in records}
+    out: dict[str, torch.Tensor] = {}
+    for key in sorted(k for k in tensors if SUMMARY in k):
+        n = _summary_length(key, by_qual)
+        if n is None:
+            continue
+        why = _summary_problem(tensors[key], n)
+        if why is not None:
+            raise RunError(f"run folder '{folder}': {name} holds a damaged summary {key!r} ({why}): the run is "
+                           "damaged, compress again")
+        out[key] = tensors[key]
+    for q, keys in summaries_of(out).items():
+        missing = [k for k in REQUIRED if k not in keys]
+        if missing:
+            raise RunError(f"run folder '{folder}': {name} holds an incomplete summary of '{q}' (no {missing[0]}): "
+                           "the run is damaged, compress again")
+    return out
+
+
 def manifest_dict(run: CompressionRun, complete: bool, extra: dict | None = None) -> dict:
     """The manifest's JSON object for ``run`` as it stands (``RunInfo.of_run(...).to_manifest()``)."""
     return RunInfo.of_run(run, complete, extra).to_manifest()
@@ -380,17 +405,9 @@ def read_block(folder: str | Path, block: int, info: RunInfo) -> dict[str, torch
     records = [r for r in info.layers if r.block == block]
     named = {f"{r.path}.{f}" for r in records for f in ("sparse_values", "sparse_mask", "u", "v")}
     named |= {f"{r.qualname}.m2" for r in records}
-    by_qual = {r.qualname: r for r in records}
-    for key in sorted(k for k in tensors if SUMMARY in k):
-        n = _summary_length(key, by_qual)
-        if n is None:
-            continue  # not a summary of this block's matrices: a stray, refused below
-        why = _summary_problem(tensors[key], n)
-        if why is not None:  # a summary is optional, a damaged one is not: the views would draw it
-            raise RunError(f"run folder '{folder}': {name} holds a damaged summary {key!r} ({why}): the run is "
-                           "damaged, compress again")
-        out[key] = tensors[key]
-        named.add(key)
+    summary = checked_summaries(folder, name, tensors, records)  # others naming no matrix: strays, below
+    out.update(summary)
+    named |= set(summary)
     stray = sorted(set(tensors) - named)
     if stray:  # factors of a layer the manifest no longer names would be dropped: that layer loads dense
         raise RunError(f"run folder '{folder}': {name} holds {stray[0]!r}, which the manifest does not name: the run "

@@ -45,7 +45,7 @@ from oats.models.stored import CHUNK_BYTES
 from oats.models.weights import DiskWeights
 from oats.models.adapters import bias_of, get_adapter, set_submodule, weight_of
 from oats.resources import available_memory
-from oats.runs.folders import _block_file, _problem, load_run
+from oats.runs.folders import SUMMARY, _block_file, _problem, checked_summaries, load_run, summaries_of
 from oats.runs.info import RunInfo
 
 __all__ = ["LAZY_ENV", "LazyRun", "StreamedHead", "StreamedLinear", "open_run", "open_lazy", "wants_lazy",
@@ -165,7 +165,13 @@ class _Reader:
         stored summaries), by name."""
         real = _block_file(self.folder, block, whole=False)
         with safe_open(str(real), framework="pt", device="cpu") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys() if k.endswith(suffix) or suffix in k}
+            keys = [k for k in fh.keys() if k.endswith(suffix) or suffix in k]
+            side = max((max(m.shape) for m in self.info.modules.values()), default=0)
+            for k in keys:  # vectors, one value per row or column at most: sized from the header first
+                if math.prod(fh.get_slice(k).get_shape()) > side:
+                    raise RunError(f"run folder '{self.folder}': {real.name} holds {k!r} larger than any layer's "
+                                   "side: the run is damaged, compress again")
+            return {k: fh.get_tensor(k) for k in keys}
 
     # resident bookkeeping: what "never more than one block resident" is checked on
     def enter(self, path: str) -> None:
@@ -346,13 +352,11 @@ class LazyRun(CompressionRun):
     def summary(self, qualname: str) -> dict[str, torch.Tensor] | None:
         rec = self.layer(qualname)
         cache = self.__dict__.setdefault("_summaries", {})
-        if rec.block not in cache:
-            got: dict[str, dict[str, torch.Tensor]] = {}
-            for k, v in self.reader.tensors_of_block(rec.block, ".summary.").items():
-                q, _, key = k.partition(".summary.")
-                if key:
-                    got.setdefault(q, {})[key] = v
-            cache[rec.block] = got
+        if rec.block not in cache:  # checked as read_block checks them: sound, complete, or none
+            tensors = self.reader.tensors_of_block(rec.block, SUMMARY)
+            mates = [r for r in self.layers if r.block == rec.block]
+            cache[rec.block] = summaries_of(checked_summaries(self.folder, f"block_{rec.block:03d}.safetensors",
+                                                              tensors, mates))
         return cache[rec.block].get(qualname) or None
 
     def apply_block(self, block: torch.nn.Module, block_path: str, index: int) -> None:
