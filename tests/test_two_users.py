@@ -296,7 +296,8 @@ def test_models_are_built_one_at_a_time(monkeypatch, tmp_path):
 
     folder = tmp_path / "local-model"
     folder.mkdir()
-    monkeypatch.setattr(zoo, "check_model_name", lambda name, from_disk=False: "local" if "local" in name else "preset")
+    monkeypatch.setattr(zoo, "check_model_name",
+                        lambda name, from_disk=False, viewing=False: "local" if "local" in name else "preset")
     monkeypatch.setattr(zoo, "load_preset", slow_build)
     monkeypatch.setattr(hub, "load_local", slow_build)
     names = ["minilm-l6", "dinov2-small", str(folder), "smollm2-135m"]

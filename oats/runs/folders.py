@@ -253,7 +253,13 @@ def checked_summaries(folder, name: str, tensors: dict, records) -> dict[str, to
             raise RunError(f"run folder '{folder}': {name} holds a damaged summary {key!r} ({why}): the run is "
                            "damaged, compress again")
         out[key] = tensors[key]
-    for q, keys in summaries_of(out).items():
+    grouped = summaries_of(out)
+    if grouped:  # a block's matrices are summarised together: all of them, or (an older run) none
+        absent = sorted(set(by_qual) - set(grouped))
+        if absent:
+            raise RunError(f"run folder '{folder}': {name} holds no summary of '{absent[0]}' beside its other "
+                           "matrices': the run is damaged, compress again")
+    for q, keys in grouped.items():
         missing = [k for k in REQUIRED if k not in keys]
         if missing:
             raise RunError(f"run folder '{folder}': {name} holds an incomplete summary of '{q}' (no {missing[0]}): "
